@@ -1,0 +1,35 @@
+# edgetrunc: `make demo` runs the whole pipeline, `make test` runs the test suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test train convert bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install
+	$(PY) -m pytest -q
+
+# Reproduces the shipped detector models/tlunet.keras and its training record.
+train: install
+	$(PY) -m edgetrunc train --model tlunet --covers embedded --payload 0.4 \
+		--out models/tlunet.keras --seed 0 --force
+
+convert: install
+	$(PY) scripts/convert.py models/tlunet.keras --out models --force
+
+bench: install
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

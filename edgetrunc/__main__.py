@@ -1,0 +1,5 @@
+import sys
+
+from edgetrunc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""Fixed high-pass filters of spatial steganalysis: the KV filter and small SRM banks.
+
+Each filter is returned as exact rational coefficients (integer numerators over a
+denominator) so that exporters can keep them exact; every filter sums to zero (no DC).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Ker-Boehme 5x5 "KV" filter (Qian et al. 2015, Xu et al. 2016), numerators over 12.
+KV = (np.array(
+    [[-1, 2, -2, 2, -1],
+     [2, -6, 8, -6, 2],
+     [-2, 8, -12, 8, -2],
+     [2, -6, 8, -6, 2],
+     [-1, 2, -2, 2, -1]]), 12)
+
+# 3x3 "KB" filter (SRM, Fridrich & Kodovsky 2012), numerators over 4.
+KB = (np.array(
+    [[-1, 2, -1],
+     [2, -4, 2],
+     [-1, 2, -1]]), 4)
+
+# Second-order horizontal / vertical residuals, numerators over 2.
+SECOND_H = (np.array([[1, -2, 1]]), 2)
+SECOND_V = (np.array([[1], [-2], [1]]), 2)
+
+# 3x3 "EDGE" residuals (SRM), numerators over 4.
+EDGE3_H = (np.array(
+    [[-1, 2, -1],
+     [2, -4, 2],
+     [0, 0, 0]]), 4)
+EDGE3_V = (np.array(
+    [[-1, 2, 0],
+     [2, -4, 0],
+     [-1, 2, 0]]), 4)
+
+BANKS = {
+    "kv": (KV,),
+    "srm6": (KV, KB, SECOND_H, SECOND_V, EDGE3_H, EDGE3_V),
+}
+
+
+def _centered(numerators, size):
+    out = np.zeros((size, size), dtype=np.int64)
+    h, w = numerators.shape
+    top, left = (size - h) // 2, (size - w) // 2
+    out[top:top + h, left:left + w] = numerators
+    return out
+
+
+def high_pass_bank(name: str = "kv", size: int = 5):
+    """Return `(kernel, numerators, denominators)` for the named bank.
+
+    `kernel` is float32 `[size, size, 1, n]` ready for `Conv2D`; `numerators` is the
+    integer kernel of the same shape and `denominators` the per-filter divisors, so that
+    `kernel[..., i] == numerators[..., i] / denominators[i]` exactly.
+    """
+    if name not in BANKS:
+        raise ValueError(
+            f"front_end must be one of {sorted(BANKS)}. Received: front_end={name!r}"
+        )
+    filters = BANKS[name]
+    numerators = np.stack([_centered(n, size) for n, _ in filters], axis=-1)[:, :, None, :]
+    denominators = np.array([d for _, d in filters], dtype=np.int64)
+    kernel = (numerators / denominators).astype(np.float32)
+    return kernel, numerators, denominators

@@ -1,0 +1,82 @@
+"""The runner interface every backend follows (learned from Polygraphy's BaseRunner).
+
+A runner is created from a path, `infer(batch)` takes a float32 NHWC batch of pixel values
+0..255 and returns `{output name: float32 array}` (int8 models quantize the input and
+dequantize the outputs with the model's own parameters); `metadata()` describes inputs,
+outputs, precision and quantization. Subclasses fill the `_load_impl` / `_infer_impl` hooks;
+`infer` validates the feed first. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: tuple  # None for dynamic dimensions
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+
+
+@dataclass
+class RunnerMetadata:
+    path: str
+    format: str  # "keras" | "tflite" | "onnx"
+    precision: str  # "fp32" | "fp16" | "int8"
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    layout: str = "NHWC"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class BaseRunner:
+    """Common front of every backend runner."""
+
+    format = "base"
+
+    def __init__(self, path, threads: int | None = None):
+        self.path = Path(path)
+        self.threads = threads
+        self._meta: RunnerMetadata | None = None
+        self._load_impl()
+
+    # hooks -----------------------------------------------------------------
+    def _load_impl(self):
+        raise NotImplementedError
+
+    def _infer_impl(self, batch: np.ndarray) -> dict:
+        raise NotImplementedError
+
+    # public ----------------------------------------------------------------
+    def metadata(self) -> RunnerMetadata:
+        return self._meta
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def infer(self, batch: np.ndarray) -> dict:
+        """Run a float32 `[N, 256, 256, 1]` batch (pixel values 0..255); outputs as float32."""
+        batch = np.asarray(batch)
+        expected = self._meta.inputs[0].shape if self._meta and self._meta.inputs else None
+        if batch.ndim != 4:
+            raise InputError(f"{self.name}: expected a batch [N, H, W, C]; got shape {batch.shape}")
+        if expected is not None and len(expected) == 4:
+            want = tuple(expected[1:]) if self._meta.layout == "NHWC" else (
+                expected[2], expected[3], expected[1])
+            got = tuple(batch.shape[1:])
+            if any(w is not None and w != g for w, g in zip(want, got)):
+                raise InputError(f"{self.name}: expected input [N, {', '.join(str(w) for w in want)}]"
+                                 f" (NHWC); got {list(batch.shape)}")
+        return self._infer_impl(batch.astype(np.float32, copy=False))

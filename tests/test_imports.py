@@ -1,0 +1,22 @@
+"""Importing edgetrunc (and its TensorFlow-free modules) never imports TensorFlow."""
+
+import subprocess
+import sys
+
+
+def test_package_import_does_not_import_tensorflow():
+    code = (
+        "import sys, edgetrunc, edgetrunc.errors, edgetrunc._io, edgetrunc.cli; "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
+        "assert 'keras' not in sys.modules, 'keras imported'; print(edgetrunc.__version__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+
+
+def test_truncation_is_reexported_lazily():
+    code = "import edgetrunc; from edgetrunc import Truncation; print(Truncation.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("Truncation")

@@ -1,0 +1,66 @@
+"""Every registered model: builds, runs a 256x256 batch, no NaN, save/load round trip."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from edgetrunc import models  # noqa: E402
+from edgetrunc.layers import Truncation  # noqa: E402
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_registered_model_builds_runs_and_round_trips(name, tmp_path):
+    model = models.create(name, seed=0)
+    x = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 1)).astype(np.float32)
+    y = model.predict(x, verbose=0)
+    assert y.shape[0] == 2
+    assert not np.isnan(y).any()
+    assert any(isinstance(layer, Truncation) for layer in model.layers)
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), y, rtol=1e-6, atol=1e-6)
+
+
+def test_seed_block_is_the_question_verbatim():
+    model = models.create("seed_block")
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["InputLayer", "Conv2D", "Truncation", "Activation", "AveragePooling2D",
+                     "BatchNormalization"]
+    conv = model.layers[1]
+    assert conv.filters == 8 and conv.kernel_size == (5, 5) and conv.padding == "same"
+    assert conv.use_bias is False and conv.strides == (1, 1)
+    assert model.output_shape == (None, 126, 126, 8)
+
+
+def test_tlunet_front_end_is_fixed_zero_dc_high_pass():
+    model = models.create("tlunet")
+    front = model.get_layer("front_end")
+    assert not front.trainable
+    (kernel,) = front.get_weights()
+    assert abs(kernel.sum()) < 1e-6
+    assert model.output_shape == (None, 2)
+    assert model.get_layer("group1_truncation").bounds == (-3.0, 3.0)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'nope'; expected one of"):
+        models.create("nope")
+
+
+def _tflite_ops(model):
+    from ai_edge_litert.interpreter import Interpreter
+
+    content = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    return [op["op_name"] for op in Interpreter(model_content=content)._get_ops_details()]
+
+
+@pytest.mark.parametrize("name", ["seed_block", "tlunet"])
+def test_tflite_inventory_has_only_min_max_for_truncation(name):
+    ops = _tflite_ops(models.create(name, seed=0))
+    assert ops.count("MINIMUM") == 1 and ops.count("MAXIMUM") == 1
+    forbidden = {"IDENTITY_N", "SUB", "ADD", "SELECT", "SELECT_V2", "CUSTOM", "DELEGATE"}
+    assert not forbidden & set(ops)
+    assert not [op for op in ops if op.startswith("Flex")]
