@@ -66,6 +66,14 @@ class BaseRunner:
     def name(self) -> str:
         return self.path.name
 
+    def input_size(self) -> tuple | None:
+        """`(height, width)` of the model input when both are fixed, else None."""
+        if not self._meta or not self._meta.inputs or len(self._meta.inputs[0].shape) != 4:
+            return None
+        shape = self._meta.inputs[0].shape
+        height, width = (shape[1], shape[2]) if self._meta.layout == "NHWC" else (shape[2], shape[3])
+        return (height, width) if height and width else None
+
     def infer(self, batch: np.ndarray) -> dict:
         """Run a float32 `[N, 256, 256, 1]` batch (pixel values 0..255); outputs as float32."""
         batch = np.asarray(batch)

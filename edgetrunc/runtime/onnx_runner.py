@@ -1,0 +1,147 @@
+"""`ONNXRunner`: runs a `.onnx` model with ONNX Runtime's CPU execution provider.
+
+Callers always pass NHWC batches; a model whose input is NCHW (detected from its input
+shape: channels first when dimension 1 is a small fixed number of channels and dimension 3
+is not) gets the batch transposed. Every output is returned as float32. Precision is read
+from the model's `precision` metadata when the exporter wrote one, else from the graph
+(QuantizeLinear / DequantizeLinear nodes mean int8, float16 tensors mean fp16). No
+TensorFlow; the `onnx` package is used when installed and is not required.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
+_MAX_CHANNELS = 4
+
+
+def _dim(value):
+    return int(value) if isinstance(value, (int, np.integer)) and int(value) >= 0 else None
+
+
+def detect_layout(shape) -> str:
+    """'NCHW' if a 4-D input shape is channels-first, else 'NHWC'."""
+    if len(shape) != 4:
+        return "NHWC"
+    c_first, c_last = _dim(shape[1]), _dim(shape[3])
+    if c_first is not None and c_first <= _MAX_CHANNELS and (c_last is None or c_last > _MAX_CHANNELS):
+        return "NCHW"
+    return "NHWC"
+
+
+def _op_counts_and_types(content: bytes) -> tuple:
+    """`({op_type: count}, {element type names})` of the graph (needs the onnx package)."""
+    try:
+        import onnx
+    except ImportError:
+        return None, None
+    model = onnx.load_from_string(content)
+    ops = collections.Counter(node.op_type for node in model.graph.node)
+    types = {onnx.TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer}
+    return dict(ops), types
+
+
+def _precision_from_bytes(content: bytes) -> str:
+    if re.search(rb"QuantizeLinear|QLinearConv|ConvInteger|MatMulInteger", content):
+        return "int8"
+    return "fp32"
+
+
+class ONNXRunner(BaseRunner):
+    """Run a `.onnx` file (or its bytes) on float32 NHWC batches of pixel values 0..255.
+
+    Args:
+        path_or_bytes: path of a `.onnx` file, or the serialized model as bytes.
+        threads: intra-op threads of ONNX Runtime (default: its choice).
+    """
+
+    format = "onnx"
+
+    def __init__(self, path_or_bytes, threads: int | None = None):
+        if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+            self._content = bytes(path_or_bytes)
+            path = "<memory>.onnx"
+        else:
+            self._content = None
+            path = path_or_bytes
+        if threads is not None and int(threads) < 1:
+            raise InputError(f"threads: expected a positive integer; got {threads}")
+        super().__init__(path, threads)
+
+    def _load_impl(self):
+        if self._content is None:
+            path = self.path
+            if not path.exists():
+                raise InputError(f"{path}: no such file")
+            if path.is_dir():
+                raise InputError(f"{path}: is a directory, expected a .onnx file")
+            self._content = Path(path).read_bytes()
+        if not self._content:
+            raise InputError(f"{self.path}: empty file, expected an ONNX model")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise InputError("onnxruntime is not installed; pip install 'edgetrunc[runtime]'") from None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(self._content, sess_options=options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{self.path}: not a valid ONNX model ({reason[:200]})") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise InputError(f"{self.path}: expected a model with one input; it has {len(inputs)}")
+        self._input = inputs[0]
+        self._input_dtype = _ORT_TYPES.get(self._input.type, np.float32)
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        layout = detect_layout(self._input.shape)
+        custom = dict(self.session.get_modelmeta().custom_metadata_map or {})
+        ops, types = _op_counts_and_types(self._content)
+        if custom.get("precision") in ("fp32", "fp16", "int8"):
+            precision = custom["precision"]
+        elif ops is not None:
+            if any(op in ops for op in ("QuantizeLinear", "QLinearConv", "ConvInteger")):
+                precision = "int8"
+            elif "FLOAT16" in types or self._input_dtype == np.float16:
+                precision = "fp16"
+            else:
+                precision = "fp32"
+        else:
+            precision = _precision_from_bytes(self._content)
+
+        def info(arg):
+            return TensorInfo(name=arg.name, shape=tuple(_dim(d) for d in arg.shape),
+                              dtype=np.dtype(_ORT_TYPES.get(arg.type, np.float32)).name)
+
+        self._meta = RunnerMetadata(
+            path=str(self.path), format="onnx", precision=precision, inputs=[info(self._input)],
+            outputs=[info(o) for o in self.session.get_outputs()], layout=layout,
+            extra={"backend": f"onnxruntime {ort.__version__}", "threads": self.threads,
+                   "ops": ops, "metadata_props": custom})
+
+    def _infer_impl(self, batch: np.ndarray) -> dict:
+        feed = batch.transpose(0, 3, 1, 2) if self._meta.layout == "NCHW" else batch
+        feed = np.ascontiguousarray(feed, dtype=self._input_dtype)
+        try:
+            values = self.session.run(self._output_names, {self._input.name: feed})
+        except Exception as exc:  # shape or type errors reported by onnxruntime
+            reason = str(exc).strip().splitlines()[0]
+            raise InputError(f"{self.name}: inference failed ({reason[:200]})") from None
+        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self._output_names, values)}

@@ -1,0 +1,252 @@
+"""`TFLiteRunner`: runs a `.tflite` model with a TensorFlow-free interpreter.
+
+The interpreter comes from `ai_edge_litert` (the successor of tflite-runtime), else
+`tflite_runtime`, else `tensorflow.lite` (imported only when the first two are missing).
+XNNPACK is on by default; `use_xnnpack=False` runs the built-in kernels. A batch of N
+images resizes the input to N (one allocated interpreter is kept per batch size), int8 /
+uint8 inputs are quantized and outputs dequantized with the model's own scale and zero
+point, and with `preserve_all_tensors=True` every intermediate tensor can be read after a
+run (`tensor_details()`, `get_tensor(index)`), which the per-layer parity check uses.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
+
+_INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+_MAX_CACHED_BATCH_SIZES = 4
+
+
+def load_interpreter_module():
+    """Return `(module, backend name)` of the first TFLite interpreter that imports."""
+    for name in _INTERPRETER_MODULES:
+        try:
+            return importlib.import_module(name), name.split(".")[0]
+        except ImportError:
+            continue
+    try:
+        import tensorflow as tf  # noqa: PLC0415  (last resort, only when no runtime is installed)
+    except ImportError:
+        raise InputError(
+            "no TFLite interpreter installed; expected ai-edge-litert "
+            "(pip install 'edgetrunc[runtime]'), tflite-runtime or tensorflow"
+        ) from None
+    return tf.lite, "tensorflow"
+
+
+def _quantize(batch: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    info = np.iinfo(dtype)
+    q = np.round(batch / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def _dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return ((values.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
+
+
+class TFLiteRunner(BaseRunner):
+    """Run a `.tflite` file (or its bytes) on float32 NHWC batches of pixel values 0..255.
+
+    Args:
+        path_or_bytes: path of a `.tflite` file, or the flatbuffer itself as bytes.
+        threads: interpreter threads (default: the interpreter's choice).
+        use_xnnpack: apply the XNNPACK delegate (default). `False` runs the built-in kernels.
+        preserve_all_tensors: keep every intermediate tensor readable after `infer`.
+    """
+
+    format = "tflite"
+
+    def __init__(self, path_or_bytes, threads: int | None = None, use_xnnpack: bool = True,
+                 preserve_all_tensors: bool = False):
+        if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+            self._content = bytes(path_or_bytes)
+            path = "<memory>.tflite"
+        else:
+            self._content = None
+            path = path_or_bytes
+        if threads is not None and int(threads) < 1:
+            raise InputError(f"threads: expected a positive integer; got {threads}")
+        self.use_xnnpack = bool(use_xnnpack)
+        self.preserve_all_tensors = bool(preserve_all_tensors)
+        self._interpreters: collections.OrderedDict = collections.OrderedDict()
+        self._last = None
+        super().__init__(path, threads)
+
+    # loading ---------------------------------------------------------------
+    def _new_interpreter(self):
+        kwargs = {"num_threads": self.threads}
+        if self._content is not None:
+            kwargs["model_content"] = self._content
+        else:
+            kwargs["model_path"] = str(self.path)
+        if self.preserve_all_tensors:
+            kwargs["experimental_preserve_all_tensors"] = True
+        if not self.use_xnnpack:
+            resolver = getattr(self._module, "OpResolverType", None)
+            if resolver is None:
+                resolver = self._module.experimental.OpResolverType
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        return self._module.Interpreter(**kwargs)
+
+    def _load_impl(self):
+        if self._content is None:
+            path = self.path
+            if not path.exists():
+                raise InputError(f"{path}: no such file")
+            if path.is_dir():
+                raise InputError(f"{path}: is a directory, expected a .tflite file")
+            if path.stat().st_size == 0:
+                raise InputError(f"{path}: empty file, expected a .tflite model")
+        elif not self._content:
+            raise InputError("<memory>.tflite: empty model content")
+        self._module, self._backend = load_interpreter_module()
+        try:
+            interpreter = self._new_interpreter()
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{self.path}: not a valid TFLite model ({reason})") from None
+        input_details = interpreter.get_input_details()
+        if len(input_details) != 1:
+            raise InputError(f"{self.path}: expected a model with one input; it has {len(input_details)}")
+        self._input = input_details[0]
+        self._outputs = interpreter.get_output_details()
+        self._base_batch = int(self._input["shape"][0])
+        self._interpreters[self._base_batch] = interpreter
+        self._last = interpreter
+        self._resizable = True
+        self._meta = self._describe(interpreter)
+
+    def _describe(self, interpreter) -> RunnerMetadata:
+        def info(detail):
+            signature = detail.get("shape_signature", detail["shape"])
+            shape = tuple(None if int(d) < 0 else int(d) for d in signature)
+            scale, zero_point = detail["quantization"]
+            quantized = np.dtype(detail["dtype"]).kind in "iu" and scale != 0
+            return TensorInfo(name=detail["name"], shape=shape, dtype=np.dtype(detail["dtype"]).name,
+                              scale=float(scale) if quantized else None,
+                              zero_point=int(zero_point) if quantized else None)
+
+        ops = [op["op_name"] for op in interpreter._get_ops_details()]
+        op_counts = dict(collections.Counter(op for op in ops if op != "DELEGATE"))
+        tensor_types = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+        quantized_tensors = sum(
+            1 for t in interpreter.get_tensor_details()
+            if np.dtype(t["dtype"]).name in ("int8", "uint8", "int16")
+            and t["quantization_parameters"]["scales"].size > 0)
+        if quantized_tensors and "int16" in tensor_types and "int8" in tensor_types:
+            precision = "int16x8"
+        elif quantized_tensors:
+            precision = "int8"
+        elif "float16" in tensor_types and op_counts.get("DEQUANTIZE"):
+            precision = "fp16"
+        else:
+            precision = "fp32"
+        return RunnerMetadata(
+            path=str(self.path), format="tflite", precision=precision,
+            inputs=[info(self._input)], outputs=[info(d) for d in self._outputs], layout="NHWC",
+            extra={"backend": self._backend, "xnnpack": self.use_xnnpack, "threads": self.threads,
+                   "ops": op_counts, "delegate_partitions": ops.count("DELEGATE")})
+
+    # running ---------------------------------------------------------------
+    def _interpreter_for(self, batch_size: int):
+        if batch_size in self._interpreters:
+            self._interpreters.move_to_end(batch_size)
+            return self._interpreters[batch_size]
+        interpreter = self._new_interpreter()
+        try:
+            interpreter.resize_tensor_input(self._input["index"],
+                                            [batch_size, *self._input["shape"][1:]], strict=False)
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError):
+            return None
+        self._interpreters[batch_size] = interpreter
+        while len(self._interpreters) > _MAX_CACHED_BATCH_SIZES:
+            self._interpreters.popitem(last=False)
+        return interpreter
+
+    def _run(self, interpreter, batch: np.ndarray) -> dict:
+        dtype = np.dtype(self._input["dtype"])
+        scale, zero_point = self._input["quantization"]
+        if dtype.kind in "iu":
+            if not scale:
+                raise InputError(f"{self.name}: integer input without quantization parameters")
+            feed = _quantize(batch, dtype, scale, zero_point)
+        else:
+            feed = batch.astype(dtype, copy=False)
+        interpreter.set_tensor(self._input["index"], feed)
+        interpreter.invoke()
+        self._last = interpreter
+        results = {}
+        for detail in self._outputs:
+            value = interpreter.get_tensor(detail["index"])
+            out_scale, out_zero = detail["quantization"]
+            if np.dtype(detail["dtype"]).kind in "iu" and out_scale:
+                value = _dequantize(value, out_scale, out_zero)
+            results[detail["name"]] = np.asarray(value, dtype=np.float32).copy()
+        return results
+
+    def _infer_impl(self, batch: np.ndarray) -> dict:
+        n = batch.shape[0]
+        interpreter = self._interpreter_for(n) if self._resizable else None
+        if interpreter is not None:
+            return self._run(interpreter, batch)
+        self._resizable = False
+        interpreter = self._interpreters[self._base_batch]
+        step = self._base_batch
+        if n % step:
+            raise InputError(f"{self.name}: the model's batch size is fixed at {step}; "
+                             f"got a batch of {n}")
+        parts = [self._run(interpreter, batch[i:i + step]) for i in range(0, n, step)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    # intermediate tensors ---------------------------------------------------
+    def tensor_details(self) -> list:
+        """`get_tensor_details()` of the interpreter that ran last (name, index, shape, dtype, quantization)."""
+        return self._last.get_tensor_details()
+
+    def get_tensor(self, index: int, dequantize: bool = False) -> np.ndarray:
+        """Value of tensor `index` after the last `infer` (needs `preserve_all_tensors=True`
+        for intermediates); `dequantize=True` applies the tensor's per-tensor scale / zero point."""
+        try:
+            value = np.array(self._last.get_tensor(index))
+        except ValueError as exc:
+            raise InputError(f"{self.name}: tensor {index} cannot be read ({exc}); "
+                             "create the runner with preserve_all_tensors=True") from None
+        if dequantize and value.dtype.kind in "iu":
+            for detail in self._last.get_tensor_details():
+                if detail["index"] == index:
+                    params = detail["quantization_parameters"]
+                    scales, zero_points = params["scales"], params["zero_points"]
+                    if scales.size == 1:
+                        value = _dequantize(value, float(scales[0]), int(zero_points[0]))
+                    elif scales.size > 1:
+                        shape = [1] * value.ndim
+                        shape[params["quantized_dimension"]] = scales.size
+                        value = ((value.astype(np.float32) - zero_points.reshape(shape))
+                                 * scales.reshape(shape)).astype(np.float32)
+                    break
+        return value
+
+    def get_tensor_by_name(self, name: str, dequantize: bool = False) -> np.ndarray:
+        for detail in self._last.get_tensor_details():
+            if detail["name"] == name:
+                return self.get_tensor(detail["index"], dequantize)
+        raise InputError(f"{self.name}: no tensor named {name!r}")
+
+
+def is_tflite_file(path) -> bool:
+    """True if `path` starts like a TFLite flatbuffer (file identifier 'TFL3' at byte 4)."""
+    try:
+        with open(Path(path), "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return len(head) == 8 and head[4:8] == b"TFL3"
