@@ -1,0 +1,199 @@
+"""Cover photographs: the embedded default set and user folders of images (no TensorFlow).
+
+A `Cover` is one source photograph as 8-bit grayscale pixels, with its name (the unit of
+the train / validation / test split), where it came from, and whether it was once
+JPEG-compressed. The embedded default covers are the photographs stored inside the
+installed scikit-image package (read straight from its data folder, never downloaded);
+synthetic drawings, binary images and images under 256x256 are left out. A user folder
+holds PNG / PGM / TIFF / BMP files (lossless); JPEG files are accepted with a warning.
+Nothing is ever resized: resampling would destroy the +-1 signal a detector looks for.
+
+JPEG history matters for steganalysis: a photo that was once JPEG-compressed keeps an
+8x8 block structure that +-1 changes disturb, which makes it far easier to detect than a
+never-compressed photo. `blockiness` measures that structure (mean absolute difference
+across 8x8 block borders over the mean difference elsewhere; about 1.0 without it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc.data.images import IMAGE_SUFFIXES, LOSSY_SUFFIXES, TILE, load_image
+from edgetrunc import _log
+from edgetrunc.errors import InputError
+
+BLOCKINESS_JPEG = 1.05
+
+# name -> (file in skimage/data, what the picture is). Photographs only, each >= 256x256.
+# Left out: synthetic drawings (logo, color wheel, chessboard, phantom), binary images
+# (horse), images under 256 px (page, text, microaneurysms), the second motorcycle view
+# (same scene as motorcycle_left) and the files that need a download (pooch).
+EMBEDDED_PHOTOS = {
+    "astronaut": ("astronaut.png", "astronaut Eileen Collins (NASA), color"),
+    "brick": ("brick.png", "brick wall texture"),
+    "camera": ("camera.png", "man with a camera"),
+    "cell": ("cell.png", "microscopy of a cell"),
+    "chelsea": ("chelsea.png", "Chelsea the cat, color"),
+    "clock": ("clock_motion.png", "wall clock with motion blur"),
+    "coffee": ("coffee.png", "cup of coffee, color"),
+    "coins": ("coins.png", "Greek coins from Pompeii"),
+    "grass": ("grass.png", "grass texture"),
+    "gravel": ("gravel.png", "gravel texture"),
+    "hubble_deep_field": ("hubble_deep_field.jpg", "Hubble eXtreme Deep Field (NASA), color"),
+    "immunohistochemistry": ("ihc.png", "immunohistochemistry stain, color"),
+    "moon": ("moon.png", "surface of the moon"),
+    "motorcycle": ("motorcycle_left.png", "motorcycle, left stereo view, color"),
+    "retina": ("retina.jpg", "human retina, color"),
+    "rocket": ("rocket.jpg", "SpaceX Falcon 9 launch, color"),
+}
+
+
+@dataclass
+class Cover:
+    """One source photograph as uint8 grayscale pixels `[H, W]`.
+
+    `jpeg_history` is True when the file is a JPEG or its pixels show the 8x8 block
+    structure of an earlier JPEG compression (`blockiness >= 1.05`).
+    """
+
+    name: str
+    pixels: np.ndarray = field(repr=False)
+    origin: str = ""
+    description: str = ""
+    jpeg_file: bool = False
+    blockiness: float = 1.0
+
+    @property
+    def jpeg_history(self) -> bool:
+        return bool(self.jpeg_file or self.blockiness >= BLOCKINESS_JPEG)
+
+    @property
+    def shape(self):
+        return tuple(self.pixels.shape)
+
+    @property
+    def note(self) -> str:
+        if self.jpeg_file:
+            return "JPEG file"
+        if self.blockiness >= BLOCKINESS_JPEG:
+            return f"once JPEG-compressed (8x8 blockiness {self.blockiness:.2f})"
+        return f"no JPEG trace (8x8 blockiness {self.blockiness:.2f})"
+
+    def describe(self) -> dict:
+        """JSON-ready description (no pixels)."""
+        return {"name": self.name, "origin": self.origin, "height": int(self.pixels.shape[0]),
+                "width": int(self.pixels.shape[1]), "jpeg_history": self.jpeg_history,
+                "blockiness": round(float(self.blockiness), 3), "note": self.note}
+
+
+def blockiness(pixels: np.ndarray, block: int = 8) -> float:
+    """Mean |difference| across `block` borders over the mean |difference| elsewhere.
+
+    About 1.0 for a never-compressed photo; above 1 when JPEG's 8x8 blocks left a trace.
+    """
+    p = np.asarray(pixels, dtype=np.float64)
+    border, inner = [], []
+    for axis in (0, 1):
+        diff = np.abs(np.diff(p, axis=axis))
+        index = np.arange(diff.shape[axis])
+        at_border = index % block == block - 1
+        border.append(diff.take(index[at_border], axis=axis).mean())
+        inner.append(diff.take(index[~at_border], axis=axis).mean())
+    inner_mean = float(np.mean(inner))
+    return float(np.mean(border)) / inner_mean if inner_mean > 0 else 1.0
+
+
+def skimage_data_dir() -> Path:
+    """The data folder of the installed scikit-image package (without importing it)."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("covers 'embedded': scikit-image is not installed; "
+                         "install edgetrunc[full] or pass a folder of cover images")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def embedded_covers(names=None) -> list[Cover]:
+    """The photographs shipped inside scikit-image, as 8-bit grayscale `Cover`s (sorted by name).
+
+    `names` selects a subset (default: all of `EMBEDDED_PHOTOS`).
+    """
+    folder = skimage_data_dir()
+    names = sorted(EMBEDDED_PHOTOS) if names is None else list(names)
+    covers = []
+    for name in names:
+        if name not in EMBEDDED_PHOTOS:
+            raise InputError(f"embedded cover {name!r}: unknown; expected one of "
+                             f"{', '.join(sorted(EMBEDDED_PHOTOS))}")
+        filename, description = EMBEDDED_PHOTOS[name]
+        path = folder / filename
+        if not path.is_file():
+            raise InputError(f"embedded cover {name!r}: {filename} is missing from the "
+                             "installed scikit-image; pass a folder of cover images instead")
+        pixels = load_image(path, warn_jpeg=False)
+        covers.append(Cover(name=name, pixels=pixels, origin=f"scikit-image:{filename}",
+                            description=description,
+                            jpeg_file=path.suffix.lower() in LOSSY_SUFFIXES,
+                            blockiness=blockiness(pixels)))
+    return covers
+
+
+def load_cover_dir(path, min_size: int = TILE) -> list[Cover]:
+    """Every usable image in the folder `path` (not recursive), as `Cover`s sorted by name.
+
+    Lossless files (PNG, PGM, TIFF, BMP) are read as they are; JPEG files with a warning.
+    Files that cannot be used (not an image, 16-bit, under `min_size`) are skipped with a
+    warning naming each one and why; if none is usable, `InputError` lists them.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise InputError(f"{folder}: no such cover folder")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder; expected a folder of PNG/PGM/TIFF images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"{folder}: empty folder; expected PNG/PGM/TIFF cover images")
+    covers, skipped, jpegs = [], [], []
+    for file in files:
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append(f"{file.name} (not an image suffix)")
+            continue
+        try:
+            pixels = load_image(file, min_size=min_size, warn_jpeg=False)
+        except InputError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            skipped.append(f"{file.name} ({reason})")
+            continue
+        jpeg = file.suffix.lower() in LOSSY_SUFFIXES
+        if jpeg:
+            jpegs.append(file.name)
+        covers.append(Cover(name=file.stem, pixels=pixels, origin=str(file), jpeg_file=jpeg,
+                            blockiness=blockiness(pixels)))
+    if not covers:
+        raise InputError(f"{folder}: no usable cover image; skipped: {'; '.join(skipped)}")
+    names = [c.name for c in covers]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(f"{folder}: several files share the name {duplicates[0]!r} "
+                         "(names without suffix must be unique)")
+    if skipped:
+        _log.warn(f"{folder}: skipped {len(skipped)} file(s): {'; '.join(skipped)}")
+    if jpegs:
+        _log.warn(f"{folder}: {len(jpegs)} JPEG cover(s) ({', '.join(jpegs[:5])}"
+                  f"{', ...' if len(jpegs) > 5 else ''}); stego detectors expect lossless "
+                  "covers and JPEG block traces make detection easier")
+    return covers
+
+
+def resolve_covers(covers="embedded") -> list[Cover]:
+    """`"embedded"`, a folder path, or a list of `Cover` -> a list of `Cover`."""
+    if isinstance(covers, (list, tuple)):
+        if not covers or not all(isinstance(c, Cover) for c in covers):
+            raise InputError("covers: expected a non-empty list of Cover objects")
+        return list(covers)
+    if covers is None or str(covers) == "embedded":
+        return embedded_covers()
+    return load_cover_dir(covers)

@@ -1,0 +1,124 @@
+"""Detection metrics of a binary cover (0) / stego (1) detector, in numpy only (no TensorFlow).
+
+`p_e` is the standard steganalysis error: the minimum over decision thresholds of
+`(P_FA + P_MD) / 2`, the error of the best threshold with equal class priors.
+`detection_report` bundles accuracy (threshold 0.5), ROC AUC, P_E and the confusion
+matrix, overall and per source photo, plus P_E averaged over photos so that one large
+photo with many tiles does not dominate the figure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+
+
+def _labels_scores(y_true, scores):
+    y = np.asarray(y_true).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise InputError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise InputError("labels must be 0 (cover) or 1 (stego)")
+    return y.astype(np.int64), s
+
+
+def stego_probability(outputs) -> np.ndarray:
+    """`[N, 2]` softmax (cover, stego) or `[N]` / `[N, 1]` stego scores -> `[N]` stego scores."""
+    out = np.asarray(outputs, dtype=np.float64)
+    if out.ndim == 2 and out.shape[1] == 2:
+        return out[:, 1]
+    if out.ndim == 2 and out.shape[1] == 1:
+        return out[:, 0]
+    if out.ndim == 1:
+        return out
+    raise InputError(f"model output shape {out.shape}: expected [N, 2] (cover, stego) or [N]")
+
+
+def accuracy(y_true, scores, threshold: float = 0.5) -> float:
+    """Fraction of samples with `(score >= threshold) == label`."""
+    y, s = _labels_scores(y_true, scores)
+    if not y.size:
+        return float("nan")
+    return float(np.mean((s >= threshold).astype(np.int64) == y))
+
+
+def confusion_matrix(y_true, scores, threshold: float = 0.5) -> list[list[int]]:
+    """`[[TN, FP], [FN, TP]]`: rows are the true class (cover, stego), columns the decision."""
+    y, s = _labels_scores(y_true, scores)
+    decision = (s >= threshold).astype(np.int64)
+    return [[int(np.sum((y == t) & (decision == d))) for d in (0, 1)] for t in (0, 1)]
+
+
+def roc_auc(y_true, scores) -> float:
+    """Area under the ROC curve (ties count one half); NaN when a class is missing."""
+    y, s = _labels_scores(y_true, scores)
+    n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_scores = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def p_e(y_true, scores) -> float:
+    """min over thresholds of (P_FA + P_MD) / 2; 0 is perfect, 0.5 is chance.
+
+    Decision rule: stego when score >= threshold, for every threshold between observed
+    scores (and the all-cover / all-stego extremes). NaN when a class is missing.
+    """
+    y, s = _labels_scores(y_true, scores)
+    n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    thresholds = np.concatenate([np.unique(s), [np.inf]])
+    best = 0.5
+    for t in thresholds:
+        decision = s >= t
+        p_fa = np.sum(decision & (y == 0)) / n_neg
+        p_md = np.sum(~decision & (y == 1)) / n_pos
+        best = min(best, (p_fa + p_md) / 2)
+    return float(best)
+
+
+def _figures(y, s, threshold):
+    return {"samples": int(len(y)), "accuracy": accuracy(y, s, threshold),
+            "auc": roc_auc(y, s), "p_e": p_e(y, s),
+            "confusion": confusion_matrix(y, s, threshold)}
+
+
+def detection_report(y_true, stego_prob, sources=None, threshold: float = 0.5) -> dict:
+    """Accuracy, AUC, P_E and confusion matrix, overall and (with `sources`) per photo.
+
+    Returns `{"samples", "accuracy", "auc", "p_e", "confusion", "threshold"}` and, when
+    `sources` names the photo of each sample, `"per_source": {name: {...same figures}}`
+    and `"p_e_photo_mean"` (P_E averaged over photos, each photo weighted equally).
+    `stego_prob` may also be the `[N, 2]` softmax output.
+    """
+    s = stego_probability(stego_prob)
+    y, s = _labels_scores(y_true, s)
+    report = _figures(y, s, threshold)
+    report["threshold"] = float(threshold)
+    if sources is not None:
+        sources = np.asarray(list(sources))
+        if sources.shape[0] != y.shape[0]:
+            raise InputError(f"sources and labels differ in length: {sources.shape[0]} vs {y.shape[0]}")
+        per_source = {}
+        for name in sorted(set(sources.tolist())):
+            mask = sources == name
+            per_source[name] = _figures(y[mask], s[mask], threshold)
+        report["per_source"] = per_source
+        values = [v["p_e"] for v in per_source.values() if not np.isnan(v["p_e"])]
+        report["p_e_photo_mean"] = float(np.mean(values)) if values else float("nan")
+        accs = [v["accuracy"] for v in per_source.values()]
+        report["accuracy_photo_mean"] = float(np.mean(accs)) if accs else float("nan")
+    return report
