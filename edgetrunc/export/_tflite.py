@@ -1,0 +1,298 @@
+"""TFLite export in fp32, fp16 and int8, and the inspector of the truncation mapping.
+
+fp32 and fp16 come straight from `TFLiteConverter.from_keras_model` with builtin ops only
+(a layer that needs a TensorFlow op fails here, naming the layer and the op). int8 is
+*truncation-aware*: the model is calibrated, the calibrated range of each truncation's
+producer and outputs is set to exactly `[lower, upper]`, every op before the first
+truncation stays float (fixed high-pass filters stay exact and the +-1 stego residual is
+never rounded away), the rest is quantized to int8, and the MINIMUM/MAXIMUM pair of each
+truncation is removed: int8 saturation at the producer's output performs the clip (to
+within half a quantization step, (upper - lower) / 510). `int8_mode="stock"` gives the
+converter's plain full-integer model for comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+from edgetrunc.export import _tflite_graph as tg
+from edgetrunc.export._truncations import find_truncations, match_clips
+
+TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
+INT8_MODES = ("truncation-aware", "stock")
+_FORBIDDEN_OPS = ("IdentityN", "IDENTITY_N")
+
+
+@contextlib.contextmanager
+def _stdout_fd_to_stderr():
+    """Send what native code writes to file descriptor 1 to stderr for the block."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def quiet_converter():
+    """Keep converter chatter ('Saved artifact at', signatures, native prints) off stdout."""
+    import logging
+    import warnings
+
+    with contextlib.redirect_stdout(io.StringIO()), _stdout_fd_to_stderr(), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loggers = [logging.getLogger(n) for n in ("absl", "tensorflow", "tf2onnx", "")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _unsupported_op_error(exc, model) -> InputError:
+    text = str(exc)
+    ops = sorted(set(re.findall(r"\btf\.(\w+)", text))) or ["unknown"]
+    layer_names = [layer.name for layer in getattr(model, "layers", [])]
+    nodes = re.findall(r"(?:node |loc\(fused\[|\")([\w./-]+)", text)
+    layer = next((n for node in nodes for n in layer_names
+                  if re.search(rf"(?:^|/){re.escape(n)}(?:_\d+)?/", node)), None)
+    where = f"layer '{layer}'" if layer else "a layer"
+    return InputError(
+        f"{getattr(model, 'name', 'model')}: {where} uses TensorFlow op(s) "
+        f"{', '.join(ops)} with no TFLite builtin equivalent; expected builtin ops only")
+
+
+def _convert(converter, model) -> bytes:
+    import tensorflow as tf
+
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS] if not getattr(
+        converter, "_edgetrunc_int8_only", False) else [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    try:
+        with quiet_converter():
+            return bytes(converter.convert())
+    except Exception as exc:  # converter errors are ConverterError / various
+        if "not supported" in str(exc) or "Select TensorFlow op" in str(exc) or "tf." in str(exc):
+            raise _unsupported_op_error(exc, model) from None
+        raise
+
+
+def _calibration_batches(calibration, model):
+    if calibration is None:
+        raise InputError("calibration: int8 export needs calibration images; expected an array "
+                         "[N, H, W, C] of model inputs")
+    x = np.asarray(calibration, dtype=np.float32)
+    expected = tuple(model.inputs[0].shape[1:])
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(int(d) for d in expected):
+        raise InputError(f"calibration: shape {x.shape}; expected [N, {', '.join(map(str, expected))}]")
+    if len(x) == 0:
+        raise InputError("calibration: no images")
+
+    def dataset():
+        for i in range(len(x)):
+            yield [x[i:i + 1]]
+
+    return dataset
+
+
+def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
+                  int8_mode="truncation-aware") -> bytes:
+    """Convert a Keras model to TFLite bytes (builtin ops only).
+
+    Args:
+        model: a `keras.Model`.
+        precision: "fp32", "fp16" (fp16 weights, fp32 compute) or "int8".
+        calibration: int8 only, float32 inputs `[N, H, W, C]` for the activation ranges.
+        int8_io: int8 only, int8 input and output tensors instead of float ones.
+        int8_mode: "truncation-aware" (default, see the module docstring) or "stock" (the
+            converter's full-integer quantization, MINIMUM/MAXIMUM kept).
+    """
+    import tensorflow as tf
+
+    if precision not in TFLITE_PRECISIONS:
+        raise InputError(f"precision: unknown TFLite precision {precision!r}; expected one of "
+                         f"{', '.join(TFLITE_PRECISIONS)}")
+    if int8_mode not in INT8_MODES:
+        raise InputError(f"int8_mode: {int8_mode!r}; expected one of {', '.join(INT8_MODES)}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if precision == "fp32":
+        return _convert(converter, model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+        return _convert(converter, model)
+    converter.representative_dataset = _calibration_batches(calibration, model)
+    if int8_mode == "stock":
+        converter._edgetrunc_int8_only = True
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        return _convert(converter, model)
+    return _truncation_aware_int8(converter, model, int8_io)
+
+
+def _truncation_aware_int8(converter, model, int8_io) -> bytes:
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert
+
+    truncations = find_truncations(model)
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True
+    calibrated = _convert(converter, model)
+
+    model_t = tg.read_model(calibrated)
+    graph = tg.Graph(model_t)
+    candidates = [c for c in graph.clip_candidates() if c["kind"] == "minmax"]
+    matches = match_clips(truncations, candidates)
+    float_ops, clip_names = set(), []
+    for t, index in zip(truncations, matches):
+        if index is None:
+            raise InputError(f"{t['layer']}: no MAXIMUM/MINIMUM pair with bounds "
+                             f"[{t['lower']:g}, {t['upper']:g}] in the converted graph")
+        c = candidates[index]
+        for tensor in (c["input"], *(graph.g.operators[i].outputs[0] for i in c["ops"])):
+            q = graph.g.tensors[tensor].quantization
+            q.min, q.max = [float(t["lower"])], [float(t["upper"])]
+        clip_names.append((t, c["names"]))
+    truncation_ops = {i for c in candidates for i in c["ops"]}
+    downstream = set()
+    for index, op in enumerate(graph.g.operators):
+        if index in truncation_ops or any(graph.producer.get(int(i)) in downstream | truncation_ops
+                                          for i in op.inputs if i >= 0):
+            downstream.add(index)
+    for index in matches:
+        if index is not None:
+            float_ops |= graph.ancestors(candidates[index]["input"])
+    float_ops -= downstream
+    denylisted = [graph.tensor_name(graph.g.operators[i].outputs[0]) for i in sorted(float_ops)]
+
+    io_type = tf.int8 if int8_io else tf.float32
+    with quiet_converter():
+        quantized = tflite_convert.mlir_quantize(
+            tg.write_model(model_t), fully_quantize=bool(int8_io), input_data_type=io_type,
+            output_data_type=io_type, denylisted_nodes=denylisted or None)
+    return _remove_truncation_ops(quantized, clip_names)
+
+
+def _remove_truncation_ops(content, clip_names) -> bytes:
+    """Delete each truncation's MAXIMUM/MINIMUM; its producer's int8 saturation clips."""
+    model_t = tg.read_model(content)
+    graph = tg.Graph(model_t)
+    by_output = {graph.tensor_name(op.outputs[0]): i for i, op in enumerate(graph.g.operators)}
+    for t, names in clip_names:
+        ops = [by_output.get(name) for name in names]
+        if None in ops:
+            raise InputError(f"{t['layer']}: truncation ops {names} not found after quantization")
+        first, second = (graph.g.operators[i] for i in ops)
+        source = int(first.inputs[0]) if graph.scalar(first.inputs[1]) is not None else int(
+            first.inputs[1])
+        if len(graph.consumers.get(source, [])) != 1 or source in set(int(i) for i in graph.g.inputs):
+            continue  # the unclipped tensor is read elsewhere: keep the clip ops
+        clipped = int(second.outputs[0])
+        src, dst = graph.g.tensors[source], graph.g.tensors[clipped]
+        if dst.type != src.type:
+            continue
+        src.quantization = dst.quantization
+        src.name = f"{graph.tensor_name(source)};{tg.SATURATION_MARK}/{t['layer']}"
+        graph.remove_ops(ops, {clipped: source})
+        by_output = {graph.tensor_name(op.outputs[0]): i for i, op in enumerate(graph.g.operators)}
+    return tg.write_model(model_t)
+
+
+def embed_tflite_metadata(content: bytes, payload: dict) -> bytes:
+    model_t = tg.read_model(content)
+    tg.set_metadata(model_t, payload)
+    return tg.write_model(model_t)
+
+
+def read_tflite_metadata(content) -> dict | None:
+    return tg.read_metadata(tg.read_model(content))
+
+
+def tflite_ops(content) -> dict:
+    """`{op name: count}` of a `.tflite` model (bytes or path)."""
+    return tg.Graph(tg.read_model(content)).ops()
+
+
+def _step_range(spec_q):
+    scale = float(spec_q.scale[0])
+    zero_point = int(spec_q.zeroPoint[0])
+    return (-128 - zero_point) * scale, (127 - zero_point) * scale, scale
+
+
+def inspect_tflite(content, truncations, precision) -> dict:
+    """Check the truncation mapping of a written `.tflite` model; raise InputError naming the
+    layer if a rule breaks. Returns `{"ops", "truncations", "inputs", "outputs"}`."""
+    model_t = tg.read_model(content)
+    graph = tg.Graph(model_t)
+    ops = graph.ops()
+    bad = [name for name in ops if name.startswith("CUSTOM") or name in _FORBIDDEN_OPS
+           or "Flex" in name]
+    if bad:
+        raise InputError(f"tflite: non-builtin op(s) {', '.join(bad)}; expected builtin ops only")
+    mapping = []
+    candidates = graph.clip_candidates()
+    if precision in ("fp32", "fp16"):
+        matches = match_clips(truncations, candidates)
+        for t, index in zip(truncations, matches):
+            if index is None:
+                raise InputError(
+                    f"{t['layer']}: no MAXIMUM+MINIMUM with constant bounds [{t['lower']:g}, "
+                    f"{t['upper']:g}] (or fused clip activation) in the {precision} TFLite graph")
+            mapping.append({**t, "mapped_to": candidates[index]["mapped_to"]})
+    else:
+        marked = {}
+        for i in range(len(graph.g.tensors)):
+            name = graph.tensor_name(i)
+            if tg.SATURATION_MARK in name:
+                marked[name.split(f"{tg.SATURATION_MARK}/", 1)[1]] = i
+        leftovers = [c for c in candidates if c["kind"] == "minmax"]
+        left_matches = [
+            match_clips([t], leftovers, atol=(t["upper"] - t["lower"]) / 255)[0] for t in truncations]
+        for t, left in zip(truncations, left_matches):
+            if t["layer"] in marked:
+                index = marked[t["layer"]]
+                q = graph.g.tensors[index].quantization
+                if q is None or q.scale is None or not len(q.scale):
+                    raise InputError(f"{t['layer']}: saturation tensor is not quantized")
+                low, high, scale = _step_range(q)
+                if abs(low - t["lower"]) > scale * 0.51 + 1e-6 or abs(high - t["upper"]) > scale * 0.51 + 1e-6:
+                    raise InputError(
+                        f"{t['layer']}: int8 range [{low:g}, {high:g}] of the truncated tensor is "
+                        f"not [{t['lower']:g}, {t['upper']:g}] to within half a step ({scale:g})")
+                if left is not None:
+                    raise InputError(f"{t['layer']}: MAXIMUM/MINIMUM still present in the int8 graph")
+                producer = graph.producer.get(index)
+                what = graph.op_name(graph.g.operators[producer]) if producer is not None else "input"
+                mapped = f"{what} int8 saturation"
+            elif left is not None:
+                mapped = leftovers[left]["mapped_to"] + " (int8)"
+            else:
+                raise InputError(f"{t['layer']}: truncation neither removed into int8 saturation "
+                                 "nor present as MAXIMUM/MINIMUM in the int8 graph")
+            mapping.append({**t, "mapped_to": mapped})
+    return {
+        "ops": ops,
+        "truncations": mapping,
+        "inputs": [tg.tensor_spec(graph, i) for i in graph.g.inputs],
+        "outputs": [tg.tensor_spec(graph, i) for i in graph.g.outputs],
+    }

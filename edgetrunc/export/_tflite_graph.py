@@ -1,0 +1,243 @@
+"""Reading and editing TFLite flatbuffers through TensorFlow's own object API.
+
+This module owns everything that looks inside a `.tflite` file: op names and counts,
+constant values (following fp16/int8 DEQUANTIZE of weights), producers and consumers,
+the clip candidates (MAXIMUM/MINIMUM pairs with constant bounds, or a fused RELU6 /
+RELU_N1_TO_1 / RELU_0_TO_1 activation), removal of ops with consumers rewired, and the
+metadata buffer. It uses `tensorflow.lite.tools.flatbuffer_utils` and the generated schema;
+there is no hand-written flatbuffer parser.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+METADATA_NAME = "edgetrunc"
+SATURATION_MARK = "edgetrunc_clip_by_saturation"
+
+_FUSED_CLIPS = {  # fused activation name -> (lower, upper)
+    "RELU6": (0.0, 6.0),
+    "RELU_N1_TO_1": (-1.0, 1.0),
+    "RELU_0_TO_1": (0.0, 1.0),
+}
+_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8,
+           7: np.int16}
+
+
+def _schema():
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return schema
+
+
+def _utils():
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils
+
+
+def _enum_names(enum_cls):
+    return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_")}
+
+
+def read_model(content):
+    """Parse `.tflite` bytes (or a path) into a mutable `ModelT`."""
+    if not isinstance(content, (bytes, bytearray)):
+        with open(content, "rb") as fh:
+            content = fh.read()
+    return _utils().convert_bytearray_to_object(bytearray(content))
+
+
+def write_model(model_t) -> bytes:
+    return bytes(_utils().convert_object_to_bytearray(model_t))
+
+
+class Graph:
+    """The main subgraph of a `ModelT` with names, producers and consumers resolved."""
+
+    def __init__(self, model_t):
+        self.model = model_t
+        self.g = model_t.subgraphs[0]
+        self._builtin = _enum_names(_schema().BuiltinOperator)
+        self._activation = _enum_names(_schema().ActivationFunctionType)
+        self.refresh()
+
+    def refresh(self):
+        self.producer = {}
+        self.consumers = {}
+        for index, op in enumerate(self.g.operators):
+            for t in op.outputs:
+                self.producer[int(t)] = index
+            for t in op.inputs:
+                if t >= 0:
+                    self.consumers.setdefault(int(t), []).append(index)
+
+    def op_name(self, op) -> str:
+        code = self.model.operatorCodes[op.opcodeIndex]
+        builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+        name = self._builtin.get(builtin, str(builtin))
+        if name == "CUSTOM":
+            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(
+                code.customCode)
+            return f"CUSTOM:{custom}"
+        return name
+
+    def tensor_name(self, index) -> str:
+        name = self.g.tensors[index].name
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+    def fused_activation(self, op) -> str | None:
+        options = op.builtinOptions
+        value = getattr(options, "fusedActivationFunction", None) if options is not None else None
+        if not value:
+            return None
+        return self._activation.get(int(value), str(value))
+
+    def ops(self) -> dict:
+        counts = {}
+        for op in self.g.operators:
+            name = self.op_name(op)
+            counts[name] = counts.get(name, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def constant(self, index):
+        """The value of tensor `index` if it is a constant (through a DEQUANTIZE), else None."""
+        tensor = self.g.tensors[index]
+        data = self.model.buffers[tensor.buffer].data if tensor.buffer < len(self.model.buffers) else None
+        if data is not None and len(data):
+            dtype = _DTYPES.get(int(tensor.type))
+            if dtype is None:
+                return None
+            values = np.frombuffer(bytes(bytearray(data)), dtype=dtype).astype(np.float64)
+            q = tensor.quantization
+            if dtype in (np.int8, np.uint8, np.int16) and q is not None and q.scale is not None \
+                    and len(q.scale):
+                values = (values - np.asarray(q.zeroPoint, np.float64)) * np.asarray(q.scale)
+            return values
+        producer = self.producer.get(int(index))
+        if producer is not None:
+            op = self.g.operators[producer]
+            if self.op_name(op) == "DEQUANTIZE":
+                return self.constant(op.inputs[0])
+        return None
+
+    def scalar(self, index):
+        value = self.constant(index)
+        if value is None or value.size != 1:
+            return None
+        return float(value.reshape(()))
+
+    def clip_candidates(self) -> list[dict]:
+        """Every MAXIMUM->MINIMUM (or MINIMUM->MAXIMUM) pair with scalar constant bounds, and
+        every op with a fused RELU6 / RELU_N1_TO_1 / RELU_0_TO_1 activation, in graph order."""
+        found = []
+        used = set()
+        for index, op in enumerate(self.g.operators):
+            name = self.op_name(op)
+            activation = self.fused_activation(op)
+            if activation in _FUSED_CLIPS:
+                lower, upper = _FUSED_CLIPS[activation]
+                found.append({"kind": "fused", "ops": [index], "lower": lower, "upper": upper,
+                              "mapped_to": f"{name}+{activation}",
+                              "names": [self.tensor_name(t) for t in op.outputs],
+                              "input": None, "output": int(op.outputs[0])})
+                continue
+            if name not in ("MAXIMUM", "MINIMUM") or index in used:
+                continue
+            first = self._bounded(op)
+            if first is None:
+                continue
+            consumers = self.consumers.get(int(op.outputs[0]), [])
+            if len(consumers) != 1:
+                continue
+            second_op = self.g.operators[consumers[0]]
+            second_name = self.op_name(second_op)
+            if second_name == name or second_name not in ("MAXIMUM", "MINIMUM"):
+                continue
+            second = self._bounded(second_op)
+            if second is None or second[0] != int(op.outputs[0]):
+                continue
+            lower = first[1] if name == "MAXIMUM" else second[1]
+            upper = second[1] if name == "MAXIMUM" else first[1]
+            used.update({index, consumers[0]})
+            found.append({"kind": "minmax", "ops": [index, consumers[0]], "lower": lower,
+                          "upper": upper, "mapped_to": f"{name}+{second_name}",
+                          "names": [self.tensor_name(op.outputs[0]),
+                                    self.tensor_name(second_op.outputs[0])],
+                          "input": first[0], "output": int(second_op.outputs[0])})
+        return found
+
+    def _bounded(self, op):
+        """`(variable input, constant bound)` of a binary MINIMUM/MAXIMUM, else None."""
+        if len(op.inputs) != 2:
+            return None
+        a, b = int(op.inputs[0]), int(op.inputs[1])
+        ca, cb = self.scalar(a), self.scalar(b)
+        if cb is not None and ca is None:
+            return a, cb
+        if ca is not None and cb is None:
+            return b, ca
+        return None
+
+    def ancestors(self, tensor_index) -> set[int]:
+        """Indices of every op that `tensor_index` depends on."""
+        seen, stack = set(), [int(tensor_index)]
+        while stack:
+            producer = self.producer.get(stack.pop())
+            if producer is None or producer in seen:
+                continue
+            seen.add(producer)
+            stack.extend(int(t) for t in self.g.operators[producer].inputs if t >= 0)
+        return seen
+
+    def remove_ops(self, op_indices, replace_tensor: dict):
+        """Delete ops and make every reader of `old` tensor read `new` instead."""
+        for op in self.g.operators:
+            op.inputs = np.array([replace_tensor.get(int(t), int(t)) for t in op.inputs],
+                                 dtype=np.int32)
+        self.g.outputs = np.array([replace_tensor.get(int(t), int(t)) for t in self.g.outputs],
+                                  dtype=np.int32)
+        drop = set(op_indices)
+        self.g.operators = [op for i, op in enumerate(self.g.operators) if i not in drop]
+        self.refresh()
+
+
+def read_metadata(model_t) -> dict | None:
+    for entry in model_t.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == METADATA_NAME:
+            return json.loads(bytes(bytearray(model_t.buffers[entry.buffer].data)).decode())
+    return None
+
+
+def set_metadata(model_t, payload: dict) -> None:
+    """Store `payload` as JSON in a metadata buffer named "edgetrunc" (replacing an old one)."""
+    schema = _schema()
+    data = np.frombuffer(json.dumps(payload, sort_keys=True).encode(), dtype=np.uint8)
+    for entry in model_t.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == METADATA_NAME:
+            model_t.buffers[entry.buffer].data = data
+            return
+    buffer = schema.BufferT()
+    buffer.data = data
+    model_t.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model_t.buffers) - 1
+    model_t.metadata = list(model_t.metadata or []) + [entry]
+
+
+def tensor_spec(graph: Graph, index) -> dict:
+    t = graph.g.tensors[index]
+    shape = [int(d) for d in (t.shapeSignature if t.shapeSignature is not None and len(
+        t.shapeSignature) else t.shape)]
+    dtype = np.dtype(_DTYPES.get(int(t.type), np.float32)).name
+    spec = {"name": graph.tensor_name(index), "shape": shape, "dtype": dtype}
+    q = t.quantization
+    if q is not None and q.scale is not None and len(q.scale):
+        spec["scale"] = float(q.scale[0])
+        spec["zero_point"] = int(q.zeroPoint[0])
+    return spec
