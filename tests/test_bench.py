@@ -1,0 +1,125 @@
+"""`edgetrunc bench` (JSON schema, table, errors), its timing helpers, and `scripts/bench.py`."""
+
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgetrunc.cli import main
+from edgetrunc.errors import InputError
+from edgetrunc.runtime.bench import (RESULT_KEYS, bench_artifacts, latency_summary,
+                                     time_interleaved)
+from tests.runtime_artifacts import ROOT, block_artifacts, detector_artifacts
+
+
+def _bench_script():
+    spec = importlib.util.spec_from_file_location("edgetrunc_bench_script", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def block():
+    return block_artifacts()
+
+
+def test_latency_summary_from_hand_written_times():
+    summary = latency_summary([4.0, 1.0, 3.0, 2.0, 10.0], batch=2)
+    assert summary["min_ms"] == 1.0 and summary["p50_ms"] == 3.0
+    assert summary["p90_ms"] == pytest.approx(7.6) and summary["p99_ms"] == pytest.approx(9.76)
+    assert summary["mean_ms"] == 4.0 and summary["throughput_ips"] == 500.0
+
+
+def test_time_interleaved_runs_every_function_in_rotating_order():
+    calls = []
+    functions = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    times = time_interleaved(functions, runs=4, warmup=2, desc="t")
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert calls[:6] == ["a", "b", "c", "b", "c", "a"]
+    assert len(calls) == 18
+
+
+def test_bench_json_schema(block, capsys):
+    argv = ["bench", str(block["fp32"]), str(block["onnx"]), "--threads", "1,2", "--runs", "3",
+            "--warmup", "1", "--batch", "2", "--json"]
+    assert main(argv) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [(r["artifact"], r["threads"]) for r in results] == [
+        (str(block["fp32"]), 1), (str(block["fp32"]), 2), (str(block["onnx"]), 1), (str(block["onnx"]), 2)]
+    for r in results:
+        assert set(RESULT_KEYS) <= set(r)
+        assert r["batch"] == 2 and r["runs"] == 3
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["throughput_ips"] > 0 and r["peak_rss_mb"] > 10
+        assert r["format"] in ("tflite", "onnx") and r["precision"] == "fp32"
+
+
+def test_bench_table_on_stdout_progress_on_stderr(block, capsys):
+    assert main(["bench", str(block["int8"]), "--runs", "2", "--warmup", "0"]) == 0
+    captured = capsys.readouterr()
+    header, rule, row = captured.out.strip().splitlines()
+    assert header.split()[:3] == ["artifact", "precision", "threads"]
+    assert "int8" in row and set(rule) <= {"-", " "}
+    assert "loading" in captured.err
+
+
+def test_bench_bad_artifacts_exit_2_with_one_line(tmp_path, block, capsys):
+    corrupt = tmp_path / "corrupt.tflite"
+    corrupt.write_bytes(b"\x00" * 64)
+    assert main(["bench", str(block["fp32"]), str(corrupt), "--runs", "2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert err == [f"edgetrunc bench: error: {corrupt}: not a valid TFLite model "
+                   "(The model is not a valid Flatbuffer buffer)"]
+    with pytest.raises(InputError, match="no such file"):
+        bench_artifacts([tmp_path / "missing.onnx"], runs=1)
+    with pytest.raises(InputError, match="--warmup"):
+        bench_artifacts([block["fp32"]], runs=1, warmup=-1)
+
+
+def test_flop_count_of_a_hand_checked_model():
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, (3, 3), padding="same", use_bias=False, name="conv")(inputs)
+    x = keras.layers.AveragePooling2D((2, 2), name="pool")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(2, name="dense")(x)
+    rows = {r["layer"]: r for r in _bench_script().count_flops(keras.Model(inputs, outputs))}
+    assert rows["conv"]["macs"] == 8 * 8 * 4 * 9 and rows["conv"]["flops"] == 2 * 8 * 8 * 4 * 9
+    assert rows["pool"]["flops"] == 4 * 4 * 4 * 4
+    assert rows["bn"]["flops"] == 2 * 4 * 4 * 4
+    assert rows["gap"]["flops"] == 4 * 4 * 4
+    assert rows["dense"]["macs"] == 8 and rows["dense"]["flops"] == 16 + 2
+
+
+def test_tlunet_flops_match_the_documented_figure():
+    from edgetrunc.models import create
+
+    rows = _bench_script().count_flops(create("tlunet"))
+    macs = sum(r["macs"] for r in rows)
+    assert 71e6 < macs < 73e6
+    assert rows[0]["layer"] == "front_end" and rows[0]["macs"] == 256 * 256 * 25
+
+
+def test_bench_script_writes_its_sections_and_keeps_the_others(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n<!-- BEGIN training -->\nkept as is\n<!-- END training -->\n")
+    models = tmp_path / "models"
+    models.mkdir()
+    detector = detector_artifacts()
+    shutil.copy(detector["tflite"], models / "tlunet_fp32.tflite")
+    shutil.copy(detector["onnx"], models / "tlunet_fp32.onnx")
+    assert _bench_script().main(["--quick", "--out", str(out), "--models", str(models)]) == 0
+    text = out.read_text()
+    assert "<!-- BEGIN training -->\nkept as is\n<!-- END training -->" in text
+    for section in ("machine", "truncation-variants", "runtime", "flops"):
+        assert f"<!-- BEGIN {section} -->" in text
+    assert "| TFLite fp32 | 1 |" in text and "| ONNX Runtime fp32 | 2 |" in text
+    assert "not found, rows skipped: tflite fp16, tflite int8, onnx int8" in text
+    variant_rows = [line for line in text.splitlines() if line.startswith("| seed answer 1")]
+    assert variant_rows and variant_rows[0].rstrip(" |").endswith("4 / 4 / 4")
+    assert np.isfinite(float(text.split("multiply-adds: **")[1].split(" M")[0]))
