@@ -1,0 +1,96 @@
+"""The comparator: run every runner on the same inputs, then pair each artifact with the reference.
+
+Learned from Polygraphy: `Comparator.run(runners, data)` only runs and collects
+(`RunResults`: outputs and throughput per runner); `Comparator.compare_accuracy(results,
+compare_func)` pairs the first runner (the reference) with each other one and applies the
+comparison function, which is a separate, swappable object (`compare.CompareFunc`).
+Batches of `batch_size` images go through each runner at once (the TFLite runner resizes its
+input to the batch). No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgetrunc import _log
+from edgetrunc.errors import InputError
+from edgetrunc.runtime.scoring import stego_probability
+
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass
+class RunResult:
+    runner: str
+    outputs: dict
+    seconds: float
+    samples: int
+    probability: np.ndarray | None = None
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class RunResults:
+    """`RunResult` per runner, in the order the runners were given (the reference first)."""
+
+    results: list = field(default_factory=list)
+
+    def __getitem__(self, name) -> RunResult:
+        for result in self.results:
+            if result.runner == name:
+                return result
+        raise KeyError(name)
+
+    @property
+    def reference(self) -> RunResult:
+        return self.results[0]
+
+
+def detector_probability(outputs: dict, name: str):
+    """Stego probability `[N]` if the outputs look like a detector's (`[N, 2]` or `[N, 1]`), else None."""
+    first = next(iter(outputs.values()), None)
+    if first is None or first.ndim != 2 or first.shape[1] not in (1, 2):
+        return None
+    try:
+        return stego_probability(outputs, name)
+    except InputError:
+        return None
+
+
+class Comparator:
+    """Run runners on data and compare their results (see the module docstring)."""
+
+    @staticmethod
+    def run(runners: list, data: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+            names: list | None = None) -> RunResults:
+        names = names or [runner.name for runner in runners]
+        results = RunResults()
+        for runner, name in zip(runners, names):
+            parts = []
+            batches = range(0, len(data), batch_size)
+            start = time.perf_counter()
+            for begin in _log.progress(batches, desc=f"infer {name}", total=len(batches), unit="batch"):
+                parts.append(runner.infer(data[begin:begin + batch_size]))
+            seconds = time.perf_counter() - start
+            outputs = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
+            results.results.append(RunResult(name, outputs, seconds, len(data),
+                                             detector_probability(outputs, name)))
+        return results
+
+    @staticmethod
+    def compare_accuracy(results: RunResults, compare_func, labels=None, precisions: dict | None = None) -> dict:
+        """`{runner name: OutputComparison}` of every runner against the first one."""
+        reference = results.reference
+        comparisons = {}
+        for result in results.results[1:]:
+            precision = (precisions or {}).get(result.runner, "fp32")
+            comparisons[result.runner] = compare_func(
+                reference.outputs, result.outputs, labels=labels, precision=precision,
+                reference_probability=reference.probability, candidate_probability=result.probability)
+        return comparisons

@@ -1,0 +1,132 @@
+"""The sample inputs of a parity run: held-out covers, their stego versions, random images, a folder.
+
+`parity_inputs(kind, samples, seed, shape)` returns an `InputSet`: float32 NHWC pixel values
+0..255, labels (0 cover, 1 stego, -1 unknown) and a name per sample. `mix` (the default) is a
+third held-out covers, a third their LSB-matching stego versions and a third uniform random
+images; `covers` / `stego` are the held-out test split of the embedded photos; `random` is
+uniform 0..255, seeded; a folder gives the first 256x256 tile of each image, or every tile
+when there are fewer images than samples. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+
+KINDS = ("mix", "random", "covers", "stego")
+PARITY_PAYLOAD = 0.4
+
+
+@dataclass
+class InputSet:
+    x: np.ndarray
+    labels: np.ndarray
+    names: list
+    kind: str
+    seed: int
+    composition: dict = field(default_factory=dict)
+
+    @property
+    def labelled(self) -> int:
+        return int((self.labels >= 0).sum())
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "seed": self.seed, "samples": int(len(self.x)),
+                "labelled": self.labelled, "composition": dict(self.composition),
+                "shape": list(self.x.shape[1:])}
+
+
+def _random_images(count: int, seed: int, shape) -> np.ndarray:
+    rng = np.random.default_rng([seed, 0x9A41])
+    return rng.integers(0, 256, size=(count, *shape)).astype(np.float32)
+
+
+def _crop(x: np.ndarray, shape) -> np.ndarray:
+    h, w = shape[0], shape[1]
+    if x.shape[1] < h or x.shape[2] < w:
+        raise InputError(f"inputs: tiles are {x.shape[1]}x{x.shape[2]}; the model expects {h}x{w}")
+    return x[:, :h, :w, :]
+
+
+def _held_out_pairs(pairs: int, seed: int, shape):
+    from edgetrunc.data import load_pairs
+
+    pair_set = load_pairs(covers="embedded", split="test", payload=PARITY_PAYLOAD, seed=seed,
+                          max_pairs=max(1, pairs))
+    x = _crop(pair_set.x, shape)
+    names = [f"{src}@{pos[0]},{pos[1]}" for src, pos in zip(pair_set.sources, pair_set.positions)]
+    return x, pair_set.y.astype(np.int64), names
+
+
+def _folder_inputs(folder: Path, samples: int, shape):
+    from edgetrunc.data import load_image, tile_image, to_model_input
+    from edgetrunc.data.images import IMAGE_SUFFIXES
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    tiles_per_file = 1 if len(files) >= samples else None
+    batches, names = [], []
+    for path in files:
+        pixels = load_image(path, min_size=max(shape[0], shape[1]), warn_jpeg=False)
+        tiles, positions = tile_image(pixels, size=shape[0])
+        if tiles_per_file:
+            tiles, positions = tiles[:1], positions[:1]
+        batches.append(to_model_input(tiles))
+        names += [f"{path.name}@{y},{x}" for y, x in positions]
+        if len(names) >= samples:
+            break
+    x = np.concatenate(batches)[:samples]
+    return x, np.full(len(x), -1, np.int64), names[:samples]
+
+
+def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
+                  shape=(256, 256, 1)) -> InputSet:
+    """Build `samples` inputs of `shape` (H, W, C) for a parity run; see the module docstring."""
+    samples = int(samples)
+    if samples < 1:
+        raise InputError(f"--samples: expected a positive integer; got {samples}")
+    shape = tuple(int(d) for d in shape)
+    if kind not in KINDS:
+        folder = Path(kind)
+        if not folder.exists():
+            raise InputError(f"--inputs {kind}: expected one of {', '.join(KINDS)} or a folder of images")
+        if not folder.is_dir():
+            raise InputError(f"--inputs {kind}: not a folder; expected one of {', '.join(KINDS)} "
+                             "or a folder of images")
+        x, labels, names = _folder_inputs(folder, samples, shape)
+        return InputSet(x, labels, names, str(folder), seed, {"folder": len(x)})
+    if shape[-1] != 1 and kind != "random":
+        raise InputError(f"--inputs {kind}: photos are grayscale; the model expects {shape[-1]} channels")
+    if kind == "random":
+        x = _random_images(samples, seed, shape)
+        return InputSet(x, np.full(samples, -1, np.int64), [f"random#{i}" for i in range(samples)],
+                        kind, seed, {"random": samples})
+    if kind in ("covers", "stego"):
+        x, y, names = _held_out_pairs(samples, seed, shape)
+        keep = np.flatnonzero(y == (0 if kind == "covers" else 1))[:samples]
+        return InputSet(x[keep], y[keep], [names[i] for i in keep], kind, seed, {kind: len(keep)})
+    n_random = samples // 3
+    n_pairs = (samples - n_random) // 2
+    n_random = samples - 2 * n_pairs
+    parts_x, parts_y, parts_names = [], [], []
+    composition = {"covers": 0, "stego": 0, "random": 0}
+    if n_pairs:
+        x, y, names = _held_out_pairs(n_pairs, seed, shape)
+        parts_x.append(x)
+        parts_y.append(y)
+        parts_names += names
+        composition["covers"] = int((y == 0).sum())
+        composition["stego"] = int((y == 1).sum())
+    n_random = samples - sum(len(p) for p in parts_x)
+    if n_random:
+        parts_x.append(_random_images(n_random, seed, shape))
+        parts_y.append(np.full(n_random, -1, np.int64))
+        parts_names += [f"random#{i}" for i in range(n_random)]
+        composition["random"] = n_random
+    return InputSet(np.concatenate(parts_x), np.concatenate(parts_y), parts_names, kind, seed,
+                    composition)

@@ -1,0 +1,115 @@
+"""`KerasRunner`: the reference backend of the parity check (imports TensorFlow and Keras).
+
+Follows `edgetrunc.runtime.BaseRunner`: created from a `.keras` path (or a loaded model),
+`infer(batch)` runs a compiled `tf.function` of the model in inference mode, `batch_size`
+images at a time, and returns `{output name: float32}`. `layer_outputs(batch)` returns the
+output of every layer in graph order, for the per-layer comparison.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
+
+
+def load_keras_model(path):
+    """Load a `.keras` file (compile=False), raising `InputError` on a missing or corrupt file."""
+    from edgetrunc._io import require_file
+
+    path = require_file(path, "Keras model", suffixes=(".keras", ".h5"))
+    import keras
+
+    import edgetrunc.layers  # noqa: F401  (registers Truncation for deserialization)
+
+    try:
+        return keras.saving.load_model(str(path), compile=False)
+    except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a loadable Keras model ({reason[:200]})") from None
+
+
+class KerasRunner(BaseRunner):
+    """Run a Keras model with a compiled `tf.function` on float32 NHWC batches.
+
+    Args:
+        path_or_model: a `.keras` path or a `keras.Model`.
+        batch_size: images per call of the compiled function (default 16).
+    """
+
+    format = "keras"
+
+    def __init__(self, path_or_model, threads: int | None = None, batch_size: int = 16):
+        self._model = None if isinstance(path_or_model, (str, Path)) else path_or_model
+        self.batch_size = int(batch_size)
+        self._layer_model = None
+        path = path_or_model if self._model is None else f"<memory>/{path_or_model.name}.keras"
+        super().__init__(path, threads)
+
+    @property
+    def model(self):
+        return self._model
+
+    def _load_impl(self):
+        import tensorflow as tf
+
+        if self._model is None:
+            self._model = load_keras_model(self.path)
+        model = self._model
+        if len(model.inputs) != 1:
+            raise InputError(f"{self.path}: expected a model with one input; it has {len(model.inputs)}")
+        self._function = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        names = [getattr(t, "name", f"output_{i}").split(":")[0] for i, t in enumerate(model.outputs)]
+        self._output_names = [layer_name_of(t, model) or name for t, name in zip(model.outputs, names)]
+        shape = tuple(None if d is None else int(d) for d in model.inputs[0].shape)
+        self._meta = RunnerMetadata(
+            path=str(self.path), format="keras", precision="fp32",
+            inputs=[TensorInfo(name=model.inputs[0].name, shape=shape, dtype="float32")],
+            outputs=[TensorInfo(name=n, shape=tuple(None if d is None else int(d) for d in t.shape),
+                                dtype="float32") for n, t in zip(self._output_names, model.outputs)],
+            layout="NHWC",
+            extra={"backend": f"keras {__import__('keras').__version__} / tensorflow {tf.__version__}",
+                   "layers": len(model.layers)})
+
+    def _infer_impl(self, batch: np.ndarray) -> dict:
+        parts = []
+        for start in range(0, len(batch), self.batch_size):
+            out = self._function(batch[start:start + self.batch_size])
+            out = out if isinstance(out, (list, tuple)) else [out]
+            parts.append([np.asarray(o, dtype=np.float32) for o in out])
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self._output_names)}
+
+    def layer_outputs(self, batch: np.ndarray) -> dict:
+        """`{layer name: float32 output}` of every layer with one output tensor, in graph order."""
+        import keras
+        import tensorflow as tf
+
+        if self._layer_model is None:
+            layers, outputs = [], []
+            for layer in self._model.layers:
+                try:
+                    out = layer.output
+                except (AttributeError, ValueError):
+                    continue
+                if isinstance(out, (list, tuple)):
+                    continue
+                layers.append(layer.name)
+                outputs.append(out)
+            self._layer_names = layers
+            probe = keras.Model(self._model.inputs, outputs)
+            self._layer_model = tf.function(lambda x: probe(x, training=False), reduce_retracing=True)
+        parts = []
+        for start in range(0, len(batch), self.batch_size):
+            outs = self._layer_model(np.asarray(batch[start:start + self.batch_size], np.float32))
+            parts.append([np.asarray(o, dtype=np.float32) for o in outs])
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self._layer_names)}
+
+
+def layer_name_of(tensor, model) -> str | None:
+    history = getattr(tensor, "_keras_history", None)
+    if history is not None:
+        return history[0].name
+    return None

@@ -1,0 +1,347 @@
+"""Per-layer parity: map every Keras layer output to a tensor of the artifact and find the first divergence.
+
+TFLite intermediates are read with the interpreter's `experimental_preserve_all_tensors`
+(built-in kernels: XNNPACK keeps its intermediates to itself); ONNX intermediates by adding
+every float node output to `graph.output` in a copy of the model run from bytes. Converters
+keep Keras layer names in tensor names (`tlunet_1/group1_truncation_1/Minimum`, fused
+tensors joined by `;`), so a tensor's candidate layers are the layers its name mentions
+(with or without the `_N` scope suffix), the layers between them, and the layers after
+them that no tensor mentions (a batch normalization folded into its convolution). Each
+tensor goes to the candidate whose Keras output it matches best (NCHW transposed back,
+int8 dequantized); a layer left without a tensor is `fused` into its neighbour. A tensor
+that equals its layer's output up to a per-channel affine map is `folded` (the rest of the
+layer lives in the next op, e.g. a batch-norm offset moved into the next convolution's bias).
+The first `compared` layer in graph order whose normalized error exceeds the precision's
+bound is the first divergent layer. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+
+# Max |error| / max |reference| above which a layer diverges (see docs/PARITY.md).
+LAYER_TOLERANCES = {"fp32": 1e-2, "fp16": 5e-2, "int8": 0.25}
+AFFINE_RESIDUAL = 1e-3
+_SUFFIX = re.compile(r"^(.*)_\d+$")
+
+
+@dataclass
+class LayerComparison:
+    """One Keras layer against its artifact tensor (JSON-ready)."""
+
+    layer: str
+    index: int
+    status: str  # compared | folded | fused | input | unmapped
+    tensor: str | None = None
+    shape: list | None = None
+    layout: str | None = None
+    max_abs_error: float | None = None
+    mean_abs_error: float | None = None
+    normalized_error: float | None = None
+    cosine: float | None = None
+    scale: float | None = None
+    error_over_scale: float | None = None
+    divergent: bool = False
+    fused_into: str | None = None
+    fused_layers: list = field(default_factory=list)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class ArtifactTensor:
+    name: str
+    key: object  # TFLite tensor index or ONNX tensor name
+    order: int
+    value: np.ndarray
+    scale: float | None = None
+    output_index: int | None = None  # position among the artifact's outputs
+
+
+def mentioned_layers(tensor_name: str, layer_names) -> set:
+    """Layer names that appear as a path segment of `tensor_name` (each `;` part, `_N` suffix optional)."""
+    layer_set = set(layer_names)
+    found = set()
+    for piece in tensor_name.split(";"):
+        for segment in piece.split("/"):
+            segment = segment.split(":")[0]
+            if segment in layer_set:
+                found.add(segment)
+            match = _SUFFIX.match(segment)
+            if match and match.group(1) in layer_set:
+                found.add(match.group(1))
+    return found
+
+
+def _as_reference_layout(value: np.ndarray, ref_shape: tuple):
+    """Yield `(array, layout)` views of `value` shaped like the reference (NHWC, NCHW, squeezed)."""
+    if value.shape == ref_shape:
+        yield value, "NHWC" if value.ndim == 4 else "same"
+    if value.ndim == 4 and len(ref_shape) == 4 and value.transpose(0, 2, 3, 1).shape == ref_shape:
+        yield value.transpose(0, 2, 3, 1), "NCHW"
+    if value.size == int(np.prod(ref_shape)) and value.shape != ref_shape and (
+            [d for d in value.shape if d != 1] == [d for d in ref_shape if d != 1]):
+        yield value.reshape(ref_shape), "reshaped"
+
+
+def normalized_error(reference: np.ndarray, value: np.ndarray) -> float:
+    ref = reference.astype(np.float64)
+    diff = np.abs(ref - value.astype(np.float64))
+    both_nan = np.isnan(ref) & np.isnan(value)
+    diff[both_nan] = 0.0
+    if np.isnan(diff).any():
+        return float("inf")
+    peak = float(np.nanmax(np.abs(ref))) if ref.size else 0.0
+    return float(diff.max() / max(peak, 1e-12)) if diff.size else 0.0
+
+
+def is_channel_affine(reference: np.ndarray, value: np.ndarray, tolerance: float) -> bool:
+    """True if every channel (last axis) of `value` is `a * reference + b` up to `tolerance`."""
+    if reference.ndim < 2 or reference.shape != value.shape:
+        return False
+    ref = reference.reshape(-1, reference.shape[-1]).astype(np.float64)
+    got = value.reshape(-1, value.shape[-1]).astype(np.float64)
+    for c in range(ref.shape[1]):
+        x, y = ref[:, c], got[:, c]
+        design = np.stack([x, np.ones_like(x)], axis=1)
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        residual = np.abs(design @ coef - y).max()
+        spread = max(np.abs(y).max(), 1e-12)
+        if coef[0] == 0 and np.ptp(x) > 0 or residual > tolerance * spread:
+            return False
+    return True
+
+
+def _cosine(a, b):
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    norm = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(np.dot(a, b) / norm) if norm > 0 else None
+
+
+def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
+                   input_layers=(), output_layers=(), tolerance: float | None = None) -> tuple:
+    """Map and compare; returns `(list of LayerComparison in graph order, first divergent layer or None)`.
+
+    `output_layers[i]` is the layer that produces the model's i-th output: the artifact's
+    i-th output tensor is a candidate for it whatever its name.
+    """
+    tolerance = LAYER_TOLERANCES.get(precision, LAYER_TOLERANCES["fp32"]) if tolerance is None else tolerance
+    names = list(layer_outputs)
+    position = {name: i for i, name in enumerate(names)}
+    mentions = [mentioned_layers(t.name, names) for t in tensors]
+    for tensor, mentioned in zip(tensors, mentions):
+        if tensor.output_index is not None and tensor.output_index < len(output_layers):
+            mentioned.add(output_layers[tensor.output_index])
+    mentioned_anywhere = set().union(*mentions) if mentions else set()
+
+    best: dict = {}  # layer -> (error, order, tensor, view, layout)
+    for tensor, mentioned in zip(tensors, mentions):
+        if not mentioned:
+            continue
+        low, high = min(position[m] for m in mentioned), max(position[m] for m in mentioned)
+        candidates = names[low:high + 1]
+        for name in names[high + 1:]:
+            if name in mentioned_anywhere:
+                break
+            candidates.append(name)
+        choice = None
+        for name in candidates:
+            ref = layer_outputs[name]
+            for view, layout in _as_reference_layout(tensor.value, ref.shape):
+                err = normalized_error(ref, view)
+                if choice is None or err < choice[0] or (err == choice[0] and name in mentioned):
+                    choice = (err, name, view, layout)
+        if choice is None:
+            continue
+        err, name, view, layout = choice
+        current = best.get(name)
+        if current is None or err < current[0] or (err == current[0] and tensor.order > current[1]):
+            best[name] = (err, tensor.order, tensor, view, layout)
+
+    results = []
+    for index, name in enumerate(names):
+        if name in input_layers:
+            results.append(LayerComparison(name, index, "input"))
+            continue
+        if name not in best:
+            results.append(LayerComparison(name, index, "unmapped"))
+            continue
+        err, _, tensor, view, layout = best[name]
+        ref = layer_outputs[name]
+        diff = np.abs(ref.astype(np.float64) - view.astype(np.float64))
+        diff[np.isnan(ref) & np.isnan(view)] = 0.0
+        item = LayerComparison(
+            name, index, "compared", tensor=tensor.name, shape=list(ref.shape), layout=layout,
+            max_abs_error=float(np.nanmax(diff)) if diff.size else 0.0,
+            mean_abs_error=float(np.nanmean(diff)) if diff.size else 0.0,
+            normalized_error=err if np.isfinite(err) else None, cosine=_cosine(ref, view),
+            scale=tensor.scale)
+        if tensor.scale:
+            item.error_over_scale = item.max_abs_error / tensor.scale
+        if not err <= tolerance:
+            if np.isfinite(err) and is_channel_affine(ref, view, AFFINE_RESIDUAL + tolerance):
+                item.status = "folded"
+            else:
+                item.divergent = True
+        results.append(item)
+
+    _resolve_fused(results)
+    first = next((r for r in results if r.divergent), None)
+    first_name = None
+    if first is not None:
+        first_name = first.fused_layers[0] if first.fused_layers else first.layer
+    return results, first_name
+
+
+def _resolve_fused(results: list) -> None:
+    """Give each unmapped layer the neighbour that carries its computation (next mapped layer first)."""
+    carriers = [r for r in results if r.status in ("compared", "folded")]
+    for i, item in enumerate(results):
+        if item.status != "unmapped":
+            continue
+        later = next((r for r in results[i + 1:] if r.status in ("compared", "folded")), None)
+        earlier = next((r for r in reversed(results[:i]) if r.status in ("compared", "folded")), None)
+        carrier = later or earlier
+        if carrier is None or not carriers:
+            continue
+        item.status = "fused"
+        item.fused_into = carrier.layer
+    for item in results:
+        if item.status in ("compared", "folded"):
+            group = [r.layer for r in results if r.fused_into == item.layer and r.index < item.index]
+            item.fused_layers = group + [item.layer] if group else []
+
+
+# -- reading intermediates -----------------------------------------------------------------
+
+def tflite_tensors(artifact, batch: np.ndarray) -> list:
+    """Run a TFLite artifact (path or bytes) with every tensor preserved; return its op outputs."""
+    from edgetrunc.runtime import TFLiteRunner
+
+    runner = TFLiteRunner(artifact, use_xnnpack=False, preserve_all_tensors=True)
+    runner.infer(batch)
+    interpreter = runner._last
+    details = {d["index"]: d for d in runner.tensor_details()}
+    outputs = {d["index"]: i for i, d in enumerate(interpreter.get_output_details())}
+    try:
+        op_outputs = [i for op in interpreter._get_ops_details() for i in op["outputs"] if i >= 0]
+    except AttributeError:
+        op_outputs = sorted(details)
+    tensors = []
+    for order, index in enumerate(op_outputs):
+        detail = details[index]
+        dtype = np.dtype(detail["dtype"])
+        if dtype.kind not in "fiu":
+            continue
+        params = detail.get("quantization_parameters", {})
+        scales = params.get("scales", np.zeros(0))
+        if dtype.kind in "iu" and scales.size != 1:
+            continue
+        try:
+            value = runner.get_tensor(index, dequantize=True)
+        except InputError:
+            continue
+        scale = float(scales[0]) if dtype.kind in "iu" else None
+        tensors.append(ArtifactTensor(detail["name"], index, order, value.astype(np.float32), scale,
+                                      outputs.get(index)))
+    return tensors
+
+
+def onnx_with_intermediates(model_or_bytes):
+    """A copy of the ONNX model with every float node output added to `graph.output`."""
+    import onnx
+
+    model = onnx.load_from_string(model_or_bytes) if isinstance(model_or_bytes, (bytes, bytearray)) \
+        else model_or_bytes
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is best effort; unknown types are skipped
+        inferred = model
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    existing = {o.name for o in model.graph.output}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    for node in model.graph.node:
+        for name in node.output:
+            if not name or name in existing or types.get(name) not in floats:
+                continue
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
+            existing.add(name)
+    return model
+
+
+def _onnx_scales(model) -> dict:
+    """Quantization scale of each tensor that a QuantizeLinear reads or a DequantizeLinear writes."""
+    from onnx import numpy_helper
+
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            try:
+                init[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            except Exception:  # non-tensor constants are not scales
+                pass
+    scales = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1:
+            scale = init.get(node.input[1])
+            if scale is None or np.size(scale) != 1:
+                continue
+            target = node.input[0] if node.op_type == "QuantizeLinear" else node.output[0]
+            scales[target] = float(np.asarray(scale).reshape(()))
+    return scales
+
+
+def onnx_tensors(artifact, batch: np.ndarray) -> list:
+    """Run an ONNX artifact (path, bytes or ModelProto) with its intermediates exposed."""
+    import onnx
+
+    from edgetrunc.runtime import ONNXRunner
+
+    if isinstance(artifact, onnx.ModelProto):
+        model = artifact
+    else:
+        data = artifact if isinstance(artifact, (bytes, bytearray)) else open(artifact, "rb").read()
+        try:
+            model = onnx.load_from_string(bytes(data))
+        except Exception as exc:  # protobuf decode errors
+            raise InputError(f"{artifact if not isinstance(artifact, bytes) else '<memory>.onnx'}: "
+                             f"not a valid ONNX model ({str(exc)[:120]})") from None
+    exposed = onnx_with_intermediates(model)
+    scales = _onnx_scales(model)
+    runner = ONNXRunner(exposed.SerializeToString())
+    outputs = runner.infer(batch)
+    order = {name: i for i, node in enumerate(model.graph.node) for name in node.output}
+    graph_outputs = {o.name: i for i, o in enumerate(model.graph.output)}
+    tensors = []
+    for name, value in outputs.items():
+        if name not in order:
+            continue
+        tensors.append(ArtifactTensor(name, name, order[name], value, scales.get(name),
+                                      graph_outputs.get(name)))
+    tensors.sort(key=lambda t: t.order)
+    return tensors
+
+
+def compare_artifact_layers(keras_runner, artifact_path, artifact_format: str, precision: str,
+                            batch: np.ndarray, layer_outputs: dict | None = None,
+                            tolerance: float | None = None) -> tuple:
+    """Per-layer comparison of one artifact; returns `(layers, first divergent layer)`."""
+    layer_outputs = layer_outputs if layer_outputs is not None else keras_runner.layer_outputs(batch)
+    if artifact_format == "tflite":
+        tensors = tflite_tensors(artifact_path, batch)
+    elif artifact_format == "onnx":
+        tensors = onnx_tensors(artifact_path, batch)
+    else:
+        raise InputError(f"{artifact_path}: per-layer comparison supports .tflite and .onnx")
+    model = keras_runner.model
+    input_layers = {layer.name for layer in model.layers if type(layer).__name__ == "InputLayer"}
+    output_layers = [t._keras_history[0].name for t in model.outputs]
+    return compare_layers(layer_outputs, tensors, precision, input_layers, output_layers, tolerance)
