@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-lambda", action="store_true",
                    help="allow loading Lambda layers (this runs code stored in the file)")
     p.add_argument("--json", action="store_true", help="print the migration report as JSON")
+    p.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
+                   help="a global a saved lambda reads but the file does not store, e.g. T=3.0 "
+                   "(VALUE is a Python literal; repeatable)")
     return parser
 
 

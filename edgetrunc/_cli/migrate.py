@@ -1,0 +1,109 @@
+"""`edgetrunc migrate`: glue between the parsed arguments and `edgetrunc.migrate.migrate`.
+
+Parses `--define NAME=VALUE` globals, runs the migration, and prints the report as a
+table (stdout) or as JSON (`--json`, stdout); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+
+from edgetrunc.errors import InputError
+
+VERDICT_LABELS = {
+    "clip": "clip -> Truncation",
+    "not-clip": "not a clip (kept)",
+    "clip-other-gradient": "clip, other gradient (kept)",
+}
+
+
+def parse_defines(items) -> dict:
+    """`["T=3.0", "name='x'"]` -> `{"T": 3.0, "name": "x"}` (values are Python literals)."""
+    values = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise InputError(f"--define {item}: expected NAME=VALUE with a Python name, e.g. T=3.0")
+        try:
+            values[name] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise InputError(f"--define {item}: VALUE must be a Python literal "
+                             "(number, string, tuple, list)") from None
+    return values
+
+
+def run(args) -> int:
+    from edgetrunc.migrate import migrate
+
+    report = migrate(args.legacy, args.out, trust_lambda=args.trust_lambda,
+                     extra_globals=parse_defines(getattr(args, "define", [])))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _bounds(layer) -> str:
+    if layer.get("lower") is None:
+        return "-"
+    return f"[{_number(layer['lower'])}, {_number(layer['upper'])}]"
+
+
+def _ops(counts) -> str:
+    if "error" in counts:
+        return f"conversion failed ({counts['error']})"
+    return ", ".join(f"{op} {n}" for op, n in counts.items()) or "none"
+
+
+def format_report(report) -> str:
+    """The migration report as a plain-text table and summary lines."""
+    lines = [f"{report['legacy']} ({report['format']}): {report['message']}"]
+    if report["layers"]:
+        rows = [("layer", "verdict", "bounds", "gradient", "note")]
+        for layer in report["layers"]:
+            rows.append((layer["layer"], VERDICT_LABELS.get(layer["verdict"], layer["verdict"]),
+                         _bounds(layer), layer.get("gradient") or "-", layer.get("note") or ""))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines.append("")
+        for row in rows:
+            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths))
+                         + "  " + row[4])
+    verification = report.get("verification")
+    if verification:
+        shapes = "; ".join(f"{name} {tuple(shape[0])}" for name, shape in
+                           verification["inputs"].items())
+        lines += ["", f"verification on sample inputs ({shapes}):"]
+        diffs = ", ".join(f"{name} {_number(v)}" for name, v in verification["max_abs_diff"].items())
+        lines.append(f"  max |migrated - legacy|: {diffs}")
+        if verification.get("expected_difference"):
+            lines.append(f"  expected difference: {verification['expected_difference']}")
+        rebuild = max(verification["rebuild_max_abs_diff"].values(), default=math.nan)
+        lines.append(f"  max |migrated - legacy with exact clips|: {_number(rebuild)} "
+                     "(every other layer and weight kept)")
+        lines.append("  " + ("passed" if verification["passed"]
+                             else "FAILED: " + "; ".join(verification["failures"])))
+    if report.get("safe_mode"):
+        lines.append(f"{'  ' if verification else ''}safe mode: {report['safe_mode']}")
+    if report.get("compile"):
+        lines.append(f"compile config: {report['compile']}")
+    ops = report.get("tflite_ops")
+    if ops:
+        lines += ["", "TFLite ops:"]
+        total = f" ({ops['total_before']} ops)" if "total_before" in ops else ""
+        lines.append(f"  before{total}: {_ops(ops['before'])}")
+        total = f" ({ops['total_after']} ops)" if "total_after" in ops else ""
+        lines.append(f"  after{total}:  {_ops(ops['after'])}")
+        if "removed" in ops:
+            lines.append(f"  removed: {_ops(ops['removed'])}; added: {_ops(ops['added'])}")
+    if report.get("lambda_globals"):
+        lines.append(f"\nlambda globals given: {', '.join(report['lambda_globals'])}")
+    lines.append(f"written: {report['out']}" if report["written"] else "nothing written")
+    return "\n".join(lines)

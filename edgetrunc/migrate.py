@@ -1,0 +1,954 @@
+"""Migration of legacy `Lambda` truncations to the `Truncation` layer (`edgetrunc migrate`).
+
+This module owns the whole migration: it reads a legacy `.keras` or `.h5` file's config
+without running anything to find its `Lambda` layers, refuses to load them unless the
+caller trusts the file (a saved lambda is Python bytecode that runs on load), then loads
+it with the globals such code expects (`tf`, `keras`, `K`, `np`), probes every `Lambda`
+by behaviour to decide whether it computes `clip(x, lower, upper)` and with which
+gradient, replaces each clip-like one by a `Truncation` of the same name (every other
+layer and weight kept as is), verifies the result against the original, writes it
+atomically and reports the TFLite op inventory before and after.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import contextlib
+import dataclasses
+import dis
+import json
+import marshal
+import math
+import types
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc import _log
+from edgetrunc._io import atomic_path, require_file
+from edgetrunc.errors import CheckFailed, InputError
+
+LEGACY_SUFFIXES = (".keras", ".h5", ".hdf5")
+LAMBDA_GLOBAL_NAMES = ("tf", "keras", "K", "np", "math")
+VERIFY_SIDE = 256
+VERIFY_BATCH = 2
+HUGE_INPUT_SCALE = 1e7
+CANCELLATION_NOTE = (
+    "the legacy x + stop_gradient(clip(x) - x) loses the bound to float cancellation "
+    "when |x| is much larger than the bound (off by up to one ulp of x, e.g. 4.0 "
+    "instead of 3.0 at x = 3e7); Truncation returns the exact clip"
+)
+
+VERDICT_CLIP = "clip"
+VERDICT_NOT_CLIP = "not-clip"
+VERDICT_OTHER_GRADIENT = "clip-other-gradient"
+
+
+# --------------------------------------------------------------------------- config scan
+
+
+def read_model_config(path) -> tuple[str, dict]:
+    """Return `(format, config)` of a `.keras` zip or a full-model `.h5`; runs no code."""
+    path = require_file(path, "Keras model", LEGACY_SUFFIXES)
+    if zipfile.is_zipfile(path):
+        if path.suffix.lower() != ".keras":
+            raise InputError(f"{path}: a .keras zip archive named '{path.suffix}'; rename it to .keras")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                text = archive.read("config.json")
+        except KeyError:
+            raise InputError(f"{path}: zip archive without config.json; expected a model "
+                             "saved with model.save('*.keras')") from None
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise InputError(f"{path}: corrupt .keras archive ({exc})") from None
+        return "keras", _parse_config(path, text)
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py comes with TensorFlow
+        raise InputError(f"{path}: reading .h5 files needs h5py (pip install h5py)") from None
+    if not h5py.is_hdf5(path):
+        raise InputError(f"{path}: neither a .keras zip archive nor an HDF5 file; "
+                         "expected a Keras model saved with model.save()")
+    if path.suffix.lower() == ".keras":
+        raise InputError(f"{path}: an HDF5 file named '.keras'; rename it to .h5")
+    try:
+        with h5py.File(path, "r") as handle:
+            text = handle.attrs.get("model_config")
+    except OSError as exc:
+        raise InputError(f"{path}: corrupt HDF5 file ({exc})") from None
+    if text is None:
+        raise InputError(f"{path}: HDF5 file without a model config (weights only?); "
+                         "expected a full model saved with model.save('*.h5')")
+    return "h5", _parse_config(path, text)
+
+
+def _parse_config(path, text) -> dict:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    try:
+        config = json.loads(text)
+    except ValueError:
+        raise InputError(f"{path}: model config is not valid JSON (corrupt file?)") from None
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise InputError(f"{path}: model config has no class_name; not a Keras model")
+    return config
+
+
+def find_lambda_configs(config) -> list[dict]:
+    """Every `Lambda` layer config in a model config (nested models included)."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda" and isinstance(node.get("config"), dict):
+                found.append(node["config"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def count_stored_functions(config) -> int:
+    """How many Python functions the config stores as bytecode (each runs on load)."""
+    count = 0
+
+    def walk(node):
+        nonlocal count
+        if isinstance(node, dict):
+            if node.get("class_name") == "__lambda__":
+                count += 1
+            elif node.get("class_name") == "Lambda" and isinstance(node.get("config"), dict):
+                legacy_function = node["config"].get("function")
+                if isinstance(legacy_function, list):
+                    count += 1
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return count
+
+
+def _stored_code_objects(lambda_config):
+    """The code objects of a Lambda config's stored functions (decoding runs nothing)."""
+    for key in ("function", "output_shape"):
+        stored = lambda_config.get(key)
+        code = None
+        if isinstance(stored, dict) and stored.get("class_name") == "__lambda__":
+            code = stored.get("config", {}).get("code")
+        elif key == "function" and isinstance(stored, list) and stored:
+            code = stored[0]
+        if isinstance(code, str):
+            yield key, code
+
+
+def missing_global_names(lambda_config, namespace) -> set[str]:
+    """Global names a stored lambda reads that neither `namespace` nor builtins provide.
+
+    Raises InputError when the bytecode cannot be decoded (saved by another Python).
+    """
+    missing = set()
+    for key, encoded in _stored_code_objects(lambda_config):
+        try:
+            code = marshal.loads(base64.b64decode(encoded.encode("ascii")))
+        except Exception:
+            name = lambda_config.get("name", "?")
+            raise InputError(
+                f"layer '{name}': its {key} bytecode cannot be decoded; it was probably "
+                "saved by another Python version (lambdas load only in the Python that saved them)"
+            ) from None
+        for name in _global_reads(code):
+            if name not in namespace and not hasattr(builtins, name):
+                missing.add(name)
+    return missing
+
+
+def _global_reads(code):
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            yield instruction.argval
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _global_reads(const)
+
+
+# --------------------------------------------------------------------------- lambda globals
+
+
+class LegacyBackend:
+    """`K` for saved lambdas: the Keras 2 backend names old code uses, on top of `keras.ops`.
+
+    Names not defined here come from `keras.ops`, then `keras.backend`. `switch` accepts
+    callables and a condition of lower rank, as the Keras 2 backend did.
+    """
+
+    def __getattr__(self, name):
+        import keras
+
+        for source in (keras.ops, keras.backend):
+            if hasattr(source, name):
+                return getattr(source, name)
+        raise AttributeError(f"K.{name} is not available in Keras 3 "
+                             "(this K covers keras.ops and keras.backend)")
+
+    @staticmethod
+    def switch(condition, then_expression, else_expression):
+        from keras import ops
+
+        then_value = then_expression() if callable(then_expression) else then_expression
+        else_value = else_expression() if callable(else_expression) else else_expression
+        condition = ops.convert_to_tensor(condition)
+        target_rank = max(len(ops.shape(then_value)), len(ops.shape(else_value)))
+        while len(condition.shape) < target_rank:
+            condition = ops.expand_dims(condition, -1)
+        return ops.where(condition, then_value, else_value)
+
+    @staticmethod
+    def clip(x, min_value=None, max_value=None):
+        from keras import ops
+
+        if min_value is None and max_value is None:
+            return x
+        if max_value is not None and min_value is not None and max_value < min_value:
+            max_value = min_value
+        if min_value is None:
+            return ops.minimum(x, max_value)
+        if max_value is None:
+            return ops.maximum(x, min_value)
+        return ops.clip(x, min_value, max_value)
+
+    @staticmethod
+    def int_shape(x):
+        return tuple(x.shape)
+
+    @staticmethod
+    def pow(x, a):
+        from keras import ops
+
+        return ops.power(x, a)
+
+    @staticmethod
+    def permute_dimensions(x, pattern):
+        from keras import ops
+
+        return ops.transpose(x, pattern)
+
+    @staticmethod
+    def batch_flatten(x):
+        from keras import ops
+
+        return ops.reshape(x, (ops.shape(x)[0], -1))
+
+    @staticmethod
+    def l2_normalize(x, axis=None):
+        from keras import ops
+
+        return ops.normalize(x, axis=-1 if axis is None else axis, order=2)
+
+    @staticmethod
+    def concatenate(tensors, axis=-1):
+        from keras import ops
+
+        return ops.concatenate(tensors, axis=axis)
+
+
+def lambda_globals(extra=None) -> dict:
+    """The globals given to rebuilt lambdas: `tf`, `keras`, `K`, `np`, `math` (+ `extra`)."""
+    import keras
+    import tensorflow as tf
+
+    namespace = {"__builtins__": builtins, "__name__": "edgetrunc_migrated_lambda",
+                 "tf": tf, "keras": keras, "K": LegacyBackend(), "np": np, "math": math}
+    namespace.update(extra or {})
+    return namespace
+
+
+@contextlib.contextmanager
+def _lambdas_rebuilt_with(namespace):
+    """While active, Keras rebuilds every stored lambda with `namespace` as its globals."""
+    from keras.src.utils import python_utils
+
+    original = python_utils.func_load
+
+    def func_load(code, defaults=None, closure=None, globs=None):
+        return original(code, defaults=defaults, closure=closure, globs=namespace)
+
+    python_utils.func_load = func_load
+    try:
+        yield
+    finally:
+        python_utils.func_load = original
+
+
+def _rebind_lambda_globals(layer, namespace):
+    for attribute in ("function", "_output_shape"):
+        fn = getattr(layer, attribute, None)
+        if isinstance(fn, types.FunctionType) and fn.__name__ == "<lambda>" \
+                and fn.__globals__ is not namespace:
+            setattr(layer, attribute, types.FunctionType(
+                fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _one_line(exc) -> str:
+    text = " ".join(str(exc).split())
+    text = text.replace("\x1b[1m", "").replace("\x1b[0m", "")
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def load_model(path, trust_lambda=False, extra_globals=None):
+    """Load a `.keras`/`.h5` model; with `trust_lambda`, lambdas get `lambda_globals()`."""
+    import keras
+
+    path = Path(path)
+    namespace = lambda_globals(extra_globals) if trust_lambda else None
+    try:
+        with _log.stdout_to_stderr():
+            if trust_lambda:
+                with _lambdas_rebuilt_with(namespace):
+                    model = keras.saving.load_model(path, compile=False, safe_mode=False)
+            else:
+                model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: cannot load the model ({_one_line(exc)})") from None
+    if not isinstance(model, keras.Model):
+        raise InputError(f"{path}: holds a {type(model).__name__}, expected a Keras model")
+    if trust_lambda:
+        for layer, _ in lambda_layers(model):
+            _rebind_lambda_globals(layer, namespace)
+    return model
+
+
+def _is_graph_model(model) -> bool:
+    import keras
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, (Functional, keras.Sequential))
+
+
+def lambda_layers(model, prefix="") -> list:
+    """`(layer, path)` of every Lambda in a model, nested Functional/Sequential included."""
+    import keras
+
+    found, seen = [], set()
+    for layer in model.layers:
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, keras.layers.Lambda):
+            found.append((layer, path))
+        elif isinstance(layer, keras.Model) and _is_graph_model(layer):
+            found.extend(lambda_layers(layer, prefix=f"{path}/"))
+    return found
+
+
+# --------------------------------------------------------------------------- probing
+
+
+@dataclasses.dataclass
+class LambdaVerdict:
+    """What probing one Lambda found: is it a clip, with which bounds and gradient."""
+
+    layer: str
+    verdict: str
+    lower: float | None = None
+    upper: float | None = None
+    gradient: str | None = None
+    exact: bool | None = None
+    max_probe_error: float | None = None
+    max_probe_error_at: float | None = None
+    nonfinite: dict | None = None
+    note: str = ""
+
+    @property
+    def is_clip(self) -> bool:
+        return self.verdict == VERDICT_CLIP
+
+    def truncation_kwargs(self) -> dict:
+        if self.lower == -self.upper:
+            return {"threshold": self.upper, "gradient": self.gradient}
+        return {"lower": self.lower, "upper": self.upper, "gradient": self.gradient}
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["replaced"] = self.is_clip
+        return data
+
+
+class _NotClip(Exception):
+    pass
+
+
+def _as_number(value: float) -> float | str:
+    value = float(value)
+    return value if math.isfinite(value) else repr(value)
+
+
+def _shortest(value, dtype) -> float:
+    """The shortest decimal that rounds to the same `dtype` value (3.0, 0.1, ...)."""
+    return float(str(np.dtype(dtype).type(value)))
+
+
+class _LambdaProbe:
+    """Runs one Lambda layer on arranged test tensors of its own input shape."""
+
+    def __init__(self, layer):
+        spec = layer.input
+        if isinstance(spec, (list, tuple, dict)):
+            raise _NotClip("takes several inputs")
+        self.layer = layer
+        self.shape = tuple(spec.shape)
+        self.dtype = np.dtype(layer.compute_dtype)
+        if self.dtype.kind != "f":
+            raise _NotClip(f"computes in {self.dtype}, not a float type")
+
+    def arrange(self, values, extra_batch=0, free_dim=4):
+        per_sample = [d if d is not None else free_dim for d in self.shape[1:]]
+        per_size = int(np.prod(per_sample)) if per_sample else 1
+        batch = max(1, -(-len(values) // per_size)) + extra_batch
+        return np.resize(np.asarray(values, self.dtype), batch * per_size).reshape(
+            (batch, *per_sample))
+
+    def run(self, values, extra_batch=0, free_dim=4):
+        from keras import ops
+
+        data = self.arrange(values, extra_batch, free_dim)
+        try:
+            out = self.layer(ops.convert_to_tensor(data))
+            out = np.asarray(ops.convert_to_numpy(out))
+        except Exception as exc:
+            raise _NotClip(f"fails on probe tensors ({type(exc).__name__}: {_one_line(exc)})") \
+                from None
+        if out.shape != data.shape:
+            raise _NotClip(f"changes the shape {data.shape} -> {out.shape}")
+        return out.reshape(-1)[: len(values)].astype(self.dtype)
+
+    def gradient(self, values):
+        import tensorflow as tf
+
+        data = tf.constant(self.arrange(values))
+        with tf.GradientTape() as tape:
+            tape.watch(data)
+            out = tf.reduce_sum(tf.cast(self.layer(data), tf.float32))
+        grad = tape.gradient(out, data)
+        if grad is None:
+            return None
+        return np.asarray(grad).reshape(-1)[: len(values)].astype(np.float64)
+
+
+def _probe_grid(dtype):
+    top = int(math.floor(math.log10(float(np.finfo(dtype).max))))
+    magnitudes = [m * 10.0 ** k for k in range(-4, top) for m in (1, 2, 3, 5)]
+    grid = np.array(sorted({s * v for s in (-1, 1) for v in magnitudes} | {0.0}))
+    grid = grid.astype(dtype)
+    return grid[np.isfinite(grid)]
+
+
+def _tolerance(x, dtype):
+    return 4 * np.spacing(np.abs(x).astype(dtype)).astype(np.float64) + float(
+        np.finfo(dtype).tiny)
+
+
+def _describe(probe) -> str:
+    points = np.array([-1000, -1, 0, 1, 1000], dtype=probe.dtype)
+    try:
+        values = probe.run(points)
+    except _NotClip as exc:
+        return str(exc)
+    return (f"f({', '.join(f'{v:g}' for v in points)}) = "
+            f"({', '.join(f'{v:g}' for v in values)})")
+
+
+def _refined_bound(probe, rough, side):
+    """Re-read a saturation value from an input within 2x of it (no cancellation)."""
+    if rough > 0:
+        x = rough * (1.5 if side > 0 else 0.5)
+    elif rough < 0:
+        x = rough * (0.5 if side > 0 else 1.5)
+    else:
+        x = side * 1e-3
+    return float(probe.run(np.array([x], probe.dtype))[0])
+
+
+def _verification_points(lower, upper, dtype, rng):
+    width = upper - lower
+    scale = max(abs(lower), abs(upper), width)
+    near = [lower, upper]
+    for bound in (lower, upper):
+        near += [np.nextafter(np.asarray(bound, dtype), np.asarray(np.inf, dtype)),
+                 np.nextafter(np.asarray(bound, dtype), np.asarray(-np.inf, dtype)),
+                 bound - 1e-3 * width, bound + 1e-3 * width,
+                 bound - 0.5 * width, bound + 0.5 * width]
+    points = np.concatenate([
+        _probe_grid(dtype),
+        np.array(near, dtype=np.float64),
+        rng.uniform(lower, upper, 512),
+        rng.uniform(lower - 2 * width, upper + 2 * width, 512),
+        rng.normal(0, 1, 256) * scale * np.array([0.5, 2, 10, 1e4])[rng.integers(0, 4, 256)],
+    ])
+    with np.errstate(over="ignore"):
+        points = points.astype(dtype)
+    return points[np.isfinite(points)]
+
+
+def probe_lambda(layer, name=None, seed=0) -> LambdaVerdict:
+    """Decide by behaviour whether `layer` computes clip(x, lower, upper), and its gradient.
+
+    The layer runs on its own input shape (free dimensions filled in) at values inside,
+    near and far outside the bounds, of both signs, arranged in two shapes and orders;
+    the bounds are read from where it saturates and verified on every point. Errors up
+    to about one ulp of x (the float cancellation of `x + stop_gradient(clip(x) - x)`)
+    are tolerated and reported; anything larger makes it not a clip.
+    """
+    name = name or layer.name
+    try:
+        probe = _LambdaProbe(layer)
+    except _NotClip as exc:
+        return LambdaVerdict(name, VERDICT_NOT_CLIP, note=str(exc))
+    try:
+        return _probe(probe, name, np.random.default_rng(seed))
+    except _NotClip as exc:
+        return LambdaVerdict(name, VERDICT_NOT_CLIP, note=f"{exc}; {_describe(probe)}")
+
+
+def _probe(probe, name, rng):
+    dtype = probe.dtype
+    grid = _probe_grid(dtype)
+    y = probe.run(grid).astype(np.float64)
+    x = grid.astype(np.float64)
+    if not np.all(np.isfinite(y)):
+        raise _NotClip("returns inf or NaN for finite inputs")
+    tol = _tolerance(grid, dtype)
+    above = np.flatnonzero(y < x - tol)
+    below = np.flatnonzero(y > x + tol)
+    if above.size == 0:
+        raise _NotClip("no upper bound (never saturates above)")
+    if below.size == 0:
+        raise _NotClip("no lower bound (never saturates below)")
+    upper = _refined_bound(probe, y[above[0]], +1)
+    lower = _refined_bound(probe, y[below[-1]], -1)
+    if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
+        raise _NotClip("no range where f(x) = x between a lower and an upper saturation level")
+    lower, upper = _shortest(lower, dtype), _shortest(upper, dtype)
+
+    points = _verification_points(lower, upper, dtype, rng)
+    got = probe.run(points).astype(np.float64)
+    order = rng.permutation(points.size)
+    again = probe.run(points[order], extra_batch=1, free_dim=5).astype(np.float64)
+    unshuffled = np.empty_like(again)
+    unshuffled[order] = again
+    if not np.allclose(unshuffled, got, rtol=1e-6, atol=0, equal_nan=True):
+        raise _NotClip("output depends on other elements or on the tensor shape")
+    expected = np.clip(points, dtype.type(lower), dtype.type(upper)).astype(np.float64)
+    error = np.abs(got - expected)
+    bound_scale = max(abs(lower), abs(upper))
+    allowed = (2 * np.spacing((np.abs(points) + bound_scale).astype(dtype)).astype(np.float64)
+               + 2 * float(np.spacing(dtype.type(bound_scale))))
+    if np.any(np.isnan(error)) or np.any(error > allowed):
+        worst = int(np.nanargmax(np.where(np.isnan(error), np.inf, error - allowed)))
+        raise _NotClip(f"f({points[worst]:g}) = {got[worst]:g} where clip(x, {lower:g}, "
+                       f"{upper:g}) gives {expected[worst]:g}")
+    worst = int(np.argmax(error))
+    max_error = float(error[worst])
+    exact = max_error == 0.0
+    note = ""
+    if not exact:
+        visible = np.flatnonzero(error >= 0.1 * bound_scale) if bound_scale > 0 else []
+        shown = visible[np.argmin(np.abs(points[visible]))] if len(visible) else worst
+        note = (f"float cancellation: f({points[shown]:g}) = {got[shown]:g} where clip gives "
+                f"{expected[shown]:g}; max error {max_error:g} at x = {points[worst]:g}")
+
+    special = np.array([np.nan, np.inf, -np.inf], dtype)
+    legacy = probe.run(special)
+    nonfinite = {label: _as_number(value) for label, value in zip(("nan", "inf", "-inf"), legacy)}
+    truncation = {"inf": upper, "-inf": lower}
+    differs = [f"{k} -> {float(legacy[i]):g} (Truncation: {truncation[k]:g})"
+               for i, k in ((1, "inf"), (2, "-inf")) if nonfinite[k] != truncation[k]]
+    if differs:
+        note = "; ".join(filter(None, [note, "legacy " + ", ".join(differs)]))
+
+    gradient, gradient_note = _gradient_mode(probe, lower, upper)
+    verdict = VERDICT_CLIP if gradient else VERDICT_OTHER_GRADIENT
+    if gradient_note:
+        note = "; ".join(filter(None, [note, gradient_note]))
+    return LambdaVerdict(name, verdict, lower=lower, upper=upper, gradient=gradient, exact=exact,
+                         max_probe_error=max_error, max_probe_error_at=float(points[worst]),
+                         nonfinite=nonfinite, note=note)
+
+
+def _gradient_mode(probe, lower, upper):
+    """`("ste", "")` for dy/dx = 1 everywhere, `("clip", "")` for 1 inside / 0 outside."""
+    width = upper - lower
+    inside = lower + width * np.array([0.1, 0.3, 0.5, 0.7, 0.9])
+    step = max(1.0, abs(upper), abs(lower))
+    outside = np.concatenate([upper + step * np.array([0.5, 2, 100]),
+                              lower - step * np.array([0.5, 2, 100])])
+    try:
+        grad = probe.gradient(np.concatenate([inside, outside]))
+    except Exception as exc:
+        return None, f"gradient could not be computed ({_one_line(exc)})"
+    if grad is None:
+        return None, "no gradient flows through it"
+    g_in, g_out = grad[: inside.size], grad[inside.size:]
+    if np.allclose(g_in, 1, atol=1e-6) and np.allclose(g_out, 1, atol=1e-6):
+        return "ste", ""
+    if np.allclose(g_in, 1, atol=1e-6) and np.allclose(g_out, 0, atol=1e-6):
+        return "clip", ""
+    return None, (f"gradient is neither straight-through nor masked (inside {g_in.min():g}.."
+                  f"{g_in.max():g}, outside {g_out.min():g}..{g_out.max():g}); kept")
+
+
+# --------------------------------------------------------------------------- rebuild
+
+
+def replace_lambdas(model, verdicts: dict):
+    """A copy of `model` where every Lambda whose `id` maps to a clip verdict is a Truncation.
+
+    Every other layer is the same object (weights kept, not copied); nested Functional
+    and Sequential models are rebuilt the same way.
+    """
+    import keras
+
+    from edgetrunc.layers import Truncation
+
+    def clone(layer):
+        if isinstance(layer, keras.Model) and _is_graph_model(layer):
+            return replace_lambdas(layer, verdicts)
+        verdict = verdicts.get(id(layer))
+        if verdict is None or not verdict.is_clip:
+            return layer
+        return Truncation(**verdict.truncation_kwargs(), name=layer.name,
+                          dtype=layer.dtype_policy)
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, Truncation):
+            return layer(args[0])  # drop the Lambda's mask/training call arguments
+        return layer(*args, **kwargs)
+
+    if isinstance(model, keras.Sequential):
+        return keras.models.clone_model(model, clone_function=clone)
+    return keras.models.clone_model(model, clone_function=clone, call_function=call)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _sample_shape(shape):
+    rank = len(shape)
+    dims = [VERIFY_BATCH]
+    for axis, dim in enumerate(shape[1:], start=1):
+        if dim is not None:
+            dims.append(dim)
+        elif rank >= 3 and axis == rank - 1:
+            dims.append(1)
+        else:
+            dims.append(VERIFY_SIDE)
+    return tuple(dims)
+
+
+def sample_inputs(model, seed=0) -> dict:
+    """Named input sets for `model`: pixel-like, standard normal and huge (x1e7) values."""
+    rng = np.random.default_rng(seed)
+    sets = {"pixels": [], "normal": [], "huge": []}
+    for spec in model.inputs:
+        shape = _sample_shape(tuple(spec.shape))
+        dtype = np.dtype(spec.dtype)
+        pixels = rng.integers(0, 256, shape)
+        sets["pixels"].append(pixels.astype(dtype))
+        if dtype.kind == "f":
+            sets["normal"].append(rng.normal(0, 1, shape).astype(dtype))
+            sets["huge"].append((rng.normal(0, 1, shape) * HUGE_INPUT_SCALE).astype(dtype))
+    return {name: arrays for name, arrays in sets.items() if len(arrays) == len(model.inputs)}
+
+
+def _outputs(model, arrays):
+    import keras
+
+    feed = arrays[0] if len(arrays) == 1 else arrays
+    result = model(feed, training=False)
+    return [np.asarray(keras.ops.convert_to_numpy(t), np.float64) for t in keras.tree.flatten(result)]
+
+
+def _max_diff(a, b) -> float:
+    diffs = [float(np.max(np.abs(x - y), initial=0.0)) for x, y in zip(a, b)]
+    return max(diffs, default=0.0)
+
+
+class _ActivationCheck:
+    """Wraps a legacy Lambda's function: returns its output and records how far it is
+    from the exact clip of the activation it received, against the cancellation bound."""
+
+    def __init__(self, fn, lower, upper):
+        self.fn, self.lower, self.upper = fn, lower, upper
+        self.max_error = 0.0
+        self.max_input = 0.0
+        self.violations = 0
+
+    def __call__(self, x, **kwargs):
+        from keras import ops
+
+        y = self.fn(x, **kwargs)
+        xs = np.asarray(ops.convert_to_numpy(x))
+        ys = np.asarray(ops.convert_to_numpy(y)).astype(np.float64)
+        expected = np.clip(xs, xs.dtype.type(self.lower), xs.dtype.type(self.upper))
+        error = np.abs(ys - expected.astype(np.float64))
+        scale = max(abs(self.lower), abs(self.upper))
+        allowed = (2 * np.spacing((np.abs(xs) + scale).astype(xs.dtype)).astype(np.float64)
+                   + 2 * float(np.spacing(xs.dtype.type(scale))))
+        self.violations += int(np.sum(~(error <= allowed)))
+        self.max_error = max(self.max_error, float(np.max(error, initial=0.0)))
+        self.max_input = max(self.max_input, float(np.max(np.abs(xs), initial=0.0)))
+        return y
+
+
+@contextlib.contextmanager
+def _swapped_functions(layers_and_functions):
+    saved = [(layer, layer.function) for layer, _ in layers_and_functions]
+    try:
+        for layer, fn in layers_and_functions:
+            layer.function = fn
+        yield
+    finally:
+        for layer, fn in saved:
+            layer.function = fn
+
+
+def _exact_clip(lower, upper):
+    from edgetrunc.layers import truncate
+
+    def clip(x, **kwargs):
+        from keras import ops
+
+        return truncate(x, ops.cast(lower, x.dtype), ops.cast(upper, x.dtype))
+
+    return clip
+
+
+def verify_outputs(legacy, migrated, replaced, seed=0) -> dict:
+    """Compare the migrated model with the legacy one on sample inputs.
+
+    `replaced` lists `(lambda_layer, verdict)`. Three runs per input set: the legacy model
+    as is (each replaced Lambda's output checked against the exact clip of what it
+    received), the legacy model with exact clips in place of those Lambdas (must equal
+    the migrated model: proves the rebuild kept every layer and weight), and the
+    migrated model.
+    """
+    sets = sample_inputs(legacy, seed)
+    checks = {id(layer): _ActivationCheck(layer.function, v.lower, v.upper) for layer, v in replaced}
+    shape = [list(_sample_shape(tuple(spec.shape))) for spec in legacy.inputs]
+    report = {"inputs": {name: shape for name in sets}, "max_abs_diff": {},
+              "rebuild_max_abs_diff": {}, "expected_difference": None, "passed": True}
+    scale = 0.0
+    for name, arrays in sets.items():
+        with _swapped_functions([(layer, checks[id(layer)]) for layer, _ in replaced]):
+            legacy_out = _outputs(legacy, arrays)
+        with _swapped_functions([(layer, _exact_clip(v.lower, v.upper)) for layer, v in replaced]):
+            reference_out = _outputs(legacy, arrays)
+        migrated_out = _outputs(migrated, arrays)
+        report["max_abs_diff"][name] = _max_diff(migrated_out, legacy_out)
+        report["rebuild_max_abs_diff"][name] = _max_diff(migrated_out, reference_out)
+        scale = max([scale] + [float(np.max(np.abs(o), initial=0.0)) for o in reference_out])
+    rebuild = max(report["rebuild_max_abs_diff"].values(), default=0.0)
+    tolerance = 1e-6 * max(1.0, scale)
+    report["layers"] = {}
+    for layer, verdict in replaced:
+        check = checks[id(layer)]
+        report["layers"][verdict.layer] = {
+            "max_abs_error_vs_exact_clip": check.max_error,
+            "max_abs_input": check.max_input,
+            "beyond_cancellation_bound": check.violations,
+        }
+    inexact = [v.layer for layer, v in replaced if checks[id(layer)].max_error > 0]
+    if inexact:
+        report["expected_difference"] = (
+            f"{', '.join(inexact)}: {CANCELLATION_NOTE}; this is the only difference allowed")
+    failures = []
+    if not rebuild <= tolerance:
+        failures.append(f"the rebuilt model differs from the legacy one with exact clips by "
+                        f"{rebuild:g} (> {tolerance:g})")
+    for layer_name, layer_report in report["layers"].items():
+        if layer_report["beyond_cancellation_bound"]:
+            failures.append(f"layer '{layer_name}' differs from clip beyond float cancellation "
+                            f"on {layer_report['beyond_cancellation_bound']} sample activations")
+    report["passed"] = not failures
+    report["failures"] = failures
+    return report
+
+
+# --------------------------------------------------------------------------- TFLite ops
+
+
+def tflite_op_inventory(model) -> dict:
+    """`{op name: count}` of `model` converted with the stock TFLite converter."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    with _log.stdout_to_stderr():
+        content = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    ops = Interpreter(model_content=content)._get_ops_details()
+    return dict(sorted(Counter(op["op_name"] for op in ops).items()))
+
+
+def _inventory_or_error(model) -> dict:
+    try:
+        return tflite_op_inventory(model)
+    except Exception as exc:
+        return {"error": _one_line(exc)}
+
+
+def op_inventory_change(before: dict, after: dict) -> dict:
+    """Before/after op counts, their totals, and what was removed or added."""
+    report = {"before": before, "after": after}
+    if "error" in before or "error" in after:
+        return report
+    removed = {op: n - after.get(op, 0) for op, n in before.items() if n > after.get(op, 0)}
+    added = {op: n - before.get(op, 0) for op, n in after.items() if n > before.get(op, 0)}
+    report.update(total_before=sum(before.values()), total_after=sum(after.values()),
+                  removed=removed, added=added)
+    return report
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _check_paths(legacy_path, out_path):
+    legacy = require_file(legacy_path, "Keras model", LEGACY_SUFFIXES)
+    out = Path(out_path)
+    if out.suffix.lower() != ".keras":
+        raise InputError(f"{out}: the migrated model is saved as .keras; got "
+                         f"'{out.suffix or 'no suffix'}'")
+    if out.resolve() == legacy.resolve() or (out.exists() and out.samefile(legacy)):
+        raise InputError(f"{out}: is the legacy input; choose another --out "
+                         "(the input is never overwritten)")
+    if out.is_dir():
+        raise InputError(f"{out}: is a directory, expected a .keras file path")
+    return legacy, out
+
+
+def _refusal(path, names, stored):
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    what = (f"{len(names)} Lambda layer(s) ({shown})" if names
+            else f"{stored} stored Python function(s)")
+    return (f"{path}: contains {what}; loading them runs Python code stored in the file. "
+            "If you trust its source, re-run with --trust-lambda (trust_lambda=True)")
+
+
+def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
+            op_inventory=True, seed=0) -> dict:
+    """Replace the clip-like Lambda layers of a legacy model with `Truncation`; return a report.
+
+    Without `trust_lambda` a file that stores lambdas is refused (InputError, nothing
+    written): loading it would run code from the file. A file without lambdas needs no
+    trust and has nothing to migrate. With trust, the model is loaded with
+    `safe_mode=False` and the lambdas see `lambda_globals(extra_globals)`; every Lambda
+    is probed (`probe_lambda`), clip-like ones become `Truncation(lower/upper or
+    threshold, gradient)` under the same name, the result is verified against the
+    legacy model (`verify_outputs`), reloaded with `safe_mode=True` when no Lambda
+    remains, and written atomically to `out_path` (never over the input). A failed
+    verification raises CheckFailed and writes nothing.
+
+    Report keys: legacy, out, written, format, lambda_globals, layers (one per Lambda:
+    layer, verdict, lower, upper, gradient, exact, max_probe_error, nonfinite, note,
+    replaced), kept (non-clip Lambdas left in place), verification, safe_mode,
+    tflite_ops, message.
+    """
+    legacy_path, out_path = _check_paths(legacy_path, out_path)
+    file_format, config = read_model_config(legacy_path)
+    lambda_configs = find_lambda_configs(config)
+    stored = count_stored_functions(config)
+    report = {"legacy": str(legacy_path), "out": str(out_path), "written": False,
+              "format": file_format, "lambda_globals": [], "layers": [], "kept": [],
+              "verification": None, "safe_mode": None, "tflite_ops": None, "message": ""}
+    if not lambda_configs and not stored:
+        load_model(legacy_path, trust_lambda=False)
+        report["safe_mode"] = "loads with safe_mode=True; no trust needed"
+        report["message"] = "no Lambda layers: nothing to migrate; nothing written"
+        return report
+    names = [c.get("name", "?") for c in lambda_configs]
+    if not trust_lambda:
+        raise InputError(_refusal(legacy_path, names, stored))
+
+    namespace = lambda_globals(extra_globals)
+    report["lambda_globals"] = sorted(k for k in namespace if not k.startswith("__"))
+    for lambda_config in lambda_configs:
+        missing = missing_global_names(lambda_config, namespace)
+        if missing:
+            raise InputError(
+                f"layer '{lambda_config.get('name', '?')}': its lambda reads the global "
+                f"name(s) {', '.join(sorted(missing))}, which the file does not store "
+                "(globals of the script that saved it); give them with --define NAME=VALUE")
+    _log.info(f"loading {legacy_path} with safe_mode=False (--trust-lambda)")
+    legacy = load_model(legacy_path, trust_lambda=True, extra_globals=extra_globals)
+    if not _is_graph_model(legacy):
+        raise InputError(f"{legacy_path}: a subclassed {type(legacy).__name__} cannot be "
+                         "rebuilt; expected a Functional or Sequential model")
+
+    found = lambda_layers(legacy)
+    verdicts, replaced = {}, []
+    for layer, path in _log.progress(found, desc="probing Lambda layers", total=len(found)):
+        verdict = probe_lambda(layer, name=path, seed=seed)
+        verdicts[id(layer)] = verdict
+        report["layers"].append(verdict.to_dict())
+        if verdict.is_clip:
+            replaced.append((layer, verdict))
+        else:
+            report["kept"].append(path)
+    if not replaced:
+        report["message"] = "no Lambda behaves like a clip: nothing to migrate; nothing written"
+        return report
+
+    migrated = replace_lambdas(legacy, verdicts)
+    _log.info("verifying the migrated model against the legacy one")
+    verification = verify_outputs(legacy, migrated, replaced, seed=seed)
+    report["verification"] = verification
+    if op_inventory:
+        _log.info("counting TFLite ops before and after")
+        report["tflite_ops"] = op_inventory_change(_inventory_or_error(legacy),
+                                                   _inventory_or_error(migrated))
+    if not verification["passed"]:
+        raise CheckFailed(f"{legacy_path}: migration not written: "
+                          + "; ".join(verification["failures"]))
+
+    remaining = [path for _, path in lambda_layers(migrated)]
+    with atomic_path(out_path, protect=[legacy_path]) as tmp:
+        with _log.stdout_to_stderr():
+            migrated.save(tmp)
+        report["safe_mode"] = _check_reload(tmp, migrated, remaining, extra_globals, seed)
+    report["written"] = True
+    report["message"] = (f"replaced {len(replaced)} Lambda layer(s) with Truncation"
+                         + (f"; kept {len(report['kept'])} other Lambda layer(s)"
+                            if report["kept"] else ""))
+    return report
+
+
+def _check_reload(path, migrated, remaining, extra_globals, seed):
+    """Reload the written file (safe mode when no Lambda remains) and compare outputs."""
+    if remaining:
+        reloaded = load_model(path, trust_lambda=True, extra_globals=extra_globals)
+        status = (f"still needs --trust-lambda: {len(remaining)} non-clip Lambda layer(s) "
+                  f"remain ({', '.join(remaining)})")
+    else:
+        try:
+            reloaded = load_model(path, trust_lambda=False)
+        except InputError as exc:
+            raise CheckFailed(f"migrated model does not load with safe_mode=True: {exc}") from None
+        status = "loads with safe_mode=True"
+    arrays = next(iter(sample_inputs(migrated, seed).values()))
+    diff = _max_diff(_outputs(reloaded, arrays), _outputs(migrated, arrays))
+    if diff != 0.0:
+        raise CheckFailed(f"the saved migrated model differs from the one in memory by {diff:g}")
+    return status
