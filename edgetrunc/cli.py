@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=_positive_int, default=50, help="timed runs (default: 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: 5)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size (default: 1)")
+    p.add_argument("--no-xnnpack", action="store_true",
+                   help="TFLite: built-in kernels instead of the XNNPACK delegate")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
 
     p = sub.add_parser("migrate", help="replace legacy Lambda truncations with the Truncation layer",

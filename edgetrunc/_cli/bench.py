@@ -29,7 +29,8 @@ def _table(results) -> str:
 
 def run(args) -> int:
     results = bench_artifacts(args.artifacts, threads=args.threads, runs=args.runs,
-                              warmup=args.warmup, batch=args.batch)
+                              warmup=args.warmup, batch=args.batch,
+                              options={"use_xnnpack": False} if getattr(args, "no_xnnpack", False) else None)
     if args.json:
         json.dump({"results": results}, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -24,13 +24,17 @@ def main(argv) -> int:
 
     artifact, threads, batch, seed, options = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
     try:
-        runner = open_runner(artifact, threads=threads, **json.loads(options))
+        options = json.loads(options)
+        if not artifact.lower().endswith(".tflite"):
+            options.pop("use_xnnpack", None)
+        runner = open_runner(artifact, threads=threads, **options)
         feed = random_batch(runner, batch, seed)
         meta = runner.metadata()
     except InputError as exc:
         _reply({"error": str(exc)})
         return 2
-    _reply({"format": meta.format, "precision": meta.precision})
+    _reply({"format": meta.format, "precision": meta.precision,
+            "delegate_partitions": meta.extra.get("delegate_partitions")})
     for line in sys.stdin:
         command = line.strip()
         if command == "run":

@@ -119,7 +119,9 @@ def bench_artifacts(artifacts, threads=(1,), runs: int = 50, warmup: int = 5, ba
                     seed: int = 0, options: dict | None = None) -> list:
     """Benchmark every artifact at every thread count, interleaved; one dict per pair.
 
-    Each dict holds `RESULT_KEYS` plus `format`, `precision`, `runs` and `mean_ms`.
+    Each dict holds `RESULT_KEYS` plus `format`, `precision`, `runs`, `mean_ms` and
+    `delegate_partitions` (TFLite: XNNPACK partitions, 0 without XNNPACK; None for ONNX).
+    `options` go to every TFLite runner (e.g. `{"use_xnnpack": False}`).
     """
     if runs < 1:
         raise InputError(f"--runs: expected a positive integer; got {runs}")
@@ -149,9 +151,10 @@ def bench_artifacts(artifacts, threads=(1,), runs: int = 50, warmup: int = 5, ba
             results.append({"artifact": worker.artifact, "threads": worker.threads,
                             "batch": worker.batch, **latency_summary(worker_times, worker.batch),
                             "peak_rss_mb": memory, "format": worker.info.get("format"),
-                            "precision": worker.info.get("precision"), "runs": runs})
-        return [{key: result[key] for key in (*RESULT_KEYS, "mean_ms", "format", "precision", "runs")}
-                for result in results]
+                            "precision": worker.info.get("precision"), "runs": runs,
+                            "delegate_partitions": worker.info.get("delegate_partitions")})
+        extra = ("mean_ms", "format", "precision", "runs", "delegate_partitions")
+        return [{key: result[key] for key in (*RESULT_KEYS, *extra)} for result in results]
     finally:
         for worker in workers:
             worker.close()

@@ -11,6 +11,7 @@ TensorFlow; the `onnx` package is used when installed and is not required.
 from __future__ import annotations
 
 import collections
+import json
 import re
 from pathlib import Path
 
@@ -57,6 +58,17 @@ def _precision_from_bytes(content: bytes) -> str:
     if re.search(rb"QuantizeLinear|QLinearConv|ConvInteger|MatMulInteger", content):
         return "int8"
     return "fp32"
+
+
+def _decode_props(props: dict) -> dict:
+    """`metadata_props` with JSON values decoded (plain strings kept as they are)."""
+    decoded = {}
+    for key, value in props.items():
+        try:
+            decoded[key] = json.loads(value)
+        except (ValueError, TypeError):
+            decoded[key] = value
+    return decoded
 
 
 class ONNXRunner(BaseRunner):
@@ -134,7 +146,7 @@ class ONNXRunner(BaseRunner):
             path=str(self.path), format="onnx", precision=precision, inputs=[info(self._input)],
             outputs=[info(o) for o in self.session.get_outputs()], layout=layout,
             extra={"backend": f"onnxruntime {ort.__version__}", "threads": self.threads,
-                   "ops": ops, "metadata_props": custom})
+                   "ops": ops, "embedded": _decode_props(custom)})
 
     def _infer_impl(self, batch: np.ndarray) -> dict:
         feed = batch.transpose(0, 3, 1, 2) if self._meta.layout == "NCHW" else batch

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,27 @@ def load_interpreter_module():
             "(pip install 'edgetrunc[runtime]'), tflite-runtime or tensorflow"
         ) from None
     return tf.lite, "tensorflow"
+
+
+def read_embedded_metadata(content: bytes, name: str = "edgetrunc") -> dict | None:
+    """JSON payload of the model's metadata entry `name` (written by `edgetrunc convert`), if any.
+
+    Read with the flatbuffer schema module that ai-edge-litert ships; None when absent.
+    """
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        return None
+    try:
+        model = schema.Model.GetRootAs(content, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if (entry.Name() or b"").decode() == name:
+                data = model.Buffers(entry.Buffer()).DataAsNumpy()
+                return json.loads(bytes(data).decode()) if not isinstance(data, int) else None
+    except (ValueError, UnicodeDecodeError, IndexError, TypeError, AttributeError):
+        return None
+    return None
 
 
 def _quantize(batch: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
@@ -134,7 +156,10 @@ class TFLiteRunner(BaseRunner):
                               scale=float(scale) if quantized else None,
                               zero_point=int(zero_point) if quantized else None)
 
-        ops = [op["op_name"] for op in interpreter._get_ops_details()]
+        try:
+            ops = [op["op_name"] for op in interpreter._get_ops_details()]
+        except AttributeError:  # an interpreter without the op listing
+            ops = []
         op_counts = dict(collections.Counter(op for op in ops if op != "DELEGATE"))
         tensor_types = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
         quantized_tensors = sum(
@@ -153,7 +178,11 @@ class TFLiteRunner(BaseRunner):
             path=str(self.path), format="tflite", precision=precision,
             inputs=[info(self._input)], outputs=[info(d) for d in self._outputs], layout="NHWC",
             extra={"backend": self._backend, "xnnpack": self.use_xnnpack, "threads": self.threads,
-                   "ops": op_counts, "delegate_partitions": ops.count("DELEGATE")})
+                   "ops": op_counts, "delegate_partitions": ops.count("DELEGATE"),
+                   "embedded": read_embedded_metadata(self._model_bytes())})
+
+    def _model_bytes(self) -> bytes:
+        return self._content if self._content is not None else self.path.read_bytes()
 
     # running ---------------------------------------------------------------
     def _interpreter_for(self, batch_size: int):
