@@ -412,10 +412,12 @@ def tlunet_section(source: str, p50s: dict, runs: int, note: str, bench_rows: li
             "",
             markdown_table(
                 ["artifact", "precision", "threads", "batch", "min ms", "p50 ms", "p90 ms", "p99 ms",
-                 "images/s", "peak RSS MB"],
+                 "images/s", "peak RSS MB", "XNNPACK partitions"],
                 [[_rel(r["artifact"]), r["precision"], r["threads"], r["batch"], f"{r['min_ms']:.2f}",
                   f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                  f"{r['throughput_ips']:.1f}", r["peak_rss_mb"]] for r in bench_rows]),
+                  f"{r['throughput_ips']:.1f}", r["peak_rss_mb"],
+                  "-" if r["delegate_partitions"] is None else r["delegate_partitions"]]
+                 for r in bench_rows]),
         ]
     return "\n".join(lines)
 

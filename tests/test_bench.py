@@ -55,6 +55,14 @@ def test_bench_json_schema(block, capsys):
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["throughput_ips"] > 0 and r["peak_rss_mb"] > 10
         assert r["format"] in ("tflite", "onnx") and r["precision"] == "fp32"
+    assert [r["delegate_partitions"] for r in results] == [1, 1, None, None]
+
+
+def test_bench_without_xnnpack_has_no_delegate_partitions(block, capsys):
+    argv = ["bench", str(block["int8"]), str(block["onnx"]), "--no-xnnpack", "--runs", "2", "--json"]
+    assert main(argv) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["delegate_partitions"] for r in results] == [0, None]
 
 
 def test_bench_table_on_stdout_progress_on_stderr(block, capsys):
