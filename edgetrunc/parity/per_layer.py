@@ -139,17 +139,19 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
         if tensor.output_index is not None and tensor.output_index < len(output_layers):
             mentioned.add(output_layers[tensor.output_index])
     mentioned_anywhere = set().union(*mentions) if mentions else set()
+    anonymous = _anonymous_candidates(mentions, position, names)
 
     best: dict = {}  # layer -> (error, order, tensor, view, layout)
-    for tensor, mentioned in zip(tensors, mentions):
+    for i, (tensor, mentioned) in enumerate(zip(tensors, mentions)):
         if not mentioned:
-            continue
-        low, high = min(position[m] for m in mentioned), max(position[m] for m in mentioned)
-        candidates = names[low:high + 1]
-        for name in names[high + 1:]:
-            if name in mentioned_anywhere:
-                break
-            candidates.append(name)
+            candidates = anonymous.get(i, [])
+        else:
+            low, high = min(position[m] for m in mentioned), max(position[m] for m in mentioned)
+            candidates = names[low:high + 1]
+            for name in names[high + 1:]:
+                if name in mentioned_anywhere:
+                    break
+                candidates.append(name)
         choice = None
         for name in candidates:
             ref = layer_outputs[name]
@@ -197,6 +199,25 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
     if first is not None:
         first_name = first.fused_layers[0] if first.fused_layers else first.layer
     return results, first_name
+
+
+def _anonymous_candidates(mentions: list, position: dict, names: list) -> dict:
+    """Candidates of tensors whose names mention no layer (e.g. `Conv__58:0` after an optimizer
+    folded a batch normalization): the layers no tensor mentions between the last layer
+    mentioned before it (in execution order) and the first one mentioned after it."""
+    mentioned_anywhere = set().union(*mentions) if mentions else set()
+    candidates = {}
+    highest = -1
+    for i, mentioned in enumerate(mentions):
+        if mentioned:
+            highest = max(highest, *(position[m] for m in mentioned))
+            continue
+        following = next((min(position[m] for m in later) for later in mentions[i + 1:] if later),
+                         len(names))
+        between = [n for n in names[highest + 1:following] if n not in mentioned_anywhere]
+        if between:
+            candidates[i] = between
+    return candidates
 
 
 def _resolve_fused(results: list) -> None:

@@ -1,0 +1,235 @@
+"""`check_parity`: the whole parity run (inputs, runners, comparison, per-layer, probes) as one report.
+
+Loads the Keras reference and every artifact (bad or mismatched files raise `InputError`
+before anything runs), builds the inputs, runs every backend batched through the
+`Comparator`, judges each artifact with the `CompareFunc`, optionally maps every layer and
+probes every Truncation, and returns a `ParityReport` whose `to_dict()` is the JSON report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc import _log
+from edgetrunc.errors import InputError
+from edgetrunc.parity.comparator import DEFAULT_BATCH_SIZE, Comparator
+from edgetrunc.parity.compare import CompareFunc, nearly_constant
+from edgetrunc.parity.inputs import parity_inputs
+
+PER_LAYER_SAMPLES = 8
+ARTIFACT_SUFFIXES = (".tflite", ".onnx")
+
+
+@dataclass
+class ArtifactReport:
+    path: str
+    format: str
+    precision: str
+    comparison: object  # OutputComparison
+    tolerance: dict
+    samples_per_second: float
+    layers: list = field(default_factory=list)
+    first_divergent_layer: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.comparison.passed
+
+    def to_dict(self) -> dict:
+        stats = self.comparison.to_dict()
+        out = {"path": self.path, "format": self.format, "precision": self.precision,
+               "passed": self.passed}
+        out.update({k: v for k, v in stats.items() if k != "passed"})
+        out.update({"tolerance": self.tolerance, "samples_per_second": self.samples_per_second,
+                    "first_divergent_layer": self.first_divergent_layer,
+                    "layers": [layer.to_dict() for layer in self.layers],
+                    "runtime": self.metadata})
+        return out
+
+
+@dataclass
+class ParityReport:
+    reference: dict
+    inputs: object  # InputSet
+    artifacts: list
+    probes: list
+    warnings: list
+    strict_nan: bool
+    per_layer: bool
+    seconds: float
+    reference_probability: np.ndarray | None = None
+    probabilities: dict = field(default_factory=dict)
+    output_errors: dict = field(default_factory=dict)
+
+    @property
+    def probe_failures(self) -> list:
+        failures = []
+        for probe in self.probes:
+            if probe.error:
+                failures.append(f"{probe.layer} [{probe.backend} {probe.precision}]: {probe.error}")
+            if probe.value_deviations:
+                failures.append(f"{probe.layer} [{probe.backend} {probe.precision}]: "
+                                f"{probe.value_deviations} boundary value(s) deviate")
+            if probe.nan_deviations and self.strict_nan:
+                failures.append(f"{probe.layer} [{probe.backend} {probe.precision}]: NaN not propagated "
+                                "(--strict-nan)")
+        return failures
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.artifacts) and not self.probe_failures
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "reference": self.reference,
+            "samples": int(len(self.inputs.x)),
+            "inputs": self.inputs.describe(),
+            "per_layer": self.per_layer,
+            "strict_nan": self.strict_nan,
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "probes": [p.to_dict() for p in self.probes],
+            "probe_failures": self.probe_failures,
+            "warnings": list(self.warnings),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _artifact_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in ARTIFACT_SUFFIXES:
+        raise InputError(f"{path}: expected a .tflite or .onnx artifact, got '{suffix or 'no suffix'}'")
+    return suffix[1:]
+
+
+def _check_input_shape(runner, expected: tuple) -> None:
+    meta = runner.metadata()
+    shape = meta.inputs[0].shape
+    if len(shape) != 4:
+        raise InputError(f"{runner.path}: artifact input has shape {list(shape)}; expected "
+                         f"[N, {', '.join(map(str, expected))}] like the Keras model")
+    hwc = tuple(shape[1:]) if meta.layout == "NHWC" else (shape[2], shape[3], shape[1])
+    if any(a is not None and b is not None and a != b for a, b in zip(hwc, expected)):
+        shown = ", ".join("?" if d is None else str(d) for d in hwc)
+        raise InputError(f"{runner.path}: artifact input is [N, {shown}] ({meta.layout}); the Keras "
+                         f"model takes [N, {', '.join(map(str, expected))}]")
+
+
+def open_artifacts(paths, expected_shape, threads=None) -> list:
+    """Create a runner for every artifact (InputError on a missing, corrupt or mismatched file)."""
+    from edgetrunc.runtime import open_runner
+
+    runners = []
+    for path in map(Path, paths):
+        _artifact_format(path)
+        runner = open_runner(path, threads=threads)
+        _check_input_shape(runner, expected_shape)
+        runners.append(runner)
+    return runners
+
+
+def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_layer: bool = False,
+                 probes: bool = True, strict_nan: bool = False, atol: float | None = None,
+                 rtol: float | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                 per_layer_samples: int = PER_LAYER_SAMPLES, compare_func=None,
+                 threads: int | None = None) -> ParityReport:
+    """Compare the Keras `model` (path or `keras.Model`) with every artifact path; see the module docstring."""
+    from edgetrunc._io import sha256_file
+    from edgetrunc.parity.keras_runner import KerasRunner
+
+    start = time.perf_counter()
+    if not artifacts:
+        raise InputError("no artifact given; expected one or more .tflite / .onnx files")
+    for value, option in ((atol, "--atol"), (rtol, "--rtol")):
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            raise InputError(f"{option}: expected a finite number >= 0; got {value}")
+    keras_runner = KerasRunner(model, threads=threads, batch_size=batch_size)
+    shape = tuple(keras_runner.metadata().inputs[0].shape[1:])
+    if any(d is None for d in shape):
+        raise InputError(f"{keras_runner.path}: the model input {list(shape)} has a dynamic size; "
+                         "expected a fixed [H, W, C]")
+    runners = open_artifacts(artifacts, shape, threads)
+    data = parity_inputs(inputs, samples, seed, shape)
+    _log.info(f"parity: {len(data.x)} inputs ({data.kind}), {len(runners)} artifact(s)")
+
+    names = ["keras"] + [str(r.path) for r in runners]
+    results = Comparator.run([keras_runner] + runners, data.x, batch_size=batch_size, names=names)
+    precisions = {str(r.path): r.metadata().precision for r in runners}
+    compare_func = compare_func or CompareFunc.simple(atol=atol, rtol=rtol)
+    comparisons = Comparator.compare_accuracy(results, compare_func, labels=data.labels,
+                                              precisions=precisions)
+
+    warnings = []
+    reference_probability = results.reference.probability
+    if reference_probability is not None and nearly_constant(reference_probability):
+        warnings.append(f"reference outputs are nearly constant (stego probability std "
+                        f"{float(np.std(reference_probability)):.2e} over {len(data.x)} inputs): "
+                        "agreement proves little; use a trained model and real images")
+    if reference_probability is None:
+        first = next(iter(results.reference.outputs.values()))
+        if first.size > 1 and float(np.std(first)) < 1e-6:
+            warnings.append("reference outputs are nearly constant: agreement proves little")
+
+    layer_outputs = None
+    per_layer_batch = data.x[:max(1, min(per_layer_samples, len(data.x)))]
+    reports = []
+    for runner in runners:
+        key = str(runner.path)
+        meta = runner.metadata()
+        comparison = comparisons[key]
+        report = ArtifactReport(key, meta.format, meta.precision, comparison,
+                                compare_func.tolerance_for(meta.precision).to_dict()
+                                if hasattr(compare_func, "tolerance_for") else {},
+                                results[key].samples_per_second,
+                                metadata={"backend": meta.extra.get("backend"),
+                                          "layout": meta.layout,
+                                          "input": meta.inputs[0].shape and list(meta.inputs[0].shape)})
+        if per_layer:
+            from edgetrunc.parity.per_layer import compare_artifact_layers
+
+            if layer_outputs is None:
+                layer_outputs = keras_runner.layer_outputs(per_layer_batch)
+            _log.info(f"parity: per-layer comparison of {runner.path.name}")
+            report.layers, report.first_divergent_layer = compare_artifact_layers(
+                keras_runner, runner.path, meta.format, meta.precision, per_layer_batch, layer_outputs)
+            unmapped = [layer.layer for layer in report.layers if layer.status == "unmapped"]
+            if unmapped:
+                warnings.append(f"{runner.path.name}: layers without an artifact tensor: {', '.join(unmapped)}")
+            if report.first_divergent_layer and comparison.passed:
+                warnings.append(f"{runner.path.name}: outputs within tolerance but layer "
+                                f"{report.first_divergent_layer} diverges beyond the per-layer bound")
+        reports.append(report)
+
+    probe_results = []
+    if probes:
+        from edgetrunc.parity.probes import run_probes
+
+        configurations = sorted({(r.format, r.precision) for r in reports})
+        _log.info("parity: truncation probes")
+        probe_results = run_probes(keras_runner.model, configurations, shape)
+        for probe in probe_results:
+            if probe.nan_deviations and not strict_nan:
+                warnings.append(f"{probe.layer} [{probe.backend}, {probe.precision}]: NaN input gives "
+                                f"{next(v['got'] for v in probe.values if v['status'] == 'nan')} "
+                                "instead of NaN (warning; --strict-nan makes it a failure)")
+
+    reference = {"path": str(keras_runner.path), "format": "keras",
+                 "backend": keras_runner.metadata().extra.get("backend"),
+                 "samples_per_second": results.reference.samples_per_second}
+    if Path(str(keras_runner.path)).is_file():
+        reference["sha256"] = sha256_file(keras_runner.path)
+    report = ParityReport(reference, data, reports, probe_results, warnings, strict_nan, per_layer,
+                          time.perf_counter() - start, reference_probability)
+    for runner in runners:
+        key = str(runner.path)
+        report.probabilities[key] = results[key].probability
+        ref_first = next(iter(results.reference.outputs.values()))
+        got_first = next(iter(results[key].outputs.values()))
+        if ref_first.shape == got_first.shape:
+            report.output_errors[key] = np.abs(ref_first.astype(np.float64) - got_first).ravel()
+    return report

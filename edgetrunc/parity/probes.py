@@ -1,0 +1,170 @@
+"""Truncation probes: boundary values fed straight to each Truncation in every backend and delegate.
+
+For each `Truncation` layer of the model, a single-layer submodel (the model's input shape,
+the layer's own bounds) is converted like the artifacts under test (`edgetrunc.export`, the
+same format and precision) and run in Keras, TFLite with XNNPACK, TFLite's built-in kernels
+and ONNX Runtime on +-T, +-T +- 1 ulp, 0, +-1e30, +-inf and NaN. The expected output is the
+layer's definition: `clip(x, lower, upper)` with NaN kept. Known deviation: TFLite's built-in
+MINIMUM / MAXIMUM turn NaN into a bound, XNNPACK and ONNX Runtime keep it. A NaN deviation is
+a warning (a failure with `strict_nan`); any other deviation is a failure. int8 artifacts
+are not probed: int8 tensors cannot hold NaN or infinity and their truncation is the int8
+saturation itself. Imports TensorFlow (conversion) lazily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from edgetrunc import _log
+
+BACKENDS = {"tflite": ("tflite-xnnpack", "tflite-builtin"), "onnx": ("onnxruntime",)}
+PROBED_PRECISIONS = ("fp32", "fp16")
+
+
+def probe_values(lower: float, upper: float) -> list:
+    """`[(label, float32 value)]` of the boundary inputs of a clip to `[lower, upper]`."""
+    lo, hi = np.float32(lower), np.float32(upper)
+    up, down = np.float32(np.inf), np.float32(-np.inf)
+    return [
+        ("+T", hi), ("+T+ulp", np.nextafter(hi, up)), ("+T-ulp", np.nextafter(hi, down)),
+        ("-T", lo), ("-T-ulp", np.nextafter(lo, down)), ("-T+ulp", np.nextafter(lo, up)),
+        ("0", np.float32(0.0)), ("+1e30", np.float32(1e30)), ("-1e30", np.float32(-1e30)),
+        ("+inf", up), ("-inf", down), ("NaN", np.float32(np.nan)),
+    ]
+
+
+def expected_clip(values: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """The Truncation definition: clip with NaN kept (numpy's minimum/maximum propagate NaN)."""
+    return np.minimum(np.maximum(values, np.float32(lower)), np.float32(upper)).astype(np.float32)
+
+
+def json_number(value):
+    """A float for JSON: NaN and infinities as the strings 'NaN', 'inf', '-inf'."""
+    value = float(value)
+    if np.isnan(value):
+        return "NaN"
+    if np.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+@dataclass
+class ProbeResult:
+    """One Truncation layer in one backend (JSON-ready with `to_dict`)."""
+
+    layer: str
+    lower: float
+    upper: float
+    format: str
+    precision: str
+    backend: str
+    values: list = field(default_factory=list)  # [{"input", "value", "expected", "got", "status"}]
+    nan_deviations: int = 0
+    value_deviations: int = 0
+    error: str | None = None
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def truncation_layers(model) -> list:
+    """`[(layer name, lower, upper)]` of every Truncation in graph order (learned bounds included)."""
+    from edgetrunc.layers import Truncation
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, Truncation):
+            lower, upper = layer.bounds
+            found.append((layer.name, float(lower), float(upper)))
+    return found
+
+
+def _submodel(name: str, lower: float, upper: float, input_shape):
+    import keras
+
+    from edgetrunc.layers import Truncation
+
+    inputs = keras.Input(tuple(input_shape), name="input")
+    outputs = Truncation(lower=lower, upper=upper, name=name)(inputs)
+    return keras.Model(inputs, outputs, name=f"probe_{name}")
+
+
+def _convert(submodel, fmt: str, precision: str):
+    """Bytes of the submodel converted the way artifacts are (`edgetrunc.export`)."""
+    from edgetrunc.export import export_onnx, export_tflite
+
+    with _log.stdout_to_stderr():
+        if fmt == "tflite":
+            return export_tflite(submodel, precision)
+        return export_onnx(submodel, precision).SerializeToString()
+
+
+def _tolerance(precision: str, expected: np.ndarray) -> np.ndarray:
+    if precision == "fp16":
+        return np.abs(expected) * 2.0 ** -10
+    return np.zeros_like(expected)
+
+
+def _judge(result: ProbeResult, labels, values, expected, got, precision):
+    tolerance = _tolerance(precision, expected)
+    for label, value, want, have, tol in zip(labels, values, expected, got, tolerance):
+        if np.isnan(want):
+            status = "ok" if np.isnan(have) else "nan"
+        elif np.isnan(have):
+            status = "value"
+        else:
+            status = "ok" if abs(float(have) - float(want)) <= tol or have == want else "value"
+        result.nan_deviations += status == "nan"
+        result.value_deviations += status == "value"
+        result.values.append({"input": label, "value": json_number(value), "expected": json_number(want),
+                              "got": json_number(have), "status": status})
+
+
+def run_probes(model, configurations, input_shape=None) -> list:
+    """Probe every Truncation of `model` for each `(format, precision)` in `configurations`.
+
+    Returns `ProbeResult`s: one `keras` row per layer, then one per backend and delegate.
+    """
+    from edgetrunc.parity.keras_runner import KerasRunner
+    from edgetrunc.runtime import ONNXRunner, TFLiteRunner
+
+    input_shape = tuple(input_shape or model.inputs[0].shape[1:])
+    results = []
+    for name, lower, upper in truncation_layers(model):
+        labels, values = zip(*probe_values(lower, upper))
+        values = np.array(values, np.float32)
+        size = int(np.prod(input_shape))
+        if size < len(values):
+            raise ValueError(f"input of {size} elements cannot hold {len(values)} probe values")
+        batch = np.zeros((1, *input_shape), np.float32)
+        batch.reshape(-1)[:len(values)] = values
+        expected = expected_clip(values, lower, upper)
+        submodel = _submodel(name, lower, upper, input_shape)
+
+        keras_row = ProbeResult(name, lower, upper, "keras", "fp32", "keras")
+        got = next(iter(KerasRunner(submodel).infer(batch).values())).reshape(-1)[:len(values)]
+        _judge(keras_row, labels, values, expected, got, "fp32")
+        results.append(keras_row)
+
+        for fmt, precision in configurations:
+            if precision not in PROBED_PRECISIONS:
+                continue
+            try:
+                content = _convert(submodel, fmt, precision)
+            except Exception as exc:  # a conversion failure is reported in the probe table
+                for backend in BACKENDS[fmt]:
+                    results.append(ProbeResult(name, lower, upper, fmt, precision, backend,
+                                               error=f"conversion failed: {str(exc).splitlines()[0][:160]}"))
+                continue
+            for backend in BACKENDS[fmt]:
+                row = ProbeResult(name, lower, upper, fmt, precision, backend)
+                if backend == "onnxruntime":
+                    runner = ONNXRunner(content)
+                else:
+                    runner = TFLiteRunner(content, use_xnnpack=backend == "tflite-xnnpack")
+                got = next(iter(runner.infer(batch).values())).reshape(-1)[:len(values)]
+                _judge(row, labels, values, expected, got, precision)
+                results.append(row)
+    return results

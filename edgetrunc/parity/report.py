@@ -1,0 +1,292 @@
+"""Parity reports: the terminal table, the JSON report and one self-contained HTML page.
+
+`terminal_report(report)` is plain text (artifact table, failures, first divergent layers,
+per-layer table, probe table, warnings). `write_json(report, path)` writes `report.to_dict()`
+atomically (`-` for stdout). `write_html(report, path)` writes one page with every plot
+embedded as a base64 PNG (matplotlib, Agg): the error histogram of each artifact, the
+per-layer error curve, and the stego probability of Keras against each artifact. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import sys
+
+import numpy as np
+
+from edgetrunc._io import write_text_atomic
+
+
+def _fmt(value, spec=".2e"):
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return format(value, spec)
+
+
+def _table(headers, rows) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _short(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def artifact_rows(report) -> list:
+    rows = []
+    for a in report.artifacts:
+        c = a.comparison
+        rows.append([
+            _short(a.path), a.format, a.precision, _fmt(c.max_abs_error), _fmt(c.mean_abs_error),
+            _fmt(c.p99_abs_error), _fmt(c.cosine, ".6f"), _fmt(c.decision_agreement, ".3f"),
+            _fmt(c.accuracy_delta, "+.3f"), _fmt(c.p_e, ".3f"), f"{a.samples_per_second:.1f}",
+            "PASS" if a.passed else "FAIL"])
+    return rows
+
+
+def terminal_report(report) -> str:
+    d = report.to_dict()
+    inputs = d["inputs"]
+    ref_acc = next((a.comparison.accuracy_reference for a in report.artifacts
+                    if a.comparison.accuracy_reference is not None), None)
+    ref_pe = next((a.comparison.p_e_reference for a in report.artifacts
+                   if a.comparison.p_e_reference is not None), None)
+    parts = [
+        f"parity: {_short(report.reference['path'])} (Keras) vs {len(report.artifacts)} artifact(s) on "
+        f"{d['samples']} inputs ({inputs['kind']}: "
+        + ", ".join(f"{k} {v}" for k, v in inputs["composition"].items()) + ")",
+        f"reference: {report.reference['samples_per_second']:.1f} samples/s"
+        + (f", accuracy {ref_acc:.3f}" if ref_acc is not None else "")
+        + (f", P_E {ref_pe:.3f}" if ref_pe is not None else "")
+        + (f" on {report.artifacts[0].comparison.labelled} labelled inputs" if ref_acc is not None else ""),
+        "",
+        _table(["artifact", "format", "prec", "max abs", "mean abs", "p99 abs", "cosine", "agree",
+                "acc delta", "P_E", "samples/s", "verdict"], artifact_rows(report)),
+    ]
+    for a in report.artifacts:
+        for failure in a.comparison.failures:
+            parts.append(f"  FAIL {_short(a.path)}: {failure}")
+        if a.first_divergent_layer:
+            fused = next((layer.fused_layers for layer in a.layers if layer.divergent), [])
+            extra = f" (one op in the artifact: {' + '.join(fused)})" if len(fused) > 1 else ""
+            parts.append(f"  first divergent layer in {_short(a.path)}: {a.first_divergent_layer}{extra}")
+    if report.per_layer:
+        for a in report.artifacts:
+            parts += ["", f"per layer: {_short(a.path)} ({a.precision}; normalized error = max|error| "
+                      "/ max|Keras output|)"]
+            rows = []
+            for layer in a.layers:
+                note = ""
+                if layer.status == "fused":
+                    note = f"fused into {layer.fused_into}"
+                elif layer.status == "folded":
+                    note = "per-channel affine of the Keras output (rest folded into the next op)"
+                elif layer.divergent:
+                    note = "DIVERGES"
+                rows.append([layer.index, layer.layer, layer.status, _fmt(layer.normalized_error),
+                             _fmt(layer.max_abs_error), _fmt(layer.error_over_scale, ".2f"),
+                             (layer.layout or "-"), note])
+            parts.append(_table(["#", "layer", "status", "norm err", "max abs", "err/scale", "layout",
+                                 "note"], rows))
+    if report.probes:
+        parts += ["", "truncation probes (deviations from clip(x, lower, upper) with NaN kept):"]
+        rows = []
+        for p in report.probes:
+            nan_row = next((v for v in p.values if v["input"] == "NaN"), None)
+            bad = [f"{v['input']}->{v['got']}" for v in p.values if v["status"] != "ok"]
+            rows.append([p.layer, f"[{p.lower:g}, {p.upper:g}]", p.backend, p.precision,
+                         nan_row["got"] if nan_row else "-", p.nan_deviations, p.value_deviations,
+                         p.error or (", ".join(bad) if bad else "ok")])
+        parts.append(_table(["layer", "bounds", "backend", "prec", "NaN ->", "NaN dev", "value dev",
+                             "deviations"], rows))
+    for failure in report.probe_failures:
+        parts.append(f"  FAIL probe {failure}")
+    for warning in report.warnings:
+        parts.append(f"warning: {warning}")
+    parts += ["", f"parity {'PASSED' if report.passed else 'FAILED'} ({report.seconds:.1f} s)"]
+    return "\n".join(parts) + "\n"
+
+
+def write_json(report, path) -> None:
+    text = json.dumps(report.to_dict(), indent=2, allow_nan=False, default=_json_default) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_text_atomic(path, text)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+# -- HTML ----------------------------------------------------------------------------------
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def error_histogram(report):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for a in report.artifacts:
+        errors = report.output_errors.get(a.path)
+        if errors is None or not errors.size:
+            continue
+        floor = 1e-12
+        values = np.log10(np.maximum(errors, floor))
+        ax.hist(values, bins=40, histtype="step", linewidth=1.6,
+                label=f"{_short(a.path)} (max {a.comparison.max_abs_error:.1e})")
+    ax.set_xlabel("log10 |artifact - Keras| per output element")
+    ax.set_ylabel("elements")
+    ax.set_title("Output error against the Keras reference")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def layer_error_curve(report):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    names = []
+    for a in report.artifacts:
+        if not a.layers:
+            continue
+        names = [layer.layer for layer in a.layers]
+        xs = [layer.index for layer in a.layers if layer.normalized_error is not None]
+        ys = [max(layer.normalized_error, 1e-9) for layer in a.layers if layer.normalized_error is not None]
+        (line,) = ax.semilogy(xs, ys, marker="o", markersize=4, label=_short(a.path))
+        divergent = [layer for layer in a.layers if layer.divergent]
+        if divergent:
+            first = divergent[0]
+            ax.plot([first.index], [max(first.normalized_error or 1e-9, 1e-9)], marker="x", markersize=12,
+                    color=line.get_color(), markeredgewidth=2.5)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("max|error| / max|Keras output|")
+    ax.set_title("Per-layer error (x: first divergent layer)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def probability_scatter(report):
+    import matplotlib.pyplot as plt
+
+    shown = [a for a in report.artifacts if report.probabilities.get(a.path) is not None]
+    if report.reference_probability is None or not shown:
+        return None
+    cols = min(3, len(shown))
+    rows = (len(shown) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.5 * rows), squeeze=False)
+    labels = report.inputs.labels
+    ref = report.reference_probability
+    for ax, a in zip(axes.ravel(), shown):
+        got = report.probabilities[a.path]
+        for value, color, name in ((0, "tab:blue", "cover"), (1, "tab:red", "stego"),
+                                   (-1, "tab:gray", "unlabelled")):
+            mask = labels == value
+            if mask.any():
+                ax.scatter(ref[mask], got[mask], s=12, alpha=0.7, color=color, label=name)
+        ax.plot([0, 1], [0, 1], color="black", linewidth=0.8)
+        ax.axhline(0.5, color="gray", linewidth=0.5, linestyle=":")
+        ax.axvline(0.5, color="gray", linewidth=0.5, linestyle=":")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("Keras stego probability")
+        ax.set_ylabel("artifact stego probability")
+        agree = a.comparison.decision_agreement
+        ax.set_title(f"{_short(a.path)}\nagreement {agree:.3f}" if agree is not None else _short(a.path),
+                     fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in axes.ravel()[len(shown):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _html_table(headers, rows) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_report(report) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    d = report.to_dict()
+    verdict = "PASSED" if report.passed else "FAILED"
+    sections = [
+        f"<h1>edgetrunc parity: <span class='{verdict.lower()}'>{verdict}</span></h1>",
+        f"<p>Reference <code>{html.escape(report.reference['path'])}</code> (Keras); "
+        f"{d['samples']} inputs ({html.escape(d['inputs']['kind'])}: "
+        + html.escape(", ".join(f"{k} {v}" for k, v in d["inputs"]["composition"].items()))
+        + f"), seed {d['inputs']['seed']}.</p>",
+        _html_table(["artifact", "format", "precision", "max abs", "mean abs", "p99 abs", "cosine",
+                     "agreement", "acc delta", "P_E", "samples/s", "verdict"], artifact_rows(report)),
+    ]
+    failures = [f"{_short(a.path)}: {f}" for a in report.artifacts for f in a.comparison.failures]
+    failures += [f"{_short(a.path)}: first divergent layer {a.first_divergent_layer}"
+                 for a in report.artifacts if a.first_divergent_layer]
+    failures += [f"probe {f}" for f in report.probe_failures]
+    if failures:
+        sections.append("<h2>Failures</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in failures)
+                        + "</ul>")
+    if report.warnings:
+        sections.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings)
+                        + "</ul>")
+    sections.append("<h2>Output error per artifact</h2>"
+                    f"<img alt='error histogram' src='{error_histogram(report)}'>")
+    scatter = probability_scatter(report)
+    if scatter:
+        sections.append("<h2>Stego probability: Keras vs each artifact</h2>"
+                        f"<img alt='stego probability' src='{scatter}'>")
+    if report.per_layer and any(a.layers for a in report.artifacts):
+        sections.append("<h2>Per-layer error</h2>"
+                        f"<img alt='per-layer error' src='{layer_error_curve(report)}'>")
+        for a in report.artifacts:
+            rows = [[layer.index, layer.layer, layer.status, layer.tensor or "-", _fmt(layer.normalized_error),
+                     _fmt(layer.error_over_scale, ".2f"), layer.fused_into or "",
+                     "DIVERGES" if layer.divergent else ""] for layer in a.layers]
+            sections.append(f"<h3>{html.escape(_short(a.path))}</h3>" + _html_table(
+                ["#", "layer", "status", "artifact tensor", "norm err", "err/scale", "fused into", ""], rows))
+    if report.probes:
+        rows = [[p.layer, f"[{p.lower:g}, {p.upper:g}]", p.backend, p.precision]
+                + [next((v["got"] for v in p.values if v["input"] == k), "-") for k in
+                   ("+T+ulp", "-T-ulp", "+1e30", "+inf", "-inf", "NaN")]
+                + [p.nan_deviations, p.value_deviations, p.error or ""] for p in report.probes]
+        sections.append("<h2>Truncation probes</h2>" + _html_table(
+            ["layer", "bounds", "backend", "precision", "+T+ulp", "-T-ulp", "+1e30", "+inf", "-inf", "NaN",
+             "NaN dev", "value dev", "error"], rows))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f2}"
+             ".passed{color:#1a7f37}.failed{color:#c62828}img{max-width:100%}code{font-size:13px}")
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>edgetrunc parity report</title>"
+            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
+
+
+def write_html(report, path) -> None:
+    write_text_atomic(path, html_report(report))
