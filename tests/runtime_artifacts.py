@@ -49,6 +49,16 @@ def _representative(shape, count=8):
         yield [rng.uniform(0, 255, (1, *shape)).astype(np.float32)]
 
 
+def tflite_bytes(model) -> bytes:
+    """Plain fp32 TFLite conversion of a Keras model."""
+    import tensorflow as tf
+
+    from edgetrunc import _log
+
+    with _log.stdout_to_stderr():
+        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
 def _convert(model, out: Path, kinds) -> dict:
     import tensorflow as tf
     import tf2onnx

@@ -89,6 +89,23 @@ def test_batched_inference_equals_one_at_a_time(block, batch):
         np.testing.assert_allclose(again, together[:2], atol=1e-5, err_msg=key)
 
 
+def test_a_fixed_batch_model_runs_in_steps(batch):
+    import keras
+
+    from tests.runtime_artifacts import tflite_bytes
+
+    inputs = keras.Input((256, 256, 1), batch_size=1)
+    x = keras.layers.Conv2D(2, 3, padding="same")(inputs)
+    x = keras.ops.reshape(x, (1, -1))[:, :8]
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    runner = TFLiteRunner(tflite_bytes(model))
+    assert runner.metadata().inputs[0].shape == (1, 256, 256, 1)
+    together = _only(runner.infer(batch))
+    assert together.shape == (3, 2)
+    expected = np.concatenate([np.asarray(model(batch[i:i + 1])) for i in range(len(batch))])
+    np.testing.assert_allclose(together, expected, atol=1e-5)
+
+
 def test_onnx_nchw_model_is_detected_and_fed_nhwc(block, batch):
     runner = open_runner(block["onnx_nchw"])
     assert runner.metadata().layout == "NCHW"

@@ -3,10 +3,11 @@
 The interpreter comes from `ai_edge_litert` (the successor of tflite-runtime), else
 `tflite_runtime`, else `tensorflow.lite` (imported only when the first two are missing).
 XNNPACK is on by default; `use_xnnpack=False` runs the built-in kernels. A batch of N
-images resizes the input to N (one allocated interpreter is kept per batch size), int8 /
-uint8 inputs are quantized and outputs dequantized with the model's own scale and zero
-point, and with `preserve_all_tensors=True` every intermediate tensor can be read after a
-run (`tensor_details()`, `get_tensor(index)`), which the per-layer parity check uses.
+images resizes the input to N (one allocated interpreter is kept per recent batch size; a
+model with a fixed batch size runs in steps of that size), int8 / uint8 inputs are
+quantized and outputs dequantized with the model's own scale and zero point, and with
+`preserve_all_tensors=True` every intermediate tensor can be read after a run
+(`tensor_details()`, `get_tensor(index)`), which the per-layer parity check uses.
 """
 
 from __future__ import annotations
@@ -141,9 +142,10 @@ class TFLiteRunner(BaseRunner):
         self._input = input_details[0]
         self._outputs = interpreter.get_output_details()
         self._base_batch = int(self._input["shape"][0])
-        self._interpreters[self._base_batch] = interpreter
+        self._base_interpreter = interpreter
         self._last = interpreter
-        self._resizable = True
+        signature = self._input.get("shape_signature", self._input["shape"])
+        self._resizable = int(signature[0]) < 0  # a fixed batch is run in steps, never resized
         self._meta = self._describe(interpreter)
 
     def _describe(self, interpreter) -> RunnerMetadata:
@@ -224,11 +226,15 @@ class TFLiteRunner(BaseRunner):
 
     def _infer_impl(self, batch: np.ndarray) -> dict:
         n = batch.shape[0]
+        if n == self._base_batch:
+            return self._run(self._base_interpreter, batch)
         interpreter = self._interpreter_for(n) if self._resizable else None
         if interpreter is not None:
-            return self._run(interpreter, batch)
+            results = self._run(interpreter, batch)
+            if all(v.ndim and v.shape[0] == n for v in results.values()):
+                return results
         self._resizable = False
-        interpreter = self._interpreters[self._base_batch]
+        interpreter = self._base_interpreter
         step = self._base_batch
         if n % step:
             raise InputError(f"{self.name}: the model's batch size is fixed at {step}; "
