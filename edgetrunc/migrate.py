@@ -450,6 +450,18 @@ class _LambdaProbe:
         return np.asarray(grad).reshape(-1)[: len(values)].astype(np.float64)
 
 
+def _truncated(values, lower, upper):
+    """What `Truncation(lower=..., upper=...)` returns for `values`, on this backend
+    (so denormal flushing and NaN handling match the layer that replaces the Lambda)."""
+    from keras import ops
+
+    from edgetrunc.layers import truncate
+
+    x = ops.convert_to_tensor(values)
+    return np.asarray(ops.convert_to_numpy(
+        truncate(x, ops.cast(lower, x.dtype), ops.cast(upper, x.dtype))))
+
+
 def _probe_grid(dtype):
     top = int(math.floor(math.log10(float(np.finfo(dtype).max))))
     magnitudes = [m * 10.0 ** k for k in range(-4, top) for m in (1, 2, 3, 5)]
@@ -553,7 +565,7 @@ def _probe(probe, name, rng):
     unshuffled[order] = again
     if not np.allclose(unshuffled, got, rtol=1e-6, atol=0, equal_nan=True):
         raise _NotClip("output depends on other elements or on the tensor shape")
-    expected = np.clip(points, dtype.type(lower), dtype.type(upper)).astype(np.float64)
+    expected = _truncated(points, lower, upper).astype(np.float64)
     error = np.abs(got - expected)
     bound_scale = max(abs(lower), abs(upper))
     allowed = (2 * np.spacing((np.abs(points) + bound_scale).astype(dtype)).astype(np.float64)
@@ -704,7 +716,7 @@ class _ActivationCheck:
         y = self.fn(x, **kwargs)
         xs = np.asarray(ops.convert_to_numpy(x))
         ys = np.asarray(ops.convert_to_numpy(y)).astype(np.float64)
-        expected = np.clip(xs, xs.dtype.type(self.lower), xs.dtype.type(self.upper))
+        expected = _truncated(xs, self.lower, self.upper)
         error = np.abs(ys - expected.astype(np.float64))
         scale = max(abs(self.lower), abs(self.upper))
         allowed = (2 * np.spacing((np.abs(xs) + scale).astype(xs.dtype)).astype(np.float64)
@@ -864,7 +876,7 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
     Report keys: legacy, out, written, format, lambda_globals, layers (one per Lambda:
     layer, verdict, lower, upper, gradient, exact, max_probe_error, nonfinite, note,
     replaced), kept (non-clip Lambdas left in place), verification, safe_mode,
-    tflite_ops, message.
+    tflite_ops, compile (whether the training configuration was carried), message.
     """
     legacy_path, out_path = _check_paths(legacy_path, out_path)
     file_format, config = read_model_config(legacy_path)
@@ -872,7 +884,8 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
     stored = count_stored_functions(config)
     report = {"legacy": str(legacy_path), "out": str(out_path), "written": False,
               "format": file_format, "lambda_globals": [], "layers": [], "kept": [],
-              "verification": None, "safe_mode": None, "tflite_ops": None, "message": ""}
+              "verification": None, "safe_mode": None, "tflite_ops": None, "compile": None,
+              "message": ""}
     if not lambda_configs and not stored:
         load_model(legacy_path, trust_lambda=False)
         report["safe_mode"] = "loads with safe_mode=True; no trust needed"
@@ -923,6 +936,7 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
         raise CheckFailed(f"{legacy_path}: migration not written: "
                           + "; ".join(verification["failures"]))
 
+    report["compile"] = _carry_compile_config(legacy_path, file_format, config, migrated)
     remaining = [path for _, path in lambda_layers(migrated)]
     with atomic_path(out_path, protect=[legacy_path]) as tmp:
         with _log.stdout_to_stderr():
@@ -933,6 +947,25 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
                          + (f"; kept {len(report['kept'])} other Lambda layer(s)"
                             if report["kept"] else ""))
     return report
+
+
+def _carry_compile_config(path, file_format, config, migrated):
+    """Re-compile the migrated model like the legacy one; say what was carried."""
+    if file_format == "keras":
+        compile_config = config.get("compile_config")
+        if not compile_config:
+            return None
+        try:
+            migrated.compile_from_config(compile_config)
+        except Exception as exc:
+            return f"not carried ({_one_line(exc)}); compile the model again to train it"
+        return "carried (optimizer, loss, metrics); optimizer state is not"
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        if "training_config" not in handle.attrs:
+            return None
+    return "not carried from a legacy .h5; compile the model again to train it"
 
 
 def _check_reload(path, migrated, remaining, extra_globals, seed):
