@@ -95,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tile stride for training tiles (default: 256, non-overlapping)")
     p.add_argument("--strategy", default="default",
                    help="tf.distribute strategy: default, mirrored, or one/device (default: default)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model builder argument, repeatable (e.g. front_end=srm6, width=2)")
+    p.add_argument("--stage-epochs", type=_positive_int, default=2,
+                   help="epochs per curriculum stage before the target payload (default: 2)")
+    p.add_argument("--lr-schedule", choices=("cosine", "plateau", "constant"), default="cosine",
+                   help="learning-rate schedule (default: cosine)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MIN",
+                   help="wall-time budget in minutes; no epoch starts that would overrun it")
+    p.add_argument("--eval-stride", type=_positive_int, default=128,
+                   help="tile stride of the validation and test tiles (default: 128)")
+    p.add_argument("--max-eval-pairs", type=_positive_int, default=None,
+                   help="use at most this many validation and test pairs (quick runs)")
+    p.add_argument("--no-bn-reestimate", action="store_true",
+                   help="keep the running batch-norm statistics as trained")
     p.add_argument("--out", default="models/tlunet.keras", help="output .keras path")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
@@ -106,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'embedded' (held-out test photos) or a folder of cover images")
     p.add_argument("--payload", type=_payload, default=0.4, help="payload in bpp (default: 0.4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and embedding (default: 0)")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
+                   help="which photos to score (default: test for embedded, all for a folder)")
+    p.add_argument("--stride", type=_positive_int, default=128,
+                   help="tile stride in pixels (default: 128, as in the training record)")
+    p.add_argument("--max-pairs", type=_positive_int, default=None, help="score at most this many pairs")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
 
     p = sub.add_parser("convert", help="export to TFLite and ONNX with the truncation mapping checked",

@@ -70,24 +70,46 @@ def roc_auc(y_true, scores) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def p_e(y_true, scores) -> float:
+def p_e_threshold(y_true, scores, weights=None) -> tuple[float, float]:
+    """`(P_E, threshold)`: the minimum of (P_FA + P_MD) / 2 and the threshold reaching it.
+
+    Decision rule: stego when score >= threshold, over every observed score and +inf
+    (all cover). `weights` weighs samples (e.g. 1 / tiles of their photo). P_E is NaN
+    when a class is missing.
+    """
+    y, s = _labels_scores(y_true, scores)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    w_cover, w_stego = w[y == 0].sum(), w[y == 1].sum()
+    if w_cover <= 0 or w_stego <= 0:
+        return float("nan"), float("nan")
+    thresholds, inverse = np.unique(s, return_inverse=True)
+    cover_at = np.bincount(inverse, weights=w * (y == 0), minlength=len(thresholds))
+    stego_at = np.bincount(inverse, weights=w * (y == 1), minlength=len(thresholds))
+    # threshold thresholds[j]: flagged = scores >= thresholds[j]
+    false_alarm = np.cumsum(cover_at[::-1])[::-1] / w_cover
+    missed = (np.cumsum(stego_at) - stego_at) / w_stego
+    errors = np.append((false_alarm + missed) / 2, 0.5)
+    best = int(np.argmin(errors))
+    threshold = float(thresholds[best]) if best < len(thresholds) else float("inf")
+    return float(min(errors[best], 0.5)), threshold
+
+
+def p_e(y_true, scores, weights=None) -> float:
     """min over thresholds of (P_FA + P_MD) / 2; 0 is perfect, 0.5 is chance.
 
     Decision rule: stego when score >= threshold, for every threshold between observed
     scores (and the all-cover / all-stego extremes). NaN when a class is missing.
     """
+    return p_e_threshold(y_true, scores, weights)[0]
+
+
+def error_at(y_true, scores, threshold: float) -> float:
+    """(P_FA + P_MD) / 2 at one fixed threshold (stego when score >= threshold)."""
     y, s = _labels_scores(y_true, scores)
-    n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
-    if n_pos == 0 or n_neg == 0:
+    if not np.any(y == 0) or not np.any(y == 1):
         return float("nan")
-    thresholds = np.concatenate([np.unique(s), [np.inf]])
-    best = 0.5
-    for t in thresholds:
-        decision = s >= t
-        p_fa = np.sum(decision & (y == 0)) / n_neg
-        p_md = np.sum(~decision & (y == 1)) / n_pos
-        best = min(best, (p_fa + p_md) / 2)
-    return float(best)
+    decision = s >= threshold
+    return float((np.mean(decision[y == 0]) + np.mean(~decision[y == 1])) / 2)
 
 
 def _figures(y, s, threshold):
@@ -99,26 +121,35 @@ def _figures(y, s, threshold):
 def detection_report(y_true, stego_prob, sources=None, threshold: float = 0.5) -> dict:
     """Accuracy, AUC, P_E and confusion matrix, overall and (with `sources`) per photo.
 
-    Returns `{"samples", "accuracy", "auc", "p_e", "confusion", "threshold"}` and, when
-    `sources` names the photo of each sample, `"per_source": {name: {...same figures}}`
-    and `"p_e_photo_mean"` (P_E averaged over photos, each photo weighted equally).
+    Returns `{"samples", "accuracy", "auc", "p_e", "p_e_threshold", "confusion",
+    "threshold"}` and, when `sources` names the photo of each sample:
+    - `"p_e_photo_mean"`: P_E with every photo weighted equally (each sample weighs
+      1 / samples of its photo), one shared threshold, so a photo with many tiles does not
+      dominate; `"p_e_photo_mean_threshold"` is that threshold;
+    - `"per_source": {name: {...}}` with each photo's accuracy, AUC, confusion, `p_e` (the
+      photo's own best threshold: optimistic for a few tiles) and `error` ((P_FA + P_MD) / 2
+      at the shared photo-weighted threshold: what one deployed detector gets).
     `stego_prob` may also be the `[N, 2]` softmax output.
     """
     s = stego_probability(stego_prob)
     y, s = _labels_scores(y_true, s)
     report = _figures(y, s, threshold)
+    report["p_e_threshold"] = p_e_threshold(y, s)[1]
     report["threshold"] = float(threshold)
     if sources is not None:
-        sources = np.asarray(list(sources))
+        sources = np.asarray([str(name) for name in sources])
         if sources.shape[0] != y.shape[0]:
             raise InputError(f"sources and labels differ in length: {sources.shape[0]} vs {y.shape[0]}")
+        names, counts = np.unique(sources, return_counts=True)
+        weight_of = dict(zip(names.tolist(), (1.0 / counts).tolist()))
+        weights = np.array([weight_of[name] for name in sources.tolist()])
+        report["p_e_photo_mean"], shared = p_e_threshold(y, s, weights)
+        report["p_e_photo_mean_threshold"] = shared
         per_source = {}
-        for name in sorted(set(sources.tolist())):
+        for name in names.tolist():
             mask = sources == name
-            per_source[name] = _figures(y[mask], s[mask], threshold)
+            figures = _figures(y[mask], s[mask], threshold)
+            figures["error"] = error_at(y[mask], s[mask], shared)
+            per_source[name] = figures
         report["per_source"] = per_source
-        values = [v["p_e"] for v in per_source.values() if not np.isnan(v["p_e"])]
-        report["p_e_photo_mean"] = float(np.mean(values)) if values else float("nan")
-        accs = [v["accuracy"] for v in per_source.values()]
-        report["accuracy_photo_mean"] = float(np.mean(accs)) if accs else float("nan")
     return report

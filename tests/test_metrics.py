@@ -51,10 +51,25 @@ def test_detection_report_per_source_and_photo_mean():
     report = metrics.detection_report(y, s, sources)
     assert report["per_source"]["a"]["p_e"] == 0.0
     assert report["per_source"]["b"]["p_e"] == 0.5
+    # one shared threshold, photos weighted equally: t = 0.8 -> photo a 0, photo b 0.5
     assert report["p_e_photo_mean"] == 0.25
+    assert report["per_source"]["a"]["error"] == 0.0
+    assert report["per_source"]["b"]["error"] == 0.5
     assert report["per_source"]["a"]["accuracy"] == 1.0
     assert report["per_source"]["b"]["confusion"] == [[0, 2], [1, 1]]
     assert report["samples"] == 8 and report["confusion"] == [[2, 2], [1, 3]]
+
+
+def test_photo_mean_weighs_photos_equally():
+    # photo "big": 8 pairs perfectly separated; photo "small": 2 pairs at chance
+    y = [0, 1] * 10
+    s = [0.1, 0.9] * 8 + [0.9, 0.9, 0.1, 0.1]
+    sources = ["big"] * 16 + ["small"] * 4
+    report = metrics.detection_report(y, s, sources)
+    assert report["p_e"] == pytest.approx(0.1)  # pooled: the big photo dominates
+    assert report["p_e_photo_mean"] == pytest.approx(0.25)  # (0 + 0.5) / 2
+    assert report["per_source"]["small"]["error"] == 0.5
+    assert metrics.error_at([0, 1, 0, 1], [0.2, 0.6, 0.7, 0.9], 0.5) == 0.25
 
 
 def test_bad_inputs():

@@ -1,0 +1,149 @@
+"""Evaluation of a detector (`.keras`, `.tflite` or `.onnx`) on cover/stego pairs.
+
+`evaluate(model_path, ...)` builds the pairs with `edgetrunc.data.load_pairs` (the held-out
+test photos of the embedded covers by default, or every photo of a user folder), scores
+them in inference mode (Keras) or through `edgetrunc.runtime.open_runner` (TFLite, ONNX
+Runtime; no TensorFlow needed for those), and returns accuracy, ROC AUC, P_E, the
+confusion matrix, per-photo figures and the P_E averaged over photos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc import _log
+from edgetrunc._io import require_file
+from edgetrunc.data.covers import resolve_covers
+from edgetrunc.data.dataset import check_payload, load_pairs
+from edgetrunc.errors import InputError
+from edgetrunc.metrics import detection_report, stego_probability
+
+MODEL_SUFFIXES = (".keras", ".tflite", ".onnx")
+
+
+def load_keras_model(path):
+    """Load a `.keras` detector (with edgetrunc's layers registered) or raise InputError."""
+    import keras
+
+    import edgetrunc.layers  # noqa: F401  (registers Truncation)
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # a corrupt or foreign file: one line for the user
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: cannot load the Keras model ({reason[:200]})") from None
+
+
+def keras_scorer(path, batch_size: int = 32):
+    import tensorflow as tf
+
+    model = load_keras_model(path)
+    infer = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+
+    def score(x):
+        return np.concatenate([stego_probability(np.asarray(infer(tf.constant(x[i:i + batch_size]))))
+                               for i in range(0, len(x), batch_size)])
+
+    return score
+
+
+def runtime_scorer(path, batch_size: int = 32, threads: int | None = None):
+    from edgetrunc.runtime import open_runner
+
+    runner = open_runner(path, threads=threads)
+
+    def score(x):
+        parts = []
+        for i in range(0, len(x), batch_size):
+            outputs = runner.infer(x[i:i + batch_size])
+            if len(outputs) != 1:
+                raise InputError(f"{path}: {len(outputs)} outputs; expected one [N, 2] softmax")
+            parts.append(stego_probability(next(iter(outputs.values()))))
+        return np.concatenate(parts)
+
+    return score
+
+
+def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
+             split: str | None = None, stride: int | None = 128, max_pairs: int | None = None,
+             batch_size: int = 32, threads: int | None = None) -> dict:
+    """Accuracy, AUC, P_E, confusion matrix and per-photo figures of a detector.
+
+    Args:
+        model_path: a `.keras`, `.tflite` or `.onnx` file.
+        covers: `"embedded"`, a folder of cover images, or a list of `Cover`.
+        payload: LSB-matching payload in bits per pixel, in (0, 1].
+        seed: seed of the photo split and of the embedding (as in training).
+        split: `"test"` (default for the embedded covers), `"all"` (default for a folder),
+            `"train"` or `"val"`.
+        stride: tile stride (default 128, as the training record's test figures).
+        max_pairs: score at most this many pairs (round-robin over photos).
+    """
+    path = require_file(model_path, "model file", MODEL_SUFFIXES)
+    payload = check_payload(payload)
+    is_embedded = isinstance(covers, str) and covers == "embedded"
+    split = split or ("test" if is_embedded else "all")
+    cover_list = resolve_covers(covers)
+    pairs = load_pairs(cover_list, split=split, payload=payload, seed=seed,
+                       max_pairs=max_pairs, stride=stride)
+    suffix = path.suffix.lower()
+    score = keras_scorer(path, batch_size) if suffix == ".keras" else runtime_scorer(
+        path, batch_size, threads)
+    _log.info(f"scoring {len(pairs)} tiles ({pairs.n_pairs} cover/stego pairs, "
+              f"{len(pairs.photos)} photos, {split} split) with {path.name}")
+    probs = score(pairs.x)
+    report = detection_report(pairs.y, probs, pairs.sources)
+    notes = {c.name: c.describe() for c in cover_list if c.name in set(pairs.photos)}
+    for name, figures in report.get("per_source", {}).items():
+        figures["pairs"] = figures["samples"] // 2
+        figures["jpeg_history"] = notes[name]["jpeg_history"]
+        figures["note"] = notes[name]["note"]
+    jpeg = [n for n in pairs.photos if notes[n]["jpeg_history"]]
+    never = [n for n in pairs.photos if not notes[n]["jpeg_history"]]
+    per = report.get("per_source", {})
+    return {"model": str(path), "format": suffix.lstrip("."), "covers": str(covers)
+            if isinstance(covers, (str, Path)) else "list", "split": split, "payload": payload,
+            "seed": int(seed), "stride": stride or 256, "pairs": pairs.n_pairs,
+            "photos": list(pairs.photos), **report,
+            "error_photo_mean_jpeg_history": _mean([per[n]["error"] for n in jpeg]),
+            "error_photo_mean_never_compressed": _mean([per[n]["error"] for n in never])}
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(values)) if values else None
+
+
+def format_report(report: dict) -> str:
+    """The evaluation as a terminal table."""
+    lines = [f"{report['model']} ({report['format']}): {report['pairs']} cover/stego pairs from "
+             f"{len(report['photos'])} photos ({report['split']} split), payload "
+             f"{report['payload']} bpp, tile stride {report['stride']}",
+             "",
+             f"accuracy {report['accuracy']:.4f}   AUC {report['auc']:.4f}   P_E {report['p_e']:.4f}"
+             f"   per-photo mean P_E {report['p_e_photo_mean']:.4f}"]
+    if report.get("error_photo_mean_never_compressed") is not None:
+        lines.append(f"mean error at the shared threshold: never-compressed photos "
+                     f"{report['error_photo_mean_never_compressed']:.4f}"
+                     + (f", once-JPEG photos {report['error_photo_mean_jpeg_history']:.4f}"
+                        if report.get("error_photo_mean_jpeg_history") is not None else ""))
+    (tn, fp), (fn, tp) = report["confusion"]
+    lines += ["", "confusion (threshold 0.5)   decided cover   decided stego",
+              f"  cover                     {tn:13d}   {fp:13d}",
+              f"  stego                     {fn:13d}   {tp:13d}", ""]
+    rows = [("photo", "pairs", "accuracy", "AUC", "P_E own", "error shared", "JPEG history")]
+    for name, f in report.get("per_source", {}).items():
+        rows.append((name, str(f["pairs"]), f"{f['accuracy']:.3f}",
+                     "-" if f["auc"] is None or np.isnan(f["auc"]) else f"{f['auc']:.3f}",
+                     f"{f['p_e']:.3f}", f"{f['error']:.3f}", f["note"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for k, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines += ["", "P_E own: (P_FA + P_MD) / 2 at the photo's own best threshold (optimistic for few "
+              "tiles); error shared: at the one threshold that minimizes the photo-weighted P_E."]
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""`edgetrunc evaluate`: the table and the --json schema on a small saved model; bad inputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgetrunc.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    from edgetrunc.models import create
+
+    path = tmp_path_factory.mktemp("evaluate") / "detector.keras"
+    create("tlunet", seed=0).save(path)
+    return path
+
+
+def test_json_schema(model_path, capsys):
+    assert main(["-q", "evaluate", str(model_path), "--json", "--max-pairs", "6"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "keras" and report["split"] == "test" and report["payload"] == 0.4
+    assert report["pairs"] == 6 and report["samples"] == 12
+    for key in ("accuracy", "auc", "p_e", "p_e_photo_mean", "confusion", "per_source", "photos"):
+        assert key in report
+    assert np.array(report["confusion"]).sum() == 12
+    assert set(report["per_source"]) == set(report["photos"])
+    for figures in report["per_source"].values():
+        assert {"pairs", "accuracy", "auc", "p_e", "error", "jpeg_history", "note"} <= set(figures)
+    assert 0 <= report["p_e"] <= 0.5
+
+
+def test_table(model_path, capsys):
+    assert main(["-q", "evaluate", str(model_path), "--max-pairs", "4", "--payload", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "P_E" in out and "confusion" in out and "payload 1.0 bpp" in out
+
+
+@pytest.mark.parametrize("name, message", [("missing.keras", "no such"), ("model.pt", "expected a model file")])
+def test_bad_model_path_exits_2(tmp_path, capsys, name, message):
+    path = tmp_path / name
+    if name.endswith(".pt"):
+        path.write_text("x")
+    assert main(["evaluate", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_corrupt_model_exits_2(tmp_path, capsys):
+    path = tmp_path / "broken.keras"
+    path.write_bytes(b"not a zip file")
+    assert main(["evaluate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot load" in err[0]
