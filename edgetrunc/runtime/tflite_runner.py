@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import importlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,9 @@ class TFLiteRunner(BaseRunner):
             if resolver is None:
                 resolver = self._module.experimental.OpResolverType
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        return self._module.Interpreter(**kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+            return self._module.Interpreter(**kwargs)
 
     def _load_impl(self):
         if self._content is None:
