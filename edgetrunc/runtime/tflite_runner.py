@@ -65,6 +65,11 @@ def read_embedded_metadata(content: bytes, name: str = "edgetrunc") -> dict | No
     return None
 
 
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def _quantize(batch: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
     info = np.iinfo(dtype)
     q = np.round(batch / scale) + zero_point
@@ -135,10 +140,13 @@ class TFLiteRunner(BaseRunner):
         self._module, self._backend = load_interpreter_module()
         try:
             interpreter = self._new_interpreter()
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(f"{self.path}: not a valid TFLite model ({_first_line(exc)})") from None
+        try:
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"{self.path}: not a valid TFLite model ({reason})") from None
+            raise InputError(f"{self.path}: the interpreter cannot prepare this model "
+                             f"({_first_line(exc)}); expected builtin ops only") from None
         input_details = interpreter.get_input_details()
         if len(input_details) != 1:
             raise InputError(f"{self.path}: expected a model with one input; it has {len(input_details)}")
@@ -171,10 +179,13 @@ class TFLiteRunner(BaseRunner):
             1 for t in interpreter.get_tensor_details()
             if np.dtype(t["dtype"]).name in ("int8", "uint8", "int16")
             and t["quantization_parameters"]["scales"].size > 0)
+        integer_io = np.dtype(self._input["dtype"]).kind in "iu"
         if quantized_tensors and "int16" in tensor_types and "int8" in tensor_types:
             precision = "int16x8"
-        elif quantized_tensors:
+        elif quantized_tensors and (integer_io or "QUANTIZE" in op_counts):
             precision = "int8"
+        elif quantized_tensors:
+            precision = "dynamic-int8"  # int8 weights, float activations
         elif "float16" in tensor_types and op_counts.get("DEQUANTIZE"):
             precision = "fp16"
         else:
