@@ -696,8 +696,21 @@ def _outputs(model, arrays):
 
 
 def _max_diff(a, b) -> float:
-    diffs = [float(np.max(np.abs(x - y), initial=0.0)) for x, y in zip(a, b)]
-    return max(diffs, default=0.0)
+    """Largest |a - b| over all outputs; equal values (NaN, inf included) count as 0 and a
+    NaN facing a number as inf."""
+    worst = 0.0
+    for x, y in zip(a, b):
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(x - y)
+        same = (x == y) | (np.isnan(x) & np.isnan(y))
+        diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
+        worst = max(worst, float(np.max(diff, initial=0.0)))
+    return worst
+
+
+def _finite_max_abs(arrays) -> float:
+    return max([float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0)) for a in arrays],
+               default=0.0)
 
 
 class _ActivationCheck:
@@ -709,6 +722,7 @@ class _ActivationCheck:
         self.max_error = 0.0
         self.max_input = 0.0
         self.violations = 0
+        self.nonfinite_differences = 0
 
     def __call__(self, x, **kwargs):
         from keras import ops
@@ -716,14 +730,19 @@ class _ActivationCheck:
         y = self.fn(x, **kwargs)
         xs = np.asarray(ops.convert_to_numpy(x))
         ys = np.asarray(ops.convert_to_numpy(y)).astype(np.float64)
-        expected = _truncated(xs, self.lower, self.upper)
-        error = np.abs(ys - expected.astype(np.float64))
-        scale = max(abs(self.lower), abs(self.upper))
-        allowed = (2 * np.spacing((np.abs(xs) + scale).astype(xs.dtype)).astype(np.float64)
-                   + 2 * float(np.spacing(xs.dtype.type(scale))))
+        expected = _truncated(xs, self.lower, self.upper).astype(np.float64)
+        finite = np.isfinite(xs)
+        with np.errstate(invalid="ignore", over="ignore"):
+            error = np.abs(ys - expected)[finite]
+            scale = max(abs(self.lower), abs(self.upper))
+            allowed = (2 * np.spacing((np.abs(xs[finite]).astype(np.float64) + scale)
+                                      .astype(xs.dtype)).astype(np.float64)
+                       + 2 * float(np.spacing(xs.dtype.type(scale))))
         self.violations += int(np.sum(~(error <= allowed)))
+        self.nonfinite_differences += int(np.sum(~finite & ~np.isnan(xs)
+                                                 & (ys != expected)))
         self.max_error = max(self.max_error, float(np.max(error, initial=0.0)))
-        self.max_input = max(self.max_input, float(np.max(np.abs(xs), initial=0.0)))
+        self.max_input = max(self.max_input, _finite_max_abs([xs]))
         return y
 
 
@@ -773,8 +792,10 @@ def verify_outputs(legacy, migrated, replaced, seed=0) -> dict:
         migrated_out = _outputs(migrated, arrays)
         report["max_abs_diff"][name] = _max_diff(migrated_out, legacy_out)
         report["rebuild_max_abs_diff"][name] = _max_diff(migrated_out, reference_out)
-        scale = max([scale] + [float(np.max(np.abs(o), initial=0.0)) for o in reference_out])
+        scale = max(scale, _finite_max_abs(reference_out))
     rebuild = max(report["rebuild_max_abs_diff"].values(), default=0.0)
+    for key in ("max_abs_diff", "rebuild_max_abs_diff"):
+        report[key] = {name: _as_number(value) for name, value in report[key].items()}
     tolerance = 1e-6 * max(1.0, scale)
     report["layers"] = {}
     for layer, verdict in replaced:
@@ -783,11 +804,18 @@ def verify_outputs(legacy, migrated, replaced, seed=0) -> dict:
             "max_abs_error_vs_exact_clip": check.max_error,
             "max_abs_input": check.max_input,
             "beyond_cancellation_bound": check.violations,
+            "infinite_inputs_answered_differently": check.nonfinite_differences,
         }
     inexact = [v.layer for layer, v in replaced if checks[id(layer)].max_error > 0]
+    infinite = [v.layer for layer, v in replaced if checks[id(layer)].nonfinite_differences]
+    expected = []
     if inexact:
-        report["expected_difference"] = (
-            f"{', '.join(inexact)}: {CANCELLATION_NOTE}; this is the only difference allowed")
+        expected.append(f"{', '.join(inexact)}: {CANCELLATION_NOTE}")
+    if infinite:
+        expected.append(f"{', '.join(infinite)}: overflowed (infinite) activations give NaN "
+                        "in the legacy layer (inf - inf) and the bound in Truncation")
+    if expected:
+        report["expected_difference"] = "; ".join(expected) + "; no other difference is allowed"
     failures = []
     if not rebuild <= tolerance:
         failures.append(f"the rebuilt model differs from the legacy one with exact clips by "

@@ -217,6 +217,30 @@ def test_cli_table_and_json(tmp_path, capsys):
     assert (tmp_path / "new2.keras").is_file()
 
 
+def test_legacy_seed_block_becomes_the_registered_seed_block(tmp_path):
+    from edgetrunc import models
+    from edgetrunc.migrate import tflite_op_inventory
+
+    reference = models.create("seed_block", seed=0)
+    inputs = keras.Input((256, 256, 1), name="input")
+    x = inputs
+    for layer in reference.layers[1:]:
+        is_tlu = isinstance(layer, Truncation)
+        x = keras.layers.Lambda(first_answer(T), name=layer.name)(x) if is_tlu else layer(x)
+    legacy = tmp_path / "legacy_seed_block.keras"
+    keras.Model(inputs, x, name="seed_block").save(legacy)
+
+    out = tmp_path / "seed_block.keras"
+    report = migrate(legacy, out, trust_lambda=True)
+    migrated = keras.saving.load_model(out, safe_mode=True)
+    assert [type(lay).__name__ for lay in migrated.layers] == \
+        [type(lay).__name__ for lay in reference.layers]
+    image = pixels((1, 256, 256, 1))
+    np.testing.assert_array_equal(np.asarray(migrated(image)), np.asarray(reference(image)))
+    assert report["tflite_ops"]["after"] == tflite_op_inventory(reference)
+    assert report["tflite_ops"]["removed"] == {"ADD": 1, "SUB": 1}
+
+
 # ----------------------------------------------------------------------------- safety
 
 
@@ -372,6 +396,40 @@ def test_lambda_inside_a_nested_model(tmp_path):
     assert report["layers"][0]["layer"] == "block/inner_tlu"
     migrated = keras.saving.load_model(out, safe_mode=True)
     assert isinstance(migrated.get_layer("block").get_layer("inner_tlu"), Truncation)
+
+
+def test_mixed_float16_lambda_keeps_its_policy(tmp_path):
+    legacy = tmp_path / "legacy.keras"
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        detector_block(first_answer(T)).save(legacy)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    out = tmp_path / "new.keras"
+    report = migrate(legacy, out, trust_lambda=True, op_inventory=False)
+    (layer,) = report["layers"]
+    assert (layer["lower"], layer["upper"], layer["gradient"]) == (-3.0, 3.0, "ste")
+    assert "f(-3000) = -4" in layer["note"]  # float16 cancels already at 3000
+    assert report["verification"]["passed"]
+    migrated = keras.saving.load_model(out, safe_mode=True)
+    assert migrated.get_layer("tlu").dtype_policy.name == "mixed_float16"
+
+
+def test_undecodable_lambda_bytecode_is_an_input_error(tmp_path, capsys):
+    legacy, broken = tmp_path / "legacy.keras", tmp_path / "broken.keras"
+    detector_block(first_answer(T)).save(legacy)
+    with zipfile.ZipFile(legacy) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(files["config.json"])
+    for layer in config["config"]["layers"]:
+        if layer["class_name"] == "Lambda":
+            layer["config"]["function"]["config"]["code"] = "////AAAA"
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(broken, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    rc, captured = run_cli(broken, "--out", tmp_path / "new.keras", "--trust-lambda", capsys=capsys)
+    assert rc == 2 and "another Python version" in captured.err
 
 
 # ----------------------------------------------------------------------------- the probe alone
