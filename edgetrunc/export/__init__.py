@@ -7,6 +7,7 @@ back and raise, naming the layer, when a truncation is not mapped to clean clip 
 TensorFlow, tf2onnx and onnxruntime are imported only when a function needs them.
 """
 
+from edgetrunc.export._convert import convert, load_keras_model
 from edgetrunc.export._onnx import (
     ONNX_PRECISIONS,
     export_onnx,
@@ -24,6 +25,8 @@ from edgetrunc.export._tflite import (
 )
 
 __all__ = [
+    "convert",
+    "load_keras_model",
     "ONNX_PRECISIONS",
     "export_onnx",
     "inspect_onnx",

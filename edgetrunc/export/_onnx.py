@@ -152,7 +152,8 @@ def _drop_unused_initializers(model):
     model.graph.initializer.extend(keep)
 
 
-def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None):
+def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
+                int8_mode="truncation-aware"):
     """Convert a Keras model to an `onnx.ModelProto` (input "input", dynamic batch).
 
     Args:
@@ -161,6 +162,8 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None)
         opset: ONNX opset, 13..21. Defaults to 17.
         nchw: input as `[N, C, H, W]` instead of NHWC.
         calibration: int8 only, float32 inputs `[N, H, W, C]` (NHWC whatever `nchw` is).
+        int8_mode: "truncation-aware" (default) or "stock" (onnxruntime's defaults: every
+            node quantized, calibrated ranges; for comparison).
     """
     import onnx
     import tensorflow as tf
@@ -188,7 +191,7 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None)
     proto.producer_name = "edgetrunc"
     onnx.checker.check_model(proto, full_check=True)
     if precision == "int8":
-        proto = quantize_onnx(proto, truncations, calibration, nchw)
+        proto = quantize_onnx(proto, truncations, calibration, nchw, int8_mode)
     return proto
 
 
@@ -210,7 +213,7 @@ class _Reader:
         self._i = 0
 
 
-def quantize_onnx(proto, truncations, calibration, nchw=False):
+def quantize_onnx(proto, truncations, calibration, nchw=False, int8_mode="truncation-aware"):
     """QDQ int8 of an fp32 ModelProto whose truncations are Clips (see module docstring)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -242,6 +245,11 @@ def quantize_onnx(proto, truncations, calibration, nchw=False):
             tainted.update(node.output)
             downstream.add(node.name)
     exclude -= downstream
+    op_types = sorted({n.op_type for n in order if n.name in downstream})
+    options = {"TensorQuantOverrides": overrides, "ActivationSymmetric": False,
+               "WeightSymmetric": True}
+    if int8_mode == "stock":
+        exclude, op_types, options = set(), None, {}
     import tempfile
     from pathlib import Path
 
@@ -252,9 +260,7 @@ def quantize_onnx(proto, truncations, calibration, nchw=False):
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8, per_channel=True,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=sorted(exclude),
-            op_types_to_quantize=sorted({n.op_type for n in order if n.name in downstream}),
-            extra_options={"TensorQuantOverrides": overrides,
-                           "ActivationSymmetric": False, "WeightSymmetric": True})
+            op_types_to_quantize=op_types, extra_options=options)
         quantized = onnx.load(str(output))
     return quantized
 
@@ -304,6 +310,10 @@ def inspect_onnx(model, truncations, precision) -> dict:
     mapping = []
     for t in truncations:
         mine = [c for c in clips if c["node"].name == f"{t['layer']}{CLIP_SUFFIX}"]
+        if not mine and precision == "int8" and match_clips([t], leftovers)[0] is None:
+            mapping.append({**t, "mapped_to": "folded into the producer's QuantizeLinear "
+                                              "(calibrated range)"})
+            continue
         if len(mine) != 1:
             raise InputError(f"{t['layer']}: expected one Clip node named "
                              f"'{t['layer']}{CLIP_SUFFIX}', found {len(mine)}")

@@ -25,23 +25,28 @@ from edgetrunc.export._truncations import find_truncations, match_clips
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MODES = ("truncation-aware", "stock")
+# Ops that XNNPACK runs in float but not in signed int8: kept float (between DEQUANTIZE and
+# QUANTIZE, which XNNPACK does run) so the whole graph stays in as few partitions as possible.
+INT8_KEEP_FLOAT = ("AVERAGE_POOL_2D", "SOFTMAX")
 _FORBIDDEN_OPS = ("IdentityN", "IDENTITY_N")
 
 
 @contextlib.contextmanager
-def _stdout_fd_to_stderr():
-    """Send what native code writes to file descriptor 1 to stderr for the block."""
+def _stdout_fd_silenced():
+    """Discard what native code writes to file descriptor 1 (stdout) during the block."""
     import os
     import sys
 
     sys.stdout.flush()
     try:
         saved = os.dup(1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
     except OSError:
         yield
         return
     try:
-        os.dup2(2, 1)
+        os.dup2(devnull, 1)
+        os.close(devnull)
         yield
     finally:
         sys.stdout.flush()
@@ -55,7 +60,7 @@ def quiet_converter():
     import logging
     import warnings
 
-    with contextlib.redirect_stdout(io.StringIO()), _stdout_fd_to_stderr(), \
+    with contextlib.redirect_stdout(io.StringIO()), _stdout_fd_silenced(), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loggers = [logging.getLogger(n) for n in ("absl", "tensorflow", "tf2onnx", "")]
@@ -115,7 +120,7 @@ def _calibration_batches(calibration, model):
 
 
 def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
-                  int8_mode="truncation-aware") -> bytes:
+                  int8_mode="truncation-aware", keep_float=None) -> bytes:
     """Convert a Keras model to TFLite bytes (builtin ops only).
 
     Args:
@@ -131,6 +136,7 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
     if precision not in TFLITE_PRECISIONS:
         raise InputError(f"precision: unknown TFLite precision {precision!r}; expected one of "
                          f"{', '.join(TFLITE_PRECISIONS)}")
+    keep_float = INT8_KEEP_FLOAT if keep_float is None else tuple(keep_float)
     if int8_mode not in INT8_MODES:
         raise InputError(f"int8_mode: {int8_mode!r}; expected one of {', '.join(INT8_MODES)}")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -147,10 +153,10 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
         return _convert(converter, model)
-    return _truncation_aware_int8(converter, model, int8_io)
+    return _truncation_aware_int8(converter, model, int8_io, keep_float)
 
 
-def _truncation_aware_int8(converter, model, int8_io) -> bytes:
+def _truncation_aware_int8(converter, model, int8_io, keep_float=()) -> bytes:
     import tensorflow as tf
     from tensorflow.lite.python import convert as tflite_convert
 
@@ -190,7 +196,12 @@ def _truncation_aware_int8(converter, model, int8_io) -> bytes:
         quantized = tflite_convert.mlir_quantize(
             tg.write_model(model_t), fully_quantize=bool(int8_io), input_data_type=io_type,
             output_data_type=io_type, denylisted_nodes=denylisted or None)
-    return _remove_truncation_ops(quantized, clip_names)
+    quantized = _remove_truncation_ops(quantized, clip_names)
+    if keep_float:
+        model_t = tg.read_model(quantized)
+        tg.float_islands(model_t, set(keep_float))
+        quantized = tg.write_model(model_t)
+    return quantized
 
 
 def _remove_truncation_ops(content, clip_names) -> bytes:

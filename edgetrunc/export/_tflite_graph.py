@@ -114,7 +114,14 @@ class Graph:
             q = tensor.quantization
             if dtype in (np.int8, np.uint8, np.int16) and q is not None and q.scale is not None \
                     and len(q.scale):
-                values = (values - np.asarray(q.zeroPoint, np.float64)) * np.asarray(q.scale)
+                scale = np.asarray(q.scale, np.float64)
+                zero = np.asarray(q.zeroPoint, np.float64)
+                if scale.size > 1 and tensor.shape is not None and len(tensor.shape):
+                    view = [1] * len(tensor.shape)
+                    view[int(q.quantizedDimension)] = scale.size
+                    values = values.reshape(tuple(int(d) for d in tensor.shape))
+                    scale, zero = scale.reshape(view), zero.reshape(view)
+                values = (values - zero) * scale
             return values
         producer = self.producer.get(int(index))
         if producer is not None:
@@ -202,6 +209,93 @@ class Graph:
         drop = set(op_indices)
         self.g.operators = [op for i, op in enumerate(self.g.operators) if i not in drop]
         self.refresh()
+
+
+def opcode_index(model_t, builtin_name: str) -> int:
+    """Index of the operator code of builtin `builtin_name`, added if the model lacks it."""
+    schema = _schema()
+    code = getattr(schema.BuiltinOperator, builtin_name)
+    for i, c in enumerate(model_t.operatorCodes):
+        if max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) == code:
+            return i
+    entry = schema.OperatorCodeT()
+    entry.builtinCode = code
+    entry.deprecatedBuiltinCode = min(code, 127)
+    entry.version = 1
+    model_t.operatorCodes.append(entry)
+    return len(model_t.operatorCodes) - 1
+
+
+def _float_twin(graph, index, suffix):
+    schema = _schema()
+    source = graph.g.tensors[index]
+    twin = schema.TensorT()
+    twin.shape = None if source.shape is None else np.array(source.shape, np.int32)
+    twin.shapeSignature = None if source.shapeSignature is None else np.array(
+        source.shapeSignature, np.int32)
+    twin.type = schema.TensorType.FLOAT32
+    twin.buffer = 0
+    twin.name = f"{graph.tensor_name(index)}/{suffix}"
+    graph.g.tensors.append(twin)
+    return len(graph.g.tensors) - 1
+
+
+def _new_op(opcode, inputs, outputs):
+    op = _schema().OperatorT()
+    op.opcodeIndex = opcode
+    op.inputs = np.array(inputs, np.int32)
+    op.outputs = np.array(outputs, np.int32)
+    return op
+
+
+def float_islands(model_t, op_names) -> int:
+    """Run each single-input int8 op named in `op_names` in float: DEQUANTIZE -> op -> QUANTIZE.
+
+    XNNPACK runs AVERAGE_POOL_2D and SOFTMAX in float but not in signed int8; in float they
+    stay inside the delegate instead of splitting the graph. Returns the number of ops moved.
+    """
+    graph = Graph(model_t)
+    int8 = _schema().TensorType.INT8
+    dequantize = opcode_index(model_t, "DEQUANTIZE")
+    quantize = opcode_index(model_t, "QUANTIZE")
+    moved, operators = 0, []
+    for op in graph.g.operators:
+        variable = [int(t) for t in op.inputs if t >= 0 and graph.constant(int(t)) is None]
+        if (graph.op_name(op) not in op_names or len(variable) != 1 or len(op.outputs) != 1
+                or graph.g.tensors[variable[0]].type != int8
+                or graph.g.tensors[int(op.outputs[0])].type != int8):
+            operators.append(op)
+            continue
+        source, target = variable[0], int(op.outputs[0])
+        source_f = _float_twin(graph, source, "dequantized")
+        target_f = _float_twin(graph, target, "float")
+        op.inputs = np.array([source_f if int(t) == source else int(t) for t in op.inputs], np.int32)
+        op.outputs = np.array([target_f], np.int32)
+        operators += [_new_op(dequantize, [source], [source_f]), op,
+                      _new_op(quantize, [target_f], [target])]
+        moved += 1
+    graph.g.operators = operators
+    _drop_requantize_pairs(Graph(model_t), quantize, dequantize)
+    return moved
+
+
+def _drop_requantize_pairs(graph, quantize, dequantize):
+    """Remove QUANTIZE -> DEQUANTIZE round trips (float -> int8 -> float) that nothing else reads."""
+    drop, replace = set(), {}
+    for i, op in enumerate(graph.g.operators):
+        if op.opcodeIndex != quantize:
+            continue
+        q_out = int(op.outputs[0])
+        readers = graph.consumers.get(q_out, [])
+        if q_out in set(int(t) for t in graph.g.outputs) or len(readers) != 1:
+            continue
+        reader = graph.g.operators[readers[0]]
+        if reader.opcodeIndex != dequantize:
+            continue
+        drop |= {i, readers[0]}
+        replace[int(reader.outputs[0])] = int(op.inputs[0])
+    if drop:
+        graph.remove_ops(drop, replace)
 
 
 def read_metadata(model_t) -> dict | None:
