@@ -141,14 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default="embedded",
                    help="int8 calibration images: 'embedded' or a folder (default: embedded)")
     p.add_argument("--int8-io", action="store_true", help="TFLite int8 with int8 input/output")
-    p.add_argument("--force", action="store_true", help="replace existing artifacts")
-
-    p = sub.add_parser("parity", help="prove converted models compute what the Keras model computes",
     p.add_argument("--int8-mode", choices=("truncation-aware", "stock"), default="truncation-aware",
                    help="int8 quantization: truncation-aware (float before the first truncation, "
                    "clip by int8 saturation) or the converters' stock full-integer path, for "
                    "comparison (default: truncation-aware)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
+    p.add_argument("--force", action="store_true", help="replace existing artifacts")
+
+    p = sub.add_parser("parity", help="prove converted models compute what the Keras model computes",
                        description="Compare Keras with every artifact on 256x256 inputs. "
                        "Exit 0 pass, 1 parity failure, 2 error.")
     p.add_argument("model", metavar="MODEL.keras")
