@@ -39,7 +39,17 @@ def latency_summary(times_ms, batch: int) -> dict:
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process in MB (None where the OS does not say)."""
+    """Peak resident memory of this process in MB (None where the OS does not say).
+
+    Linux: `VmHWM` of /proc/self/status, which starts afresh at exec (`ru_maxrss` keeps the
+    peak of the parent that forked the process, e.g. a benchmark script holding TensorFlow).
+    """
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:
