@@ -32,7 +32,6 @@ from edgetrunc._io import atomic_path, require_file
 from edgetrunc.errors import CheckFailed, InputError
 
 LEGACY_SUFFIXES = (".keras", ".h5", ".hdf5")
-LAMBDA_GLOBAL_NAMES = ("tf", "keras", "K", "np", "math")
 VERIFY_SIDE = 256
 VERIFY_BATCH = 2
 HUGE_INPUT_SCALE = 1e7
