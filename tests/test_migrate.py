@@ -241,6 +241,25 @@ def test_legacy_seed_block_becomes_the_registered_seed_block(tmp_path):
     assert report["tflite_ops"]["removed"] == {"ADD": 1, "SUB": 1}
 
 
+def test_reports_are_strict_json(migrated_answers):
+    for _, _, _, report in migrated_answers.values():
+        json.loads(json.dumps(report, allow_nan=False))
+
+
+def test_wrong_bounds_fail_the_verification_and_write_nothing(tmp_path, monkeypatch, capsys):
+    from edgetrunc.migrate import LambdaVerdict
+
+    legacy = tmp_path / "legacy.keras"
+    detector_block(second_answer(T), output_shape=(16, 16, 4)).save(legacy)
+    monkeypatch.setattr(LambdaVerdict, "truncation_kwargs",
+                        lambda self: {"threshold": 2.0, "gradient": self.gradient})
+    rc, captured = run_cli(legacy, "--out", tmp_path / "new.keras", "--trust-lambda",
+                           capsys=capsys)
+    assert rc == 1 and "migration not written" in captured.err
+    assert not (tmp_path / "new.keras").exists()
+    assert sorted(os.listdir(tmp_path)) == ["legacy.keras"]
+
+
 # ----------------------------------------------------------------------------- safety
 
 
