@@ -99,7 +99,7 @@ class KerasRunner(BaseRunner):
                 layers.append(layer.name)
                 outputs.append(out)
             self._layer_names = layers
-            probe = keras.Model(self._model.inputs, outputs)
+            probe = keras.Model(self._model.inputs[0], outputs)
             self._layer_model = tf.function(lambda x: probe(x, training=False), reduce_retracing=True)
         parts = []
         for start in range(0, len(batch), self.batch_size):
