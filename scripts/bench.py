@@ -382,22 +382,25 @@ def bench_tlunet(model, artifacts: dict, runs: int, warmup: int, threads=(1, 2))
             functions[(label, count)] = (lambda r=runner: r.infer(x))
     log("tlunet: timing Keras and the runtimes (interleaved)")
     times = time_interleaved(functions, runs, warmup, desc="tlunet")
-    return {key: p50(value) for key, value in times.items()}
+    return {key: {"p50": p50(value), "min": float(np.min(value))} for key, value in times.items()}
 
 
-def tlunet_section(source: str, p50s: dict, runs: int, note: str, bench_rows: list) -> str:
-    keras_ms = p50s[("Keras compiled call (tf.function)", "TF default")]
+def tlunet_section(source: str, timings: dict, runs: int, note: str, bench_rows: list) -> str:
+    keras = timings[("Keras compiled call (tf.function)", "TF default")]
     rows = []
-    for (label, count), ms in p50s.items():
-        rows.append([label, count, f"{ms:.2f}", f"{keras_ms / ms:.2f}x"])
+    for (label, count), t in timings.items():
+        rows.append([label, count, f"{t['p50']:.2f}", f"{keras['p50'] / t['p50']:.2f}x",
+                     f"{t['min']:.2f}", f"{keras['min'] / t['min']:.2f}x"])
     lines = [
         "## tlunet: Keras vs TFLite vs ONNX Runtime (1x256x256x1)",
         "",
-        f"Model: {source}. p50 of {runs} interleaved runs in one process; \"vs Keras\" is the "
-        "Keras compiled call's p50 divided by the row's p50 (above 1 = faster than Keras). "
-        "Keras runs with TensorFlow's default thread pools; TFLite uses XNNPACK.",
+        f"Model: {source}. p50 and min of {runs} interleaved runs in one process; \"vs Keras\" "
+        "is the Keras compiled call's time divided by the row's (above 1 = faster than Keras). "
+        "Keras runs with TensorFlow's default thread pools; TFLite uses XNNPACK. On a machine "
+        "shared with other work the min is the steadier figure.",
         "",
-        markdown_table(["backend", "threads", "p50 ms", "vs Keras compiled"], rows),
+        markdown_table(["backend", "threads", "p50 ms", "p50 vs Keras compiled", "min ms",
+                        "min vs Keras compiled"], rows),
     ]
     if note:
         lines += ["", f"Artifacts: {note}."]
@@ -422,7 +425,7 @@ def tlunet_section(source: str, p50s: dict, runs: int, note: str, bench_rows: li
     return "\n".join(lines)
 
 
-def flops_section(model, source: str, p50s: dict, peaks: dict) -> str:
+def flops_section(model, source: str, timings: dict, peaks: dict) -> str:
     rows = count_flops(model)
     macs = sum(r["macs"] for r in rows)
     total = sum(r["flops"] for r in rows)
@@ -431,13 +434,15 @@ def flops_section(model, source: str, p50s: dict, peaks: dict) -> str:
                  for r in rows if r["flops"]]
     achieved = []
     for count in (1, 2):
-        ms = p50s.get(("TFLite fp32", count))
-        if ms is None:
+        if ("TFLite fp32", count) not in timings:
             continue
-        gflops = mac_flops / (ms / 1000) / 1e9
+        t = timings[("TFLite fp32", count)]
+        rate = {k: mac_flops / (t[k] / 1000) / 1e9 for k in ("p50", "min")}
         peak = peaks.get(count)
-        achieved.append([count, f"{ms:.2f}", f"{gflops:.2f}", f"{peak:.1f}" if peak else "?",
-                         f"{100 * gflops / peak:.1f}%" if peak else "?"])
+        achieved.append([count, f"{t['p50']:.2f} / {t['min']:.2f}",
+                         f"{rate['p50']:.2f} / {rate['min']:.2f}", f"{peak:.1f}" if peak else "?",
+                         f"{100 * rate['p50'] / peak:.1f}% / {100 * rate['min'] / peak:.1f}%"
+                         if peak else "?"])
     lines = [
         "## FLOPs of tlunet and achieved throughput",
         "",
@@ -454,8 +459,8 @@ def flops_section(model, source: str, p50s: dict, peaks: dict) -> str:
         "estimated by measurement, not from a datasheet: the best of 8 numpy float32 1024x1024 "
         "GEMMs (OpenBLAS) with the same number of BLAS threads.",
         "",
-        markdown_table(["threads", "TFLite fp32 p50 ms", "achieved GFLOP/s", "numpy GEMM GFLOP/s",
-                        "fraction of peak"], achieved),
+        markdown_table(["threads", "TFLite fp32 ms (p50 / min)", "achieved GFLOP/s (p50 / min)",
+                        "numpy GEMM GFLOP/s", "fraction of peak (p50 / min)"], achieved),
     ]
     return "\n".join(lines)
 
@@ -492,7 +497,7 @@ def main(argv=None) -> int:
 
     model, source = load_tlunet(args.models)
     artifacts, note = shipped_artifacts(args.models)
-    p50s = bench_tlunet(model, artifacts, runs, warmup)
+    timings = bench_tlunet(model, artifacts, runs, warmup)
     bench_rows = []
     if artifacts:
         from edgetrunc.runtime.bench import bench_artifacts
@@ -500,10 +505,10 @@ def main(argv=None) -> int:
         log("edgetrunc bench: worker processes")
         ordered = [artifacts[key] for key in ARTIFACT_ORDER if key in artifacts]
         bench_rows = bench_artifacts(ordered, threads=[1, 2], runs=runs, warmup=warmup)
-    update_section("runtime", tlunet_section(source, p50s, runs, note, bench_rows), path=args.out)
+    update_section("runtime", tlunet_section(source, timings, runs, note, bench_rows), path=args.out)
 
     peaks = {} if args.quick else {count: gemm_peak_gflops(count) for count in (1, 2)}
-    update_section("flops", flops_section(model, source, p50s, peaks), path=args.out)
+    update_section("flops", flops_section(model, source, timings, peaks), path=args.out)
     log(f"wrote {args.out} in {time.monotonic() - start:.0f} s")
     return 0
 
