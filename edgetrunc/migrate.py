@@ -150,6 +150,15 @@ def _stored_code_objects(lambda_config):
             yield key, code
 
 
+def _functions_stored_by_name(lambda_configs):
+    found = []
+    for config in lambda_configs:
+        stored = config.get("function")
+        if isinstance(stored, dict) and stored.get("class_name") == "function":
+            found.append((config.get("name", "?"), stored.get("config"), stored.get("module")))
+    return found
+
+
 def missing_global_names(lambda_config, namespace) -> set[str]:
     """Global names a stored lambda reads that neither `namespace` nor builtins provide.
 
@@ -273,10 +282,21 @@ def lambda_globals(extra=None) -> dict:
 
 @contextlib.contextmanager
 def _lambdas_rebuilt_with(namespace):
-    """While active, Keras rebuilds every stored lambda with `namespace` as its globals."""
-    from keras.src.utils import python_utils
+    """While active, Keras rebuilds every stored lambda with `namespace` as its globals.
 
-    original = python_utils.func_load
+    Keras rebuilds a saved lambda with `python_utils.func_load`, whose default globals
+    are that module's own (so `tf` is undefined); this passes `namespace` instead. If a
+    Keras version moves it, lambdas are still re-bound after loading.
+    """
+    try:
+        from keras.src.utils import python_utils
+    except ImportError:  # pragma: no cover - depends on the Keras layout
+        yield
+        return
+    original = getattr(python_utils, "func_load", None)
+    if original is None:  # pragma: no cover
+        yield
+        return
 
     def func_load(code, defaults=None, closure=None, globs=None):
         return original(code, defaults=defaults, closure=closure, globs=namespace)
@@ -932,7 +952,17 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
                 f"name(s) {', '.join(sorted(missing))}, which the file does not store "
                 "(globals of the script that saved it); give them with --define NAME=VALUE")
     _log.info(f"loading {legacy_path} with safe_mode=False (--trust-lambda)")
-    legacy = load_model(legacy_path, trust_lambda=True, extra_globals=extra_globals)
+    try:
+        legacy = load_model(legacy_path, trust_lambda=True, extra_globals=extra_globals)
+    except InputError as exc:
+        by_name = _functions_stored_by_name(lambda_configs)
+        if not by_name:
+            raise
+        layer, function, module = by_name[0]
+        raise InputError(
+            f"{legacy_path}: layer '{layer}' stores its function '{function}' by name only "
+            f"(module {module}), not its code, and it cannot be found here; load the model "
+            f"where '{function}' is importable or registered") from None
     if not _is_graph_model(legacy):
         raise InputError(f"{legacy_path}: a subclassed {type(legacy).__name__} cannot be "
                          "rebuilt; expected a Functional or Sequential model")

@@ -277,6 +277,20 @@ def test_refusal_without_trust_writes_nothing_and_exits_2(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == before
 
 
+def test_refusal_reads_the_config_only(tmp_path):
+    import subprocess
+    import sys
+
+    legacy = tmp_path / "legacy.keras"
+    detector_block(first_answer(T)).save(legacy)
+    code = ("import sys; from edgetrunc.cli import main; "
+            f"rc = main(['-q', 'migrate', {str(legacy)!r}, '--out', {str(tmp_path / 'n.keras')!r}]); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; sys.exit(rc)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "--trust-lambda" in result.stderr
+
+
 def test_file_without_lambda_needs_no_trust_and_has_nothing_to_migrate(tmp_path, capsys):
     legacy = tmp_path / "plain.keras"
     keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]).save(legacy)
@@ -340,6 +354,19 @@ def test_bad_input_is_one_line_and_exit_2(problem, tmp_path, capsys):
         assert legacy.read_bytes() == before
     if out != legacy:
         assert not out.exists()
+
+
+def named_truncation(x):
+    return keras.ops.clip(x, -T, T)
+
+
+def test_function_stored_by_name_only_is_explained(tmp_path, capsys):
+    legacy = tmp_path / "legacy.keras"
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Lambda(named_truncation, name="named")(inputs)).save(legacy)
+    rc, captured = run_cli(legacy, "--out", tmp_path / "new.keras", "--trust-lambda", capsys=capsys)
+    assert rc == 2 and "stores its function 'named_truncation' by name only" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
 
 
 def test_global_missing_from_the_file_is_named_and_can_be_defined(tmp_path, capsys):
