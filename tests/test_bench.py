@@ -11,7 +11,7 @@ from edgetrunc.cli import main
 from edgetrunc.errors import InputError
 from edgetrunc.runtime.bench import (RESULT_KEYS, bench_artifacts, latency_summary,
                                      time_interleaved)
-from tests.runtime_artifacts import ROOT, block_artifacts, detector_artifacts
+from runtime_artifacts import ROOT, block_artifacts, detector_artifacts
 
 
 def _bench_script():

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from tests.runtime_artifacts import ROOT, detector_artifacts, write_test_images
+from runtime_artifacts import ROOT, detector_artifacts, write_test_images
 
 BLOCKED = ("tensorflow", "keras", "tf_keras")
 

@@ -9,7 +9,7 @@ from edgetrunc.cli import main
 from edgetrunc.errors import InputError
 from edgetrunc.runtime import (ONNXRunner, TFLiteRunner, open_runner, score_images,
                                stego_probability)
-from tests.runtime_artifacts import block_artifacts, detector_artifacts, write_test_images
+from runtime_artifacts import block_artifacts, detector_artifacts, write_test_images
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_batched_inference_equals_one_at_a_time(block, batch):
 def test_a_fixed_batch_model_runs_in_steps(batch):
     import keras
 
-    from tests.runtime_artifacts import tflite_bytes
+    from runtime_artifacts import tflite_bytes
 
     inputs = keras.Input((256, 256, 1), batch_size=1)
     x = keras.layers.Conv2D(2, 3, padding="same")(inputs)

@@ -13,7 +13,7 @@ import venv
 
 import pytest
 
-from tests.runtime_artifacts import ROOT, detector_artifacts, write_test_images
+from runtime_artifacts import ROOT, detector_artifacts, write_test_images
 
 SOURCE_FILES = ("pyproject.toml", "README.md", "constraints.txt", "LICENSE")
 
