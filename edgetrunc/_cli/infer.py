@@ -39,8 +39,9 @@ def run(args) -> int:
     for score in scores:
         right, bottom = score.dropped_border
         if right or bottom:
-            _log.info(f"{score.image}: {score.width}x{score.height}, {len(score.tiles)} tiles of 256x256; "
-                      f"dropped a border of {right} px (right) and {bottom} px (bottom)")
+            count = len(score.tiles)
+            _log.info(f"{score.image}: {score.width}x{score.height}, {count} tile{'s' * (count != 1)} "
+                      f"of 256x256; dropped a border of {right} px (right) and {bottom} px (bottom)")
     if args.json:
         json.dump({"results": [s.to_dict() for s in scores]}, sys.stdout, indent=2)
         sys.stdout.write("\n")
