@@ -107,8 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tile stride of the validation and test tiles (default: 128)")
     p.add_argument("--max-eval-pairs", type=_positive_int, default=None,
                    help="use at most this many validation and test pairs (quick runs)")
-    p.add_argument("--no-bn-reestimate", action="store_true",
-                   help="keep the running batch-norm statistics as trained")
+    p.add_argument("--bn-reestimate", choices=("epoch", "end", "none"), default="epoch",
+                   help="re-estimate batch-norm statistics on training tiles after every "
+                   "epoch, once at the end, or never (default: epoch)")
+    p.add_argument("--frozen-bn", type=float, default=0.0, metavar="FRACTION",
+                   help="last fraction of the epochs trained with batch norm frozen in "
+                   "inference mode, after re-estimating its statistics (default: 0)")
     p.add_argument("--out", default="models/tlunet.keras", help="output .keras path")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--force", action="store_true", help="replace an existing output")

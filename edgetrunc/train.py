@@ -150,33 +150,49 @@ def evaluate_pairs(model, pairs, batch_size: int = 32) -> dict:
     return detection_report(pairs.y, predict_stego(model, pairs.x, batch_size), pairs.sources)
 
 
-def reestimate_batchnorm(model, batches, max_batches: int = 32) -> int:
-    """Replace every BatchNormalization's running statistics by their average over `batches`.
+def reestimate_batchnorm(model, batches, max_batches: int = 8) -> int:
+    """Set every BatchNormalization's running statistics to their average over `batches`.
 
-    Runs the model in training mode (batch statistics) and averages each layer's batch
-    mean and variance over up to `max_batches` batches ("precise BN"); weights are not
-    touched. Returns the number of batches used.
+    "Precise BN": the model runs in training mode (each layer normalizes with the batch
+    statistics, as during training); each layer's batch mean and variance are averaged over
+    up to `max_batches` batches and written as its moving mean and variance. Weights are
+    not touched. Layers frozen in inference mode (`trainable=False`) are left as they are.
+    Returns the number of batches used.
     """
     import keras
+    import tensorflow as tf
 
     bn_layers = [layer for layer in model.layers
-                 if isinstance(layer, keras.layers.BatchNormalization)]
+                 if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
     if not bn_layers:
         return 0
-    saved = {layer.name: layer.momentum for layer in bn_layers}
-    used = 0
-    try:
-        for x, _ in batches:
-            if used >= max_batches:
-                break
-            # momentum k/(k+1): the running value becomes the plain mean of the k+1 batches
-            for layer in bn_layers:
-                layer.momentum = used / (used + 1)
-            model(x, training=True)
-            used += 1
-    finally:
-        for layer in bn_layers:
-            layer.momentum = saved[layer.name]
+    probe = getattr(model, "_edgetrunc_bn_probe", None)
+    if probe is None or probe[0] != [layer.name for layer in bn_layers]:
+        inputs_of = keras.Model(model.inputs, [layer.input for layer in bn_layers])
+
+        def moments(x):
+            outs = inputs_of(x, training=True)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            return [tf.nn.moments(o, axes=list(range(len(o.shape) - 1))) for o in outs]
+
+        probe = ([layer.name for layer in bn_layers], tf.function(moments, reduce_retracing=True))
+        model._edgetrunc_bn_probe = probe
+    saved = [(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance))
+             for layer in bn_layers]
+    sums, used = None, 0
+    for x, _ in batches:
+        if used >= max_batches:
+            break
+        stats = [(np.asarray(m, np.float64), np.asarray(v, np.float64)) for m, v in probe[1](x)]
+        sums = stats if sums is None else [(a + m, b + v) for (a, b), (m, v) in zip(sums, stats)]
+        used += 1
+    for layer, (mean0, var0) in zip(bn_layers, saved):
+        layer.moving_mean.assign(mean0)
+        layer.moving_variance.assign(var0)
+    if used:
+        for layer, (mean_sum, var_sum) in zip(bn_layers, sums):
+            layer.moving_mean.assign((mean_sum / used).astype(np.float32))
+            layer.moving_variance.assign((var_sum / used).astype(np.float32))
     return used
 
 
@@ -228,8 +244,9 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
           strategy: str = "default", out="models/tlunet.keras", seed: int = 0,
           force: bool = False, time_budget: float | None = None, model_kwargs=None,
           lr_schedule: str = "cosine", eval_stride: int | None = EVAL_STRIDE,
-          max_eval_pairs: int | None = None, bn_reestimate: bool = True,
-          fractions=DEFAULT_FRACTIONS, augment: bool = True, command: str | None = None) -> dict:
+          max_eval_pairs: int | None = None, bn_reestimate: str = "epoch",
+          fractions=DEFAULT_FRACTIONS, augment: bool = True, frozen_bn_fraction: float = 0.0,
+          command: str | None = None) -> dict:
     """Train `model` on cover/stego pairs and write it to `out` plus its training record.
 
     Args:
@@ -255,10 +272,15 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
             (halve after `max(2, patience // 3)` epochs without improvement) or `"constant"`.
         eval_stride: tile stride of the validation and test tiles (default 128).
         max_eval_pairs: cap on validation and test pairs (quick runs).
-        bn_reestimate: re-estimate batch-norm statistics after training; kept only when
-            the validation P_E does not get worse.
+        bn_reestimate: `"epoch"`: re-estimate the batch-norm statistics on training tiles
+            after every epoch, before validation (the validation figures with the running
+            statistics are recorded beside them); `"end"`: once after training, kept only
+            when the validation P_E does not get worse; `"none"`.
         fractions: train / validation / test fractions of the photos.
         augment: random rotations/flips of the training tiles.
+        frozen_bn_fraction: the last fraction of the planned epochs at the target payload
+            runs with batch normalization frozen (statistics re-estimated first, then the
+            layers in inference mode), so the weights are tuned for the model as it ships.
         command: the command line that ran this training (kept in the record).
 
     Returns the training record (also written as JSON beside the model).
@@ -275,6 +297,10 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
         raise InputError(f"--strategy: expected default, mirrored or one:DEVICE; got {strategy!r}")
     if lr_schedule not in LR_SCHEDULES:
         raise InputError(f"--lr-schedule: expected one of {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}")
+    if bn_reestimate not in ("epoch", "end", "none"):
+        raise InputError(f"--bn-reestimate: expected epoch, end or none; got {bn_reestimate!r}")
+    if not 0 <= frozen_bn_fraction < 1:
+        raise InputError(f"--frozen-bn: expected a fraction in [0, 1); got {frozen_bn_fraction}")
     if time_budget is not None and not time_budget > 0:
         raise InputError(f"--time-budget: expected minutes > 0; got {time_budget}")
     stages = parse_curriculum(curriculum, payload)
@@ -341,6 +367,7 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
     budget_s = None if time_budget is None else float(time_budget) * 60
     epoch_times, stop_reason = [], "max epochs"
     trained_images, train_seconds = 0, 0.0
+    frozen_from = None
     for epoch in range(int(epochs)):
         elapsed = time.monotonic() - started
         if budget_s is not None and epoch_times:
@@ -355,6 +382,22 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
             stage_index, stage_start = stage_index + 1, epoch
             final_stage = stage_index == len(stages) - 1
         stage_payload = stages[stage_index]
+        if (final_stage and frozen_from is None and frozen_bn_fraction > 0
+                and epoch >= stage_start + (planned_epochs - stage_start) * (1 - frozen_bn_fraction)):
+            frozen_from = epoch + 1
+            if best["weights"] is not None:
+                net.set_weights(best["weights"])
+            used = reestimate_batchnorm(net, pair_batches(tiles, payload, batch_size, seed=seed,
+                                                          epoch=20_000, augment=augment))
+            with dist.scope():
+                for layer in net.layers:
+                    if isinstance(layer, keras.layers.BatchNormalization):
+                        layer.trainable = False
+                net.compile(optimizer=keras.optimizers.Adam(learning_rate=current_lr),
+                            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            waited = plateau_wait = 0
+            _log.info(f"epoch {epoch + 1}: batch-norm statistics re-estimated on {used} batches "
+                      "and frozen; training goes on in inference mode")
         if lr_schedule == "cosine":
             first = stage_start if final_stage else 0
             span = max(1, planned_epochs - first)
@@ -367,7 +410,13 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
         t_train = time.monotonic() - t0
         trained_images += steps * images_per_batch
         train_seconds += t_train
-        val = evaluate_pairs(net, val_pairs)
+        val_running = evaluate_pairs(net, val_pairs) if bn_reestimate != "none" else None
+        if bn_reestimate == "epoch" and frozen_from is None:
+            reestimate_batchnorm(net, pair_batches(tiles, stage_payload, batch_size, seed=seed,
+                                                   epoch=30_000 + epoch, augment=augment))
+            val = evaluate_pairs(net, val_pairs)
+        else:
+            val = val_running
         probe = evaluate_pairs(net, train_probe)
         epoch_times.append(time.monotonic() - t0)
         score = (val["p_e_photo_mean"], val["p_e"])
@@ -375,7 +424,9 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
                "train_loss": float(fit.history["loss"][-1]),
                "train_accuracy_training_mode": float(fit.history["accuracy"][-1]),
                "train_inference": _round(probe),
-               "val": _round(val), "val_per_photo_p_e": {k: v["p_e"] for k, v in
+               "val": _round(val),
+               "val_running_bn_statistics": _round(val_running) if val_running else None,
+               "val_per_photo_p_e": {k: v["p_e"] for k, v in
                                                          val["per_source"].items()},
                "seconds": time.monotonic() - t0,
                "images_per_second": steps * images_per_batch / t_train if t_train else None}
@@ -395,7 +446,9 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
                   f"loss {row['train_loss']:.4f}, train acc {row['train_accuracy_training_mode']:.3f} "
                   f"(inference mode {probe['accuracy']:.3f}), val acc {val['accuracy']:.3f} "
                   f"P_E {val['p_e']:.3f} (per-photo mean {val['p_e_photo_mean']:.3f})"
-                  f"{' *' if improved else ''}, {row['images_per_second']:.0f} img/s")
+                  + (f" [running BN statistics: acc {val_running['accuracy']:.3f}, P_E "
+                     f"{val_running['p_e']:.3f}]" if val_running is not val and val_running else "")
+                  + f"{' *' if improved else ''}, {row['images_per_second']:.0f} img/s")
         if lr_schedule == "plateau" and plateau_wait >= max(2, patience // 3):
             current_lr, plateau_wait = current_lr * 0.5, 0
         if final_stage and waited >= patience:
@@ -408,8 +461,16 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
         best.update(score=score, epoch=len(history), weights=net.get_weights())
     net.set_weights(best["weights"])
     val_best = evaluate_pairs(net, val_pairs)
-    bn_record = {"done": False}
-    if bn_reestimate:
+    bn_record = {"done": False, "mode": bn_reestimate}
+    if bn_reestimate == "epoch":
+        bn_record = {"done": True, "mode": "epoch",
+                     "note": "statistics re-estimated on 8 training batches after every epoch; "
+                             "each epoch's validation with the running statistics is in "
+                             "epochs[].val_running_bn_statistics"}
+    if frozen_from is not None:
+        bn_record = {"done": True, "at_epoch": frozen_from,
+                     "note": "re-estimated, then frozen for the last epochs"}
+    elif bn_reestimate == "end":
         before = _round(val_best)
         used = reestimate_batchnorm(net, pair_batches(tiles, payload, batch_size, seed=seed,
                                                       epoch=10_000, augment=augment))
@@ -443,7 +504,8 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
                    "batch_pairs": batch_size, "lr": float(lr), "lr_schedule": lr_schedule,
                    "patience": patience, "stride": stride or 256, "max_tiles": max_tiles,
                    "eval_stride": eval_stride or 256, "max_eval_pairs": max_eval_pairs,
-                   "augment": augment, "bn_reestimate": bn_reestimate, "strategy": strategy,
+                   "augment": augment, "bn_reestimate": bn_reestimate,
+                   "frozen_bn_fraction": frozen_bn_fraction, "strategy": strategy,
                    "replicas": int(dist.num_replicas_in_sync), "time_budget_min": time_budget,
                    "fractions": list(fractions)},
         "seed": int(seed),
@@ -459,6 +521,7 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
         "epochs": history,
         "stop_reason": stop_reason,
         "best_epoch": best["epoch"],
+        "bn_frozen_from_epoch": frozen_from,
         "batchnorm_reestimation": bn_record,
         "val": val_best,
         "test": test,

@@ -42,6 +42,7 @@ def run(args) -> int:
                    time_budget=args.time_budget, model_kwargs=args.model_arg,
                    lr_schedule=args.lr_schedule, eval_stride=args.eval_stride,
                    max_eval_pairs=args.max_eval_pairs,
-                   bn_reestimate=not args.no_bn_reestimate, command=command)
+                   bn_reestimate=args.bn_reestimate,
+                   frozen_bn_fraction=args.frozen_bn, command=command)
     print(_summary(record))
     return 0
