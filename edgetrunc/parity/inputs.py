@@ -4,7 +4,8 @@
 0..255, labels (0 cover, 1 stego, -1 unknown) and a name per sample. `mix` (the default) is a
 third held-out covers, a third their LSB-matching stego versions and a third uniform random
 images; `covers` / `stego` are the held-out test split of the embedded photos; `random` is
-uniform 0..255, seeded; a folder gives the first 256x256 tile of each image, or every tile
+uniform 0..255, seeded (held-out tiles are non-overlapping unless the test photos hold
+too few, then taken at a stride of 64 pixels); a folder gives the first 256x256 tile of each image, or every tile
 when there are fewer images than samples. No TensorFlow.
 """
 
@@ -19,6 +20,7 @@ from edgetrunc.errors import InputError
 
 KINDS = ("mix", "random", "covers", "stego")
 PARITY_PAYLOAD = 0.4
+HELD_OUT_STRIDES = (256, 64)  # overlapping tiles only when the test photos hold too few
 
 
 @dataclass
@@ -55,8 +57,12 @@ def _crop(x: np.ndarray, shape) -> np.ndarray:
 def _held_out_pairs(pairs: int, seed: int, shape):
     from edgetrunc.data import load_pairs
 
-    pair_set = load_pairs(covers="embedded", split="test", payload=PARITY_PAYLOAD, seed=seed,
-                          max_pairs=max(1, pairs))
+    pair_set = None
+    for stride in HELD_OUT_STRIDES:
+        pair_set = load_pairs(covers="embedded", split="test", payload=PARITY_PAYLOAD, seed=seed,
+                              max_pairs=max(1, pairs), stride=stride)
+        if pair_set.n_pairs >= pairs:
+            break
     x = _crop(pair_set.x, shape)
     names = [f"{src}@{pos[0]},{pos[1]}" for src, pos in zip(pair_set.sources, pair_set.positions)]
     return x, pair_set.y.astype(np.int64), names
