@@ -17,6 +17,7 @@ import builtins
 import contextlib
 import dataclasses
 import dis
+import io
 import json
 import marshal
 import math
@@ -856,7 +857,8 @@ def tflite_op_inventory(model) -> dict:
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    with _log.stdout_to_stderr():
+    quiet = contextlib.redirect_stdout(io.StringIO()) if _log.is_quiet() else _log.stdout_to_stderr()
+    with quiet:
         content = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     ops = Interpreter(model_content=content)._get_ops_details()
     return dict(sorted(Counter(op["op_name"] for op in ops).items()))
