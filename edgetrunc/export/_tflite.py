@@ -145,7 +145,7 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "fp16":
         converter.target_spec.supported_types = [tf.float16]
-        return _convert(converter, model)
+        return _exact_fp16_bounds(_convert(converter, model), find_truncations(model))
     converter.representative_dataset = _calibration_batches(calibration, model)
     if int8_mode == "stock":
         converter._edgetrunc_int8_only = True
@@ -154,6 +154,25 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
             converter.inference_output_type = tf.int8
         return _convert(converter, model)
     return _truncation_aware_int8(converter, model, int8_io, keep_float)
+
+
+def _exact_fp16_bounds(content, truncations) -> bytes:
+    """Store each truncation's bounds as exact fp32 constants (fp16 would round T = 1.7 to
+    1.7002); the weights stay fp16."""
+    model_t = tg.read_model(content)
+    graph = tg.Graph(model_t)
+    candidates = [c for c in graph.clip_candidates() if c["kind"] == "minmax"]
+    atol = max([1e-3 * max(1.0, abs(t["lower"]), abs(t["upper"])) for t in truncations] or [0])
+    changed = False
+    for t, index in zip(truncations, match_clips(truncations, candidates, atol=atol)):
+        if index is None:
+            continue
+        for op_name, tensor in candidates[index]["bound_tensors"].items():
+            value = t["lower"] if op_name == "MAXIMUM" else t["upper"]
+            if graph.scalar(tensor) != float(np.float32(value)) or graph.producer.get(tensor) is not None:
+                graph.set_float32_constant(tensor, value)
+                changed = True
+    return tg.write_model(model_t) if changed else content
 
 
 def _truncation_aware_int8(converter, model, int8_io, keep_float=()) -> bytes:

@@ -173,7 +173,8 @@ class Graph:
                           "upper": upper, "mapped_to": f"{name}+{second_name}",
                           "names": [self.tensor_name(op.outputs[0]),
                                     self.tensor_name(second_op.outputs[0])],
-                          "input": first[0], "output": int(second_op.outputs[0])})
+                          "input": first[0], "output": int(second_op.outputs[0]),
+                          "bound_tensors": {name: first[2], second_name: second[2]}})
         return found
 
     def _bounded(self, op):
@@ -183,10 +184,26 @@ class Graph:
         a, b = int(op.inputs[0]), int(op.inputs[1])
         ca, cb = self.scalar(a), self.scalar(b)
         if cb is not None and ca is None:
-            return a, cb
+            return a, cb, b
         if ca is not None and cb is None:
-            return b, ca
+            return b, ca, a
         return None
+
+    def set_float32_constant(self, index, value):
+        """Make tensor `index` an fp32 constant holding exactly `value` (no DEQUANTIZE)."""
+        schema = _schema()
+        tensor = self.g.tensors[index]
+        shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(np.full(shape, value, np.float32).tobytes(), np.uint8)
+        self.model.buffers.append(buffer)
+        tensor.buffer = len(self.model.buffers) - 1
+        tensor.type = schema.TensorType.FLOAT32
+        tensor.quantization = None
+        producer = self.producer.get(int(index))
+        if producer is not None:
+            self.g.operators = [op for i, op in enumerate(self.g.operators) if i != producer]
+        self.refresh()
 
     def ancestors(self, tensor_index) -> set[int]:
         """Indices of every op that `tensor_index` depends on."""

@@ -1,0 +1,161 @@
+"""Truncation-aware int8: the clip becomes int8 saturation (TFLite) or a Clip quantized to
+exactly [lower, upper] (ONNX QDQ); the truncated tensor keeps ~255 levels."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("tf2onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from edgetrunc.export import export_onnx, export_tflite, find_truncations, inspect_onnx  # noqa: E402
+from edgetrunc.export import inspect_tflite, tflite_ops  # noqa: E402
+from edgetrunc.export._tflite_graph import SATURATION_MARK  # noqa: E402
+from edgetrunc.models import create  # noqa: E402
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create("tlunet", input_shape=(SIZE, SIZE, 1), seed=0)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return np.random.default_rng(0).uniform(0, 255, (16, SIZE, SIZE, 1)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tflite_int8(model, calibration):
+    return {
+        "aware": export_tflite(model, "int8", calibration=calibration),
+        "stock": export_tflite(model, "int8", calibration=calibration, int8_mode="stock"),
+        "int8_io": export_tflite(model, "int8", calibration=calibration, int8_io=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def onnx_int8(model, calibration):
+    return {
+        "aware": export_onnx(model, "int8", calibration=calibration),
+        "stock": export_onnx(model, "int8", calibration=calibration, int8_mode="stock"),
+    }
+
+
+def test_tflite_int8_removes_minimum_and_maximum(model, tflite_int8):
+    truncations = find_truncations(model)
+    ops = tflite_ops(tflite_int8["aware"])
+    assert "MINIMUM" not in ops and "MAXIMUM" not in ops
+    report = inspect_tflite(tflite_int8["aware"], truncations, "int8")
+    assert report["truncations"][0]["mapped_to"] == "QUANTIZE int8 saturation"
+    assert report["inputs"][0]["dtype"] == "float32"
+    stock_ops = tflite_ops(tflite_int8["stock"])
+    assert stock_ops["MINIMUM"] == 1 and stock_ops["MAXIMUM"] == 1
+
+
+def test_tflite_int8_io_quantizes_input_exactly_for_pixels(model, tflite_int8):
+    report = inspect_tflite(tflite_int8["int8_io"], find_truncations(model), "int8")
+    (inp,) = report["inputs"]
+    assert inp["dtype"] == "int8"
+    assert inp["scale"] == pytest.approx(1.0, abs=1e-3)  # pixel values 0..255 kept exact
+
+
+def _tflite_truncated_levels(content, x):
+    from edgetrunc.runtime.tflite_runner import TFLiteRunner
+
+    runner = TFLiteRunner(content, preserve_all_tensors=True)
+    runner.infer(x)
+    (detail,) = [d for d in runner.tensor_details() if SATURATION_MARK in d["name"]]
+    values = runner.get_tensor(detail["index"], dequantize=True)
+    return values
+
+
+def test_tflite_int8_saturation_is_the_clip_with_255_levels(tflite_int8, calibration):
+    values = _tflite_truncated_levels(tflite_int8["aware"], calibration[:4])
+    step = 6 / 255
+    assert values.min() >= -3 - step and values.max() <= 3 + step
+    assert values.min() < -2.9 and values.max() > 2.9  # the conv output saturates both ways
+    assert len(np.unique(values)) >= 200
+
+
+def _onnx_truncated_levels(proto, x):
+    """Values the first Tanh reads: the truncated tensor as the int8 model sees it."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(proto.SerializeToString())
+    tanh = next(n for n in model.graph.node if n.op_type == "Tanh")
+    model.graph.output.append(onnx.helper.make_tensor_value_info(
+        tanh.input[0], onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString())
+    return session.run([tanh.input[0]], {"input": x})[0]
+
+
+def _plain_quantize_static(proto, x, tmp_path):
+    """onnxruntime's static quantization of the compute ops only (Conv, MatMul, Tanh): the Clip
+    then reads the conv output quantized on its raw calibrated range."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    class Reader:
+        def __init__(self):
+            self.items = iter([{"input": x[i:i + 1]} for i in range(len(x))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    out = tmp_path / "plain_int8.onnx"
+    quantize_static(proto, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    op_types_to_quantize=["Conv", "MatMul", "Tanh"])
+    return onnx.load(str(out))
+
+
+def test_onnx_int8_clip_keeps_255_levels_where_default_calibration_keeps_few(
+        model, onnx_int8, calibration, tmp_path):
+    proto = onnx_int8["aware"]
+    truncations = find_truncations(model)
+    report = inspect_onnx(proto, truncations, "int8")
+    assert report["truncations"][0]["mapped_to"].startswith("Clip (QDQ int8")
+    after = _onnx_truncated_levels(proto, calibration[:4])
+    plain = _plain_quantize_static(export_onnx(model, "fp32"), calibration, tmp_path)
+    before = _onnx_truncated_levels(plain, calibration[:4])
+    assert len(np.unique(after)) >= 200
+    assert len(np.unique(before)) <= 8  # the conv output's raw range: steps of several units
+    assert after.min() >= -3 - 6 / 255 and after.max() <= 3 + 6 / 255
+
+
+def test_onnx_stock_int8_folds_the_clip_into_calibrated_quantization(model, onnx_int8):
+    report = inspect_onnx(onnx_int8["stock"], find_truncations(model), "int8")
+    assert report["truncations"][0]["mapped_to"].startswith(("folded", "Clip"))
+
+
+def test_front_end_before_the_truncation_stays_float(model, tflite_int8, onnx_int8):
+    from edgetrunc.export._tflite_graph import Graph, read_model
+
+    graph = Graph(read_model(tflite_int8["aware"]))
+    convs = [op for op in graph.g.operators if graph.op_name(op) == "CONV_2D"]
+    kinds = [int(graph.g.tensors[int(op.inputs[1])].type) for op in convs]
+    assert kinds[:2] == [0, 0]  # FLOAT32 weights for the KV filter and the seed-block conv
+    assert all(k == 9 for k in kinds[2:])  # INT8 after the truncation
+    exact = graph.constant(int(convs[0].inputs[1])).reshape(5, 5)
+    from edgetrunc.models import high_pass_bank
+
+    kernel, _, _ = high_pass_bank("kv")
+    np.testing.assert_array_equal(exact, kernel[:, :, 0, 0])
+    proto = onnx_int8["aware"]
+    initializers = {i.name for i in proto.graph.initializer}
+    conv_weights = [n.input[1] for n in proto.graph.node if n.op_type == "Conv"]
+    assert [w in initializers for w in conv_weights] == [True, True] + [False] * (len(conv_weights) - 2)
+    assert all(w.endswith("DequantizeLinear_Output") for w in conv_weights[2:])
+
+
+def test_int8_without_xnnpack_splits_is_one_partition(tflite_int8):
+    from ai_edge_litert.interpreter import Interpreter
+
+    def partitions(content):
+        interpreter = Interpreter(model_content=content, num_threads=1)
+        interpreter.allocate_tensors()
+        return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+
+    assert partitions(tflite_int8["aware"]) == 1
+    assert partitions(tflite_int8["stock"]) > 1
