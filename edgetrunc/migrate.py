@@ -574,7 +574,7 @@ def _probe(probe, name, rng):
     upper = _refined_bound(probe, y[above[0]], +1)
     lower = _refined_bound(probe, y[below[-1]], -1)
     if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
-        raise _NotClip("no range where f(x) = x between a lower and an upper saturation level")
+        raise _NotClip("no lower and upper saturation level with f(x) = x between them")
     lower, upper = _shortest(lower, dtype), _shortest(upper, dtype)
 
     points = _verification_points(lower, upper, dtype, rng)
@@ -609,7 +609,8 @@ def _probe(probe, name, rng):
     nonfinite = {label: _as_number(value) for label, value in zip(("nan", "inf", "-inf"), legacy)}
     truncation = {"inf": upper, "-inf": lower}
     differs = [f"{k} -> {float(legacy[i]):g} (Truncation: {truncation[k]:g})"
-               for i, k in ((1, "inf"), (2, "-inf")) if nonfinite[k] != truncation[k]]
+               for i, k in ((1, "inf"), (2, "-inf"))
+               if not legacy[i] == dtype.type(truncation[k])]
     if differs:
         note = "; ".join(filter(None, [note, "legacy " + ", ".join(differs)]))
 

@@ -492,6 +492,8 @@ def _lambda_on(fn, shape=(6, 5, 2)):
     (lambda x: keras.ops.relu6(x), 0.0, 6.0, "clip", True),
     (lambda x: keras.ops.clip(x, -5.0, -1.0), -5.0, -1.0, "clip", True),
     (lambda x: keras.ops.clip(x, 0.1, 0.2), 0.1, 0.2, "clip", True),
+    (lambda x: keras.ops.clip(x, -1e-5, 1e-5), -1e-5, 1e-5, "clip", True),
+    (lambda x: tf.minimum(tf.maximum(x, -3.0), 3.0), -3.0, 3.0, "clip", True),
     (first_answer(0.1), -0.1, 0.1, "ste", False),
     (first_answer(255.0), -255.0, 255.0, "ste", False),
 ])
@@ -500,6 +502,7 @@ def test_probe_finds_bounds_and_gradient(fn, lower, upper, gradient, exact):
     assert verdict.is_clip, verdict.note
     assert (verdict.lower, verdict.upper, verdict.gradient) == (lower, upper, gradient)
     assert verdict.exact is exact
+    assert (verdict.note == "") is exact  # notes: cancellation, inf -> NaN
 
 
 @pytest.mark.parametrize("fn, verdict_name, note", [
