@@ -52,3 +52,25 @@ def test_corrupt_model_exits_2(tmp_path, capsys):
     assert main(["evaluate", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot load" in err[0]
+
+
+def test_tflite_artifact_goes_through_the_runtime(model_path, tmp_path, capsys):
+    import keras
+    import tensorflow as tf
+
+    import edgetrunc.layers  # noqa: F401
+    from edgetrunc._log import stdout_to_stderr
+
+    model = keras.saving.load_model(model_path, compile=False)
+    with stdout_to_stderr():
+        flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    artifact = tmp_path / "detector.tflite"
+    artifact.write_bytes(flatbuffer)
+    capsys.readouterr()
+    assert main(["-q", "evaluate", str(artifact), "--json", "--max-pairs", "4"]) == 0
+    from_tflite = json.loads(capsys.readouterr().out)
+    assert main(["-q", "evaluate", str(model_path), "--json", "--max-pairs", "4"]) == 0
+    from_keras = json.loads(capsys.readouterr().out)
+    assert from_tflite["format"] == "tflite" and from_tflite["pairs"] == 4
+    assert from_tflite["confusion"] == from_keras["confusion"]
+    assert abs(from_tflite["auc"] - from_keras["auc"]) < 0.05
