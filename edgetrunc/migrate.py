@@ -331,6 +331,8 @@ def load_model(path, trust_lambda=False, extra_globals=None):
     """Load a `.keras`/`.h5` model; with `trust_lambda`, lambdas get `lambda_globals()`."""
     import keras
 
+    import edgetrunc.layers  # noqa: F401  (registers Truncation for already migrated files)
+
     path = Path(path)
     namespace = lambda_globals(extra_globals) if trust_lambda else None
     try:

@@ -154,6 +154,12 @@ def test_answer_is_migrated_to_truncation_and_reloads_in_safe_mode(name, migrate
     np.testing.assert_allclose(np.asarray(migrated(x)), np.asarray(original(x)), rtol=0, atol=1e-5)
 
 
+def test_migrating_a_migrated_file_has_nothing_to_do(migrated_answers, tmp_path):
+    _, _, migrated_path, _ = migrated_answers["first"]
+    report = migrate(migrated_path, tmp_path / "again.keras")
+    assert "nothing to migrate" in report["message"] and not report["written"]
+
+
 def test_verification_reports_only_the_first_answers_cancellation(migrated_answers):
     for name in ANSWERS:
         verification = migrated_answers[name][3]["verification"]
