@@ -32,35 +32,47 @@ _FORBIDDEN_OPS = ("IdentityN", "IDENTITY_N")
 
 
 @contextlib.contextmanager
-def _stdout_fd_silenced():
-    """Discard what native code writes to file descriptor 1 (stdout) during the block."""
+def _native_output_captured(log):
+    """Discard native writes to stdout and collect native writes to stderr into `log` (a list):
+    the MLIR converter prints diagnostics there that the caller turns into one clear line."""
     import os
     import sys
+    import tempfile
 
     sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        saved = os.dup(1)
-        devnull = os.open(os.devnull, os.O_WRONLY)
+        saved_out, saved_err = os.dup(1), os.dup(2)
     except OSError:
         yield
         return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    capture = tempfile.TemporaryFile()
     try:
         os.dup2(devnull, 1)
-        os.close(devnull)
+        os.dup2(capture.fileno(), 2)
         yield
     finally:
         sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        for fd in (saved_out, saved_err, devnull):
+            os.close(fd)
+        capture.seek(0)
+        log.append(capture.read().decode(errors="replace"))
+        capture.close()
 
 
 @contextlib.contextmanager
-def quiet_converter():
-    """Keep converter chatter ('Saved artifact at', signatures, native prints) off stdout."""
+def quiet_converter(log=None):
+    """Keep converter chatter ('Saved artifact at', signatures, native prints) off the
+    terminal; native diagnostics are collected into `log` when given."""
     import logging
     import warnings
 
-    with contextlib.redirect_stdout(io.StringIO()), _stdout_fd_silenced(), \
+    log = [] if log is None else log
+    with contextlib.redirect_stdout(io.StringIO()), _native_output_captured(log), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loggers = [logging.getLogger(n) for n in ("absl", "tensorflow", "tf2onnx", "")]
@@ -74,9 +86,12 @@ def quiet_converter():
                 lg.setLevel(level)
 
 
-def _unsupported_op_error(exc, model) -> InputError:
-    text = str(exc)
-    ops = sorted(set(re.findall(r"\btf\.(\w+)", text))) or ["unknown"]
+def _unsupported_op_error(text, model) -> InputError:
+    ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither", text)))
+    if not ops:
+        listed = re.findall(r"(?:Custom|Flex|Select TensorFlow) ops: ([\w, ]+)", text)
+        ops = sorted({op.strip() for line in listed for op in line.split(",") if op.strip()})
+    ops = ops or ["unknown"]
     layer_names = [layer.name for layer in getattr(model, "layers", [])]
     nodes = re.findall(r"(?:node |loc\(fused\[|\")([\w./-]+)", text)
     layer = next((n for node in nodes for n in layer_names
@@ -92,13 +107,17 @@ def _convert(converter, model) -> bytes:
 
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS] if not getattr(
         converter, "_edgetrunc_int8_only", False) else [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    log = []
     try:
-        with quiet_converter():
+        with quiet_converter(log):
             return bytes(converter.convert())
     except Exception as exc:  # converter errors are ConverterError / various
-        if "not supported" in str(exc) or "Select TensorFlow op" in str(exc) or "tf." in str(exc):
-            raise _unsupported_op_error(exc, model) from None
-        raise
+        text = f"{exc}\n{''.join(log)}"
+        if re.search(r"custom op|flex op|Select TensorFlow op|not supported", text, re.I):
+            raise _unsupported_op_error(text, model) from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{getattr(model, 'name', 'model')}: TFLite conversion failed "
+                         f"({reason[:200]})") from None
 
 
 def _calibration_batches(calibration, model):
