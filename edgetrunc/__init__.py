@@ -8,7 +8,16 @@ TensorFlow (`edgetrunc.runtime`). Importing this package never imports TensorFlo
 
 __version__ = "0.1.0"
 
-__all__ = ["Truncation", "__version__"]
+__all__ = ["Truncation", "load_model", "__version__"]
+
+
+def load_model(path, safe_mode=True, **kwargs):
+    """`keras.saving.load_model` with the `Truncation` layer registered first."""
+    import keras
+
+    import edgetrunc.layers  # noqa: F401  (registers Truncation for deserialization)
+
+    return keras.saving.load_model(path, safe_mode=safe_mode, **kwargs)
 
 
 def __getattr__(name):
