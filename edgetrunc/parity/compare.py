@@ -201,14 +201,15 @@ class CompareFunc:
             result.probability_correlation = _float(np.corrcoef(ref_p, got_p)[0, 1])
         ref_d, got_d = ref_p >= DECISION_THRESHOLD, got_p >= DECISION_THRESHOLD
         result.decision_agreement = float((ref_d == got_d).mean())
-        judged, judged_on = result.decision_agreement, "all inputs"
+        judged, judged_on, count = result.decision_agreement, "all inputs", len(ref_d)
         if labels is not None and (np.asarray(labels) >= 0).any():
             known = np.asarray(labels) >= 0
             result.decision_agreement_photos = float((ref_d[known] == got_d[known]).mean())
-            judged, judged_on = result.decision_agreement_photos, "labelled photos"
-        if judged < tolerance.min_decision_agreement:
-            result.failures.append(f"decision agreement {judged:.4f} on {judged_on} < "
-                                   f"{tolerance.min_decision_agreement:g}")
+            judged, judged_on, count = result.decision_agreement_photos, "labelled photos", int(known.sum())
+        # a single flipped decision is the resolution of the measurement: always tolerate one
+        required = min(tolerance.min_decision_agreement, 1.0 - 1.0 / count) if count > 1 else 0.0
+        if judged < required - 1e-12:
+            result.failures.append(f"decision agreement {judged:.4f} on {judged_on} < {required:.4g}")
         if result.probability_mae > tolerance.max_probability_mae:
             result.failures.append(f"stego probability MAE {result.probability_mae:.3g} > "
                                    f"{tolerance.max_probability_mae:g}")
