@@ -107,6 +107,7 @@ def artifacts(tmp_path_factory):
         "fp16.tflite": export_tflite(model, "fp16"),
         "int8.tflite": export_tflite(model, "int8", calibration=calibration),
         "fp32.onnx": proto.SerializeToString(),
+        "fp32_nchw.onnx": export_onnx(model, "fp32", nchw=True).SerializeToString(),
         "tampered_fp32.tflite": tamper_tflite(fp32),
         "tampered_fp32.onnx": tamper_onnx(proto).SerializeToString(),
     }
@@ -127,7 +128,8 @@ def _run(args, capsys):
 def test_clean_artifacts_pass_and_json_schema(artifacts, capsys, tmp_path):
     report_path = tmp_path / "parity.json"
     code, out, err = _run([artifacts["model"], artifacts["fp32.tflite"], artifacts["fp32.onnx"],
-                           "--samples", "12", "--no-probes", "--json", report_path], capsys)
+                           artifacts["fp32_nchw.onnx"], "--samples", "12", "--no-probes",
+                           "--json", report_path], capsys)
     assert code == 0, out + err
     assert "parity PASSED" in out
     report = json.loads(report_path.read_text())
@@ -145,8 +147,9 @@ def test_clean_artifacts_pass_and_json_schema(artifacts, capsys, tmp_path):
                          "decision_agreement": float, "probability_correlation": float,
                          "accuracy": float, "p_e": float, "samples_per_second": float,
                          "failures": list, "layers": list, "tolerance": dict}
-    assert [(a["format"], a["precision"]) for a in report["artifacts"]] == [("tflite", "fp32"),
-                                                                            ("onnx", "fp32")]
+    assert [(a["format"], a["precision"]) for a in report["artifacts"]] == [
+        ("tflite", "fp32"), ("onnx", "fp32"), ("onnx", "fp32")]
+    assert report["artifacts"][2]["runtime"]["layout"] == "NCHW"
     for artifact in report["artifacts"]:
         for key, kind in expected_artifact.items():
             assert isinstance(artifact[key], kind), (key, artifact[key])
@@ -176,7 +179,8 @@ def test_tampered_weight_fails_and_names_the_layer(artifacts, capsys, tmp_path, 
     assert by_name["classifier"]["divergent"]
 
 
-@pytest.mark.parametrize("name", ["fp32.tflite", "fp16.tflite", "int8.tflite", "fp32.onnx"])
+@pytest.mark.parametrize("name", ["fp32.tflite", "fp16.tflite", "int8.tflite", "fp32.onnx",
+                                  "fp32_nchw.onnx"])
 def test_every_tlunet_layer_is_mapped(artifacts, name):
     from edgetrunc.data import load_pairs
     from edgetrunc.parity.keras_runner import KerasRunner
@@ -184,7 +188,7 @@ def test_every_tlunet_layer_is_mapped(artifacts, name):
 
     runner = KerasRunner(artifacts["model"])
     batch = load_pairs(split="test", max_pairs=2, seed=0).x
-    fmt, precision = name.rsplit(".", 1)[1], name.split(".")[0]
+    fmt, precision = name.rsplit(".", 1)[1], name.split(".")[0].split("_")[0]
     layers, first = compare_artifact_layers(runner, artifacts[name], fmt, precision, batch)
     assert {layer.layer for layer in layers} == EXPECTED_LAYERS
     statuses = {layer.layer: layer.status for layer in layers}
@@ -278,13 +282,16 @@ def test_nearly_constant_reference_warns(tmp_path, capsys):
     assert "nearly constant" in out
 
 
-@pytest.mark.parametrize("case", ["missing_model", "corrupt_artifact", "wrong_suffix", "wrong_shape",
+@pytest.mark.parametrize("case", ["missing_model", "corrupt_model", "corrupt_artifact", "wrong_suffix", "wrong_shape",
                                   "unwritable_json", "json_is_folder", "overwrite_input"])
 def test_bad_input_exits_2(artifacts, capsys, tmp_path, case):
     model, artifact = artifacts["model"], artifacts["fp32.tflite"]
     extra = []
     if case == "missing_model":
         model = tmp_path / "missing.keras"
+    elif case == "corrupt_model":
+        model = tmp_path / "corrupt.keras"
+        model.write_bytes(b"PK not really a zip")
     elif case == "corrupt_artifact":
         artifact = tmp_path / "corrupt.onnx"
         artifact.write_bytes(b"not a model at all")

@@ -8,6 +8,7 @@ output of every layer in graph order, for the per-layer comparison.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ def load_keras_model(path):
     from edgetrunc._io import require_file
 
     path = require_file(path, "Keras model", suffixes=(".keras", ".h5"))
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a .keras archive (expected a zip file saved by model.save)")
     import keras
 
     import edgetrunc.layers  # noqa: F401  (registers Truncation for deserialization)

@@ -182,6 +182,13 @@ def layer_error_curve(report):
             first = divergent[0]
             ax.plot([first.index], [max(first.normalized_error or 1e-9, 1e-9)], marker="x", markersize=12,
                     color=line.get_color(), markeredgewidth=2.5)
+    from edgetrunc.parity.per_layer import LAYER_TOLERANCES
+
+    for precision in sorted({a.precision for a in report.artifacts if a.layers}):
+        bound = LAYER_TOLERANCES.get(precision, LAYER_TOLERANCES["fp32"])
+        ax.axhline(bound, color="gray", linestyle="--", linewidth=0.9)
+        ax.annotate(f"{precision} bound", (0, bound), textcoords="offset points", xytext=(2, 3),
+                    fontsize=7, color="gray")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("max|error| / max|Keras output|")
