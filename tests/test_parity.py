@@ -323,3 +323,27 @@ def test_bad_input_exits_2(artifacts, capsys, tmp_path, case):
     assert code == 2, out + err
     assert err.count("\n") == 1 and "error:" in err, err
     assert "Traceback" not in err
+
+
+def test_probes_cover_every_truncation_with_its_own_bounds():
+    import keras
+
+    from edgetrunc.layers import Truncation
+    from edgetrunc.parity.probes import run_probes
+
+    inputs = keras.Input((256, 256, 1), name="input")
+    x = keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs)
+    x = Truncation(2.0, name="clip_t2")(x)
+    x = Truncation(lower=-1.0, upper=0.5, name="clip_asym")(x)
+    model = keras.Model(inputs, x)
+    results = run_probes(model, [("onnx", "fp32"), ("tflite", "int8")])
+    assert {(r.layer, r.backend) for r in results} == {
+        ("clip_t2", "keras"), ("clip_t2", "onnxruntime"), ("clip_asym", "keras"),
+        ("clip_asym", "onnxruntime")}  # int8 is not probed
+    for row in results:
+        got = {v["input"]: v["got"] for v in row.values}
+        assert row.value_deviations == 0 and row.nan_deviations == 0, row.values
+        assert got["+inf"] == row.upper and got["-inf"] == row.lower
+        assert got["NaN"] == "NaN"
+    assert {(r.layer, r.lower, r.upper) for r in results} == {("clip_t2", -2.0, 2.0),
+                                                              ("clip_asym", -1.0, 0.5)}
