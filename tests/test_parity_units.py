@@ -145,3 +145,13 @@ def test_parity_modules_import_without_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_json_safe_turns_non_finite_numbers_into_strings():
+    import json
+
+    from edgetrunc.parity.report import json_safe
+
+    value = json_safe({"a": [float("inf"), np.float32(np.nan), 1.5], "b": np.array([-np.inf, 2.0])})
+    assert value == {"a": ["inf", "NaN", 1.5], "b": ["-inf", 2.0]}
+    json.dumps(value, allow_nan=False)

@@ -114,8 +114,23 @@ def terminal_report(report) -> str:
     return "\n".join(parts) + "\n"
 
 
+def json_safe(value):
+    """`value` with NaN / infinite floats as the strings 'NaN', 'inf', '-inf' (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
 def write_json(report, path) -> None:
-    text = json.dumps(report.to_dict(), indent=2, allow_nan=False, default=_json_default) + "\n"
+    text = json.dumps(json_safe(report.to_dict()), indent=2, allow_nan=False, default=_json_default) + "\n"
     if str(path) == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
