@@ -155,3 +155,16 @@ def test_json_safe_turns_non_finite_numbers_into_strings():
     value = json_safe({"a": [float("inf"), np.float32(np.nan), 1.5], "b": np.array([-np.inf, 2.0])})
     assert value == {"a": ["inf", "NaN", 1.5], "b": ["-inf", 2.0]}
     json.dumps(value, allow_nan=False)
+
+
+def test_nan_outputs_fail_with_a_clear_reason():
+    compare = CompareFunc.simple()
+    ref_p = np.linspace(0.1, 0.9, 8)
+    got_p = ref_p.copy()
+    got_p[:2] = np.nan
+    for precision in ("fp32", "int8"):
+        result = compare(_probabilities(ref_p), _probabilities(got_p), precision=precision,
+                         reference_probability=ref_p, candidate_probability=got_p)
+        assert not result.passed
+        assert any("NaN for 2 input(s)" in f for f in result.failures), result.failures
+        assert result.nan_mismatches == 4

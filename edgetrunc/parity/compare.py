@@ -195,6 +195,10 @@ class CompareFunc:
     @staticmethod
     def _detector_statistics(result, ref_p, got_p, labels, tolerance):
         diff = np.abs(ref_p - got_p)
+        nan_probabilities = int(np.count_nonzero(np.isnan(got_p) & ~np.isnan(ref_p)))
+        if nan_probabilities:
+            result.failures.append(f"stego probability is NaN for {nan_probabilities} input(s)")
+        diff = np.where(np.isnan(diff), 1.0, diff)  # a NaN probability is as wrong as it gets
         result.probability_mae = _float(diff.mean())
         result.probability_max_error = _float(diff.max())
         if ref_p.std() > 0 and got_p.std() > 0:
