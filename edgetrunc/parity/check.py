@@ -120,6 +120,13 @@ def _check_input_shape(runner, expected: tuple) -> None:
                          f"model takes [N, {', '.join(map(str, expected))}]")
 
 
+def artifact_precision(runner) -> str:
+    """The precision the exporter recorded in the artifact, else the one read from its graph."""
+    meta = runner.metadata()
+    recorded = (meta.extra.get("embedded") or meta.extra.get("metadata_props") or {}).get("precision")
+    return recorded if recorded in ("fp32", "fp16", "int8") else meta.precision
+
+
 def open_artifacts(paths, expected_shape, threads=None) -> list:
     """Create a runner for every artifact (InputError on a missing, corrupt or mismatched file)."""
     from edgetrunc.runtime import open_runner
@@ -159,7 +166,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
 
     names = ["keras"] + [str(r.path) for r in runners]
     results = Comparator.run([keras_runner] + runners, data.x, batch_size=batch_size, names=names)
-    precisions = {str(r.path): r.metadata().precision for r in runners}
+    precisions = {str(r.path): artifact_precision(r) for r in runners}
     compare_func = compare_func or CompareFunc.simple(atol=atol, rtol=rtol)
     comparisons = Comparator.compare_accuracy(results, compare_func, labels=data.labels,
                                               precisions=precisions)
@@ -182,8 +189,9 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
         key = str(runner.path)
         meta = runner.metadata()
         comparison = comparisons[key]
-        report = ArtifactReport(key, meta.format, meta.precision, comparison,
-                                compare_func.tolerance_for(meta.precision).to_dict()
+        precision = precisions[key]
+        report = ArtifactReport(key, meta.format, precision, comparison,
+                                compare_func.tolerance_for(precision).to_dict()
                                 if hasattr(compare_func, "tolerance_for") else {},
                                 results[key].samples_per_second,
                                 metadata={"backend": meta.extra.get("backend"),
@@ -196,7 +204,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                 layer_outputs = keras_runner.layer_outputs(per_layer_batch)
             _log.info(f"parity: per-layer comparison of {runner.path.name}")
             report.layers, report.first_divergent_layer = compare_artifact_layers(
-                keras_runner, runner.path, meta.format, meta.precision, per_layer_batch, layer_outputs)
+                keras_runner, runner.path, meta.format, precision, per_layer_batch, layer_outputs)
             unmapped = [layer.layer for layer in report.layers if layer.status == "unmapped"]
             if unmapped:
                 warnings.append(f"{runner.path.name}: layers without an artifact tensor: {', '.join(unmapped)}")

@@ -56,12 +56,21 @@ DEFAULT_TOLERANCES = {
 }
 
 
+# Other quantized modes are judged like int8 (decisions, not elements).
+TOLERANCE_ALIASES = {"int16x8": "int8", "dynamic-int8": "int8", "uint8": "int8"}
+
+
+def tolerance_key(precision: str) -> str:
+    precision = TOLERANCE_ALIASES.get(precision, precision)
+    return precision if precision in DEFAULT_TOLERANCES else "fp32"
+
+
 def default_tolerance(precision: str, atol: float | None = None, rtol: float | None = None) -> Tolerance:
     """The default `Tolerance` of `precision`, with `atol` / `rtol` overridden when given.
 
     Overriding `atol` or `rtol` of an int8 artifact makes its element-wise test binding.
     """
-    base = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+    base = DEFAULT_TOLERANCES[tolerance_key(precision)]
     if atol is not None and not atol >= 0:
         raise InputError(f"--atol: expected a number >= 0; got {atol}")
     if rtol is not None and not rtol >= 0:
@@ -163,7 +172,7 @@ class CompareFunc:
         table = dict(DEFAULT_TOLERANCES, **(tolerances or {}))
 
         def tolerance_for(precision):
-            base = table.get(precision, table["fp32"])
+            base = table.get(precision) or table[tolerance_key(precision)]
             if atol is None and rtol is None:
                 return base
             return replace(default_tolerance(precision, atol, rtol),

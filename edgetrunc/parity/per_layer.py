@@ -142,7 +142,10 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
     `output_layers[i]` is the layer that produces the model's i-th output: the artifact's
     i-th output tensor is a candidate for it whatever its name.
     """
-    tolerance = LAYER_TOLERANCES.get(precision, LAYER_TOLERANCES["fp32"]) if tolerance is None else tolerance
+    if tolerance is None:
+        from edgetrunc.parity.compare import tolerance_key
+
+        tolerance = LAYER_TOLERANCES.get(tolerance_key(precision), LAYER_TOLERANCES["fp32"])
     names = list(layer_outputs)
     position = {name: i for i, name in enumerate(names)}
     mentions = [mentioned_layers(t.name, names) for t in tensors]
