@@ -156,7 +156,7 @@ def test_clean_artifacts_pass_and_json_schema(artifacts, capsys, tmp_path):
         assert artifact["first_divergent_layer"] is None
         assert artifact["passed"] is True and artifact["failures"] == []
         assert artifact["max_abs_error"] < 1e-4
-        assert artifact["decision_agreement"] == 1.0
+        assert artifact["decision_agreement"] == 1.0 and artifact["disagreements"] == []
         assert artifact["cosine"] > 0.999999
     assert report["probes"] == []
     assert not any("nearly constant" in w for w in report["warnings"])
@@ -266,6 +266,9 @@ def test_folder_inputs_and_int8_criteria(artifacts, capsys, tmp_path):
     assert artifact["precision"] == "int8"
     assert artifact["tolerance"]["elementwise"] is False
     assert artifact["accuracy"] is None  # folder images carry no labels
+    for item in artifact["disagreements"]:
+        assert item["input"].startswith("im") and item["label"] is None
+        assert (item["keras"] >= 0.5) != (item["artifact"] >= 0.5)
     assert code == (0 if artifact["passed"] else 1)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from edgetrunc import _log
 from edgetrunc.errors import InputError
 from edgetrunc.parity.comparator import DEFAULT_BATCH_SIZE, Comparator
-from edgetrunc.parity.compare import CompareFunc, nearly_constant
+from edgetrunc.parity.compare import DECISION_THRESHOLD, CompareFunc, nearly_constant
 from edgetrunc.parity.inputs import parity_inputs
 
 PER_LAYER_SAMPLES = 8
@@ -84,7 +84,23 @@ class ParityReport:
     def passed(self) -> bool:
         return all(a.passed for a in self.artifacts) and not self.probe_failures
 
+    def disagreements(self, path: str, limit: int = 20) -> list:
+        """Inputs whose decision differs between Keras and the artifact (largest gap first)."""
+        ref, got = self.reference_probability, self.probabilities.get(path)
+        if ref is None or got is None:
+            return []
+        flipped = np.flatnonzero((ref >= DECISION_THRESHOLD) != (got >= DECISION_THRESHOLD))
+        flipped = flipped[np.argsort(-np.abs(ref[flipped] - got[flipped]))][:limit]
+        labels = self.inputs.labels
+        return [{"input": self.inputs.names[i], "label": int(labels[i]) if labels[i] >= 0 else None,
+                 "keras": float(ref[i]), "artifact": float(got[i])} for i in flipped]
+
     def to_dict(self) -> dict:
+        artifacts = []
+        for a in self.artifacts:
+            entry = a.to_dict()
+            entry["disagreements"] = self.disagreements(a.path)
+            artifacts.append(entry)
         return {
             "passed": self.passed,
             "reference": self.reference,
@@ -92,7 +108,7 @@ class ParityReport:
             "inputs": self.inputs.describe(),
             "per_layer": self.per_layer,
             "strict_nan": self.strict_nan,
-            "artifacts": [a.to_dict() for a in self.artifacts],
+            "artifacts": artifacts,
             "probes": [p.to_dict() for p in self.probes],
             "probe_failures": self.probe_failures,
             "warnings": list(self.warnings),

@@ -73,6 +73,10 @@ def terminal_report(report) -> str:
     for a in report.artifacts:
         for failure in a.comparison.failures:
             parts.append(f"  FAIL {_short(a.path)}: {failure}")
+        flipped = report.disagreements(a.path, limit=3)
+        if flipped and not a.passed:
+            parts.append(f"  flipped decisions in {_short(a.path)}: " + ", ".join(
+                f"{item['input']} ({item['keras']:.3f} -> {item['artifact']:.3f})" for item in flipped))
         if a.first_divergent_layer:
             fused = next((layer.fused_layers for layer in a.layers if layer.divergent), [])
             extra = f" (one op in the artifact: {' + '.join(fused)})" if len(fused) > 1 else ""
