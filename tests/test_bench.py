@@ -131,3 +131,14 @@ def test_bench_script_writes_its_sections_and_keeps_the_others(tmp_path):
     variant_rows = [line for line in text.splitlines() if line.startswith("| seed answer 1")]
     assert variant_rows and variant_rows[0].rstrip(" |").endswith("4 / 4 / 4")
     assert np.isfinite(float(text.split("multiply-adds: **")[1].split(" M")[0]))
+
+
+def test_peak_rss_of_a_worker_is_its_own_not_the_parents():
+    import subprocess
+    import sys
+
+    ballast = np.ones((300, 1024, 1024), np.uint8)  # 300 MB held by this process
+    code = "from edgetrunc.runtime.bench import peak_rss_mb; print(peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 5 < float(out.stdout) < 200
+    del ballast
