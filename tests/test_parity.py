@@ -220,6 +220,8 @@ def test_probe_table_shows_nan_difference(artifacts, capsys, tmp_path):
     assert set(rows) == {("keras", "fp32"), ("tflite-xnnpack", "fp32"), ("tflite-builtin", "fp32"),
                          ("onnxruntime", "fp32")}
     nan_out = {key: next(v["got"] for v in row["values"] if v["input"] == "NaN") for key, row in rows.items()}
+    assert rows[("onnxruntime", "fp32")]["opset"] == 17  # probed with the artifact's opset
+    assert rows[("tflite-builtin", "fp32")]["opset"] is None
     assert nan_out[("keras", "fp32")] == "NaN"
     assert nan_out[("tflite-xnnpack", "fp32")] == "NaN"
     assert nan_out[("onnxruntime", "fp32")] == "NaN"

@@ -233,7 +233,10 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     if probes:
         from edgetrunc.parity.probes import run_probes
 
-        configurations = sorted({(r.format, r.precision) for r in reports})
+        from edgetrunc.parity.probes import onnx_opset
+
+        configurations = sorted({(r.format, r.precision, onnx_opset(r.path) if r.format == "onnx" else 0)
+                                 for r in reports}, key=lambda c: (c[0], c[1], c[2] or 0))
         _log.info("parity: truncation probes")
         probe_results = run_probes(keras_runner.model, configurations, shape)
         for probe in probe_results:

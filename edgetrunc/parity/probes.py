@@ -61,6 +61,7 @@ class ProbeResult:
     precision: str
     backend: str
     values: list = field(default_factory=list)  # [{"input", "value", "expected", "got", "status"}]
+    opset: int | None = None
     nan_deviations: int = 0
     value_deviations: int = 0
     error: str | None = None
@@ -91,14 +92,26 @@ def _submodel(name: str, lower: float, upper: float, input_shape):
     return keras.Model(inputs, outputs, name=f"probe_{name}")
 
 
-def _convert(submodel, fmt: str, precision: str):
-    """Bytes of the submodel converted the way artifacts are (`edgetrunc.export`)."""
+def _convert(submodel, fmt: str, precision: str, opset: int | None = None):
+    """Bytes of the submodel converted the way artifacts are (`edgetrunc.export`, same opset)."""
     from edgetrunc.export import export_onnx, export_tflite
 
     with _log.stdout_to_stderr():
         if fmt == "tflite":
             return export_tflite(submodel, precision)
-        return export_onnx(submodel, precision).SerializeToString()
+        kwargs = {"opset": opset} if opset else {}
+        return export_onnx(submodel, precision, **kwargs).SerializeToString()
+
+
+def onnx_opset(path) -> int | None:
+    """The default-domain opset of an ONNX file (None if it cannot be read)."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable files were already reported by the runner
+        return None
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _tolerance(precision: str, expected: np.ndarray) -> np.ndarray:
@@ -123,7 +136,7 @@ def _judge(result: ProbeResult, labels, values, expected, got, precision):
 
 
 def run_probes(model, configurations, input_shape=None) -> list:
-    """Probe every Truncation of `model` for each `(format, precision)` in `configurations`.
+    """Probe every Truncation of `model` for each `(format, precision[, opset])` in `configurations`.
 
     Returns `ProbeResult`s: one `keras` row per layer, then one per backend and delegate.
     """
@@ -148,18 +161,20 @@ def run_probes(model, configurations, input_shape=None) -> list:
         _judge(keras_row, labels, values, expected, got, "fp32")
         results.append(keras_row)
 
-        for fmt, precision in configurations:
+        for configuration in configurations:
+            fmt, precision = configuration[:2]
+            opset = configuration[2] if len(configuration) > 2 and configuration[2] else None
             if precision not in PROBED_PRECISIONS:
                 continue
             try:
-                content = _convert(submodel, fmt, precision)
+                content = _convert(submodel, fmt, precision, opset)
             except Exception as exc:  # a conversion failure is reported in the probe table
                 for backend in BACKENDS[fmt]:
                     results.append(ProbeResult(name, lower, upper, fmt, precision, backend,
                                                error=f"conversion failed: {str(exc).splitlines()[0][:160]}"))
                 continue
             for backend in BACKENDS[fmt]:
-                row = ProbeResult(name, lower, upper, fmt, precision, backend)
+                row = ProbeResult(name, lower, upper, fmt, precision, backend, opset=opset)
                 if backend == "onnxruntime":
                     runner = ONNXRunner(content)
                 else:
