@@ -173,9 +173,9 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
             raise InputError(f"{option}: expected a finite number >= 0; got {value}")
     keras_runner = KerasRunner(model, threads=threads, batch_size=batch_size)
     shape = tuple(keras_runner.metadata().inputs[0].shape[1:])
-    if any(d is None for d in shape):
-        raise InputError(f"{keras_runner.path}: the model input {list(shape)} has a dynamic size; "
-                         "expected a fixed [H, W, C]")
+    if len(shape) != 3:
+        raise InputError(f"{keras_runner.path}: model input {list(shape)}; expected an image [H, W, C]")
+    shape = tuple(d if d is not None else default for d, default in zip(shape, (256, 256, 1)))
     runners = open_artifacts(artifacts, shape, threads)
     data = parity_inputs(inputs, samples, seed, shape)
     _log.info(f"parity: {len(data.x)} inputs ({data.kind}), {len(runners)} artifact(s)")

@@ -76,7 +76,14 @@ class Comparator:
             batches = range(0, len(data), batch_size)
             start = time.perf_counter()
             for begin in _log.progress(batches, desc=f"infer {name}", total=len(batches), unit="batch"):
-                parts.append(runner.infer(data[begin:begin + batch_size]))
+                try:
+                    parts.append(runner.infer(data[begin:begin + batch_size]))
+                except (ValueError, RuntimeError) as exc:
+                    if isinstance(exc, InputError):
+                        raise
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise InputError(f"{name}: inference failed on inputs "
+                                     f"{list(data.shape[1:])} ({reason[:200]})") from None
             seconds = time.perf_counter() - start
             outputs = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
             results.results.append(RunResult(name, outputs, seconds, len(data),
