@@ -231,9 +231,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
 
     probe_results = []
     if probes:
-        from edgetrunc.parity.probes import run_probes
-
-        from edgetrunc.parity.probes import onnx_opset
+        from edgetrunc.parity.probes import onnx_opset, run_probes
 
         configurations = sorted({(r.format, r.precision, onnx_opset(r.path) if r.format == "onnx" else 0)
                                  for r in reports}, key=lambda c: (c[0], c[1], c[2] or 0))
