@@ -108,6 +108,7 @@ def artifacts(tmp_path_factory):
         "int8.tflite": export_tflite(model, "int8", calibration=calibration),
         "fp32.onnx": proto.SerializeToString(),
         "fp32_nchw.onnx": export_onnx(model, "fp32", nchw=True).SerializeToString(),
+        "int8.onnx": export_onnx(model, "int8", calibration=calibration).SerializeToString(),
         "tampered_fp32.tflite": tamper_tflite(fp32),
         "tampered_fp32.onnx": tamper_onnx(proto).SerializeToString(),
     }
@@ -180,7 +181,7 @@ def test_tampered_weight_fails_and_names_the_layer(artifacts, capsys, tmp_path, 
 
 
 @pytest.mark.parametrize("name", ["fp32.tflite", "fp16.tflite", "int8.tflite", "fp32.onnx",
-                                  "fp32_nchw.onnx"])
+                                  "fp32_nchw.onnx", "int8.onnx"])
 def test_every_tlunet_layer_is_mapped(artifacts, name):
     from edgetrunc.data import load_pairs
     from edgetrunc.parity.keras_runner import KerasRunner
