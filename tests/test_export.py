@@ -196,3 +196,20 @@ def test_layer_without_builtin_op_is_named():
     model = keras.Model(inputs, Bessel(name="bessel")(x))
     with pytest.raises(InputError, match=r"layer 'bessel'.*BesselI0e"):
         export_tflite(model, "fp32")
+
+
+def test_fp16_keeps_the_front_end_and_bounds_exact(converted):
+    """fp16 rounding of the KV filter's 1/12 steps leaves a DC gain that swamps a +-1 stego
+    residual; the front end before the first truncation keeps its fp32 weights."""
+    from edgetrunc.export._tflite_graph import Graph, read_model
+    from edgetrunc.models import high_pass_bank
+
+    graph = Graph(read_model(converted["tlunet"]["fp16"]))
+    convs = [op for op in graph.g.operators if graph.op_name(op) == "CONV_2D"]
+    front = graph.g.tensors[int(convs[0].inputs[1])]
+    assert int(front.type) == 0 and graph.producer.get(int(convs[0].inputs[1])) is None
+    kernel, _, _ = high_pass_bank("kv")
+    np.testing.assert_array_equal(graph.constant(int(convs[0].inputs[1])).reshape(5, 5),
+                                  kernel[:, :, 0, 0])
+    later = int(convs[2].inputs[1])
+    assert graph.op_name(graph.g.operators[graph.producer[later]]) == "DEQUANTIZE"  # fp16 weights

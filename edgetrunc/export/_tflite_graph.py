@@ -190,12 +190,15 @@ class Graph:
         return None
 
     def set_float32_constant(self, index, value):
-        """Make tensor `index` an fp32 constant holding exactly `value` (no DEQUANTIZE)."""
+        """Make tensor `index` an fp32 constant holding exactly `value` (a scalar or an array
+        of the tensor's size); the DEQUANTIZE that produced it is removed."""
         schema = _schema()
         tensor = self.g.tensors[index]
         shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
+        value = np.asarray(value, np.float32)
+        data = value.reshape(shape) if value.size == int(np.prod(shape)) else np.full(shape, value)
         buffer = schema.BufferT()
-        buffer.data = np.frombuffer(np.full(shape, value, np.float32).tobytes(), np.uint8)
+        buffer.data = np.frombuffer(np.ascontiguousarray(data, np.float32).tobytes(), np.uint8)
         self.model.buffers.append(buffer)
         tensor.buffer = len(self.model.buffers) - 1
         tensor.type = schema.TensorType.FLOAT32
@@ -304,8 +307,9 @@ def _drop_requantize_pairs(graph, quantize, dequantize):
             continue
         q_out = int(op.outputs[0])
         readers = graph.consumers.get(q_out, [])
-        if q_out in set(int(t) for t in graph.g.outputs) or len(readers) != 1:
-            continue
+        if (q_out in set(int(t) for t in graph.g.outputs) or len(readers) != 1
+                or SATURATION_MARK in graph.tensor_name(q_out)):
+            continue  # a truncation's saturating QUANTIZE is the clip itself
         reader = graph.g.operators[readers[0]]
         if reader.opcodeIndex != dequantize:
             continue
