@@ -31,7 +31,8 @@ def report():
 
     missing = [str(p) for p in ARTIFACTS if not p.exists()]
     assert not missing, f"manifest lists missing artifacts: {missing}"
-    return check_parity(MODEL, ARTIFACTS, samples=48, inputs="mix", per_layer=True, probes=True)
+    # 150 mixed inputs hold 100 held-out photos: int8 decision agreement resolves to 0.01
+    return check_parity(MODEL, ARTIFACTS, samples=150, inputs="mix", per_layer=True, probes=True)
 
 
 def test_every_shipped_artifact_matches_the_keras_model(report):

@@ -64,7 +64,8 @@ def _held_out_pairs(pairs: int, seed: int, shape):
         if pair_set.n_pairs >= pairs:
             break
     x = _crop(pair_set.x, shape)
-    names = [f"{src}@{pos[0]},{pos[1]}" for src, pos in zip(pair_set.sources, pair_set.positions)]
+    names = [f"{src}@{pos[0]},{pos[1]}:{'stego' if label else 'cover'}"
+             for src, pos, label in zip(pair_set.sources, pair_set.positions, pair_set.y)]
     return x, pair_set.y.astype(np.int64), names
 
 
