@@ -104,8 +104,8 @@ def normalized_error(reference: np.ndarray, value: np.ndarray) -> float:
 
 def is_channel_affine(reference: np.ndarray, value: np.ndarray, tolerance: float) -> bool:
     """True if every channel (last axis) of `value` is `a * reference + b` up to `tolerance`."""
-    if reference.ndim < 2 or reference.shape != value.shape:
-        return False
+    if reference.ndim < 3 or reference.shape != value.shape or reference.size // reference.shape[-1] < 32:
+        return False  # too few points per channel for a fit to mean anything
     ref = reference.reshape(-1, reference.shape[-1]).astype(np.float64)
     got = value.reshape(-1, value.shape[-1]).astype(np.float64)
     for c in range(ref.shape[1]):
