@@ -137,11 +137,13 @@ def test_front_end_before_the_truncation_stays_float(model, tflite_int8, onnx_in
     kinds = [int(graph.g.tensors[int(op.inputs[1])].type) for op in convs]
     assert kinds[:2] == [0, 0]  # FLOAT32 weights for the KV filter and the seed-block conv
     assert all(k == 9 for k in kinds[2:])  # INT8 after the truncation
-    exact = graph.constant(int(convs[0].inputs[1])).reshape(5, 5)
     from edgetrunc.models import high_pass_bank
 
     kernel, _, _ = high_pass_bank("kv")
-    np.testing.assert_array_equal(exact, kernel[:, :, 0, 0])
+    packed = graph.constant(int(convs[0].inputs[1])).reshape(4, 5, 3, 4)  # 4 pixels per channel
+    taps = set(np.round(packed[packed != 0] * 12).astype(int).tolist())
+    assert taps == set(np.round(kernel[kernel != 0] * 12).astype(int).tolist())
+    np.testing.assert_array_equal(packed[0, :, 1, :3], kernel[:, 2:, 0, 0])  # exact fp32 taps
     proto = onnx_int8["aware"]
     initializers = {i.name for i in proto.graph.initializer}
     conv_weights = [n.input[1] for n in proto.graph.node if n.op_type == "Conv"]
@@ -159,3 +161,22 @@ def test_int8_without_xnnpack_splits_is_one_partition(tflite_int8):
 
     assert partitions(tflite_int8["aware"]) == 1
     assert partitions(tflite_int8["stock"]) > 1
+
+
+def test_packed_front_end_matches_the_plain_one():
+    """The 4-pixels-per-channel rewrite of one-channel convolutions changes no result."""
+    from edgetrunc.runtime.tflite_runner import TFLiteRunner
+
+    model = create("tlunet", input_shape=(32, 64, 1), seed=2)
+    plain = export_tflite(model, "fp32")
+    packed = export_tflite(model, "fp32", pack_front_end=True)
+    assert tflite_ops(packed)["RESHAPE"] == 4 and "RESHAPE" not in tflite_ops(plain)
+    x = np.random.default_rng(1).uniform(0, 255, (3, 32, 64, 1)).astype(np.float32)
+    a = TFLiteRunner(plain, preserve_all_tensors=True)
+    b = TFLiteRunner(packed, preserve_all_tensors=True)
+    np.testing.assert_allclose(next(iter(b.infer(x).values())), next(iter(a.infer(x).values())),
+                               atol=1e-5)
+    name = next(d["name"] for d in a.tensor_details() if "group1_conv" in d["name"]
+                and len(d["shape"]) == 4 and d["shape"][-1] == 8)
+    np.testing.assert_allclose(b.get_tensor_by_name(name), a.get_tensor_by_name(name),
+                               rtol=1e-5, atol=1e-3)

@@ -146,7 +146,8 @@ def _calibration_batches(calibration, model):
 
 
 def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
-                  int8_mode="truncation-aware", keep_float=None, float_types=None) -> bytes:
+                  int8_mode="truncation-aware", keep_float=None, float_types=None,
+                  pack_front_end=None) -> bytes:
     """Convert a Keras model to TFLite bytes (builtin ops only).
 
     Args:
@@ -156,6 +157,13 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
         int8_io: int8 only, int8 input and output tensors instead of float ones.
         int8_mode: "truncation-aware" (default, see the module docstring) or "stock" (the
             converter's full-integer quantization, MINIMUM/MAXIMUM kept).
+        keep_float: int8 only, single-input op types run in float between DEQUANTIZE and
+            QUANTIZE (default `INT8_KEEP_FLOAT`: those XNNPACK cannot run in int8).
+        float_types: int8 only, op types left unquantized after the truncation (default
+            `INT8_FLOAT_TYPES`).
+        pack_front_end: rewrite float one-channel convolutions into a 4-pixels-per-channel
+            layout (see `pack_single_channel_convs`); default on for truncation-aware int8,
+            whose front end is float, off for fp32/fp16 (which stay a literal translation).
     """
     import tensorflow as tf
 
@@ -167,13 +175,13 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
         raise InputError(f"int8_mode: {int8_mode!r}; expected one of {', '.join(INT8_MODES)}")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if precision == "fp32":
-        return _convert(converter, model)
+        return _packed(_convert(converter, model), pack_front_end)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "fp16":
         converter.target_spec.supported_types = [tf.float16]
         fp16 = _convert(converter, model)
         fp32 = _convert(tf.lite.TFLiteConverter.from_keras_model(model), model)
-        return _fp16_exact_front_end(fp16, fp32, find_truncations(model))
+        return _packed(_fp16_exact_front_end(fp16, fp32, find_truncations(model)), pack_front_end)
     converter.representative_dataset = _calibration_batches(calibration, model)
     if int8_mode == "stock":
         converter._edgetrunc_int8_only = True
@@ -182,7 +190,8 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
             converter.inference_output_type = tf.int8
         return _convert(converter, model)
     float_types = INT8_FLOAT_TYPES if float_types is None else tuple(float_types)
-    return _truncation_aware_int8(converter, model, int8_io, keep_float, float_types)
+    return _truncation_aware_int8(converter, model, int8_io, keep_float, float_types,
+                                  True if pack_front_end is None else pack_front_end)
 
 
 def _front_end_ops(graph, candidates, matches):
@@ -240,7 +249,8 @@ def _fp16_exact_front_end(fp16, fp32, truncations) -> bytes:
     return tg.write_model(model_t)
 
 
-def _truncation_aware_int8(converter, model, int8_io, keep_float=(), float_types=()) -> bytes:
+def _truncation_aware_int8(converter, model, int8_io, keep_float=(), float_types=(),
+                           pack_front_end=True) -> bytes:
     import tensorflow as tf
     from tensorflow.lite.python import convert as tflite_convert
 
@@ -275,11 +285,21 @@ def _truncation_aware_int8(converter, model, int8_io, keep_float=(), float_types
             tg.write_model(model_t), fully_quantize=bool(int8_io), input_data_type=io_type,
             output_data_type=io_type, denylisted_nodes=denylisted or None)
     quantized = _remove_truncation_ops(quantized, clip_names)
+    model_t = tg.read_model(quantized)
     if keep_float:
-        model_t = tg.read_model(quantized)
         tg.float_islands(model_t, set(keep_float))
-        quantized = tg.write_model(model_t)
-    return quantized
+    if pack_front_end:
+        tg.pack_single_channel_convs(model_t, range(len(model_t.subgraphs[0].operators)))
+    return tg.write_model(model_t)
+
+
+def _packed(content, pack_front_end) -> bytes:
+    if not pack_front_end:
+        return content
+    model_t = tg.read_model(content)
+    if not tg.pack_single_channel_convs(model_t, range(len(model_t.subgraphs[0].operators))):
+        return content
+    return tg.write_model(model_t)
 
 
 def _remove_truncation_ops(content, clip_names) -> bytes:
