@@ -180,3 +180,49 @@ def test_packed_front_end_matches_the_plain_one():
                 and len(d["shape"]) == 4 and d["shape"][-1] == 8)
     np.testing.assert_allclose(b.get_tensor_by_name(name), a.get_tensor_by_name(name),
                                rtol=1e-5, atol=1e-3)
+
+
+def _two_truncations():
+    from edgetrunc import Truncation
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((16, 16, 1), name="input")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inputs)
+    x = Truncation(3.0, name="t1")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c2")(x)
+    x = Truncation(lower=-0.5, upper=1.0, name="t2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+
+
+def test_every_truncation_maps_to_saturation_in_int8():
+    model = _two_truncations()
+    x = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 1)).astype(np.float32)
+    truncations = find_truncations(model)
+    tflite = export_tflite(model, "int8", calibration=x)
+    assert "MINIMUM" not in tflite_ops(tflite) and "MAXIMUM" not in tflite_ops(tflite)
+    mapped = [t["mapped_to"] for t in inspect_tflite(tflite, truncations, "int8")["truncations"]]
+    assert mapped == ["QUANTIZE int8 saturation", "CONV_2D int8 saturation"]
+    onnx_report = inspect_onnx(export_onnx(model, "int8", calibration=x), truncations, "int8")
+    assert [t["mapped_to"] for t in onnx_report["truncations"]] == [
+        "Clip (QDQ int8, range [lower, upper])",
+        "folded into the producer's int8 output (range [lower, upper])"]
+
+
+def test_single_truncation_probe_model_converts_like_the_main_one():
+    """A model that is one Truncation (the parity probes) exports in every precision."""
+    from edgetrunc import Truncation
+    from edgetrunc.runtime.tflite_runner import TFLiteRunner
+
+    inputs = keras.Input((4, 4, 1))
+    model = keras.Model(inputs, Truncation(3.0, name="tlu")(inputs))
+    calibration = np.random.default_rng(0).normal(0, 5, (8, 4, 4, 1)).astype(np.float32)
+    probe = np.array([3, -3, 4, -4, 0, 1e30, -1e30, np.inf] * 2, np.float32).reshape(1, 4, 4, 1)
+    expected = np.clip(probe, -3, 3)
+    content = export_tflite(model, "int8", calibration=calibration)
+    assert tflite_ops(content) == {"DEQUANTIZE": 1, "QUANTIZE": 1}
+    out = next(iter(TFLiteRunner(content).infer(probe).values()))
+    np.testing.assert_allclose(out, expected, atol=6 / 255 / 2 + 1e-6)
+    proto = export_onnx(model, "int8", calibration=calibration)
+    out = ort.InferenceSession(proto.SerializeToString()).run(None, {"input": probe})[0]
+    np.testing.assert_allclose(out, expected, atol=6 / 255 / 2 + 1e-6)

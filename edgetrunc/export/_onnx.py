@@ -267,28 +267,40 @@ def quantize_onnx(proto, truncations, calibration, nchw=False, int8_mode="trunca
             op_types_to_quantize=op_types, extra_options=options)
         quantized = onnx.load(str(output))
     if int8_mode != "stock":
-        _quantize_clip_outputs(quantized, truncations)
+        outputs = {t["layer"]: clips[f"{t['layer']}{CLIP_SUFFIX}"]["output"] for t in truncations}
+        _quantize_clip_outputs(quantized, truncations, outputs)
     return quantized
 
 
-def _quantize_clip_outputs(model, truncations):
+def _quantize_clip_outputs(model, truncations, clip_outputs):
     """Give each truncation Clip whose output is still float a QuantizeLinear/DequantizeLinear
     pair with range exactly [lower, upper] (scale (upper - lower) / 255): the truncated
-    tensor is int8 with 255 levels, as in the TFLite int8 artifact."""
+    tensor is int8 with 255 levels, as in the TFLite int8 artifact. A Clip that onnxruntime
+    folded into its (quantized) producer leaves that QuantizeLinear, with the overridden
+    range [lower, upper]; it is named `<layer>/QuantizeLinear` for the inspector."""
     from onnx import helper, numpy_helper
 
     graph = _OnnxGraph(model)
     for t in truncations:
         clip = next((n for n in model.graph.node if n.name == f"{t['layer']}{CLIP_SUFFIX}"), None)
         if clip is None:
+            quant = next((n for n in graph.consumers.get(clip_outputs[t["layer"]], [])
+                          if n.op_type == "QuantizeLinear"), None)
+            if quant is not None:
+                quant.name = f"{t['layer']}/QuantizeLinear"
             continue
         out = clip.output[0]
         readers = graph.consumers.get(out, [])
-        if not readers or any(r.op_type == "QuantizeLinear" for r in readers):
+        if any(r.op_type == "QuantizeLinear" for r in readers):
             continue
+        if any(o.name == out for o in model.graph.output):  # keep the graph output's name
+            clip.output[0] = f"{out}/unquantized"
+            readers, out = [], clip.output[0]
         scale = np.float32((t["upper"] - t["lower"]) / 255.0)
         zero = np.int8(np.clip(np.round(-128 - t["lower"] / scale), -128, 127))
         names = {k: f"{t['layer']}/truncated_{k}" for k in ("scale", "zero_point", "q", "dq")}
+        if out.endswith("/unquantized"):
+            names["dq"] = out[:-len("/unquantized")]
         model.graph.initializer.extend([numpy_helper.from_array(np.array(scale), names["scale"]),
                                         numpy_helper.from_array(np.array(zero), names["zero_point"])])
         quant = helper.make_node("QuantizeLinear", [out, names["scale"], names["zero_point"]],
@@ -353,8 +365,14 @@ def inspect_onnx(model, truncations, precision) -> dict:
     for t in truncations:
         mine = [c for c in clips if c["node"].name == f"{t['layer']}{CLIP_SUFFIX}"]
         if not mine and precision == "int8" and match_clips([t], leftovers)[0] is None:
-            mapping.append({**t, "mapped_to": "folded into the producer's QuantizeLinear "
-                                              "(calibrated range)"})
+            quant = next((n for n in model.graph.node
+                          if n.name == f"{t['layer']}/QuantizeLinear"), None)
+            if quant is not None:
+                _check_range(graph, t, quant)
+                mapped = "folded into the producer's int8 output (range [lower, upper])"
+            else:
+                mapped = "folded into the producer's QuantizeLinear (calibrated range)"
+            mapping.append({**t, "mapped_to": mapped})
             continue
         if len(mine) != 1:
             raise InputError(f"{t['layer']}: expected one Clip node named "
@@ -390,14 +408,17 @@ def _check_int8_clip(graph, t, clip):
     quant = [n for n in readers if n.op_type == "QuantizeLinear"]
     if not quant:
         raise InputError(f"{t['layer']}: Clip output is not quantized in the int8 ONNX graph")
-    node = quant[0]
+    _check_range(graph, t, quant[0])
+    return "Clip (QDQ int8, range [lower, upper])"
+
+
+def _check_range(graph, t, node):
     scale = float(np.asarray(graph.consts[node.input[1]]).reshape(()))
     zp = int(np.asarray(graph.consts[node.input[2]]).reshape(()))
     low, high = (-128 - zp) * scale, (127 - zp) * scale
     if abs(low - t["lower"]) > 0.51 * scale + 1e-6 or abs(high - t["upper"]) > 0.51 * scale + 1e-6:
         raise InputError(f"{t['layer']}: int8 range [{low:g}, {high:g}] of the Clip output; "
                          f"expected [{t['lower']:g}, {t['upper']:g}]")
-    return "Clip (QDQ int8, range [lower, upper])"
 
 
 def set_onnx_metadata(model, payload: dict) -> None:

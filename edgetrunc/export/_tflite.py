@@ -263,7 +263,7 @@ def _truncation_aware_int8(converter, model, int8_io, keep_float=(), float_types
     graph = tg.Graph(model_t)
     candidates = [c for c in graph.clip_candidates() if c["kind"] == "minmax"]
     matches = match_clips(truncations, candidates)
-    float_ops, clip_names = set(), []
+    float_ops = set()
     for t, index in zip(truncations, matches):
         if index is None:
             raise InputError(f"{t['layer']}: no MAXIMUM/MINIMUM pair with bounds "
@@ -272,7 +272,6 @@ def _truncation_aware_int8(converter, model, int8_io, keep_float=(), float_types
         for tensor in (c["input"], *(graph.g.operators[i].outputs[0] for i in c["ops"])):
             q = graph.g.tensors[tensor].quantization
             q.min, q.max = [float(t["lower"])], [float(t["upper"])]
-        clip_names.append((t, c["names"]))
     front, truncation_ops, _ = _front_end_ops(graph, candidates, matches)
     float_ops |= front
     float_ops |= {i for i, op in enumerate(graph.g.operators)
@@ -284,7 +283,7 @@ def _truncation_aware_int8(converter, model, int8_io, keep_float=(), float_types
         quantized = tflite_convert.mlir_quantize(
             tg.write_model(model_t), fully_quantize=bool(int8_io), input_data_type=io_type,
             output_data_type=io_type, denylisted_nodes=denylisted or None)
-    quantized = _remove_truncation_ops(quantized, clip_names)
+    quantized = _remove_truncation_ops(quantized, truncations)
     model_t = tg.read_model(quantized)
     if keep_float:
         tg.float_islands(model_t, set(keep_float))
@@ -302,28 +301,25 @@ def _packed(content, pack_front_end) -> bytes:
     return tg.write_model(model_t)
 
 
-def _remove_truncation_ops(content, clip_names) -> bytes:
+def _remove_truncation_ops(content, truncations) -> bytes:
     """Delete each truncation's MAXIMUM/MINIMUM; its producer's int8 saturation clips."""
     model_t = tg.read_model(content)
     graph = tg.Graph(model_t)
-    by_output = {graph.tensor_name(op.outputs[0]): i for i, op in enumerate(graph.g.operators)}
-    for t, names in clip_names:
-        ops = [by_output.get(name) for name in names]
-        if None in ops:
-            raise InputError(f"{t['layer']}: truncation ops {names} not found after quantization")
-        first, second = (graph.g.operators[i] for i in ops)
-        source = int(first.inputs[0]) if graph.scalar(first.inputs[1]) is not None else int(
-            first.inputs[1])
+    for t in truncations:
+        candidates = [c for c in graph.clip_candidates() if c["kind"] == "minmax"]
+        (index,) = match_clips([t], candidates, atol=(t["upper"] - t["lower"]) / 255)
+        if index is None:
+            raise InputError(f"{t['layer']}: truncation ops not found after quantization")
+        c = candidates[index]
+        source, clipped = int(c["input"]), int(c["output"])
         if len(graph.consumers.get(source, [])) != 1 or source in set(int(i) for i in graph.g.inputs):
             continue  # the unclipped tensor is read elsewhere: keep the clip ops
-        clipped = int(second.outputs[0])
         src, dst = graph.g.tensors[source], graph.g.tensors[clipped]
-        if dst.type != src.type:
+        if dst.type != src.type or graph.producer.get(source) is None:
             continue
         src.quantization = dst.quantization
         src.name = f"{graph.tensor_name(source)};{tg.SATURATION_MARK}/{t['layer']}"
-        graph.remove_ops(ops, {clipped: source})
-        by_output = {graph.tensor_name(op.outputs[0]): i for i, op in enumerate(graph.g.operators)}
+        graph.remove_ops(c["ops"], {clipped: source})
     return tg.write_model(model_t)
 
 
