@@ -465,6 +465,26 @@ def flops_section(model, source: str, timings: dict, peaks: dict) -> str:
     return "\n".join(lines)
 
 
+SECTION_ORDER = ("machine", "runtime", "truncation-variants", "flops", "export", "parity", "training")
+
+
+def order_sections(path: Path, order=SECTION_ORDER) -> None:
+    """Put the named sections of BENCHMARKS.md in `order` (others after them, as they were)."""
+    import re
+
+    text = path.read_text()
+    pattern = re.compile(r"<!-- BEGIN (?P<name>[\w.-]+) -->\n.*?<!-- END (?P=name) -->\n?", re.S)
+    blocks = [(m.group("name"), m.group(0).rstrip("\n") + "\n") for m in pattern.finditer(text)]
+    if not blocks:
+        return
+    head = text[:pattern.search(text).start()].rstrip("\n") + "\n"
+    rank = {name: i for i, name in enumerate(order)}
+    blocks.sort(key=lambda b: rank.get(b[0], len(order)))
+    from edgetrunc._io import write_text_atomic
+
+    write_text_atomic(path, head + "".join("\n" + block for _, block in blocks))
+
+
 def machine_section(started: str, load: str) -> str:
     return "\n".join([
         "## Machine",
@@ -509,6 +529,7 @@ def main(argv=None) -> int:
 
     peaks = {} if args.quick else {count: gemm_peak_gflops(count) for count in (1, 2)}
     update_section("flops", flops_section(model, source, timings, peaks), path=args.out)
+    order_sections(args.out)
     log(f"wrote {args.out} in {time.monotonic() - start:.0f} s")
     return 0
 

@@ -124,8 +124,9 @@ def test_bench_script_writes_its_sections_and_keeps_the_others(tmp_path):
     assert _bench_script().main(["--quick", "--out", str(out), "--models", str(models)]) == 0
     text = out.read_text()
     assert "<!-- BEGIN training -->\nkept as is\n<!-- END training -->" in text
-    for section in ("machine", "truncation-variants", "runtime", "flops"):
-        assert f"<!-- BEGIN {section} -->" in text
+    starts = [text.index(f"<!-- BEGIN {section} -->")
+              for section in ("machine", "runtime", "truncation-variants", "flops", "training")]
+    assert starts == sorted(starts)
     assert "| TFLite fp32 | 1 |" in text and "| ONNX Runtime fp32 | 2 |" in text
     assert "not found, rows skipped: tflite fp16, tflite int8, onnx int8" in text
     variant_rows = [line for line in text.splitlines() if line.startswith("| seed answer 1")]
