@@ -213,3 +213,10 @@ def test_fp16_keeps_the_front_end_and_bounds_exact(converted):
                                   kernel[:, :, 0, 0])
     later = int(convs[2].inputs[1])
     assert graph.op_name(graph.g.operators[graph.producer[later]]) == "DEQUANTIZE"  # fp16 weights
+
+
+def test_same_model_gives_the_same_bytes(converted):
+    model = converted["two_thresholds"]["model"]
+    assert export_onnx(model, "fp32").SerializeToString() == converted["two_thresholds"][
+        "onnx"].SerializeToString()
+    assert export_tflite(model, "fp32") == converted["two_thresholds"]["fp32"]

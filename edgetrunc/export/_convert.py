@@ -272,7 +272,10 @@ def _convert_model(model, source, source_sha, out_dir, plan, opset, nchw, calibr
                 "quantization": _quantization_entry(fmt, precision, int8_io, int8_mode, calib),
             }
             if precision == "int8" and held_out is not None:
-                probability = _artifact_probability(fmt, tmp, held_out.x, nchw)
+                from edgetrunc.export._tflite import quiet_converter
+
+                with quiet_converter():  # the interpreter's "Created XNNPACK delegate" line
+                    probability = _artifact_probability(fmt, tmp, held_out.x, nchw)
                 quality = quality_against_keras(keras_probability, probability, held_out.y)
                 quality["data"] = (f"held-out pairs ({held_out.split} split, stride "
                                    f"{EVALUATION_STRIDE}, payload {held_out.payload})")

@@ -148,6 +148,40 @@ def _rewrite_clips(model, truncations):
     _drop_unused_initializers(model)
 
 
+def _canonical_names(model):
+    """Renumber tf2onnx's counter-suffixed names (`new_shape__78`) in graph order, so the same
+    model always gives the same bytes (the counters depend on what ran before)."""
+    import re
+
+    pattern = re.compile(r"^(.*?)__\d+((?::\d+)?)$")
+    mapping, counter = {}, [0]
+
+    def rename(name):
+        if not name or name in mapping:
+            return mapping.get(name, name)
+        match = pattern.match(name)
+        if match is None:
+            return name
+        counter[0] += 1
+        mapping[name] = f"{match.group(1)}__{counter[0]}{match.group(2)}"
+        return mapping[name]
+
+    graph = model.graph
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = rename(name)
+        for i, name in enumerate(node.output):
+            node.output[i] = rename(name)
+        node.name = rename(node.name)
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for value in [*graph.value_info, *graph.input, *graph.output]:
+        value.name = rename(value.name)
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and pattern.match(dim.dim_param):
+                dim.dim_param = rename(dim.dim_param)
+
+
 def _drop_unused_initializers(model):
     used = {name for node in model.graph.node for name in node.input}
     used |= {o.name for o in model.graph.output}
@@ -192,6 +226,11 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
         raise InputError(f"{model.name}: tf2onnx could not convert the model ({exc})".splitlines()[0]) from None
     truncations = find_truncations(model)
     _rewrite_clips(proto, truncations)
+    _canonical_names(proto)
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "N"
     proto.producer_name = "edgetrunc"
     onnx.checker.check_model(proto, full_check=True)
     if precision == "int8":
