@@ -220,3 +220,17 @@ def test_same_model_gives_the_same_bytes(converted):
     assert export_onnx(model, "fp32").SerializeToString() == converted["two_thresholds"][
         "onnx"].SerializeToString()
     assert export_tflite(model, "fp32") == converted["two_thresholds"]["fp32"]
+
+
+@pytest.mark.parametrize("opset", [19, 21])
+def test_opsets_beyond_tf2onnx_are_version_converted(opset):
+    model = create("seed_block", input_shape=(16, 16, 1), seed=0)
+    proto = export_onnx(model, "fp32", opset=opset)
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {opset}
+    assert onnx_ops(proto)["Clip"] == 1
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 1)).astype(np.float32)
+    y = ort.InferenceSession(proto.SerializeToString()).run(None, {"input": x})[0]
+    np.testing.assert_allclose(y, model.predict(x, verbose=0), atol=1e-5)
+    if opset == 21:
+        with pytest.raises(InputError, match="opset"):
+            export_onnx(model, "int8", opset=opset, calibration=x)

@@ -190,6 +190,13 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
         raise InputError("nothing to convert: give at least one --tflite or --onnx precision")
     if not isinstance(opset, (int, np.integer)) or int(opset) not in OPSETS:
         raise InputError(f"--opset {opset}: expected an ONNX opset from {OPSETS[0]} to {OPSETS[-1]}")
+    if "int8" in onnx:
+        from edgetrunc.export._onnx import _check_opset
+
+        try:
+            _check_opset(int(opset), "int8")
+        except InputError as exc:
+            raise InputError(f"--{exc}") from None
     if int8_mode not in INT8_MODES:
         raise InputError(f"--int8-mode {int8_mode}: expected one of {', '.join(INT8_MODES)}")
     if calibration not in (None, "embedded") and not Path(calibration).is_dir():

@@ -18,6 +18,8 @@ from edgetrunc.export._truncations import find_truncations, match_clips
 
 ONNX_PRECISIONS = ("fp32", "int8")
 OPSETS = range(13, 22)
+INT8_MAX_OPSET = 20
+TF2ONNX_MAX_OPSET = 18  # tf2onnx 1.17 writes up to 18; newer opsets via onnx.version_converter
 INPUT_NAME = "input"
 CLIP_SUFFIX = "/Clip"
 # Quantized after the first truncation; everything else stays float, as in TFLite int8
@@ -26,9 +28,13 @@ CLIP_SUFFIX = "/Clip"
 ONNX_INT8_TYPES = ("Conv", "AveragePool", "MaxPool", "Relu", "Clip")
 
 
-def _check_opset(opset):
+def _check_opset(opset, precision="fp32"):
     if not isinstance(opset, (int, np.integer)) or int(opset) not in OPSETS:
         raise InputError(f"opset: {opset!r}; expected an ONNX opset from {OPSETS[0]} to {OPSETS[-1]}")
+    if precision == "int8" and int(opset) > INT8_MAX_OPSET:
+        raise InputError(f"opset: int8 ONNX at opset {opset} does not load in onnxruntime "
+                         f"(its QDQ optimizer rejects the opset-21 QuantizeLinear); expected "
+                         f"an opset from {OPSETS[0]} to {INT8_MAX_OPSET} for int8")
 
 
 class _OnnxGraph:
@@ -212,7 +218,7 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
     if precision not in ONNX_PRECISIONS:
         raise InputError(f"precision: unknown ONNX precision {precision!r}; expected one of "
                          f"{', '.join(ONNX_PRECISIONS)}")
-    _check_opset(opset)
+    _check_opset(opset, precision)
     if len(model.inputs) != 1:
         raise InputError(f"{model.name}: {len(model.inputs)} inputs; expected one image input")
     shape = tuple(model.inputs[0].shape)
@@ -220,7 +226,7 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
     try:
         with quiet_converter():
             proto, _ = tf2onnx.convert.from_keras(
-                model, input_signature=[spec], opset=int(opset),
+                model, input_signature=[spec], opset=min(int(opset), TF2ONNX_MAX_OPSET),
                 inputs_as_nchw=[INPUT_NAME] if nchw else None)
     except Exception as exc:
         raise InputError(f"{model.name}: tf2onnx could not convert the model ({exc})".splitlines()[0]) from None
@@ -235,6 +241,11 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
     onnx.checker.check_model(proto, full_check=True)
     if precision == "int8":
         proto = quantize_onnx(proto, truncations, calibration, nchw, int8_mode)
+    if int(opset) > TF2ONNX_MAX_OPSET:
+        from onnx import version_converter
+
+        proto = version_converter.convert_version(proto, int(opset))
+        onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
