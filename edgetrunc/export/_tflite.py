@@ -5,10 +5,13 @@ fp32 and fp16 come straight from `TFLiteConverter.from_keras_model` with builtin
 *truncation-aware*: the model is calibrated, the calibrated range of each truncation's
 producer and outputs is set to exactly `[lower, upper]`, every op before the first
 truncation stays float (fixed high-pass filters stay exact and the +-1 stego residual is
-never rounded away), the rest is quantized to int8, and the MINIMUM/MAXIMUM pair of each
-truncation is removed: int8 saturation at the producer's output performs the clip (to
-within half a quantization step, (upper - lower) / 510). `int8_mode="stock"` gives the
-converter's plain full-integer model for comparison.
+never rounded away), the convolutions after it are quantized to int8 (cheap elementwise
+ops, activations and the classifier tail stay float: `INT8_FLOAT_TYPES`), and the
+MINIMUM/MAXIMUM pair of each truncation is removed: int8 saturation at the producer's output
+performs the clip (to within half a quantization step, (upper - lower) / 510). The float
+one-channel convolutions of the front end are packed 4 pixels per channel for XNNPACK, and
+ops XNNPACK cannot run in int8 run in float inside the same delegate partition.
+`int8_mode="stock"` gives the converter's plain full-integer model for comparison.
 """
 
 from __future__ import annotations
@@ -109,11 +112,11 @@ def _unsupported_op_error(text, model) -> InputError:
         f"{', '.join(ops)} with no TFLite builtin equivalent; expected builtin ops only")
 
 
-def _convert(converter, model) -> bytes:
+def _convert(converter, model, int8_only=False) -> bytes:
     import tensorflow as tf
 
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS] if not getattr(
-        converter, "_edgetrunc_int8_only", False) else [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if int8_only else tf.lite.OpsSet.TFLITE_BUILTINS]
     log = []
     try:
         with quiet_converter(log):
@@ -184,11 +187,10 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
         return _packed(_fp16_exact_front_end(fp16, fp32, find_truncations(model)), pack_front_end)
     converter.representative_dataset = _calibration_batches(calibration, model)
     if int8_mode == "stock":
-        converter._edgetrunc_int8_only = True
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-        return _convert(converter, model)
+        return _convert(converter, model, int8_only=True)
     float_types = INT8_FLOAT_TYPES if float_types is None else tuple(float_types)
     return _truncation_aware_int8(converter, model, int8_io, keep_float, float_types,
                                   True if pack_front_end is None else pack_front_end)
@@ -270,6 +272,8 @@ def _truncation_aware_int8(converter, model, int8_io, keep_float=(), float_types
                              f"[{t['lower']:g}, {t['upper']:g}] in the converted graph")
         c = candidates[index]
         for tensor in (c["input"], *(graph.g.operators[i].outputs[0] for i in c["ops"])):
+            if graph.g.tensors[tensor].quantization is None:
+                graph.g.tensors[tensor].quantization = tg.quantization_parameters()
             q = graph.g.tensors[tensor].quantization
             q.min, q.max = [float(t["lower"])], [float(t["upper"])]
     front, truncation_ops, _ = _front_end_ops(graph, candidates, matches)

@@ -231,6 +231,10 @@ class Graph:
         self.refresh()
 
 
+def quantization_parameters():
+    return _schema().QuantizationParametersT()
+
+
 def opcode_index(model_t, builtin_name: str) -> int:
     """Index of the operator code of builtin `builtin_name`, added if the model lacks it."""
     schema = _schema()
