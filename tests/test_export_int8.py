@@ -226,3 +226,23 @@ def test_single_truncation_probe_model_converts_like_the_main_one():
     proto = export_onnx(model, "int8", calibration=calibration)
     out = ort.InferenceSession(proto.SerializeToString()).run(None, {"input": probe})[0]
     np.testing.assert_allclose(out, expected, atol=6 / 255 / 2 + 1e-6)
+
+
+def test_fused_clip_activations_stay_fused_in_int8():
+    """T = 1 and [0, 6] truncations after a convolution become RELU_N1_TO_1 / RELU6."""
+    from edgetrunc import Truncation
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((16, 16, 1), name="input")
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = Truncation(1.0, name="t1")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same")(x)
+    x = Truncation(lower=0.0, upper=6.0, name="t2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    calibration = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 1)).astype(np.float32)
+    content = export_tflite(model, "int8", calibration=calibration)
+    report = inspect_tflite(content, find_truncations(model), "int8")
+    assert [t["mapped_to"] for t in report["truncations"]] == [
+        "CONV_2D+RELU_N1_TO_1 (float)", "CONV_2D+RELU6 (int8)"]
+    assert "MINIMUM" not in report["ops"] and "MAXIMUM" not in report["ops"]

@@ -198,7 +198,7 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
 
 def _front_end_ops(graph, candidates, matches):
     """Ops before the first truncation: ancestors of a truncation's input, none downstream."""
-    truncation_ops = {i for c in candidates for i in c["ops"]}
+    truncation_ops = {i for c in candidates if c["kind"] == "minmax" for i in c["ops"]}
     downstream = set()
     for index, op in enumerate(graph.g.operators):
         if index in truncation_ops or any(graph.producer.get(int(i)) in downstream | truncation_ops
@@ -206,8 +206,12 @@ def _front_end_ops(graph, candidates, matches):
             downstream.add(index)
     front = set()
     for index in matches:
-        if index is not None:
+        if index is not None and candidates[index]["kind"] == "minmax":
             front |= graph.ancestors(candidates[index]["input"])
+        elif index is not None:  # a fused clip: its op belongs to the truncation
+            (op,) = candidates[index]["ops"]
+            front |= {a for t in graph.g.operators[op].inputs if t >= 0
+                      for a in graph.ancestors(int(t))}
     return front - downstream, truncation_ops, downstream
 
 
@@ -263,20 +267,24 @@ def _truncation_aware_int8(converter, model, int8_io, keep_float=(), float_types
 
     model_t = tg.read_model(calibrated)
     graph = tg.Graph(model_t)
-    candidates = [c for c in graph.clip_candidates() if c["kind"] == "minmax"]
+    candidates = graph.clip_candidates()
     matches = match_clips(truncations, candidates)
     float_ops = set()
     for t, index in zip(truncations, matches):
         if index is None:
-            raise InputError(f"{t['layer']}: no MAXIMUM/MINIMUM pair with bounds "
-                             f"[{t['lower']:g}, {t['upper']:g}] in the converted graph")
+            raise InputError(f"{t['layer']}: no MAXIMUM/MINIMUM pair (or fused clip activation) "
+                             f"with bounds [{t['lower']:g}, {t['upper']:g}] in the converted graph")
         c = candidates[index]
-        for tensor in (c["input"], *(graph.g.operators[i].outputs[0] for i in c["ops"])):
+        tensors = [graph.g.operators[i].outputs[0] for i in c["ops"]]
+        if c["input"] is not None:
+            tensors.append(c["input"])
+        for tensor in tensors:
             if graph.g.tensors[tensor].quantization is None:
                 graph.g.tensors[tensor].quantization = tg.quantization_parameters()
             q = graph.g.tensors[tensor].quantization
             q.min, q.max = [float(t["lower"])], [float(t["upper"])]
     front, truncation_ops, _ = _front_end_ops(graph, candidates, matches)
+    truncation_ops = {i for c in candidates if c["kind"] == "minmax" for i in c["ops"]}
     float_ops |= front
     float_ops |= {i for i, op in enumerate(graph.g.operators)
                   if graph.op_name(op) in float_types and i not in truncation_ops}
@@ -310,11 +318,13 @@ def _remove_truncation_ops(content, truncations) -> bytes:
     model_t = tg.read_model(content)
     graph = tg.Graph(model_t)
     for t in truncations:
-        candidates = [c for c in graph.clip_candidates() if c["kind"] == "minmax"]
+        candidates = graph.clip_candidates()
         (index,) = match_clips([t], candidates, atol=(t["upper"] - t["lower"]) / 255)
         if index is None:
             raise InputError(f"{t['layer']}: truncation ops not found after quantization")
         c = candidates[index]
+        if c["kind"] != "minmax":
+            continue  # a fused activation clips at the producer's requantization already
         source, clipped = int(c["input"]), int(c["output"])
         if len(graph.consumers.get(source, [])) != 1 or source in set(int(i) for i in graph.g.inputs):
             continue  # the unclipped tensor is read elsewhere: keep the clip ops
@@ -374,7 +384,7 @@ def inspect_tflite(content, truncations, precision) -> dict:
             name = graph.tensor_name(i)
             if tg.SATURATION_MARK in name:
                 marked[name.split(f"{tg.SATURATION_MARK}/", 1)[1]] = i
-        leftovers = [c for c in candidates if c["kind"] == "minmax"]
+        leftovers = candidates
         left_matches = [
             match_clips([t], leftovers, atol=(t["upper"] - t["lower"]) / 255)[0] for t in truncations]
         for t, left in zip(truncations, left_matches):
@@ -394,7 +404,8 @@ def inspect_tflite(content, truncations, precision) -> dict:
                 what = graph.op_name(graph.g.operators[producer]) if producer is not None else "input"
                 mapped = f"{what} int8 saturation"
             elif left is not None:
-                mapped = leftovers[left]["mapped_to"] + " (int8)"
+                kind = "int8" if int(graph.g.tensors[leftovers[left]["output"]].type) == 9 else "float"
+                mapped = f"{leftovers[left]['mapped_to']} ({kind})"
             else:
                 raise InputError(f"{t['layer']}: truncation neither removed into int8 saturation "
                                  "nor present as MAXIMUM/MINIMUM in the int8 graph")
