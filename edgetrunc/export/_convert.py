@@ -338,6 +338,17 @@ def _quantization_entry(fmt, precision, int8_io, int8_mode, calib):
         "calibration": {"samples": int(len(calib.x)), "split": calib.split,
                         "photos": list(calib.photos), "payload": calib.payload},
     }
+    if int8_mode == "truncation-aware":
+        if fmt == "tflite":
+            from edgetrunc.export._tflite import INT8_FLOAT_TYPES, INT8_KEEP_FLOAT
+
+            entry["float_op_types"] = list(INT8_FLOAT_TYPES)
+            entry["float_inside_xnnpack"] = list(INT8_KEEP_FLOAT)
+            entry["front_end"] = "float, one-channel convolutions packed 4 pixels per channel"
+        else:
+            from edgetrunc.export._onnx import ONNX_INT8_TYPES
+
+            entry["int8_op_types"] = list(ONNX_INT8_TYPES)
     if fmt == "onnx":
         entry["format"] = "QDQ"
     return entry
