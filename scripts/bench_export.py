@@ -90,6 +90,17 @@ def _bare_conversions(model, calibration, tmp):
     return timings
 
 
+def _label(path: Path) -> str:
+    """The model as the table names it: repository-relative path (or file name) and hash."""
+    import hashlib
+
+    try:
+        shown = path.resolve().relative_to(ROOT)
+    except ValueError:
+        shown = path.name
+    return f"{shown}, sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "models" / "tlunet.keras"))
@@ -171,7 +182,7 @@ def main(argv=None) -> int:
 
     text = "\n\n".join(filter(None, [
         "## Export (`scripts/bench_export.py`)",
-        f"Machine: {machine_description()}. Model: `{args.model}`"
+        f"Machine: {machine_description()}. Model: `{_label(source)}`"
         f"{' (' + note + ')' if note else ''}. Latency: one 256x256 image, median of "
         f"{args.runs} interleaved runs per artifact in separate worker processes "
         "(`edgetrunc.runtime.bench`), ai-edge-litert with XNNPACK. The machine is shared, so "
