@@ -177,3 +177,11 @@ def test_calibration_folder_is_used(source, tmp_path):
     calibration = artifact["quantization"]["calibration"]
     assert calibration["photos"] and set(calibration["photos"]) <= {"0", "1", "2"}
     assert calibration["samples"] > 0
+
+
+def test_pack_front_end_option_packs_fp32(source, tmp_path, capsys):
+    args = ["-q", "convert", str(source), "--out", str(tmp_path), "--tflite", "fp32", "--onnx", ""]
+    assert main([*args, "--pack-front-end", "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    (artifact,) = manifest["artifacts"]
+    assert artifact["ops"]["RESHAPE"] == 2 and artifact["ops"]["MAXIMUM"] == 1

@@ -45,7 +45,8 @@ def run(args) -> int:
     manifest = convert(
         args.model, out_dir=args.out, tflite=args.tflite, onnx=args.onnx, opset=args.opset,
         nchw=args.nchw, calibration=args.calibration, int8_io=args.int8_io, force=args.force,
-        int8_mode=getattr(args, "int8_mode", "truncation-aware"))
+        int8_mode=getattr(args, "int8_mode", "truncation-aware"),
+        pack_front_end=getattr(args, "pack_front_end", False))
     if getattr(args, "json", False):
         print(json.dumps(manifest, indent=2))
     else:

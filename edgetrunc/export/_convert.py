@@ -178,11 +178,14 @@ def _plan(stem, tflite, onnx):
 
 def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
             nchw=False, calibration="embedded", int8_io=False, force=False,
-            int8_mode="truncation-aware", evaluate=True, timings=None) -> dict:
+            int8_mode="truncation-aware", evaluate=True, timings=None,
+            pack_front_end=False) -> dict:
     """Convert `model_path` to every requested artifact in `out_dir` and write the manifest.
 
     Returns the manifest dict (also written to `out_dir/manifest.json`). If `timings` is a
     dict, it receives the conversion wall time of each artifact in seconds.
+    `pack_front_end=True` also packs the one-channel convolutions of the fp32/fp16 TFLite
+    artifacts (the int8 one always packs its float front end).
     """
     tflite = _check_precisions("tflite", tflite, TFLITE_PRECISIONS)
     onnx = _check_precisions("onnx", onnx, ONNX_PRECISIONS)
@@ -220,11 +223,11 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
     model = load_keras_model(source)
     source_sha = sha256_file(source)
     return _convert_model(model, source, source_sha, out_dir, plan, opset, nchw, calibration,
-                          int8_io, int8_mode, evaluate, timings)
+                          int8_io, int8_mode, evaluate, timings, pack_front_end)
 
 
 def _convert_model(model, source, source_sha, out_dir, plan, opset, nchw, calibration, int8_io,
-                   int8_mode, evaluate, timings):
+                   int8_mode, evaluate, timings, pack_front_end=False):
     from edgetrunc.export import _onnx as onnx_export
     from edgetrunc.export import _tflite as tflite_export
     from edgetrunc.export._truncations import find_truncations
@@ -250,7 +253,8 @@ def _convert_model(model, source, source_sha, out_dir, plan, opset, nchw, calibr
             if fmt == "tflite":
                 content = tflite_export.export_tflite(
                     model, precision, calibration=None if calib is None else calib.x,
-                    int8_io=int8_io, int8_mode=int8_mode)
+                    int8_io=int8_io, int8_mode=int8_mode,
+                    pack_front_end=None if precision == "int8" else bool(pack_front_end))
                 content = tflite_export.embed_tflite_metadata(
                     content, {**metadata, "format": fmt, "precision": precision})
             else:
