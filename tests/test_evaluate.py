@@ -74,3 +74,15 @@ def test_tflite_artifact_goes_through_the_runtime(model_path, tmp_path, capsys):
     assert from_tflite["format"] == "tflite" and from_tflite["pairs"] == 4
     assert from_tflite["confusion"] == from_keras["confusion"]
     assert abs(from_tflite["auc"] - from_keras["auc"]) < 0.05
+
+
+def test_cover_folder_scores_every_photo(model_path, tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (256, 512), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    assert main(["-q", "evaluate", str(model_path), "--covers", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "all" and report["photos"] == ["a", "b"]
+    assert report["pairs"] == 6  # stride 128 over 256x512: 3 tiles per photo
