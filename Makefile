@@ -23,8 +23,8 @@ test: install
 # Reproduces the shipped detector models/tlunet.keras and its training record.
 train: install
 	$(PY) -m edgetrunc train --model tlunet --covers embedded --payload 0.4 --seed 0 \
-		--stride 64 --curriculum 1.0,0.7,0.4 --stage-epochs 5 --epochs 400 --patience 40 \
-		--frozen-bn 0.2 --time-budget 55 --out models/tlunet.keras --force
+		--stride 64 --curriculum 1.0,0.7,0.4 --stage-epochs 5 --epochs 400 --patience 20 \
+		--frozen-bn 0.2 --time-budget 38 --out models/tlunet.keras --force
 
 convert: install
 	$(PY) scripts/convert.py models/tlunet.keras --out models --force

@@ -6,13 +6,15 @@ test), the training photos are tiled (optionally with a denser stride) and fed t
 a fresh message and one of the 8 rotations/flips every epoch). An optional curriculum
 starts at higher payloads and steps down to the target payload. After every epoch the
 model is judged as it ships, in inference mode (batch normalization on its running
-statistics), on the validation photos; the best epoch by per-photo-averaged validation
-P_E is kept, the learning rate follows a cosine or plateau schedule, and training stops
-early after `patience` epochs without improvement or when the wall-time budget runs out.
-Finally the batch-normalization statistics are re-estimated on training tiles (kept only
-if validation says it helps), the test photos are scored, and the model plus a JSON
-training record (config, versions, data, per-epoch metrics, test figures pooled and per
-photo, wall time, images/s) are written atomically.
+statistics, re-estimated on training tiles after every epoch by default), on the
+validation photos; the best epoch by photo-weighted validation P_E is kept (ties broken
+by the pooled P_E, then the mean per-photo AUC). The learning rate follows a cosine or
+plateau schedule; after `patience` epochs without improvement (or for the last part of
+the planned epochs) batch normalization can be frozen in inference mode for a final
+phase, and training stops after `patience` more epochs without improvement or when the
+wall-time budget runs out. The test photos are scored at the end, and the model plus a
+JSON training record (config, versions, data, per-epoch metrics, test figures pooled and
+per photo, wall time, images/s) are written atomically.
 """
 
 from __future__ import annotations
@@ -196,6 +198,15 @@ def reestimate_batchnorm(model, batches, max_batches: int = 8) -> int:
     return used
 
 
+def selection_score(report: dict) -> tuple:
+    """Sort key of a validation report (lower is better): the photo-weighted P_E, then the
+    pooled P_E, then the mean of the per-photo AUCs (higher is better) to break ties."""
+    aucs = [f["auc"] for f in report.get("per_source", {}).values()
+            if f["auc"] is not None and not math.isnan(f["auc"])]
+    return (round(report["p_e_photo_mean"], 6), round(report["p_e"], 6),
+            -float(np.mean(aucs)) if aucs else 0.0)
+
+
 class _Progress:
     """A Keras callback showing a per-epoch progress bar on stderr."""
 
@@ -257,7 +268,8 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
         batch_size: pairs per batch (a batch holds 2 * batch_size images).
         lr: initial learning rate (Adam).
         patience: early stopping after this many epochs at the target payload without a
-            better validation P_E.
+            better validation P_E (with `frozen_bn_fraction`, the frozen phase starts then
+            instead, and a second run of `patience` epochs ends it).
         curriculum: payload stages, e.g. `"1.0,0.7,0.4"`; every stage but the last lasts
             `stage_epochs` epochs.
         max_tiles: use at most this many training tiles (round-robin over photos).
@@ -367,7 +379,7 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
     budget_s = None if time_budget is None else float(time_budget) * 60
     epoch_times, stop_reason = [], "max epochs"
     trained_images, train_seconds = 0, 0.0
-    frozen_from = None
+    frozen_from, freeze_now = None, False
     for epoch in range(int(epochs)):
         elapsed = time.monotonic() - started
         if budget_s is not None and epoch_times:
@@ -382,8 +394,8 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
             stage_index, stage_start = stage_index + 1, epoch
             final_stage = stage_index == len(stages) - 1
         stage_payload = stages[stage_index]
-        if (final_stage and frozen_from is None and frozen_bn_fraction > 0
-                and epoch >= stage_start + (planned_epochs - stage_start) * (1 - frozen_bn_fraction)):
+        if (final_stage and frozen_from is None and frozen_bn_fraction > 0 and (freeze_now or
+                epoch >= stage_start + (planned_epochs - stage_start) * (1 - frozen_bn_fraction))):
             frozen_from = epoch + 1
             if best["weights"] is not None:
                 net.set_weights(best["weights"])
@@ -419,7 +431,7 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
             val = val_running
         probe = evaluate_pairs(net, train_probe)
         epoch_times.append(time.monotonic() - t0)
-        score = (val["p_e_photo_mean"], val["p_e"])
+        score = selection_score(val)
         row = {"epoch": epoch + 1, "payload": stage_payload, "lr": current_lr,
                "train_loss": float(fit.history["loss"][-1]),
                "train_accuracy_training_mode": float(fit.history["accuracy"][-1]),
@@ -452,6 +464,9 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
         if lr_schedule == "plateau" and plateau_wait >= max(2, patience // 3):
             current_lr, plateau_wait = current_lr * 0.5, 0
         if final_stage and waited >= patience:
+            if frozen_bn_fraction > 0 and frozen_from is None:
+                freeze_now = True
+                continue
             stop_reason = f"early stopping (no better validation P_E for {patience} epochs)"
             break
     else:
@@ -476,8 +491,7 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
                                                       epoch=10_000, augment=augment))
         val_after = evaluate_pairs(net, val_pairs)
         after = _round(val_after)
-        kept = (val_after["p_e_photo_mean"], val_after["p_e"]) <= (
-            val_best["p_e_photo_mean"], val_best["p_e"])
+        kept = selection_score(val_after) <= selection_score(val_best)
         bn_record = {"done": True, "batches": used, "val_before": before, "val_after": after,
                      "kept": bool(kept)}
         if kept:

@@ -134,3 +134,14 @@ def test_batchnorm_reestimation_sets_the_batch_average():
     expected = np.mean([b[0].mean(0) for b in batches], axis=0)
     np.testing.assert_allclose(np.asarray(bn.moving_mean), expected, rtol=1e-5)
     assert bn.momentum == 0.9
+
+
+def test_selection_score_breaks_ties_by_auc():
+    from edgetrunc.train import selection_score
+
+    def report(p_e_photo, p_e, aucs):
+        return {"p_e_photo_mean": p_e_photo, "p_e": p_e,
+                "per_source": {f"p{i}": {"auc": a} for i, a in enumerate(aucs)}}
+
+    assert selection_score(report(0.2, 0.1, [0.5])) < selection_score(report(0.25, 0.0, [1.0]))
+    assert selection_score(report(0.25, 0.04, [1.0, 0.7])) < selection_score(report(0.25, 0.04, [1.0, 0.6]))
