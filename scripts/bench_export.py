@@ -30,7 +30,6 @@ from _benchmd import machine_description, markdown_table, update_section  # noqa
 
 def _bare_conversions(model, calibration, tmp):
     """Wall time of the plain converter calls (no checks, no metadata, no evaluation)."""
-    import numpy as np
     import onnx
     import tensorflow as tf
     import tf2onnx
@@ -86,7 +85,6 @@ def _bare_conversions(model, calibration, tmp):
             started = time.perf_counter()
             call()
             timings[name] = time.perf_counter() - started
-    del np
     return timings
 
 

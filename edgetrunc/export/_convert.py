@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc import __version__, _log
-from edgetrunc._io import sha256_file, write_json_atomic
+from edgetrunc._io import require_file, sha256_file, write_json_atomic
 from edgetrunc.errors import InputError
 from edgetrunc.export._onnx import ONNX_PRECISIONS, OPSETS
 from edgetrunc.export._tflite import INT8_MODES, TFLITE_PRECISIONS
@@ -58,8 +58,6 @@ def _check_out_dir(out_dir: Path) -> None:
 
 def load_keras_model(path):
     """Load a `.keras` file (safe mode, edgetrunc layers registered) or raise InputError."""
-    from edgetrunc._io import require_file
-
     path = require_file(path, "Keras model", suffixes=(".keras",))
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a Keras file (a .keras file is a zip archive)")
@@ -205,8 +203,6 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
     if calibration not in (None, "embedded") and not Path(calibration).is_dir():
         raise InputError(f"--calibration {calibration}: expected 'embedded' or a folder of images")
     source = Path(model_path)
-    from edgetrunc._io import require_file
-
     require_file(source, "Keras model", suffixes=(".keras",))
     out_dir = Path(out_dir) if out_dir is not None else (source.parent if str(source.parent) else Path("."))
     _check_out_dir(out_dir)
