@@ -75,6 +75,20 @@ def test_infer_and_bench_run_without_tensorflow(blocked_env, artifacts, tmp_path
     assert [r["format"] for r in json.loads(out.stdout)["results"]] == ["tflite", "onnx"]
 
 
+def test_every_shipped_artifact_runs_without_tensorflow(blocked_env, tmp_path):
+    from runtime_artifacts import shipped_artifacts
+
+    shipped = shipped_artifacts()
+    if not shipped:
+        pytest.skip("no shipped artifacts in models/ yet")
+    image = write_test_images(tmp_path)["tile256.pgm"]
+    for (fmt, precision), path in shipped.items():
+        out = _run(blocked_env, "-m", "edgetrunc", "infer", str(path), str(image), "--json")
+        assert out.returncode == 0, (path, out.stderr)
+        assert f"{fmt} {precision}" in out.stderr
+        assert len(json.loads(out.stdout)["results"][0]["tiles"]) == 1
+
+
 def test_missing_interpreter_is_a_clear_error(blocked_env, artifacts, tmp_path):
     fake = tmp_path / "no_litert"
     for name in ("ai_edge_litert", "tflite_runtime"):

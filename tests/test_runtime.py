@@ -251,3 +251,16 @@ def test_infer_table_and_bad_artifact(detector, images, tmp_path, capsys):
     assert main(["infer", str(corrupt), str(images["tile256.pgm"])]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "broken.tflite: not a valid TFLite model" in err
+
+
+def test_shipped_artifacts_load_with_their_manifest_precision(batch):
+    from runtime_artifacts import shipped_artifacts
+
+    shipped = shipped_artifacts()
+    if not shipped:
+        pytest.skip("no shipped artifacts in models/ yet")
+    for (fmt, precision), path in shipped.items():
+        runner = open_runner(path, threads=1)
+        assert (runner.metadata().format, runner.metadata().precision) == (fmt, precision), path
+        probabilities = stego_probability(runner.infer(batch), runner.name)
+        assert probabilities.shape == (3,) and np.all((probabilities >= 0) & (probabilities <= 1))

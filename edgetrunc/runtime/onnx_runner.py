@@ -3,7 +3,7 @@
 Callers always pass NHWC batches; a model whose input is NCHW (detected from its input
 shape: channels first when dimension 1 is a small fixed number of channels and dimension 3
 is not) gets the batch transposed. Every output is returned as float32. Precision is read
-from the model's `precision` metadata when the exporter wrote one, else from the graph
+from the model's `edgetrunc.precision` metadata when the exporter wrote one, else from the graph
 (QuantizeLinear / DequantizeLinear nodes mean int8, float16 tensors mean fp16). No
 TensorFlow; the `onnx` package is used when installed and is not required.
 """
@@ -126,8 +126,9 @@ class ONNXRunner(BaseRunner):
         layout = detect_layout(self._input.shape)
         custom = dict(self.session.get_modelmeta().custom_metadata_map or {})
         ops, types = _op_counts_and_types(self._content)
-        if custom.get("precision") in ("fp32", "fp16", "int8"):
-            precision = custom["precision"]
+        recorded = custom.get("edgetrunc.precision", custom.get("precision"))
+        if recorded in ("fp32", "fp16", "int8"):
+            precision = recorded
         elif ops is not None:
             if any(op in ops for op in ("QuantizeLinear", "QLinearConv", "ConvInteger")):
                 precision = "int8"
