@@ -177,7 +177,8 @@ def reestimate_batchnorm(model, batches, max_batches: int = 8) -> int:
             outs = outs if isinstance(outs, (list, tuple)) else [outs]
             return [tf.nn.moments(o, axes=list(range(len(o.shape) - 1))) for o in outs]
 
-        probe = ([layer.name for layer in bn_layers], tf.function(moments, reduce_retracing=True))
+        probe = ([layer.name for layer in bn_layers],
+                 tf.function(moments, reduce_retracing=True, autograph=False))
         model._edgetrunc_bn_probe = probe
     saved = [(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance))
              for layer in bn_layers]
