@@ -40,6 +40,8 @@ class KerasRunner(BaseRunner):
 
     Args:
         path_or_model: a `.keras` path or a `keras.Model`.
+        threads: kept for the runner interface; TensorFlow's thread pools are process-wide
+            and are not changed here.
         batch_size: images per call of the compiled function (default 16).
     """
 
