@@ -224,8 +224,15 @@ class Graph:
         for op in self.g.operators:
             op.inputs = np.array([replace_tensor.get(int(t), int(t)) for t in op.inputs],
                                  dtype=np.int32)
+        outputs = set(int(t) for t in self.g.outputs)
+        for old, new in replace_tensor.items():
+            if old in outputs:  # the graph output keeps its name
+                self.g.tensors[new].name = self.g.tensors[old].name
         self.g.outputs = np.array([replace_tensor.get(int(t), int(t)) for t in self.g.outputs],
                                   dtype=np.int32)
+        for signature in self.model.signatureDefs or []:
+            for entry in [*(signature.inputs or []), *(signature.outputs or [])]:
+                entry.tensorIndex = replace_tensor.get(int(entry.tensorIndex), int(entry.tensorIndex))
         drop = set(op_indices)
         self.g.operators = [op for i, op in enumerate(self.g.operators) if i not in drop]
         self.refresh()
