@@ -246,3 +246,20 @@ def test_fused_clip_activations_stay_fused_in_int8():
     assert [t["mapped_to"] for t in report["truncations"]] == [
         "CONV_2D+RELU_N1_TO_1 (float)", "CONV_2D+RELU6 (int8)"]
     assert "MINIMUM" not in report["ops"] and "MAXIMUM" not in report["ops"]
+
+
+@pytest.mark.parametrize("variant", ["aware", "int8_io"])
+def test_rewritten_int8_keeps_output_name_and_signature(model, tflite_int8, variant):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetrunc.export._tflite_graph import Graph, read_model
+
+    content = tflite_int8[variant]
+    graph = Graph(read_model(content))
+    (output,) = graph.g.outputs
+    assert "/" not in graph.tensor_name(int(output)).split(":")[0][-8:]  # no '/float' suffix
+    runner = Interpreter(model_content=content).get_signature_runner()
+    x = np.random.default_rng(0).uniform(0, 255, (1, SIZE, SIZE, 1)).astype(np.float32)
+    feed = x if variant == "aware" else (x - 128).astype(np.int8)
+    (result,) = runner(input=feed).values()
+    assert result.shape == (1, 2)
