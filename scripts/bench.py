@@ -281,13 +281,13 @@ def bench_truncation_variants(runs: int, warmup: int) -> str:
     functions, rows = {}, []
     for label, item in converted.items():
         tfl = TFLiteRunner(item["tflite"], threads=1)
-        ort = ONNXRunner(item["onnx"], threads=1)
+        ort = ONNXRunner(item["onnx"], threads=1, spin=False)
         functions[(label, "tflite")] = (lambda r=tfl: r.infer(x))
         functions[(label, "onnx")] = (lambda r=ort: r.infer(x))
         item["tflite_ops"] = tfl.metadata().extra["ops"]
         item["onnx_ops"] = _onnx_op_count(item["onnx"])
         if "onnx_export" in item:
-            ort_export = ONNXRunner(item["onnx_export"], threads=1)
+            ort_export = ONNXRunner(item["onnx_export"], threads=1, spin=False)
             functions[(label, "onnx_export")] = (lambda r=ort_export: r.infer(x))
             item["onnx_export_ops"] = _onnx_op_count(item["onnx_export"])
     log("truncation variants: timing (interleaved)")
@@ -324,7 +324,8 @@ def bench_truncation_variants(runs: int, warmup: int) -> str:
         "\"ops from the truncation\" is the op inventory minus that of the same block without a "
         "truncation. Latency: p50 of "
         f"{runs} interleaved runs, 1 thread (TFLite with XNNPACK, ONNX Runtime CPU). The last column "
-        "runs the truncation alone on x = [3e7, -3e7] (T = 3, so the answer must be 3).",
+        "runs the truncation alone on x = [3e7, -3e7] (T = 3, so the answer must be 3). ONNX Runtime "
+        "runs with thread spinning off.",
         "",
         markdown_table(headers, table),
     ])
@@ -379,7 +380,8 @@ def bench_tlunet(model, artifacts: dict, runs: int, warmup: int, threads=(1, 2))
         if (fmt, precision) not in artifacts:
             continue
         for count in threads:
-            runner = open_runner(artifacts[(fmt, precision)], threads=count)
+            options = {"spin": False} if fmt == "onnx" else {}
+            runner = open_runner(artifacts[(fmt, precision)], threads=count, **options)
             label = f"{'TFLite' if fmt == 'tflite' else 'ONNX Runtime'} {precision}"
             functions[(label, count)] = (lambda r=runner: r.infer(x))
     log("tlunet: timing Keras and the runtimes (interleaved)")
@@ -398,8 +400,9 @@ def tlunet_section(source: str, timings: dict, runs: int, note: str, bench_rows:
         "",
         f"Model: {source}. p50 and min of {runs} interleaved runs in one process; \"vs Keras\" "
         "is the Keras compiled call's time divided by the row's (above 1 = faster than Keras). "
-        "Keras runs with TensorFlow's default thread pools; TFLite uses XNNPACK. On a machine "
-        "shared with other work the min is the steadier figure.",
+        "Keras runs with TensorFlow's default thread pools; TFLite uses XNNPACK; ONNX Runtime "
+        "runs with thread spinning off (spinning idle threads would slow whatever runs next in "
+        "an interleaved loop). On a machine shared with other work the min is the steadier figure.",
         "",
         markdown_table(["backend", "threads", "p50 ms", "p50 vs Keras compiled", "min ms",
                         "min vs Keras compiled"], rows),
@@ -413,7 +416,7 @@ def tlunet_section(source: str, timings: dict, runs: int, note: str, bench_rows:
             "",
             f"`edgetrunc bench ARTIFACT... --threads 1,2 --runs {bench_rows[0]['runs']}`: runs "
             "interleaved across artifacts; peak RSS is the worker's whole process (Python, numpy, "
-            "interpreter, model).",
+            "interpreter, model); ONNX Runtime without thread spinning.",
             "",
             markdown_table(
                 ["artifact", "precision", "threads", "batch", "min ms", "p50 ms", "p90 ms", "p99 ms",

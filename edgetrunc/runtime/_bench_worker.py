@@ -25,8 +25,8 @@ def main(argv) -> int:
     artifact, threads, batch, seed, options = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
     try:
         options = json.loads(options)
-        if not artifact.lower().endswith(".tflite"):
-            options.pop("use_xnnpack", None)
+        if artifact.lower().endswith(".onnx"):
+            options = {"spin": False}  # idle busy-waiting threads would slow the next artifact
         runner = open_runner(artifact, threads=threads, **options)
         feed = random_batch(runner, batch, seed)
         meta = runner.metadata()
