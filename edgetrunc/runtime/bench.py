@@ -8,7 +8,8 @@ own peak resident memory, which is the honest footprint of one artifact on a dev
 Python, numpy, the interpreter and the model. ONNX Runtime runs with thread spinning off:
 its idle threads would otherwise busy-wait after each run and slow whichever artifact runs
 next (measured: TFLite fp32 p50 7.3 -> 17.4 ms beside spinning ONNX Runtime sessions).
-`time_interleaved` does the same for callables inside one process (used by `scripts/bench.py` to put Keras beside them).
+`time_interleaved` does the same for callables inside one process (used by
+`scripts/bench.py` to put Keras beside them).
 """
 
 from __future__ import annotations
