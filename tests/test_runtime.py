@@ -114,6 +114,13 @@ def test_onnx_nchw_model_is_detected_and_fed_nhwc(block, batch):
                                _only(open_runner(block["onnx"]).infer(batch)), atol=1e-5)
 
 
+def test_onnx_runner_without_thread_spinning_gives_the_same_outputs(block, batch):
+    quiet = ONNXRunner(block["onnx"], threads=2, spin=False)
+    assert quiet.metadata().extra["spin"] is False
+    np.testing.assert_array_equal(_only(quiet.infer(batch)),
+                                  _only(ONNXRunner(block["onnx"], threads=2).infer(batch)))
+
+
 def test_runners_load_from_bytes(block, batch):
     from_bytes = TFLiteRunner(block["fp32"].read_bytes())
     np.testing.assert_array_equal(_only(from_bytes.infer(batch)),
