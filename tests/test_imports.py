@@ -36,3 +36,17 @@ keras.Model(inputs, Truncation(2.0)(inputs)).save({str(tmp_path / 'm.keras')!r})
     out = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "Truncation"
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from edgetrunc._io import write_text_atomic
+
+    target = tmp_path / "out.json"
+    write_text_atomic(target, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
