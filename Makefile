@@ -29,8 +29,13 @@ train: install
 convert: install
 	$(PY) scripts/convert.py models/tlunet.keras --out models --force
 
+# Every benchmark section of BENCHMARKS.md: runtime, truncation variants, FLOPs (bench.py),
+# int8 vs fp32 and conversion time (bench_export.py), parity throughput, training overhead.
 bench: install
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_export.py
+	$(PY) scripts/bench_parity.py
+	$(PY) scripts/bench_training.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -53,7 +53,7 @@ def main():
     shipped = ROOT / "models" / "tlunet.keras"
 
     print("== 1. a short training run (subset of tiles, 2 epochs) ==")
-    run("train", "--model", "tlunet", "--epochs", "2", "--max-tiles", "96",
+    run("train", "--model", "tlunet", "--epochs", "2", "--max-tiles", "64", "--max-eval-pairs", "16",
         "--out", out / "quick.keras", "--seed", "0", "--force")
 
     if not shipped.exists():
