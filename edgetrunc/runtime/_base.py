@@ -45,8 +45,16 @@ class BaseRunner:
 
     format = "base"
 
-    def __init__(self, path, threads: int | None = None):
-        self.path = Path(path)
+    def __init__(self, path_or_bytes, threads: int | None = None):
+        """`path_or_bytes`: a model file, or the model's bytes (kept in `self._content`)."""
+        if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+            self._content = bytes(path_or_bytes)
+            self.path = Path(f"<memory>.{self.format}")
+        else:
+            self._content = None
+            self.path = Path(path_or_bytes)
+        if threads is not None and int(threads) < 1:
+            raise InputError(f"threads: expected a positive integer; got {threads}")
         self.threads = threads
         self._meta: RunnerMetadata | None = None
         self._load_impl()

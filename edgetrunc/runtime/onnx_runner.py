@@ -84,16 +84,8 @@ class ONNXRunner(BaseRunner):
     format = "onnx"
 
     def __init__(self, path_or_bytes, threads: int | None = None, spin: bool = True):
-        if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-            self._content = bytes(path_or_bytes)
-            path = "<memory>.onnx"
-        else:
-            self._content = None
-            path = path_or_bytes
-        if threads is not None and int(threads) < 1:
-            raise InputError(f"threads: expected a positive integer; got {threads}")
         self.spin = bool(spin)
-        super().__init__(path, threads)
+        super().__init__(path_or_bytes, threads)
 
     def _load_impl(self):
         if self._content is None:

@@ -94,19 +94,11 @@ class TFLiteRunner(BaseRunner):
 
     def __init__(self, path_or_bytes, threads: int | None = None, use_xnnpack: bool = True,
                  preserve_all_tensors: bool = False):
-        if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-            self._content = bytes(path_or_bytes)
-            path = "<memory>.tflite"
-        else:
-            self._content = None
-            path = path_or_bytes
-        if threads is not None and int(threads) < 1:
-            raise InputError(f"threads: expected a positive integer; got {threads}")
         self.use_xnnpack = bool(use_xnnpack)
         self.preserve_all_tensors = bool(preserve_all_tensors)
         self._interpreters: collections.OrderedDict = collections.OrderedDict()
         self._last = None
-        super().__init__(path, threads)
+        super().__init__(path_or_bytes, threads)
 
     # loading ---------------------------------------------------------------
     def _new_interpreter(self):
