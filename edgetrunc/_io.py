@@ -63,7 +63,7 @@ def atomic_path(path, protect=()):
                                dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, new_file_mode())
     try:
         yield tmp
         os.replace(tmp, path)
@@ -72,10 +72,11 @@ def atomic_path(path, protect=()):
             tmp.unlink()
 
 
-def _umask() -> int:
+def new_file_mode() -> int:
+    """The permissions a plain `open(path, "w")` would give: 0o666 less the umask."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def write_bytes_atomic(path, data: bytes, protect=()):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc import __version__, _log
-from edgetrunc._io import require_file, sha256_file, write_json_atomic
+from edgetrunc._io import new_file_mode, require_file, sha256_file, write_json_atomic
 from edgetrunc.errors import InputError
 from edgetrunc.export._onnx import ONNX_PRECISIONS, OPSETS
 from edgetrunc.export._tflite import INT8_MODES, TFLITE_PRECISIONS
@@ -301,23 +301,15 @@ def _convert_model(model, source, source_sha, out_dir, plan, opset, nchw, calibr
             "artifacts": artifacts,
             "versions": _versions(),
         }
-        mode = 0o666 & ~_umask()
         for name, tmp in temporaries.items():
-            os.chmod(tmp, mode)
+            os.chmod(tmp, new_file_mode())
             os.replace(tmp, out_dir / name)
         write_json_atomic(out_dir / MANIFEST, manifest, protect=(source,))
-        os.chmod(out_dir / MANIFEST, mode)
         return manifest
     finally:
         for tmp in temporaries.values():
             if tmp.exists():
                 tmp.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _quantization_entry(fmt, precision, int8_io, int8_mode, calib):
