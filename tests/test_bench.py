@@ -81,7 +81,7 @@ def test_bench_bad_artifacts_exit_2_with_one_line(tmp_path, block, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert err == [f"edgetrunc bench: error: {corrupt}: not a valid TFLite model "
                    "(The model is not a valid Flatbuffer buffer)"]
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(InputError, match="no such .onnx file"):
         bench_artifacts([tmp_path / "missing.onnx"], runs=1)
     with pytest.raises(InputError, match="--warmup"):
         bench_artifacts([block["fp32"]], runs=1, warmup=-1)

@@ -157,7 +157,7 @@ def test_bad_artifacts_are_one_line_input_errors(tmp_path, block):
     empty.write_bytes(b"")
     keras_file = tmp_path / "model.keras"
     keras_file.write_bytes(b"PK")
-    cases = {tmp_path / "missing.tflite": "no such file", corrupt_tflite: "not a valid TFLite model",
+    cases = {tmp_path / "missing.tflite": "no such .tflite file", corrupt_tflite: "not a valid TFLite model",
              corrupt_onnx: "not a valid ONNX model", empty: "empty file",
              keras_file: "expected a .tflite or .onnx", tmp_path: "unsupported model file"}
     for path, reason in cases.items():

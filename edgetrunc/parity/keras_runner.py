@@ -54,6 +54,9 @@ class KerasRunner(BaseRunner):
         path = path_or_model if self._model is None else f"<memory>/{path_or_model.name}.keras"
         super().__init__(path, threads)
 
+    def _source_path(self, path) -> Path:
+        return Path(path) if self._model is not None else super()._source_path(path)
+
     @property
     def model(self):
         return self._model

@@ -40,12 +40,6 @@ def open_runner(path, threads: int | None = None, **options) -> BaseRunner:
     if runner is None:
         raise InputError(f"{path}: unsupported model file '{path.suffix or 'no suffix'}'; "
                          "expected a .tflite or .onnx artifact")
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a {path.suffix} file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file, expected a {path.suffix} model")
     try:
         return runner(path, threads=threads, **options)
     except TypeError as exc:

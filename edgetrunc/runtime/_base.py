@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetrunc._io import require_file
 from edgetrunc.errors import InputError
 
 
@@ -52,7 +53,9 @@ class BaseRunner:
             self.path = Path(f"<memory>.{self.format}")
         else:
             self._content = None
-            self.path = Path(path_or_bytes)
+            self.path = self._source_path(path_or_bytes)
+        if self._content is not None and not self._content:
+            raise InputError(f"{self.path}: empty model content")
         if threads is not None and int(threads) < 1:
             raise InputError(f"threads: expected a positive integer; got {threads}")
         self.threads = threads
@@ -60,6 +63,10 @@ class BaseRunner:
         self._load_impl()
 
     # hooks -----------------------------------------------------------------
+    def _source_path(self, path) -> Path:
+        """Check the model file before loading it (a one-line InputError if it is unusable)."""
+        return require_file(path, f".{self.format} file")
+
     def _load_impl(self):
         raise NotImplementedError
 

@@ -89,14 +89,7 @@ class ONNXRunner(BaseRunner):
 
     def _load_impl(self):
         if self._content is None:
-            path = self.path
-            if not path.exists():
-                raise InputError(f"{path}: no such file")
-            if path.is_dir():
-                raise InputError(f"{path}: is a directory, expected a .onnx file")
-            self._content = Path(path).read_bytes()
-        if not self._content:
-            raise InputError(f"{self.path}: empty file, expected an ONNX model")
+            self._content = self.path.read_bytes()
         try:
             import onnxruntime as ort
         except ImportError:

@@ -119,16 +119,6 @@ class TFLiteRunner(BaseRunner):
             return self._module.Interpreter(**kwargs)
 
     def _load_impl(self):
-        if self._content is None:
-            path = self.path
-            if not path.exists():
-                raise InputError(f"{path}: no such file")
-            if path.is_dir():
-                raise InputError(f"{path}: is a directory, expected a .tflite file")
-            if path.stat().st_size == 0:
-                raise InputError(f"{path}: empty file, expected a .tflite model")
-        elif not self._content:
-            raise InputError("<memory>.tflite: empty model content")
         self._module, self._backend = load_interpreter_module()
         try:
             interpreter = self._new_interpreter()
