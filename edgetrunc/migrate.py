@@ -97,45 +97,33 @@ def _parse_config(path, text) -> dict:
     return config
 
 
+def _config_dicts(node):
+    """Every dict inside a model config, depth first (nested models included)."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _config_dicts(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _config_dicts(value)
+
+
+def _is_lambda_layer(node) -> bool:
+    return node.get("class_name") == "Lambda" and isinstance(node.get("config"), dict)
+
+
 def find_lambda_configs(config) -> list[dict]:
     """Every `Lambda` layer config in a model config (nested models included)."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("class_name") == "Lambda" and isinstance(node.get("config"), dict):
-                found.append(node["config"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
-    return found
+    return [node["config"] for node in _config_dicts(config) if _is_lambda_layer(node)]
 
 
 def count_stored_functions(config) -> int:
     """How many Python functions the config stores as bytecode (each runs on load)."""
-    count = 0
-
-    def walk(node):
-        nonlocal count
-        if isinstance(node, dict):
-            if node.get("class_name") == "__lambda__":
-                count += 1
-            elif node.get("class_name") == "Lambda" and isinstance(node.get("config"), dict):
-                legacy_function = node["config"].get("function")
-                if isinstance(legacy_function, list):
-                    count += 1
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
-    return count
+    return sum(
+        1 for node in _config_dicts(config)
+        if node.get("class_name") == "__lambda__"
+        or (_is_lambda_layer(node) and isinstance(node["config"].get("function"), list))
+    )
 
 
 def _stored_code_objects(lambda_config):
