@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgetrunc.data.covers import Cover, resolve_covers
-from edgetrunc.data.images import TILE, tile_image
+from edgetrunc.data.images import TILE, tile_positions
 from edgetrunc.data.splits import DEFAULT_FRACTIONS, SPLITS, split_sources
 from edgetrunc.data.stego import embed_lsb_matching
 from edgetrunc.errors import InputError
@@ -137,12 +137,7 @@ def load_pairs(covers="embedded", split: str = "test", payload: float = 0.4, see
     if stride is not None and int(stride) < 1:
         raise InputError(f"stride must be >= 1; got {stride}")
     selected, _ = select_split(covers, split, seed, fractions)
-    per_source = []
-    for cover in selected:
-        _, positions = tile_image(cover.pixels, TILE, stride)
-        per_source.append([(cover, pos) for pos in positions])
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 1])
-    items = _round_robin(per_source, max_pairs, rng)
+    items = _tile_items(selected, stride, max_pairs, np.random.default_rng([int(seed) & 0xFFFFFFFF, 1]))
     order = {c.name: k for k, c in enumerate(selected)}
     items.sort(key=lambda item: (order[item[0].name], item[1]))
     x = np.empty((2 * len(items), TILE, TILE, 1), np.float32)
@@ -177,15 +172,17 @@ class TrainingTiles:
         return counts
 
 
+def _tile_items(covers, stride, limit, rng):
+    """`(cover, (top, left))` of every full tile, at most `limit` drawn round-robin over photos."""
+    per_source = [[(cover, pos) for pos in tile_positions(*cover.pixels.shape, TILE, stride)]
+                  for cover in covers]
+    return _round_robin(per_source, limit, rng)
+
+
 def training_tiles(covers: list[Cover], stride: int | None = None,
                    max_tiles: int | None = None, seed: int = 0) -> TrainingTiles:
     """All tiles of `covers` at `stride` (default 256); `max_tiles` keeps a round-robin subset."""
-    per_source = []
-    for cover in covers:
-        _, positions = tile_image(cover.pixels, TILE, stride)
-        per_source.append([(cover, pos) for pos in positions])
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 2])
-    items = _round_robin(per_source, max_tiles, rng)
+    items = _tile_items(covers, stride, max_tiles, np.random.default_rng([int(seed) & 0xFFFFFFFF, 2]))
     if not items:
         raise InputError("covers: no 256x256 tile in the training photos")
     tiles = np.stack([c.pixels[t:t + TILE, l:l + TILE] for c, (t, l) in items])
