@@ -17,6 +17,7 @@ from edgetrunc import _log
 from edgetrunc._io import require_file
 from edgetrunc.data.covers import resolve_covers
 from edgetrunc.data.dataset import check_payload, load_pairs
+from edgetrunc import load_model
 from edgetrunc.errors import InputError
 from edgetrunc.metrics import detection_report, stego_probability
 
@@ -25,15 +26,7 @@ MODEL_SUFFIXES = (".keras", ".tflite", ".onnx")
 
 def load_keras_model(path):
     """Load a `.keras` detector (with edgetrunc's layers registered) or raise InputError."""
-    import keras
-
-    import edgetrunc.layers  # noqa: F401  (registers Truncation)
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # a corrupt or foreign file: one line for the user
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: cannot load the Keras model ({reason[:200]})") from None
+    return load_model(path)
 
 
 def keras_scorer(path, batch_size: int = 32):

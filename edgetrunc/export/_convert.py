@@ -15,12 +15,11 @@ import os
 import platform
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from edgetrunc import __version__, _log
+from edgetrunc import __version__, _log, load_model
 from edgetrunc._io import new_file_mode, require_file, sha256_file, write_json_atomic
 from edgetrunc.errors import InputError
 from edgetrunc.export._onnx import ONNX_PRECISIONS, OPSETS
@@ -58,18 +57,7 @@ def _check_out_dir(out_dir: Path) -> None:
 
 def load_keras_model(path):
     """Load a `.keras` file (safe mode, edgetrunc layers registered) or raise InputError."""
-    path = require_file(path, "Keras model", suffixes=(".keras",))
-    if not zipfile.is_zipfile(path):
-        raise InputError(f"{path}: not a Keras file (a .keras file is a zip archive)")
-    import keras
-
-    import edgetrunc.layers  # noqa: F401  (registers Truncation)
-
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # corrupt archive, unknown layer, bad config
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: cannot load the Keras model ({reason[:200]})") from None
+    return load_model(path, safe_mode=True, suffixes=(".keras",))
 
 
 def _model_image_shape(model):

@@ -8,7 +8,6 @@ output of every layer in graph order, for the per-layer comparison.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +17,10 @@ from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
 
 
 def load_keras_model(path):
-    """Load a `.keras` file (compile=False), raising `InputError` on a missing or corrupt file."""
-    from edgetrunc._io import require_file
+    """Load a `.keras` or `.h5` file (compile=False), raising `InputError` if it is unusable."""
+    from edgetrunc import load_model
 
-    path = require_file(path, "Keras model", suffixes=(".keras", ".h5"))
-    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
-        raise InputError(f"{path}: not a .keras archive (expected a zip file saved by model.save)")
-    import keras
-
-    import edgetrunc.layers  # noqa: F401  (registers Truncation for deserialization)
-
-    try:
-        return keras.saving.load_model(str(path), compile=False)
-    except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: not a loadable Keras model ({reason[:200]})") from None
+    return load_model(path)
 
 
 class KerasRunner(BaseRunner):
