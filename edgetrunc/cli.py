@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", default=None, help="write the JSON report ('-' for stdout)")
     p.add_argument("--html", metavar="FILE", default=None, help="write a self-contained HTML report")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs (default: 0)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads of each TFLite / ONNX Runtime backend (default: every usable core)")
+    p.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="inputs per inference call (default: 16)")
 
     p = sub.add_parser("infer", help="stego probability of images with a .tflite or .onnx model (no TensorFlow)",
                        description="Score images (tiled into 256x256) with a converted model.")

@@ -1,11 +1,18 @@
-"""Parity throughput: batched inference (what `edgetrunc parity` does) vs a per-sample loop.
+"""Parity throughput: what `edgetrunc parity` does vs a per-sample loop.
 
-For the Keras reference and every artifact, runs the same 256x256 inputs once in batches of
-16 (the TFLite input resized to the batch) and once one sample at a time, and prints
-samples/second of each and the ratio; also the whole parity comparison (all backends) both
-ways, and the naive Keras loop (`model.predict` per sample). Uses models/tlunet.keras and its
-shipped artifacts when they exist, else a seeded `tlunet` exported to a temporary folder.
-Writes the "parity" section of BENCHMARKS.md (`--no-write` to only print).
+Three ways to run the same 256x256 inputs through the Keras reference and every artifact:
+
+1. `edgetrunc parity`: batches of 16 (the TFLite input resized to the batch), every usable core
+   for each TFLite / ONNX Runtime backend, the Keras model as a compiled `tf.function`;
+2. the same runners and threads, one sample at a time (each sample through every backend);
+3. the per-sample loop written with each framework's standard call at its defaults: Keras
+   `model.predict`, a TFLite `Interpreter` (`set_tensor` / `invoke` / `get_tensor`) and an
+   ONNX Runtime `InferenceSession.run`.
+
+Prints samples/second of each backend batched vs one at a time (with parity's threads and with
+one thread) and of the whole comparison three ways; uses models/tlunet.keras and its shipped
+artifacts when they exist, else a seeded `tlunet` exported to a temporary folder. Writes the
+"parity" section of BENCHMARKS.md (`--no-write` to only print).
 
     python scripts/bench_parity.py [--samples 64] [--batch 16] [--no-write]
 """
@@ -66,6 +73,46 @@ def _time(fn, repeats=2):
     return best
 
 
+def _standard_loop(model_path, artifacts, x):
+    """One sample at a time through every backend, with each framework's standard call.
+
+    Returns a function that runs the loop; what a parity script written without edgetrunc does.
+    """
+    import keras
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetrunc import load_model
+
+    model = load_model(model_path)
+    calls = [lambda sample: model.predict(sample, verbose=0)]
+    for path in artifacts:
+        if path.suffix == ".tflite":
+            interpreter = Interpreter(model_path=str(path))
+            interpreter.allocate_tensors()
+            inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+            def run_tflite(sample, interpreter=interpreter, inp=inp, out=out):
+                if inp["dtype"] != np.float32:
+                    scale, zero = inp["quantization"]
+                    info = np.iinfo(inp["dtype"])
+                    sample = np.clip(np.round(sample / scale + zero), info.min, info.max).astype(inp["dtype"])
+                interpreter.set_tensor(inp["index"], sample)
+                interpreter.invoke()
+                return interpreter.get_tensor(out["index"])
+            calls.append(run_tflite)
+        else:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            nchw = session.get_inputs()[0].shape[1] == 1
+            calls.append(lambda sample, session=session, name=name, nchw=nchw: session.run(
+                None, {name: sample.transpose(0, 3, 1, 2) if nchw else sample}))
+    del keras
+    for call in calls:
+        call(x[:1])
+    return lambda: [call(x[i:i + 1]) for i in range(len(x)) for call in calls]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=64)
@@ -75,61 +122,75 @@ def main(argv=None):
 
     from _benchmd import machine_description, markdown_table, update_section
 
+    from edgetrunc import _log
+    from edgetrunc.parity.check import open_artifacts, usable_cores
     from edgetrunc.parity.comparator import Comparator
     from edgetrunc.parity.inputs import parity_inputs
     from edgetrunc.parity.keras_runner import KerasRunner
-    from edgetrunc.runtime import open_runner
-    from edgetrunc import _log
 
     _log.set_quiet(True)
+    cores = usable_cores()
     with tempfile.TemporaryDirectory() as tmp:
         model, artifacts, origin = _artifacts(Path(tmp))
-        keras_runner = KerasRunner(model, batch_size=args.batch)
-        runners = [keras_runner] + [open_runner(p) for p in artifacts]
-        names = ["keras (compiled tf.function)"] + [p.name for p in artifacts]
         x = parity_inputs("mix", args.samples, 0).x
-        for runner in runners:  # warm up both batch sizes (graph tracing, interpreter resize)
-            runner.infer(x[:args.batch])
-            runner.infer(x[:1])
+        keras_runner = KerasRunner(model, batch_size=args.batch)
+        names = ["keras (compiled tf.function)"] + [p.name for p in artifacts]
+        setups = {threads: [keras_runner] + open_artifacts(artifacts, (256, 256, 1), threads)
+                  for threads in sorted({1, cores})}
+        for runners in setups.values():  # warm up both batch sizes (graph tracing, interpreter resize)
+            for runner in runners:
+                runner.infer(x[:args.batch])
+                runner.infer(x[:1])
 
-        rows, total_batched, total_loop = [], 0.0, 0.0
-        for name, runner in zip(names, runners):
-            batched = _time(lambda: [runner.infer(x[i:i + args.batch]) for i in range(0, len(x), args.batch)])
-            loop = _time(lambda: [runner.infer(x[i:i + 1]) for i in range(len(x))])
-            total_batched += batched
-            total_loop += loop
-            rows.append([name, f"{len(x) / batched:.1f}", f"{len(x) / loop:.1f}", f"{loop / batched:.2f}x"])
+        def batched(runner):
+            return lambda: [runner.infer(x[i:i + args.batch]) for i in range(0, len(x), args.batch)]
 
-        keras_model = keras_runner.model
-        keras_model.predict(x[:1], verbose=0)
-        naive = _time(lambda: [keras_model.predict(x[i:i + 1], verbose=0) for i in range(len(x))], repeats=1)
-        rows.append(["keras `model.predict` per sample (naive)", "-", f"{len(x) / naive:.1f}", "-"])
-        naive_total = total_loop - (len(x) / float(rows[0][2])) + naive
+        def one_at_a_time(runner):
+            return lambda: [runner.infer(x[i:i + 1]) for i in range(len(x))]
 
-        start = time.perf_counter()
-        Comparator.run(runners, x, batch_size=args.batch, names=names)
-        comparator_seconds = time.perf_counter() - start
+        rows = []
+        for index, name in enumerate(names):
+            row = [name]
+            for threads in (cores, 1):
+                runner = setups[threads][index]
+                row += [f"{len(x) / _time(batched(runner)):.1f}", f"{len(x) / _time(one_at_a_time(runner)):.1f}"]
+            rows.append(row)
 
+        runners = setups[cores]
+        parity = _time(lambda: Comparator.run(runners, x, batch_size=args.batch, names=names))
+        parity_one_thread = _time(lambda: Comparator.run(setups[1], x, batch_size=args.batch, names=names))
+        same_runners = _time(lambda: [runner.infer(x[i:i + 1]) for i in range(len(x)) for runner in runners])
+        standard = _time(_standard_loop(model, artifacts, x), repeats=1)
+
+    inferences = len(x) * len(names)
     summary = [
-        ["all backends, batched (Comparator.run, batch "
-         f"{args.batch})", f"{len(x) * len(runners) / comparator_seconds:.1f}", f"{comparator_seconds:.2f}"],
-        ["all backends, per-sample loop", f"{len(x) * len(runners) / total_loop:.1f}", f"{total_loop:.2f}"],
-        ["all backends, per-sample loop with `model.predict`",
-         f"{len(x) * len(runners) / naive_total:.1f}", f"{naive_total:.2f}"],
+        [f"`edgetrunc parity`: batches of {args.batch}, {cores} threads per backend", parity],
+        [f"the same, 1 thread per TFLite / ONNX Runtime backend", parity_one_thread],
+        [f"same runners and threads, one sample at a time", same_runners],
+        ["one sample at a time, standard calls (`model.predict`, `Interpreter.invoke`, "
+         "`InferenceSession.run`), defaults", standard],
     ]
+    summary = [[label, f"{len(x) / seconds:.1f}", f"{inferences / seconds:.1f}", f"{seconds:.2f}",
+                f"{seconds / parity:.2f}x"] for label, seconds in summary]
     markdown = "\n".join([
         "## Parity throughput (`scripts/bench_parity.py`)",
         "",
         f"Machine: {machine_description()}.",
-        f"Models: {origin}; {len(x)} inputs of 256x256 (`--inputs mix`), best of 2 runs; default "
-        "threads; TFLite with XNNPACK.",
+        f"Models: {origin}; {len(x)} inputs of 256x256 (`--inputs mix`), best of 2 runs "
+        "(1 for the standard-call loop); TFLite with XNNPACK; ONNX Runtime without thread spinning.",
         "",
-        markdown_table(["backend", "batched samples/s", "per-sample samples/s", "speedup"], rows),
+        "Per backend, samples/second:",
         "",
-        markdown_table(["whole comparison", "inferences/s", "seconds"], summary),
+        markdown_table(["backend", f"batched, {cores} threads", f"one at a time, {cores} threads",
+                        "batched, 1 thread", "one at a time, 1 thread"], rows),
         "",
-        f"Batched vs the per-sample loop over all backends: **{total_loop / comparator_seconds:.1f}x**; "
-        f"vs the naive loop with `model.predict`: **{naive_total / comparator_seconds:.1f}x**.",
+        f"The whole comparison ({len(names)} backends; a sample counts once it went through all of them):",
+        "",
+        markdown_table(["how", "samples/s", "inferences/s", "seconds", "time vs `edgetrunc parity`"],
+                       summary),
+        "",
+        f"`edgetrunc parity` vs the per-sample loop with standard calls: **{standard / parity:.1f}x**; "
+        f"vs the same runners one sample at a time: **{same_runners / parity:.1f}x**.",
     ])
     print(markdown)
     if not args.no_write:

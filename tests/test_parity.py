@@ -151,6 +151,9 @@ def test_clean_artifacts_pass_and_json_schema(artifacts, capsys, tmp_path):
     assert [(a["format"], a["precision"]) for a in report["artifacts"]] == [
         ("tflite", "fp32"), ("onnx", "fp32"), ("onnx", "fp32")]
     assert report["artifacts"][2]["runtime"]["layout"] == "NCHW"
+    from edgetrunc.parity.check import usable_cores
+
+    assert {a["runtime"]["threads"] for a in report["artifacts"]} == {usable_cores()}
     for artifact in report["artifacts"]:
         for key, kind in expected_artifact.items():
             assert isinstance(artifact[key], kind), (key, artifact[key])
@@ -262,9 +265,11 @@ def test_folder_inputs_and_int8_criteria(artifacts, capsys, tmp_path):
         Image.fromarray(rng.integers(0, 256, (300, 260), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
     report_path = tmp_path / "parity.json"
     code, out, err = _run([artifacts["model"], artifacts["int8.tflite"], "--samples", "5",
-                           "--inputs", tmp_path, "--no-probes", "--json", report_path], capsys)
+                           "--inputs", tmp_path, "--no-probes", "--json", report_path,
+                           "--threads", "1", "--batch-size", "2"], capsys)
     report = json.loads(report_path.read_text())
     assert report["inputs"]["kind"] == str(tmp_path) and report["samples"] == 3
+    assert report["artifacts"][0]["runtime"]["threads"] == 1
     artifact = report["artifacts"][0]
     assert artifact["precision"] == "int8"
     assert artifact["tolerance"]["elementwise"] is False

@@ -48,7 +48,8 @@ def run(args) -> int:
         raise InputError("--html -: the HTML report needs a file path")
     report = check_parity(args.model, args.artifacts, samples=args.samples, inputs=args.inputs,
                           per_layer=args.per_layer, probes=not args.no_probes,
-                          strict_nan=args.strict_nan, atol=args.atol, rtol=args.rtol, seed=args.seed)
+                          strict_nan=args.strict_nan, atol=args.atol, rtol=args.rtol, seed=args.seed,
+                          threads=args.threads, batch_size=args.batch_size)
     table = terminal_report(report)
     stream = sys.stderr if args.json == "-" else sys.stdout
     stream.write(table)

@@ -8,6 +8,7 @@ probes every Truncation, and returns a `ParityReport` whose `to_dict()` is the J
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,14 +144,29 @@ def artifact_precision(runner) -> str:
     return recorded if recorded in ("fp32", "fp16", "int8") else meta.precision
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def open_artifacts(paths, expected_shape, threads=None) -> list:
-    """Create a runner for every artifact (InputError on a missing, corrupt or mismatched file)."""
+    """Create a runner for every artifact (InputError on a missing, corrupt or mismatched file).
+
+    `threads` defaults to every usable core: the backends run one after another, so each may
+    take the whole machine (TFLite's own default is one thread). ONNX Runtime's workers do not
+    spin between runs, which would take cores from the backend that runs next.
+    """
     from edgetrunc.runtime import open_runner
 
+    threads = threads or usable_cores()
     runners = []
     for path in map(Path, paths):
-        _artifact_format(path)
-        runner = open_runner(path, threads=threads)
+        fmt = _artifact_format(path)
+        options = {"spin": False} if fmt == "onnx" else {}
+        runner = open_runner(path, threads=threads, **options)
         _check_input_shape(runner, expected_shape)
         runners.append(runner)
     return runners
@@ -211,7 +227,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                                 if hasattr(compare_func, "tolerance_for") else {},
                                 results[key].samples_per_second,
                                 metadata={"backend": meta.extra.get("backend"),
-                                          "layout": meta.layout,
+                                          "layout": meta.layout, "threads": runner.threads,
                                           "input": meta.inputs[0].shape and list(meta.inputs[0].shape)})
         if per_layer:
             from edgetrunc.parity.per_layer import compare_artifact_layers
