@@ -93,13 +93,14 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
         figures["pairs"] = figures["samples"] // 2
         figures["jpeg_history"] = notes[name]["jpeg_history"]
         figures["note"] = notes[name]["note"]
-    jpeg = [n for n in pairs.photos if notes[n]["jpeg_history"]]
-    never = [n for n in pairs.photos if not notes[n]["jpeg_history"]]
     per = report.get("per_source", {})
+    scored = [n for n in pairs.photos if n in per]  # --max-pairs may leave photos without a pair
+    jpeg = [n for n in scored if notes[n]["jpeg_history"]]
+    never = [n for n in scored if not notes[n]["jpeg_history"]]
     return {"model": str(path), "format": suffix.lstrip("."), "covers": str(covers)
             if isinstance(covers, (str, Path)) else "list", "split": split, "payload": payload,
             "seed": int(seed), "stride": stride or 256, "pairs": pairs.n_pairs,
-            "photos": list(pairs.photos), **report,
+            "photos": scored, **report,
             "error_photo_mean_jpeg_history": _mean([per[n]["error"] for n in jpeg]),
             "error_photo_mean_never_compressed": _mean([per[n]["error"] for n in never])}
 

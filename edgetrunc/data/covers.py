@@ -5,7 +5,8 @@ the train / validation / test split), where it came from, and whether it was onc
 JPEG-compressed. The embedded default covers are the photographs stored inside the
 installed scikit-image package (read straight from its data folder, never downloaded);
 synthetic drawings, binary images and images under 256x256 are left out. A user folder
-holds PNG / PGM / TIFF / BMP files (lossless); JPEG files are accepted with a warning.
+holds PNG / PGM / TIFF / BMP / GIF / WebP files (lossless); JPEG and lossy WebP files are
+accepted with a warning, unusable files are skipped with a warning (`load_cover_dir`).
 Nothing is ever resized: resampling would destroy the +-1 signal a detector looks for.
 
 JPEG history matters for steganalysis: a photo that was once JPEG-compressed keeps an
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetrunc.data.images import IMAGE_SUFFIXES, LOSSY_SUFFIXES, TILE, load_image
+from edgetrunc.data.images import (LOSSY_SUFFIXES, TILE, image_files, iter_folder_images, load_image,
+                                   lossy_format, report_skipped)
 from edgetrunc import _log
 from edgetrunc.errors import InputError
 
@@ -144,46 +146,38 @@ def embedded_covers(names=None) -> list[Cover]:
 def load_cover_dir(path, min_size: int = TILE) -> list[Cover]:
     """Every usable image in the folder `path` (not recursive), as `Cover`s sorted by name.
 
-    Lossless files (PNG, PGM, TIFF, BMP) are read as they are; JPEG files with a warning.
-    Files that cannot be used (not an image, 16-bit, under `min_size`) are skipped with a
-    warning naming each one and why; if none is usable, `InputError` lists them.
+    The folder policy of `edgetrunc.data.images.image_files`: hidden files and subfolders
+    are ignored; files that cannot be used (no image suffix, not an image, 16-bit, under
+    `min_size`, ...) are skipped with one warning naming each and why; if none is usable,
+    `InputError` lists them. JPEG (and lossy WebP) files are read with a warning. Two
+    files with the same name without suffix are refused: the name decides the split.
     """
     folder = Path(path)
-    if not folder.exists():
-        raise InputError(f"{folder}: no such cover folder")
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder; expected a folder of PNG/PGM/TIFF images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
+    files, skipped = image_files(folder, "cover folder")
+    if not files and not skipped:
         raise InputError(f"{folder}: empty folder; expected PNG/PGM/TIFF cover images")
-    covers, skipped, jpegs = [], [], []
-    for file in files:
-        if file.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(f"{file.name} (not an image suffix)")
-            continue
-        try:
-            pixels = load_image(file, min_size=min_size, warn_jpeg=False)
-        except InputError as exc:
-            reason = str(exc).split(": ", 1)[-1]
-            skipped.append(f"{file.name} ({reason})")
-            continue
-        jpeg = file.suffix.lower() in LOSSY_SUFFIXES
-        if jpeg:
-            jpegs.append(file.name)
-        covers.append(Cover(name=file.stem, pixels=pixels, origin=str(file), jpeg_file=jpeg,
-                            blockiness=blockiness(pixels)))
+    covers, lossy = [], []
+    for file, pixels in iter_folder_images(files, skipped, min_size):
+        kind = lossy_format(file)
+        if kind:
+            lossy.append(file.name)
+        covers.append(Cover(name=file.stem, pixels=pixels, origin=str(file),
+                            jpeg_file=kind == "JPEG", blockiness=blockiness(pixels)))
     if not covers:
         raise InputError(f"{folder}: no usable cover image; skipped: {'; '.join(skipped)}")
-    names = [c.name for c in covers]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    by_name: dict = {}
+    for cover in covers:
+        by_name.setdefault(cover.name, []).append(Path(cover.origin).name)
+    duplicates = {name: files for name, files in by_name.items() if len(files) > 1}
     if duplicates:
-        raise InputError(f"{folder}: several files share the name {duplicates[0]!r} "
-                         "(names without suffix must be unique)")
-    if skipped:
-        _log.warn(f"{folder}: skipped {len(skipped)} file(s): {'; '.join(skipped)}")
-    if jpegs:
-        _log.warn(f"{folder}: {len(jpegs)} JPEG cover(s) ({', '.join(jpegs[:5])}"
-                  f"{', ...' if len(jpegs) > 5 else ''}); stego detectors expect lossless "
+        name, same = sorted(duplicates.items())[0]
+        raise InputError(f"{folder}: {', '.join(same)} share the photo name {name!r}; names "
+                         "without suffix must be unique (the name decides the train/val/test "
+                         "split); rename or remove all but one")
+    report_skipped(folder, skipped)
+    if lossy:
+        _log.warn(f"{folder}: {len(lossy)} lossy cover(s) ({', '.join(lossy[:5])}"
+                  f"{', ...' if len(lossy) > 5 else ''}); stego detectors expect lossless "
                   "covers and JPEG block traces make detection easier")
     return covers
 

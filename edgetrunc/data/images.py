@@ -1,13 +1,24 @@
-"""Image loading and 256x256 tiling for covers and inference inputs (no TensorFlow).
+"""Image loading, image folders and 256x256 tiling for covers and inference inputs (no TensorFlow).
 
-`load_image` returns an 8-bit grayscale array or raises `InputError` naming the file and
-the reason. Color converts to grayscale (ITU-R 601 luma, as Pillow's "L"); 16-bit,
-multi-frame, palette-less float or unreadable files are refused: a steganalysis detector
-must see the pixels as stored, so nothing is ever resized or re-quantized.
+`load_image` returns an 8-bit grayscale array `[H, W]` of the pixels as stored, or raises
+`InputError` naming the file and the reason. 8-bit gray, color (RGB, CMYK, YCbCr), palette,
+1-bit and alpha images are accepted: color converts to grayscale (ITU-R 601 luma, Pillow's
+"L"), alpha is dropped. Nothing is ever resized, rotated, color-managed or re-quantized: a
+steganalysis detector must see the pixels as stored, so the EXIF orientation tag and ICC
+profiles are ignored, and 16-bit, 32-bit and float images, multi-frame files (animated GIF,
+multi-page TIFF) and images over `MAX_PIXELS` are refused. The format is read from the
+content, so the suffix's case does not matter.
+
+`image_files` lists the images of a folder and `iter_folder_images` reads them with the one
+folder policy every command shares: hidden files and subfolders are ignored, and a file
+that is not a usable image is skipped and reported (`report_skipped`, one warning line
+naming each file and why); only a folder with no usable image is an error.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import warnings
 from pathlib import Path
 
@@ -16,54 +27,193 @@ import numpy as np
 from edgetrunc.errors import InputError
 
 TILE = 256
-LOSSLESS_SUFFIXES = (".png", ".pgm", ".pnm", ".ppm", ".tif", ".tiff", ".bmp")
+LOSSLESS_SUFFIXES = (".png", ".pgm", ".pnm", ".ppm", ".pbm", ".tif", ".tiff", ".bmp", ".gif")
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
-IMAGE_SUFFIXES = LOSSLESS_SUFFIXES + LOSSY_SUFFIXES
+IMAGE_SUFFIXES = LOSSLESS_SUFFIXES + LOSSY_SUFFIXES + (".webp",)
+# Pillow's own decompression-bomb limit (2 x 89.5 M pixels): a 179-megapixel image needs
+# 179 MB as 8-bit gray (and 537 MB while converting from RGB); larger ones are refused.
+MAX_PIXELS = 2 * 89_478_485
 
-_EIGHT_BIT_MODES = {"L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "1"}
+_EIGHT_BIT_MODES = {"L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "1", "PA", "RGBX"}
+# raw modes of 16/32-bit samples that Pillow hands out as an 8-bit mode (e.g. 16-bit RGB PNG)
+_DEEP_RAWMODE = re.compile(r"^(L|LA|RGB|RGBA|RGBX|CMYK|I|F);(16|32)")
 
 
 def load_image(path, min_size: int = TILE, warn_jpeg: bool = True) -> np.ndarray:
-    """Read `path` as a uint8 grayscale array `[H, W]`, at least `min_size` on each side."""
+    """Read `path` as a uint8 grayscale array `[H, W]`, at least `min_size` on each side.
+
+    Raises `InputError` (one line naming the file) for anything that is not an 8-bit,
+    single-frame image of at least `min_size` x `min_size` pixels. JPEG and lossy WebP
+    files are read with a `UserWarning` unless `warn_jpeg=False`.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{path}: broken symbolic link")
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected an image")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file, expected an image")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes), expected an image")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: not readable (permission denied)")
     try:
-        with Image.open(path) as img:
-            n_frames = getattr(img, "n_frames", 1)
-            if n_frames > 1:
-                raise InputError(f"{path}: multi-frame image ({n_frames} frames); expected one frame")
-            mode = img.mode
-            if mode not in _EIGHT_BIT_MODES:
-                raise InputError(
-                    f"{path}: {_describe_mode(mode)} image; expected 8-bit grayscale or color"
-                )
-            if img.format == "JPEG" and warn_jpeg:
-                warnings.warn(f"{path}: JPEG input; stego detectors expect lossless covers",
-                              stacklevel=2)
-            gray = img.convert("L") if mode != "L" else img
-            pixels = np.asarray(gray, dtype=np.uint8).copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_image(path, img)
+                lossy = lossy_format(path) if warn_jpeg else None
+                if lossy:
+                    warnings.warn(f"{path}: {lossy} input; stego detectors expect lossless "
+                                  "covers", stacklevel=2)
+                gray = img.convert("L") if img.mode != "L" else img
+                pixels = np.asarray(gray, dtype=np.uint8).copy()
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        reason = "not an image" if isinstance(exc, UnidentifiedImageError) else f"unreadable ({exc})"
-        raise InputError(f"{path}: {reason}") from None
-    h, w = pixels.shape
-    if h < min_size or w < min_size:
-        raise InputError(f"{path}: {w}x{h} pixels; expected at least {min_size}x{min_size}")
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image (unknown or unsupported format); expected PNG, "
+                         "TIFF, PGM/PPM, BMP, GIF, WebP or JPEG") from None
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: over {MAX_PIXELS / 1e6:.0f} megapixels; "
+                         "split it into smaller images first") from None
+    except MemoryError:
+        raise InputError(f"{path}: too large to decode in the available memory") from None
+    except Exception as exc:  # noqa: BLE001  (decoders raise OSError, SyntaxError, struct.error, ...)
+        raise InputError(f"{path}: unreadable image ({_reason(exc)})") from None
+    height, width = pixels.shape
+    if height < min_size or width < min_size:
+        raise InputError(f"{path}: {width}x{height} pixels; expected at least {min_size}x{min_size} "
+                         "(images are tiled, never resized)")
     return pixels
 
 
-def _describe_mode(mode: str) -> str:
-    if mode.startswith("I;16") or mode == "I":
-        return "16-bit" if mode != "I" else "32-bit integer"
+def _check_image(path: Path, img) -> None:
+    """Refuse what cannot be read as 8-bit pixels without changing them."""
+    n_frames = getattr(img, "n_frames", 1)
+    if n_frames > 1:
+        raise InputError(f"{path}: {n_frames} frames (animated or multi-page); expected a "
+                         "single-frame image")
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise InputError(f"{path}: {width}x{height} is over {MAX_PIXELS / 1e6:.0f} megapixels; "
+                         "split it into smaller images first")
+    mode = img.mode
+    deep = _stored_bit_depth(img)
+    if mode not in _EIGHT_BIT_MODES or deep:
+        raise InputError(f"{path}: {_describe_mode(mode, deep)} image; expected 8 bits per sample "
+                         "(edgetrunc never re-quantizes pixels; convert it to 8-bit yourself)")
+
+
+def _stored_bit_depth(img) -> int | None:
+    """16 or 32 when the file stores deeper samples than its Pillow mode says, else None."""
+    for tile in getattr(img, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args
+                                                      and isinstance(args[0], str) else "")
+        match = _DEEP_RAWMODE.match(rawmode)
+        if match:
+            return int(match.group(2))
+    return None
+
+
+def _describe_mode(mode: str, deep: int | None = None) -> str:
     if mode == "F":
         return "32-bit float"
+    kind = "grayscale" if mode == "L" or mode.startswith("I") else mode
+    if deep:
+        return f"{deep}-bit {kind}"
+    if mode.startswith("I;16"):
+        return "16-bit grayscale"
+    if mode == "I":
+        return "32-bit integer"
     return f"mode {mode}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+def lossy_format(path) -> str | None:
+    """"JPEG" or "WebP" when the file's content is a lossy format (whatever its suffix), else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return None
+    if head[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        offset = 12
+        while offset + 8 <= len(head):  # chunks: fourcc, little-endian size, padded data
+            fourcc = head[offset:offset + 4]
+            if fourcc in (b"VP8 ", b"VP8L"):
+                return "WebP" if fourcc == b"VP8 " else None
+            size = int.from_bytes(head[offset + 4:offset + 8], "little")
+            offset += 8 + size + (size & 1)
+        return "WebP"
+    return None
+
+
+def image_files(folder, what: str = "folder of images") -> tuple[list[Path], list[str]]:
+    """`(candidate image files sorted by name, skipped notes)` of `folder` (not recursive).
+
+    Hidden files (`.DS_Store`, `._photo.png`) and subfolders are ignored; other files
+    without an image suffix (any case) are noted as skipped. Raises `InputError` when the
+    folder is missing, not a folder, or unreadable.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"{folder}: no such {what}")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder; expected a {what}")
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot list the {what} ({exc.strerror})") from None
+    files, skipped = [], []
+    for entry in entries:
+        if entry.name.startswith(".") or entry.is_dir():
+            continue
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append(f"{entry.name} (not an image suffix)")
+            continue
+        files.append(entry)
+    return files, skipped
+
+
+def iter_folder_images(files, skipped: list, min_size: int = TILE):
+    """Yield `(path, pixels)` for each file that `load_image` reads; note the others in `skipped`."""
+    for path in files:
+        try:
+            pixels = load_image(path, min_size=min_size, warn_jpeg=False)
+        except InputError as exc:
+            reason = str(exc)
+            prefix = f"{path}: "
+            reason = reason[len(prefix):] if reason.startswith(prefix) else reason
+            skipped.append(f"{path.name} ({reason.split('; expected')[0]})")
+            continue
+        yield path, pixels
+
+
+def report_skipped(folder, skipped: list) -> None:
+    """One warning line naming every skipped file of `folder` and why (nothing if none)."""
+    if skipped:
+        from edgetrunc import _log
+
+        _log.warn(f"{folder}: skipped {len(skipped)} file(s): {'; '.join(skipped)}")
+
+
+def no_usable_image(folder, skipped: list, what: str = "image") -> InputError:
+    """The error for a folder without a single usable image."""
+    if not skipped:
+        return InputError(f"{folder}: empty folder; expected {what}s "
+                          f"({', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})")
+    return InputError(f"{folder}: no usable {what}; skipped: {'; '.join(skipped)}")
 
 
 def tile_positions(height: int, width: int, size: int = TILE, stride: int | None = None):

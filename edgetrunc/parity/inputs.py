@@ -70,16 +70,13 @@ def _held_out_pairs(pairs: int, seed: int, shape):
 
 
 def _folder_inputs(folder: Path, samples: int, shape):
-    from edgetrunc.data import load_image, tile_image, to_model_input
-    from edgetrunc.data.images import IMAGE_SUFFIXES
+    from edgetrunc.data import tile_image, to_model_input
+    from edgetrunc.data.images import image_files, iter_folder_images, no_usable_image, report_skipped
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    files, skipped = image_files(folder, "folder of images")  # unusable files: skipped, warned
     tiles_per_file = 1 if len(files) >= samples else None
     batches, names = [], []
-    for path in files:
-        pixels = load_image(path, min_size=max(shape[0], shape[1]), warn_jpeg=False)
+    for path, pixels in iter_folder_images(files, skipped, min_size=max(shape[0], shape[1])):
         tiles, positions = tile_image(pixels, size=shape[0])
         if tiles_per_file:
             tiles, positions = tiles[:1], positions[:1]
@@ -87,6 +84,9 @@ def _folder_inputs(folder: Path, samples: int, shape):
         names += [f"{path.name}@{y},{x}" for y, x in positions]
         if len(names) >= samples:
             break
+    report_skipped(folder, skipped)
+    if not batches:
+        raise no_usable_image(folder, skipped)
     x = np.concatenate(batches)[:samples]
     return x, np.full(len(x), -1, np.int64), names[:samples]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetrunc.data.images import TILE, load_image, tile_image, to_model_input
+from edgetrunc.data.images import TILE, load_image, tile_image, tile_positions, to_model_input
 from edgetrunc.errors import InputError
 
 DECISION_THRESHOLD = 0.5
@@ -64,14 +64,7 @@ def preprocess_image(path, tile: int = TILE):
     Raises `InputError` (one line naming the file) for non-images, 16-bit or multi-frame
     images and images smaller than one tile.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pixels = load_image(path, min_size=tile)
-    if caught:
-        from edgetrunc import _log
-
-        for item in caught:
-            _log.warn(str(item.message))
+    pixels = _read_pixels(path, tile)
     tiles, positions = tile_image(pixels, size=tile)
     return to_model_input(tiles), positions, pixels.shape
 
@@ -105,10 +98,29 @@ def score_batch(runner, batch: np.ndarray, batch_size: int = 16) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
+def _read_pixels(path, tile: int) -> np.ndarray:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pixels = load_image(path, min_size=tile)
+    if caught:
+        from edgetrunc import _log
+
+        for item in caught:
+            _log.warn(str(item.message))
+    return pixels
+
+
 def score_image(runner, path, batch_size: int = 16) -> ImageScore:
+    """Score one image, `batch_size` tiles at a time (memory stays bounded for large photos)."""
     tile = _tile_size(runner)
-    batch, positions, (height, width) = preprocess_image(path, tile)
-    probabilities = score_batch(runner, batch, batch_size)
+    pixels = _read_pixels(path, tile)
+    height, width = pixels.shape
+    positions = tile_positions(height, width, tile)
+    parts = []
+    for start in range(0, len(positions), batch_size):
+        tiles = np.stack([pixels[y:y + tile, x:x + tile] for y, x in positions[start:start + batch_size]])
+        parts.append(stego_probability(runner.infer(to_model_input(tiles)), runner.name))
+    probabilities = np.concatenate(parts)
     mean = float(np.mean(probabilities))
     return ImageScore(
         image=str(path), stego_probability=mean,
