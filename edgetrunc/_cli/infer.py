@@ -1,16 +1,22 @@
 """`edgetrunc infer`: stego probability of images with a `.tflite` or `.onnx` model.
 
 Runs on the TensorFlow-free runtime. Each image is tiled into 256x256 tiles (a border
-narrower than a tile is dropped and reported on stderr); an image that cannot be read is
-reported on stderr and the others still run; the exit code is 2 if any image failed.
+narrower than a tile is dropped and reported on stderr). An IMAGE may be a folder: its
+images are scored in name order with the shared folder policy (hidden files ignored,
+unusable files skipped with one warning line). An image named on the command line that
+cannot be read gets one error line on stderr and the others still run; the exit code is 2
+if any named image (or a folder with no usable image) failed.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from edgetrunc import _log
+from edgetrunc.data.images import image_files, no_usable_image, report_skipped
+from edgetrunc.errors import InputError
 from edgetrunc.runtime import open_runner, score_images
 
 
@@ -24,18 +30,66 @@ def _table(scores) -> str:
     return "\n".join(lines)
 
 
+def _check_grayscale_input(runner) -> None:
+    meta = runner.metadata()
+    shape = meta.inputs[0].shape if meta.inputs else ()
+    if len(shape) != 4:
+        raise InputError(f"{runner.path}: model input {list(shape)}; expected an image batch "
+                         "[N, H, W, 1]")
+    channels = shape[3] if meta.layout == "NHWC" else shape[1]
+    if channels not in (None, 1):
+        raise InputError(f"{runner.path}: model input {list(shape)} ({meta.layout}) has {channels} "
+                         "channels; expected one grayscale channel")
+    size = runner.input_size()
+    if size is not None and size[0] != size[1]:
+        raise InputError(f"{runner.path}: model input {list(shape)} is {size[0]}x{size[1]}; "
+                         "expected square tiles (images are tiled at the model's input size)")
+
+
+def _expand(items):
+    """`(paths, {path: folder})`: named images as given, folders replaced by their images."""
+    paths, folder_of, folders = [], {}, {}
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            files, skipped = image_files(path, "folder of images")
+            folders[str(path)] = skipped
+            for file in files:
+                folder_of[str(file)] = str(path)
+            paths += files
+        else:
+            paths.append(item)
+    return paths, folder_of, folders
+
+
 def run(args) -> int:
     runner = open_runner(args.artifact, threads=args.threads)
+    _check_grayscale_input(runner)
     meta = runner.metadata()
     _log.info(f"{runner.name}: {meta.format} {meta.precision}, input "
               f"{list(meta.inputs[0].shape)} {meta.layout}")
+    paths, folder_of, folders = _expand(args.images)
     failed = []
 
     def report(path, exc):
+        folder = folder_of.get(str(path))
+        if folder is not None:  # a file found in a folder: skipped with the folder's warning
+            reason = str(exc)
+            reason = reason[len(f"{path}: "):] if reason.startswith(f"{path}: ") else reason
+            folders[folder].append(f"{Path(path).name} ({reason.split('; expected')[0]})")
+            return
         failed.append(str(path))
         print(f"edgetrunc infer: error: {exc}", file=sys.stderr, flush=True)
 
-    scores = score_images(runner, args.images, on_error=report)
+    scores = score_images(runner, paths, on_error=report)
+    scored = {s.image for s in scores}
+    for folder, skipped in folders.items():
+        if any(folder_of.get(image) == folder for image in scored):
+            report_skipped(folder, skipped)
+        else:
+            failed.append(folder)
+            print(f"edgetrunc infer: error: {no_usable_image(folder, skipped)}", file=sys.stderr,
+                  flush=True)
     for score in scores:
         right, bottom = score.dropped_border
         if right or bottom:
@@ -48,6 +102,6 @@ def run(args) -> int:
     elif scores:
         print(_table(scores))
     if failed:
-        _log.info(f"{len(failed)} of {len(args.images)} images could not be scored")
+        _log.info(f"{len(failed)} of {len(args.images)} inputs could not be scored")
         return 2
     return 0

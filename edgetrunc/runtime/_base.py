@@ -18,6 +18,38 @@ from edgetrunc._io import require_file
 from edgetrunc.errors import InputError
 
 
+_FORMAT_HINTS = {
+    "tflite": "holds a TFLite flatbuffer",
+    "onnx": "looks like an ONNX model",
+    "keras": "holds a Keras .keras archive (zip)",
+    "h5": "holds an HDF5 (legacy Keras .h5) file",
+}
+_RENAME_HINTS = {
+    "tflite": "; rename it to .tflite",
+    "onnx": "; rename it to .onnx",
+    "keras": "; convert it with `edgetrunc convert`",
+    "h5": "; convert it with `edgetrunc convert`",
+}
+
+
+def sniff_model_format(path) -> str | None:
+    """'tflite', 'onnx', 'keras' or 'h5' from the first bytes of `path`; None when unsure."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        return "tflite"
+    if head[:4] == b"PK\x03\x04":
+        return "keras"
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        return "h5"
+    if len(head) >= 2 and head[0] == 0x08 and 3 <= head[1] <= 20:  # ModelProto.ir_version first
+        return "onnx"
+    return None
+
+
 @dataclass
 class TensorInfo:
     name: str
@@ -64,8 +96,17 @@ class BaseRunner:
 
     # hooks -----------------------------------------------------------------
     def _source_path(self, path) -> Path:
-        """Check the model file before loading it (a one-line InputError if it is unusable)."""
-        return require_file(path, f".{self.format} file")
+        """Check the model file before loading it (a one-line InputError if it is unusable).
+
+        A file whose content is another model format (an ONNX model named `.tflite`, a
+        Keras file named `.onnx`, ...) is refused naming what it holds.
+        """
+        path = require_file(path, f".{self.format} file")
+        found = sniff_model_format(path)
+        if found is not None and found != self.format:
+            raise InputError(f"{path}: {_FORMAT_HINTS[found]}, not a .{self.format} model"
+                             f"{_RENAME_HINTS.get(found, '')}")
+        return path
 
     def _load_impl(self):
         raise NotImplementedError
@@ -93,6 +134,9 @@ class BaseRunner:
         """Run a float32 `[N, 256, 256, 1]` batch (pixel values 0..255); outputs as float32."""
         batch = np.asarray(batch)
         expected = self._meta.inputs[0].shape if self._meta and self._meta.inputs else None
+        if expected is not None and len(expected) != 4:
+            raise InputError(f"{self.name}: model input {list(expected)}; expected an image "
+                             "input [N, H, W, C] or [N, C, H, W]")
         if batch.ndim != 4:
             raise InputError(f"{self.name}: expected a batch [N, H, W, C]; got shape {batch.shape}")
         if expected is not None and len(expected) == 4:

@@ -141,6 +141,13 @@ class ONNXRunner(BaseRunner):
                    "ops": ops, "embedded": _decode_props(custom)})
 
     def _infer_impl(self, batch: np.ndarray) -> dict:
+        fixed = self._meta.inputs[0].shape[0] if self._meta.inputs[0].shape else None
+        if fixed and len(batch) != fixed:  # a fixed batch size runs in steps of that size
+            if len(batch) % fixed:
+                raise InputError(f"{self.name}: the model's batch size is fixed at {fixed}; "
+                                 f"got a batch of {len(batch)}")
+            parts = [self._infer_impl(batch[i:i + fixed]) for i in range(0, len(batch), fixed)]
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         feed = batch.transpose(0, 3, 1, 2) if self._meta.layout == "NCHW" else batch
         feed = np.ascontiguousarray(feed, dtype=self._input_dtype)
         try:

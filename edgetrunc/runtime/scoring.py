@@ -121,6 +121,9 @@ def score_image(runner, path, batch_size: int = 16) -> ImageScore:
         tiles = np.stack([pixels[y:y + tile, x:x + tile] for y, x in positions[start:start + batch_size]])
         parts.append(stego_probability(runner.infer(to_model_input(tiles)), runner.name))
     probabilities = np.concatenate(parts)
+    if not np.all(np.isfinite(probabilities)):
+        raise InputError(f"{path}: {runner.name} gave a non-finite output (NaN or inf); "
+                         "expected probabilities in [0, 1]")
     mean = float(np.mean(probabilities))
     return ImageScore(
         image=str(path), stego_probability=mean,
