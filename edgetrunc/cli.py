@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
                    help="a global a saved lambda reads but the file does not store, e.g. T=3.0 "
                    "(VALUE is a Python literal; repeatable)")
+    p.add_argument("--truncation-class", action="append", default=[], metavar="CLASS[=T]",
+                   help="a custom layer class of the legacy file that is a truncation (clip to "
+                   "[-T, T]): map it to Truncation, T from its saved config or given (repeatable)")
     return parser
 
 
@@ -230,6 +233,10 @@ def main(argv=None) -> int:
     except EdgetruncError as exc:
         print(f"edgetrunc {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the file system refused (disk full, permissions, read-only, ...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"edgetrunc {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("edgetrunc: interrupted", file=sys.stderr)
         return 130

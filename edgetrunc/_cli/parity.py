@@ -42,6 +42,9 @@ def run(args) -> int:
     from edgetrunc.parity.report import terminal_report, write_html, write_json
 
     inputs = [args.model, *args.artifacts]
+    if args.inputs in ("mix", "random", "covers", "stego") and Path(args.inputs).is_dir():
+        _log.warn(f"--inputs {args.inputs}: the built-in '{args.inputs}' inputs are used, not the "
+                  f"folder of that name; pass ./{args.inputs} for the folder")
     _check_report_path(args.json, "--json", inputs)
     _check_report_path(args.html, "--html", inputs)
     if args.html == "-":

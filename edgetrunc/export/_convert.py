@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc import __version__, _log, load_model
-from edgetrunc._io import new_file_mode, require_file, sha256_file, write_json_atomic
+from edgetrunc._io import (new_file_mode, require_file, require_writable_dir, sha256_file,
+                           write_json_atomic)
 from edgetrunc.errors import InputError
 from edgetrunc.export._onnx import ONNX_PRECISIONS, OPSETS
 from edgetrunc.export._tflite import INT8_MODES, TFLITE_PRECISIONS
@@ -53,6 +54,7 @@ def _check_out_dir(out_dir: Path) -> None:
         raise InputError(f"{probe}: exists and is not a folder; expected an output folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"{out_dir}: output folder is not writable")
+    require_writable_dir(out_dir)  # created now, so a folder that cannot be made fails first
 
 
 def load_keras_model(path):
@@ -199,6 +201,8 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
     for target in targets:
         if target.exists() and target.resolve() == source.resolve():
             raise InputError(f"{target}: refusing to overwrite the source model")
+        if target.is_dir():
+            raise InputError(f"{target}: is a folder; expected to write a file there")
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
         raise InputError(f"{existing[0]}: exists; use --force to replace the outputs "

@@ -103,10 +103,13 @@ class BaseRunner:
         """
         path = require_file(path, f".{self.format} file")
         found = sniff_model_format(path)
-        if found is not None and found != self.format:
-            raise InputError(f"{path}: {_FORMAT_HINTS[found]}, not a .{self.format} model"
-                             f"{_RENAME_HINTS.get(found, '')}")
-        return path
+        if found is None or found == self.format or (self.format, found) == ("keras", "h5"):
+            return path
+        if self.format == "keras":
+            hint = "; expected the Keras model (.keras or .h5) here, the artifacts after it"
+        else:
+            hint = _RENAME_HINTS[found]
+        raise InputError(f"{path}: {_FORMAT_HINTS[found]}, not a .{self.format} model{hint}")
 
     def _load_impl(self):
         raise NotImplementedError
