@@ -42,6 +42,9 @@ CANCELLATION_NOTE = (
     "instead of 3.0 at x = 3e7); Truncation returns the exact clip"
 )
 
+FORMAT_NAMES = {"keras": "Keras 3 .keras", "tf-keras": "tf.keras 2 .keras",
+                "h5": "legacy .h5"}
+
 VERDICT_CLIP = "clip"
 VERDICT_NOT_CLIP = "not-clip"
 VERDICT_OTHER_GRADIENT = "clip-other-gradient"
@@ -50,21 +53,39 @@ VERDICT_OTHER_GRADIENT = "clip-other-gradient"
 # --------------------------------------------------------------------------- config scan
 
 
+def require_model_file(path, suffixes=LEGACY_SUFFIXES) -> Path:
+    """`require_file` for Keras models, with one-line advice for a SavedModel folder."""
+    path = Path(path)
+    if path.is_dir() and ((path / "saved_model.pb").is_file()
+                          or (path / "saved_model.pbtxt").is_file()):
+        raise InputError(f"{path}: a TensorFlow SavedModel folder, which Keras 3 cannot load as "
+                         "a Keras model; in the tf.keras 2 environment that saved it, re-save it "
+                         "with model.save('model.h5') and run edgetrunc migrate on that file")
+    return require_file(path, "Keras model", suffixes)
+
+
 def read_model_config(path) -> tuple[str, dict]:
-    """Return `(format, config)` of a `.keras` zip or a full-model `.h5`; runs no code."""
-    path = require_file(path, "Keras model", LEGACY_SUFFIXES)
+    """Return `(format, config)` of a `.keras` zip or a full-model `.h5`; runs no code.
+
+    The format is `"keras"` (Keras 3), `"tf-keras"` (a `.keras` file written by tf.keras 2,
+    whose config is in the Keras 2 format) or `"h5"`.
+    """
+    path = require_model_file(path)
     if zipfile.is_zipfile(path):
         if path.suffix.lower() != ".keras":
             raise InputError(f"{path}: a .keras zip archive named '{path.suffix}'; rename it to .keras")
         try:
             with zipfile.ZipFile(path) as archive:
                 text = archive.read("config.json")
+                names = set(archive.namelist())
+                metadata = archive.read("metadata.json") if "metadata.json" in names else b"{}"
         except KeyError:
             raise InputError(f"{path}: zip archive without config.json; expected a model "
                              "saved with model.save('*.keras')") from None
         except (zipfile.BadZipFile, OSError) as exc:
             raise InputError(f"{path}: corrupt .keras archive ({exc})") from None
-        return "keras", _parse_config(path, text)
+        config = _parse_config(path, text)
+        return ("tf-keras" if _saved_by_keras2(config, metadata) else "keras"), config
     try:
         import h5py
     except ImportError:  # pragma: no cover - h5py comes with TensorFlow
@@ -83,6 +104,18 @@ def read_model_config(path) -> tuple[str, dict]:
         raise InputError(f"{path}: HDF5 file without a model config (weights only?); "
                          "expected a full model saved with model.save('*.h5')")
     return "h5", _parse_config(path, text)
+
+
+def _saved_by_keras2(config, metadata) -> bool:
+    """Whether a `.keras` archive was written by tf.keras 2 (Keras 2.13 and later)."""
+    try:
+        version = str(json.loads(metadata).get("keras_version", ""))
+    except (ValueError, AttributeError):
+        version = ""
+    if version.startswith("2."):
+        return True
+    module = str(config.get("module") or "")
+    return module.startswith(("tf_keras.", "keras.src.engine.", "keras.engine."))
 
 
 def _parse_config(path, text) -> dict:
@@ -176,6 +209,287 @@ def _global_reads(code):
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             yield from _global_reads(const)
+
+
+# --------------------------------------------------------------------------- layer classes
+
+
+TRUNCATION_CONFIG_KEYS = ("threshold", "T", "t", "thresh", "truncation", "clip_value", "limit",
+                          "bound", "value")
+MODEL_CLASSES = ("Functional", "Model", "Sequential")
+TF_OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
+
+
+@dataclasses.dataclass
+class MappedLayer:
+    """A layer Keras 3 cannot build, replaced in the config by a `Truncation`."""
+
+    layer: str
+    source: str
+    lower: float
+    upper: float
+    gradient: str
+    note: str
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "verdict": "mapped", "source": self.source,
+                "lower": self.lower, "upper": self.upper, "gradient": self.gradient,
+                "exact": None, "max_probe_error": None, "max_probe_error_at": None,
+                "nonfinite": None, "note": self.note, "replaced": True}
+
+
+def layer_nodes(config):
+    """`(layers list, index, node)` of every layer entry in a model config (nested too)."""
+    for node in list(_config_dicts(config)):
+        layers = node.get("layers")
+        if isinstance(layers, list):
+            for index, layer in enumerate(layers):
+                if isinstance(layer, dict) and isinstance(layer.get("class_name"), str):
+                    yield layers, index, layer
+
+
+def _layer_name(node) -> str:
+    config = node.get("config") if isinstance(node.get("config"), dict) else {}
+    return str(node.get("name") or config.get("name") or "?")
+
+
+def _is_known_class(node) -> bool:
+    import keras
+
+    import edgetrunc.layers  # noqa: F401  (registers Truncation)
+
+    name = node["class_name"]
+    if name in MODEL_CLASSES or name == "Truncation" or (
+            name not in TF_OP_LAYERS and isinstance(getattr(keras.layers, name, None), type)):
+        return True
+    for key in (node.get("registered_name"), name):
+        if key and keras.saving.get_registered_object(key) is not None:
+            return True
+    return False
+
+
+def parse_truncation_classes(items) -> dict:
+    """`["TLU", "Clip=2.5"]` -> `{"TLU": None, "Clip": 2.5}` (a given T overrides the config)."""
+    classes = {}
+    for item in items or []:
+        name, sep, text = str(item).partition("=")
+        name = name.strip()
+        if not name.isidentifier():
+            raise InputError(f"--truncation-class {item}: expected a class name, optionally "
+                             "with its threshold, e.g. TLU or TLU=3.0")
+        threshold = None
+        if sep:
+            try:
+                threshold = float(text)
+            except ValueError:
+                threshold = math.nan
+            if not (math.isfinite(threshold) and threshold > 0):
+                raise InputError(f"--truncation-class {item}: the threshold must be a finite "
+                                 "number > 0, e.g. TLU=3.0")
+        classes[name] = threshold
+    return classes
+
+
+def _number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _bounds_from_config(class_name, layer, config, threshold):
+    """`(lower, upper, which key)` of a user truncation class, from its config or `threshold`."""
+    if threshold is not None:
+        return -threshold, threshold, "given"
+    for low, high in (("lower", "upper"), ("min_value", "max_value"), ("low", "high")):
+        lower, upper = _number(config.get(low)), _number(config.get(high))
+        if lower is not None and upper is not None and lower < upper:
+            return lower, upper, f"{low}/{high}"
+    for key in TRUNCATION_CONFIG_KEYS:
+        value = _number(config.get(key))
+        if value is not None and value > 0:
+            return -value, value, key
+    keys = ", ".join(sorted(k for k in config if k not in ("name", "trainable", "dtype"))) or "none"
+    raise InputError(f"layer '{layer}' (class {class_name}): no threshold in its saved config "
+                     f"(keys: {keys}); give it as --truncation-class {class_name}=T")
+
+
+def _truncation_node(node, lower, upper, gradient, inbound=None):
+    """A `Truncation` layer entry with the name, dtype and links of `node`."""
+    old = node.get("config") if isinstance(node.get("config"), dict) else {}
+    config = {"name": _layer_name(node), "trainable": old.get("trainable", True),
+              "dtype": old.get("dtype", "float32"), "gradient": gradient}
+    if lower == -upper:
+        config.update(threshold=upper)
+    else:
+        config.update(threshold=None, lower=lower, upper=upper)
+    new = {key: value for key, value in node.items()
+           if key not in ("class_name", "config", "module", "registered_name")}
+    new.update(class_name="Truncation", config=config)
+    if "module" in node or "registered_name" in node:
+        new.update(module="edgetrunc.layers", registered_name="edgetrunc>Truncation")
+    if inbound is not None:
+        new["inbound_nodes"] = inbound
+    return new
+
+
+def _first_reference(inbound_nodes):
+    """`(name, node index, tensor index, kwargs)` of a layer's only call, or None."""
+    if not isinstance(inbound_nodes, list) or len(inbound_nodes) != 1:
+        return None
+    node = inbound_nodes[0]
+    if isinstance(node, list) and node and isinstance(node[0], list):
+        if len(node) != 1:
+            return None
+        node = node[0]
+    if isinstance(node, list) and len(node) >= 3 and isinstance(node[0], str):
+        kwargs = node[3] if len(node) > 3 and isinstance(node[3], dict) else {}
+        return node[0], node[1], node[2], kwargs
+    return None
+
+
+def _tf_op_clip(node):
+    """Bounds of a tf.keras 2 `tf.clip_by_value` op layer called with constant bounds."""
+    config = node.get("config") or {}
+    reference = _first_reference(node.get("inbound_nodes"))
+    if config.get("function") != "clip_by_value" or reference is None:
+        return None
+    lower = _number(reference[3].get("clip_value_min"))
+    upper = _number(reference[3].get("clip_value_max"))
+    if lower is None or upper is None or not lower < upper:
+        return None
+    return reference, lower, upper
+
+
+def _references_to(tree, name):
+    """Every `[name, node, tensor, ...]` list inside `tree` that refers to layer `name`."""
+    found = []
+    for value in (tree if isinstance(tree, list) else tree.values()
+                  if isinstance(tree, dict) else []):
+        if isinstance(value, list) and len(value) >= 3 and value[0] == name \
+                and isinstance(value[1], int) and isinstance(value[2], int):
+            found.append(value)
+        elif isinstance(value, (list, dict)):
+            found.extend(_references_to(value, name))
+    return found
+
+
+def _fuse_min_max(layers, model_config, index, node):
+    """`tf.maximum(x, a)` then `tf.minimum(., b)` (either order) -> one Truncation(a, b)."""
+    config = node.get("config") or {}
+    first = _first_reference(node.get("inbound_nodes"))
+    if config.get("function") not in ("math.maximum", "math.minimum") or first is None:
+        return None
+    name = _layer_name(node)
+    users = [other for other in layers if other is not node
+             and _references_to(other.get("inbound_nodes", []), name)]
+    outputs = _references_to(model_config.get("output_layers", []), name)
+    if len(users) != 1 or outputs:
+        return None
+    second_node = users[0]
+    second = _first_reference(second_node.get("inbound_nodes"))
+    pair = {config.get("function"), (second_node.get("config") or {}).get("function")}
+    if second is None or second[0] != name or pair != {"math.maximum", "math.minimum"}:
+        return None
+    a, b = _number(first[3].get("y")), _number(second[3].get("y"))
+    if a is None or b is None:
+        return None
+    lower, upper = (a, b) if config["function"] == "math.maximum" else (b, a)
+    if not lower < upper:
+        return None
+    return first, second_node, lower, upper
+
+
+def map_config_layers(config, truncation_classes=None):
+    """Replace layers Keras 3 cannot build by `Truncation` where that is exact or asked for.
+
+    tf.keras 2 op layers (`TFOpLambda`) of `tf.clip_by_value(x, a, b)` and of
+    `tf.minimum(tf.maximum(x, a), b)` with constant bounds are exact clips and become
+    `Truncation(lower=a, upper=b, gradient="clip")`. A layer of a class named in
+    `truncation_classes` (`{class name: threshold or None}`) becomes a `Truncation` whose
+    bounds come from its saved config (`threshold`, `T`, `lower`/`upper`, ...) or the given
+    threshold. Any other class Keras 3 does not know raises InputError naming it.
+    Returns `(new config, [MappedLayer])`; `config` itself is not changed.
+    """
+    config = json.loads(json.dumps(config))
+    truncation_classes = dict(truncation_classes or {})
+    mapped, unknown, used = [], [], set()
+    for model_config in [d for d in _config_dicts(config) if isinstance(d.get("layers"), list)]:
+        layers = model_config["layers"]
+        index = 0
+        while index < len(layers):
+            node = layers[index]
+            index += 1
+            if not isinstance(node, dict) or not isinstance(node.get("class_name"), str):
+                continue
+            class_name, name = node["class_name"], _layer_name(node)
+            if class_name in truncation_classes:
+                used.add(class_name)
+                saved = node.get("config") if isinstance(node.get("config"), dict) else {}
+                lower, upper, key = _bounds_from_config(class_name, name, saved,
+                                                        truncation_classes[class_name])
+                layers[index - 1] = _truncation_node(node, lower, upper, "clip")
+                mapped.append(MappedLayer(
+                    name, f"class {class_name}", lower, upper, "clip",
+                    f"class {class_name} mapped by --truncation-class (bounds from "
+                    f"{'the option' if key == 'given' else 'its config key ' + repr(key)}); "
+                    "its code is not in the file, so its behaviour was not checked"))
+                continue
+            if class_name != "TFOpLambda":
+                if not _is_known_class(node):
+                    unknown.append((name, class_name))
+                continue
+            clip = _tf_op_clip(node)
+            if clip is not None:
+                reference, lower, upper = clip
+                layers[index - 1] = _truncation_node(node, lower, upper, "clip",
+                                                     [[list(reference[:3]) + [{}]]])
+                mapped.append(MappedLayer(name, "tf.clip_by_value", lower, upper, "clip",
+                                          "tf.keras 2 op layer tf.clip_by_value: an exact clip"))
+                continue
+            pair = _fuse_min_max(layers, model_config, index - 1, node)
+            if pair is not None:
+                first, second_node, lower, upper = pair
+                second_name = _layer_name(second_node)
+                layers[index - 1] = _truncation_node(node, lower, upper, "clip",
+                                                     [[list(first[:3]) + [{}]]])
+                layers.remove(second_node)
+                for reference in _references_to(
+                        [layers, model_config.get("output_layers", [])], second_name):
+                    reference[0] = name
+                mapped.append(MappedLayer(name, f"tf.maximum + tf.minimum ({second_name})",
+                                          lower, upper, "clip",
+                                          "tf.keras 2 op layers tf.maximum/tf.minimum: an "
+                                          "exact clip"))
+                continue
+            unknown.append((name, f"TFOpLambda tf.{(node.get('config') or {}).get('function')}"))
+    missing = sorted(set(truncation_classes) - used)
+    if missing:
+        raise InputError(f"--truncation-class {missing[0]}: no layer of class {missing[0]} in "
+                         "the model")
+    if unknown:
+        raise UnknownLayerClass(unknown)
+    return config, mapped
+
+
+class UnknownLayerClass(InputError):
+    """Layers whose class Keras 3 cannot build; `layers` lists `(name, class)`."""
+
+    def __init__(self, layers):
+        self.layers = layers
+        name, class_name = layers[0]
+        more = f" (and {len(layers) - 1} more)" if len(layers) > 1 else ""
+        if class_name.startswith("TFOpLambda"):
+            what = (f"layer '{name}'{more} is a tf.keras 2 op layer ({class_name[11:]}), "
+                    "which Keras 3 cannot rebuild (only tf.clip_by_value and tf.minimum/"
+                    "tf.maximum clips are mapped); rewrite it as a Keras layer and re-save")
+        else:
+            what = (f"layer '{name}'{more} is of class '{class_name}', which Keras 3 does not "
+                    "know (a class of the code that saved the file; its code is not in the "
+                    f"file); if it is a truncation (clip to [-T, T]) give --truncation-class "
+                    f"{class_name} to edgetrunc migrate, otherwise load it where the class "
+                    "is importable")
+        super().__init__(what)
 
 
 # --------------------------------------------------------------------------- lambda globals
@@ -315,21 +629,37 @@ def _one_line(exc) -> str:
     return text if len(text) <= 240 else text[:237] + "..."
 
 
-def load_model(path, trust_lambda=False, extra_globals=None):
+def load_model(path, trust_lambda=False, extra_globals=None, truncation_classes=None):
     """Load a `.keras`/`.h5` model; with `trust_lambda`, lambdas get `lambda_globals()`."""
+    return load_legacy(path, trust_lambda, extra_globals, truncation_classes)[0]
+
+
+def load_legacy(path, trust_lambda=False, extra_globals=None, truncation_classes=None):
+    """Load a Keras 3 or tf.keras 2 model file; return `(model, format, [MappedLayer])`.
+
+    Layers Keras 3 cannot build are first mapped in the config (`map_config_layers`);
+    a `.keras` written by tf.keras 2 is rebuilt from its Keras 2 config and its weights
+    file. Any failure is an InputError naming the file.
+    """
     import keras
 
-    import edgetrunc.layers  # noqa: F401  (registers Truncation for already migrated files)
-
     path = Path(path)
-    namespace = lambda_globals(extra_globals) if trust_lambda else None
+    file_format, config = read_model_config(path)
     try:
-        with _log.stdout_to_stderr():
-            if trust_lambda:
-                with _lambdas_rebuilt_with(namespace):
-                    model = keras.saving.load_model(path, compile=False, safe_mode=False)
+        new_config, mapped = map_config_layers(config, truncation_classes)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    namespace = lambda_globals(extra_globals) if trust_lambda else None
+    rebuilt = _lambdas_rebuilt_with(namespace) if trust_lambda else contextlib.nullcontext()
+    try:
+        with _log.stdout_to_stderr(), rebuilt:
+            if file_format == "tf-keras":
+                model = _load_keras2_archive(path, new_config, safe_mode=not trust_lambda)
+            elif mapped:
+                model = _load_rewritten(path, file_format, new_config, safe_mode=not trust_lambda)
             else:
-                model = keras.saving.load_model(path, compile=False, safe_mode=True)
+                model = keras.saving.load_model(path, compile=False, safe_mode=not trust_lambda,
+                                                custom_objects=_custom_objects())
     except InputError:
         raise
     except Exception as exc:
@@ -339,6 +669,74 @@ def load_model(path, trust_lambda=False, extra_globals=None):
     if trust_lambda:
         for layer, _ in lambda_layers(model):
             _rebind_lambda_globals(layer, namespace)
+    return model, file_format, mapped
+
+
+def _custom_objects() -> dict:
+    from edgetrunc.layers import Truncation
+
+    return {"Truncation": Truncation}
+
+
+def _load_rewritten(path, file_format, config, safe_mode):
+    """Load a copy of `path` whose model config is `config` (the input is not touched)."""
+    import shutil
+    import tempfile
+
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="edgetrunc-migrate-") as tmp:
+        copy = Path(tmp) / f"model{'.h5' if file_format == 'h5' else '.keras'}"
+        if file_format == "h5":
+            import h5py
+
+            shutil.copyfile(path, copy)
+            with h5py.File(copy, "r+") as handle:
+                handle.attrs["model_config"] = json.dumps(config)
+        else:
+            with zipfile.ZipFile(path) as source, zipfile.ZipFile(copy, "w") as target:
+                for name in source.namelist():
+                    data = json.dumps(config).encode() if name == "config.json" else source.read(name)
+                    target.writestr(name, data)
+        return keras.saving.load_model(copy, compile=False, safe_mode=safe_mode,
+                                       custom_objects=_custom_objects())
+
+
+def _load_keras2_archive(path, config, safe_mode):
+    """Rebuild a tf.keras 2 `.keras` file: its Keras 2 config, then its weights file."""
+    import tempfile
+
+    import h5py
+
+    try:
+        from keras.src.legacy.saving import saving_options, saving_utils
+        from keras.src.saving import serialization_lib
+    except ImportError:  # pragma: no cover - depends on the Keras layout
+        raise InputError(f"{path}: a tf.keras 2 .keras file, which this Keras version cannot "
+                         "read; re-save it with model.save('model.h5') in tf.keras 2") from None
+    config = json.loads(json.dumps(config))
+    for node in _config_dicts(config):
+        if "class_name" in node:
+            node.pop("module", None)
+            node.pop("registered_name", None)
+    with saving_options.keras_option_scope(use_legacy_config=True), \
+            serialization_lib.SafeModeScope(safe_mode):
+        model = saving_utils.model_from_config(config, custom_objects=_custom_objects())
+    with tempfile.TemporaryDirectory(prefix="edgetrunc-migrate-") as tmp:
+        weights = Path(tmp) / "model.weights.h5"
+        with zipfile.ZipFile(path) as archive:
+            if "model.weights.h5" not in archive.namelist():
+                raise InputError(f"{path}: tf.keras 2 .keras archive without model.weights.h5")
+            weights.write_bytes(archive.read("model.weights.h5"))
+        with h5py.File(weights, "r") as handle:
+            stored = []
+            handle.visititems(lambda name, item: stored.append(name)
+                              if isinstance(item, h5py.Dataset) and name.startswith("layers/")
+                              else None)
+        if len(stored) != len(model.weights):
+            raise InputError(f"{path}: its weights file holds {len(stored)} arrays for "
+                             f"{len(model.weights)} model weights; cannot match them")
+        model.load_weights(weights)
     return model
 
 
@@ -701,8 +1099,12 @@ def sample_inputs(model, seed=0) -> dict:
 def _outputs(model, arrays):
     import keras
 
+    import warnings
+
     feed = arrays[0] if len(arrays) == 1 else arrays
-    result = model(feed, training=False)
+    with warnings.catch_warnings():  # Keras 2 configs list the one input: [x] expected
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        result = model(feed, training=False)
     return [np.asarray(keras.ops.convert_to_numpy(t), np.float64) for t in keras.tree.flatten(result)]
 
 
@@ -878,7 +1280,7 @@ def op_inventory_change(before: dict, after: dict) -> dict:
 
 
 def _check_paths(legacy_path, out_path):
-    legacy = require_file(legacy_path, "Keras model", LEGACY_SUFFIXES)
+    legacy = require_model_file(legacy_path)
     out = Path(out_path)
     if out.suffix.lower() != ".keras":
         raise InputError(f"{out}: the migrated model is saved as .keras; got "
@@ -900,54 +1302,59 @@ def _refusal(path, names, stored):
 
 
 def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
-            op_inventory=True, seed=0) -> dict:
-    """Replace the clip-like Lambda layers of a legacy model with `Truncation`; return a report.
+            truncation_classes=None, op_inventory=True, seed=0) -> dict:
+    """Bring a legacy model to a Keras 3 `.keras` with `Truncation` layers; return a report.
 
     Without `trust_lambda` a file that stores lambdas is refused (InputError, nothing
-    written): loading it would run code from the file. A file without lambdas needs no
-    trust and has nothing to migrate. With trust, the model is loaded with
-    `safe_mode=False` and the lambdas see `lambda_globals(extra_globals)`; every Lambda
-    is probed (`probe_lambda`), clip-like ones become `Truncation(lower/upper or
-    threshold, gradient)` under the same name, the result is verified against the
-    legacy model (`verify_outputs`), reloaded with `safe_mode=True` when no Lambda
-    remains, and written atomically to `out_path` (never over the input). A failed
-    verification raises CheckFailed and writes nothing.
+    written): loading it would run code from the file. With trust, the model is loaded
+    with `safe_mode=False` and the lambdas see `lambda_globals(extra_globals)`; every
+    Lambda is probed (`probe_lambda`), clip-like ones become `Truncation(lower/upper or
+    threshold, gradient)` under the same name, the result is verified against the legacy
+    model (`verify_outputs`), reloaded with `safe_mode=True` when no Lambda remains, and
+    written atomically to `out_path` (never over the input). A failed verification raises
+    CheckFailed and writes nothing.
 
-    Report keys: legacy, out, written, format, lambda_globals, layers (one per Lambda:
-    layer, verdict, lower, upper, gradient, exact, max_probe_error, nonfinite, note,
-    replaced), kept (non-clip Lambdas left in place), verification, safe_mode,
-    tflite_ops, compile (whether the training configuration was carried), message.
+    Layers Keras 3 cannot build are mapped before loading (`map_config_layers`): tf.keras
+    2 `tf.clip_by_value` and `tf.minimum(tf.maximum(...))` op layers always, a user's
+    own class only when named in `truncation_classes` (`{class: threshold or None}`).
+    A Keras 2 file (`.h5`, or `.keras` written by tf.keras 2) is always written as a
+    Keras 3 `.keras`; a Keras 3 `.keras` with nothing to replace is not written.
+
+    Report keys: legacy, out, written, format, lambda_globals, layers (one per Lambda or
+    mapped layer: layer, verdict, lower, upper, gradient, exact, max_probe_error,
+    nonfinite, note, replaced), kept (non-clip Lambdas left in place), verification,
+    safe_mode, tflite_ops, compile (whether the training configuration was carried),
+    message.
     """
     legacy_path, out_path = _check_paths(legacy_path, out_path)
     file_format, config = read_model_config(legacy_path)
     lambda_configs = find_lambda_configs(config)
     stored = count_stored_functions(config)
+    has_code = bool(lambda_configs or stored)
     report = {"legacy": str(legacy_path), "out": str(out_path), "written": False,
               "format": file_format, "lambda_globals": [], "layers": [], "kept": [],
               "verification": None, "safe_mode": None, "tflite_ops": None, "compile": None,
               "message": ""}
-    if not lambda_configs and not stored:
-        load_model(legacy_path, trust_lambda=False)
-        report["safe_mode"] = "loads with safe_mode=True; no trust needed"
-        report["message"] = "no Lambda layers: nothing to migrate; nothing written"
-        return report
     names = [c.get("name", "?") for c in lambda_configs]
-    if not trust_lambda:
+    if has_code and not trust_lambda:
         raise InputError(_refusal(legacy_path, names, stored))
 
-    namespace = lambda_globals(extra_globals)
-    report["lambda_globals"] = sorted(k for k in namespace if not k.startswith("__"))
-    for lambda_config in lambda_configs:
-        missing = missing_global_names(lambda_config, namespace)
-        if missing:
-            raise InputError(
-                f"layer '{lambda_config.get('name', '?')}': its lambda reads the global "
-                f"name(s) {', '.join(sorted(missing))}, which the file does not store "
-                "(globals of the script that saved it); give them with --define NAME=VALUE")
-    _log.info(f"loading {legacy_path} with safe_mode=False (--trust-lambda)")
+    if has_code:
+        namespace = lambda_globals(extra_globals)
+        report["lambda_globals"] = sorted(k for k in namespace if not k.startswith("__"))
+        for lambda_config in lambda_configs:
+            missing = missing_global_names(lambda_config, namespace)
+            if missing:
+                raise InputError(
+                    f"layer '{lambda_config.get('name', '?')}': its lambda reads the global "
+                    f"name(s) {', '.join(sorted(missing))}, which the file does not store "
+                    "(globals of the script that saved it); give them with --define NAME=VALUE")
+        _log.info(f"loading {legacy_path} with safe_mode=False (--trust-lambda)")
     try:
-        legacy = load_model(legacy_path, trust_lambda=True, extra_globals=extra_globals)
-    except InputError as exc:
+        legacy, _, mapped = load_legacy(legacy_path, trust_lambda=has_code,
+                                        extra_globals=extra_globals,
+                                        truncation_classes=truncation_classes)
+    except InputError:
         by_name = _functions_stored_by_name(lambda_configs)
         if not by_name:
             raise
@@ -956,6 +1363,12 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
             f"{legacy_path}: layer '{layer}' stores its function '{function}' by name only "
             f"(module {module}), not its code, and it cannot be found here; load the model "
             f"where '{function}' is importable or registered") from None
+    report["layers"] = [m.to_dict() for m in mapped]
+    converted = file_format != "keras"
+    if not has_code and not mapped and not converted:
+        report["safe_mode"] = "loads with safe_mode=True; no trust needed"
+        report["message"] = "no Lambda layers: nothing to migrate; nothing written"
+        return report
     if not _is_graph_model(legacy):
         raise InputError(f"{legacy_path}: a subclassed {type(legacy).__name__} cannot be "
                          "rebuilt; expected a Functional or Sequential model")
@@ -970,18 +1383,22 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
             replaced.append((layer, verdict))
         else:
             report["kept"].append(path)
-    if not replaced:
+    if not replaced and not mapped and not converted:
         report["message"] = "no Lambda behaves like a clip: nothing to migrate; nothing written"
         return report
 
-    migrated = replace_lambdas(legacy, verdicts)
+    migrated = replace_lambdas(legacy, verdicts) if replaced else legacy
     _log.info("verifying the migrated model against the legacy one")
     verification = verify_outputs(legacy, migrated, replaced, seed=seed)
+    if mapped:
+        verification["note"] = ("mapped layers are Truncation in both models: their legacy "
+                                 "code cannot run in Keras 3, so only the rest is compared")
     report["verification"] = verification
     if op_inventory:
         _log.info("counting TFLite ops before and after")
-        report["tflite_ops"] = op_inventory_change(_inventory_or_error(legacy),
-                                                   _inventory_or_error(migrated))
+        before = _inventory_or_error(legacy)
+        after = _inventory_or_error(migrated) if replaced else before
+        report["tflite_ops"] = op_inventory_change(before, after)
     if not verification["passed"]:
         raise CheckFailed(f"{legacy_path}: migration not written: "
                           + "; ".join(verification["failures"]))
@@ -993,14 +1410,25 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
             migrated.save(tmp)
         report["safe_mode"] = _check_reload(tmp, migrated, remaining, extra_globals, seed)
     report["written"] = True
-    report["message"] = (f"replaced {len(replaced)} Lambda layer(s) with Truncation"
-                         + (f"; kept {len(report['kept'])} other Lambda layer(s)"
-                            if report["kept"] else ""))
+    done = []
+    if converted:
+        done.append(f"converted the {FORMAT_NAMES[file_format]} file to a Keras 3 .keras")
+    if replaced:
+        done.append(f"replaced {len(replaced)} Lambda layer(s) with Truncation")
+    if mapped:
+        done.append(f"mapped {len(mapped)} layer(s) to Truncation")
+    if report["kept"]:
+        done.append(f"kept {len(report['kept'])} other Lambda layer(s)")
+    report["message"] = "; ".join(done)
     return report
 
 
 def _carry_compile_config(path, file_format, config, migrated):
     """Re-compile the migrated model like the legacy one; say what was carried."""
+    if file_format == "tf-keras":
+        if not config.get("compile_config"):
+            return None
+        return "not carried from a tf.keras 2 file; compile the model again to train it"
     if file_format == "keras":
         compile_config = config.get("compile_config")
         if not compile_config:

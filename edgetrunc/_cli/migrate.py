@@ -1,7 +1,8 @@
 """`edgetrunc migrate`: glue between the parsed arguments and `edgetrunc.migrate.migrate`.
 
-Parses `--define NAME=VALUE` globals, runs the migration, and prints the report as a
-table (stdout) or as JSON (`--json`, stdout); progress goes to stderr.
+Parses `--define NAME=VALUE` globals and `--truncation-class CLASS[=T]`, runs the
+migration, and prints the report as a table (stdout) or as JSON (`--json`, stdout);
+progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ VERDICT_LABELS = {
     "clip": "clip -> Truncation",
     "not-clip": "not a clip (kept)",
     "clip-other-gradient": "clip, other gradient (kept)",
+    "mapped": "mapped -> Truncation",
 }
 
 
@@ -36,10 +38,12 @@ def parse_defines(items) -> dict:
 
 
 def run(args) -> int:
-    from edgetrunc.migrate import migrate
+    from edgetrunc.migrate import migrate, parse_truncation_classes
 
     report = migrate(args.legacy, args.out, trust_lambda=args.trust_lambda,
-                     extra_globals=parse_defines(getattr(args, "define", [])))
+                     extra_globals=parse_defines(getattr(args, "define", [])),
+                     truncation_classes=parse_truncation_classes(
+                         getattr(args, "truncation_class", [])))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -88,6 +92,8 @@ def format_report(report) -> str:
         rebuild = max(verification["rebuild_max_abs_diff"].values(), default=math.nan)
         lines.append(f"  max |migrated - legacy with exact clips|: {_number(rebuild)} "
                      "(every other layer and weight kept)")
+        if verification.get("note"):
+            lines.append(f"  note: {verification['note']}")
         lines.append("  " + ("passed" if verification["passed"]
                              else "FAILED: " + "; ".join(verification["failures"])))
     if report.get("safe_mode"):
