@@ -33,6 +33,7 @@ def keras_scorer(path, batch_size: int = 32):
     import tensorflow as tf
 
     model = load_keras_model(path)
+    _require_tile_input(path, model.inputs[0].shape if len(model.inputs) == 1 else None)
     infer = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
 
     def score(x):
@@ -40,6 +41,16 @@ def keras_scorer(path, batch_size: int = 32):
                                for i in range(0, len(x), batch_size)])
 
     return score
+
+
+def _require_tile_input(path, shape):
+    """Evaluation scores 256x256 grayscale tiles: the model must take them."""
+    hwc = None if shape is None else tuple(shape[1:])
+    if hwc is None or len(hwc) != 3 or any(
+            d is not None and int(d) != t for d, t in zip(hwc, (256, 256, 1))):
+        got = "several inputs" if hwc is None else f"input {[d for d in hwc]}"
+        raise InputError(f"{path}: model {got}; evaluate scores 256x256 grayscale tiles, "
+                         "expected an input of [256, 256, 1] or [None, None, 1]")
 
 
 def runtime_scorer(path, batch_size: int = 32, threads: int | None = None):

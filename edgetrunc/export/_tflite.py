@@ -135,7 +135,8 @@ def _calibration_batches(calibration, model):
                          "[N, H, W, C] of model inputs")
     x = np.asarray(calibration, dtype=np.float32)
     expected = tuple(model.inputs[0].shape[1:])
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(int(d) for d in expected):
+    if x.ndim != 4 or len(expected) != 3 or any(
+            d is not None and int(d) != n for d, n in zip(expected, x.shape[1:])):
         raise InputError(f"calibration: shape {x.shape}; expected [N, {', '.join(map(str, expected))}]")
     if len(x) == 0:
         raise InputError("calibration: no images")
