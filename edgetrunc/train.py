@@ -360,6 +360,10 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
     input_shape = tuple(net.input_shape[1:])
     if input_shape[:2] != (256, 256):
         raise InputError(f"--model {model}: input shape {input_shape}; expected 256x256 tiles")
+    output_shape = tuple(net.output_shape[1:]) if not isinstance(net.output_shape, list) else None
+    if output_shape != (2,):
+        raise InputError(f"--model {model}: output shape {output_shape}; train needs a two-way "
+                         "(cover, stego) softmax detector [N, 2], e.g. tlunet")
 
     images_per_batch = 2 * batch_size
     steps = len(tiles) // batch_size
@@ -429,7 +433,7 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
                                                    epoch=30_000 + epoch, augment=augment))
             val = evaluate_pairs(net, val_pairs)
         else:
-            val = val_running
+            val = val_running if val_running is not None else evaluate_pairs(net, val_pairs)
         probe = evaluate_pairs(net, train_probe)
         epoch_times.append(time.monotonic() - t0)
         score = selection_score(val)
