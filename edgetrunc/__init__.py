@@ -15,16 +15,28 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
     """Load a Keras model file with `Truncation` registered first (`compile=False` by default).
 
     A missing, empty, corrupt or foreign file raises `edgetrunc.errors.InputError` with one
-    line naming the file and the reason.
+    line naming the file and the reason; so does a legacy file that needs
+    `edgetrunc migrate` first (Lambda layers, custom classes, a `.h5` where only `.keras`
+    is accepted, a SavedModel folder). A `.keras` written by tf.keras 2 and tf.keras 2
+    `tf.clip_by_value` op layers are read as `edgetrunc migrate` reads them.
     """
     import zipfile
+    from pathlib import Path
 
-    from edgetrunc._io import require_file
     from edgetrunc.errors import InputError
+    from edgetrunc.migrate import require_model_file
 
-    path = require_file(path, "Keras model", suffixes=suffixes)
+    given = Path(path)
+    if given.suffix.lower() in (".h5", ".hdf5") and given.suffix.lower() not in suffixes \
+            and given.is_file():
+        raise InputError(f"{given}: a legacy {given.suffix} model; convert it to .keras first: "
+                         f"edgetrunc migrate {given} --out NEW.keras")
+    path = require_model_file(given, suffixes)
     if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a Keras file, cannot load it (a .keras file is a zip archive)")
+    legacy = _legacy_loader(path) if safe_mode else None
+    if legacy is not None:
+        return legacy()
     import keras
 
     import edgetrunc.layers  # noqa: F401  (registers Truncation for deserialization)
@@ -35,6 +47,31 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
     except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: cannot load the Keras model ({reason[:200]})") from None
+
+
+def _legacy_loader(path):
+    """None when Keras 3 loads `path` as it is; else a loader, or InputError with the fix."""
+    from edgetrunc import migrate
+    from edgetrunc.errors import InputError
+
+    try:
+        file_format, config = migrate.read_model_config(path)
+    except InputError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise InputError(f"{path}: cannot load the Keras model ({reason})") from None
+    names = [c.get("name", "?") for c in migrate.find_lambda_configs(config)]
+    if names or migrate.count_stored_functions(config):
+        shown = f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
+        raise InputError(f"{path}: has {len(names) or 'stored'} Lambda layer(s){shown}, which run "
+                         "Python code stored in the file; replace them first: edgetrunc migrate "
+                         f"{path} --out NEW.keras --trust-lambda")
+    try:
+        _, mapped = migrate.map_config_layers(config)
+    except migrate.UnknownLayerClass as exc:
+        raise InputError(f"{path}: {exc}") from None
+    if file_format != "tf-keras" and not mapped:
+        return None
+    return lambda: migrate.load_model(path)
 
 
 def __getattr__(name):

@@ -183,14 +183,16 @@ class TFLiteRunner(BaseRunner):
         return self._content if self._content is not None else self.path.read_bytes()
 
     # running ---------------------------------------------------------------
-    def _interpreter_for(self, batch_size: int):
+    def _interpreter_for(self, batch_size):
+        """An interpreter for `batch_size` inputs, or for a full input shape (free H, W)."""
         if batch_size in self._interpreters:
             self._interpreters.move_to_end(batch_size)
             return self._interpreters[batch_size]
         interpreter = self._new_interpreter()
+        shape = list(batch_size) if isinstance(batch_size, tuple) else [
+            batch_size, *self._input["shape"][1:]]
         try:
-            interpreter.resize_tensor_input(self._input["index"],
-                                            [batch_size, *self._input["shape"][1:]], strict=False)
+            interpreter.resize_tensor_input(self._input["index"], shape, strict=False)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError):
             return None
@@ -222,6 +224,12 @@ class TFLiteRunner(BaseRunner):
 
     def _infer_impl(self, batch: np.ndarray) -> dict:
         n = batch.shape[0]
+        if tuple(batch.shape[1:]) != tuple(int(d) for d in self._input["shape"][1:]):
+            interpreter = self._interpreter_for(tuple(batch.shape))  # a free height / width
+            if interpreter is None:
+                raise InputError(f"{self.name}: the model input cannot be resized to "
+                                 f"{list(batch.shape)}")
+            return self._run(interpreter, batch)
         if n == self._base_batch:
             return self._run(self._base_interpreter, batch)
         interpreter = self._interpreter_for(n) if self._resizable else None
