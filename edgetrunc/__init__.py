@@ -21,17 +21,11 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
     `tf.clip_by_value` op layers are read as `edgetrunc migrate` reads them.
     """
     import zipfile
-    from pathlib import Path
 
     from edgetrunc.errors import InputError
-    from edgetrunc.migrate import require_model_file
+    from edgetrunc.migrate import require_keras_file
 
-    given = Path(path)
-    if given.suffix.lower() in (".h5", ".hdf5") and given.suffix.lower() not in suffixes \
-            and given.is_file():
-        raise InputError(f"{given}: a legacy {given.suffix} model; convert it to .keras first: "
-                         f"edgetrunc migrate {given} --out NEW.keras")
-    path = require_model_file(given, suffixes)
+    path = require_keras_file(path, suffixes)
     if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a Keras file, cannot load it (a .keras file is a zip archive)")
     legacy = _legacy_loader(path) if safe_mode else None

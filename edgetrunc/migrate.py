@@ -64,6 +64,16 @@ def require_model_file(path, suffixes=LEGACY_SUFFIXES) -> Path:
     return require_file(path, "Keras model", suffixes)
 
 
+def require_keras_file(path, suffixes=(".keras",)) -> Path:
+    """`require_model_file` where a legacy `.h5` that is not accepted names `edgetrunc migrate`."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5") and suffix not in suffixes and path.is_file():
+        raise InputError(f"{path}: a legacy {path.suffix} model; convert it to .keras first: "
+                         f"edgetrunc migrate {path} --out NEW.keras")
+    return require_model_file(path, suffixes)
+
+
 def read_model_config(path) -> tuple[str, dict]:
     """Return `(format, config)` of a `.keras` zip or a full-model `.h5`; runs no code.
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc import __version__, _log, load_model
-from edgetrunc._io import (new_file_mode, require_file, require_writable_dir, sha256_file,
-                           write_json_atomic)
+from edgetrunc._io import new_file_mode, require_writable_dir, sha256_file, write_json_atomic
 from edgetrunc.errors import InputError
 from edgetrunc.export._onnx import ONNX_PRECISIONS, OPSETS
 from edgetrunc.export._tflite import INT8_MODES, TFLITE_PRECISIONS
+from edgetrunc.migrate import require_keras_file
 
 MANIFEST = "manifest.json"
 CALIBRATION_PAIRS = 64
@@ -193,7 +193,7 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
     if calibration not in (None, "embedded") and not Path(calibration).is_dir():
         raise InputError(f"--calibration {calibration}: expected 'embedded' or a folder of images")
     source = Path(model_path)
-    require_file(source, "Keras model", suffixes=(".keras",))
+    require_keras_file(source)  # a legacy .h5 or SavedModel names `edgetrunc migrate`
     out_dir = Path(out_dir) if out_dir is not None else (source.parent if str(source.parent) else Path("."))
     _check_out_dir(out_dir)
     plan = _plan(source.stem, tflite, onnx)
