@@ -66,10 +66,6 @@ def load_image(path, min_size: int = TILE, warn_jpeg: bool = True) -> np.ndarray
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 _check_image(path, img)
-                lossy = lossy_format(path) if warn_jpeg else None
-                if lossy:
-                    warnings.warn(f"{path}: {lossy} input; stego detectors expect lossless "
-                                  "covers", stacklevel=2)
                 gray = img.convert("L") if img.mode != "L" else img
                 pixels = np.asarray(gray, dtype=np.uint8).copy()
     except InputError:
@@ -84,6 +80,10 @@ def load_image(path, min_size: int = TILE, warn_jpeg: bool = True) -> np.ndarray
         raise InputError(f"{path}: too large to decode in the available memory") from None
     except Exception as exc:  # noqa: BLE001  (decoders raise OSError, SyntaxError, struct.error, ...)
         raise InputError(f"{path}: unreadable image ({_reason(exc)})") from None
+    lossy = lossy_format(path) if warn_jpeg else None
+    if lossy:
+        warnings.warn(f"{path}: {lossy} input; stego detectors expect lossless covers",
+                      stacklevel=2)
     height, width = pixels.shape
     if height < min_size or width < min_size:
         raise InputError(f"{path}: {width}x{height} pixels; expected at least {min_size}x{min_size} "

@@ -138,7 +138,7 @@ class BaseRunner:
         batch = np.asarray(batch)
         expected = self._meta.inputs[0].shape if self._meta and self._meta.inputs else None
         if expected is not None and len(expected) != 4:
-            raise InputError(f"{self.name}: model input {list(expected)}; expected an image "
+            raise InputError(f"{self.path}: model input {list(expected)}; expected an image "
                              "input [N, H, W, C] or [N, C, H, W]")
         if batch.ndim != 4:
             raise InputError(f"{self.name}: expected a batch [N, H, W, C]; got shape {batch.shape}")
@@ -147,6 +147,6 @@ class BaseRunner:
                 expected[2], expected[3], expected[1])
             got = tuple(batch.shape[1:])
             if any(w is not None and w != g for w, g in zip(want, got)):
-                raise InputError(f"{self.name}: expected input [N, {', '.join(str(w) for w in want)}]"
+                raise InputError(f"{self.path}: expected input [N, {', '.join(str(w) for w in want)}]"
                                  f" (NHWC); got {list(batch.shape)}")
         return self._infer_impl(batch.astype(np.float32, copy=False))
