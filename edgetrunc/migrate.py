@@ -679,7 +679,19 @@ def load_legacy(path, trust_lambda=False, extra_globals=None, truncation_classes
     if trust_lambda:
         for layer, _ in lambda_layers(model):
             _rebind_lambda_globals(layer, namespace)
-    return model, file_format, mapped
+    return _plain_single_input(model), file_format, mapped
+
+
+def _plain_single_input(model):
+    """The same model called with a tensor, not a one-item list (Keras 2 configs list it)."""
+    import keras
+    from keras.src.models.functional import Functional
+
+    if type(model) is not Functional or len(model.inputs) != 1 \
+            or not isinstance(getattr(model, "_inputs_struct", None), (list, tuple)):
+        return model
+    outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
+    return keras.Model(model.inputs[0], outputs, name=model.name)
 
 
 def _custom_objects() -> dict:

@@ -1,0 +1,251 @@
+"""Real legacy models, as users bring them: files written by tf.keras 2 (Keras 2).
+
+The files under tests/fixtures/legacy/ were written by `scripts/make_legacy_fixtures.py`
+with tf-keras 2.21 (not needed here): `.h5` models whose truncation is a saved `Lambda`,
+a custom `TLU` class or a raw `tf.clip_by_value` / `tf.minimum(tf.maximum())` op, a
+tf.keras `.keras` file, a weights-only `.h5`, a SavedModel folder, and a Keras 3 file of an
+older edgetrunc whose `Truncation` config lacks the newer keys. `MANIFEST.json` holds each
+model's output in Keras 2 on a fixed input; migrated models must reproduce it.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import edgetrunc  # noqa: E402
+from edgetrunc import Truncation  # noqa: E402
+from edgetrunc.cli import main  # noqa: E402
+from edgetrunc.errors import InputError  # noqa: E402
+from edgetrunc.migrate import migrate, parse_truncation_classes  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
+MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text())
+
+
+def _hashes():
+    return {str(p.relative_to(FIXTURES)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(FIXTURES.rglob("*")) if p.is_file()}
+
+
+HASHES_BEFORE = _hashes()
+
+# fixture: (migrate options, layer, lower, upper, gradient, verdict)
+MIGRATED = {
+    "clip_lambda.h5": ({"trust_lambda": True}, "tlu", -3.0, 3.0, "clip", "clip"),
+    "kclip_global.h5": ({"trust_lambda": True, "extra_globals": {"T": 3.0}},
+                        "tlu", -3.0, 3.0, "clip", "clip"),
+    "minmax_ste.h5": ({"trust_lambda": True}, "tlu", -2.0, 2.0, "ste", "clip"),
+    "rgb_clip.h5": ({"trust_lambda": True}, "tlu", -3.0, 3.0, "clip", "clip"),
+    "tfkeras_v3.keras": ({"trust_lambda": True}, "tlu", -3.0, 3.0, "clip", "clip"),
+    "custom_tlu.h5": ({"truncation_classes": {"TLU": None}}, "tlu", -3.0, 3.0, "clip", "mapped"),
+    "tfop_clip.h5": ({}, "tf.clip_by_value", -3.0, 3.0, "clip", "mapped"),
+    "tfop_minmax.h5": ({}, "tf.math.maximum", -2.0, 2.0, "clip", "mapped"),
+}
+
+
+def sample(name):
+    """The input the Keras 2 output in MANIFEST.json was computed on."""
+    h, w, c = (d or 32 for d in MANIFEST[name]["input_shape"])
+    return np.random.default_rng(1).integers(0, 256, (2, h, w, c)).astype("float32")
+
+
+def cli(capsys, *args):
+    rc = main(["-q", *map(str, args)])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def assert_one_line_error(rc, err, *fragments):
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("migrated")
+    results = {}
+    for name, (options, *_) in MIGRATED.items():
+        out = folder / (Path(name).stem + ".keras")
+        results[name] = (out, migrate(FIXTURES / name, out, op_inventory=False, **options))
+    return results
+
+
+@pytest.mark.parametrize("name", list(MIGRATED))
+def test_migrated_model_computes_what_keras2_computed(name, migrated):
+    _, layer_name, lower, upper, gradient, verdict = MIGRATED[name]
+    out, report = migrated[name]
+    assert report["written"] and out.is_file()
+    assert report["verification"]["passed"]
+    assert report["safe_mode"] == "loads with safe_mode=True"
+    (layer,) = report["layers"]
+    assert (layer["layer"], layer["verdict"], layer["replaced"]) == (layer_name, verdict, True)
+    assert (layer["lower"], layer["upper"], layer["gradient"]) == (lower, upper, gradient)
+
+    model = keras.saving.load_model(out, safe_mode=True)
+    truncation = model.get_layer(layer_name)
+    assert isinstance(truncation, Truncation)
+    assert truncation.bounds == (lower, upper) and truncation.gradient == gradient
+    assert not any(isinstance(lay, keras.layers.Lambda) for lay in model.layers)
+    got = np.asarray(model(sample(name)))
+    np.testing.assert_allclose(got, np.array(MANIFEST[name]["keras2_output"]), atol=1e-5, rtol=0)
+
+
+def test_report_names_the_format_and_the_conversion(migrated):
+    assert migrated["tfkeras_v3.keras"][1]["format"] == "tf-keras"
+    assert migrated["clip_lambda.h5"][1]["format"] == "h5"
+    message = migrated["tfop_clip.h5"][1]["message"]
+    assert "converted the legacy .h5 file to a Keras 3 .keras" in message
+    assert "mapped 1 layer(s) to Truncation" in message
+    note = migrated["custom_tlu.h5"][1]["layers"][0]["note"]
+    assert "its behaviour was not checked" in note and "'threshold'" in note
+
+
+def test_the_fused_min_max_pair_is_one_layer(migrated):
+    model = keras.saving.load_model(migrated["tfop_minmax.h5"][0], safe_mode=True)
+    names = [layer.name for layer in model.layers]
+    assert "tf.math.minimum" not in names
+    assert sum(isinstance(layer, Truncation) for layer in model.layers) == 1
+
+
+def test_migrated_output_of_a_free_size_model_runs_on_256x256(migrated):
+    model = keras.saving.load_model(migrated["clip_lambda.h5"][0], safe_mode=True)
+    assert tuple(model.inputs[0].shape) == (None, None, None, 1)
+    x = np.random.default_rng(0).integers(0, 256, (1, 256, 256, 1)).astype("float32")
+    assert np.asarray(model(x)).shape == (1, 2)
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_lambda_file_is_refused_without_trust_and_nothing_is_written(tmp_path, capsys):
+    out = tmp_path / "new.keras"
+    rc, _, err = cli(capsys, "migrate", FIXTURES / "clip_lambda.h5", "--out", out)
+    assert_one_line_error(rc, err, "1 Lambda layer(s) (tlu)", "--trust-lambda")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_script_global_must_be_defined(tmp_path, capsys):
+    out = tmp_path / "new.keras"
+    rc, _, err = cli(capsys, "migrate", FIXTURES / "kclip_global.h5", "--out", out,
+                     "--trust-lambda")
+    assert_one_line_error(rc, err, "global name(s) T", "--define")
+    assert not out.exists()
+
+
+def test_unknown_custom_class_is_named_with_the_way_out(tmp_path, capsys):
+    out = tmp_path / "new.keras"
+    rc, _, err = cli(capsys, "migrate", FIXTURES / "custom_tlu.h5", "--out", out)
+    assert_one_line_error(rc, err, "class 'TLU'", "--truncation-class TLU")
+    assert not out.exists()
+    rc, _, err = cli(capsys, "migrate", FIXTURES / "custom_tlu.h5", "--out", out,
+                     "--truncation-class", "Clip")
+    assert_one_line_error(rc, err, "--truncation-class Clip: no layer of class Clip")
+    assert not out.exists()
+
+
+def test_truncation_class_threshold_given_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "new.keras"
+    rc, stdout, err = cli(capsys, "migrate", FIXTURES / "custom_tlu.h5", "--out", out,
+                          "--truncation-class", "TLU=2.5", "--json")
+    assert rc == 0, err
+    layer = json.loads(stdout)["layers"][0]
+    assert (layer["lower"], layer["upper"]) == (-2.5, 2.5)
+    assert keras.saving.load_model(out, safe_mode=True).get_layer("tlu").bounds == (-2.5, 2.5)
+
+
+@pytest.mark.parametrize("item", ["1TLU", "TLU=-1", "TLU=inf", "TLU=x"])
+def test_truncation_class_option_is_checked(item):
+    with pytest.raises(InputError, match="--truncation-class"):
+        parse_truncation_classes([item])
+
+
+def test_other_tf_op_layer_is_named(tmp_path, capsys):
+    out = tmp_path / "new.keras"
+    rc, _, err = cli(capsys, "migrate", FIXTURES / "tfop_other.h5", "--out", out)
+    assert_one_line_error(rc, err, "tf.nn.softsign", "op layer")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("weights_only.h5", "weights only"),
+    ("savedmodel", "SavedModel folder"),
+])
+def test_files_that_hold_no_loadable_model(name, fragment, tmp_path, capsys):
+    out = tmp_path / "new.keras"
+    rc, _, err = cli(capsys, "migrate", FIXTURES / name, "--out", out, "--trust-lambda")
+    assert_one_line_error(rc, err, fragment)
+    assert not out.exists()
+    with pytest.raises(InputError, match=fragment):
+        edgetrunc.load_model(FIXTURES / name)
+
+
+# ----------------------------------------------------------------------------- without migrate
+
+
+@pytest.mark.parametrize("name, fragments", [
+    ("clip_lambda.h5", ("Lambda layer(s) (tlu)", "edgetrunc migrate", "--trust-lambda")),
+    ("tfkeras_v3.keras", ("Lambda layer(s) (tlu)", "edgetrunc migrate")),
+    ("custom_tlu.h5", ("class 'TLU'", "--truncation-class TLU")),
+    ("tfop_other.h5", ("tf.nn.softsign",)),
+])
+def test_load_model_says_what_to_run_first(name, fragments):
+    with pytest.raises(InputError) as info:
+        edgetrunc.load_model(FIXTURES / name)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize("name", ["tfop_clip.h5", "tfop_minmax.h5"])
+def test_load_model_reads_tf_op_clips_directly(name):
+    model = edgetrunc.load_model(FIXTURES / name)
+    assert sum(isinstance(layer, Truncation) for layer in model.layers) == 1
+    np.testing.assert_allclose(np.asarray(model(sample(name))),
+                               np.array(MANIFEST[name]["keras2_output"]), atol=1e-5, rtol=0)
+
+
+def test_older_truncation_config_loads_with_defaults():
+    name = "truncation_old_config.keras"
+    model = edgetrunc.load_model(FIXTURES / name)
+    layer = model.get_layer("tlu")
+    assert layer.bounds == (-2.5, 2.5) and layer.gradient == "ste"
+    assert layer.learn_threshold is False
+    np.testing.assert_allclose(np.asarray(model(sample(name))),
+                               np.array(MANIFEST[name]["keras3_output"]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("clip_lambda.h5", "edgetrunc migrate"),
+    ("savedmodel", "SavedModel folder"),
+])
+def test_convert_names_migrate_for_legacy_inputs(name, fragment, tmp_path, capsys):
+    rc, _, err = cli(capsys, "convert", FIXTURES / name, "--out", tmp_path / "out")
+    assert_one_line_error(rc, err, fragment)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_evaluate_names_an_input_that_is_not_a_256_tile():
+    from edgetrunc.evaluate import _require_tile_input
+
+    with pytest.raises(InputError, match=r"input \[32, 32, 3\].*256x256 grayscale"):
+        _require_tile_input("rgb.keras", (None, 32, 32, 3))
+    _require_tile_input("any.keras", (None, None, None, 1))
+
+
+def test_legacy_inputs_are_never_modified():
+    assert _hashes() == HASHES_BEFORE
+
+
+def test_fixtures_stay_small():
+    total = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file())
+    assert total < 1_000_000
+    assert set(MANIFEST) == {p.name for p in FIXTURES.iterdir() if p.name != "MANIFEST.json"}
