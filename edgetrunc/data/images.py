@@ -95,8 +95,8 @@ def _check_image(path: Path, img) -> None:
     """Refuse what cannot be read as 8-bit pixels without changing them."""
     n_frames = getattr(img, "n_frames", 1)
     if n_frames > 1:
-        raise InputError(f"{path}: {n_frames} frames (animated or multi-page); expected a "
-                         "single-frame image")
+        raise InputError(f"{path}: multi-frame image ({n_frames} frames: animated or multi-page); "
+                         "expected a single-frame image")
     width, height = img.size
     if width * height > MAX_PIXELS:
         raise InputError(f"{path}: {width}x{height} is over {MAX_PIXELS / 1e6:.0f} megapixels; "
