@@ -85,6 +85,10 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
         stride: tile stride (default 128, as the training record's test figures).
         max_pairs: score at most this many pairs (round-robin over photos).
     """
+    if Path(model_path).suffix.lower() in (".h5", ".hdf5") or Path(model_path).is_dir():
+        from edgetrunc.migrate import require_keras_file
+
+        require_keras_file(model_path)  # a legacy .h5 or a SavedModel names `edgetrunc migrate`
     path = require_file(model_path, "model file", MODEL_SUFFIXES)
     payload = check_payload(payload)
     is_embedded = isinstance(covers, str) and covers == "embedded"

@@ -3,12 +3,17 @@
 The files are what a user who built a truncation-layer model with `tf.keras` (Keras 2)
 brings to edgetrunc: `.h5` models whose truncation is a `Lambda` (`tf.clip_by_value`,
 `K.clip` reading a script global, a `tf.minimum(tf.maximum(...))` straight-through
-estimator), a custom `TLU` layer class, a tf.keras `.keras` file, a weights-only `.h5` and
-a SavedModel directory, plus one Keras 3 `.keras` file saved by an older edgetrunc whose
+estimator), a custom `TLU` layer class, raw `tf.clip_by_value`, `tf.minimum(tf.maximum())`
+and `tf.math.softsign` ops on Keras tensors (saved as `TFOpLambda` layers), a tf.keras
+`.keras` file, a weights-only `.h5` and a SavedModel directory, plus one Keras 3 `.keras` file saved by an older edgetrunc whose
 `Truncation` config lacks the newer keys. The tests read only the committed files; this
-script needs `pip install ".[legacy-fixtures]"` (tf-keras) and is run by hand:
+script needs tf-keras (the `legacy-fixtures` extra) and is run by hand:
 
+    pip install --no-deps -c constraints.txt tf-keras   # --no-deps: keeps tensorflow-cpu
     python scripts/make_legacy_fixtures.py [--out tests/fixtures/legacy]
+
+(tf-keras declares a dependency on the `tensorflow` wheel; with `tensorflow-cpu` already
+installed, `--no-deps` avoids pulling the full wheel beside it.)
 
 Every model is small (a few KB) with fixed seeds; `MANIFEST.json` lists each file with
 its input shape and the output of the legacy model on a fixed 32x32 (or its own size)
@@ -35,7 +40,8 @@ import tensorflow as tf  # noqa: E402
 try:
     import tf_keras as k
 except ImportError:
-    sys.exit("this script needs tf-keras (Keras 2): pip install '.[legacy-fixtures]'")
+    sys.exit("this script needs tf-keras (Keras 2): "
+             "pip install --no-deps -c constraints.txt tf-keras")
 
 K = k.backend  # saved lambdas read `tf` and `K` as module globals, as Keras 2 code did
 T = 3.0  # a script global read by one saved lambda, as old code did: the file cannot store it
