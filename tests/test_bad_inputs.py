@@ -228,6 +228,18 @@ def test_unusable_images_are_one_line_input_errors(photos, name):
     assert BAD[name] in message
 
 
+def test_multi_picture_camera_jpeg_reads_its_main_picture(rgb, tmp_path):
+    main_picture, preview = Image.fromarray(rgb), Image.fromarray(rgb[:120, :160])
+    main_picture.save(tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[preview])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pixels = load_image(tmp_path / "camera.jpg")
+    with Image.open(tmp_path / "camera.jpg") as img:
+        assert img.format == "MPO" and img.n_frames == 2
+        np.testing.assert_array_equal(pixels, np.asarray(img.convert("L")))
+    assert pixels.shape == (H, W)
+
+
 def test_lossy_inputs_warn_whatever_their_suffix(photos, tmp_path):
     disguised = tmp_path / "photo.png"
     disguised.write_bytes((photos / "rgb.jpg").read_bytes())

@@ -6,7 +6,8 @@
 "L"), alpha is dropped. Nothing is ever resized, rotated, color-managed or re-quantized: a
 steganalysis detector must see the pixels as stored, so the EXIF orientation tag and ICC
 profiles are ignored, and 16-bit, 32-bit and float images, multi-frame files (animated GIF,
-multi-page TIFF) and images over `MAX_PIXELS` are refused. The format is read from the
+multi-page TIFF; a camera's multi-picture JPEG is read as its first, main picture) and
+images over `MAX_PIXELS` are refused. The format is read from the
 content, so the suffix's case does not matter.
 
 `image_files` lists the images of a folder and `iter_folder_images` reads them with the one
@@ -94,7 +95,7 @@ def load_image(path, min_size: int = TILE, warn_jpeg: bool = True) -> np.ndarray
 def _check_image(path: Path, img) -> None:
     """Refuse what cannot be read as 8-bit pixels without changing them."""
     n_frames = getattr(img, "n_frames", 1)
-    if n_frames > 1:
+    if n_frames > 1 and img.format != "MPO":  # MPO: a camera JPEG plus previews; frame 0 is the photo
         raise InputError(f"{path}: multi-frame image ({n_frames} frames: animated or multi-page); "
                          "expected a single-frame image")
     width, height = img.size
