@@ -42,8 +42,8 @@ CANCELLATION_NOTE = (
     "instead of 3.0 at x = 3e7); Truncation returns the exact clip"
 )
 
-FORMAT_NAMES = {"keras": "Keras 3 .keras", "tf-keras": "tf.keras 2 .keras",
-                "h5": "legacy .h5"}
+FORMAT_NAMES = {"keras": "Keras 3 .keras file", "tf-keras": "tf.keras 2 .keras file",
+                "h5": "legacy .h5 file", "savedmodel": "tf.keras 2 SavedModel folder"}
 
 VERDICT_CLIP = "clip"
 VERDICT_NOT_CLIP = "not-clip"
@@ -53,14 +53,22 @@ VERDICT_OTHER_GRADIENT = "clip-other-gradient"
 # --------------------------------------------------------------------------- config scan
 
 
-def require_model_file(path, suffixes=LEGACY_SUFFIXES) -> Path:
-    """`require_file` for Keras models, with one-line advice for a SavedModel folder."""
+def is_savedmodel(path) -> bool:
+    """Whether `path` is a TensorFlow SavedModel folder."""
     path = Path(path)
-    if path.is_dir() and ((path / "saved_model.pb").is_file()
-                          or (path / "saved_model.pbtxt").is_file()):
-        raise InputError(f"{path}: a TensorFlow SavedModel folder, which Keras 3 cannot load as "
-                         "a Keras model; in the tf.keras 2 environment that saved it, re-save it "
-                         "with model.save('model.h5') and run edgetrunc migrate on that file")
+    return path.is_dir() and ((path / "saved_model.pb").is_file()
+                              or (path / "saved_model.pbtxt").is_file())
+
+
+def require_model_file(path, suffixes=LEGACY_SUFFIXES, savedmodel=False) -> Path:
+    """`require_file` for Keras models; a SavedModel folder is accepted with `savedmodel`,
+    else refused with one line naming `edgetrunc migrate`."""
+    path = Path(path)
+    if is_savedmodel(path):
+        if savedmodel:
+            return path
+        raise InputError(f"{path}: a TensorFlow SavedModel folder; convert it to .keras first: "
+                         f"edgetrunc migrate {path} --out NEW.keras")
     return require_file(path, "Keras model", suffixes)
 
 
@@ -78,9 +86,12 @@ def read_model_config(path) -> tuple[str, dict]:
     """Return `(format, config)` of a `.keras` zip or a full-model `.h5`; runs no code.
 
     The format is `"keras"` (Keras 3), `"tf-keras"` (a `.keras` file written by tf.keras 2,
-    whose config is in the Keras 2 format) or `"h5"`.
+    whose config is in the Keras 2 format), `"h5"` or `"savedmodel"` (a SavedModel folder
+    written by tf.keras 2, whose `keras_metadata.pb` holds the Keras 2 config).
     """
-    path = require_model_file(path)
+    path = require_model_file(path, savedmodel=True)
+    if path.is_dir():
+        return "savedmodel", _savedmodel_config(path)
     if zipfile.is_zipfile(path):
         if path.suffix.lower() != ".keras":
             raise InputError(f"{path}: a .keras zip archive named '{path.suffix}'; rename it to .keras")
@@ -114,6 +125,69 @@ def read_model_config(path) -> tuple[str, dict]:
         raise InputError(f"{path}: HDF5 file without a model config (weights only?); "
                          "expected a full model saved with model.save('*.h5')")
     return "h5", _parse_config(path, text)
+
+
+def _protobuf_fields(data: bytes):
+    """`(field number, value)` of a serialized protobuf message (wire format only)."""
+    def varint(at):
+        value = shift = 0
+        while True:
+            byte = data[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value, at
+
+    at = 0
+    while at < len(data):
+        key, at = varint(at)
+        wire = key & 7
+        if wire == 0:
+            value, at = varint(at)
+        elif wire == 2:
+            size, at = varint(at)
+            value, at = data[at:at + size], at + size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, at = data[at:at + size], at + size
+        else:
+            raise ValueError(f"wire type {wire}")
+        yield key >> 3, value
+
+
+def _savedmodel_config(path) -> dict:
+    """The Keras 2 model config that tf.keras 2 stores in a SavedModel's keras_metadata.pb."""
+    metadata_file = path / "keras_metadata.pb"
+    if not metadata_file.is_file():
+        raise InputError(f"{path}: a SavedModel folder without keras_metadata.pb (not saved by "
+                         "tf.keras model.save); Keras 3 cannot rebuild a Keras model from it")
+    try:
+        # SavedMetadata {repeated SavedObject nodes = 1}; SavedObject {node_path = 3, metadata = 5}
+        for number, node in _protobuf_fields(metadata_file.read_bytes()):
+            fields = dict(_protobuf_fields(node)) if number == 1 else {}
+            if fields.get(3) == b"root":
+                metadata = json.loads(fields.get(5, b"{}").decode("utf-8"))
+                break
+        else:
+            metadata = {}
+    except (ValueError, IndexError, UnicodeDecodeError):
+        raise InputError(f"{path}: keras_metadata.pb cannot be read (corrupt file?)") from None
+    if not isinstance(metadata.get("config"), dict) or "class_name" not in metadata:
+        raise InputError(f"{path}: the SavedModel's Keras metadata has no model config (a "
+                         "subclassed model?); Keras 3 cannot rebuild it")
+    return _untuple({"class_name": metadata["class_name"], "config": metadata["config"]})
+
+
+def _untuple(node):
+    """Keras 2 metadata writes tuples as {"class_name": "__tuple__", "items": [...]}."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "__tuple__" and isinstance(node.get("items"), list):
+            return [_untuple(item) for item in node["items"]]
+        return {key: _untuple(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_untuple(item) for item in node]
+    return node
 
 
 def _saved_by_keras2(config, metadata) -> bool:
@@ -661,10 +735,13 @@ def load_legacy(path, trust_lambda=False, extra_globals=None, truncation_classes
         raise InputError(f"{path}: {exc}") from None
     namespace = lambda_globals(extra_globals) if trust_lambda else None
     rebuilt = _lambdas_rebuilt_with(namespace) if trust_lambda else contextlib.nullcontext()
+    links = _keras2_nested_model_links() if file_format != "keras" else contextlib.nullcontext()
     try:
-        with _log.stdout_to_stderr(), rebuilt:
+        with _log.stdout_to_stderr(), rebuilt, links:
             if file_format == "tf-keras":
                 model = _load_keras2_archive(path, new_config, safe_mode=not trust_lambda)
+            elif file_format == "savedmodel":
+                model = _load_keras2_savedmodel(path, new_config, safe_mode=not trust_lambda)
             elif mapped:
                 model = _load_rewritten(path, file_format, new_config, safe_mode=not trust_lambda)
             else:
@@ -692,6 +769,44 @@ def _plain_single_input(model):
         return model
     outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
     return keras.Model(model.inputs[0], outputs, name=model.name)
+
+
+@contextlib.contextmanager
+def _keras2_nested_model_links():
+    """While active, Keras 3 follows Keras 2 links to nested models.
+
+    A Keras 2 nested model has a built-in node 0, so its first call is node 1; a Keras 3
+    model has none. Keras 3 shifts the index when it reads the model's outputs but not
+    when it links the next layer to the nested model, so such a file cannot be loaded.
+    This shifts it there too.
+    """
+    try:
+        from keras.src.models import functional
+    except ImportError:  # pragma: no cover - depends on the Keras layout
+        yield
+        return
+    original = getattr(functional, "deserialize_node", None)
+    if original is None:  # pragma: no cover
+        yield
+        return
+
+    def deserialize_node(node_data, created_layers):
+        if isinstance(node_data, list):
+            shifted = []
+            for item in node_data:
+                if isinstance(item, list) and len(item) >= 3 and isinstance(item[1], int) \
+                        and item[1] > 0 and isinstance(created_layers.get(item[0]),
+                                                        functional.Functional):
+                    item = [item[0], item[1] - 1, *item[2:]]
+                shifted.append(item)
+            node_data = shifted
+        return original(node_data, created_layers)
+
+    functional.deserialize_node = deserialize_node
+    try:
+        yield
+    finally:
+        functional.deserialize_node = original
 
 
 def _custom_objects() -> dict:
@@ -724,18 +839,14 @@ def _load_rewritten(path, file_format, config, safe_mode):
                                        custom_objects=_custom_objects())
 
 
-def _load_keras2_archive(path, config, safe_mode):
-    """Rebuild a tf.keras 2 `.keras` file: its Keras 2 config, then its weights file."""
-    import tempfile
-
-    import h5py
-
+def _model_from_keras2_config(path, config, safe_mode):
+    """Build a model (fresh weights) from a Keras 2 config, as Keras 3 reads a `.h5`."""
     try:
         from keras.src.legacy.saving import saving_options, saving_utils
         from keras.src.saving import serialization_lib
     except ImportError:  # pragma: no cover - depends on the Keras layout
-        raise InputError(f"{path}: a tf.keras 2 .keras file, which this Keras version cannot "
-                         "read; re-save it with model.save('model.h5') in tf.keras 2") from None
+        raise InputError(f"{path}: a tf.keras 2 file, which this Keras version cannot read; "
+                         "re-save it with model.save('model.h5') in tf.keras 2") from None
     config = json.loads(json.dumps(config))
     for node in _config_dicts(config):
         if "class_name" in node:
@@ -743,7 +854,75 @@ def _load_keras2_archive(path, config, safe_mode):
             node.pop("registered_name", None)
     with saving_options.keras_option_scope(use_legacy_config=True), \
             serialization_lib.SafeModeScope(safe_mode):
-        model = saving_utils.model_from_config(config, custom_objects=_custom_objects())
+        return saving_utils.model_from_config(config, custom_objects=_custom_objects())
+
+
+def _load_keras2_savedmodel(path, config, safe_mode):
+    """Rebuild a tf.keras 2 SavedModel: its Keras 2 config, then its checkpoint's weights.
+
+    tf.keras 2 tracks a model's weights as `layer_with_weights-<i>/<name>`, `i` counting
+    the layers that have weights, in order (nested models inside); the checkpoint's object
+    graph maps each such path to the key its value is stored under.
+    """
+    import keras
+    import tensorflow as tf
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    model = _model_from_keras2_config(path, config, safe_mode)
+    try:
+        reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    except Exception as exc:
+        raise InputError(f"{path}: the SavedModel's variables cannot be read "
+                         f"({_one_line(exc)})") from None
+
+    def key_of(names):
+        node = graph.nodes[0]
+        for name in names:
+            ids = [child.node_id for child in node.children if child.local_name == name]
+            if not ids:
+                return None
+            node = graph.nodes[ids[0]]
+        keys = [a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"]
+        return keys[0] if keys else None
+
+    skipped = ("_CHECKPOINTABLE_OBJECT_GRAPH", "optimizer/", "keras_api/", "save_counter/")
+    stored = {key for key in reader.get_variable_to_shape_map() if not key.startswith(skipped)}
+    used = set()
+
+    def assign(layers, prefix):
+        for index, layer in enumerate(lay for lay in layers if lay.weights):
+            here = [*prefix, f"layer_with_weights-{index}"]
+            if isinstance(layer, keras.Model):
+                assign(layer.layers, here)
+                continue
+            for variable in layer.weights:
+                key = key_of([*here, variable.name])
+                if key is None or key not in stored:
+                    raise InputError(f"{path}: no saved value for weight '{variable.path}' "
+                                     f"(expected at {'/'.join([*here, variable.name])})")
+                value = reader.get_tensor(key)
+                if tuple(value.shape) != tuple(variable.shape):
+                    raise InputError(f"{path}: weight '{variable.path}' is saved with shape "
+                                     f"{list(value.shape)}, the model needs {list(variable.shape)}")
+                variable.assign(value)
+                used.add(key)
+
+    assign(model.layers, [])
+    if used != stored:
+        raise InputError(f"{path}: {len(stored - used)} saved weight(s) match no layer "
+                         f"(e.g. {sorted(stored - used)[0]})")
+    return model
+
+
+def _load_keras2_archive(path, config, safe_mode):
+    """Rebuild a tf.keras 2 `.keras` file: its Keras 2 config, then its weights file."""
+    import tempfile
+
+    import h5py
+
+    model = _model_from_keras2_config(path, config, safe_mode)
     with tempfile.TemporaryDirectory(prefix="edgetrunc-migrate-") as tmp:
         weights = Path(tmp) / "model.weights.h5"
         with zipfile.ZipFile(path) as archive:
@@ -1302,7 +1481,7 @@ def op_inventory_change(before: dict, after: dict) -> dict:
 
 
 def _check_paths(legacy_path, out_path):
-    legacy = require_model_file(legacy_path)
+    legacy = require_model_file(legacy_path, savedmodel=True)
     out = Path(out_path)
     if out.suffix.lower() != ".keras":
         raise InputError(f"{out}: the migrated model is saved as .keras; got "
@@ -1339,8 +1518,9 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
     Layers Keras 3 cannot build are mapped before loading (`map_config_layers`): tf.keras
     2 `tf.clip_by_value` and `tf.minimum(tf.maximum(...))` op layers always, a user's
     own class only when named in `truncation_classes` (`{class: threshold or None}`).
-    A Keras 2 file (`.h5`, or `.keras` written by tf.keras 2) is always written as a
-    Keras 3 `.keras`; a Keras 3 `.keras` with nothing to replace is not written.
+    A Keras 2 file (`.h5`, a `.keras` written by tf.keras 2, a tf.keras 2 SavedModel
+    folder) is always written as a Keras 3 `.keras`; a Keras 3 `.keras` with nothing to
+    replace is not written.
 
     Report keys: legacy, out, written, format, lambda_globals, layers (one per Lambda or
     mapped layer: layer, verdict, lower, upper, gradient, exact, max_probe_error,
@@ -1434,7 +1614,7 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
     report["written"] = True
     done = []
     if converted:
-        done.append(f"converted the {FORMAT_NAMES[file_format]} file to a Keras 3 .keras")
+        done.append(f"converted the {FORMAT_NAMES[file_format]} to a Keras 3 .keras")
     if replaced:
         done.append(f"replaced {len(replaced)} Lambda layer(s) with Truncation")
     if mapped:
@@ -1447,6 +1627,8 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
 
 def _carry_compile_config(path, file_format, config, migrated):
     """Re-compile the migrated model like the legacy one; say what was carried."""
+    if file_format == "savedmodel":
+        return None
     if file_format == "tf-keras":
         if not config.get("compile_config"):
             return None

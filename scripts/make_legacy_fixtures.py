@@ -175,14 +175,31 @@ def build(out: Path) -> dict:
     manifest["weights_only.h5"] = {"input_shape": None, "truncation": None,
                                    "needs": "the architecture in code"}
 
-    # (f) a SavedModel directory (the tf.keras 2 default without a suffix)
-    model = _detector(k.layers.Lambda(lambda x: tf.clip_by_value(x, -3.0, 3.0), name="tlu"),
-                      (None, None, 1), "savedmodel")
+    # (f) a SavedModel directory (the tf.keras 2 default without a suffix), with the
+    # convolution and its truncation inside a nested Functional block
+    block_in = k.Input((None, None, 1), name="block_in")
+    y = k.layers.Conv2D(4, 5, padding="same", use_bias=False, name="conv1")(block_in)
+    y = k.layers.Lambda(lambda x: tf.clip_by_value(x, -3.0, 3.0), name="tlu")(y)
+    block = k.Model(block_in, y, name="front")
+    inputs = k.Input((None, None, 1), name="image")
+    x = k.layers.Activation("tanh", name="tanh")(block(inputs))
+    x = k.layers.Conv2D(8, 3, padding="same", name="conv2")(x)
+    x = k.layers.BatchNormalization(name="bn")(x)
+    x = k.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = k.Model(inputs, k.layers.Dense(2, activation="softmax", name="softmax")(x),
+                    name="savedmodel")
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(0, 1, (5, 5, 1, 4))
+    block.get_layer("conv1").set_weights([(30 * (kernel - kernel.mean((0, 1)))).astype("float32")])
+    model.get_layer("bn").set_weights([rng.uniform(0.5, 2, 8).astype("float32"),
+                                       rng.normal(0, 1, 8).astype("float32"),
+                                       rng.normal(0, 0.2, 8).astype("float32"),
+                                       rng.uniform(0.5, 2, 8).astype("float32")])
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "savedmodel", save_format="tf")
-        shutil.copytree(Path(tmp) / "savedmodel", out / "savedmodel")
-    manifest["savedmodel"] = {"input_shape": [None, None, 1], "truncation": "Lambda clip",
-                              "needs": "re-save as .h5 with Keras 2"}
+        shutil.copytree(Path(tmp) / "savedmodel", out / "savedmodel",
+                        ignore=shutil.ignore_patterns("assets", "fingerprint.pb"))
+    record("savedmodel", model, truncation="Lambda tf.clip_by_value(x, -3, 3) in a nested block")
     return manifest
 
 

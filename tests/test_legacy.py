@@ -3,9 +3,10 @@
 The files under tests/fixtures/legacy/ were written by `scripts/make_legacy_fixtures.py`
 with tf-keras 2.21 (not needed here): `.h5` models whose truncation is a saved `Lambda`,
 a custom `TLU` class or a raw `tf.clip_by_value` / `tf.minimum(tf.maximum())` op, a
-tf.keras `.keras` file, a weights-only `.h5`, a SavedModel folder, and a Keras 3 file of an
-older edgetrunc whose `Truncation` config lacks the newer keys. `MANIFEST.json` holds each
-model's output in Keras 2 on a fixed input; migrated models must reproduce it.
+tf.keras `.keras` file, a weights-only `.h5`, a SavedModel folder (with a nested model),
+and a Keras 3 file of an older edgetrunc whose `Truncation` config lacks the newer keys.
+`MANIFEST.json` holds each model's output in Keras 2 on a fixed input; migrated models
+must reproduce it.
 """
 
 import hashlib
@@ -42,6 +43,7 @@ MIGRATED = {
     "minmax_ste.h5": ({"trust_lambda": True}, "tlu", -2.0, 2.0, "ste", "clip"),
     "rgb_clip.h5": ({"trust_lambda": True}, "tlu", -3.0, 3.0, "clip", "clip"),
     "tfkeras_v3.keras": ({"trust_lambda": True}, "tlu", -3.0, 3.0, "clip", "clip"),
+    "savedmodel": ({"trust_lambda": True}, "front/tlu", -3.0, 3.0, "clip", "clip"),
     "custom_tlu.h5": ({"truncation_classes": {"TLU": None}}, "tlu", -3.0, 3.0, "clip", "mapped"),
     "tfop_clip.h5": ({}, "tf.clip_by_value", -3.0, 3.0, "clip", "mapped"),
     "tfop_minmax.h5": ({}, "tf.math.maximum", -2.0, 2.0, "clip", "mapped"),
@@ -90,10 +92,12 @@ def test_migrated_model_computes_what_keras2_computed(name, migrated):
     assert (layer["lower"], layer["upper"], layer["gradient"]) == (lower, upper, gradient)
 
     model = keras.saving.load_model(out, safe_mode=True)
-    truncation = model.get_layer(layer_name)
+    truncation = model
+    for part in layer_name.split("/"):  # a nested model's layer is "model/layer"
+        truncation = truncation.get_layer(part)
     assert isinstance(truncation, Truncation)
     assert truncation.bounds == (lower, upper) and truncation.gradient == gradient
-    assert not any(isinstance(lay, keras.layers.Lambda) for lay in model.layers)
+    assert not any(isinstance(lay, keras.layers.Lambda) for lay in model._flatten_layers())
     got = np.asarray(model(sample(name)))
     np.testing.assert_allclose(got, np.array(MANIFEST[name]["keras2_output"]), atol=1e-5, rtol=0)
 
@@ -174,17 +178,26 @@ def test_other_tf_op_layer_is_named(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("weights_only.h5", "weights only"),
-    ("savedmodel", "SavedModel folder"),
-])
-def test_files_that_hold_no_loadable_model(name, fragment, tmp_path, capsys):
+def test_weights_only_file_holds_no_model(tmp_path, capsys):
     out = tmp_path / "new.keras"
-    rc, _, err = cli(capsys, "migrate", FIXTURES / name, "--out", out, "--trust-lambda")
-    assert_one_line_error(rc, err, fragment)
+    rc, _, err = cli(capsys, "migrate", FIXTURES / "weights_only.h5", "--out", out,
+                     "--trust-lambda")
+    assert_one_line_error(rc, err, "weights only")
     assert not out.exists()
-    with pytest.raises(InputError, match=fragment):
-        edgetrunc.load_model(FIXTURES / name)
+    with pytest.raises(InputError, match="weights only"):
+        edgetrunc.load_model(FIXTURES / "weights_only.h5")
+
+
+def test_savedmodel_report_and_refusal(migrated, tmp_path, capsys):
+    report = migrated["savedmodel"][1]
+    assert report["format"] == "savedmodel"
+    assert report["message"].startswith("converted the tf.keras 2 SavedModel folder")
+    out = tmp_path / "new.keras"
+    rc, _, err = cli(capsys, "migrate", FIXTURES / "savedmodel", "--out", out)
+    assert_one_line_error(rc, err, "1 Lambda layer(s) (tlu)", "--trust-lambda")
+    assert not out.exists()
+    with pytest.raises(InputError, match="SavedModel folder; convert it to .keras first"):
+        edgetrunc.load_model(FIXTURES / "savedmodel")
 
 
 # ----------------------------------------------------------------------------- without migrate
