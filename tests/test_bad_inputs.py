@@ -240,10 +240,21 @@ def test_multi_picture_camera_jpeg_reads_its_main_picture(rgb, tmp_path):
     assert pixels.shape == (H, W)
 
 
+def test_sixteen_bit_rgb_tiff_is_refused(rgb, tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb.astype(np.uint16) * 257)
+    with pytest.raises(InputError, match="rgb16.tif: 16-bit RGB image; expected 8 bits per sample"):
+        load_image(tmp_path / "rgb16.tif")
+
+
 def test_lossy_inputs_warn_whatever_their_suffix(photos, tmp_path):
     disguised = tmp_path / "photo.png"
     disguised.write_bytes((photos / "rgb.jpg").read_bytes())
+    Image.open(photos / "rgb.png").save(tmp_path / "jpeg_inside.tif", compression="jpeg")
+    Image.open(photos / "rgb.png").save(tmp_path / "lzw.tif", compression="tiff_lzw")
     for path, warned in ((photos / "rgb.jpg", "JPEG"), (photos / "lossy.webp", "WebP"),
+                         (tmp_path / "jpeg_inside.tif", "JPEG-compressed TIFF"),
+                         (tmp_path / "lzw.tif", None),
                          (disguised, "JPEG"), (photos / "lossless.webp", None),
                          (photos / "rgb.png", None)):
         with warnings.catch_warnings(record=True) as caught:

@@ -140,7 +140,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def lossy_format(path) -> str | None:
-    """"JPEG" or "WebP" when the file's content is a lossy format (whatever its suffix), else None."""
+    """"JPEG", "WebP" or "JPEG-compressed TIFF" when the content is lossy (whatever the suffix)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(1 << 16)
@@ -148,6 +148,15 @@ def lossy_format(path) -> str | None:
         return None
     if head[:3] == b"\xff\xd8\xff":
         return "JPEG"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                compression = img.info.get("compression")
+        except Exception:  # noqa: BLE001  (load_image reports unreadable files)
+            return None
+        return "JPEG-compressed TIFF" if compression in ("jpeg", "tiff_jpeg") else None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         offset = 12
         while offset + 8 <= len(head):  # chunks: fourcc, little-endian size, padded data
