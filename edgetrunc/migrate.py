@@ -77,6 +77,7 @@ def require_keras_file(path, suffixes=(".keras",)) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5") and suffix not in suffixes and path.is_file():
+        read_model_config(path)  # a weights-only or corrupt file says so first
         raise InputError(f"{path}: a legacy {path.suffix} model; convert it to .keras first: "
                          f"edgetrunc migrate {path} --out NEW.keras")
     return require_model_file(path, suffixes)
@@ -122,8 +123,10 @@ def read_model_config(path) -> tuple[str, dict]:
     except OSError as exc:
         raise InputError(f"{path}: corrupt HDF5 file ({exc})") from None
     if text is None:
-        raise InputError(f"{path}: HDF5 file without a model config (weights only?); "
-                         "expected a full model saved with model.save('*.h5')")
+        raise InputError(f"{path}: HDF5 file without a model config (weights only?); expected "
+                         "a full model saved with model.save('*.h5'); to use these weights, "
+                         "build the model in code, call model.load_weights on this file and "
+                         "save it with model.save('model.keras')")
     return "h5", _parse_config(path, text)
 
 

@@ -126,6 +126,21 @@ def test_migrated_output_of_a_free_size_model_runs_on_256x256(migrated):
     assert np.asarray(model(x)).shape == (1, 2)
 
 
+def test_free_size_migrated_model_converts_and_passes_parity(migrated, tmp_path, capsys):
+    """(None, None, 1): int8 calibration on 256x256 tiles, TFLite resized to the batch."""
+    out = tmp_path / "artifacts"
+    rc, _, err = cli(capsys, "convert", migrated["clip_lambda.h5"][0], "--out", out,
+                     "--tflite", "fp32,int8", "--onnx", "fp32", "--json")
+    assert rc == 0, err
+    artifacts = sorted(str(p) for p in out.iterdir() if p.suffix in (".tflite", ".onnx"))
+    assert len(artifacts) == 3
+    rc, _, err = cli(capsys, "parity", migrated["clip_lambda.h5"][0], *artifacts,
+                     "--samples", "4", "--json", str(tmp_path / "parity.json"))
+    assert rc == 0, err
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["passed"] is True
+
+
 # ----------------------------------------------------------------------------- refusals
 
 
@@ -186,6 +201,8 @@ def test_weights_only_file_holds_no_model(tmp_path, capsys):
     assert not out.exists()
     with pytest.raises(InputError, match="weights only"):
         edgetrunc.load_model(FIXTURES / "weights_only.h5")
+    rc, _, err = cli(capsys, "convert", FIXTURES / "weights_only.h5", "--out", tmp_path / "o")
+    assert_one_line_error(rc, err, "weights only", "load_weights")
 
 
 def test_savedmodel_report_and_refusal(migrated, tmp_path, capsys):
