@@ -231,7 +231,8 @@ def main(argv=None) -> int:
         module = importlib.import_module(f"edgetrunc._cli.{args.command}")
         return int(module.run(args) or 0)
     except EdgetruncError as exc:
-        print(f"edgetrunc {args.command}: error: {exc}", file=sys.stderr)
+        message = str(exc).replace("\r", "\\r").replace("\n", "\\n")  # one line, even for odd file names
+        print(f"edgetrunc {args.command}: error: {message}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # the file system refused (disk full, permissions, read-only, ...)
         where = f"{exc.filename}: " if exc.filename else ""

@@ -611,3 +611,17 @@ def test_zero_and_negative_counts_are_usage_errors(argv, capsys):
 def test_negative_warmup_is_one_line(tflite, capsys):
     assert main(["-q", "bench", str(tflite), "--warmup", "-1"]) == 2
     _one_line_error(capsys.readouterr().err, "--warmup")
+
+
+def test_file_names_with_line_breaks_keep_errors_on_one_line(tmp_path, tflite, capsys):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "bad\nname.png").write_text("not an image")
+    Image.fromarray(np.zeros((256, 256), np.uint8)).save(folder / "good\nname.png")
+    assert main(["-q", "infer", str(tflite), str(folder / "bad\nname.png")]) == 2
+    _one_line_error(capsys.readouterr().err, "bad\\nname.png: not an image")
+    assert main(["-q", "infer", str(tflite), str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "error:" not in err and "skipped 1 file(s): bad\\nname.png (not an image" in err
+    assert main(["-q", "evaluate", str(folder / "bad\nname.png")]) == 2
+    _one_line_error(capsys.readouterr().err, "bad\\nname.png")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from edgetrunc import _log
-from edgetrunc.data.images import image_files, no_usable_image, report_skipped
+from edgetrunc.data.images import image_files, no_usable_image, one_line, report_skipped
 from edgetrunc.errors import InputError
 from edgetrunc.runtime import open_runner, score_images
 
@@ -76,10 +76,10 @@ def run(args) -> int:
         if folder is not None:  # a file found in a folder: skipped with the folder's warning
             reason = str(exc)
             reason = reason[len(f"{path}: "):] if reason.startswith(f"{path}: ") else reason
-            folders[folder].append(f"{Path(path).name} ({reason.split('; expected')[0]})")
+            folders[folder].append(one_line(f"{Path(path).name} ({reason.split('; expected')[0]})"))
             return
         failed.append(str(path))
-        print(f"edgetrunc infer: error: {exc}", file=sys.stderr, flush=True)
+        print(f"edgetrunc infer: error: {one_line(exc)}", file=sys.stderr, flush=True)
 
     scores = score_images(runner, paths, on_error=report)
     scored = {s.image for s in scores}
@@ -88,8 +88,8 @@ def run(args) -> int:
             report_skipped(folder, skipped)
         else:
             failed.append(folder)
-            print(f"edgetrunc infer: error: {no_usable_image(folder, skipped)}", file=sys.stderr,
-                  flush=True)
+            print(f"edgetrunc infer: error: {one_line(no_usable_image(folder, skipped))}",
+                  file=sys.stderr, flush=True)
     for score in scores:
         right, bottom = score.dropped_border
         if right or bottom:

@@ -190,7 +190,7 @@ def image_files(folder, what: str = "folder of images") -> tuple[list[Path], lis
         if entry.name.startswith(".") or entry.is_dir():
             continue
         if entry.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(f"{entry.name} (not an image suffix)")
+            skipped.append(f"{one_line(entry.name)} (not an image suffix)")
             continue
         files.append(entry)
     return files, skipped
@@ -205,9 +205,14 @@ def iter_folder_images(files, skipped: list, min_size: int = TILE):
             reason = str(exc)
             prefix = f"{path}: "
             reason = reason[len(prefix):] if reason.startswith(prefix) else reason
-            skipped.append(f"{path.name} ({reason.split('; expected')[0]})")
+            skipped.append(one_line(f"{path.name} ({reason.split('; expected')[0]})"))
             continue
         yield path, pixels
+
+
+def one_line(text) -> str:
+    """`text` with line breaks shown as `\\n` / `\\r` (file names may hold them)."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def report_skipped(folder, skipped: list) -> None:
