@@ -220,7 +220,7 @@ def report_skipped(folder, skipped: list) -> None:
     if skipped:
         from edgetrunc import _log
 
-        _log.warn(f"{folder}: skipped {len(skipped)} file(s): {'; '.join(skipped)}")
+        _log.warn(one_line(f"{folder}: skipped {len(skipped)} file(s): {'; '.join(skipped)}"))
 
 
 def no_usable_image(folder, skipped: list, what: str = "image") -> InputError:
