@@ -7,8 +7,8 @@
 steganalysis detector must see the pixels as stored, so the EXIF orientation tag and ICC
 profiles are ignored, and 16-bit, 32-bit and float images, multi-frame files (animated GIF,
 multi-page TIFF; a camera's multi-picture JPEG is read as its first, main picture) and
-images over `MAX_PIXELS` are refused. The format is read from the
-content, so the suffix's case does not matter.
+images over `MAX_PIXELS` are refused. The format is read from the content, so the suffix's
+case does not matter.
 
 `image_files` lists the images of a folder and `iter_folder_images` reads them with the one
 folder policy every command shares: hidden files and subfolders are ignored, and a file
@@ -44,8 +44,8 @@ def load_image(path, min_size: int = TILE, warn_jpeg: bool = True) -> np.ndarray
     """Read `path` as a uint8 grayscale array `[H, W]`, at least `min_size` on each side.
 
     Raises `InputError` (one line naming the file) for anything that is not an 8-bit,
-    single-frame image of at least `min_size` x `min_size` pixels. JPEG and lossy WebP
-    files are read with a `UserWarning` unless `warn_jpeg=False`.
+    single-frame image of at least `min_size` x `min_size` pixels. Lossy files (JPEG, lossy
+    WebP, JPEG-compressed TIFF) are read with a `UserWarning` unless `warn_jpeg=False`.
     """
     from PIL import Image, UnidentifiedImageError
 
