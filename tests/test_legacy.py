@@ -40,7 +40,7 @@ MIGRATED = {
     "clip_lambda.h5": ({"trust_lambda": True}, "tlu", -3.0, 3.0, "clip", "clip"),
     "kclip_global.h5": ({"trust_lambda": True, "extra_globals": {"T": 3.0}},
                         "tlu", -3.0, 3.0, "clip", "clip"),
-    "minmax_ste.h5": ({"trust_lambda": True}, "tlu", -2.0, 2.0, "ste", "clip"),
+    "minmax_ste.h5": ({"trust_lambda": True}, "tlu", -2.0, 2.0, "ste", "clip"),  # Sequential
     "rgb_clip.h5": ({"trust_lambda": True}, "tlu", -3.0, 3.0, "clip", "clip"),
     "tfkeras_v3.keras": ({"trust_lambda": True}, "tlu", -3.0, 3.0, "clip", "clip"),
     "savedmodel": ({"trust_lambda": True}, "front/tlu", -3.0, 3.0, "clip", "clip"),
@@ -126,15 +126,17 @@ def test_migrated_output_of_a_free_size_model_runs_on_256x256(migrated):
     assert np.asarray(model(x)).shape == (1, 2)
 
 
-def test_free_size_migrated_model_converts_and_passes_parity(migrated, tmp_path, capsys):
-    """(None, None, 1): int8 calibration on 256x256 tiles, TFLite resized to the batch."""
+@pytest.mark.parametrize("name", ["clip_lambda.h5", "minmax_ste.h5"])
+def test_free_size_migrated_model_converts_and_passes_parity(name, migrated, tmp_path, capsys):
+    """(None, None, 1), Functional and Sequential: int8 calibration on 256x256 tiles,
+    TFLite resized to the batch, ONNX from a Sequential model."""
     out = tmp_path / "artifacts"
-    rc, _, err = cli(capsys, "convert", migrated["clip_lambda.h5"][0], "--out", out,
+    rc, _, err = cli(capsys, "convert", migrated[name][0], "--out", out,
                      "--tflite", "fp32,int8", "--onnx", "fp32", "--json")
     assert rc == 0, err
     artifacts = sorted(str(p) for p in out.iterdir() if p.suffix in (".tflite", ".onnx"))
     assert len(artifacts) == 3
-    rc, _, err = cli(capsys, "parity", migrated["clip_lambda.h5"][0], *artifacts,
+    rc, _, err = cli(capsys, "parity", migrated[name][0], *artifacts,
                      "--samples", "4", "--json", str(tmp_path / "parity.json"))
     assert rc == 0, err
     report = json.loads((tmp_path / "parity.json").read_text())

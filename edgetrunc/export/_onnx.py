@@ -223,6 +223,10 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
         raise InputError(f"{model.name}: {len(model.inputs)} inputs; expected one image input")
     shape = tuple(model.inputs[0].shape)
     spec = tf.TensorSpec((None,) + tuple(shape[1:]), tf.float32, name=INPUT_NAME)
+    import keras
+
+    if isinstance(model, keras.Sequential):  # tf2onnx cannot trace a Keras 3 Sequential
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
     try:
         with quiet_converter():
             proto, _ = tf2onnx.convert.from_keras(
