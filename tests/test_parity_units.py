@@ -168,3 +168,13 @@ def test_nan_outputs_fail_with_a_clear_reason():
         assert not result.passed
         assert any("NaN for 2 input(s)" in f for f in result.failures), result.failures
         assert result.nan_mismatches == 4
+
+
+def test_output_shape_mismatch_names_the_artifact():
+    from edgetrunc.errors import InputError
+    from edgetrunc.parity.comparator import Comparator, RunResult, RunResults
+
+    results = RunResults([RunResult("keras", {"out": np.zeros((2, 2), np.float32)}, 1.0, 2),
+                          RunResult("model.onnx", {"out": np.zeros((2, 1), np.float32)}, 1.0, 2)])
+    with pytest.raises(InputError, match=r"^model\.onnx: output shape differs: reference \[2, 2\]"):
+        Comparator.compare_accuracy(results, CompareFunc.simple())

@@ -97,7 +97,11 @@ class Comparator:
         comparisons = {}
         for result in results.results[1:]:
             precision = (precisions or {}).get(result.runner, "fp32")
-            comparisons[result.runner] = compare_func(
-                reference.outputs, result.outputs, labels=labels, precision=precision,
-                reference_probability=reference.probability, candidate_probability=result.probability)
+            try:
+                comparisons[result.runner] = compare_func(
+                    reference.outputs, result.outputs, labels=labels, precision=precision,
+                    reference_probability=reference.probability,
+                    candidate_probability=result.probability)
+            except InputError as exc:
+                raise InputError(f"{result.runner}: {exc}") from None
         return comparisons
