@@ -361,7 +361,7 @@ def parse_truncation_classes(items) -> dict:
     for item in items or []:
         name, sep, text = str(item).partition("=")
         name = name.strip()
-        if not name.isidentifier():
+        if not all(part.isidentifier() for part in name.split(">")):
             raise InputError(f"--truncation-class {item}: expected a class name, optionally "
                              "with its threshold, e.g. TLU or TLU=3.0")
         threshold = None
@@ -510,11 +510,14 @@ def map_config_layers(config, truncation_classes=None):
             if not isinstance(node, dict) or not isinstance(node.get("class_name"), str):
                 continue
             class_name, name = node["class_name"], _layer_name(node)
-            if class_name in truncation_classes:
-                used.add(class_name)
+            # a registered Keras 2 class is saved as "Package>Name": "Name" also matches it
+            asked = next((c for c in (class_name, class_name.rsplit(">", 1)[-1])
+                          if c in truncation_classes), None)
+            if asked is not None:
+                used.add(asked)
                 saved = node.get("config") if isinstance(node.get("config"), dict) else {}
                 lower, upper, key = _bounds_from_config(class_name, name, saved,
-                                                        truncation_classes[class_name])
+                                                        truncation_classes[asked])
                 layers[index - 1] = _truncation_node(node, lower, upper, "clip")
                 mapped.append(MappedLayer(
                     name, f"class {class_name}", lower, upper, "clip",
@@ -574,8 +577,8 @@ class UnknownLayerClass(InputError):
             what = (f"layer '{name}'{more} is of class '{class_name}', which Keras 3 does not "
                     "know (a class of the code that saved the file; its code is not in the "
                     f"file); if it is a truncation (clip to [-T, T]) give --truncation-class "
-                    f"{class_name} to edgetrunc migrate, otherwise load it where the class "
-                    "is importable")
+                    f"{class_name.rsplit('>', 1)[-1]} to edgetrunc migrate, otherwise load it "
+                    "where the class is importable")
         super().__init__(what)
 
 
@@ -660,12 +663,14 @@ class LegacyBackend:
 
 
 def lambda_globals(extra=None) -> dict:
-    """The globals given to rebuilt lambdas: `tf`, `keras`, `K`, `np`, `math` (+ `extra`)."""
+    """The globals given to rebuilt lambdas: `tf`, `keras`, `K` (also as `backend`), `np`,
+    `math` (+ `extra`)."""
     import keras
     import tensorflow as tf
 
     namespace = {"__builtins__": builtins, "__name__": "edgetrunc_migrated_lambda",
-                 "tf": tf, "keras": keras, "K": LegacyBackend(), "np": np, "math": math}
+                 "tf": tf, "keras": keras, "K": LegacyBackend(), "backend": LegacyBackend(),
+                 "np": np, "math": math}
     namespace.update(extra or {})
     return namespace
 

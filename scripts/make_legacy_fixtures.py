@@ -164,6 +164,32 @@ def build(out: Path) -> dict:
     model.save(out / "tfop_other.h5")
     record("tfop_other.h5", model, truncation=None, needs="rewrite tf.math.softsign as a layer")
 
+    # (c3) all in one: K.clip on a Keras tensor (a TFOpLambda), a Lambda with `arguments`,
+    # and a registered custom class (saved as "MyLayers>ClipLayer", threshold key "T")
+    @k.utils.register_keras_serializable(package="MyLayers")
+    class ClipLayer(k.layers.Layer):
+        def __init__(self, T=3.0, **kwargs):
+            super().__init__(**kwargs)
+            self.T = T
+
+        def call(self, x):
+            return tf.minimum(tf.maximum(x, -self.T), self.T)
+
+        def get_config(self):
+            return {**super().get_config(), "T": self.T}
+
+    def mixed(x):
+        x = K.clip(x, -4.0, 4.0)
+        x = k.layers.Lambda(lambda x, t: tf.clip_by_value(x, -t, t), arguments={"t": 3.0},
+                            name="tlu_args")(x)
+        return ClipLayer(T=2.0, name="tlu_class")(x)
+
+    model = functional("mixed_registered", mixed)
+    model.save(out / "mixed_registered.h5")
+    record("mixed_registered.h5", model,
+           truncation="K.clip op + Lambda with arguments + registered MyLayers>ClipLayer(T=2)",
+           needs="--trust-lambda --truncation-class ClipLayer")
+
     # (d) tf.keras 2 writing the .keras (v3) format
     model = _detector(k.layers.Lambda(lambda x: tf.clip_by_value(x, -3.0, 3.0), name="tlu"),
                       (None, None, 1), "tfkeras_v3")

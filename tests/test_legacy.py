@@ -102,6 +102,24 @@ def test_migrated_model_computes_what_keras2_computed(name, migrated):
     np.testing.assert_allclose(got, np.array(MANIFEST[name]["keras2_output"]), atol=1e-5, rtol=0)
 
 
+def test_op_lambda_argument_lambda_and_registered_class_in_one_model(tmp_path):
+    name = "mixed_registered.h5"
+    out = tmp_path / "new.keras"
+    unknown = "class 'MyLayers>ClipLayer'.*--truncation-class ClipLayer"
+    with pytest.raises(InputError, match=unknown):
+        migrate(FIXTURES / name, out, trust_lambda=True, op_inventory=False)
+    report = migrate(FIXTURES / name, out, trust_lambda=True, op_inventory=False,
+                     truncation_classes={"ClipLayer": None})
+    got = {layer["layer"]: (layer["verdict"], layer["lower"], layer["upper"])
+           for layer in report["layers"]}
+    assert got == {"tf.clip_by_value_1": ("mapped", -4.0, 4.0), "tlu_args": ("clip", -3.0, 3.0),
+                   "tlu_class": ("mapped", -2.0, 2.0)}
+    model = keras.saving.load_model(out, safe_mode=True)
+    assert sum(isinstance(layer, Truncation) for layer in model.layers) == 3
+    np.testing.assert_allclose(np.asarray(model(sample(name))),
+                               np.array(MANIFEST[name]["keras2_output"]), atol=1e-5, rtol=0)
+
+
 def test_report_names_the_format_and_the_conversion(migrated):
     assert migrated["tfkeras_v3.keras"][1]["format"] == "tf-keras"
     assert migrated["clip_lambda.h5"][1]["format"] == "h5"

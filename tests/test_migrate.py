@@ -219,7 +219,7 @@ def test_cli_table_and_json(tmp_path, capsys):
     assert rc == 0
     report = json.loads(captured.out)
     assert report["layers"][0]["gradient"] == "ste"
-    assert report["lambda_globals"] == ["K", "keras", "math", "np", "tf"]
+    assert report["lambda_globals"] == ["K", "backend", "keras", "math", "np", "tf"]
     assert (tmp_path / "new2.keras").is_file()
 
 
