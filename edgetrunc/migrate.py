@@ -841,8 +841,8 @@ def _load_rewritten(path, file_format, config, safe_mode):
         else:
             with zipfile.ZipFile(path) as source, zipfile.ZipFile(copy, "w") as target:
                 for name in source.namelist():
-                    data = json.dumps(config).encode() if name == "config.json" else source.read(name)
-                    target.writestr(name, data)
+                    target.writestr(name, json.dumps(config).encode() if name == "config.json"
+                                    else source.read(name))
         return keras.saving.load_model(copy, compile=False, safe_mode=safe_mode,
                                        custom_objects=_custom_objects())
 

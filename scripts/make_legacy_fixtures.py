@@ -4,10 +4,12 @@ The files are what a user who built a truncation-layer model with `tf.keras` (Ke
 brings to edgetrunc: `.h5` models whose truncation is a `Lambda` (`tf.clip_by_value`,
 `K.clip` reading a script global, a `tf.minimum(tf.maximum(...))` straight-through
 estimator), a custom `TLU` layer class, raw `tf.clip_by_value`, `tf.minimum(tf.maximum())`
-and `tf.math.softsign` ops on Keras tensors (saved as `TFOpLambda` layers), a tf.keras
-`.keras` file, a weights-only `.h5` and a SavedModel directory, plus one Keras 3 `.keras` file saved by an older edgetrunc whose
-`Truncation` config lacks the newer keys. The tests read only the committed files; this
-script needs tf-keras (the `legacy-fixtures` extra) and is run by hand:
+and `tf.math.softsign` ops on Keras tensors (saved as `TFOpLambda` layers), a model mixing
+`K.clip`, a Lambda with `arguments` and a registered class, a tf.keras `.keras` file, a
+weights-only `.h5` and a SavedModel folder with a nested model, plus one Keras 3 `.keras`
+file saved by an older edgetrunc whose `Truncation` config lacks the newer keys. The tests
+read only the committed files; this script needs tf-keras (the `legacy-fixtures` extra)
+and is run by hand:
 
     pip install --no-deps -c constraints.txt tf-keras   # --no-deps: keeps tensorflow-cpu
     python scripts/make_legacy_fixtures.py [--out tests/fixtures/legacy]
@@ -74,7 +76,8 @@ def _detector(truncation, shape, name, sequential=False):
     model.get_layer("conv1").set_weights([(30 * kernel).astype("float32")])
     bn = model.get_layer("bn")
     bn.set_weights([rng.uniform(0.5, 2, 8).astype("float32"), rng.normal(0, 1, 8).astype("float32"),
-                    rng.normal(0, 0.2, 8).astype("float32"), rng.uniform(0.5, 2, 8).astype("float32")])
+                    rng.normal(0, 0.2, 8).astype("float32"),
+                    rng.uniform(0.5, 2, 8).astype("float32")])
     return model
 
 
@@ -90,8 +93,8 @@ def build(out: Path) -> dict:
     def record(filename, model, **info):
         shape = tuple(model.inputs[0].shape[1:])
         x = _sample(shape)
-        manifest[filename] = {"input_shape": list(shape), "keras2_output": model(x).numpy().tolist(),
-                              **info}
+        manifest[filename] = {"input_shape": list(shape),
+                              "keras2_output": model(x).numpy().tolist(), **info}
 
     # (a) the plain clip: Lambda(tf.clip_by_value), any image size
     model = _detector(k.layers.Lambda(lambda x: tf.clip_by_value(x, -3.0, 3.0), name="tlu"),
@@ -149,7 +152,8 @@ def build(out: Path) -> dict:
         model = k.Model(inputs, k.layers.Dense(2, activation="softmax", name="softmax")(x),
                         name=name)
         kernel = np.random.default_rng(0).normal(0, 1, (5, 5, shape[-1], 4))
-        model.get_layer("conv1").set_weights([(30 * (kernel - kernel.mean((0, 1)))).astype("float32")])
+        kernel = 30 * (kernel - kernel.mean((0, 1)))
+        model.get_layer("conv1").set_weights([kernel.astype("float32")])
         return model
 
     model = functional("tfop_clip", lambda x: tf.clip_by_value(x, -3.0, 3.0))
