@@ -741,6 +741,7 @@ def load_legacy(path, trust_lambda=False, extra_globals=None, truncation_classes
         new_config, mapped = map_config_layers(config, truncation_classes)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
+    policies = _keras2_dtype_policies(new_config) if file_format != "keras" else 0
     namespace = lambda_globals(extra_globals) if trust_lambda else None
     rebuilt = _lambdas_rebuilt_with(namespace) if trust_lambda else contextlib.nullcontext()
     links = _keras2_nested_model_links() if file_format != "keras" else contextlib.nullcontext()
@@ -750,7 +751,7 @@ def load_legacy(path, trust_lambda=False, extra_globals=None, truncation_classes
                 model = _load_keras2_archive(path, new_config, safe_mode=not trust_lambda)
             elif file_format == "savedmodel":
                 model = _load_keras2_savedmodel(path, new_config, safe_mode=not trust_lambda)
-            elif mapped:
+            elif mapped or policies:
                 model = _load_rewritten(path, file_format, new_config, safe_mode=not trust_lambda)
             else:
                 model = keras.saving.load_model(path, compile=False, safe_mode=not trust_lambda,
@@ -815,6 +816,20 @@ def _keras2_nested_model_links():
         yield
     finally:
         functional.deserialize_node = original
+
+
+def _keras2_dtype_policies(config) -> int:
+    """Write Keras 2 dtype policies (`{"class_name": "Policy", ...}`) as their names, which
+    Keras 3 reads (it cannot read the Keras 2 object); return how many were changed."""
+    changed = 0
+    for node in _config_dicts(config):
+        layer_config = node.get("config")
+        dtype = layer_config.get("dtype") if isinstance(layer_config, dict) else None
+        if isinstance(dtype, dict) and dtype.get("class_name") == "Policy" \
+                and isinstance((dtype.get("config") or {}).get("name"), str):
+            layer_config["dtype"] = dtype["config"]["name"]
+            changed += 1
+    return changed
 
 
 def _custom_objects() -> dict:
@@ -1466,9 +1481,31 @@ def tflite_op_inventory(model) -> dict:
     return dict(sorted(Counter(op["op_name"] for op in ops).items()))
 
 
+@contextlib.contextmanager
+def _native_stderr_discarded():
+    """While active, what native code writes to stderr (the converter's MLIR diagnostics,
+    which its exception repeats) is discarded."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def _inventory_or_error(model) -> dict:
     try:
-        return tflite_op_inventory(model)
+        with _native_stderr_discarded():
+            return tflite_op_inventory(model)
     except Exception as exc:
         return {"error": _one_line(exc)}
 

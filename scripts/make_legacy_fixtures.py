@@ -194,6 +194,16 @@ def build(out: Path) -> dict:
            truncation="K.clip op + Lambda with arguments + registered MyLayers>ClipLayer(T=2)",
            needs="--trust-lambda --truncation-class ClipLayer")
 
+    # (c4) mixed precision: layers saved with a Keras 2 dtype policy object
+    k.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = functional("mixed_float16", lambda x: k.layers.Lambda(
+            lambda x: tf.clip_by_value(x, -3.0, 3.0), name="tlu")(x))
+    finally:
+        k.mixed_precision.set_global_policy("float32")
+    model.save(out / "mixed_float16.h5")
+    record("mixed_float16.h5", model, truncation="Lambda clip, mixed_float16 policy")
+
     # (d) tf.keras 2 writing the .keras (v3) format
     model = _detector(k.layers.Lambda(lambda x: tf.clip_by_value(x, -3.0, 3.0), name="tlu"),
                       (None, None, 1), "tfkeras_v3")

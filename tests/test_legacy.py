@@ -120,6 +120,17 @@ def test_op_lambda_argument_lambda_and_registered_class_in_one_model(tmp_path):
                                np.array(MANIFEST[name]["keras2_output"]), atol=1e-5, rtol=0)
 
 
+def test_mixed_float16_model_keeps_its_policy(tmp_path):
+    name = "mixed_float16.h5"
+    out = tmp_path / "new.keras"
+    report = migrate(FIXTURES / name, out, trust_lambda=True, op_inventory=False)
+    assert report["written"] and report["layers"][0]["replaced"]
+    model = keras.saving.load_model(out, safe_mode=True)
+    assert model.get_layer("tlu").dtype_policy.name == "mixed_float16"
+    np.testing.assert_allclose(np.asarray(model(sample(name)), np.float32),
+                               np.array(MANIFEST[name]["keras2_output"]), atol=2e-3, rtol=0)
+
+
 def test_report_names_the_format_and_the_conversion(migrated):
     assert migrated["tfkeras_v3.keras"][1]["format"] == "tf-keras"
     assert migrated["clip_lambda.h5"][1]["format"] == "h5"
