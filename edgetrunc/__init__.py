@@ -63,9 +63,9 @@ def _legacy_loader(path):
         _, mapped = migrate.map_config_layers(config)
     except migrate.UnknownLayerClass as exc:
         raise InputError(f"{path}: {exc}") from None
-    if file_format != "tf-keras" and not mapped:
+    if file_format == "keras" and not mapped:
         return None
-    return lambda: migrate.load_model(path)
+    return lambda: migrate.load_model(path)  # Keras 2 configs need migrate's reading
 
 
 def __getattr__(name):

@@ -352,6 +352,14 @@ def _is_known_class(node) -> bool:
     for key in (node.get("registered_name"), name):
         if key and keras.saving.get_registered_object(key) is not None:
             return True
+    module = node.get("module")
+    if isinstance(module, str) and module and not module.startswith(("keras", "tf_keras")):
+        import importlib
+
+        try:  # Keras 3 imports a class's saved module too
+            return isinstance(getattr(importlib.import_module(module), name, None), type)
+        except Exception:
+            return False
     return False
 
 
