@@ -325,16 +325,6 @@ class MappedLayer:
                 "nonfinite": None, "note": self.note, "replaced": True}
 
 
-def layer_nodes(config):
-    """`(layers list, index, node)` of every layer entry in a model config (nested too)."""
-    for node in list(_config_dicts(config)):
-        layers = node.get("layers")
-        if isinstance(layers, list):
-            for index, layer in enumerate(layers):
-                if isinstance(layer, dict) and isinstance(layer.get("class_name"), str):
-                    yield layers, index, layer
-
-
 def _layer_name(node) -> str:
     config = node.get("config") if isinstance(node.get("config"), dict) else {}
     return str(node.get("name") or config.get("name") or "?")
