@@ -27,6 +27,10 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
 
     path = require_keras_file(path, suffixes)
     if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        with open(path, "rb") as stream:
+            zip_start = stream.read(4) == b"PK\x03\x04"
+        if zip_start:
+            raise InputError(f"{path}: truncated or corrupt .keras file (its zip archive is incomplete)")
         raise InputError(f"{path}: not a Keras file, cannot load it (a .keras file is a zip archive)")
     legacy = _legacy_loader(path) if safe_mode else None
     if legacy is not None:

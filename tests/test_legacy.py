@@ -294,6 +294,21 @@ def test_convert_names_migrate_for_legacy_inputs(name, fragment, tmp_path, capsy
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_parity_names_migrate_for_a_savedmodel_folder(tmp_path, capsys):
+    artifact = tmp_path / "any.tflite"
+    artifact.write_bytes(b"TFL3")
+    rc, _, err = cli(capsys, "parity", FIXTURES / "savedmodel", artifact, "--no-probes")
+    assert_one_line_error(rc, err, "SavedModel folder", "edgetrunc migrate")
+
+
+def test_truncated_keras_file_is_named_as_truncated(tmp_path):
+    truncated = tmp_path / "half.keras"
+    data = (FIXTURES / "truncation_old_config.keras").read_bytes()
+    truncated.write_bytes(data[:len(data) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt .keras file"):
+        edgetrunc.load_model(truncated)
+
+
 def test_evaluate_names_an_input_that_is_not_a_256_tile():
     from edgetrunc.evaluate import _require_tile_input
 

@@ -43,7 +43,9 @@ class KerasRunner(BaseRunner):
         super().__init__(path, threads)
 
     def _source_path(self, path) -> Path:
-        return Path(path) if self._model is not None else super()._source_path(path)
+        if self._model is not None or Path(path).is_dir():  # a SavedModel folder: load_model says what to do
+            return Path(path)
+        return super()._source_path(path)
 
     @property
     def model(self):
