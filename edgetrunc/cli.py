@@ -194,10 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TFLite: built-in kernels instead of the XNNPACK delegate")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
 
-    p = sub.add_parser("migrate", help="replace legacy Lambda truncations with the Truncation layer",
-                       description="Load a legacy .keras/.h5 model whose truncation is a Lambda, "
-                       "replace every clip-like Lambda with Truncation, verify, save.")
-    p.add_argument("legacy", metavar="LEGACY.keras")
+    p = sub.add_parser("migrate", help="turn a legacy model's truncations into Truncation layers, as .keras",
+                       description="Load a legacy model (Keras 3 .keras, or tf.keras 2 .h5, .keras or "
+                       "SavedModel folder) whose truncation is a Lambda, a tf.clip_by_value / "
+                       "minimum-maximum op layer or a custom class named with --truncation-class; "
+                       "replace each with Truncation, check that outputs are unchanged, save as .keras.")
+    p.add_argument("legacy", metavar="LEGACY", help="a .keras or .h5 file, or a SavedModel folder")
     p.add_argument("--out", required=True, metavar="NEW.keras")
     p.add_argument("--trust-lambda", action="store_true",
                    help="allow loading Lambda layers (this runs code stored in the file)")
