@@ -209,6 +209,27 @@ def test_every_truncation_maps_to_saturation_in_int8():
         "folded into the producer's int8 output (range [lower, upper])"]
 
 
+def test_stacked_truncations_saturate_once_to_their_intersection():
+    """Truncations back to back (legacy models stack clips) become one int8 saturation."""
+    from edgetrunc import Truncation
+    from edgetrunc.runtime.tflite_runner import TFLiteRunner
+
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = Truncation(3.0, name="wide")(x)
+    x = Truncation(2.0, name="narrow")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    x = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 1)).astype(np.float32)
+    tflite = export_tflite(model, "int8", calibration=x)
+    assert "MINIMUM" not in tflite_ops(tflite) and "MAXIMUM" not in tflite_ops(tflite)
+    mapped = [t["mapped_to"] for t in inspect_tflite(tflite, find_truncations(model), "int8")["truncations"]]
+    assert mapped == ["QUANTIZE int8 saturation (stacked: wide + narrow)"] * 2
+    # inspect_tflite checked the saturation range: [-2, 2], the intersection, to half a step
+    got = next(iter(TFLiteRunner(tflite).infer(x).values()))
+    np.testing.assert_allclose(got, np.asarray(model(x)), atol=0.02)
+
+
 def test_single_truncation_probe_model_converts_like_the_main_one():
     """A model that is one Truncation (the parity probes) exports in every precision."""
     from edgetrunc import Truncation

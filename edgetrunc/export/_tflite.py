@@ -24,7 +24,7 @@ import numpy as np
 
 from edgetrunc.errors import InputError
 from edgetrunc.export import _tflite_graph as tg
-from edgetrunc.export._truncations import find_truncations, match_clips
+from edgetrunc.export._truncations import find_truncations, layer_hints, match_clips
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MODES = ("truncation-aware", "stock")
@@ -319,7 +319,10 @@ def _remove_truncation_ops(content, truncations) -> bytes:
     graph = tg.Graph(model_t)
     for t in truncations:
         candidates = graph.clip_candidates()
-        (index,) = match_clips([t], candidates, atol=(t["upper"] - t["lower"]) / 255)
+        atol = (t["upper"] - t["lower"]) / 255
+        (index,) = match_clips([t], candidates, atol=atol)
+        if index is None:
+            index = _stacked_clip(graph, candidates, t, truncations, atol)
         if index is None:
             raise InputError(f"{t['layer']}: truncation ops not found after quantization")
         c = candidates[index]
@@ -335,6 +338,28 @@ def _remove_truncation_ops(content, truncations) -> bytes:
         src.name = f"{graph.tensor_name(source)};{tg.SATURATION_MARK}/{t['layer']}"
         graph.remove_ops(c["ops"], {clipped: source})
     return tg.write_model(model_t)
+
+
+def _stacked_clip(graph, candidates, t, truncations, atol):
+    """The candidate of truncation `t` when a narrower clip follows it directly.
+
+    The quantizer gives the tensor between two stacked truncations the range of the second,
+    so the first one's bounds are stored in that narrower int8 range: it then clips to the
+    intersection of its bounds and that range, which is what the pair computes in float too.
+    Only a candidate named after `t` is considered.
+    """
+    for index, c in enumerate(candidates):
+        if c["kind"] != "minmax" or t["layer"] not in layer_hints(c["names"], truncations):
+            continue
+        q = graph.g.tensors[int(c["output"])].quantization
+        if q is None or q.scale is None or len(q.scale) != 1:
+            continue
+        low = (-128 - int(q.zeroPoint[0])) * float(q.scale[0])
+        high = (127 - int(q.zeroPoint[0])) * float(q.scale[0])
+        lower, upper = max(t["lower"], low), min(t["upper"], high)
+        if lower < upper and abs(c["lower"] - lower) <= atol and abs(c["upper"] - upper) <= atol:
+            return index
+    return None
 
 
 def embed_tflite_metadata(content: bytes, payload: dict) -> bytes:
@@ -379,11 +404,13 @@ def inspect_tflite(content, truncations, precision) -> dict:
                     f"{t['upper']:g}] (or fused clip activation) in the {precision} TFLite graph")
             mapping.append({**t, "mapped_to": candidates[index]["mapped_to"]})
     else:
-        marked = {}
+        marked, together = {}, {}  # layer -> saturation tensor; tensor -> its stacked layers
         for i in range(len(graph.g.tensors)):
-            name = graph.tensor_name(i)
-            if tg.SATURATION_MARK in name:
-                marked[name.split(f"{tg.SATURATION_MARK}/", 1)[1]] = i
+            for part in graph.tensor_name(i).split(";"):
+                if part.startswith(f"{tg.SATURATION_MARK}/"):
+                    marked[part.split("/", 1)[1]] = i
+                    together.setdefault(i, []).append(part.split("/", 1)[1])
+        bounds = {t["layer"]: (t["lower"], t["upper"]) for t in truncations}
         leftovers = candidates
         left_matches = [
             match_clips([t], leftovers, atol=(t["upper"] - t["lower"]) / 255)[0] for t in truncations]
@@ -394,15 +421,20 @@ def inspect_tflite(content, truncations, precision) -> dict:
                 if q is None or q.scale is None or not len(q.scale):
                     raise InputError(f"{t['layer']}: saturation tensor is not quantized")
                 low, high, scale = _step_range(q)
-                if abs(low - t["lower"]) > scale * 0.51 + 1e-6 or abs(high - t["upper"]) > scale * 0.51 + 1e-6:
+                # stacked truncations saturate once, to the intersection of their bounds
+                stacked = [bounds[name] for name in together[index] if name in bounds]
+                lower, upper = max(b[0] for b in stacked), min(b[1] for b in stacked)
+                if abs(low - lower) > scale * 0.51 + 1e-6 or abs(high - upper) > scale * 0.51 + 1e-6:
                     raise InputError(
                         f"{t['layer']}: int8 range [{low:g}, {high:g}] of the truncated tensor is "
-                        f"not [{t['lower']:g}, {t['upper']:g}] to within half a step ({scale:g})")
+                        f"not [{lower:g}, {upper:g}] to within half a step ({scale:g})")
                 if left is not None:
                     raise InputError(f"{t['layer']}: MAXIMUM/MINIMUM still present in the int8 graph")
                 producer = graph.producer.get(index)
                 what = graph.op_name(graph.g.operators[producer]) if producer is not None else "input"
                 mapped = f"{what} int8 saturation"
+                if len(together[index]) > 1:
+                    mapped += f" (stacked: {' + '.join(together[index])})"
             elif left is not None:
                 kind = "int8" if int(graph.g.tensors[leftovers[left]["output"]].type) == 9 else "float"
                 mapped = f"{leftovers[left]['mapped_to']} ({kind})"
