@@ -131,6 +131,24 @@ def test_mixed_float16_model_keeps_its_policy(tmp_path):
                                np.array(MANIFEST[name]["keras2_output"]), atol=2e-3, rtol=0)
 
 
+def test_mixed_float16_model_exports_in_float32_and_passes_parity(tmp_path):
+    from edgetrunc.export import export_tflite, inspect_tflite, find_truncations
+    from edgetrunc.parity.check import check_parity
+
+    out = tmp_path / "new.keras"
+    migrate(FIXTURES / "mixed_float16.h5", out, trust_lambda=True, op_inventory=False)
+    model = edgetrunc.load_model(out)
+    artifact = tmp_path / "new_fp32.tflite"
+    artifact.write_bytes(export_tflite(model, "fp32"))
+    mapping = inspect_tflite(artifact.read_bytes(), find_truncations(model), "fp32")
+    assert "CAST" not in mapping["ops"] and mapping["truncations"][0]["mapped_to"] == "MAXIMUM+MINIMUM"
+    report = check_parity(out, [artifact], samples=8, inputs="random", probes=False)
+    assert report.passed
+    assert report.artifacts[0].precision == "fp32"
+    assert report.artifacts[0].tolerance["atol"] == 1e-2  # judged with the fp16 tolerances
+    assert any("reduced precision" in w for w in report.warnings)
+
+
 def test_report_names_the_format_and_the_conversion(migrated):
     assert migrated["tfkeras_v3.keras"][1]["format"] == "tf-keras"
     assert migrated["clip_lambda.h5"][1]["format"] == "h5"

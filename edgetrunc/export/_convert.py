@@ -23,6 +23,7 @@ from edgetrunc import __version__, _log, load_model
 from edgetrunc._io import new_file_mode, require_writable_dir, sha256_file, write_json_atomic
 from edgetrunc.errors import InputError
 from edgetrunc.export._onnx import ONNX_PRECISIONS, OPSETS
+from edgetrunc.export._policy import float32_model
 from edgetrunc.export._tflite import INT8_MODES, TFLITE_PRECISIONS
 from edgetrunc.migrate import require_keras_file
 
@@ -208,7 +209,7 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
         raise InputError(f"{existing[0]}: exists; use --force to replace the outputs "
                          f"({len(existing)} file(s) exist)")
 
-    model = load_keras_model(source)
+    model = float32_model(load_keras_model(source))
     source_sha = sha256_file(source)
     return _convert_model(model, source, source_sha, out_dir, plan, opset, nchw, calibration,
                           int8_io, int8_mode, evaluate, timings, pack_front_end)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgetrunc.errors import InputError
+from edgetrunc.export._policy import float32_model
 from edgetrunc.export._truncations import find_truncations, match_clips
 
 ONNX_PRECISIONS = ("fp32", "int8")
@@ -219,6 +220,7 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
         raise InputError(f"precision: unknown ONNX precision {precision!r}; expected one of "
                          f"{', '.join(ONNX_PRECISIONS)}")
     _check_opset(opset, precision)
+    model = float32_model(model)
     if len(model.inputs) != 1:
         raise InputError(f"{model.name}: {len(model.inputs)} inputs; expected one image input")
     shape = tuple(model.inputs[0].shape)

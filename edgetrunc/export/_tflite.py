@@ -24,6 +24,7 @@ import numpy as np
 
 from edgetrunc.errors import InputError
 from edgetrunc.export import _tflite_graph as tg
+from edgetrunc.export._policy import float32_model
 from edgetrunc.export._truncations import find_truncations, layer_hints, match_clips
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
@@ -176,6 +177,7 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
     keep_float = INT8_KEEP_FLOAT if keep_float is None else tuple(keep_float)
     if int8_mode not in INT8_MODES:
         raise InputError(f"int8_mode: {int8_mode!r}; expected one of {', '.join(INT8_MODES)}")
+    model = float32_model(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if precision == "fp32":
         return _packed(_convert(converter, model), pack_front_end)

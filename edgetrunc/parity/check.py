@@ -144,6 +144,12 @@ def artifact_precision(runner) -> str:
     return recorded if recorded in ("fp32", "fp16", "int8") else meta.precision
 
 
+def _reduced_precision_layers(model) -> list:
+    from edgetrunc.export._policy import reduced_precision_layers
+
+    return reduced_precision_layers(model)
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity where the OS reports one)."""
     try:
@@ -199,11 +205,18 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     names = ["keras"] + [str(r.path) for r in runners]
     results = Comparator.run([keras_runner] + runners, data.x, batch_size=batch_size, names=names)
     precisions = {str(r.path): artifact_precision(r) for r in runners}
+    warnings = []
+    judged = dict(precisions)  # the precision whose tolerances apply
+    reduced = _reduced_precision_layers(keras_runner.model)
+    if reduced:
+        judged = {key: "fp16" if value == "fp32" else value for key, value in precisions.items()}
+        warnings.append(f"the Keras model computes in reduced precision ({len(reduced)} layer(s), "
+                        f"e.g. {reduced[0]}: a mixed-precision policy): fp32 artifacts are judged "
+                        "with the fp16 tolerances")
     compare_func = compare_func or CompareFunc.simple(atol=atol, rtol=rtol)
     comparisons = Comparator.compare_accuracy(results, compare_func, labels=data.labels,
-                                              precisions=precisions)
+                                              precisions=judged)
 
-    warnings = []
     reference_probability = results.reference.probability
     if reference_probability is not None and nearly_constant(reference_probability):
         warnings.append(f"reference outputs are nearly constant (stego probability std "
@@ -223,7 +236,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
         comparison = comparisons[key]
         precision = precisions[key]
         report = ArtifactReport(key, meta.format, precision, comparison,
-                                compare_func.tolerance_for(precision).to_dict()
+                                compare_func.tolerance_for(judged[key]).to_dict()
                                 if hasattr(compare_func, "tolerance_for") else {},
                                 results[key].samples_per_second,
                                 metadata={"backend": meta.extra.get("backend"),
