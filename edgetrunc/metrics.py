@@ -24,16 +24,30 @@ def _labels_scores(y_true, scores):
     return y.astype(np.int64), s
 
 
+SOFTMAX_TOLERANCE = 0.02  # int8 outputs dequantize to rows summing to 1 +- a few steps of 1/256
+
+
 def stego_probability(outputs) -> np.ndarray:
-    """`[N, 2]` softmax (cover, stego) or `[N]` / `[N, 1]` stego scores -> `[N]` stego scores."""
+    """`[N, 2]` (cover, stego) or `[N]` / `[N, 1]` stego scores -> `[N]` stego scores.
+
+    Two columns that are not a softmax (a value outside [0, 1], or a row not summing to 1)
+    are logits: they get a softmax first, so the score is monotonic in the stego evidence
+    (the raw stego logit alone is not). One column is taken as it is.
+    """
     out = np.asarray(outputs, dtype=np.float64)
     if out.ndim == 2 and out.shape[1] == 2:
+        is_probability = out.size == 0 or (
+            out.min() >= -SOFTMAX_TOLERANCE and out.max() <= 1 + SOFTMAX_TOLERANCE
+            and np.all(np.abs(out.sum(axis=1) - 1) <= SOFTMAX_TOLERANCE))
+        if not is_probability:
+            shifted = np.exp(out - out.max(axis=1, keepdims=True))
+            out = shifted / shifted.sum(axis=1, keepdims=True)
         return out[:, 1]
     if out.ndim == 2 and out.shape[1] == 1:
         return out[:, 0]
     if out.ndim == 1:
         return out
-    raise InputError(f"model output shape {out.shape}: expected [N, 2] (cover, stego) or [N]")
+    raise InputError(f"model output shape {list(out.shape)}: expected [N, 2] (cover, stego) or [N]")
 
 
 def accuracy(y_true, scores, threshold: float = 0.5) -> float:

@@ -79,3 +79,15 @@ def test_bad_inputs():
         metrics.accuracy([0, 2], [0.1, 0.2])
     with pytest.raises(InputError, match="output shape"):
         metrics.stego_probability(np.zeros((2, 3)))
+
+
+def test_two_column_logits_get_a_softmax_so_scores_rank_by_stego_evidence():
+    from edgetrunc.metrics import stego_probability
+
+    logits = np.array([[5.0, 6.0], [-4.0, -3.5], [0.0, 3.0]])
+    expected = 1 / (1 + np.exp(-(logits[:, 1] - logits[:, 0])))
+    np.testing.assert_allclose(stego_probability(logits), expected)
+    # the raw stego logit would rank the first row highest; its evidence (1.0) is the lowest
+    assert np.argmax(stego_probability(logits)) == 2
+    softmax = np.array([[0.2, 0.8], [0.9, 0.1]])
+    np.testing.assert_array_equal(stego_probability(softmax), [0.8, 0.1])

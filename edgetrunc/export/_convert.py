@@ -22,6 +22,7 @@ import numpy as np
 from edgetrunc import __version__, _log, load_model
 from edgetrunc._io import new_file_mode, require_writable_dir, sha256_file, write_json_atomic
 from edgetrunc.errors import InputError
+from edgetrunc.metrics import stego_probability
 from edgetrunc.export._onnx import ONNX_PRECISIONS, OPSETS
 from edgetrunc.export._policy import float32_model
 from edgetrunc.export._tflite import INT8_MODES, TFLITE_PRECISIONS
@@ -103,13 +104,6 @@ def calibration_pairs(calibration, shape, split="train", stride=CALIBRATION_STRI
     return pairs
 
 
-def _stego_probability(outputs):
-    values = np.asarray(outputs, np.float64)
-    if values.ndim == 2 and values.shape[1] == 2:
-        return values[:, 1]
-    return values.reshape(len(values), -1)[:, 0]
-
-
 def quality_against_keras(keras_probability, artifact_probability, labels) -> dict:
     """Decision agreement, accuracy delta and probability MAE of an artifact vs Keras."""
     ref = np.asarray(keras_probability, np.float64)
@@ -143,7 +137,7 @@ def _artifact_probability(fmt, path, x, nchw, batch=16):
     parts = []
     for i in range(0, len(x), batch):
         outputs = runner.infer(x[i:i + batch])
-        parts.append(_stego_probability(next(iter(outputs.values()))))
+        parts.append(stego_probability(next(iter(outputs.values()))))
     return np.concatenate(parts)
 
 
@@ -229,7 +223,7 @@ def _convert_model(model, source, source_sha, out_dir, plan, opset, nchw, calibr
     if needs_int8 and evaluate:
         held_out = calibration_pairs(calibration, shape, split="test", stride=EVALUATION_STRIDE,
                                      max_pairs=None, seed=0)
-        keras_probability = _stego_probability(model.predict(held_out.x, batch_size=16, verbose=0))
+        keras_probability = stego_probability(model.predict(held_out.x, batch_size=16, verbose=0))
     metadata = {"edgetrunc_version": __version__, "source_sha256": source_sha,
                 "source": source.name, "truncations": truncations}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc.data.images import TILE, load_image, tile_image, tile_positions, to_model_input
+from edgetrunc import metrics
 from edgetrunc.errors import InputError
 
 DECISION_THRESHOLD = 0.5
-_SOFTMAX_TOLERANCE = 0.02  # int8 outputs dequantize to rows summing to 1 +- a few steps of 1/256
 
 
 @dataclass
@@ -73,22 +73,15 @@ def stego_probability(outputs: dict, name: str = "") -> np.ndarray:
     """Class-1 probability `[N]` from a runner's outputs (the first output, `[N, 2]`).
 
     A softmax output is used as is; logits (rows not summing to 1) get a softmax first;
-    a single sigmoid column `[N, 1]` is the probability itself.
+    a single sigmoid column `[N, 1]` is the probability itself (clipped to [0, 1]).
     """
     if not outputs:
         raise InputError(f"{name}: the model produced no output")
     values = np.asarray(next(iter(outputs.values())), dtype=np.float64)
-    if values.ndim == 2 and values.shape[1] == 1:
-        return np.clip(values[:, 0], 0.0, 1.0).astype(np.float32)
-    if values.ndim != 2 or values.shape[1] != 2:
+    if values.ndim != 2 or values.shape[1] not in (1, 2):
         raise InputError(f"{name}: expected a detector output [N, 2] (cover, stego); "
                          f"got shape {list(values.shape)}")
-    is_probability = (values.min() >= -_SOFTMAX_TOLERANCE and values.max() <= 1 + _SOFTMAX_TOLERANCE
-                      and np.all(np.abs(values.sum(axis=1) - 1) <= _SOFTMAX_TOLERANCE))
-    if not is_probability:
-        shifted = np.exp(values - values.max(axis=1, keepdims=True))
-        values = shifted / shifted.sum(axis=1, keepdims=True)
-    return np.clip(values[:, 1], 0.0, 1.0).astype(np.float32)
+    return np.clip(metrics.stego_probability(values), 0.0, 1.0).astype(np.float32)
 
 
 def score_batch(runner, batch: np.ndarray, batch_size: int = 16) -> np.ndarray:
