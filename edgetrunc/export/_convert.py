@@ -220,6 +220,11 @@ def _convert_model(model, source, source_sha, out_dir, plan, opset, nchw, calibr
     needs_int8 = any(p == "int8" for _, p, _ in plan)
     calib = calibration_pairs(calibration, shape) if needs_int8 else None
     held_out = None
+    output_shape = tuple(model.outputs[0].shape) if len(model.outputs) == 1 else ()
+    if needs_int8 and evaluate and not (len(output_shape) == 2 and output_shape[1] in (1, 2)):
+        _log.info(f"convert: {source.name} is not a detector ([N, 2] or [N, 1] output): "
+                  "int8 decisions are not compared with Keras")
+        evaluate = False
     if needs_int8 and evaluate:
         held_out = calibration_pairs(calibration, shape, split="test", stride=EVALUATION_STRIDE,
                                      max_pairs=None, seed=0)
