@@ -112,6 +112,8 @@ def artifacts(tmp_path_factory):
         "tampered_fp32.tflite": tamper_tflite(fp32),
         "tampered_fp32.onnx": tamper_onnx(proto).SerializeToString(),
     }
+    files["tampered_int8.tflite"] = tamper_tflite(files["int8.tflite"])
+    files["tampered_int8.onnx"] = tamper_onnx(onnx.ModelProto.FromString(files["int8.onnx"])).SerializeToString()
     for name, content in files.items():
         paths[name] = folder / name
         paths[name].write_bytes(content)
@@ -181,6 +183,23 @@ def test_tampered_weight_fails_and_names_the_layer(artifacts, capsys, tmp_path, 
     assert not any(by_name[n]["divergent"] for n in ("front_end", "group1_conv", "group1_truncation",
                                                      "group1_tanh", "group1_pool", "group1_bn"))
     assert by_name["classifier"]["divergent"]
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_tampered_int8_weight_is_traced_to_its_layer(artifacts, capsys, tmp_path, fmt):
+    """int8 errors propagate and grow: the layer named is the one whose own error stands out."""
+    report_path = tmp_path / "parity.json"
+    _run([artifacts["model"], artifacts[f"int8.{fmt}"], artifacts[f"tampered_int8.{fmt}"], "--samples", "6",
+          "--inputs", "covers", "--per-layer", "--no-probes", "--json", report_path], capsys)
+    clean, tampered = json.loads(report_path.read_text())["artifacts"]
+    assert clean["first_divergent_layer"] is None
+    assert tampered["first_divergent_layer"] == "group2_conv"
+    carrier = "group2_bn" if fmt == "tflite" else "group2_tanh"  # the op group2_conv is fused into
+    own = {layer["layer"]: layer["local_error"] for layer in tampered["layers"]}
+    clean_own = {layer["layer"]: layer["local_error"] for layer in clean["layers"]}
+    upstream = list(own)[:list(own).index(carrier) + 2]  # up to the activation that amplifies it
+    assert own[carrier] == max(own[n] for n in upstream if own[n] is not None)
+    assert own[carrier] > 3 * clean_own[carrier]
 
 
 @pytest.mark.parametrize("name", ["fp32.tflite", "fp16.tflite", "int8.tflite", "fp32.onnx",

@@ -106,6 +106,30 @@ class KerasRunner(BaseRunner):
         return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self._layer_names)}
 
 
+    def single_inbound(self) -> dict:
+        """`{layer name: its only inbound layer}` for the layers with exactly one inbound layer."""
+        inbound = {}
+        for layer in self._model.layers:
+            nodes = getattr(layer, "_inbound_nodes", [])
+            if len(nodes) != 1:
+                continue
+            sources = {t._keras_history[0].name for t in nodes[0].input_tensors
+                       if getattr(t, "_keras_history", None) is not None}
+            if len(sources) == 1 and len(nodes[0].input_tensors) == 1:
+                inbound[layer.name] = sources.pop()
+        return inbound
+
+    def replay(self, layer_names: list, value: np.ndarray):
+        """Run the named layers, in order, on `value` (inference mode); None if a layer refuses it."""
+        out = value
+        try:
+            for name in layer_names:
+                out = self._model.get_layer(name)(out, training=False)
+        except (ValueError, TypeError, KeyError):
+            return None
+        return np.asarray(out, dtype=np.float32)
+
+
 def layer_name_of(tensor, model) -> str | None:
     history = getattr(tensor, "_keras_history", None)
     if history is not None:

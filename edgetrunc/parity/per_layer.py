@@ -12,7 +12,9 @@ int8 dequantized); a layer left without a tensor is `fused` into its neighbour. 
 that equals its layer's output up to a per-channel affine map is `folded` (the rest of the
 layer lives in the next op, e.g. a batch-norm offset moved into the next convolution's bias).
 The first `compared` layer in graph order whose normalized error exceeds the precision's
-bound is the first divergent layer. No TensorFlow.
+bound diverges; the divergence is attributed to the layer, up to that one, with the largest
+own error (`local_error`: the Keras layers run on the artifact's previous value, as in TFLite's
+QuantizationDebugger). No TensorFlow here: the Keras side comes from the runner.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class LayerComparison:
     cosine: float | None = None
     scale: float | None = None
     error_over_scale: float | None = None
+    local_error: float | None = None
     divergent: bool = False
     fused_into: str | None = None
     fused_layers: list = field(default_factory=list)
@@ -136,11 +139,13 @@ def _cosine(a, b):
 
 
 def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
-                   input_layers=(), output_layers=(), tolerance: float | None = None) -> tuple:
+                   input_layers=(), output_layers=(), tolerance: float | None = None,
+                   views: dict | None = None) -> tuple:
     """Map and compare; returns `(list of LayerComparison in graph order, first divergent layer or None)`.
 
     `output_layers[i]` is the layer that produces the model's i-th output: the artifact's
-    i-th output tensor is a candidate for it whatever its name.
+    i-th output tensor is a candidate for it whatever its name. If `views` is a dict, it
+    receives the artifact's value of every compared layer, in the Keras layout.
     """
     if tolerance is None:
         from edgetrunc.parity.compare import tolerance_key
@@ -206,6 +211,8 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
                 item.status = "folded"
             else:
                 item.divergent = True
+        if views is not None and item.status == "compared":
+            views[name] = view
         results.append(item)
 
     _resolve_fused(results)
@@ -380,4 +387,58 @@ def compare_artifact_layers(keras_runner, artifact_path, artifact_format: str, p
     model = keras_runner.model
     input_layers = {layer.name for layer in model.layers if type(layer).__name__ == "InputLayer"}
     output_layers = [t._keras_history[0].name for t in model.outputs]
-    return compare_layers(layer_outputs, tensors, precision, input_layers, output_layers, tolerance)
+    views = {}
+    results, first = compare_layers(layer_outputs, tensors, precision, input_layers, output_layers,
+                                    tolerance, views)
+    local_errors(results, views, keras_runner.single_inbound(), keras_runner.replay)
+    return results, attribute_divergence(results, first)
+
+
+def _segment(inbound: dict, start: str, end: str) -> list | None:
+    """Layers after `start` up to `end` when they form a plain chain from `start`, else None."""
+    segment, name = [], end
+    while name != start:
+        segment.append(name)
+        name = inbound.get(name)
+        if name is None or len(segment) > len(inbound):
+            return None
+    return segment[::-1]
+
+
+def local_errors(results: list, views: dict, inbound: dict, replay) -> None:
+    """Set each compared layer's `local_error`: its own error, without what it inherited.
+
+    As TFLite's QuantizationDebugger does, the Keras layers between the previous compared
+    layer and this one (when they form a plain chain: `inbound` maps each layer to its only
+    inbound layer) run on the artifact's own value of the previous layer, and the artifact's
+    value of this layer is compared with that result (normalized like `normalized_error`).
+    """
+    compared = [r for r in results if r.status == "compared" and r.layer in views]
+    for previous, item in zip(compared, compared[1:]):
+        segment = _segment(inbound, previous.layer, item.layer)
+        if not segment:
+            continue
+        expected = replay(segment, views[previous.layer])
+        if expected is not None and expected.shape == views[item.layer].shape:
+            err = normalized_error(expected, views[item.layer])
+            item.local_error = err if np.isfinite(err) else None
+
+
+def attribute_divergence(results: list, first: str | None) -> str | None:
+    """The layer a divergence starts in: of the compared layers up to the first divergent one,
+    the one with the largest own (`local_error`) error, named by the first layer fused into it.
+
+    Errors propagate: a tampered convolution can stay under the bound while the activation after
+    it, which amplifies the error, crosses it; its own error then stands out.
+    """
+    if first is None:
+        return None
+    flagged = next(r for r in results if r.divergent)
+    candidates = [r for r in results[:flagged.index + 1]
+                  if r.status == "compared" and r.local_error is not None]
+    if flagged.local_error is None or not candidates:
+        return first
+    source = max(candidates, key=lambda r: r.local_error)
+    if source.local_error <= flagged.local_error:
+        return first
+    return source.fused_layers[0] if source.fused_layers else source.layer

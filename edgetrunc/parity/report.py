@@ -95,10 +95,10 @@ def terminal_report(report) -> str:
                 elif layer.divergent:
                     note = "DIVERGES"
                 rows.append([layer.index, layer.layer, layer.status, _fmt(layer.normalized_error),
-                             _fmt(layer.max_abs_error), _fmt(layer.error_over_scale, ".2f"),
-                             (layer.layout or "-"), note])
-            parts.append(_table(["#", "layer", "status", "norm err", "max abs", "err/scale", "layout",
-                                 "note"], rows))
+                             _fmt(layer.local_error), _fmt(layer.max_abs_error),
+                             _fmt(layer.error_over_scale, ".2f"), (layer.layout or "-"), note])
+            parts.append(_table(["#", "layer", "status", "norm err", "own err", "max abs", "err/scale",
+                                 "layout", "note"], rows))
     if report.probes:
         parts += ["", "truncation probes (deviations from clip(x, lower, upper) with NaN kept):"]
         rows = []
@@ -294,10 +294,11 @@ def html_report(report) -> str:
                         f"<img alt='per-layer error' src='{layer_error_curve(report)}'>")
         for a in report.artifacts:
             rows = [[layer.index, layer.layer, layer.status, layer.tensor or "-", _fmt(layer.normalized_error),
-                     _fmt(layer.error_over_scale, ".2f"), layer.fused_into or "",
+                     _fmt(layer.local_error), _fmt(layer.error_over_scale, ".2f"), layer.fused_into or "",
                      "DIVERGES" if layer.divergent else ""] for layer in a.layers]
             sections.append(f"<h3>{html.escape(_short(a.path))}</h3>" + _html_table(
-                ["#", "layer", "status", "artifact tensor", "norm err", "err/scale", "fused into", ""], rows))
+                ["#", "layer", "status", "artifact tensor", "norm err", "own err", "err/scale", "fused into",
+                 ""], rows))
     if report.probes:
         rows = [[p.layer, f"[{p.lower:g}, {p.upper:g}]", p.backend, p.precision]
                 + [next((v["got"] for v in p.values if v["input"] == k), "-") for k in
