@@ -8,7 +8,9 @@ Both are silenced by `--quiet`.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import tempfile
 import time
 
 _QUIET = False
@@ -59,3 +61,59 @@ def stdout_to_stderr():
     """Send stray prints of third-party converters (e.g. 'Saved artifact at') to stderr."""
     with contextlib.redirect_stdout(sys.stderr):
         yield
+
+
+@contextlib.contextmanager
+def native_output_captured(log):
+    """Discard native writes to stdout and collect native writes to stderr into `log` (a list):
+    the MLIR converter prints diagnostics there that the caller turns into one clear line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        saved_out, saved_err = os.dup(1), os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    capture = tempfile.TemporaryFile()
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(capture.fileno(), 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        for fd in (saved_out, saved_err, devnull):
+            os.close(fd)
+        capture.seek(0)
+        log.append(capture.read().decode(errors="replace"))
+        capture.close()
+
+
+_TENSORFLOW_BANNER = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
+                      "Created TensorFlow Lite XNNPACK delegate")
+
+
+@contextlib.contextmanager
+def native_banners_dropped():
+    """Run a block with TensorFlow / TFLite start-up notices (the absl preamble, the oneDNN
+    notice, 'Created TensorFlow Lite XNNPACK delegate') kept off stderr; other lines pass."""
+    log: list = []
+    try:
+        with native_output_captured(log):
+            yield
+    finally:
+        for line in "".join(log).splitlines():
+            if line.strip() and not any(marker in line for marker in _TENSORFLOW_BANNER):
+                print(line, file=sys.stderr)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up banner (the absl preamble and the oneDNN notice,
+    which its log-level variables do not silence) kept off stderr; other native lines pass."""
+    if "tensorflow" in sys.modules:
+        return
+    with native_banners_dropped():
+        import tensorflow  # noqa: F401

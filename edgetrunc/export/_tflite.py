@@ -22,6 +22,7 @@ import re
 
 import numpy as np
 
+from edgetrunc import _log
 from edgetrunc.errors import InputError
 from edgetrunc.export import _tflite_graph as tg
 from edgetrunc.export._policy import float32_model
@@ -42,39 +43,6 @@ _FORBIDDEN_OPS = ("IdentityN", "IDENTITY_N")
 
 
 @contextlib.contextmanager
-def _native_output_captured(log):
-    """Discard native writes to stdout and collect native writes to stderr into `log` (a list):
-    the MLIR converter prints diagnostics there that the caller turns into one clear line."""
-    import os
-    import sys
-    import tempfile
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        saved_out, saved_err = os.dup(1), os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    capture = tempfile.TemporaryFile()
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(capture.fileno(), 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved_out, 1)
-        os.dup2(saved_err, 2)
-        for fd in (saved_out, saved_err, devnull):
-            os.close(fd)
-        capture.seek(0)
-        log.append(capture.read().decode(errors="replace"))
-        capture.close()
-
-
-@contextlib.contextmanager
 def quiet_converter(log=None):
     """Keep converter chatter ('Saved artifact at', signatures, native prints) off the
     terminal; native diagnostics are collected into `log` when given."""
@@ -82,7 +50,7 @@ def quiet_converter(log=None):
     import warnings
 
     log = [] if log is None else log
-    with contextlib.redirect_stdout(io.StringIO()), _native_output_captured(log), \
+    with contextlib.redirect_stdout(io.StringIO()), _log.native_output_captured(log), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loggers = [logging.getLogger(n) for n in ("absl", "tensorflow", "tf2onnx", "")]

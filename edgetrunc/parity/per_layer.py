@@ -182,7 +182,7 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
             continue
         err, name, view, layout = choice
         current = best.get(name)
-        if current is None or err < current[0] or (err == current[0] and tensor.order > current[1]):
+        if current is None or _better(err, tensor, current[0], current[2]):
             best[name] = (err, tensor.order, tensor, view, layout)
 
     results = []
@@ -221,6 +221,17 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
     if first is not None:
         first_name = first.fused_layers[0] if first.fused_layers else first.layer
     return results, first_name
+
+
+def _better(err, tensor, current_err, current) -> bool:
+    """Whether `tensor` (error `err`) should carry a layer instead of `current`.
+
+    The lower error wins; errors equal up to float rounding (an int8 tensor and its
+    DEQUANTIZE copy) prefer the quantized tensor, which carries the scale, then the later one.
+    """
+    if abs(err - current_err) > 1e-3 * max(err, current_err):
+        return err < current_err
+    return (tensor.scale is not None, tensor.order) > (current.scale is not None, current.order)
 
 
 def _anonymous_candidates(mentions: list, position: dict, names: list) -> dict:

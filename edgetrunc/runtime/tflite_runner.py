@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetrunc import _log
 from edgetrunc.errors import InputError
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
 
@@ -125,7 +126,8 @@ class TFLiteRunner(BaseRunner):
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"{self.path}: not a valid TFLite model ({_first_line(exc)})") from None
         try:
-            interpreter.allocate_tensors()
+            with _log.native_banners_dropped():  # XNNPACK announces itself here
+                interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"{self.path}: the interpreter cannot prepare this model "
                              f"({_first_line(exc)}); expected builtin ops only") from None
@@ -193,7 +195,8 @@ class TFLiteRunner(BaseRunner):
             batch_size, *self._input["shape"][1:]]
         try:
             interpreter.resize_tensor_input(self._input["index"], shape, strict=False)
-            interpreter.allocate_tensors()
+            with _log.native_banners_dropped():
+                interpreter.allocate_tensors()
         except (ValueError, RuntimeError):
             return None
         self._interpreters[batch_size] = interpreter
