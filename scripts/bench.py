@@ -399,7 +399,7 @@ def tlunet_section(source: str, timings: dict, runs: int, note: str, bench_rows:
         "",
         f"Model: {source}. p50 and min of {runs} interleaved runs in one process; \"vs Keras\" "
         "is the Keras compiled call's time divided by the row's (above 1 = faster than Keras). "
-        "Keras runs with TensorFlow's default thread pools; TFLite uses XNNPACK; ONNX Runtime "
+        "Keras runs with TensorFlow's default thread pools and oneDNN kernels (TensorFlow's default on x86); TFLite uses XNNPACK; ONNX Runtime "
         "runs with thread spinning off (spinning idle threads would slow whatever runs next in "
         "an interleaved loop). On a machine shared with other work the min is the steadier figure.",
         "",

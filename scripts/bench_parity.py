@@ -180,7 +180,7 @@ def main(argv=None):
         "",
         f"Machine: {machine_description()}.",
         f"Models: {origin}; {len(x)} inputs of 256x256 (`--inputs mix`), best of 2 runs "
-        "(1 for the standard-call loop); TFLite with XNNPACK; ONNX Runtime without thread spinning.",
+        "(1 for the standard-call loop); TFLite with XNNPACK; ONNX Runtime without thread spinning; Keras with oneDNN kernels (TensorFlow's default, which the command line keeps).",
         "",
         "Per backend, samples/second:",
         "",
