@@ -674,6 +674,27 @@ def lambda_globals(extra=None) -> dict:
 
 
 @contextlib.contextmanager
+def _keras_patched(module_name: str, attribute: str, wrap):
+    """While active, Keras's `module_name.attribute` is `wrap(original)`; a no-op if a Keras
+    version moved it (the callers then fall back to what they can do after loading)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:  # pragma: no cover - depends on the Keras layout
+        yield
+        return
+    original = getattr(module, attribute, None)
+    if original is None:  # pragma: no cover
+        yield
+        return
+    setattr(module, attribute, wrap(original))
+    try:
+        yield
+    finally:
+        setattr(module, attribute, original)
+
+
 def _lambdas_rebuilt_with(namespace):
     """While active, Keras rebuilds every stored lambda with `namespace` as its globals.
 
@@ -681,24 +702,12 @@ def _lambdas_rebuilt_with(namespace):
     are that module's own (so `tf` is undefined); this passes `namespace` instead. If a
     Keras version moves it, lambdas are still re-bound after loading.
     """
-    try:
-        from keras.src.utils import python_utils
-    except ImportError:  # pragma: no cover - depends on the Keras layout
-        yield
-        return
-    original = getattr(python_utils, "func_load", None)
-    if original is None:  # pragma: no cover
-        yield
-        return
+    def wrap(original):
+        def func_load(code, defaults=None, closure=None, globs=None):
+            return original(code, defaults=defaults, closure=closure, globs=namespace)
+        return func_load
 
-    def func_load(code, defaults=None, closure=None, globs=None):
-        return original(code, defaults=defaults, closure=closure, globs=namespace)
-
-    python_utils.func_load = func_load
-    try:
-        yield
-    finally:
-        python_utils.func_load = original
+    return _keras_patched("keras.src.utils.python_utils", "func_load", wrap)
 
 
 def _rebind_lambda_globals(layer, namespace):
@@ -778,7 +787,6 @@ def _plain_single_input(model):
     return keras.Model(model.inputs[0], outputs, name=model.name)
 
 
-@contextlib.contextmanager
 def _keras2_nested_model_links():
     """While active, Keras 3 follows Keras 2 links to nested models.
 
@@ -787,33 +795,23 @@ def _keras2_nested_model_links():
     when it links the next layer to the nested model, so such a file cannot be loaded.
     This shifts it there too.
     """
-    try:
-        from keras.src.models import functional
-    except ImportError:  # pragma: no cover - depends on the Keras layout
-        yield
-        return
-    original = getattr(functional, "deserialize_node", None)
-    if original is None:  # pragma: no cover
-        yield
-        return
+    def wrap(original):
+        from keras.src.models import functional  # imported: _keras_patched found it
 
-    def deserialize_node(node_data, created_layers):
-        if isinstance(node_data, list):
-            shifted = []
-            for item in node_data:
-                if isinstance(item, list) and len(item) >= 3 and isinstance(item[1], int) \
-                        and item[1] > 0 and isinstance(created_layers.get(item[0]),
-                                                        functional.Functional):
-                    item = [item[0], item[1] - 1, *item[2:]]
-                shifted.append(item)
-            node_data = shifted
-        return original(node_data, created_layers)
+        def deserialize_node(node_data, created_layers):
+            if isinstance(node_data, list):
+                shifted = []
+                for item in node_data:
+                    if isinstance(item, list) and len(item) >= 3 and isinstance(item[1], int) \
+                            and item[1] > 0 and isinstance(created_layers.get(item[0]),
+                                                            functional.Functional):
+                        item = [item[0], item[1] - 1, *item[2:]]
+                    shifted.append(item)
+                node_data = shifted
+            return original(node_data, created_layers)
+        return deserialize_node
 
-    functional.deserialize_node = deserialize_node
-    try:
-        yield
-    finally:
-        functional.deserialize_node = original
+    return _keras_patched("keras.src.models.functional", "deserialize_node", wrap)
 
 
 def _keras2_dtype_policies(config) -> int:
