@@ -183,11 +183,14 @@ def test_free_size_migrated_model_converts_and_passes_parity(name, migrated, tmp
     assert rc == 0, err
     artifacts = sorted(str(p) for p in out.iterdir() if p.suffix in (".tflite", ".onnx"))
     assert len(artifacts) == 3
-    rc, _, err = cli(capsys, "parity", migrated[name][0], *artifacts,
+    rc, _, err = cli(capsys, "parity", migrated[name][0], *artifacts, "--per-layer",
                      "--samples", "4", "--json", str(tmp_path / "parity.json"))
     assert rc == 0, err
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["passed"] is True
+    for artifact in report["artifacts"]:  # built-in kernels (per layer) allocate at 256x256 first
+        assert artifact["layers"] and artifact["first_divergent_layer"] is None
+        assert not [layer for layer in artifact["layers"] if layer["status"] == "unmapped"]
 
 
 # ----------------------------------------------------------------------------- refusals

@@ -81,6 +81,19 @@ def _dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray
     return ((values.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
 
 
+def _placeholder_tile(interpreter, tile: int = 256) -> None:
+    """Give a free height / width (saved as 1) a 256x256 tile before the first allocation:
+    at 1x1 a strided or pooled model has empty tensors, which built-in kernels refuse."""
+    details = interpreter.get_input_details()
+    if len(details) != 1:
+        return
+    signature = [int(d) for d in details[0].get("shape_signature", details[0]["shape"])]
+    if len(signature) == 4 and (signature[1] < 0 or signature[2] < 0):
+        shape = [max(signature[0], 1), tile if signature[1] < 0 else signature[1],
+                 tile if signature[2] < 0 else signature[2], max(signature[3], 1)]
+        interpreter.resize_tensor_input(details[0]["index"], shape, strict=False)
+
+
 class TFLiteRunner(BaseRunner):
     """Run a `.tflite` file (or its bytes) on float32 NHWC batches of pixel values 0..255.
 
@@ -126,6 +139,7 @@ class TFLiteRunner(BaseRunner):
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"{self.path}: not a valid TFLite model ({_first_line(exc)})") from None
         try:
+            _placeholder_tile(interpreter)
             with _log.native_banners_dropped():  # XNNPACK announces itself here
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
