@@ -159,10 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Compare Keras with every artifact on 256x256 inputs. "
                        "Exit 0 pass, 1 parity failure, 2 error.")
     p.add_argument("model", metavar="MODEL.keras")
-    p.add_argument("artifacts", metavar="ARTIFACT", nargs="+", help=".tflite or .onnx files")
+    p.add_argument("artifacts", metavar="ARTIFACT", nargs="+",
+                   help=".tflite or .onnx files, or .npz outputs recorded by `edgetrunc run`")
     p.add_argument("--samples", type=_positive_int, default=64, help="number of inputs (default: 64)")
     p.add_argument("--inputs", default="mix",
-                   help="mix, random, covers, stego, or a folder of images (default: mix)")
+                   help="mix, random, covers, stego, a folder of images, or the FILE.npz of an "
+                   "earlier --save-inputs (default: mix)")
     p.add_argument("--per-layer", action="store_true", help="compare every layer, name the first divergent")
     p.add_argument("--strict-nan", action="store_true", help="NaN deviations in probes fail the check")
     p.add_argument("--no-probes", action="store_true", help="skip the truncation boundary probes")
@@ -175,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads of each TFLite / ONNX Runtime backend (default: every usable core)")
     p.add_argument("--batch-size", type=_positive_int, default=16,
                    help="inputs per inference call (default: 16)")
+    p.add_argument("--save-inputs", metavar="FILE.npz", default=None,
+                   help="write the inputs used, for `edgetrunc run` on a device; compare its "
+                   "outputs later with `parity MODEL OUTPUTS.npz --inputs FILE.npz`")
 
     p = sub.add_parser("infer", help="stego probability of images with a .tflite or .onnx model (no TensorFlow)",
                        description="Score images (tiled into 256x256) with a converted model.")
@@ -182,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.add_argument("--threads", type=_positive_int, default=None, help="interpreter threads")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+    p = sub.add_parser("run", help="record an artifact's outputs on saved inputs, for parity elsewhere (no TensorFlow)",
+                       description="Run a .tflite or .onnx artifact on the inputs saved by "
+                       "`edgetrunc parity --save-inputs` and record its outputs (with the artifact's hash and "
+                       "this machine's platform); compare them with Keras on another machine: "
+                       "`edgetrunc parity MODEL.keras OUTPUTS.npz --inputs INPUTS.npz`.")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("inputs", metavar="INPUTS.npz")
+    p.add_argument("--out", required=True, metavar="OUTPUTS.npz")
+    p.add_argument("--threads", type=_positive_int, default=None, help="interpreter threads")
+    p.add_argument("--json", action="store_true", help="print the recording's metadata as JSON")
 
     p = sub.add_parser("bench", help="latency and throughput of .tflite / .onnx artifacts (no TensorFlow)",
                        description="Benchmark artifacts interleaved; latency percentiles, throughput, peak memory.")

@@ -7,7 +7,7 @@ import pytest
 
 from edgetrunc.cli import build_parser, main
 
-COMMANDS = ["train", "evaluate", "convert", "parity", "infer", "bench", "migrate"]
+COMMANDS = ["train", "evaluate", "convert", "parity", "infer", "bench", "run", "migrate"]
 
 
 def _run(*args):

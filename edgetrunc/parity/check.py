@@ -22,7 +22,7 @@ from edgetrunc.parity.compare import DECISION_THRESHOLD, CompareFunc, nearly_con
 from edgetrunc.parity.inputs import parity_inputs
 
 PER_LAYER_SAMPLES = 8
-ARTIFACT_SUFFIXES = (".tflite", ".onnx")
+ARTIFACT_SUFFIXES = (".tflite", ".onnx", ".npz")  # .npz: outputs recorded on a device
 
 
 @dataclass
@@ -120,7 +120,8 @@ class ParityReport:
 def _artifact_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in ARTIFACT_SUFFIXES:
-        raise InputError(f"{path}: expected a .tflite or .onnx artifact, got '{suffix or 'no suffix'}'")
+        raise InputError(f"{path}: expected a .tflite or .onnx artifact (or .npz outputs recorded by "
+                         f"edgetrunc run), got '{suffix or 'no suffix'}'")
     return suffix[1:]
 
 
@@ -150,6 +151,13 @@ def _reduced_precision_layers(model) -> list:
     return reduced_precision_layers(model)
 
 
+def _samples_per_second(runner, result) -> float:
+    """Throughput of a backend here; for recorded outputs, the one measured on the device."""
+    if runner.format == "recorded":
+        return float(runner.record.get("samples_per_second") or float("nan"))
+    return result.samples_per_second
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity where the OS reports one)."""
     try:
@@ -171,6 +179,11 @@ def open_artifacts(paths, expected_shape, threads=None) -> list:
     runners = []
     for path in map(Path, paths):
         fmt = _artifact_format(path)
+        if fmt == "npz":
+            from edgetrunc.runtime.recorded import RecordedRunner
+
+            runners.append(RecordedRunner(path))
+            continue
         options = {"spin": False} if fmt == "onnx" else {}
         runner = open_runner(path, threads=threads, **options)
         _check_input_shape(runner, expected_shape)
@@ -182,7 +195,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                  probes: bool = True, strict_nan: bool = False, atol: float | None = None,
                  rtol: float | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
                  per_layer_samples: int = PER_LAYER_SAMPLES, compare_func=None,
-                 threads: int | None = None) -> ParityReport:
+                 threads: int | None = None, save_inputs=None) -> ParityReport:
     """Compare the Keras `model` (path or `keras.Model`) with every artifact path; see the module docstring."""
     from edgetrunc._io import sha256_file
     from edgetrunc.parity.keras_runner import KerasRunner
@@ -201,6 +214,12 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     runners = open_artifacts(artifacts, shape, threads)
     data = parity_inputs(inputs, samples, seed, shape)
     _log.info(f"parity: {len(data.x)} inputs ({data.kind}), {len(runners)} artifact(s)")
+    if save_inputs is not None:
+        from edgetrunc.runtime.recorded import save_inputs as write_inputs
+
+        write_inputs(save_inputs, data.x, data.labels, data.names,
+                     protect=[str(model)] if isinstance(model, (str, Path)) else [])
+        _log.info(f"parity: wrote the inputs to {save_inputs} (for edgetrunc run on a device)")
 
     names = ["keras"] + [str(r.path) for r in runners]
     results = Comparator.run([keras_runner] + runners, data.x, batch_size=batch_size, names=names)
@@ -238,11 +257,14 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
         report = ArtifactReport(key, meta.format, precision, comparison,
                                 compare_func.tolerance_for(judged[key]).to_dict()
                                 if hasattr(compare_func, "tolerance_for") else {},
-                                results[key].samples_per_second,
+                                _samples_per_second(runner, results[key]),
                                 metadata={"backend": meta.extra.get("backend"),
                                           "layout": meta.layout, "threads": runner.threads,
                                           "input": meta.inputs[0].shape and list(meta.inputs[0].shape)})
-        if per_layer:
+        if per_layer and runner.format == "recorded":
+            warnings.append(f"{runner.path.name}: recorded outputs hold no intermediates; "
+                            "no per-layer comparison")
+        elif per_layer:
             from edgetrunc.parity.per_layer import compare_artifact_layers
 
             if layer_outputs is None:
@@ -262,8 +284,9 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     if probes:
         from edgetrunc.parity.probes import onnx_opset, run_probes
 
+        local = [r for r in reports if not r.path.lower().endswith(".npz")]  # recorded: no model here
         configurations = sorted({(r.format, r.precision, onnx_opset(r.path) if r.format == "onnx" else 0)
-                                 for r in reports}, key=lambda c: (c[0], c[1], c[2] or 0))
+                                 for r in local}, key=lambda c: (c[0], c[1], c[2] or 0))
         _log.info("parity: truncation probes")
         probe_results = run_probes(keras_runner.model, configurations, shape)
         for probe in probe_results:

@@ -6,7 +6,8 @@ third held-out covers, a third their LSB-matching stego versions and a third uni
 images; `covers` / `stego` are the held-out test split of the embedded photos; `random` is
 uniform 0..255, seeded (held-out tiles are non-overlapping unless the test photos hold
 too few, then taken at a stride of 64 pixels); a folder gives the first 256x256 tile of each image, or every tile
-when there are fewer images than samples. No TensorFlow.
+when there are fewer images than samples; an `.npz` file gives the inputs saved by an earlier
+run (`--save-inputs`), all of them. No TensorFlow.
 """
 
 from __future__ import annotations
@@ -98,6 +99,16 @@ def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
     if samples < 1:
         raise InputError(f"--samples: expected a positive integer; got {samples}")
     shape = tuple(int(d) for d in shape)
+    if kind not in KINDS and str(kind).lower().endswith(".npz") and Path(kind).is_file():
+        from edgetrunc.runtime.recorded import load_inputs
+
+        x, labels, names = load_inputs(kind)
+        if tuple(x.shape[1:]) != shape:
+            raise InputError(f"--inputs {kind}: inputs are {list(x.shape[1:])}; the model expects "
+                             f"{list(shape)}")
+        composition = {"covers": int((labels == 0).sum()), "stego": int((labels == 1).sum()),
+                       "other": int((labels < 0).sum())}
+        return InputSet(x, labels, names, str(kind), seed, composition)
     if kind not in KINDS:
         folder = Path(kind)
         if not folder.exists():

@@ -82,7 +82,7 @@ def terminal_report(report) -> str:
             extra = f" (one op in the artifact: {' + '.join(fused)})" if len(fused) > 1 else ""
             parts.append(f"  first divergent layer in {_short(a.path)}: {a.first_divergent_layer}{extra}")
     if report.per_layer:
-        for a in report.artifacts:
+        for a in (a for a in report.artifacts if a.layers):
             parts += ["", f"per layer: {_short(a.path)} ({a.precision}; normalized error = max|error| "
                       "/ max|Keras output|)"]
             rows = []
@@ -292,7 +292,7 @@ def html_report(report) -> str:
     if report.per_layer and any(a.layers for a in report.artifacts):
         sections.append("<h2>Per-layer error</h2>"
                         f"<img alt='per-layer error' src='{layer_error_curve(report)}'>")
-        for a in report.artifacts:
+        for a in (a for a in report.artifacts if a.layers):
             rows = [[layer.index, layer.layer, layer.status, layer.tensor or "-", _fmt(layer.normalized_error),
                      _fmt(layer.local_error), _fmt(layer.error_over_scale, ".2f"), layer.fused_into or "",
                      "DIVERGES" if layer.divergent else ""] for layer in a.layers]

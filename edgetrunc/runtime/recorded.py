@@ -1,0 +1,161 @@
+"""Parity on the device: inputs and outputs carried as `.npz` files (no TensorFlow).
+
+The parity checker runs every artifact on the machine that has Keras; the device that will
+ship the model may have other kernels (ARM instead of x86 XNNPACK paths, another ONNX
+Runtime build). So the check can be split, as Polygraphy's `--save-inputs` /
+`--load-outputs` split it:
+
+1. `edgetrunc parity MODEL.keras ARTIFACT --save-inputs inputs.npz` writes the exact inputs
+   (`x` float32 NHWC pixels, `labels`, `names`);
+2. on the device, `edgetrunc run ARTIFACT inputs.npz --out outputs.npz` (`record_outputs`)
+   runs the artifact with this TensorFlow-free runtime and records every output, with the
+   artifact's hash, precision and the device's platform;
+3. back on the workstation, `edgetrunc parity MODEL.keras outputs.npz --inputs inputs.npz`
+   compares Keras with the recorded outputs (`RecordedRunner`), matching them to the inputs
+   row by row through a hash of each input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc._io import atomic_path, require_file, sha256_file
+from edgetrunc.errors import InputError
+from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
+
+_OUTPUT_PREFIX = "output:"
+
+
+def _row_hashes(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return np.array([hashlib.sha1(row.tobytes()).hexdigest() for row in x])
+
+
+def _read_npz(path, what: str) -> dict:
+    path = require_file(path, f"{what} (.npz)")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not an .npz file; expected {what} written by edgetrunc")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
+        raise InputError(f"{path}: unreadable .npz ({str(exc).strip()[:160] or type(exc).__name__})") from None
+
+
+def save_inputs(path, x: np.ndarray, labels=None, names=None, protect=()) -> None:
+    """Write parity inputs (`x` `[N, H, W, C]` float32, labels, names) as `.npz`, atomically."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    labels = np.full(len(x), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+    names = [f"input#{i}" for i in range(len(x))] if names is None else [str(n) for n in names]
+    with atomic_path(path, protect) as tmp:
+        with open(tmp, "wb") as stream:
+            np.savez_compressed(stream, x=x, labels=labels, names=np.array(names))
+
+
+def load_inputs(path) -> tuple:
+    """`(x float32 [N, H, W, C], labels, names)` from an inputs `.npz`; InputError if unusable."""
+    data = _read_npz(path, "inputs")
+    if "x" not in data:
+        raise InputError(f"{path}: no array 'x' in the file; expected inputs written by "
+                         "edgetrunc parity --save-inputs")
+    x = data["x"]
+    if x.ndim != 4 or x.dtype.kind not in "fiu" or not len(x):
+        raise InputError(f"{path}: 'x' is {x.dtype} {list(x.shape)}; expected a float array "
+                         "[N, H, W, C] of pixel values")
+    x = x.astype(np.float32)
+    bad = int(np.size(x) - np.isfinite(x).sum())
+    if bad:
+        raise InputError(f"{path}: 'x' holds {bad} NaN or infinite value(s); expected pixel values")
+    labels = data.get("labels", np.full(len(x), -1, np.int64)).astype(np.int64).reshape(-1)
+    names = [str(n) for n in data.get("names", np.array([f"input#{i}" for i in range(len(x))]))]
+    if len(labels) != len(x) or len(names) != len(x):
+        raise InputError(f"{path}: {len(x)} inputs but {len(labels)} labels and {len(names)} names")
+    return x, labels, names
+
+
+def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
+                   batch_size: int = 16) -> dict:
+    """Run `artifact` on the inputs of `inputs_path` and write its outputs to `out_path` (`.npz`).
+
+    Returns the recording's metadata (also stored in the file under `meta`).
+    """
+    from edgetrunc import __version__
+    from edgetrunc.runtime import open_runner
+
+    x, _, _ = load_inputs(inputs_path)
+    runner = open_runner(artifact, threads=threads)
+    meta = runner.metadata()
+    parts = []
+    started = time.perf_counter()
+    for start in range(0, len(x), batch_size):
+        parts.append(runner.infer(x[start:start + batch_size]))
+    seconds = time.perf_counter() - started
+    outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    embedded = (meta.extra.get("embedded") or meta.extra.get("metadata_props") or {}).get("precision")
+    record = {
+        "artifact": Path(artifact).name, "artifact_sha256": sha256_file(artifact),
+        "format": meta.format, "precision": embedded if embedded in ("fp32", "fp16", "int8") else meta.precision,
+        "backend": meta.extra.get("backend"), "threads": runner.threads, "samples": int(len(x)),
+        "samples_per_second": round(len(x) / seconds, 2) if seconds > 0 else None,
+        "inputs": Path(inputs_path).name, "inputs_sha256": sha256_file(inputs_path),
+        "platform": platform.platform(), "machine": platform.machine(),
+        "python": platform.python_version(), "edgetrunc": __version__,
+    }
+    arrays = {f"{_OUTPUT_PREFIX}{name}": value.astype(np.float32) for name, value in outputs.items()}
+    with atomic_path(out_path, protect=(artifact, inputs_path)) as tmp:
+        with open(tmp, "wb") as stream:
+            np.savez_compressed(stream, meta=np.array(json.dumps(record)), rows=_row_hashes(x), **arrays)
+    return record
+
+
+class RecordedRunner(BaseRunner):
+    """The outputs an artifact gave on another machine (`record_outputs`), replayed as a runner.
+
+    `infer(batch)` returns the recorded outputs of the inputs in `batch`, found by a hash of
+    each input; an input that was not recorded raises `InputError`.
+    """
+
+    format = "recorded"
+
+    def _source_path(self, path) -> Path:
+        return require_file(path, "recorded outputs (.npz)")
+
+    def _load_impl(self):
+        data = _read_npz(self.path, "recorded outputs")
+        if "meta" not in data or "rows" not in data:
+            raise InputError(f"{self.path}: no recording metadata; expected outputs written by "
+                             "edgetrunc run")
+        try:
+            self.record = json.loads(str(data["meta"]))
+        except ValueError:
+            raise InputError(f"{self.path}: unreadable recording metadata") from None
+        self._outputs = {key[len(_OUTPUT_PREFIX):]: value for key, value in data.items()
+                         if key.startswith(_OUTPUT_PREFIX)}
+        if not self._outputs:
+            raise InputError(f"{self.path}: no recorded outputs")
+        self._rows = {row: i for i, row in enumerate(data["rows"].tolist())}
+        self._meta = RunnerMetadata(
+            path=str(self.path), format=str(self.record.get("format", "recorded")),
+            precision=str(self.record.get("precision", "fp32")),
+            inputs=[TensorInfo(name="input", shape=(None, None, None, None), dtype="float32")],
+            outputs=[TensorInfo(name=n, shape=(None, *v.shape[1:]), dtype="float32")
+                     for n, v in self._outputs.items()],
+            layout="NHWC",
+            extra={"backend": f"recorded: {self.record.get('backend')} on {self.record.get('platform')}",
+                   "recorded": dict(self.record), "embedded": {"precision": self.record.get("precision")}})
+
+    def infer(self, batch: np.ndarray) -> dict:
+        rows = _row_hashes(np.asarray(batch))
+        missing = [i for i, row in enumerate(rows) if row not in self._rows]
+        if missing:
+            raise InputError(f"{self.path}: {len(missing)} of {len(rows)} inputs were not recorded; "
+                             "run parity with --inputs INPUTS.npz, the file given to edgetrunc run")
+        index = [self._rows[row] for row in rows]
+        return {name: value[index] for name, value in self._outputs.items()}
