@@ -4,7 +4,8 @@
 2. evaluation of the shipped detector `models/tlunet.keras`,
 3. export to every format (TFLite fp32/fp16/int8, ONNX fp32/int8) with the mapping checked,
 4. the parity report (terminal, JSON, HTML),
-5. on-device inference and a benchmark with the TensorFlow-free runtime.
+5. on-device inference and a benchmark with the TensorFlow-free runtime,
+6. parity of outputs recorded by the runtime (`edgetrunc run`, as on a device) on the saved inputs.
 
 Outputs go to `demo-out/` (or the folder given as the first argument).
 """
@@ -68,7 +69,7 @@ def main():
     artifacts = sorted(artifacts_dir.glob("*.tflite")) + sorted(artifacts_dir.glob("*.onnx"))
 
     print("\n== 4. parity: Keras vs TFLite vs ONNX Runtime ==")
-    parity_code = run("parity", shipped, *artifacts, "--per-layer",
+    parity_code = run("parity", shipped, *artifacts, "--per-layer", "--save-inputs", out / "inputs.npz",
                       "--json", out / "parity.json", "--html", out / "parity.html", check=False)
 
     print("\n== 5. on-device runtime (no TensorFlow) ==")
@@ -77,8 +78,13 @@ def main():
     run("infer", int8, cover_png, stego_png)
     run("bench", *artifacts, "--threads", "1,2", "--runs", "20")
 
+    print("\n== 6. parity of the device's own outputs ==")
+    run("run", int8, out / "inputs.npz", "--out", out / "device_int8.npz")
+    device_code = run("parity", shipped, out / "device_int8.npz", "--inputs", out / "inputs.npz",
+                      "--no-probes", check=False)
+
     print(f"\nReports: {out / 'parity.html'} and {out / 'parity.json'}")
-    return parity_code
+    return parity_code or device_code
 
 
 if __name__ == "__main__":
