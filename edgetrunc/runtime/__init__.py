@@ -3,7 +3,9 @@
 `open_runner(path)` picks the runner by suffix (`TFLiteRunner` for `.tflite`, `ONNXRunner`
 for `.onnx`); both follow `BaseRunner` (`infer(batch) -> {output name: float32 array}`,
 `metadata()`). `score_images(runner, paths)` tiles images into 256x256 and returns per-image
-stego probabilities; `bench_artifacts(...)` measures latency, throughput and memory.
+stego probabilities; `bench_artifacts(...)` measures latency, throughput and memory;
+`record_outputs(...)` records an artifact's outputs on saved inputs for a parity check on
+another machine (`RecordedRunner` replays them).
 Nothing in this package imports TensorFlow or Keras; the interpreter packages
 (ai-edge-litert, onnxruntime) are imported only when a runner is created.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from edgetrunc.errors import InputError
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
 from edgetrunc.runtime.onnx_runner import ONNXRunner
+from edgetrunc.runtime.recorded import RecordedRunner, load_inputs, record_outputs, save_inputs
 from edgetrunc.runtime.scoring import (
     ImageScore, preprocess_image, score_batch, score_images, stego_probability,
 )
@@ -25,7 +28,7 @@ RUNNERS = {".tflite": TFLiteRunner, ".onnx": ONNXRunner}
 __all__ = [
     "BaseRunner", "RunnerMetadata", "TensorInfo", "TFLiteRunner", "ONNXRunner", "open_runner",
     "ImageScore", "preprocess_image", "score_batch", "score_images", "stego_probability",
-    "bench_artifacts",
+    "bench_artifacts", "RecordedRunner", "record_outputs", "save_inputs", "load_inputs",
 ]
 
 
