@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mix, random, covers, stego, a folder of images, or the FILE.npz of an "
                    "earlier --save-inputs (default: mix)")
     p.add_argument("--per-layer", action="store_true", help="compare every layer, name the first divergent")
+    p.add_argument("--strict-layers", action="store_true",
+                   help="with --per-layer: a divergent layer fails the check even when the outputs pass")
     p.add_argument("--strict-nan", action="store_true", help="NaN deviations in probes fail the check")
     p.add_argument("--no-probes", action="store_true", help="skip the truncation boundary probes")
     p.add_argument("--atol", type=float, default=None, help="override the absolute tolerance")

@@ -194,6 +194,10 @@ def test_tampered_int8_weight_is_traced_to_its_layer(artifacts, capsys, tmp_path
     clean, tampered = json.loads(report_path.read_text())["artifacts"]
     assert clean["first_divergent_layer"] is None
     assert tampered["first_divergent_layer"] == "group2_conv"
+    code, out, _ = _run([artifacts["model"], artifacts[f"int8.{fmt}"], artifacts[f"tampered_int8.{fmt}"],
+                         "--samples", "6", "--inputs", "covers", "--per-layer", "--strict-layers",
+                         "--no-probes"], capsys)
+    assert code == 1 and "layer group2_conv diverges beyond the per-layer bound (--strict-layers)" in out
     carrier = "group2_bn" if fmt == "tflite" else "group2_tanh"  # the op group2_conv is fused into
     own = {layer["layer"]: layer["local_error"] for layer in tampered["layers"]}
     clean_own = {layer["layer"]: layer["local_error"] for layer in clean["layers"]}

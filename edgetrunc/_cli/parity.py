@@ -48,13 +48,15 @@ def run(args) -> int:
     _check_report_path(args.json, "--json", inputs)
     _check_report_path(args.html, "--html", inputs)
     _check_report_path(args.save_inputs, "--save-inputs", inputs)
+    if args.strict_layers and not args.per_layer:
+        raise InputError("--strict-layers: needs --per-layer (it judges the per-layer comparison)")
     if args.html == "-":
         raise InputError("--html -: the HTML report needs a file path")
     report = check_parity(args.model, args.artifacts, samples=args.samples, inputs=args.inputs,
                           per_layer=args.per_layer, probes=not args.no_probes,
                           strict_nan=args.strict_nan, atol=args.atol, rtol=args.rtol, seed=args.seed,
                           threads=args.threads, batch_size=args.batch_size,
-                          save_inputs=args.save_inputs)
+                          save_inputs=args.save_inputs, strict_layers=args.strict_layers)
     table = terminal_report(report)
     stream = sys.stderr if args.json == "-" else sys.stdout
     stream.write(table)

@@ -195,7 +195,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                  probes: bool = True, strict_nan: bool = False, atol: float | None = None,
                  rtol: float | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
                  per_layer_samples: int = PER_LAYER_SAMPLES, compare_func=None,
-                 threads: int | None = None, save_inputs=None) -> ParityReport:
+                 threads: int | None = None, save_inputs=None, strict_layers: bool = False) -> ParityReport:
     """Compare the Keras `model` (path or `keras.Model`) with every artifact path; see the module docstring."""
     from edgetrunc._io import sha256_file
     from edgetrunc.parity.keras_runner import KerasRunner
@@ -275,9 +275,13 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
             unmapped = [layer.layer for layer in report.layers if layer.status == "unmapped"]
             if unmapped:
                 warnings.append(f"{runner.path.name}: layers without an artifact tensor: {', '.join(unmapped)}")
-            if report.first_divergent_layer and comparison.passed:
+            if report.first_divergent_layer and strict_layers:
+                comparison.failures.append(f"layer {report.first_divergent_layer} diverges beyond the "
+                                           "per-layer bound (--strict-layers)")
+            elif report.first_divergent_layer and comparison.passed:
                 warnings.append(f"{runner.path.name}: outputs within tolerance but layer "
-                                f"{report.first_divergent_layer} diverges beyond the per-layer bound")
+                                f"{report.first_divergent_layer} diverges beyond the per-layer bound "
+                                "(--strict-layers makes it a failure)")
         reports.append(report)
 
     probe_results = []
