@@ -1,4 +1,4 @@
-"""Evaluation of a detector (`.keras`, `.tflite` or `.onnx`) on cover/stego pairs.
+"""Evaluation of a detector (`.keras` or full-model `.h5`, `.tflite` or `.onnx`) on cover/stego pairs.
 
 `evaluate(model_path, ...)` builds the pairs with `edgetrunc.data.load_pairs` (the held-out
 test photos of the embedded covers by default, or every photo of a user folder), scores
@@ -21,11 +21,11 @@ from edgetrunc import load_model
 from edgetrunc.errors import InputError
 from edgetrunc.metrics import detection_report, stego_probability
 
-MODEL_SUFFIXES = (".keras", ".tflite", ".onnx")
+MODEL_SUFFIXES = (".keras", ".h5", ".tflite", ".onnx")
 
 
 def load_keras_model(path):
-    """Load a `.keras` detector (with edgetrunc's layers registered) or raise InputError."""
+    """Load a `.keras` or `.h5` detector (with edgetrunc's layers registered) or raise InputError."""
     return load_model(path)
 
 
@@ -76,7 +76,7 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     """Accuracy, AUC, P_E, confusion matrix and per-photo figures of a detector.
 
     Args:
-        model_path: a `.keras`, `.tflite` or `.onnx` file.
+        model_path: a `.keras`, full-model `.h5`, `.tflite` or `.onnx` file.
         covers: `"embedded"`, a folder of cover images, or a list of `Cover`.
         payload: LSB-matching payload in bits per pixel, in (0, 1].
         seed: seed of the photo split and of the embedding (as in training).
@@ -85,10 +85,10 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
         stride: tile stride (default 128, as the training record's test figures).
         max_pairs: score at most this many pairs (round-robin over photos).
     """
-    if Path(model_path).suffix.lower() in (".h5", ".hdf5") or Path(model_path).is_dir():
+    if Path(model_path).is_dir():
         from edgetrunc.migrate import require_keras_file
 
-        require_keras_file(model_path)  # a legacy .h5 or a SavedModel names `edgetrunc migrate`
+        require_keras_file(model_path)  # a SavedModel folder names `edgetrunc migrate`
     path = require_file(model_path, "model file", MODEL_SUFFIXES)
     payload = check_payload(payload)
     is_embedded = isinstance(covers, str) and covers == "embedded"
@@ -97,7 +97,7 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     pairs = load_pairs(cover_list, split=split, payload=payload, seed=seed,
                        max_pairs=max_pairs, stride=stride)
     suffix = path.suffix.lower()
-    score = keras_scorer(path, batch_size) if suffix == ".keras" else runtime_scorer(
+    score = keras_scorer(path, batch_size) if suffix in (".keras", ".h5") else runtime_scorer(
         path, batch_size, threads)
     _log.info(f"scoring {len(pairs)} tiles ({pairs.n_pairs} cover/stego pairs, "
               f"{len(pairs.photos)} photos, {split} split) with {path.name}")

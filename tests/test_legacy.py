@@ -287,6 +287,18 @@ def test_load_model_says_what_to_run_first(name, fragments):
         assert fragment in message
 
 
+def test_convert_takes_a_full_model_h5_directly(tmp_path, capsys):
+    out = tmp_path / "artifacts"
+    rc, _, err = cli(capsys, "convert", FIXTURES / "tfop_clip.h5", "--out", out, "--tflite", "fp32",
+                     "--onnx", "fp32", "--json")
+    assert rc == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert Path(manifest["source"]["path"]).name == "tfop_clip.h5"
+    assert {Path(a["path"]).name for a in manifest["artifacts"]} == {"tfop_clip_fp32.tflite",
+                                                                      "tfop_clip_fp32.onnx"}
+    assert all(a["truncations"][0]["mapped_to"] in ("MAXIMUM+MINIMUM", "Clip") for a in manifest["artifacts"])
+
+
 @pytest.mark.parametrize("name", ["tfop_clip.h5", "tfop_minmax.h5"])
 def test_load_model_reads_tf_op_clips_directly(name):
     model = edgetrunc.load_model(FIXTURES / name)

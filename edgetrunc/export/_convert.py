@@ -59,9 +59,12 @@ def _check_out_dir(out_dir: Path) -> None:
     require_writable_dir(out_dir)  # created now, so a folder that cannot be made fails first
 
 
+KERAS_SUFFIXES = (".keras", ".h5")  # a .h5 with lambdas or unknown classes names `edgetrunc migrate`
+
+
 def load_keras_model(path):
     """Load a `.keras` file (safe mode, edgetrunc layers registered) or raise InputError."""
-    return load_model(path, safe_mode=True, suffixes=(".keras",))
+    return load_model(path, safe_mode=True, suffixes=KERAS_SUFFIXES)
 
 
 def _model_image_shape(model):
@@ -188,7 +191,7 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
     if calibration not in (None, "embedded") and not Path(calibration).is_dir():
         raise InputError(f"--calibration {calibration}: expected 'embedded' or a folder of images")
     source = Path(model_path)
-    require_keras_file(source)  # a legacy .h5 or SavedModel names `edgetrunc migrate`
+    require_keras_file(source, KERAS_SUFFIXES)  # a SavedModel folder names `edgetrunc migrate`
     out_dir = Path(out_dir) if out_dir is not None else (source.parent if str(source.parent) else Path("."))
     _check_out_dir(out_dir)
     plan = _plan(source.stem, tflite, onnx)
