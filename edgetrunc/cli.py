@@ -132,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
 
     p = sub.add_parser("convert", help="export to TFLite and ONNX with the truncation mapping checked",
-                       description="Convert a .keras model to TFLite and ONNX; every artifact is "
-                       "read back and its truncation mapping checked.")
-    p.add_argument("model", metavar="MODEL.keras")
+                       description="Convert a Keras model (.keras, or a full-model .h5) to TFLite and "
+                       "ONNX; every artifact is read back and its truncation mapping checked.")
+    p.add_argument("model", metavar="MODEL", help=".keras or full-model .h5 file")
     p.add_argument("--out", default=None, help="output folder (default: beside the model)")
     p.add_argument("--tflite", type=_csv("precision", ("fp32", "fp16", "int8")),
                    default=["fp32", "fp16", "int8"], help="TFLite precisions (default: fp32,fp16,int8)")
