@@ -32,13 +32,17 @@ def load_keras_model(path):
 def keras_scorer(path, batch_size: int = 32):
     import tensorflow as tf
 
+    from edgetrunc.parity.keras_runner import output_activation
+
     model = load_keras_model(path)
     _require_tile_input(path, model.inputs[0].shape if len(model.inputs) == 1 else None)
     infer = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+    activation = output_activation(model)
 
     def score(x):
-        return np.concatenate([stego_probability(np.asarray(infer(tf.constant(x[i:i + batch_size]))))
-                               for i in range(0, len(x), batch_size)])
+        return np.concatenate([
+            stego_probability(np.asarray(infer(tf.constant(x[i:i + batch_size]))), activation)
+            for i in range(0, len(x), batch_size)])
 
     return score
 
@@ -57,6 +61,7 @@ def runtime_scorer(path, batch_size: int = 32, threads: int | None = None):
     from edgetrunc.runtime import open_runner
 
     runner = open_runner(path, threads=threads)
+    activation = runner.metadata().extra.get("output_activation")
 
     def score(x):
         parts = []
@@ -64,7 +69,7 @@ def runtime_scorer(path, batch_size: int = 32, threads: int | None = None):
             outputs = runner.infer(x[i:i + batch_size])
             if len(outputs) != 1:
                 raise InputError(f"{path}: {len(outputs)} outputs; expected one [N, 2] softmax")
-            parts.append(stego_probability(next(iter(outputs.values()))))
+            parts.append(stego_probability(next(iter(outputs.values())), activation))
         return np.concatenate(parts)
 
     return score

@@ -27,26 +27,28 @@ def _labels_scores(y_true, scores):
 SOFTMAX_TOLERANCE = 0.02  # int8 outputs dequantize to rows summing to 1 +- a few steps of 1/256
 
 
-def stego_probability(outputs) -> np.ndarray:
+def stego_probability(outputs, activation: str | None = None) -> np.ndarray:
     """`[N, 2]` (cover, stego) or `[N]` / `[N, 1]` stego scores -> `[N]` stego scores.
 
-    Two columns that are not a softmax (a value outside [0, 1], or a row not summing to 1)
-    are logits: they get a softmax first, so the score is monotonic in the stego evidence
-    (the raw stego logit alone is not). One column is taken as it is.
+    `activation` is the model's last activation when known (`"softmax"`, `"sigmoid"`, or
+    `"linear"` for logits). Logits get a softmax (two columns) or a sigmoid (one column).
+    Without it, two columns that are not a softmax (a value outside [0, 1], or a row not
+    summing to 1) are taken as logits, so the score is monotonic in the stego evidence (the
+    raw stego logit alone is not); one column is taken as it is.
     """
     out = np.asarray(outputs, dtype=np.float64)
     if out.ndim == 2 and out.shape[1] == 2:
-        is_probability = out.size == 0 or (
+        is_probability = activation != "linear" and (out.size == 0 or (
             out.min() >= -SOFTMAX_TOLERANCE and out.max() <= 1 + SOFTMAX_TOLERANCE
-            and np.all(np.abs(out.sum(axis=1) - 1) <= SOFTMAX_TOLERANCE))
+            and np.all(np.abs(out.sum(axis=1) - 1) <= SOFTMAX_TOLERANCE)))
         if not is_probability:
             shifted = np.exp(out - out.max(axis=1, keepdims=True))
             out = shifted / shifted.sum(axis=1, keepdims=True)
         return out[:, 1]
     if out.ndim == 2 and out.shape[1] == 1:
-        return out[:, 0]
+        out = out[:, 0]
     if out.ndim == 1:
-        return out
+        return 1.0 / (1.0 + np.exp(-out)) if activation == "linear" else out
     raise InputError(f"model output shape {list(out.shape)}: expected [N, 2] (cover, stego) or [N]")
 
 

@@ -91,3 +91,14 @@ def test_two_column_logits_get_a_softmax_so_scores_rank_by_stego_evidence():
     assert np.argmax(stego_probability(logits)) == 2
     softmax = np.array([[0.2, 0.8], [0.9, 0.1]])
     np.testing.assert_array_equal(stego_probability(softmax), [0.8, 0.1])
+
+
+def test_known_linear_output_is_a_logit():
+    from edgetrunc.metrics import stego_probability
+
+    logits = np.array([[-2.0], [0.0], [3.0]])
+    np.testing.assert_allclose(stego_probability(logits, "linear"), 1 / (1 + np.exp([2.0, 0.0, -3.0])))
+    np.testing.assert_array_equal(stego_probability(np.array([[0.2], [0.9]]), "sigmoid"), [0.2, 0.9])
+    # two logits that happen to sum to 1 still get a softmax when the model says they are logits
+    np.testing.assert_allclose(stego_probability(np.array([[0.25, 0.75]]), "linear"),
+                               [1 / (1 + np.exp(-0.5))])

@@ -271,3 +271,27 @@ def test_shipped_artifacts_load_with_their_manifest_precision(batch):
         assert (runner.metadata().format, runner.metadata().precision) == (fmt, precision), path
         probabilities = stego_probability(runner.infer(batch), runner.name)
         assert probabilities.shape == (3,) and np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", None])
+def test_output_activation_is_read_from_the_graph(activation, tmp_path):
+    """A one-column detector without a sigmoid gives logits: every backend says so."""
+    import keras
+
+    from edgetrunc.export import export_onnx, export_tflite
+    from edgetrunc.parity.keras_runner import output_activation
+    from edgetrunc.runtime import open_runner
+
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation=activation)(x))
+    expected = activation or "linear"
+    assert output_activation(model) == expected
+    (tmp_path / "m.tflite").write_bytes(export_tflite(model, "fp32"))
+    (tmp_path / "m.onnx").write_bytes(export_onnx(model, "fp32").SerializeToString())
+    for name in ("m.tflite", "m.onnx"):
+        runner = open_runner(tmp_path / name)
+        assert runner.metadata().extra["output_activation"] == expected, name
+        probability = stego_probability(runner.infer(np.full((2, 16, 16, 1), 0.1, np.float32)), name,
+                                        runner.metadata().extra["output_activation"])
+        assert np.all((probability > 0) & (probability < 1))

@@ -140,7 +140,8 @@ def _artifact_probability(fmt, path, x, nchw, batch=16):
     parts = []
     for i in range(0, len(x), batch):
         outputs = runner.infer(x[i:i + batch])
-        parts.append(stego_probability(next(iter(outputs.values()))))
+        parts.append(stego_probability(next(iter(outputs.values())),
+                                       runner.metadata().extra.get("output_activation")))
     return np.concatenate(parts)
 
 
@@ -231,7 +232,10 @@ def _convert_model(model, source, source_sha, out_dir, plan, opset, nchw, calibr
     if needs_int8 and evaluate:
         held_out = calibration_pairs(calibration, shape, split="test", stride=EVALUATION_STRIDE,
                                      max_pairs=None, seed=0)
-        keras_probability = stego_probability(model.predict(held_out.x, batch_size=16, verbose=0))
+        from edgetrunc.parity.keras_runner import output_activation
+
+        keras_probability = stego_probability(model.predict(held_out.x, batch_size=16, verbose=0),
+                                              output_activation(model))
     metadata = {"edgetrunc_version": __version__, "source_sha256": source_sha,
                 "source": source.name, "truncations": truncations}
     out_dir.mkdir(parents=True, exist_ok=True)

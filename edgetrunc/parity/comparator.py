@@ -17,7 +17,7 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc.errors import InputError
-from edgetrunc.runtime.scoring import stego_probability
+from edgetrunc.runtime.scoring import output_activation, stego_probability
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -52,13 +52,13 @@ class RunResults:
         return self.results[0]
 
 
-def detector_probability(outputs: dict, name: str):
+def detector_probability(outputs: dict, name: str, activation: str | None = None):
     """Stego probability `[N]` if the outputs look like a detector's (`[N, 2]` or `[N, 1]`), else None."""
     first = next(iter(outputs.values()), None)
     if first is None or first.ndim != 2 or first.shape[1] not in (1, 2):
         return None
     try:
-        return stego_probability(outputs, name)
+        return stego_probability(outputs, name, activation)
     except InputError:
         return None
 
@@ -87,7 +87,7 @@ class Comparator:
             seconds = time.perf_counter() - start
             outputs = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
             results.results.append(RunResult(name, outputs, seconds, len(data),
-                                             detector_probability(outputs, name)))
+                                             detector_probability(outputs, name, output_activation(runner))))
         return results
 
     @staticmethod

@@ -70,6 +70,7 @@ class KerasRunner(BaseRunner):
                                 dtype="float32") for n, t in zip(self._output_names, model.outputs)],
             layout="NHWC",
             extra={"backend": f"keras {__import__('keras').__version__} / tensorflow {tf.__version__}",
+                   "output_activation": output_activation(model),
                    "layers": len(model.layers)})
 
     def _infer_impl(self, batch: np.ndarray) -> dict:
@@ -128,6 +129,20 @@ class KerasRunner(BaseRunner):
         except (ValueError, TypeError, KeyError):
             return None
         return np.asarray(out, dtype=np.float32)
+
+
+def output_activation(model) -> str | None:
+    """The last activation of the model's first output: "softmax", "sigmoid", "linear" (logits)
+    or None when the output layer does not say (a layer of another kind)."""
+    history = getattr(model.outputs[0], "_keras_history", None) if model.outputs else None
+    layer = history[0] if history is not None else None
+    if layer is None:
+        return None
+    if type(layer).__name__ == "Softmax":
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    name = getattr(activation, "__name__", None)
+    return name if name in ("softmax", "sigmoid", "linear") else None
 
 
 def layer_name_of(tensor, model) -> str | None:

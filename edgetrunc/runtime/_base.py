@@ -150,3 +150,24 @@ class BaseRunner:
                 raise InputError(f"{self.path}: expected input [N, {', '.join(str(w) for w in want)}]"
                                  f" (NHWC); got {list(batch.shape)}")
         return self._infer_impl(batch.astype(np.float32, copy=False))
+
+
+_PASS_THROUGH = {"DEQUANTIZE", "QUANTIZE", "RESHAPE", "SQUEEZE", "IDENTITY", "Identity",
+                 "DequantizeLinear", "QuantizeLinear", "Reshape", "Squeeze", "Flatten", "Cast", "CAST"}
+_ACTIVATIONS = {"SOFTMAX": "softmax", "Softmax": "softmax", "LOGISTIC": "sigmoid", "Sigmoid": "sigmoid"}
+
+
+def last_activation(output, producer) -> str | None:
+    """"softmax", "sigmoid" or "linear": the op that makes `output`, looking through
+    quantize / reshape steps. `producer(tensor)` returns `(op type, input tensor)` or None."""
+    for _ in range(16):
+        found = producer(output)
+        if found is None:
+            return None
+        op_type, source = found
+        if op_type in _ACTIVATIONS:
+            return _ACTIVATIONS[op_type]
+        if op_type not in _PASS_THROUGH:
+            return "linear"
+        output = source
+    return None

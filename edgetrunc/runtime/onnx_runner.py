@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc.errors import InputError
-from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
+from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last_activation
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -52,6 +52,17 @@ def _op_counts_and_types(content: bytes) -> tuple:
     ops = collections.Counter(node.op_type for node in model.graph.node)
     types = {onnx.TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer}
     return dict(ops), types
+
+
+def _output_activation(content: bytes, output: str) -> str | None:
+    """The last activation of `output` (see `last_activation`); None without the onnx package."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    makers = {out: (node.op_type, node.input[0] if node.input else "")
+              for node in onnx.load_from_string(content).graph.node for out in node.output}
+    return last_activation(output, makers.get)
 
 
 def _precision_from_bytes(content: bytes) -> str:
@@ -137,7 +148,8 @@ class ONNXRunner(BaseRunner):
             path=str(self.path), format="onnx", precision=precision, inputs=[info(self._input)],
             outputs=[info(o) for o in self.session.get_outputs()], layout=layout,
             extra={"backend": f"onnxruntime {ort.__version__}", "threads": self.threads,
-                   "spin": self.spin,
+                   "spin": self.spin, "output_activation": _output_activation(self._content,
+                                                                              self._output_names[0]),
                    "ops": ops, "embedded": _decode_props(custom)})
 
     def _infer_impl(self, batch: np.ndarray) -> dict:

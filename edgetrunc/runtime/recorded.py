@@ -103,6 +103,7 @@ def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
         "artifact": Path(artifact).name, "artifact_sha256": sha256_file(artifact),
         "format": meta.format, "precision": embedded if embedded in ("fp32", "fp16", "int8") else meta.precision,
         "backend": meta.extra.get("backend"), "threads": runner.threads, "samples": int(len(x)),
+        "output_activation": meta.extra.get("output_activation"),
         "samples_per_second": round(len(x) / seconds, 2) if seconds > 0 else None,
         "inputs": Path(inputs_path).name, "inputs_sha256": sha256_file(inputs_path),
         "platform": platform.platform(), "machine": platform.machine(),
@@ -149,7 +150,8 @@ class RecordedRunner(BaseRunner):
                      for n, v in self._outputs.items()],
             layout="NHWC",
             extra={"backend": f"recorded: {self.record.get('backend')} on {self.record.get('platform')}",
-                   "recorded": dict(self.record), "embedded": {"precision": self.record.get("precision")}})
+                   "recorded": dict(self.record), "embedded": {"precision": self.record.get("precision")},
+                   "output_activation": self.record.get("output_activation")})
 
     def infer(self, batch: np.ndarray) -> dict:
         rows = _row_hashes(np.asarray(batch))

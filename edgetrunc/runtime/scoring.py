@@ -69,11 +69,13 @@ def preprocess_image(path, tile: int = TILE):
     return to_model_input(tiles), positions, pixels.shape
 
 
-def stego_probability(outputs: dict, name: str = "") -> np.ndarray:
+def stego_probability(outputs: dict, name: str = "", activation: str | None = None) -> np.ndarray:
     """Class-1 probability `[N]` from a runner's outputs (the first output, `[N, 2]`).
 
-    A softmax output is used as is; logits (rows not summing to 1) get a softmax first;
-    a single sigmoid column `[N, 1]` is the probability itself (clipped to [0, 1]).
+    A softmax output is used as is; logits (rows not summing to 1, or `activation`
+    "linear", the runner's `output_activation`) get a softmax first; a single column `[N, 1]`
+    is the probability itself (clipped to [0, 1]), or a logit that gets a sigmoid when the
+    model's last op is known to be linear.
     """
     if not outputs:
         raise InputError(f"{name}: the model produced no output")
@@ -81,12 +83,20 @@ def stego_probability(outputs: dict, name: str = "") -> np.ndarray:
     if values.ndim != 2 or values.shape[1] not in (1, 2):
         raise InputError(f"{name}: expected a detector output [N, 2] (cover, stego); "
                          f"got shape {list(values.shape)}")
-    return np.clip(metrics.stego_probability(values), 0.0, 1.0).astype(np.float32)
+    return np.clip(metrics.stego_probability(values, activation), 0.0, 1.0).astype(np.float32)
+
+
+def output_activation(runner) -> str | None:
+    """The last activation of a runner's first output ("softmax", "sigmoid", "linear"), if known."""
+    metadata = getattr(runner, "metadata", None)  # duck-typed runners may not say
+    meta = metadata() if callable(metadata) else None
+    return meta.extra.get("output_activation") if meta is not None else None
 
 
 def score_batch(runner, batch: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Stego probability `[N]` of a float32 NHWC batch, run `batch_size` at a time."""
-    parts = [stego_probability(runner.infer(batch[i:i + batch_size]), runner.name)
+    activation = output_activation(runner)
+    parts = [stego_probability(runner.infer(batch[i:i + batch_size]), runner.name, activation)
              for i in range(0, len(batch), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
@@ -112,7 +122,8 @@ def score_image(runner, path, batch_size: int = 16) -> ImageScore:
     parts = []
     for start in range(0, len(positions), batch_size):
         tiles = np.stack([pixels[y:y + tile, x:x + tile] for y, x in positions[start:start + batch_size]])
-        parts.append(stego_probability(runner.infer(to_model_input(tiles)), runner.name))
+        parts.append(stego_probability(runner.infer(to_model_input(tiles)), runner.name,
+                                       output_activation(runner)))
     probabilities = np.concatenate(parts)
     if not np.all(np.isfinite(probabilities)):
         raise InputError(f"{path}: {runner.name} gave a non-finite output (NaN or inf); "

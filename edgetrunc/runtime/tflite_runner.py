@@ -22,7 +22,7 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc.errors import InputError
-from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
+from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last_activation
 
 _INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 _MAX_CACHED_BATCH_SIZES = 4
@@ -168,9 +168,12 @@ class TFLiteRunner(BaseRunner):
                               zero_point=int(zero_point) if quantized else None)
 
         try:
-            ops = [op["op_name"] for op in interpreter._get_ops_details()]
+            details = interpreter._get_ops_details()
         except AttributeError:  # an interpreter without the op listing
-            ops = []
+            details = []
+        ops = [op["op_name"] for op in details]
+        makers = {int(out): (op["op_name"], int(op["inputs"][0]) if len(op["inputs"]) else -1)
+                  for op in details if op["op_name"] != "DELEGATE" for out in op["outputs"]}
         op_counts = dict(collections.Counter(op for op in ops if op != "DELEGATE"))
         tensor_types = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
         quantized_tensors = sum(
@@ -192,6 +195,8 @@ class TFLiteRunner(BaseRunner):
             path=str(self.path), format="tflite", precision=precision,
             inputs=[info(self._input)], outputs=[info(d) for d in self._outputs], layout="NHWC",
             extra={"backend": self._backend, "xnnpack": self.use_xnnpack, "threads": self.threads,
+                   "output_activation": last_activation(int(self._outputs[0]["index"]), makers.get)
+                   if details else None,
                    "ops": op_counts, "delegate_partitions": ops.count("DELEGATE"),
                    "embedded": read_embedded_metadata(self._model_bytes())})
 
