@@ -1,4 +1,4 @@
-"""`pip install ".[runtime]"` into a fresh virtual environment: no TensorFlow, `infer` works.
+"""`pip install ".[runtime]"` into a fresh virtual environment: no TensorFlow; `infer` and `run` work.
 
 The package is built from a copy of its source (so the checkout gets no build folder) and
 installed non-editable with the pinned constraints, as a device would install it. Needs
@@ -58,3 +58,16 @@ def test_runtime_extra_installs_without_tensorflow_and_runs_infer(tmp_path):
         assert out.returncode == 0, out.stderr
         (result,) = json.loads(out.stdout)["results"]
         assert len(result["tiles"]) == 4 and result["decision"] in ("cover", "stego")
+
+    # `edgetrunc run` records outputs on saved inputs, as on a device (no onnx package either)
+    import numpy as np
+
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, x=np.random.default_rng(0).integers(0, 256, (3, 256, 256, 1)).astype(np.float32))
+    for backend in ("tflite", "onnx"):
+        recorded = tmp_path / f"{backend}.npz"
+        out = subprocess.run([str(edgetrunc), "run", str(artifacts[backend]), str(inputs), "--out",
+                              str(recorded), "--json"], capture_output=True, text=True, cwd=tmp_path,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["samples"] == 3 and recorded.exists()
