@@ -66,7 +66,7 @@ def stdout_to_stderr():
 @contextlib.contextmanager
 def native_output_captured(log):
     """Discard native writes to stdout and collect native writes to stderr into `log` (a list):
-    the MLIR converter prints diagnostics there that the caller turns into one clear line."""
+    converters and interpreters print there from C++, past Python's `sys.stderr`."""
     sys.stdout.flush()
     sys.stderr.flush()
     try:

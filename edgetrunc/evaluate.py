@@ -59,9 +59,10 @@ def _require_tile_input(path, shape):
 
 def runtime_scorer(path, batch_size: int = 32, threads: int | None = None):
     from edgetrunc.runtime import open_runner
+    from edgetrunc.runtime.scoring import runner_activation
 
     runner = open_runner(path, threads=threads)
-    activation = runner.metadata().extra.get("output_activation")
+    activation = runner_activation(runner)
 
     def score(x):
         parts = []

@@ -137,11 +137,12 @@ def _artifact_probability(fmt, path, x, nchw, batch=16):
         from edgetrunc.runtime.onnx_runner import ONNXRunner
 
         runner = ONNXRunner(str(path))
-    parts = []
+    from edgetrunc.runtime.scoring import runner_activation
+
+    activation, parts = runner_activation(runner), []
     for i in range(0, len(x), batch):
         outputs = runner.infer(x[i:i + batch])
-        parts.append(stego_probability(next(iter(outputs.values())),
-                                       runner.metadata().extra.get("output_activation")))
+        parts.append(stego_probability(next(iter(outputs.values())), activation))
     return np.concatenate(parts)
 
 

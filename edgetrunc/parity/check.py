@@ -145,12 +145,6 @@ def artifact_precision(runner) -> str:
     return recorded if recorded in ("fp32", "fp16", "int8") else meta.precision
 
 
-def _reduced_precision_layers(model) -> list:
-    from edgetrunc.export._policy import reduced_precision_layers
-
-    return reduced_precision_layers(model)
-
-
 def _samples_per_second(runner, result) -> float:
     """Throughput of a backend here; for recorded outputs, the one measured on the device."""
     if runner.format == "recorded":
@@ -226,7 +220,9 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     precisions = {str(r.path): artifact_precision(r) for r in runners}
     warnings = []
     judged = dict(precisions)  # the precision whose tolerances apply
-    reduced = _reduced_precision_layers(keras_runner.model)
+    from edgetrunc.export._policy import reduced_precision_layers
+
+    reduced = reduced_precision_layers(keras_runner.model)
     if reduced:
         judged = {key: "fp16" if value == "fp32" else value for key, value in precisions.items()}
         warnings.append(f"the Keras model computes in reduced precision ({len(reduced)} layer(s), "
@@ -288,7 +284,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     if probes:
         from edgetrunc.parity.probes import onnx_opset, run_probes
 
-        local = [r for r in reports if not r.path.lower().endswith(".npz")]  # recorded: no model here
+        local = [r for r, runner in zip(reports, runners) if runner.format != "recorded"]  # no model there
         configurations = sorted({(r.format, r.precision, onnx_opset(r.path) if r.format == "onnx" else 0)
                                  for r in local}, key=lambda c: (c[0], c[1], c[2] or 0))
         _log.info("parity: truncation probes")

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc.errors import InputError
-from edgetrunc.runtime.scoring import output_activation, stego_probability
+from edgetrunc.runtime.scoring import runner_activation, stego_probability
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -87,7 +87,7 @@ class Comparator:
             seconds = time.perf_counter() - start
             outputs = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
             results.results.append(RunResult(name, outputs, seconds, len(data),
-                                             detector_probability(outputs, name, output_activation(runner))))
+                                             detector_probability(outputs, name, runner_activation(runner))))
         return results
 
     @staticmethod

@@ -106,7 +106,6 @@ class KerasRunner(BaseRunner):
             parts.append([np.asarray(o, dtype=np.float32) for o in outs])
         return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self._layer_names)}
 
-
     def single_inbound(self) -> dict:
         """`{layer name: its only inbound layer}` for the layers with exactly one inbound layer."""
         inbound = {}

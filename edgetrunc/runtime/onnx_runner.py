@@ -42,27 +42,19 @@ def detect_layout(shape) -> str:
     return "NHWC"
 
 
-def _op_counts_and_types(content: bytes) -> tuple:
-    """`({op_type: count}, {element type names})` of the graph (needs the onnx package)."""
+def _graph_facts(content: bytes, output: str) -> tuple:
+    """`({op_type: count}, {element type names}, last activation of `output`)` from one parse of
+    the graph (see `last_activation`); all None without the onnx package."""
     try:
         import onnx
     except ImportError:
-        return None, None
-    model = onnx.load_from_string(content)
-    ops = collections.Counter(node.op_type for node in model.graph.node)
-    types = {onnx.TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer}
-    return dict(ops), types
-
-
-def _output_activation(content: bytes, output: str) -> str | None:
-    """The last activation of `output` (see `last_activation`); None without the onnx package."""
-    try:
-        import onnx
-    except ImportError:
-        return None
+        return None, None, None
+    graph = onnx.load_from_string(content).graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    types = {onnx.TensorProto.DataType.Name(t.data_type) for t in graph.initializer}
     makers = {out: (node.op_type, node.input[0] if node.input else "")
-              for node in onnx.load_from_string(content).graph.node for out in node.output}
-    return last_activation(output, makers.get)
+              for node in graph.node for out in node.output}
+    return dict(ops), types, last_activation(output, makers.get)
 
 
 def _precision_from_bytes(content: bytes) -> str:
@@ -126,7 +118,7 @@ class ONNXRunner(BaseRunner):
         self._output_names = [o.name for o in self.session.get_outputs()]
         layout = detect_layout(self._input.shape)
         custom = dict(self.session.get_modelmeta().custom_metadata_map or {})
-        ops, types = _op_counts_and_types(self._content)
+        ops, types, activation = _graph_facts(self._content, self._output_names[0])
         recorded = custom.get("edgetrunc.precision", custom.get("precision"))
         if recorded in ("fp32", "fp16", "int8"):
             precision = recorded
@@ -148,8 +140,7 @@ class ONNXRunner(BaseRunner):
             path=str(self.path), format="onnx", precision=precision, inputs=[info(self._input)],
             outputs=[info(o) for o in self.session.get_outputs()], layout=layout,
             extra={"backend": f"onnxruntime {ort.__version__}", "threads": self.threads,
-                   "spin": self.spin, "output_activation": _output_activation(self._content,
-                                                                              self._output_names[0]),
+                   "spin": self.spin, "output_activation": activation,
                    "ops": ops, "embedded": _decode_props(custom)})
 
     def _infer_impl(self, batch: np.ndarray) -> dict:

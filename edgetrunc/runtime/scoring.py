@@ -86,7 +86,7 @@ def stego_probability(outputs: dict, name: str = "", activation: str | None = No
     return np.clip(metrics.stego_probability(values, activation), 0.0, 1.0).astype(np.float32)
 
 
-def output_activation(runner) -> str | None:
+def runner_activation(runner) -> str | None:
     """The last activation of a runner's first output ("softmax", "sigmoid", "linear"), if known."""
     metadata = getattr(runner, "metadata", None)  # duck-typed runners may not say
     meta = metadata() if callable(metadata) else None
@@ -95,7 +95,7 @@ def output_activation(runner) -> str | None:
 
 def score_batch(runner, batch: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Stego probability `[N]` of a float32 NHWC batch, run `batch_size` at a time."""
-    activation = output_activation(runner)
+    activation = runner_activation(runner)
     parts = [stego_probability(runner.infer(batch[i:i + batch_size]), runner.name, activation)
              for i in range(0, len(batch), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
@@ -123,7 +123,7 @@ def score_image(runner, path, batch_size: int = 16) -> ImageScore:
     for start in range(0, len(positions), batch_size):
         tiles = np.stack([pixels[y:y + tile, x:x + tile] for y, x in positions[start:start + batch_size]])
         parts.append(stego_probability(runner.infer(to_model_input(tiles)), runner.name,
-                                       output_activation(runner)))
+                                       runner_activation(runner)))
     probabilities = np.concatenate(parts)
     if not np.all(np.isfinite(probabilities)):
         raise InputError(f"{path}: {runner.name} gave a non-finite output (NaN or inf); "
