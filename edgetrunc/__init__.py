@@ -22,7 +22,7 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
     """
     import zipfile
 
-    from edgetrunc.errors import InputError
+    from edgetrunc.errors import InputError, first_line
     from edgetrunc.migrate import require_keras_file
 
     path = require_keras_file(path, suffixes)
@@ -43,8 +43,7 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
     try:
         return keras.saving.load_model(str(path), safe_mode=safe_mode, **kwargs)
     except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: cannot load the Keras model ({reason[:200]})") from None
+        raise InputError(f"{path}: cannot load the Keras model ({first_line(exc)})") from None
 
 
 def _legacy_loader(path):

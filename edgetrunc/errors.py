@@ -22,3 +22,10 @@ class CheckFailed(EdgetruncError):
     """A check ran and failed (parity, accuracy target)."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most `limit` characters), else its type:
+    what a one-line error shows of a library's own exception."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

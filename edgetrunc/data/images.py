@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetrunc.errors import InputError
+from edgetrunc.errors import InputError, first_line
 
 TILE = 256
 LOSSLESS_SUFFIXES = (".png", ".pgm", ".pnm", ".ppm", ".pbm", ".tif", ".tiff", ".bmp", ".gif")
@@ -80,7 +80,7 @@ def load_image(path, min_size: int = TILE, warn_jpeg: bool = True) -> np.ndarray
     except MemoryError:
         raise InputError(f"{path}: too large to decode in the available memory") from None
     except Exception as exc:  # noqa: BLE001  (decoders raise OSError, SyntaxError, struct.error, ...)
-        raise InputError(f"{path}: unreadable image ({_reason(exc)})") from None
+        raise InputError(f"{path}: unreadable image ({first_line(exc)})") from None
     lossy = lossy_format(path) if warn_jpeg else None
     if lossy:
         warnings.warn(f"{path}: {lossy} input; stego detectors expect lossless covers",
@@ -132,11 +132,6 @@ def _describe_mode(mode: str, deep: int | None = None) -> str:
     if mode == "I":
         return "32-bit integer"
     return f"mode {mode}"
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
 
 
 def lossy_format(path) -> str | None:

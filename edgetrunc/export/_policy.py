@@ -11,7 +11,7 @@ int8 are derived from it as for any other model.
 from __future__ import annotations
 
 from edgetrunc import _log
-from edgetrunc.errors import InputError
+from edgetrunc.errors import InputError, first_line
 
 
 def _policy_name(policy) -> str:
@@ -43,7 +43,6 @@ def _float32_config(value):
 
 def float32_model(model):
     """`model` itself if every layer computes in float32, else a float32 copy (see above)."""
-    import keras
     import numpy as np
 
     reduced = reduced_precision_layers(model)
@@ -58,13 +57,12 @@ def float32_model(model):
         copy.set_weights([np.asarray(w, dtype=np.float32) if np.issubdtype(np.asarray(w).dtype, np.floating)
                           else w for w in weights])
     except Exception as exc:  # rebuilding a subclassed or unusual model
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{model.name}: layers {', '.join(reduced[:3])} compute in reduced precision "
-                         f"and the model cannot be rebuilt in float32 ({reason[:160]})") from None
-    if reduced_precision_layers(copy):
-        raise InputError(f"{model.name}: layers {', '.join(reduced_precision_layers(copy)[:3])} "
+                         f"and the model cannot be rebuilt in float32 ({first_line(exc, 160)})") from None
+    still_reduced = reduced_precision_layers(copy)
+    if still_reduced:
+        raise InputError(f"{model.name}: layers {', '.join(still_reduced[:3])} "
                          "still compute in reduced precision after setting the float32 policy")
-    del keras
     _log.info(f"{model.name}: {len(reduced)} layer(s) compute in reduced precision "
               f"(e.g. {reduced[0]}); exporting a float32 copy with the same weights")
     return copy

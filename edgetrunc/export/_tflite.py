@@ -23,7 +23,7 @@ import re
 import numpy as np
 
 from edgetrunc import _log
-from edgetrunc.errors import InputError
+from edgetrunc.errors import InputError, first_line
 from edgetrunc.export import _tflite_graph as tg
 from edgetrunc.export._policy import float32_model
 from edgetrunc.export._truncations import find_truncations, layer_hints, match_clips
@@ -93,9 +93,8 @@ def _convert(converter, model, int8_only=False) -> bytes:
         text = f"{exc}\n{''.join(log)}"
         if re.search(r"custom op|flex op|Select TensorFlow op|not supported", text, re.I):
             raise _unsupported_op_error(text, model) from None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{getattr(model, 'name', 'model')}: TFLite conversion failed "
-                         f"({reason[:200]})") from None
+                         f"({first_line(exc)})") from None
 
 
 def _calibration_batches(calibration, model):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgetrunc import _log
-from edgetrunc.errors import InputError
+from edgetrunc.errors import InputError, first_line
 from edgetrunc.runtime.scoring import runner_activation, stego_probability
 
 DEFAULT_BATCH_SIZE = 16
@@ -81,9 +81,8 @@ class Comparator:
                 except (ValueError, RuntimeError) as exc:
                     if isinstance(exc, InputError):
                         raise
-                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     raise InputError(f"{name}: inference failed on inputs "
-                                     f"{list(data.shape[1:])} ({reason[:200]})") from None
+                                     f"{list(data.shape[1:])} ({first_line(exc)})") from None
             seconds = time.perf_counter() - start
             outputs = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
             results.results.append(RunResult(name, outputs, seconds, len(data),

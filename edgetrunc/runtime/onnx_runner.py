@@ -13,11 +13,10 @@ from __future__ import annotations
 import collections
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 
-from edgetrunc.errors import InputError
+from edgetrunc.errors import InputError, first_line
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last_activation
 
 _ORT_TYPES = {
@@ -108,8 +107,7 @@ class ONNXRunner(BaseRunner):
             self.session = ort.InferenceSession(self._content, sess_options=options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"{self.path}: not a valid ONNX model ({reason[:200]})") from None
+            raise InputError(f"{self.path}: not a valid ONNX model ({first_line(exc)})") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise InputError(f"{self.path}: expected a model with one input; it has {len(inputs)}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc import _log
-from edgetrunc.errors import InputError
+from edgetrunc.errors import InputError, first_line
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last_activation
 
 _INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
@@ -64,11 +64,6 @@ def read_embedded_metadata(content: bytes, name: str = "edgetrunc") -> dict | No
     except (ValueError, UnicodeDecodeError, IndexError, TypeError, AttributeError):
         return None
     return None
-
-
-def _first_line(exc) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _quantize(batch: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
@@ -137,14 +132,14 @@ class TFLiteRunner(BaseRunner):
         try:
             interpreter = self._new_interpreter()
         except (ValueError, RuntimeError) as exc:
-            raise InputError(f"{self.path}: not a valid TFLite model ({_first_line(exc)})") from None
+            raise InputError(f"{self.path}: not a valid TFLite model ({first_line(exc)})") from None
         try:
             _placeholder_tile(interpreter)
             with _log.native_banners_dropped():  # XNNPACK announces itself here
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"{self.path}: the interpreter cannot prepare this model "
-                             f"({_first_line(exc)}); expected builtin ops only") from None
+                             f"({first_line(exc)}); expected builtin ops only") from None
         input_details = interpreter.get_input_details()
         if len(input_details) != 1:
             raise InputError(f"{self.path}: expected a model with one input; it has {len(input_details)}")
