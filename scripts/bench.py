@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -251,8 +250,6 @@ def _op_difference(ops: dict, baseline: dict) -> dict:
 
 
 def bench_truncation_variants(runs: int, warmup: int) -> str:
-    import keras
-
     from edgetrunc.models import create
     from edgetrunc.runtime import ONNXRunner, TFLiteRunner
     from edgetrunc.runtime.bench import time_interleaved
@@ -277,7 +274,7 @@ def bench_truncation_variants(runs: int, warmup: int) -> str:
     base_tflite = TFLiteRunner(baseline["tflite"]).metadata().extra["ops"]
     base_onnx = _onnx_op_count(baseline["onnx"])
     x = np.random.default_rng(0).uniform(0, 255, (1, 256, 256, 1)).astype(np.float32)
-    functions, rows = {}, []
+    functions = {}
     for label, item in converted.items():
         tfl = TFLiteRunner(item["tflite"], threads=1)
         ort = ONNXRunner(item["onnx"], threads=1, spin=False)

@@ -78,7 +78,6 @@ def _standard_loop(model_path, artifacts, x):
 
     Returns a function that runs the loop; what a parity script written without edgetrunc does.
     """
-    import keras
     import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
 
@@ -107,7 +106,6 @@ def _standard_loop(model_path, artifacts, x):
             nchw = session.get_inputs()[0].shape[1] == 1
             calls.append(lambda sample, session=session, name=name, nchw=nchw: session.run(
                 None, {name: sample.transpose(0, 3, 1, 2) if nchw else sample}))
-    del keras
     for call in calls:
         call(x[:1])
     return lambda: [call(x[i:i + 1]) for i in range(len(x)) for call in calls]
@@ -168,8 +166,8 @@ def main(argv=None):
     inferences = len(x) * len(names)
     summary = [
         [f"`edgetrunc parity`: batches of {args.batch}, {cores} threads per backend", parity],
-        [f"the same, 1 thread per TFLite / ONNX Runtime backend", parity_one_thread],
-        [f"same runners and threads, one sample at a time", same_runners],
+        ["the same, 1 thread per TFLite / ONNX Runtime backend", parity_one_thread],
+        ["same runners and threads, one sample at a time", same_runners],
         ["one sample at a time, standard calls (`model.predict`, `Interpreter.invoke`, "
          "`InferenceSession.run`), defaults", standard],
     ]

@@ -59,7 +59,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from edgetrunc.data import load_pairs
