@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from edgetrunc import __version__
+from edgetrunc._version import __version__
 from edgetrunc.errors import EdgetruncError
 
 

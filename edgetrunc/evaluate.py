@@ -17,7 +17,7 @@ from edgetrunc import _log
 from edgetrunc._io import require_file
 from edgetrunc.data.covers import resolve_covers
 from edgetrunc.data.dataset import check_payload, load_pairs
-from edgetrunc import load_model
+from edgetrunc.keras.load import load_model
 from edgetrunc.errors import InputError
 from edgetrunc.metrics import detection_report, stego_probability
 

@@ -113,7 +113,7 @@ def package_versions() -> dict:
     import keras
     import tensorflow as tf
 
-    from edgetrunc import __version__
+    from edgetrunc._version import __version__
 
     return {"edgetrunc": __version__, "python": platform.python_version(),
             "numpy": np.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetrunc import __version__, _log, load_model
+from edgetrunc import _log
+from edgetrunc._version import __version__
+from edgetrunc.keras.load import load_model
 from edgetrunc._io import new_file_mode, require_writable_dir, sha256_file, write_json_atomic
 from edgetrunc.errors import InputError
 from edgetrunc.metrics import stego_probability
 from edgetrunc.export._onnx import ONNX_PRECISIONS, OPSETS
-from edgetrunc.export._policy import float32_model
+from edgetrunc.keras.precision import float32_model
 from edgetrunc.export._tflite import INT8_MODES, TFLITE_PRECISIONS
 from edgetrunc.migrate import require_keras_file
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgetrunc.errors import InputError
-from edgetrunc.export._policy import float32_model
+from edgetrunc.keras.precision import float32_model
 from edgetrunc.export._truncations import find_truncations, match_clips
 
 ONNX_PRECISIONS = ("fp32", "int8")

@@ -25,7 +25,7 @@ import numpy as np
 from edgetrunc import _log
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.export import _tflite_graph as tg
-from edgetrunc.export._policy import float32_model
+from edgetrunc.keras.precision import float32_model
 from edgetrunc.export._truncations import find_truncations, layer_hints, match_clips
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8")

@@ -10,24 +10,7 @@ from __future__ import annotations
 
 import re
 
-
-def _walk_layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if hasattr(layer, "layers") and layer is not model:
-            yield from _walk_layers(layer)
-
-
-def find_truncations(model) -> list[dict]:
-    """`[{"layer", "lower", "upper"}]` for every Truncation layer, in layer order."""
-    from edgetrunc.layers import Truncation
-
-    found = []
-    for layer in _walk_layers(model):
-        if isinstance(layer, Truncation):
-            lower, upper = layer.bounds
-            found.append({"layer": layer.name, "lower": float(lower), "upper": float(upper)})
-    return found
+from edgetrunc.keras.truncations import find_truncations  # noqa: F401
 
 
 def layer_hints(names, truncations) -> set[str]:

@@ -220,7 +220,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     precisions = {str(r.path): artifact_precision(r) for r in runners}
     warnings = []
     judged = dict(precisions)  # the precision whose tolerances apply
-    from edgetrunc.export._policy import reduced_precision_layers
+    from edgetrunc.keras.precision import reduced_precision_layers
 
     reduced = reduced_precision_layers(keras_runner.model)
     if reduced:

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc.errors import InputError
+from edgetrunc.keras.activation import layer_name_of, output_activation  # noqa: F401
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
 
 
 def load_keras_model(path):
     """Load a `.keras` or `.h5` file (compile=False), raising `InputError` if it is unusable."""
-    from edgetrunc import load_model
+    from edgetrunc.keras.load import load_model
 
     return load_model(path)
 
@@ -128,24 +129,3 @@ class KerasRunner(BaseRunner):
         except (ValueError, TypeError, KeyError):
             return None
         return np.asarray(out, dtype=np.float32)
-
-
-def output_activation(model) -> str | None:
-    """The last activation of the model's first output: "softmax", "sigmoid", "linear" (logits)
-    or None when the output layer does not say (a layer of another kind)."""
-    history = getattr(model.outputs[0], "_keras_history", None) if model.outputs else None
-    layer = history[0] if history is not None else None
-    if layer is None:
-        return None
-    if type(layer).__name__ == "Softmax":
-        return "softmax"
-    activation = getattr(layer, "activation", None)
-    name = getattr(activation, "__name__", None)
-    return name if name in ("softmax", "sigmoid", "linear") else None
-
-
-def layer_name_of(tensor, model) -> str | None:
-    history = getattr(tensor, "_keras_history", None)
-    if history is not None:
-        return history[0].name
-    return None

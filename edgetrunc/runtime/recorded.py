@@ -86,7 +86,7 @@ def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
 
     Returns the recording's metadata (also stored in the file under `meta`).
     """
-    from edgetrunc import __version__
+    from edgetrunc._version import __version__
     from edgetrunc.runtime import open_runner
 
     x, _, _ = load_inputs(inputs_path)
