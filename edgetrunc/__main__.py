@@ -1,3 +1,5 @@
+"""`python -m edgetrunc`: the command line (`edgetrunc.cli.main`)."""
+
 import sys
 
 from edgetrunc.cli import main

@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -27,6 +29,8 @@ def require_file(path, what="file", suffixes=None) -> Path:
         raise InputError(
             f"{path}: expected a {what} ({', '.join(suffixes)}), got '{path.suffix or 'no suffix'}'"
         )
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file (a FIFO, device or socket), expected a {what}")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, expected a {what}")
     if not os.access(path, os.R_OK):
@@ -48,27 +52,74 @@ def require_writable_dir(path) -> Path:
     return path
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(path, protect=()) -> Path:
+    """The real file an output at `path` will be written to, after refusing what must not be
+    replaced: an input named in `protect` (or, for a protected folder, a file in it), a
+    folder, or a path whose parent is not a folder. Symbolic links are followed, so the link
+    stays and its target gets the new content."""
+    path = Path(path)
+    target = Path(os.path.realpath(path))
+    for other in protect:
+        other = Path(other)
+        if _same_file(target, other) or target == Path(os.path.realpath(other)):
+            raise InputError(f"{path}: refusing to overwrite an input file")
+        if other.is_dir() and target.exists() and Path(os.path.realpath(other)) in target.parents:
+            raise InputError(f"{path}: refusing to overwrite a file of the input folder {other}")
+    if target.is_dir():
+        raise InputError(f"{path}: is a folder, expected a file name to write")
+    return target
+
+
+def is_stream(target: Path) -> bool:
+    """True for an existing target that is not a regular file (a FIFO, a terminal, a
+    character device such as /dev/stdout or /dev/null): written through, never replaced."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode)
+
+
 @contextlib.contextmanager
 def atomic_path(path, protect=()):
-    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds.
+    """Yield a temporary path; when the block succeeds, rename it onto `path`.
 
-    `protect` lists input paths that must never be overwritten.
+    `protect` lists inputs (files or folders) that must never be overwritten. A `path` that
+    is a FIFO or a device is written through instead of replaced; a symbolic link keeps
+    pointing where it did. A failed write removes the temporary file and raises InputError
+    naming `path` (disk full, read-only file system, permissions).
     """
     path = Path(path)
-    for other in protect:
-        if Path(other).exists() and path.exists() and path.resolve() == Path(other).resolve():
-            raise InputError(f"{path}: refusing to overwrite an input file")
-    require_writable_dir(path.parent if str(path.parent) else Path("."))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp",
-                               dir=path.parent)
+    target = check_output(path, protect)
+    stream = is_stream(target)
+    folder = Path(tempfile.gettempdir()) if stream else target.parent
+    if not stream:
+        require_writable_dir(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".tmp", dir=folder)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, new_file_mode())
     try:
+        os.chmod(tmp, new_file_mode())
         yield tmp
-        os.replace(tmp, path)
+        if stream:
+            with open(tmp, "rb") as source, open(target, "wb") as sink:
+                shutil.copyfileobj(source, sink)
+        else:
+            os.replace(tmp, target)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
-        if tmp.exists():
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 

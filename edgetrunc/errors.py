@@ -1,9 +1,12 @@
 """Exceptions with a meaning for the command line (no TensorFlow).
 
 `InputError` is anything the user can cause (missing or corrupt file, wrong shape, bad
-option): the CLI prints its message as one line and exits 2. `CheckFailed` means the
-check itself ran and failed (parity, accuracy): exit 1.
+option): the CLI prints its message as one line and exits 2. An `InputError` about one
+argument names it by its Python name (`param`); the CLI shows that name as its flag.
+`CheckFailed` means the check itself ran and failed (parity, accuracy): exit 1.
 """
+
+from __future__ import annotations
 
 
 class EdgetruncError(Exception):
@@ -13,9 +16,25 @@ class EdgetruncError(Exception):
 
 
 class InputError(EdgetruncError, ValueError):
-    """Bad input or usage: one clear line naming the input and what was expected."""
+    """Bad input or usage: one clear line naming the input and what was expected.
+
+    `param` is the Python parameter the message is about, when the message starts with its
+    name ("samples: expected a positive integer; got 0"); `naming(flag)` gives the message
+    with that name shown as the caller knows it ("--samples: expected ...").
+    """
 
     exit_code = 2
+    param: str | None = None
+
+    def __init__(self, message: str = "", param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+    def naming(self, name: str) -> str:
+        text = str(self)
+        if self.param and text.startswith(self.param) and text[len(self.param):][:1] in ("", ":", " "):
+            return name + text[len(self.param):]
+        return text
 
 
 class CheckFailed(EdgetruncError):

@@ -15,36 +15,27 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc._io import require_file
+from edgetrunc._text import table
 from edgetrunc.data.covers import resolve_covers
 from edgetrunc.data.dataset import check_payload, load_pairs
-from edgetrunc.keras.load import load_model
 from edgetrunc.errors import InputError
-from edgetrunc.metrics import detection_report, stego_probability
+from edgetrunc.keras.activation import output_activation
+from edgetrunc.keras.load import load_model, require_keras_file
+from edgetrunc.keras.runner import predict_probability
+from edgetrunc.metrics import detection_report
+from edgetrunc.runtime import open_runner
+from edgetrunc.runtime.scoring import score_batch
 
 MODEL_SUFFIXES = (".keras", ".h5", ".tflite", ".onnx")
+BATCH_SIZE = 32
 
 
-def load_keras_model(path):
-    """Load a `.keras` or `.h5` detector (with edgetrunc's layers registered) or raise InputError."""
-    return load_model(path)
-
-
-def keras_scorer(path, batch_size: int = 32):
-    import tensorflow as tf
-
-    from edgetrunc.parity.keras_runner import output_activation
-
-    model = load_keras_model(path)
+def keras_scorer(path, batch_size: int = BATCH_SIZE):
+    """`score(x) -> stego probability [N]` of a Keras detector file, in inference mode."""
+    model = load_model(path)
     _require_tile_input(path, model.inputs[0].shape if len(model.inputs) == 1 else None)
-    infer = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
     activation = output_activation(model)
-
-    def score(x):
-        return np.concatenate([
-            stego_probability(np.asarray(infer(tf.constant(x[i:i + batch_size]))), activation)
-            for i in range(0, len(x), batch_size)])
-
-    return score
+    return lambda x: predict_probability(model, x, batch_size, activation)
 
 
 def _require_tile_input(path, shape):
@@ -57,28 +48,18 @@ def _require_tile_input(path, shape):
                          "expected an input of [256, 256, 1] or [None, None, 1]")
 
 
-def runtime_scorer(path, batch_size: int = 32, threads: int | None = None):
-    from edgetrunc.runtime import open_runner
-    from edgetrunc.runtime.scoring import runner_activation
-
+def runtime_scorer(path, batch_size: int = BATCH_SIZE, threads: int | None = None):
+    """`score(x) -> stego probability [N]` of a `.tflite` or `.onnx` detector on the runtime."""
     runner = open_runner(path, threads=threads)
-    activation = runner_activation(runner)
-
-    def score(x):
-        parts = []
-        for i in range(0, len(x), batch_size):
-            outputs = runner.infer(x[i:i + batch_size])
-            if len(outputs) != 1:
-                raise InputError(f"{path}: {len(outputs)} outputs; expected one [N, 2] softmax")
-            parts.append(stego_probability(next(iter(outputs.values())), activation))
-        return np.concatenate(parts)
-
-    return score
+    outputs = runner.metadata().outputs
+    if len(outputs) != 1:
+        raise InputError(f"{path}: {len(outputs)} outputs; expected one [N, 2] softmax")
+    return lambda x: score_batch(runner, x, batch_size, clip=False)
 
 
 def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
              split: str | None = None, stride: int | None = 128, max_pairs: int | None = None,
-             batch_size: int = 32, threads: int | None = None) -> dict:
+             batch_size: int = BATCH_SIZE, threads: int | None = None) -> dict:
     """Accuracy, AUC, P_E, confusion matrix and per-photo figures of a detector.
 
     Args:
@@ -92,8 +73,6 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
         max_pairs: score at most this many pairs (round-robin over photos).
     """
     if Path(model_path).is_dir():
-        from edgetrunc.migrate import require_keras_file
-
         require_keras_file(model_path)  # a SavedModel folder names `edgetrunc migrate`
     path = require_file(model_path, "model file", MODEL_SUFFIXES)
     payload = check_payload(payload)
@@ -148,17 +127,12 @@ def format_report(report: dict) -> str:
     lines += ["", "confusion (threshold 0.5)   decided cover   decided stego",
               f"  cover                     {tn:13d}   {fp:13d}",
               f"  stego                     {fn:13d}   {tp:13d}", ""]
-    rows = [("photo", "pairs", "accuracy", "AUC", "P_E own", "error shared", "JPEG history")]
-    for name, f in report.get("per_source", {}).items():
-        rows.append((name, str(f["pairs"]), f"{f['accuracy']:.3f}",
-                     "-" if f["auc"] is None or np.isnan(f["auc"]) else f"{f['auc']:.3f}",
-                     f"{f['p_e']:.3f}", f"{f['error']:.3f}", f["note"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for k, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths))).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    rows = [(name, str(f["pairs"]), f"{f['accuracy']:.3f}",
+             "-" if f["auc"] is None or np.isnan(f["auc"]) else f"{f['auc']:.3f}",
+             f"{f['p_e']:.3f}", f"{f['error']:.3f}", f["note"])
+            for name, f in report.get("per_source", {}).items()]
+    lines.append(table(("photo", "pairs", "accuracy", "AUC", "P_E own", "error shared",
+                        "JPEG history"), rows, align="lrrrrrl"))
     lines += ["", "P_E own: (P_FA + P_MD) / 2 at the photo's own best threshold (optimistic for few "
               "tiles); error shared: at the one threshold that minimizes the photo-weighted P_E."]
     return "\n".join(lines)

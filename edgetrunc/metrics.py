@@ -24,6 +24,7 @@ def _labels_scores(y_true, scores):
     return y.astype(np.int64), s
 
 
+DECISION_THRESHOLD = 0.5  # stego when the stego probability is >= this
 SOFTMAX_TOLERANCE = 0.02  # int8 outputs dequantize to rows summing to 1 +- a few steps of 1/256
 
 
@@ -169,3 +170,54 @@ def detection_report(y_true, stego_prob, sources=None, threshold: float = 0.5) -
             per_source[name] = figures
         report["per_source"] = per_source
     return report
+
+
+MIN_DECISION_AGREEMENT = 0.98
+MAX_ACCURACY_DELTA = 0.01
+
+
+def decision_agreement(reference_probability, candidate_probability, labels=None,
+                       min_agreement: float = MIN_DECISION_AGREEMENT,
+                       max_accuracy_delta: float = MAX_ACCURACY_DELTA,
+                       threshold: float = DECISION_THRESHOLD) -> dict:
+    """Whether a candidate (e.g. an int8 artifact) decides like its reference (Keras): the one rule.
+
+    A decision is `probability >= threshold`. With `labels` (1 stego, 0 cover, -1 unknown)
+    agreement is judged on the labelled inputs, else on all of them; it must reach
+    `min_agreement`, but never more than `1 - 1/n` of n judged inputs: one flipped decision
+    is the resolution of the measurement and is always tolerated (so `max(1,
+    floor((1 - min_agreement) * n))` flips pass). With labels, the accuracy may move by at
+    most `max(max_accuracy_delta, 1 / labelled)` (one flip moves it by 1 / labelled).
+
+    Returns `{"samples", "decision_agreement"` (on all inputs), `"judged_on"` ("all inputs"
+    or "labelled photos"), `"judged_agreement", "required_agreement", "agreement_passed",
+    "labelled", "accuracy_reference", "accuracy", "accuracy_delta", "accuracy_bound",
+    "accuracy_passed"` (the accuracy figures None without labelled inputs), `"passed"}`.
+    """
+    ref = np.asarray(reference_probability, np.float64).reshape(-1)
+    got = np.asarray(candidate_probability, np.float64).reshape(-1)
+    agree = (ref >= threshold) == (got >= threshold)
+    known = np.zeros(len(ref), bool) if labels is None else np.asarray(labels).reshape(-1) >= 0
+    labelled = int(known.sum())
+    judged = known if labelled else np.ones(len(ref), bool)
+    count = int(judged.sum())
+    judged_agreement = float(agree[judged].mean()) if count else float("nan")
+    required = min(float(min_agreement), 1.0 - 1.0 / count) if count > 1 else 0.0
+    result = {
+        "samples": int(len(ref)),
+        "decision_agreement": float(agree.mean()) if len(ref) else float("nan"),
+        "judged_on": "labelled photos" if labelled else "all inputs",
+        "judged_agreement": judged_agreement, "required_agreement": required,
+        "agreement_passed": not judged_agreement < required - 1e-12,
+        "labelled": labelled, "accuracy_reference": None, "accuracy": None,
+        "accuracy_delta": None, "accuracy_bound": None, "accuracy_passed": True,
+    }
+    if labelled:
+        y = np.asarray(labels).reshape(-1)[known]
+        result["accuracy_reference"] = accuracy(y, ref[known], threshold)
+        result["accuracy"] = accuracy(y, got[known], threshold)
+        result["accuracy_delta"] = result["accuracy"] - result["accuracy_reference"]
+        result["accuracy_bound"] = max(float(max_accuracy_delta), 1.0 / labelled)
+        result["accuracy_passed"] = abs(result["accuracy_delta"]) <= result["accuracy_bound"] + 1e-9
+    result["passed"] = bool(result["agreement_passed"] and result["accuracy_passed"])
+    return result

@@ -1,7 +1,9 @@
-"""Update one named section of BENCHMARKS.md, leaving the other sections as they are.
+"""Shared by the benchmark scripts: BENCHMARKS.md sections, the machine, tables, small helpers.
 
-Each benchmark script owns a section delimited by `<!-- BEGIN name -->` / `<!-- END name -->`;
-sections are kept in the order they were first written. The file is replaced atomically.
+Each benchmark script owns a section of BENCHMARKS.md delimited by `<!-- BEGIN name -->` /
+`<!-- END name -->`; `update_section` replaces one (sections are kept in the order they
+were first written; the file is replaced atomically). `machine_description` and
+`toolchain_versions` describe where a benchmark ran; `markdown_table` lays out its rows.
 """
 
 from __future__ import annotations
@@ -9,12 +11,17 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nMeasured with `make bench` (and the scripts named in each section).\n"
+TOOLCHAIN = ("tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "onnxruntime",
+             "tf2onnx", "onnx", "numpy")
 
 
 def machine_description() -> str:
@@ -37,6 +44,14 @@ def machine_description() -> str:
             f"Python {platform.python_version()}")
 
 
+def toolchain_versions() -> str:
+    """`"tensorflow-cpu 2.x, keras 3.x, ..."`: the installed libraries a benchmark ran with."""
+    from edgetrunc._version import package_versions
+
+    found = package_versions(TOOLCHAIN)
+    return ", ".join(f"{name} {found[name]}" for name in TOOLCHAIN if name in found)
+
+
 def update_section(name: str, markdown: str, path: Path = BENCHMARKS) -> None:
     text = path.read_text() if path.exists() else HEADER
     block = f"<!-- BEGIN {name} -->\n{markdown.rstrip()}\n<!-- END {name} -->\n"
@@ -53,3 +68,19 @@ def markdown_table(headers, rows) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def p50(times) -> float:
+    return float(np.percentile(times, 50))
+
+
+def relative(path) -> str:
+    """`path` relative to the repository when it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)

@@ -35,7 +35,7 @@ def _bare_conversions(model, calibration, tmp):
     import tf2onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    from edgetrunc.export._tflite import quiet_converter
+    from edgetrunc.export.tflite.convert import quiet_converter
 
     def representative():
         for i in range(len(calibration)):
@@ -107,8 +107,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from edgetrunc import _log
-    from edgetrunc.export import convert, load_keras_model
-    from edgetrunc.export._convert import calibration_pairs
+    from edgetrunc.export import convert
+    from edgetrunc.export.calibration import calibration_pairs
+    from edgetrunc.keras.load import load_model
     from edgetrunc.runtime.bench import bench_artifacts
 
     source = Path(args.model)
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     ours = {}
     aware = convert(source, aware_dir, timings=ours)
     stock = convert(source, stock_dir, tflite=("int8",), onnx=("int8",), int8_mode="stock")
-    model = load_keras_model(source)
+    model = load_model(source)
     calibration = calibration_pairs("embedded", tuple(model.inputs[0].shape[1:])).x
     bare = _bare_conversions(model, calibration, tmp)
 

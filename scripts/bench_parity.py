@@ -124,7 +124,7 @@ def main(argv=None):
     from edgetrunc.parity.check import open_artifacts, usable_cores
     from edgetrunc.parity.comparator import Comparator
     from edgetrunc.parity.inputs import parity_inputs
-    from edgetrunc.parity.keras_runner import KerasRunner
+    from edgetrunc.keras.runner import KerasRunner
 
     _log.set_quiet(True)
     cores = usable_cores()

@@ -581,7 +581,7 @@ def test_convert_output_folders(tiny_keras, tmp_path, capsys):
 # the command line's safety net ----------------------------------------------------------------
 
 def test_file_system_errors_end_in_one_line(monkeypatch, capsys):
-    from edgetrunc._cli import bench
+    from edgetrunc.cli import bench
 
     def full_disk(args):
         raise OSError(28, "No space left on device", "/data/out.json")
@@ -625,3 +625,126 @@ def test_file_names_with_line_breaks_keep_errors_on_one_line(tmp_path, tflite, c
     assert "error:" not in err and "skipped 1 file(s): bad\\nname.png (not an image" in err
     assert main(["-q", "evaluate", str(folder / "bad\nname.png")]) == 2
     _one_line_error(capsys.readouterr().err, "bad\\nname.png")
+
+
+# the command line's bounds, streams and names -------------------------------------------------
+
+HUGE = "99999999999999999999"
+
+
+@pytest.mark.parametrize("command, param, flag", [("bench", "runs", "--runs"),
+                                                  ("evaluate", "max_pairs", "--max-pairs"),
+                                                  ("bench", "max_pairs", "max_pairs")])
+def test_library_errors_name_the_flag_of_their_parameter(command, param, flag, monkeypatch, capsys):
+    import importlib
+
+    def refuse(args):
+        raise InputError(f"{param}: expected a positive integer; got 0", param=param)
+
+    monkeypatch.setattr(importlib.import_module(f"edgetrunc.cli.{command}"), "run", refuse)
+    argv = [command, "a.tflite"]
+    assert main(argv) == 2
+    _one_line_error(capsys.readouterr().err, f"edgetrunc {command}: error: {flag}: expected a positive")
+
+
+def test_the_library_names_parameters_not_flags(tflite):
+    from edgetrunc.runtime.bench import bench_artifacts
+
+    with pytest.raises(InputError, match="^runs: expected a positive integer") as exc:
+        bench_artifacts([tflite], runs=0)
+    assert exc.value.param == "runs"
+
+
+@pytest.mark.parametrize("argv", [
+    ["infer", "a.tflite", "x.png", "--threads", "{too_many}"],
+    ["run", "a.tflite", "in.npz", "--out", "o.npz", "--threads", "{too_many}"],
+    ["parity", "m.keras", "a.tflite", "--threads", "{too_many}"],
+    ["bench", "a.tflite", "--threads", "1,{too_many}"],
+    ["bench", "a.tflite", "--threads", HUGE],
+])
+def test_thread_counts_are_bounded_by_the_machine(argv, capsys):
+    too_many = str(4 * (os.cpu_count() or 1) + 1)
+    with pytest.raises(SystemExit) as exc:
+        main([arg.replace("{too_many}", too_many) for arg in argv])
+    assert exc.value.code == 2
+    _one_line_error(capsys.readouterr().err, "--threads", "CPUs here")
+
+
+def test_thread_counts_up_to_the_bound_are_accepted():
+    from edgetrunc.cli import build_parser
+
+    most = 4 * (os.cpu_count() or 1)
+    assert build_parser().parse_args(["infer", "a.tflite", "x.png", "--threads", str(most)]).threads == most
+    assert build_parser().parse_args(["bench", "a.tflite", "--threads", f"1,{most}"]).threads == [1, most]
+
+
+@pytest.mark.parametrize("argv", [
+    ["parity", "m.keras", "a.tflite", "--samples", HUGE],
+    ["parity", "m.keras", "a.tflite", "--samples", "1e9"],
+    ["bench", "a.tflite", "--runs", HUGE],
+    ["bench", "a.tflite", "--batch", HUGE],
+    ["train", "--epochs", HUGE],
+    ["evaluate", "m.tflite", "--max-pairs", HUGE],
+    ["parity", "m.keras", "a.tflite", "--seed", "-1"],
+    ["train", "--seed", "-1"],
+    ["evaluate", "m.tflite", "--seed", HUGE],
+])
+def test_huge_counts_and_bad_seeds_are_one_line_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    _one_line_error(capsys.readouterr().err, argv[-2])
+
+
+@pytest.mark.parametrize("lines, code, expected", [(100_000, 0, 0), (1, 1, 1)])
+def test_a_reader_that_goes_away_ends_the_command_quietly(lines, code, expected, monkeypatch, capsys):
+    """Output into a pipe nobody reads: exit 0 (or the command's own code once it finished),
+    no 'Broken pipe' line and nothing left to fail at exit."""
+    import sys
+
+    from edgetrunc.cli import bench
+
+    def print_table(args):
+        for _ in range(lines):
+            print("artifact  precision  threads")
+        return code
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stream = open(write_end, "w")
+    monkeypatch.setattr(sys, "stdout", stream)
+    monkeypatch.setattr(bench, "run", print_table)
+    assert main(["bench", "a.tflite"]) == expected
+    stream.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_closed_and_broken_stdout_exit_quietly(tmp_path, tflite):
+    import shlex
+    import subprocess
+    import sys
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((256, 256), np.uint8)).save(image)
+    edgetrunc = [sys.executable, "-m", "edgetrunc"]
+    for command in (["-q", "infer", str(tflite), str(image), "--json"], ["bench", "--help"]):
+        for redirect in (" | head -c 0", " >&-"):
+            result = subprocess.run(["bash", "-c", "set -o pipefail; " + shlex.join(edgetrunc + command)
+                                     + redirect], capture_output=True, text=True, timeout=120)
+            assert (result.returncode, result.stderr) == (0, ""), (command, redirect)
+
+
+def test_control_characters_in_names_are_escaped_in_error_lines(tmp_path, tflite, capsys):
+    odd = tmp_path / "bad\x1b[31mname.png"
+    odd.write_bytes(b"not an image")
+    assert main(["-q", "infer", str(tflite), str(odd)]) == 2
+    line = _one_line_error(capsys.readouterr().err, "bad\\x1b[31mname.png: not an image")
+    assert "\x1b" not in line
+    missing = tmp_path / "in\x07puts.npz"
+    assert main(["-q", "run", str(tflite), str(missing), "--out", str(tmp_path / "o.npz")]) == 2
+    line = _one_line_error(capsys.readouterr().err, "in\\x07puts.npz")
+    assert "\x07" not in line
+    with pytest.raises(SystemExit):
+        main(["convert", "m.keras", "--tflite", "fp\x1b[2J"])
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "unknown precision fp\\x1b[2J" in err

@@ -201,7 +201,7 @@ def test_layer_without_builtin_op_is_named():
 def test_fp16_keeps_the_front_end_and_bounds_exact(converted):
     """fp16 rounding of the KV filter's 1/12 steps leaves a DC gain that swamps a +-1 stego
     residual; the front end before the first truncation keeps its fp32 weights."""
-    from edgetrunc.export._tflite_graph import Graph, read_model
+    from edgetrunc.export.tflite.graph import Graph, read_model
     from edgetrunc.models import high_pass_bank
 
     graph = Graph(read_model(converted["tlunet"]["fp16"]))

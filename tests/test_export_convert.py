@@ -76,8 +76,18 @@ def test_thresholds_source_hash_and_version_are_embedded(converted, source):
     assert meta["source_sha256"] == source_sha and meta["edgetrunc_version"] == __version__
     assert meta["truncations"] == [{"layer": "tlu", "lower": -2.0, "upper": 2.0}]
     props = read_onnx_metadata(converted / "tiny_fp32.onnx")
-    assert props["edgetrunc.source_sha256"] == source_sha
-    assert json.loads(props["edgetrunc.truncations"])[0]["upper"] == 2.0
+    assert props["source_sha256"] == source_sha
+    assert props["truncations"][0]["upper"] == 2.0
+
+
+def test_both_formats_embed_the_same_metadata_keys(converted):
+    from edgetrunc.runtime.metadata import KEYS, read_metadata
+
+    for name in ARTIFACTS:
+        meta = read_metadata(converted / name)
+        assert sorted(meta) == sorted(KEYS), name
+        assert (meta["format"], meta["precision"]) == (name.rsplit(".", 1)[1],
+                                                       name.split("_")[1].split(".")[0])
 
 
 def test_existing_outputs_need_force(converted, source, capsys):
@@ -185,3 +195,31 @@ def test_pack_front_end_option_packs_fp32(source, tmp_path, capsys):
     manifest = json.loads(capsys.readouterr().out)
     (artifact,) = manifest["artifacts"]
     assert artifact["ops"]["RESHAPE"] == 2 and artifact["ops"]["MAXIMUM"] == 1
+
+
+@pytest.mark.parametrize("samples, flips, label_flips", [
+    (8, 1, 0), (8, 2, 0), (50, 1, 1), (50, 2, 2), (130, 2, 0), (130, 3, 0), (400, 8, 2),
+    (400, 9, 0), (400, 4, 5)])
+def test_convert_and_parity_judge_int8_agreement_by_the_same_rule(samples, flips, label_flips):
+    """The same outputs get the same verdict from convert's manifest and from parity."""
+    from edgetrunc.export.evaluation import quality_against_keras
+    from edgetrunc.parity.compare import CompareFunc
+
+    rng = np.random.default_rng(samples + flips)
+    labels = np.arange(samples) % 2
+    keras_p = np.where(labels == 1, 0.9, 0.1) + rng.uniform(-0.05, 0.05, samples)
+    keras_p[:label_flips] = 1 - keras_p[:label_flips]  # Keras itself wrong on a few
+    int8_p = keras_p.copy()
+    flip = np.arange(label_flips, label_flips + flips)
+    int8_p[flip] = np.where(keras_p[flip] >= 0.5, 0.49, 0.51)  # small errors, flipped decisions
+    convert_verdict = quality_against_keras(keras_p, int8_p, labels)["passed"]
+    outputs = {"out": np.stack([1 - keras_p, keras_p], axis=1).astype(np.float32)}
+    int8_outputs = {"out": np.stack([1 - int8_p, int8_p], axis=1).astype(np.float32)}
+    result = CompareFunc.simple()(outputs, int8_outputs, labels=labels, precision="int8",
+                                  reference_probability=keras_p, candidate_probability=int8_p)
+    decision_failures = [f for f in result.failures if f.startswith(("decision", "accuracy"))]
+    assert convert_verdict == (not decision_failures), (convert_verdict, result.failures)
+    # one flip always passes; beyond that, 98 % agreement and an accuracy delta of 1 %
+    allowed_flips = max(1, int(0.02 * samples + 1e-9))
+    assert convert_verdict == (flips <= allowed_flips
+                               and flips / samples <= max(0.01, 1 / samples) + 1e-9)

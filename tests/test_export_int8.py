@@ -10,7 +10,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from edgetrunc.export import export_onnx, export_tflite, find_truncations, inspect_onnx  # noqa: E402
 from edgetrunc.export import inspect_tflite, tflite_ops  # noqa: E402
-from edgetrunc.export._tflite_graph import SATURATION_MARK  # noqa: E402
+from edgetrunc.export.tflite.graph import SATURATION_MARK  # noqa: E402
 from edgetrunc.models import create  # noqa: E402
 
 SIZE = 32
@@ -130,7 +130,7 @@ def test_onnx_stock_int8_folds_the_clip_into_calibrated_quantization(model, onnx
 
 
 def test_front_end_before_the_truncation_stays_float(model, tflite_int8, onnx_int8):
-    from edgetrunc.export._tflite_graph import Graph, read_model
+    from edgetrunc.export.tflite.graph import Graph, read_model
 
     graph = Graph(read_model(tflite_int8["aware"]))
     convs = [op for op in graph.g.operators if graph.op_name(op) == "CONV_2D"]
@@ -273,7 +273,7 @@ def test_fused_clip_activations_stay_fused_in_int8():
 def test_rewritten_int8_keeps_output_name_and_signature(model, tflite_int8, variant):
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgetrunc.export._tflite_graph import Graph, read_model
+    from edgetrunc.export.tflite.graph import Graph, read_model
 
     content = tflite_int8[variant]
     graph = Graph(read_model(content))

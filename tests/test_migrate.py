@@ -21,12 +21,8 @@ tf = pytest.importorskip("tensorflow")
 from edgetrunc import Truncation  # noqa: E402
 from edgetrunc.cli import main  # noqa: E402
 from edgetrunc.errors import InputError  # noqa: E402
-from edgetrunc.migrate import (  # noqa: E402
-    LegacyBackend,
-    load_model,
-    migrate,
-    probe_lambda,
-)
+from edgetrunc.legacy import LegacyBackend, load_model  # noqa: E402
+from edgetrunc.migrate import migrate, probe_lambda  # noqa: E402
 
 T = 3.0
 K = LegacyBackend()  # the saved K.switch lambda below reads `K` as a global, as Keras 2 code did

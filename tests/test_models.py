@@ -64,3 +64,21 @@ def test_tflite_inventory_has_only_min_max_for_truncation(name):
     forbidden = {"IDENTITY_N", "SUB", "ADD", "SELECT", "SELECT_V2", "CUSTOM", "DELEGATE"}
     assert not forbidden & set(ops)
     assert not [op for op in ops if op.startswith("Flex")]
+
+
+def test_flops_of_the_seed_block_from_its_layer_shapes():
+    from edgetrunc.models.flops import count_flops
+
+    rows = {r["layer"]: r for r in count_flops(models.create("seed_block", seed=0))}
+    conv = next(r for r in rows.values() if r["kind"] == "Conv2D")
+    assert conv["macs"] == 256 * 256 * 8 * 5 * 5 and conv["flops"] == 2 * conv["macs"]  # no bias
+    assert [r["flops"] for r in rows.values() if r["kind"] == "Truncation"] == [256 * 256 * 8]
+    assert [r["flops"] for r in rows.values() if r["kind"] == "BatchNormalization"] == [2 * 126 * 126 * 8]
+    assert sum(r["flops"] for r in rows.values()) == 30_692_192
+
+
+def test_tlunet_has_about_72_million_multiply_adds():
+    from edgetrunc.models.flops import count_flops
+
+    macs = sum(r["macs"] for r in count_flops(models.create("tlunet", seed=0)))
+    assert 70e6 < macs < 74e6

@@ -50,7 +50,7 @@ def test_every_runtime_module_imports_without_tensorflow(blocked_env):
         import importlib, pkgutil, sys
         import edgetrunc.runtime as runtime
         names = [m.name for m in pkgutil.walk_packages(runtime.__path__, "edgetrunc.runtime.")]
-        for name in names + ["edgetrunc.data", "edgetrunc._cli.infer", "edgetrunc._cli.bench"]:
+        for name in names + ["edgetrunc.data", "edgetrunc.cli.infer", "edgetrunc.cli.bench"]:
             importlib.import_module(name)
         runtime.bench_artifacts
         assert not {"tensorflow", "keras"} & set(sys.modules), sorted(sys.modules)

@@ -210,7 +210,7 @@ def test_tampered_int8_weight_is_traced_to_its_layer(artifacts, capsys, tmp_path
                                   "fp32_nchw.onnx", "int8.onnx"])
 def test_every_tlunet_layer_is_mapped(artifacts, name):
     from edgetrunc.data import load_pairs
-    from edgetrunc.parity.keras_runner import KerasRunner
+    from edgetrunc.keras.runner import KerasRunner
     from edgetrunc.parity.per_layer import compare_artifact_layers
 
     runner = KerasRunner(artifacts["model"])
@@ -381,3 +381,27 @@ def test_probes_cover_every_truncation_with_its_own_bounds():
         assert got["NaN"] == "NaN"
     assert {(r.layer, r.lower, r.upper) for r in results} == {("clip_t2", -2.0, 2.0),
                                                               ("clip_asym", -1.0, 0.5)}
+
+
+def test_a_truncation_inside_a_nested_model_is_probed(tmp_path):
+    import keras
+
+    from edgetrunc.export import export_tflite
+    from edgetrunc.layers import Truncation
+    from edgetrunc.parity.check import check_parity
+
+    block_input = keras.Input((32, 32, 2))
+    block = keras.Model(block_input, Truncation(1.5, name="nested_clip")(block_input), name="block")
+    inputs = keras.Input((32, 32, 1), name="input")
+    x = block(keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs))
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="classifier")(x))
+    artifact = tmp_path / "nested.tflite"
+    artifact.write_bytes(export_tflite(model, "fp32"))
+    report = check_parity(model, [artifact], samples=2, inputs="random")
+    probes = {(p["layer"], p["backend"]): p for p in report.to_dict()["probes"]}
+    assert {("nested_clip", "keras"), ("nested_clip", "tflite-xnnpack"),
+            ("nested_clip", "tflite-builtin")} <= set(probes)
+    assert probes[("nested_clip", "keras")]["upper"] == 1.5
+    assert probes[("nested_clip", "keras")]["value_deviations"] == 0
+

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from edgetrunc.parity.compare import CompareFunc, default_tolerance, nearly_constant
-from edgetrunc.parity.per_layer import ArtifactTensor, compare_layers, mentioned_layers
-from edgetrunc.parity.probes import expected_clip, json_number, probe_values
+from edgetrunc._text import json_safe
+from edgetrunc.parity.per_layer import compare_layers, mentioned_layers
+from edgetrunc.parity.probes import expected_clip, probe_values
+from edgetrunc.runtime.intermediates import ArtifactTensor
 
 
 def _probabilities(p):
@@ -126,7 +128,7 @@ def test_probe_values_and_expected_clip():
     assert np.isnan(out["NaN"])
     assert out["+inf"] == 3.0 and out["-inf"] == -3.0 and out["+1e30"] == 3.0
     assert out["+T-ulp"] < 3.0 and out["+T+ulp"] == 3.0 and out["-T+ulp"] > -3.0
-    assert [json_number(v) for v in (np.nan, np.inf, -np.inf, 1.5)] == ["NaN", "inf", "-inf", 1.5]
+    assert [json_safe(v) for v in (np.nan, np.inf, -np.inf, 1.5)] == ["NaN", "inf", "-inf", 1.5]
 
 
 def test_parity_modules_import_without_tensorflow():
@@ -139,8 +141,8 @@ def test_parity_modules_import_without_tensorflow():
         "sys.meta_path.insert(0, Block())\n"
         "import edgetrunc.parity, edgetrunc.parity.compare, edgetrunc.parity.comparator\n"
         "import edgetrunc.parity.inputs, edgetrunc.parity.per_layer, edgetrunc.parity.report\n"
-        "import edgetrunc.parity.check, edgetrunc.parity.probes, edgetrunc.parity.keras_runner\n"
-        "import edgetrunc._cli.parity\n"
+        "import edgetrunc.parity.check, edgetrunc.parity.probes, edgetrunc.keras.runner\n"
+        "import edgetrunc.cli.parity\n"
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -149,8 +151,6 @@ def test_parity_modules_import_without_tensorflow():
 
 def test_json_safe_turns_non_finite_numbers_into_strings():
     import json
-
-    from edgetrunc.parity.report import json_safe
 
     value = json_safe({"a": [float("inf"), np.float32(np.nan), 1.5], "b": np.array([-np.inf, 2.0])})
     assert value == {"a": ["inf", "NaN", 1.5], "b": ["-inf", 2.0]}

@@ -7,8 +7,8 @@ import pytest
 
 from edgetrunc.cli import main
 from edgetrunc.errors import InputError
-from edgetrunc.runtime import (ONNXRunner, TFLiteRunner, open_runner, score_images,
-                               stego_probability)
+from edgetrunc.runtime import (ONNXRunner, TFLiteRunner, open_runner, probability_from_outputs,
+                               score_images)
 from runtime_artifacts import block_artifacts, detector_artifacts, write_test_images
 
 
@@ -54,8 +54,8 @@ def test_open_runner_picks_the_backend_and_reads_metadata(block):
     assert int8.inputs[0].dtype == "int8" and int8.inputs[0].scale > 0
     assert int8.outputs[0].zero_point is not None
     fp32 = open_runner(block["fp32"]).metadata()
-    assert fp32.extra["ops"]["MINIMUM"] == 1 and fp32.extra["ops"]["MAXIMUM"] == 1
-    assert fp32.extra["xnnpack"] is True and fp32.extra["delegate_partitions"] >= 1
+    assert fp32.ops["MINIMUM"] == 1 and fp32.ops["MAXIMUM"] == 1
+    assert fp32.xnnpack is True and fp32.delegate_partitions >= 1
 
 
 def test_every_backend_matches_keras_on_the_seed_block(block, batch):
@@ -66,7 +66,7 @@ def test_every_backend_matches_keras_on_the_seed_block(block, batch):
         np.testing.assert_allclose(got, expected, atol=atol, err_msg=key)
     builtin = TFLiteRunner(block["fp32"], use_xnnpack=False)
     np.testing.assert_allclose(_only(builtin.infer(batch)), expected, atol=1e-4)
-    assert builtin.metadata().extra["delegate_partitions"] == 0
+    assert builtin.metadata().delegate_partitions == 0
 
 
 def test_int8_quantizes_inputs_and_dequantizes_outputs(block, batch):
@@ -116,9 +116,45 @@ def test_onnx_nchw_model_is_detected_and_fed_nhwc(block, batch):
 
 def test_onnx_runner_without_thread_spinning_gives_the_same_outputs(block, batch):
     quiet = ONNXRunner(block["onnx"], threads=2, spin=False)
-    assert quiet.metadata().extra["spin"] is False
+    assert quiet.metadata().spin is False
     np.testing.assert_array_equal(_only(quiet.infer(batch)),
                                   _only(ONNXRunner(block["onnx"], threads=2).infer(batch)))
+
+
+def test_runners_keep_every_intermediate_tensor_when_asked(block, batch):
+    from edgetrunc.runtime import open_with_intermediates
+
+    expected = np.asarray(block["keras"](batch, training=False))
+    for key in ("fp32", "int8", "onnx"):
+        runner = open_with_intermediates(block[key])
+        outputs = runner.infer(batch)
+        assert list(outputs) == [t.name for t in runner.metadata().outputs], key
+        tensors = runner.intermediate_tensors()
+        assert len(tensors) > len(outputs), key
+        assert [t.order for t in tensors] == sorted(t.order for t in tensors), key
+        kept = runner.intermediates()
+        assert list(kept) == [t.name for t in tensors] and all(v.dtype == np.float32 for v in kept.values())
+        (last,) = [t for t in tensors if t.output_index == 0]
+        np.testing.assert_allclose(last.value, _only(outputs), atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(last.value, expected, atol=0.1, err_msg=key)
+    plain = open_runner(block["fp32"])
+    plain.infer(batch)
+    with pytest.raises(InputError, match="preserve_all_tensors=True"):
+        plain.intermediates()
+
+
+def test_score_batch_takes_any_runner(detector, batch):
+    from edgetrunc.runtime import run_batched, score_batch
+
+    runner = open_runner(detector["onnx"])
+    together = score_batch(runner, batch, batch_size=2)
+    assert together.shape == (3,) and together.dtype == np.float32
+    np.testing.assert_allclose(together, probability_from_outputs(runner.infer(batch)), atol=1e-6)
+    raw = score_batch(runner, batch, batch_size=2, clip=False)
+    assert raw.dtype == np.float64
+    np.testing.assert_allclose(raw, together, atol=1e-6)
+    outputs = run_batched(runner, batch, batch_size=2)
+    np.testing.assert_array_equal(_only(outputs), _only(runner.infer(batch)))
 
 
 def test_runners_load_from_bytes(block, batch):
@@ -171,12 +207,12 @@ def test_bad_artifacts_are_one_line_input_errors(tmp_path, block):
 
 def test_stego_probability_from_softmax_logits_and_sigmoid():
     softmax = {"out": np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)}
-    np.testing.assert_allclose(stego_probability(softmax), [0.1, 0.8], atol=1e-6)
+    np.testing.assert_allclose(probability_from_outputs(softmax), [0.1, 0.8], atol=1e-6)
     logits = {"out": np.array([[0.0, np.log(3.0)]], np.float32)}
-    np.testing.assert_allclose(stego_probability(logits), [0.75], atol=1e-6)
-    np.testing.assert_allclose(stego_probability({"out": np.array([[0.3]])}), [0.3])
+    np.testing.assert_allclose(probability_from_outputs(logits), [0.75], atol=1e-6)
+    np.testing.assert_allclose(probability_from_outputs({"out": np.array([[0.3]])}), [0.3])
     with pytest.raises(InputError, match=r"expected a detector output \[N, 2\]"):
-        stego_probability({"out": np.zeros((1, 126, 126, 8))}, "block.tflite")
+        probability_from_outputs({"out": np.zeros((1, 126, 126, 8))}, "block.tflite")
 
 
 def test_score_images_tiles_without_resizing(detector, images):
@@ -195,7 +231,7 @@ def test_score_images_tiles_without_resizing(detector, images):
 
     pixels = np.asarray(Image.open(images["square512.png"]), np.float32)
     top_right = pixels[0:256, 256:512][None, :, :, None]
-    expected = stego_probability(runner.infer(top_right))[0]
+    expected = probability_from_outputs(runner.infer(top_right))[0]
     assert square.tiles[1]["stego_probability"] == pytest.approx(float(expected), abs=1e-6)
 
 
@@ -269,7 +305,7 @@ def test_shipped_artifacts_load_with_their_manifest_precision(batch):
     for (fmt, precision), path in shipped.items():
         runner = open_runner(path, threads=1)
         assert (runner.metadata().format, runner.metadata().precision) == (fmt, precision), path
-        probabilities = stego_probability(runner.infer(batch), runner.name)
+        probabilities = probability_from_outputs(runner.infer(batch), runner.name)
         assert probabilities.shape == (3,) and np.all((probabilities >= 0) & (probabilities <= 1))
 
 
@@ -279,7 +315,7 @@ def test_output_activation_is_read_from_the_graph(activation, tmp_path):
     import keras
 
     from edgetrunc.export import export_onnx, export_tflite
-    from edgetrunc.parity.keras_runner import output_activation
+    from edgetrunc.keras.activation import output_activation
     from edgetrunc.runtime import open_runner
 
     inputs = keras.Input((16, 16, 1))
@@ -291,7 +327,7 @@ def test_output_activation_is_read_from_the_graph(activation, tmp_path):
     (tmp_path / "m.onnx").write_bytes(export_onnx(model, "fp32").SerializeToString())
     for name in ("m.tflite", "m.onnx"):
         runner = open_runner(tmp_path / name)
-        assert runner.metadata().extra["output_activation"] == expected, name
-        probability = stego_probability(runner.infer(np.full((2, 16, 16, 1), 0.1, np.float32)), name,
-                                        runner.metadata().extra["output_activation"])
+        assert runner.metadata().output_activation == expected, name
+        probability = probability_from_outputs(runner.infer(np.full((2, 16, 16, 1), 0.1, np.float32)), name,
+                                        runner.metadata().output_activation)
         assert np.all((probability > 0) & (probability < 1))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetrunc.data.images import (LOSSY_SUFFIXES, TILE, image_files, iter_folder_images, load_image,
+from edgetrunc.data.images import (LOSSY_SUFFIXES, TILE, image_files, iter_folder_images, load_image, no_usable_image,
                                    lossy_format, report_skipped)
 from edgetrunc import _log
 from edgetrunc.errors import InputError
@@ -167,7 +167,7 @@ def load_cover_dir(path, min_size: int = TILE) -> list[Cover]:
         covers.append(Cover(name=file.stem, pixels=pixels, origin=str(file),
                             jpeg_file=kind == "JPEG", blockiness=blockiness(pixels)))
     if not covers:
-        raise InputError(f"{folder}: no usable cover image; skipped: {'; '.join(skipped)}")
+        raise no_usable_image(folder, skipped, "cover image")
     by_name: dict = {}
     for cover in covers:
         by_name.setdefault(cover.name, []).append(Path(cover.origin).name)
@@ -189,7 +189,7 @@ def resolve_covers(covers="embedded") -> list[Cover]:
     """`"embedded"`, a folder path, or a list of `Cover` -> a list of `Cover`."""
     if isinstance(covers, (list, tuple)):
         if not covers or not all(isinstance(c, Cover) for c in covers):
-            raise InputError("covers: expected a non-empty list of Cover objects")
+            raise InputError("covers: expected a non-empty list of Cover objects", param="covers")
         return list(covers)
     if covers is None or str(covers) == "embedded":
         return embedded_covers()

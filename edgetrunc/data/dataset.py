@@ -26,9 +26,10 @@ def check_payload(payload) -> float:
     try:
         value = float(payload)
     except (TypeError, ValueError):
-        raise InputError(f"payload must be a number in (0, 1] bits per pixel; got {payload!r}") from None
+        raise InputError(f"payload must be a number in (0, 1] bits per pixel; got {payload!r}",
+                         param="payload") from None
     if not 0 < value <= 1:
-        raise InputError(f"payload must be in (0, 1] bits per pixel; got {payload}")
+        raise InputError(f"payload must be in (0, 1] bits per pixel; got {payload}", param="payload")
     return value
 
 
@@ -93,7 +94,8 @@ def select_split(covers, split: str, seed: int = 0, fractions=DEFAULT_FRACTIONS)
     """The covers of one split (`train`, `val`, `test`, or `all`) and the whole split map."""
     covers = resolve_covers(covers)
     if split not in SPLITS + ("all",):
-        raise InputError(f"split must be one of {', '.join(SPLITS + ('all',))}; got {split!r}")
+        raise InputError(f"split must be one of {', '.join(SPLITS + ('all',))}; got {split!r}",
+                         param="split")
     splits = split_sources(covers, seed=seed, fractions=fractions)
     if split == "all":
         return covers, splits
@@ -133,9 +135,9 @@ def load_pairs(covers="embedded", split: str = "test", payload: float = 0.4, see
     """
     payload = check_payload(payload)
     if max_pairs is not None and int(max_pairs) < 1:
-        raise InputError(f"max_pairs must be >= 1; got {max_pairs}")
+        raise InputError(f"max_pairs must be >= 1; got {max_pairs}", param="max_pairs")
     if stride is not None and int(stride) < 1:
-        raise InputError(f"stride must be >= 1; got {stride}")
+        raise InputError(f"stride must be >= 1; got {stride}", param="stride")
     selected, _ = select_split(covers, split, seed, fractions)
     items = _tile_items(selected, stride, max_pairs, np.random.default_rng([int(seed) & 0xFFFFFFFF, 1]))
     order = {c.name: k for k, c in enumerate(selected)}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetrunc._text import printable
 from edgetrunc.errors import InputError, first_line
 
 TILE = 256
@@ -185,7 +186,7 @@ def image_files(folder, what: str = "folder of images") -> tuple[list[Path], lis
         if entry.name.startswith(".") or entry.is_dir():
             continue
         if entry.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(f"{one_line(entry.name)} (not an image suffix)")
+            skipped.append(f"{printable(entry.name)} (not an image suffix)")
             continue
         files.append(entry)
     return files, skipped
@@ -200,14 +201,15 @@ def iter_folder_images(files, skipped: list, min_size: int = TILE):
             reason = str(exc)
             prefix = f"{path}: "
             reason = reason[len(prefix):] if reason.startswith(prefix) else reason
-            skipped.append(one_line(f"{path.name} ({reason.split('; expected')[0]})"))
+            skipped.append(printable(f"{path.name} ({reason.split('; expected')[0]})"))
             continue
         yield path, pixels
 
 
-def one_line(text) -> str:
-    """`text` with line breaks shown as `\\n` / `\\r` (file names may hold them)."""
-    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+def summarize_skipped(skipped: list, limit: int = 24) -> str:
+    """The first `limit` skipped notes joined by '; ', then how many more there are."""
+    shown = "; ".join(skipped[:limit])
+    return shown + (f"; and {len(skipped) - limit} more" if len(skipped) > limit else "")
 
 
 def report_skipped(folder, skipped: list) -> None:
@@ -215,7 +217,7 @@ def report_skipped(folder, skipped: list) -> None:
     if skipped:
         from edgetrunc import _log
 
-        _log.warn(one_line(f"{folder}: skipped {len(skipped)} file(s): {'; '.join(skipped)}"))
+        _log.warn(printable(f"{folder}: skipped {len(skipped)} file(s): {summarize_skipped(skipped)}"))
 
 
 def no_usable_image(folder, skipped: list, what: str = "image") -> InputError:
@@ -223,7 +225,7 @@ def no_usable_image(folder, skipped: list, what: str = "image") -> InputError:
     if not skipped:
         return InputError(f"{folder}: empty folder; expected {what}s "
                           f"({', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})")
-    return InputError(f"{folder}: no usable {what}; skipped: {'; '.join(skipped)}")
+    return InputError(f"{folder}: no usable {what}; skipped {len(skipped)} file(s): {summarize_skipped(skipped)}")
 
 
 def tile_positions(height: int, width: int, size: int = TILE, stride: int | None = None):

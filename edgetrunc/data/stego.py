@@ -17,10 +17,10 @@ def embed_lsb_matching(cover: np.ndarray, payload: float, seed: int) -> np.ndarr
     """Return the stego version of the uint8 `cover` at `payload` bpp (0 < payload <= 1)."""
     payload = float(payload)
     if not 0 < payload <= 1:
-        raise InputError(f"payload must be in (0, 1] bits per pixel; got {payload}")
+        raise InputError(f"payload must be in (0, 1] bits per pixel; got {payload}", param="payload")
     cover = np.asarray(cover)
     if cover.dtype != np.uint8:
-        raise InputError(f"cover must be uint8; got {cover.dtype}")
+        raise InputError(f"cover must be uint8; got {cover.dtype}", param="cover")
     rng = np.random.default_rng(seed)
     change = rng.random(cover.shape) < payload / 2
     sign = np.where(rng.random(cover.shape) < 0.5, -1, 1).astype(np.int16)

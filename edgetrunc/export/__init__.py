@@ -3,30 +3,26 @@
 Public API: `export_tflite`, `export_onnx` (bytes / `onnx.ModelProto` of one artifact),
 `find_truncations`, the inspectors `inspect_tflite` / `inspect_onnx` (read an artifact
 back and raise, naming the layer, when a truncation is not mapped to clean clip ops),
-`tflite_ops` / `onnx_ops`, and `convert` (every artifact plus `manifest.json`).
-TensorFlow, tf2onnx and onnxruntime are imported only when a function needs them.
+`tflite_ops` / `onnx_ops`, the embedded-metadata readers `read_tflite_metadata` /
+`read_onnx_metadata`, and `convert` (every artifact plus `manifest.json`).
+
+Layout: `tflite/` and `onnx/` each hold a graph view (`graph`), the rewrites in the order
+they run (`passes`), the exporter (`convert`) and the inspector (`inspect`); `candidates`
+is the `ClipCandidate` both graph views list; `convert`, `calibration`, `evaluation` and
+`manifest` are the convert workflow. TensorFlow, tf2onnx and onnxruntime are imported only
+when a function needs them.
 """
 
-from edgetrunc.export._convert import convert, load_keras_model
-from edgetrunc.export._onnx import (
-    ONNX_PRECISIONS,
-    export_onnx,
-    inspect_onnx,
-    onnx_ops,
-    read_onnx_metadata,
-)
-from edgetrunc.export._truncations import find_truncations
-from edgetrunc.export._tflite import (
-    TFLITE_PRECISIONS,
-    export_tflite,
-    inspect_tflite,
-    read_tflite_metadata,
-    tflite_ops,
-)
+from edgetrunc.export.convert import convert
+from edgetrunc.export.onnx.convert import ONNX_PRECISIONS, export_onnx
+from edgetrunc.export.onnx.inspect import inspect_onnx
+from edgetrunc.export.tflite.convert import TFLITE_PRECISIONS, export_tflite
+from edgetrunc.export.tflite.inspect import inspect_tflite
+from edgetrunc.keras.truncations import find_truncations
+from edgetrunc.runtime.metadata import onnx_ops, read_onnx_metadata, read_tflite_metadata, tflite_ops
 
 __all__ = [
     "convert",
-    "load_keras_model",
     "ONNX_PRECISIONS",
     "export_onnx",
     "inspect_onnx",

@@ -10,8 +10,8 @@ Layout for a 256x256x1 input of pixel values 0..255:
 
 With the default `front_end="kv"` and `width=1`: 15,427 parameters (14,906 trainable;
 the 25 filter taps and the batch-norm statistics are not) and about 72 M multiply-adds
-(0.144 GFLOP) per 256x256 image, 20% of them before the truncation; `scripts/bench.py`
-prints the exact figures.
+(0.144 GFLOP) per 256x256 image, 20% of them before the truncation;
+`edgetrunc.models.flops.count_flops` gives the exact figures.
 """
 
 from __future__ import annotations

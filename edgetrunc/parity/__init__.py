@@ -1,12 +1,12 @@
 """Parity checker: prove that converted models compute what the Keras model computes.
 
-Runners (`KerasRunner` here; TFLite and ONNX Runtime runners from `edgetrunc.runtime`)
-run the same 256x256 inputs; the `Comparator` pairs each artifact with the Keras
-reference and a swappable `CompareFunc` judges them; `per_layer` maps every Keras layer to
+Runners (`KerasRunner` from `edgetrunc.keras.runner`; TFLite and ONNX Runtime runners
+from `edgetrunc.runtime`) run the same 256x256 inputs; the `Comparator` pairs each artifact
+with the Keras reference and a swappable `CompareFunc` judges them; `per_layer` maps every Keras layer to
 an artifact tensor and names the first divergent layer; `probes` feeds boundary values to
-every Truncation in every backend; `report` renders the terminal table, JSON and HTML.
-`check_parity(...)` runs it all. Only `keras_runner` (and the probe conversion) import
-TensorFlow, lazily.
+every Truncation in every backend (nested models included); `results` holds the
+`ParityReport`; `report` renders the terminal table, JSON and HTML. `check_parity(...)`
+runs it all. Only the Keras runner and the probe conversion import TensorFlow, lazily.
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ __all__ = ["check_parity", "KerasRunner", "Comparator", "CompareFunc", "Toleranc
 
 
 def __getattr__(name):
-    if name in ("check_parity", "ParityReport"):
-        from edgetrunc.parity import check
+    if name == "check_parity":
+        from edgetrunc.parity.check import check_parity
 
-        return getattr(check, name)
+        return check_parity
+    if name == "ParityReport":
+        from edgetrunc.parity.results import ParityReport
+
+        return ParityReport
     if name == "KerasRunner":
-        from edgetrunc.parity.keras_runner import KerasRunner
+        from edgetrunc.keras.runner import KerasRunner
 
         return KerasRunner
     if name == "Comparator":

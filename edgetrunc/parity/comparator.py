@@ -17,7 +17,7 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc.errors import InputError, first_line
-from edgetrunc.runtime.scoring import runner_activation, stego_probability
+from edgetrunc.runtime.scoring import probability_from_outputs, run_batched, runner_activation
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -58,9 +58,13 @@ def detector_probability(outputs: dict, name: str, activation: str | None = None
     if first is None or first.ndim != 2 or first.shape[1] not in (1, 2):
         return None
     try:
-        return stego_probability(outputs, name, activation)
+        return probability_from_outputs(outputs, name, activation)
     except InputError:
         return None
+
+
+def _progress(desc: str):
+    return lambda batches: _log.progress(batches, desc=desc, total=len(batches), unit="batch")
 
 
 class Comparator:
@@ -72,19 +76,15 @@ class Comparator:
         names = names or [runner.name for runner in runners]
         results = RunResults()
         for runner, name in zip(runners, names):
-            parts = []
-            batches = range(0, len(data), batch_size)
             start = time.perf_counter()
-            for begin in _log.progress(batches, desc=f"infer {name}", total=len(batches), unit="batch"):
-                try:
-                    parts.append(runner.infer(data[begin:begin + batch_size]))
-                except (ValueError, RuntimeError) as exc:
-                    if isinstance(exc, InputError):
-                        raise
-                    raise InputError(f"{name}: inference failed on inputs "
-                                     f"{list(data.shape[1:])} ({first_line(exc)})") from None
+            try:
+                outputs = run_batched(runner, data, batch_size, progress=_progress(f"infer {name}"))
+            except InputError:
+                raise
+            except (ValueError, RuntimeError) as exc:
+                raise InputError(f"{name}: inference failed on inputs "
+                                 f"{list(data.shape[1:])} ({first_line(exc)})") from None
             seconds = time.perf_counter() - start
-            outputs = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
             results.results.append(RunResult(name, outputs, seconds, len(data),
                                              detector_probability(outputs, name, runner_activation(runner))))
         return results

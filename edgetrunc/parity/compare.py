@@ -19,8 +19,8 @@ import numpy as np
 
 from edgetrunc import metrics
 from edgetrunc.errors import InputError
+from edgetrunc.metrics import DECISION_THRESHOLD
 
-DECISION_THRESHOLD = 0.5
 NEARLY_CONSTANT_STD = 1e-3
 
 
@@ -212,38 +212,31 @@ class CompareFunc:
         result.probability_max_error = _float(diff.max())
         if ref_p.std() > 0 and got_p.std() > 0:
             result.probability_correlation = _float(np.corrcoef(ref_p, got_p)[0, 1])
-        ref_d, got_d = ref_p >= DECISION_THRESHOLD, got_p >= DECISION_THRESHOLD
-        result.decision_agreement = float((ref_d == got_d).mean())
-        judged, judged_on, count = result.decision_agreement, "all inputs", len(ref_d)
-        if labels is not None and (np.asarray(labels) >= 0).any():
-            known = np.asarray(labels) >= 0
-            result.decision_agreement_photos = float((ref_d[known] == got_d[known]).mean())
-            judged, judged_on, count = result.decision_agreement_photos, "labelled photos", int(known.sum())
-        # a single flipped decision is the resolution of the measurement: always tolerate one
-        required = min(tolerance.min_decision_agreement, 1.0 - 1.0 / count) if count > 1 else 0.0
-        if judged < required - 1e-12:
-            result.failures.append(f"decision agreement {judged:.4f} on {judged_on} < {required:.4g}")
+        rule = metrics.decision_agreement(ref_p, got_p, labels, tolerance.min_decision_agreement,
+                                          tolerance.max_accuracy_delta, DECISION_THRESHOLD)
+        result.decision_agreement = rule["decision_agreement"]
+        if rule["labelled"]:
+            result.decision_agreement_photos = rule["judged_agreement"]
+        if not rule["agreement_passed"]:
+            result.failures.append(f"decision agreement {rule['judged_agreement']:.4f} on "
+                                   f"{rule['judged_on']} < {rule['required_agreement']:.4g}")
         if result.probability_mae > tolerance.max_probability_mae:
             result.failures.append(f"stego probability MAE {result.probability_mae:.3g} > "
                                    f"{tolerance.max_probability_mae:g}")
         if labels is not None:
-            labels = np.asarray(labels)
-            known = labels >= 0
-            result.labelled = int(known.sum())
-            if result.labelled:
-                y = labels[known]
-                result.accuracy = metrics.accuracy(y, got_p[known], DECISION_THRESHOLD)
-                result.accuracy_reference = metrics.accuracy(y, ref_p[known], DECISION_THRESHOLD)
-                result.accuracy_delta = result.accuracy - result.accuracy_reference
-                if (y == 0).any() and (y == 1).any():
-                    result.p_e = metrics.p_e(y, got_p[known])
-                    result.p_e_reference = metrics.p_e(y, ref_p[known])
-                # one decision flip moves accuracy by 1/labelled: the bound never goes below that
-                bound = max(tolerance.max_accuracy_delta, 1.0 / result.labelled)
-                if abs(result.accuracy_delta) > bound + 1e-12:
-                    result.failures.append(
-                        f"accuracy {result.accuracy:.4f} vs reference "
-                        f"{result.accuracy_reference:.4f} (|delta| > {bound:.3g})")
+            result.labelled = rule["labelled"]
+        if rule["labelled"]:
+            known = np.asarray(labels) >= 0
+            y = np.asarray(labels)[known]
+            result.accuracy, result.accuracy_reference = rule["accuracy"], rule["accuracy_reference"]
+            result.accuracy_delta = rule["accuracy_delta"]
+            if (y == 0).any() and (y == 1).any():
+                result.p_e = metrics.p_e(y, got_p[known])
+                result.p_e_reference = metrics.p_e(y, ref_p[known])
+            if not rule["accuracy_passed"]:
+                result.failures.append(
+                    f"accuracy {result.accuracy:.4f} vs reference "
+                    f"{result.accuracy_reference:.4f} (|delta| > {rule['accuracy_bound']:.3g})")
 
 
 def pair_outputs(reference: dict, candidate: dict) -> list:

@@ -1,9 +1,8 @@
 """Per-layer parity: map every Keras layer output to a tensor of the artifact and find the first divergence.
 
-TFLite intermediates are read with the interpreter's `experimental_preserve_all_tensors`
-(built-in kernels: XNNPACK keeps its intermediates to itself); ONNX intermediates by adding
-every float node output to `graph.output` in a copy of the model run from bytes. Converters
-keep Keras layer names in tensor names (`tlunet_1/group1_truncation_1/Minimum`, fused
+The artifact's intermediate tensors come from the runtime (`open_with_intermediates`: a
+TFLite runner that keeps every tensor, an ONNX runner whose every node output is an
+output). Converters keep Keras layer names in tensor names (`tlunet_1/group1_truncation_1/Minimum`, fused
 tensors joined by `;`), so a tensor's candidate layers are the layers its name mentions
 (with or without the `_N` scope suffix), the layers between them, and the layers after
 them that no tensor mentions (a batch normalization folded into its convolution). Each
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from edgetrunc.errors import InputError
+from edgetrunc.runtime import open_with_intermediates
 
 # Max |error| / max |reference| above which a layer diverges (see docs/PARITY.md).
 LAYER_TOLERANCES = {"fp32": 1e-2, "fp16": 1e-2, "int8": 0.5}
@@ -56,16 +56,6 @@ class LayerComparison:
 
     def to_dict(self):
         return asdict(self)
-
-
-@dataclass
-class ArtifactTensor:
-    name: str
-    key: object  # TFLite tensor index or ONNX tensor name
-    order: int
-    value: np.ndarray
-    scale: float | None = None
-    output_index: int | None = None  # position among the artifact's outputs
 
 
 def mentioned_layers(tensor_name: str, layer_names) -> set:
@@ -151,6 +141,36 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
         from edgetrunc.parity.compare import tolerance_key
 
         tolerance = LAYER_TOLERANCES.get(tolerance_key(precision), LAYER_TOLERANCES["fp32"])
+    best = assign_tensors(layer_outputs, tensors, output_layers)
+    results = []
+    for index, name in enumerate(layer_outputs):
+        if name in input_layers:
+            results.append(LayerComparison(name, index, "input"))
+            continue
+        if name not in best:
+            results.append(LayerComparison(name, index, "unmapped"))
+            continue
+        err, _, tensor, view, layout = best[name]
+        item = _compare_layer(name, index, layer_outputs[name], tensor, view, layout, err, tolerance)
+        if views is not None and item.status == "compared":
+            views[name] = view
+        results.append(item)
+
+    _resolve_fused(results)
+    first = next((r for r in results if r.divergent), None)
+    first_name = None
+    if first is not None:
+        first_name = first.fused_layers[0] if first.fused_layers else first.layer
+    return results, first_name
+
+
+def assign_tensors(layer_outputs: dict, tensors: list, output_layers=()) -> dict:
+    """`{layer: (error, order, tensor, view, layout)}`: the artifact tensor that carries each layer.
+
+    A tensor's candidates are the layers its name mentions, the layers between them and the
+    unmentioned layers after them (see the module docstring); it goes to the candidate it
+    matches best, and a layer keeps the best of the tensors that went to it (`_better`).
+    """
     names = list(layer_outputs)
     position = {name: i for i, name in enumerate(names)}
     mentions = [mentioned_layers(t.name, names) for t in tensors]
@@ -160,7 +180,7 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
     mentioned_anywhere = set().union(*mentions) if mentions else set()
     anonymous = _anonymous_candidates(mentions, position, names)
 
-    best: dict = {}  # layer -> (error, order, tensor, view, layout)
+    best: dict = {}
     for i, (tensor, mentioned) in enumerate(zip(tensors, mentions)):
         if not mentioned:
             candidates = anonymous.get(i, [])
@@ -184,43 +204,29 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
         current = best.get(name)
         if current is None or _better(err, tensor, current[0], current[2]):
             best[name] = (err, tensor.order, tensor, view, layout)
+    return best
 
-    results = []
-    for index, name in enumerate(names):
-        if name in input_layers:
-            results.append(LayerComparison(name, index, "input"))
-            continue
-        if name not in best:
-            results.append(LayerComparison(name, index, "unmapped"))
-            continue
-        err, _, tensor, view, layout = best[name]
-        ref = layer_outputs[name]
-        diff = np.abs(ref.astype(np.float64) - view.astype(np.float64))
-        diff[np.isnan(ref) & np.isnan(view)] = 0.0
-        item = LayerComparison(
-            name, index, "compared", tensor=tensor.name, shape=list(ref.shape), layout=layout,
-            max_abs_error=float(np.nanmax(diff)) if diff.size else 0.0,
-            mean_abs_error=float(np.nanmean(diff)) if diff.size else 0.0,
-            normalized_error=err if np.isfinite(err) else None,
-            relative_rms_error=_relative_rms(ref, view), cosine=_cosine(ref, view),
-            scale=tensor.scale)
-        if tensor.scale:
-            item.error_over_scale = item.max_abs_error / tensor.scale
-        if not err <= tolerance:
-            if np.isfinite(err) and is_channel_affine(ref, view, AFFINE_RESIDUAL + tolerance):
-                item.status = "folded"
-            else:
-                item.divergent = True
-        if views is not None and item.status == "compared":
-            views[name] = view
-        results.append(item)
 
-    _resolve_fused(results)
-    first = next((r for r in results if r.divergent), None)
-    first_name = None
-    if first is not None:
-        first_name = first.fused_layers[0] if first.fused_layers else first.layer
-    return results, first_name
+def _compare_layer(name: str, index: int, ref: np.ndarray, tensor, view: np.ndarray, layout: str,
+                   err: float, tolerance: float) -> LayerComparison:
+    """One layer's Keras output against the artifact tensor that carries it."""
+    diff = np.abs(ref.astype(np.float64) - view.astype(np.float64))
+    diff[np.isnan(ref) & np.isnan(view)] = 0.0
+    item = LayerComparison(
+        name, index, "compared", tensor=tensor.name, shape=list(ref.shape), layout=layout,
+        max_abs_error=float(np.nanmax(diff)) if diff.size else 0.0,
+        mean_abs_error=float(np.nanmean(diff)) if diff.size else 0.0,
+        normalized_error=err if np.isfinite(err) else None,
+        relative_rms_error=_relative_rms(ref, view), cosine=_cosine(ref, view),
+        scale=tensor.scale)
+    if tensor.scale:
+        item.error_over_scale = item.max_abs_error / tensor.scale
+    if not err <= tolerance:
+        if np.isfinite(err) and is_channel_affine(ref, view, AFFINE_RESIDUAL + tolerance):
+            item.status = "folded"
+        else:
+            item.divergent = True
+    return item
 
 
 def _better(err, tensor, current_err, current) -> bool:
@@ -272,129 +278,16 @@ def _resolve_fused(results: list) -> None:
             item.fused_layers = group + [item.layer] if group else []
 
 
-# -- reading intermediates -----------------------------------------------------------------
-
-def tflite_tensors(artifact, batch: np.ndarray) -> list:
-    """Run a TFLite artifact (path or bytes) with every tensor preserved; return its op outputs."""
-    from edgetrunc.runtime import TFLiteRunner
-
-    runner = TFLiteRunner(artifact, use_xnnpack=False, preserve_all_tensors=True)
-    runner.infer(batch)
-    interpreter = runner._last
-    details = {d["index"]: d for d in runner.tensor_details()}
-    outputs = {d["index"]: i for i, d in enumerate(interpreter.get_output_details())}
-    try:
-        op_outputs = [i for op in interpreter._get_ops_details() for i in op["outputs"] if i >= 0]
-    except AttributeError:
-        op_outputs = sorted(details)
-    tensors = []
-    for order, index in enumerate(op_outputs):
-        detail = details[index]
-        dtype = np.dtype(detail["dtype"])
-        if dtype.kind not in "fiu":
-            continue
-        params = detail.get("quantization_parameters", {})
-        scales = params.get("scales", np.zeros(0))
-        if dtype.kind in "iu" and scales.size != 1:
-            continue
-        try:
-            value = runner.get_tensor(index, dequantize=True)
-        except InputError:
-            continue
-        scale = float(scales[0]) if dtype.kind in "iu" else None
-        tensors.append(ArtifactTensor(detail["name"], index, order, value.astype(np.float32), scale,
-                                      outputs.get(index)))
-    return tensors
-
-
-def onnx_with_intermediates(model_or_bytes):
-    """A copy of the ONNX model with every float node output added to `graph.output`."""
-    import onnx
-
-    model = onnx.load_from_string(model_or_bytes) if isinstance(model_or_bytes, (bytes, bytearray)) \
-        else model_or_bytes
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is best effort; unknown types are skipped
-        inferred = model
-    types = {vi.name: vi.type.tensor_type.elem_type
-             for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    existing = {o.name for o in model.graph.output}
-    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-    for node in model.graph.node:
-        for name in node.output:
-            if not name or name in existing or types.get(name) not in floats:
-                continue
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
-            existing.add(name)
-    return model
-
-
-def _onnx_scales(model) -> dict:
-    """Quantization scale of each tensor that a QuantizeLinear reads or a DequantizeLinear writes."""
-    from onnx import numpy_helper
-
-    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute:
-            try:
-                init[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-            except Exception:  # non-tensor constants are not scales
-                pass
-    scales = {}
-    for node in model.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1:
-            scale = init.get(node.input[1])
-            if scale is None or np.size(scale) != 1:
-                continue
-            target = node.input[0] if node.op_type == "QuantizeLinear" else node.output[0]
-            scales[target] = float(np.asarray(scale).reshape(()))
-    return scales
-
-
-def onnx_tensors(artifact, batch: np.ndarray) -> list:
-    """Run an ONNX artifact (path, bytes or ModelProto) with its intermediates exposed."""
-    import onnx
-
-    from edgetrunc.runtime import ONNXRunner
-
-    if isinstance(artifact, onnx.ModelProto):
-        model = artifact
-    else:
-        data = artifact if isinstance(artifact, (bytes, bytearray)) else open(artifact, "rb").read()
-        try:
-            model = onnx.load_from_string(bytes(data))
-        except Exception as exc:  # protobuf decode errors
-            raise InputError(f"{artifact if not isinstance(artifact, bytes) else '<memory>.onnx'}: "
-                             f"not a valid ONNX model ({str(exc)[:120]})") from None
-    exposed = onnx_with_intermediates(model)
-    scales = _onnx_scales(model)
-    runner = ONNXRunner(exposed.SerializeToString())
-    outputs = runner.infer(batch)
-    order = {name: i for i, node in enumerate(model.graph.node) for name in node.output}
-    graph_outputs = {o.name: i for i, o in enumerate(model.graph.output)}
-    tensors = []
-    for name, value in outputs.items():
-        if name not in order:
-            continue
-        tensors.append(ArtifactTensor(name, name, order[name], value, scales.get(name),
-                                      graph_outputs.get(name)))
-    tensors.sort(key=lambda t: t.order)
-    return tensors
-
-
 def compare_artifact_layers(keras_runner, artifact_path, artifact_format: str, precision: str,
                             batch: np.ndarray, layer_outputs: dict | None = None,
                             tolerance: float | None = None) -> tuple:
     """Per-layer comparison of one artifact; returns `(layers, first divergent layer)`."""
     layer_outputs = layer_outputs if layer_outputs is not None else keras_runner.layer_outputs(batch)
-    if artifact_format == "tflite":
-        tensors = tflite_tensors(artifact_path, batch)
-    elif artifact_format == "onnx":
-        tensors = onnx_tensors(artifact_path, batch)
-    else:
+    if artifact_format not in ("tflite", "onnx"):
         raise InputError(f"{artifact_path}: per-layer comparison supports .tflite and .onnx")
+    runner = open_with_intermediates(artifact_path)
+    runner.infer(batch)
+    tensors = runner.intermediate_tensors()
     model = keras_runner.model
     input_layers = {layer.name for layer in model.layers if type(layer).__name__ == "InputLayer"}
     output_layers = [t._keras_history[0].name for t in model.outputs]

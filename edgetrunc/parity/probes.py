@@ -1,6 +1,6 @@
 """Truncation probes: boundary values fed straight to each Truncation in every backend and delegate.
 
-For each `Truncation` layer of the model, a single-layer submodel (the model's input shape,
+For each `Truncation` layer of the model (nested models included), a single-layer submodel (the model's input shape,
 the layer's own bounds) is converted like the artifacts under test (`edgetrunc.export`, the
 same format and precision) and run in Keras, TFLite with XNNPACK, TFLite's built-in kernels
 and ONNX Runtime on +-T, +-T +- 1 ulp, 0, +-1e30, +-inf and NaN. The expected output is the
@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from edgetrunc import _log
+from edgetrunc._text import json_safe
 
 BACKENDS = {"tflite": ("tflite-xnnpack", "tflite-builtin"), "onnx": ("onnxruntime",)}
 PROBED_PRECISIONS = ("fp32", "fp16")
@@ -40,16 +41,6 @@ def expected_clip(values: np.ndarray, lower: float, upper: float) -> np.ndarray:
     return np.minimum(np.maximum(values, np.float32(lower)), np.float32(upper)).astype(np.float32)
 
 
-def json_number(value):
-    """A float for JSON: NaN and infinities as the strings 'NaN', 'inf', '-inf'."""
-    value = float(value)
-    if np.isnan(value):
-        return "NaN"
-    if np.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
-
-
 @dataclass
 class ProbeResult:
     """One Truncation layer in one backend (JSON-ready with `to_dict`)."""
@@ -68,18 +59,6 @@ class ProbeResult:
 
     def to_dict(self):
         return asdict(self)
-
-
-def truncation_layers(model) -> list:
-    """`[(layer name, lower, upper)]` of every Truncation in graph order (learned bounds included)."""
-    from edgetrunc.layers import Truncation
-
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, Truncation):
-            lower, upper = layer.bounds
-            found.append((layer.name, float(lower), float(upper)))
-    return found
 
 
 def _submodel(name: str, lower: float, upper: float, input_shape):
@@ -131,8 +110,9 @@ def _judge(result: ProbeResult, labels, values, expected, got, precision):
             status = "ok" if abs(float(have) - float(want)) <= tol or have == want else "value"
         result.nan_deviations += status == "nan"
         result.value_deviations += status == "value"
-        result.values.append({"input": label, "value": json_number(value), "expected": json_number(want),
-                              "got": json_number(have), "status": status})
+        result.values.append({"input": label, "value": json_safe(float(value)),
+                              "expected": json_safe(float(want)), "got": json_safe(float(have)),
+                              "status": status})
 
 
 def run_probes(model, configurations, input_shape=None) -> list:
@@ -140,12 +120,14 @@ def run_probes(model, configurations, input_shape=None) -> list:
 
     Returns `ProbeResult`s: one `keras` row per layer, then one per backend and delegate.
     """
-    from edgetrunc.parity.keras_runner import KerasRunner
+    from edgetrunc.keras.runner import KerasRunner
+    from edgetrunc.keras.truncations import find_truncations
     from edgetrunc.runtime import ONNXRunner, TFLiteRunner
 
     input_shape = tuple(input_shape or model.inputs[0].shape[1:])
     results = []
-    for name, lower, upper in truncation_layers(model):
+    for found in find_truncations(model):
+        name, lower, upper = found["layer"], found["lower"], found["upper"]
         labels, values = zip(*probe_values(lower, upper))
         values = np.array(values, np.float32)
         size = int(np.prod(input_shape))

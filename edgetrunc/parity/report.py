@@ -12,12 +12,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
-import sys
 
 import numpy as np
 
 from edgetrunc._io import write_text_atomic
+from edgetrunc._text import dump_json, table
 
 
 def _fmt(value, spec=".2e"):
@@ -26,13 +25,6 @@ def _fmt(value, spec=".2e"):
     if isinstance(value, str):
         return value
     return format(value, spec)
-
-
-def _table(headers, rows) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
-              for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def _short(path: str) -> str:
@@ -67,7 +59,7 @@ def terminal_report(report) -> str:
         + (f", P_E {ref_pe:.3f}" if ref_pe is not None else "")
         + (f" on {report.artifacts[0].comparison.labelled} labelled inputs" if ref_acc is not None else ""),
         "",
-        _table(["artifact", "format", "prec", "max abs", "mean abs", "p99 abs", "cosine", "agree",
+        table(["artifact", "format", "prec", "max abs", "mean abs", "p99 abs", "cosine", "agree",
                 "acc delta", "P_E", "samples/s", "verdict"], artifact_rows(report)),
     ]
     for a in report.artifacts:
@@ -97,7 +89,7 @@ def terminal_report(report) -> str:
                 rows.append([layer.index, layer.layer, layer.status, _fmt(layer.normalized_error),
                              _fmt(layer.local_error), _fmt(layer.max_abs_error),
                              _fmt(layer.error_over_scale, ".2f"), (layer.layout or "-"), note])
-            parts.append(_table(["#", "layer", "status", "norm err", "own err", "max abs", "err/scale",
+            parts.append(table(["#", "layer", "status", "norm err", "own err", "max abs", "err/scale",
                                  "layout", "note"], rows))
     if report.probes:
         parts += ["", "truncation probes (deviations from clip(x, lower, upper) with NaN kept):"]
@@ -108,7 +100,7 @@ def terminal_report(report) -> str:
             rows.append([p.layer, f"[{p.lower:g}, {p.upper:g}]", p.backend, p.precision,
                          nan_row["got"] if nan_row else "-", p.nan_deviations, p.value_deviations,
                          p.error or (", ".join(bad) if bad else "ok")])
-        parts.append(_table(["layer", "bounds", "backend", "prec", "NaN ->", "NaN dev", "value dev",
+        parts.append(table(["layer", "bounds", "backend", "prec", "NaN ->", "NaN dev", "value dev",
                              "deviations"], rows))
     for failure in report.probe_failures:
         parts.append(f"  FAIL probe {failure}")
@@ -118,36 +110,10 @@ def terminal_report(report) -> str:
     return "\n".join(parts) + "\n"
 
 
-def json_safe(value):
-    """`value` with NaN / infinite floats as the strings 'NaN', 'inf', '-inf' (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
-
 def write_json(report, path) -> None:
-    text = json.dumps(json_safe(report.to_dict()), indent=2, allow_nan=False, default=_json_default) + "\n"
-    if str(path) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        write_text_atomic(path, text)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+    """`report.to_dict()` as strict JSON (non-finite numbers as 'NaN' / 'inf' / '-inf') to
+    `path`, atomically, or to stdout when `path` is '-'."""
+    dump_json(report.to_dict(), path, nan="string")
 
 
 # -- HTML ----------------------------------------------------------------------------------

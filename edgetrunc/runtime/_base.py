@@ -59,15 +59,45 @@ class TensorInfo:
     zero_point: int | None = None
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
 @dataclass
 class RunnerMetadata:
+    """What a runner knows about its model and how it runs it.
+
+    The fields every runner fills: `path`, `format` ("keras" | "tflite" | "onnx" |
+    "recorded"), `precision` (read from the graph), `inputs` / `outputs` (`TensorInfo`),
+    `layout`, `backend` (the interpreter or runtime and its version), `threads` and
+    `output_activation` ("softmax", "sigmoid", "linear" or None when the graph does not say).
+    The others are None where a backend has no such thing: `ops` (`{op type: count}`),
+    `embedded` (the metadata the exporter stored in the artifact), `xnnpack` and
+    `delegate_partitions` (TFLite), `spin` (ONNX Runtime), `layers` (Keras) and `recorded`
+    (the recording a `RecordedRunner` replays).
+    """
+
     path: str
-    format: str  # "keras" | "tflite" | "onnx"
-    precision: str  # "fp32" | "fp16" | "int8"
+    format: str
+    precision: str
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
     layout: str = "NHWC"
-    extra: dict = field(default_factory=dict)
+    backend: str | None = None
+    threads: int | None = None
+    output_activation: str | None = None
+    ops: dict | None = None
+    embedded: dict | None = None
+    xnnpack: bool | None = None
+    delegate_partitions: int | None = None
+    spin: bool | None = None
+    layers: int | None = None
+    recorded: dict | None = None
+
+    @property
+    def artifact_precision(self) -> str:
+        """The precision the exporter recorded in the artifact, else the one read from its graph."""
+        recorded = (self.embedded or {}).get("precision")
+        return recorded if recorded in PRECISIONS else self.precision
 
     def to_dict(self):
         return asdict(self)

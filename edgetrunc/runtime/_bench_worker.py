@@ -19,7 +19,7 @@ def _reply(obj) -> None:
 
 def main(argv) -> int:
     from edgetrunc.errors import InputError
-    from edgetrunc.runtime import open_runner
+    from edgetrunc.runtime._open import open_runner
     from edgetrunc.runtime.bench import peak_rss_mb, random_batch
 
     artifact, threads, batch, seed, options = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
@@ -34,7 +34,7 @@ def main(argv) -> int:
         _reply({"error": str(exc)})
         return 2
     _reply({"format": meta.format, "precision": meta.precision,
-            "delegate_partitions": meta.extra.get("delegate_partitions")})
+            "delegate_partitions": meta.delegate_partitions})
     for line in sys.stdin:
         command = line.strip()
         if command == "run":

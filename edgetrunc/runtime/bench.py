@@ -139,11 +139,11 @@ def bench_artifacts(artifacts, threads=(1,), runs: int = 50, warmup: int = 5, ba
     `options` go to every TFLite runner (e.g. `{"use_xnnpack": False}`).
     """
     if runs < 1:
-        raise InputError(f"--runs: expected a positive integer; got {runs}")
+        raise InputError(f"runs: expected a positive integer; got {runs}", param="runs")
     if warmup < 0:
         raise InputError(f"--warmup: expected 0 or more; got {warmup}")
     if batch < 1:
-        raise InputError(f"--batch: expected a positive integer; got {batch}")
+        raise InputError(f"batch: expected a positive integer; got {batch}", param="batch")
     workers = []
     try:
         for artifact in artifacts:

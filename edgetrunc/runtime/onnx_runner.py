@@ -4,8 +4,10 @@ Callers always pass NHWC batches; a model whose input is NCHW (detected from its
 shape: channels first when dimension 1 is a small fixed number of channels and dimension 3
 is not) gets the batch transposed. Every output is returned as float32. Precision is read
 from the model's `edgetrunc.precision` metadata when the exporter wrote one, else from the graph
-(QuantizeLinear / DequantizeLinear nodes mean int8, float16 tensors mean fp16). No
-TensorFlow; the `onnx` package is used when installed and is not required.
+(QuantizeLinear / DequantizeLinear nodes mean int8, float16 tensors mean fp16). With
+`preserve_all_tensors=True` every float node output can be read after a run
+(`intermediates()`). No TensorFlow; the `onnx` package is used when installed and is
+required only for the intermediates.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last_activation
+from edgetrunc.runtime.intermediates import ArtifactTensor
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -81,13 +84,32 @@ class ONNXRunner(BaseRunner):
         threads: intra-op threads of ONNX Runtime (default: its choice).
         spin: let idle worker threads busy-wait for the next run (ONNX Runtime's default;
             lowest latency for back-to-back runs). `False` frees the cores between runs.
+        preserve_all_tensors: run a copy of the model with every float node output marked
+            as an output, so that `intermediates()` returns them after `infer` (needs the
+            `onnx` package). `infer` still returns the model's own outputs.
     """
 
     format = "onnx"
 
-    def __init__(self, path_or_bytes, threads: int | None = None, spin: bool = True):
+    def __init__(self, path_or_bytes, threads: int | None = None, spin: bool = True,
+                 preserve_all_tensors: bool = False):
         self.spin = bool(spin)
+        self.preserve_all_tensors = bool(preserve_all_tensors)
+        self._kept: dict = {}
         super().__init__(path_or_bytes, threads)
+
+    def _session_content(self) -> bytes:
+        """The model ONNX Runtime runs: the file itself, or the copy that exposes every tensor."""
+        if not self.preserve_all_tensors:
+            return self._content
+        from edgetrunc.runtime.intermediates import (load_onnx_model, onnx_execution_order,
+                                                     onnx_scales, onnx_with_intermediates)
+
+        model = load_onnx_model(self._content, str(self.path))
+        self._order = onnx_execution_order(model)
+        self._scales = onnx_scales(model)
+        self._own_outputs = len(model.graph.output)
+        return onnx_with_intermediates(model).SerializeToString()
 
     def _load_impl(self):
         if self._content is None:
@@ -104,8 +126,10 @@ class ONNXRunner(BaseRunner):
         if not self.spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(self._content, sess_options=options,
+            self.session = ort.InferenceSession(self._session_content(), sess_options=options,
                                                 providers=["CPUExecutionProvider"])
+        except InputError:
+            raise
         except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
             raise InputError(f"{self.path}: not a valid ONNX model ({first_line(exc)})") from None
         inputs = self.session.get_inputs()
@@ -113,7 +137,11 @@ class ONNXRunner(BaseRunner):
             raise InputError(f"{self.path}: expected a model with one input; it has {len(inputs)}")
         self._input = inputs[0]
         self._input_dtype = _ORT_TYPES.get(self._input.type, np.float32)
-        self._output_names = [o.name for o in self.session.get_outputs()]
+        session_outputs = self.session.get_outputs()
+        self._run_names = [o.name for o in session_outputs]
+        if self.preserve_all_tensors:  # the model's own outputs come first in the exposed copy
+            session_outputs = session_outputs[:self._own_outputs]
+        self._output_names = [o.name for o in session_outputs]
         layout = detect_layout(self._input.shape)
         custom = dict(self.session.get_modelmeta().custom_metadata_map or {})
         ops, types, activation = _graph_facts(self._content, self._output_names[0])
@@ -136,10 +164,9 @@ class ONNXRunner(BaseRunner):
 
         self._meta = RunnerMetadata(
             path=str(self.path), format="onnx", precision=precision, inputs=[info(self._input)],
-            outputs=[info(o) for o in self.session.get_outputs()], layout=layout,
-            extra={"backend": f"onnxruntime {ort.__version__}", "threads": self.threads,
-                   "spin": self.spin, "output_activation": activation,
-                   "ops": ops, "embedded": _decode_props(custom)})
+            outputs=[info(o) for o in session_outputs], layout=layout,
+            backend=f"onnxruntime {ort.__version__}", threads=self.threads,
+            output_activation=activation, ops=ops, embedded=_decode_props(custom), spin=self.spin)
 
     def _infer_impl(self, batch: np.ndarray) -> dict:
         fixed = self._meta.inputs[0].shape[0] if self._meta.inputs[0].shape else None
@@ -152,8 +179,29 @@ class ONNXRunner(BaseRunner):
         feed = batch.transpose(0, 3, 1, 2) if self._meta.layout == "NCHW" else batch
         feed = np.ascontiguousarray(feed, dtype=self._input_dtype)
         try:
-            values = self.session.run(self._output_names, {self._input.name: feed})
+            values = self.session.run(self._run_names, {self._input.name: feed})
         except Exception as exc:  # shape or type errors reported by onnxruntime
             reason = str(exc).strip().splitlines()[0]
             raise InputError(f"{self.name}: inference failed ({reason[:200]})") from None
-        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self._output_names, values)}
+        results = {name: np.asarray(value, dtype=np.float32) for name, value in zip(self._run_names, values)}
+        if self.preserve_all_tensors:
+            self._kept = results
+        return {name: results[name] for name in self._output_names}
+
+    # intermediate tensors ---------------------------------------------------
+    def intermediate_tensors(self) -> list:
+        """Every float node output of the last `infer`, in execution order, as `ArtifactTensor`s
+        (`scale`: the int8 scale of a tensor that a QuantizeLinear reads or a DequantizeLinear
+        writes). Needs `preserve_all_tensors=True`."""
+        if not self.preserve_all_tensors:
+            raise InputError(f"{self.name}: intermediate tensors are kept only by a runner "
+                             "created with preserve_all_tensors=True")
+        outputs = {name: i for i, name in enumerate(self._output_names)}
+        tensors = [ArtifactTensor(name, name, self._order[name], value, self._scales.get(name),
+                                  outputs.get(name))
+                   for name, value in self._kept.items() if name in self._order]
+        return sorted(tensors, key=lambda t: t.order)
+
+    def intermediates(self) -> dict:
+        """`{tensor name: float32 value}` of every node output of the last `infer`, in execution order."""
+        return {t.name: t.value for t in self.intermediate_tensors()}

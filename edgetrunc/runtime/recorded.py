@@ -87,23 +87,20 @@ def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
     Returns the recording's metadata (also stored in the file under `meta`).
     """
     from edgetrunc._version import __version__
-    from edgetrunc.runtime import open_runner
+    from edgetrunc.runtime._open import open_runner
+    from edgetrunc.runtime.scoring import run_batched
 
     x, _, _ = load_inputs(inputs_path)
     runner = open_runner(artifact, threads=threads)
     meta = runner.metadata()
-    parts = []
     started = time.perf_counter()
-    for start in range(0, len(x), batch_size):
-        parts.append(runner.infer(x[start:start + batch_size]))
+    outputs = run_batched(runner, x, batch_size)
     seconds = time.perf_counter() - started
-    outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    embedded = (meta.extra.get("embedded") or meta.extra.get("metadata_props") or {}).get("precision")
     record = {
         "artifact": Path(artifact).name, "artifact_sha256": sha256_file(artifact),
-        "format": meta.format, "precision": embedded if embedded in ("fp32", "fp16", "int8") else meta.precision,
-        "backend": meta.extra.get("backend"), "threads": runner.threads, "samples": int(len(x)),
-        "output_activation": meta.extra.get("output_activation"),
+        "format": meta.format, "precision": meta.artifact_precision,
+        "backend": meta.backend, "threads": runner.threads, "samples": int(len(x)),
+        "output_activation": meta.output_activation,
         "samples_per_second": round(len(x) / seconds, 2) if seconds > 0 else None,
         "inputs": Path(inputs_path).name, "inputs_sha256": sha256_file(inputs_path),
         "platform": platform.platform(), "machine": platform.machine(),
@@ -149,9 +146,9 @@ class RecordedRunner(BaseRunner):
             outputs=[TensorInfo(name=n, shape=(None, *v.shape[1:]), dtype="float32")
                      for n, v in self._outputs.items()],
             layout="NHWC",
-            extra={"backend": f"recorded: {self.record.get('backend')} on {self.record.get('platform')}",
-                   "recorded": dict(self.record), "embedded": {"precision": self.record.get("precision")},
-                   "output_activation": self.record.get("output_activation")})
+            backend=f"recorded: {self.record.get('backend')} on {self.record.get('platform')}",
+            threads=self.record.get("threads"), output_activation=self.record.get("output_activation"),
+            embedded={"precision": self.record.get("precision")}, recorded=dict(self.record))
 
     def infer(self, batch: np.ndarray) -> dict:
         rows = _row_hashes(np.asarray(batch))

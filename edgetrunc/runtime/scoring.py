@@ -1,11 +1,16 @@
-"""Image scoring on the device: preprocessing, tiling and per-image stego probability.
+"""Scoring on the device: the one artifact scorer, preprocessing, tiling, per-image probability.
+
+`score_batch(runner, x)` is the stego probability `[N]` of a batch under any runner (TFLite,
+ONNX, recorded or Keras), run in batches (`run_batched` / `iter_batches` give the raw
+outputs); `probability_from_outputs` turns one runner's outputs into that probability with
+the one rule of `edgetrunc.metrics.stego_probability`.
 
 Preprocessing is the training one (`edgetrunc.data.images`): 8-bit grayscale pixels as
 float32 0..255, NHWC. An image larger than the model input (256x256) is split into
 non-overlapping tiles, never resized; a right or bottom border narrower than one tile is
 dropped (and reported). A tile's stego probability is the detector's softmax output for
 class 1 (stego); the image score is the mean over its tiles, and the decision is "stego"
-when that mean is >= 0.5. No TensorFlow.
+when that mean is >= `metrics.DECISION_THRESHOLD` (0.5). No TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc.data.images import TILE, load_image, tile_image, tile_positions, to_model_input
-from edgetrunc import metrics
 from edgetrunc.errors import InputError
+from edgetrunc.metrics import DECISION_THRESHOLD, stego_probability
 
-DECISION_THRESHOLD = 0.5
+DEFAULT_BATCH_SIZE = 16
 
 
 @dataclass
@@ -69,13 +74,17 @@ def preprocess_image(path, tile: int = TILE):
     return to_model_input(tiles), positions, pixels.shape
 
 
-def stego_probability(outputs: dict, name: str = "", activation: str | None = None) -> np.ndarray:
-    """Class-1 probability `[N]` from a runner's outputs (the first output, `[N, 2]`).
+def probability_from_outputs(outputs: dict, name: str = "", activation: str | None = None,
+                             clip: bool = True) -> np.ndarray:
+    """Stego probability `[N]` from a runner's outputs (the first output, `[N, 2]` or `[N, 1]`).
 
-    A softmax output is used as is; logits (rows not summing to 1, or `activation`
-    "linear", the runner's `output_activation`) get a softmax first; a single column `[N, 1]`
-    is the probability itself (clipped to [0, 1]), or a logit that gets a sigmoid when the
-    model's last op is known to be linear.
+    The rule is `edgetrunc.metrics.stego_probability`: a softmax output is used as is;
+    logits (rows not summing to 1, or `activation` "linear", the runner's
+    `output_activation`) get a softmax first; a single column is the probability itself,
+    or a logit that gets a sigmoid when the model's last op is known to be linear.
+    `clip=True` (default) returns float32 clipped to [0, 1] (int8 outputs dequantize a few
+    steps past 1); `clip=False` returns the float64 values as they are. A missing output or
+    another shape raises `InputError` naming `name`.
     """
     if not outputs:
         raise InputError(f"{name}: the model produced no output")
@@ -83,22 +92,46 @@ def stego_probability(outputs: dict, name: str = "", activation: str | None = No
     if values.ndim != 2 or values.shape[1] not in (1, 2):
         raise InputError(f"{name}: expected a detector output [N, 2] (cover, stego); "
                          f"got shape {list(values.shape)}")
-    return np.clip(metrics.stego_probability(values, activation), 0.0, 1.0).astype(np.float32)
+    probability = stego_probability(values, activation)
+    return np.clip(probability, 0.0, 1.0).astype(np.float32) if clip else probability
 
 
 def runner_activation(runner) -> str | None:
     """The last activation of a runner's first output ("softmax", "sigmoid", "linear"), if known."""
     metadata = getattr(runner, "metadata", None)  # duck-typed runners may not say
     meta = metadata() if callable(metadata) else None
-    return meta.extra.get("output_activation") if meta is not None else None
+    return meta.output_activation if meta is not None else None
 
 
-def score_batch(runner, batch: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Stego probability `[N]` of a float32 NHWC batch, run `batch_size` at a time."""
+def iter_batches(runner, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE, progress=None):
+    """Yield `runner.infer` of `x`, `batch_size` inputs at a time.
+
+    `progress`, if given, wraps the sequence of batch starts (e.g. `edgetrunc._log.progress`).
+    """
+    starts = range(0, len(x), int(batch_size))
+    for start in (progress(starts) if progress is not None else starts):
+        yield runner.infer(x[start:start + int(batch_size)])
+
+
+def run_batched(runner, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE, progress=None) -> dict:
+    """`{output name: array}` of `runner` on all of `x`, run `batch_size` inputs at a time."""
+    parts = list(iter_batches(runner, x, batch_size, progress))
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
+
+
+def score_batch(runner, batch: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+                clip: bool = True) -> np.ndarray:
+    """Stego probability `[N]` of a float32 NHWC batch under any runner (artifact or Keras).
+
+    Runs `batch_size` inputs at a time; each batch's outputs go through
+    `probability_from_outputs` with the runner's `output_activation` (`clip` as there).
+    """
     activation = runner_activation(runner)
-    parts = [stego_probability(runner.infer(batch[i:i + batch_size]), runner.name, activation)
-             for i in range(0, len(batch), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+    parts = [probability_from_outputs(outputs, runner.name, activation, clip)
+             for outputs in iter_batches(runner, batch, batch_size)]
+    if parts:
+        return np.concatenate(parts)
+    return np.zeros((0,), np.float32 if clip else np.float64)
 
 
 def _read_pixels(path, tile: int) -> np.ndarray:
@@ -113,17 +146,17 @@ def _read_pixels(path, tile: int) -> np.ndarray:
     return pixels
 
 
-def score_image(runner, path, batch_size: int = 16) -> ImageScore:
+def score_image(runner, path, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageScore:
     """Score one image, `batch_size` tiles at a time (memory stays bounded for large photos)."""
     tile = _tile_size(runner)
     pixels = _read_pixels(path, tile)
     height, width = pixels.shape
     positions = tile_positions(height, width, tile)
+    activation = runner_activation(runner)
     parts = []
     for start in range(0, len(positions), batch_size):
         tiles = np.stack([pixels[y:y + tile, x:x + tile] for y, x in positions[start:start + batch_size]])
-        parts.append(stego_probability(runner.infer(to_model_input(tiles)), runner.name,
-                                       runner_activation(runner)))
+        parts.append(probability_from_outputs(runner.infer(to_model_input(tiles)), runner.name, activation))
     probabilities = np.concatenate(parts)
     if not np.all(np.isfinite(probabilities)):
         raise InputError(f"{path}: {runner.name} gave a non-finite output (NaN or inf); "
@@ -137,7 +170,7 @@ def score_image(runner, path, batch_size: int = 16) -> ImageScore:
         width=int(width), height=int(height))
 
 
-def score_images(runner, paths, batch_size: int = 16, on_error=None) -> list:
+def score_images(runner, paths, batch_size: int = DEFAULT_BATCH_SIZE, on_error=None) -> list:
     """Score each image in `paths`; returns a list of `ImageScore` in the same order.
 
     With `on_error=None` the first bad image raises `InputError`; otherwise

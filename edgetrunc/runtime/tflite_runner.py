@@ -7,7 +7,8 @@ images resizes the input to N (one allocated interpreter is kept per recent batc
 model with a fixed batch size runs in steps of that size), int8 / uint8 inputs are
 quantized and outputs dequantized with the model's own scale and zero point, and with
 `preserve_all_tensors=True` every intermediate tensor can be read after a run
-(`tensor_details()`, `get_tensor(index)`), which the per-layer parity check uses.
+(`intermediates()`, `intermediate_tensors()`, `get_tensor(index)`), which the per-layer
+parity check uses.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import collections
 import importlib
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 from edgetrunc import _log
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last_activation
+from edgetrunc.runtime.intermediates import ArtifactTensor
 
 _INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 _MAX_CACHED_BATCH_SIZES = 4
@@ -87,6 +88,14 @@ def _placeholder_tile(interpreter, tile: int = 256) -> None:
         shape = [max(signature[0], 1), tile if signature[1] < 0 else signature[1],
                  tile if signature[2] < 0 else signature[2], max(signature[3], 1)]
         interpreter.resize_tensor_input(details[0]["index"], shape, strict=False)
+
+
+def _ops_details(interpreter) -> list:
+    """The interpreter's ops in execution order (`op_name`, `inputs`, `outputs`); [] if it cannot say."""
+    try:
+        return interpreter._get_ops_details()
+    except AttributeError:  # an interpreter without the op listing
+        return []
 
 
 class TFLiteRunner(BaseRunner):
@@ -162,10 +171,7 @@ class TFLiteRunner(BaseRunner):
                               scale=float(scale) if quantized else None,
                               zero_point=int(zero_point) if quantized else None)
 
-        try:
-            details = interpreter._get_ops_details()
-        except AttributeError:  # an interpreter without the op listing
-            details = []
+        details = _ops_details(interpreter)
         ops = [op["op_name"] for op in details]
         makers = {int(out): (op["op_name"], int(op["inputs"][0]) if len(op["inputs"]) else -1)
                   for op in details if op["op_name"] != "DELEGATE" for out in op["outputs"]}
@@ -189,11 +195,11 @@ class TFLiteRunner(BaseRunner):
         return RunnerMetadata(
             path=str(self.path), format="tflite", precision=precision,
             inputs=[info(self._input)], outputs=[info(d) for d in self._outputs], layout="NHWC",
-            extra={"backend": self._backend, "xnnpack": self.use_xnnpack, "threads": self.threads,
-                   "output_activation": last_activation(int(self._outputs[0]["index"]), makers.get)
-                   if details else None,
-                   "ops": op_counts, "delegate_partitions": ops.count("DELEGATE"),
-                   "embedded": read_embedded_metadata(self._model_bytes())})
+            backend=self._backend, threads=self.threads,
+            output_activation=last_activation(int(self._outputs[0]["index"]), makers.get)
+            if details else None,
+            ops=op_counts, embedded=read_embedded_metadata(self._model_bytes()),
+            xnnpack=self.use_xnnpack, delegate_partitions=ops.count("DELEGATE"))
 
     def _model_bytes(self) -> bytes:
         return self._content if self._content is not None else self.path.read_bytes()
@@ -297,12 +303,38 @@ class TFLiteRunner(BaseRunner):
                 return self.get_tensor(detail["index"], dequantize)
         raise InputError(f"{self.name}: no tensor named {name!r}")
 
+    def intermediate_tensors(self) -> list:
+        """Every numeric op output of the last `infer`, in execution order, as `ArtifactTensor`s.
 
-def is_tflite_file(path) -> bool:
-    """True if `path` starts like a TFLite flatbuffer (file identifier 'TFL3' at byte 4)."""
-    try:
-        with open(Path(path), "rb") as fh:
-            head = fh.read(8)
-    except OSError:
-        return False
-    return len(head) == 8 and head[4:8] == b"TFL3"
+        Needs `preserve_all_tensors=True`. int8 / uint8 values are dequantized (their `scale`
+        is kept); tensors quantized per channel and tensors that cannot be read are left out.
+        """
+        if not self.preserve_all_tensors:
+            raise InputError(f"{self.name}: intermediate tensors are kept only by a runner "
+                             "created with preserve_all_tensors=True")
+        details = {d["index"]: d for d in self.tensor_details()}
+        outputs = {d["index"]: i for i, d in enumerate(self._outputs)}
+        ops = _ops_details(self._last)
+        op_outputs = [i for op in ops for i in op["outputs"] if i >= 0] if ops else sorted(details)
+        tensors = []
+        for order, index in enumerate(op_outputs):
+            detail = details[index]
+            dtype = np.dtype(detail["dtype"])
+            if dtype.kind not in "fiu":
+                continue
+            scales = detail.get("quantization_parameters", {}).get("scales", np.zeros(0))
+            if dtype.kind in "iu" and scales.size != 1:
+                continue
+            try:
+                value = self.get_tensor(index, dequantize=True)
+            except InputError:
+                continue
+            scale = float(scales[0]) if dtype.kind in "iu" else None
+            tensors.append(ArtifactTensor(detail["name"], index, order, value.astype(np.float32),
+                                          scale, outputs.get(index)))
+        return tensors
+
+    def intermediates(self) -> dict:
+        """`{tensor name: float32 value}` of every op output of the last `infer` (see
+        `intermediate_tensors`), in execution order."""
+        return {t.name: t.value for t in self.intermediate_tensors()}

@@ -1,0 +1,112 @@
+"""`edgetrunc parity`: compare a Keras model with its TFLite / ONNX artifacts and report.
+
+Report paths are checked before anything runs (unwritable path, a folder, or one of the
+inputs: exit 2). The terminal table goes to stdout (to stderr when the JSON report goes to
+stdout with `--json -`); exit 0 when every artifact passes, 1 on a parity failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from edgetrunc.cli import _args
+from edgetrunc.cli._args import positive_int
+
+DESCRIPTION = ("Compare Keras with every artifact on 256x256 inputs. Exit 0 pass, 1 parity "
+               "failure, 2 error.")
+MAX_SAMPLES = 1_000_000
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", metavar="MODEL.keras")
+    p.add_argument("artifacts", metavar="ARTIFACT", nargs="+",
+                   help=".tflite or .onnx files, or .npz outputs recorded by `edgetrunc run`")
+    p.add_argument("--samples", type=_args.count(MAX_SAMPLES), default=64,
+                   help="number of inputs (default: 64)")
+    p.add_argument("--inputs", default="mix",
+                   help="mix, random, covers, stego, a folder of images, or the FILE.npz of an "
+                   "earlier --save-inputs (default: mix)")
+    p.add_argument("--per-layer", action="store_true", help="compare every layer, name the first divergent")
+    p.add_argument("--strict-layers", action="store_true",
+                   help="with --per-layer: a divergent layer fails the check even when the outputs pass")
+    p.add_argument("--strict-nan", action="store_true", help="NaN deviations in probes fail the check")
+    p.add_argument("--no-probes", action="store_true", help="skip the truncation boundary probes")
+    p.add_argument("--atol", type=float, default=None, help="override the absolute tolerance")
+    p.add_argument("--rtol", type=float, default=None, help="override the relative tolerance")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the JSON report ('-' for stdout)")
+    p.add_argument("--html", metavar="FILE", default=None, help="write a self-contained HTML report")
+    _args.add_seed(p, "seed of the inputs (default: 0)")
+    _args.add_threads(p, "threads of each TFLite / ONNX Runtime backend (default: every usable core)")
+    p.add_argument("--batch-size", type=positive_int, default=16,
+                   help="inputs per inference call (default: 16)")
+    p.add_argument("--save-inputs", metavar="FILE.npz", default=None,
+                   help="write the inputs used, for `edgetrunc run` on a device; compare its "
+                   "outputs later with `parity MODEL OUTPUTS.npz --inputs FILE.npz`")
+
+
+def _check_report_path(path, option, inputs) -> None:
+    from edgetrunc.errors import InputError
+
+    if path is None or str(path) == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{option} {path}: is a folder; expected a file path")
+    resolved = target.resolve()
+    for other in inputs:
+        if Path(other).exists() and Path(other).resolve() == resolved:
+            raise InputError(f"{option} {path}: refusing to overwrite an input file")
+    parent = target.parent if str(target.parent) else Path(".")
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{option} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: folder {existing} is not writable")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise InputError(f"{option} {path}: file is not writable")
+
+
+def _check_options(args) -> None:
+    from edgetrunc import _log
+    from edgetrunc.errors import InputError
+
+    inputs = [args.model, *args.artifacts]
+    if args.inputs in ("mix", "random", "covers", "stego") and Path(args.inputs).is_dir():
+        _log.warn(f"--inputs {args.inputs}: the built-in '{args.inputs}' inputs are used, not the "
+                  f"folder of that name; pass ./{args.inputs} for the folder")
+    _check_report_path(args.json, "--json", inputs)
+    _check_report_path(args.html, "--html", inputs)
+    _check_report_path(args.save_inputs, "--save-inputs", inputs)
+    if args.strict_layers and not args.per_layer:
+        raise InputError("--strict-layers: needs --per-layer (it judges the per-layer comparison)")
+    if args.html == "-":
+        raise InputError("--html -: the HTML report needs a file path")
+
+
+def run(args) -> int:
+    from edgetrunc import _log
+    from edgetrunc.parity.check import check_parity
+    from edgetrunc.parity.report import terminal_report, write_html, write_json
+
+    _check_options(args)
+    report = check_parity(args.model, args.artifacts, samples=args.samples, inputs=args.inputs,
+                          per_layer=args.per_layer, probes=not args.no_probes,
+                          strict_nan=args.strict_nan, atol=args.atol, rtol=args.rtol, seed=args.seed,
+                          threads=args.threads, batch_size=args.batch_size,
+                          save_inputs=args.save_inputs, strict_layers=args.strict_layers)
+    table = terminal_report(report)
+    stream = sys.stderr if args.json == "-" else sys.stdout
+    stream.write(table)
+    stream.flush()
+    if args.json:
+        write_json(report, args.json)
+        if args.json != "-":
+            _log.info(f"wrote {args.json}")
+    if args.html:
+        write_html(report, args.html)
+        _log.info(f"wrote {args.html}")
+    return 0 if report.passed else 1

@@ -1,0 +1,221 @@
+"""`convert`: every artifact of a `.keras` model, checked, with `manifest.json`.
+
+Order of work: validate every option and the output folder first (nothing is written for
+bad input), load the model, export each artifact, embed the metadata (thresholds, source
+hash, edgetrunc version), write it to a temporary file beside its destination, read it
+back and run the inspector, measure int8 decision agreement and accuracy against Keras on
+held-out pairs, and only then move all artifacts and the manifest into place. An existing
+output is replaced only with `force=True`; the source is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc import _log
+from edgetrunc._io import require_writable_dir, sha256_file
+from edgetrunc._version import __version__
+from edgetrunc.errors import InputError
+from edgetrunc.export import calibration as calib_data
+from edgetrunc.export import evaluation, manifest
+from edgetrunc.export.onnx.convert import (ONNX_PRECISIONS, OPSETS, check_opset, export_onnx,
+                                           set_onnx_metadata)
+from edgetrunc.export.onnx.inspect import inspect_onnx
+from edgetrunc.export.tflite.convert import (INT8_MODES, TFLITE_PRECISIONS, embed_tflite_metadata,
+                                             export_tflite, quiet_converter)
+from edgetrunc.export.tflite.inspect import inspect_tflite
+from edgetrunc.keras.load import load_model, require_keras_file
+from edgetrunc.keras.precision import float32_model
+from edgetrunc.keras.truncations import find_truncations
+from edgetrunc.metrics import MAX_ACCURACY_DELTA, MIN_DECISION_AGREEMENT
+from edgetrunc.runtime.metadata import artifact_metadata
+
+KERAS_SUFFIXES = (".keras", ".h5")  # a .h5 with lambdas or unknown classes names `edgetrunc migrate`
+
+
+def _check_precisions(kind, values, allowed):
+    values = tuple(values or ())
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise InputError(f"--{kind}: unknown precision {', '.join(map(str, bad))}; expected any of "
+                         f"{', '.join(allowed)}")
+    return tuple(dict.fromkeys(values))
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Raise InputError unless `out_dir` exists and is writable, or can be created."""
+    probe = out_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"{probe}: exists and is not a folder; expected an output folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{out_dir}: output folder is not writable")
+    require_writable_dir(out_dir)  # created now, so a folder that cannot be made fails first
+
+
+def _check_options(tflite, onnx, opset, int8_mode, calibration):
+    tflite = _check_precisions("tflite", tflite, TFLITE_PRECISIONS)
+    onnx = _check_precisions("onnx", onnx, ONNX_PRECISIONS)
+    if not tflite and not onnx:
+        raise InputError("nothing to convert: give at least one --tflite or --onnx precision")
+    if not isinstance(opset, (int, np.integer)) or int(opset) not in OPSETS:
+        raise InputError(f"--opset {opset}: expected an ONNX opset from {OPSETS[0]} to {OPSETS[-1]}")
+    if "int8" in onnx:
+        try:
+            check_opset(int(opset), "int8")
+        except InputError as exc:
+            raise InputError(f"--{exc}") from None
+    if int8_mode not in INT8_MODES:
+        raise InputError(f"--int8-mode {int8_mode}: expected one of {', '.join(INT8_MODES)}")
+    if calibration not in (None, "embedded") and not Path(calibration).is_dir():
+        raise InputError(f"--calibration {calibration}: expected 'embedded' or a folder of images")
+    return tflite, onnx
+
+
+def _check_targets(source, out_dir, names, force):
+    targets = [out_dir / name for name in names] + [out_dir / manifest.MANIFEST]
+    for target in targets:
+        if target.exists() and target.resolve() == source.resolve():
+            raise InputError(f"{target}: refusing to overwrite the source model")
+        if target.is_dir():
+            raise InputError(f"{target}: is a folder; expected to write a file there")
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not force:
+        raise InputError(f"{existing[0]}: exists; use --force to replace the outputs "
+                         f"({len(existing)} file(s) exist)")
+
+
+def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
+            nchw=False, calibration="embedded", int8_io=False, force=False,
+            int8_mode="truncation-aware", evaluate=True, timings=None,
+            pack_front_end=False) -> dict:
+    """Convert `model_path` to every requested artifact in `out_dir` and write the manifest.
+
+    Returns the manifest dict (also written to `out_dir/manifest.json`). If `timings` is a
+    dict, it receives the conversion wall time of each artifact in seconds.
+    `pack_front_end=True` also packs the one-channel convolutions of the fp32/fp16 TFLite
+    artifacts (the int8 one always packs its float front end).
+    """
+    tflite, onnx = _check_options(tflite, onnx, opset, int8_mode, calibration)
+    source = Path(model_path)
+    require_keras_file(source, KERAS_SUFFIXES)  # a SavedModel folder names `edgetrunc migrate`
+    out_dir = Path(out_dir) if out_dir is not None else (source.parent if str(source.parent) else Path("."))
+    _check_out_dir(out_dir)
+    artifacts = manifest.plan(source.stem, tflite, onnx)
+    _check_targets(source, out_dir, [name for _, _, name in artifacts], force)
+    options = {"opset": int(opset), "nchw": nchw, "int8_io": int8_io, "int8_mode": int8_mode,
+               "pack_front_end": bool(pack_front_end)}
+    model = float32_model(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES))
+    return _convert_model(model, source, sha256_file(source), out_dir, artifacts, options,
+                          calibration, evaluate, timings)
+
+
+def _is_detector(model) -> bool:
+    output_shape = tuple(model.outputs[0].shape) if len(model.outputs) == 1 else ()
+    return len(output_shape) == 2 and output_shape[1] in (1, 2)
+
+
+def _model_image_shape(model):
+    if len(model.inputs) != 1:
+        raise InputError(f"{model.name}: {len(model.inputs)} inputs; expected one image input")
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4:
+        raise InputError(f"{model.name}: input shape {shape}; expected [N, H, W, C]")
+    return shape[1:]
+
+
+def _held_out(model, source, calibration, shape, evaluate):
+    """`(held-out pairs, Keras stego probability on them)`, or `(None, None)` when int8
+    decisions are not compared (not asked, or the model is not a detector)."""
+    if not evaluate:
+        return None, None
+    if not _is_detector(model):
+        _log.info(f"convert: {source.name} is not a detector ([N, 2] or [N, 1] output): "
+                  "int8 decisions are not compared with Keras")
+        return None, None
+    from edgetrunc.keras.runner import predict_probability
+
+    held_out = calib_data.held_out_pairs(calibration, shape)
+    return held_out, predict_probability(model, held_out.x, batch_size=16)
+
+
+def _export(model, fmt, precision, calib, options, metadata) -> bytes:
+    """The bytes of one artifact with its metadata embedded."""
+    x = None if calib is None else calib.x
+    payload = {**metadata, "format": fmt, "precision": precision}
+    if fmt == "tflite":
+        pack = None if precision == "int8" else options["pack_front_end"]
+        content = export_tflite(model, precision, calibration=x, int8_io=options["int8_io"],
+                                int8_mode=options["int8_mode"], pack_front_end=pack)
+        return embed_tflite_metadata(content, payload)
+    proto = export_onnx(model, precision, opset=options["opset"], nchw=options["nchw"],
+                        calibration=x, int8_mode=options["int8_mode"])
+    set_onnx_metadata(proto, payload)
+    return proto.SerializeToString()
+
+
+def _write_temporary(content: bytes, name: str, out_dir: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content)
+    return Path(tmp)
+
+
+def _evaluate(entry, fmt, tmp, held_out, keras_probability):
+    """Add the held-out comparison with Keras to an int8 entry; warn when it misses the targets."""
+    with quiet_converter():  # the interpreter's "Created XNNPACK delegate" line
+        probability = evaluation.artifact_probability(fmt, tmp, held_out.x)
+    quality = evaluation.quality_against_keras(keras_probability, probability, held_out.y)
+    quality["data"] = (f"held-out pairs ({held_out.split} split, stride "
+                       f"{calib_data.EVALUATION_STRIDE}, payload {held_out.payload})")
+    entry["quantization"]["evaluation"] = quality
+    if not quality["passed"]:
+        _log.warn(f"{entry['path']}: decision agreement {quality['decision_agreement']:.3f}, "
+                  f"accuracy delta {quality['accuracy_delta']:+.3f} "
+                  f"(targets >= {MIN_DECISION_AGREEMENT}, |delta| <= {MAX_ACCURACY_DELTA})")
+
+
+def _convert_model(model, source, source_sha, out_dir, artifacts, options, calibration,
+                   evaluate, timings):
+    shape = _model_image_shape(model)
+    truncations = find_truncations(model)
+    needs_int8 = any(p == "int8" for _, p, _ in artifacts)
+    calib = calib_data.calibration_pairs(calibration, shape) if needs_int8 else None
+    held_out, keras_probability = _held_out(model, source, calibration, shape,
+                                            evaluate and needs_int8)
+    metadata = artifact_metadata(__version__, source.name, source_sha, truncations, None, None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temporaries, entries = {}, []
+    try:
+        for fmt, precision, name in artifacts:
+            _log.info(f"convert: {name} ({fmt} {precision}) ...")
+            started = time.perf_counter()
+            content = _export(model, fmt, precision, calib, options, metadata)
+            elapsed = time.perf_counter() - started
+            temporaries[name] = tmp = _write_temporary(content, name, out_dir)
+            inspect = inspect_tflite if fmt == "tflite" else inspect_onnx
+            entry = manifest.artifact_entry(
+                name, fmt, precision, content, inspect(str(tmp), truncations, precision),
+                manifest.quantization_entry(fmt, precision, options["int8_io"],
+                                            options["int8_mode"], calib))
+            if precision == "int8" and held_out is not None:
+                _evaluate(entry, fmt, tmp, held_out, keras_probability)
+            if timings is not None:
+                timings[name] = elapsed
+            entries.append(entry)
+            _log.info(f"convert: {name} done in {elapsed:.1f} s, {len(content) / 1024:.0f} KiB")
+        result = manifest.build_manifest(source, source_sha, out_dir, entries)
+        manifest.commit(out_dir, temporaries, result, source)
+        return result
+    finally:
+        for tmp in temporaries.values():
+            if tmp.exists():
+                tmp.unlink()

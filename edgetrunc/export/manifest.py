@@ -1,0 +1,85 @@
+"""`manifest.json`: what `convert` wrote, and the whole set of outputs committed at once.
+
+`plan` names the artifacts of a conversion; `artifact_entry` describes one (path, hash,
+ops, truncation mapping, inputs, outputs, quantization); `build_manifest` adds the source and
+the toolchain versions; `commit` moves every artifact into place and then writes the
+manifest, so a set of outputs appears whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from edgetrunc._io import new_file_mode, write_json_atomic
+from edgetrunc._version import package_versions
+from edgetrunc.export.onnx.quantize import ONNX_INT8_TYPES
+from edgetrunc.export.tflite.passes import INT8_FLOAT_TYPES, INT8_KEEP_FLOAT
+
+MANIFEST = "manifest.json"
+
+
+def plan(stem, tflite, onnx) -> list:
+    """`[(format, precision, file name)]` of every artifact, TFLite first."""
+    return ([("tflite", p, f"{stem}_{p}.tflite") for p in tflite]
+            + [("onnx", p, f"{stem}_{p}.onnx") for p in onnx])
+
+
+def artifact_entry(name, fmt, precision, content: bytes, report: dict, quantization) -> dict:
+    """The manifest entry of one artifact; `report` is its inspector's."""
+    return {
+        "path": name, "format": fmt, "precision": precision,
+        "sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content),
+        "ops": report["ops"], "truncations": report["truncations"],
+        "inputs": report["inputs"], "outputs": report["outputs"],
+        "quantization": quantization,
+    }
+
+
+def quantization_entry(fmt, precision, int8_io, int8_mode, calib):
+    """How an artifact is quantized (None for fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        return {"weights": "float16", "activations": "float32"}
+    entry = {
+        "weights": "int8 (per channel)",
+        "activations": "int8",
+        "mode": int8_mode,
+        "float_before_first_truncation": int8_mode == "truncation-aware",
+        "truncation": ("range of each truncation's producer set to [lower, upper]; int8 "
+                       "saturation performs the clip" if fmt == "tflite" else
+                       "Clip input and output quantized with range [lower, upper]")
+                      if int8_mode == "truncation-aware" else "calibrated ranges",
+        "io": ("int8" if int8_io else "float32") if fmt == "tflite" else "float32",
+        "calibration": {"samples": int(len(calib.x)), "split": calib.split,
+                        "photos": list(calib.photos), "payload": calib.payload},
+    }
+    if int8_mode == "truncation-aware":
+        if fmt == "tflite":
+            entry["float_op_types"] = list(INT8_FLOAT_TYPES)
+            entry["float_inside_xnnpack"] = list(INT8_KEEP_FLOAT)
+            entry["front_end"] = "float, one-channel convolutions packed 4 pixels per channel"
+        else:
+            entry["int8_op_types"] = list(ONNX_INT8_TYPES)
+    if fmt == "onnx":
+        entry["format"] = "QDQ"
+    return entry
+
+
+def build_manifest(source: Path, source_sha: str, out_dir: Path, artifacts: list) -> dict:
+    return {
+        "source": {"path": os.path.relpath(source.resolve(), out_dir.resolve()),
+                   "sha256": source_sha},
+        "artifacts": artifacts,
+        "versions": package_versions(),
+    }
+
+
+def commit(out_dir: Path, temporaries: dict, manifest: dict, source: Path) -> None:
+    """Move each written temporary `{name: path}` into `out_dir`, then write the manifest."""
+    for name, tmp in temporaries.items():
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, out_dir / name)
+    write_json_atomic(out_dir / MANIFEST, manifest, protect=(source,))

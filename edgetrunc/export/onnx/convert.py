@@ -1,0 +1,103 @@
+"""ONNX export in fp32 (tf2onnx) and int8 (QDQ, `export.onnx.quantize`): `export_onnx`.
+
+tf2onnx emits each truncation as a `Max` and a `Min` with constant operands; the passes of
+`export.onnx.passes` rewrite them into one `Clip` per truncation and make the graph's names
+deterministic. Opsets above what tf2onnx writes come from `onnx.version_converter`.
+`set_onnx_metadata` writes the embedded metadata into `metadata_props`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+from edgetrunc.export.onnx import passes
+from edgetrunc.export.onnx.graph import INPUT_NAME
+from edgetrunc.export.onnx.quantize import quantize_onnx
+from edgetrunc.export.tflite.convert import quiet_converter
+from edgetrunc.keras.precision import float32_model
+from edgetrunc.keras.truncations import find_truncations
+from edgetrunc.runtime.metadata import onnx_props
+
+ONNX_PRECISIONS = ("fp32", "int8")
+OPSETS = range(13, 22)
+INT8_MAX_OPSET = 20
+TF2ONNX_MAX_OPSET = 18  # tf2onnx 1.17 writes up to 18; newer opsets via onnx.version_converter
+
+
+def check_opset(opset, precision="fp32"):
+    """Raise InputError unless `opset` is an opset the exporter writes for `precision`."""
+    if not isinstance(opset, (int, np.integer)) or int(opset) not in OPSETS:
+        raise InputError(f"opset: {opset!r}; expected an ONNX opset from {OPSETS[0]} to {OPSETS[-1]}")
+    if precision == "int8" and int(opset) > INT8_MAX_OPSET:
+        raise InputError(f"opset: int8 ONNX at opset {opset} does not load in onnxruntime "
+                         f"(its QDQ optimizer rejects the opset-21 QuantizeLinear); expected "
+                         f"an opset from {OPSETS[0]} to {INT8_MAX_OPSET} for int8")
+
+
+def _from_keras(model, opset, nchw):
+    """tf2onnx's ModelProto of `model` (one image input "input", free batch size)."""
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    if len(model.inputs) != 1:
+        raise InputError(f"{model.name}: {len(model.inputs)} inputs; expected one image input")
+    shape = tuple(model.inputs[0].shape)
+    spec = tf.TensorSpec((None,) + tuple(shape[1:]), tf.float32, name=INPUT_NAME)
+    if isinstance(model, keras.Sequential):  # tf2onnx cannot trace a Keras 3 Sequential
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    try:
+        with quiet_converter():
+            proto, _ = tf2onnx.convert.from_keras(
+                model, input_signature=[spec], opset=min(int(opset), TF2ONNX_MAX_OPSET),
+                inputs_as_nchw=[INPUT_NAME] if nchw else None)
+    except Exception as exc:
+        raise InputError(f"{model.name}: tf2onnx could not convert the model ({exc})".splitlines()[0]) from None
+    return proto
+
+
+def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
+                int8_mode="truncation-aware"):
+    """Convert a Keras model to an `onnx.ModelProto` (input "input", dynamic batch).
+
+    Args:
+        model: a `keras.Model` with one image input `[N, H, W, C]`.
+        precision: "fp32" or "int8" (QDQ, truncation-aware; needs `calibration`).
+        opset: ONNX opset, 13..21. Defaults to 17.
+        nchw: input as `[N, C, H, W]` instead of NHWC.
+        calibration: int8 only, float32 inputs `[N, H, W, C]` (NHWC whatever `nchw` is).
+        int8_mode: "truncation-aware" (default) or "stock" (onnxruntime's defaults: every
+            node quantized, calibrated ranges; for comparison).
+    """
+    import onnx
+
+    if precision not in ONNX_PRECISIONS:
+        raise InputError(f"precision: unknown ONNX precision {precision!r}; expected one of "
+                         f"{', '.join(ONNX_PRECISIONS)}")
+    check_opset(opset, precision)
+    model = float32_model(model)
+    proto = _from_keras(model, opset, nchw)
+    truncations = find_truncations(model)
+    passes.run_passes(proto, passes.FP32_PASSES, passes.PassContext(truncations))
+    proto.producer_name = "edgetrunc"
+    onnx.checker.check_model(proto, full_check=True)
+    if precision == "int8":
+        proto = quantize_onnx(proto, truncations, calibration, nchw, int8_mode)
+    if int(opset) > TF2ONNX_MAX_OPSET:
+        from onnx import version_converter
+
+        proto = version_converter.convert_version(proto, int(opset))
+        onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def set_onnx_metadata(model, payload: dict) -> None:
+    """Store `payload` (`runtime.metadata.artifact_metadata`) in `metadata_props`."""
+    existing = {p.key: p for p in model.metadata_props}
+    for key, text in onnx_props(payload).items():
+        if key in existing:
+            existing[key].value = text
+        else:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, text

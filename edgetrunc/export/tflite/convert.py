@@ -1,0 +1,184 @@
+"""TFLite export in fp32, fp16 and int8 (`export_tflite`), and quieting the converters.
+
+fp32 and fp16 come straight from `TFLiteConverter.from_keras_model` with builtin ops only
+(a layer that needs a TensorFlow op fails here, naming the layer and the op). int8 is
+*truncation-aware*: the model is calibrated, the calibrated range of each truncation's
+producer and outputs is set to exactly `[lower, upper]`, every op before the first
+truncation stays float (fixed high-pass filters stay exact and the +-1 stego residual is
+never rounded away), the convolutions after it are quantized to int8 (cheap elementwise
+ops, activations and the classifier tail stay float: `INT8_FLOAT_TYPES`), and the
+MINIMUM/MAXIMUM pair of each truncation is removed: int8 saturation at the producer's output
+performs the clip (to within half a quantization step, (upper - lower) / 510). The float
+one-channel convolutions of the front end are packed 4 pixels per channel for XNNPACK, and
+ops XNNPACK cannot run in int8 run in float inside the same delegate partition. The steps
+are the passes of `export.tflite.passes`, run in the order of its lists.
+`int8_mode="stock"` gives the converter's plain full-integer model for comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+import numpy as np
+
+from edgetrunc import _log
+from edgetrunc.errors import InputError, first_line
+from edgetrunc.export.tflite import graph as tg
+from edgetrunc.export.tflite import passes
+from edgetrunc.keras.precision import float32_model
+from edgetrunc.keras.truncations import find_truncations
+from edgetrunc.runtime.metadata import tflite_metadata_bytes
+
+TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
+INT8_MODES = ("truncation-aware", "stock")
+
+
+@contextlib.contextmanager
+def quiet_converter(log=None):
+    """Keep converter chatter ('Saved artifact at', signatures, native prints) off the
+    terminal; native diagnostics are collected into `log` when given."""
+    import logging
+    import warnings
+
+    log = [] if log is None else log
+    with contextlib.redirect_stdout(io.StringIO()), _log.native_output_captured(log), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loggers = [logging.getLogger(n) for n in ("absl", "tensorflow", "tf2onnx", "")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _unsupported_op_error(text, model) -> InputError:
+    ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither", text)))
+    if not ops:
+        listed = re.findall(r"(?:Custom|Flex|Select TensorFlow) ops: ([\w, ]+)", text)
+        ops = sorted({op.strip() for line in listed for op in line.split(",") if op.strip()})
+    ops = ops or ["unknown"]
+    layer_names = [layer.name for layer in getattr(model, "layers", [])]
+    nodes = re.findall(r"(?:node |loc\(fused\[|\")([\w./-]+)", text)
+    layer = next((n for node in nodes for n in layer_names
+                  if re.search(rf"(?:^|/){re.escape(n)}(?:_\d+)?/", node)), None)
+    where = f"layer '{layer}'" if layer else "a layer"
+    return InputError(
+        f"{getattr(model, 'name', 'model')}: {where} uses TensorFlow op(s) "
+        f"{', '.join(ops)} with no TFLite builtin equivalent; expected builtin ops only")
+
+
+def _convert(converter, model, int8_only=False) -> bytes:
+    import tensorflow as tf
+
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if int8_only else tf.lite.OpsSet.TFLITE_BUILTINS]
+    log = []
+    try:
+        with quiet_converter(log):
+            return bytes(converter.convert())
+    except Exception as exc:  # converter errors are ConverterError / various
+        text = f"{exc}\n{''.join(log)}"
+        if re.search(r"custom op|flex op|Select TensorFlow op|not supported", text, re.I):
+            raise _unsupported_op_error(text, model) from None
+        raise InputError(f"{getattr(model, 'name', 'model')}: TFLite conversion failed "
+                         f"({first_line(exc)})") from None
+
+
+def _calibration_batches(calibration, model):
+    if calibration is None:
+        raise InputError("calibration: int8 export needs calibration images; expected an array "
+                         "[N, H, W, C] of model inputs")
+    x = np.asarray(calibration, dtype=np.float32)
+    expected = tuple(model.inputs[0].shape[1:])
+    if x.ndim != 4 or len(expected) != 3 or any(
+            d is not None and int(d) != n for d, n in zip(expected, x.shape[1:])):
+        raise InputError(f"calibration: shape {x.shape}; expected [N, {', '.join(map(str, expected))}]")
+    if len(x) == 0:
+        raise InputError("calibration: no images")
+
+    def dataset():
+        for i in range(len(x)):
+            yield [x[i:i + 1]]
+
+    return dataset
+
+
+def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
+                  int8_mode="truncation-aware", keep_float=None, float_types=None,
+                  pack_front_end=None) -> bytes:
+    """Convert a Keras model to TFLite bytes (builtin ops only).
+
+    Args:
+        model: a `keras.Model`.
+        precision: "fp32", "fp16" (fp16 weights, fp32 compute) or "int8".
+        calibration: int8 only, float32 inputs `[N, H, W, C]` for the activation ranges.
+        int8_io: int8 only, int8 input and output tensors instead of float ones.
+        int8_mode: "truncation-aware" (default, see the module docstring) or "stock" (the
+            converter's full-integer quantization, MINIMUM/MAXIMUM kept).
+        keep_float: int8 only, single-input op types run in float between DEQUANTIZE and
+            QUANTIZE (default `INT8_KEEP_FLOAT`: those XNNPACK cannot run in int8).
+        float_types: int8 only, op types left unquantized after the truncation (default
+            `INT8_FLOAT_TYPES`).
+        pack_front_end: rewrite float one-channel convolutions into a 4-pixels-per-channel
+            layout (see `pack_single_channel_convs`); default on for truncation-aware int8,
+            whose front end is float, off for fp32/fp16 (which stay a literal translation).
+    """
+    import tensorflow as tf
+
+    if precision not in TFLITE_PRECISIONS:
+        raise InputError(f"precision: unknown TFLite precision {precision!r}; expected one of "
+                         f"{', '.join(TFLITE_PRECISIONS)}")
+    if int8_mode not in INT8_MODES:
+        raise InputError(f"int8_mode: {int8_mode!r}; expected one of {', '.join(INT8_MODES)}")
+    model = float32_model(model)
+    context = passes.PassContext(
+        find_truncations(model), pack_front_end=bool(pack_front_end),
+        keep_float=passes.INT8_KEEP_FLOAT if keep_float is None else tuple(keep_float),
+        float_types=passes.INT8_FLOAT_TYPES if float_types is None else tuple(float_types))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if precision == "fp32":
+        return passes.run_passes(_convert(converter, model), passes.FP32_PASSES, context)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+        fp16 = _convert(converter, model)
+        context.fp32_reference = _convert(tf.lite.TFLiteConverter.from_keras_model(model), model)
+        return passes.run_passes(fp16, passes.FP16_PASSES, context)
+    converter.representative_dataset = _calibration_batches(calibration, model)
+    if int8_mode == "stock":
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        return _convert(converter, model, int8_only=True)
+    context.pack_front_end = True if pack_front_end is None else bool(pack_front_end)
+    return _truncation_aware_int8(converter, model, int8_io, context)
+
+
+def _truncation_aware_int8(converter, model, int8_io, context) -> bytes:
+    """Calibrate, run `INT8_CALIBRATED_PASSES`, quantize, run `INT8_QUANTIZED_PASSES`."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert
+
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True
+    calibrated = passes.run_passes(_convert(converter, model), passes.INT8_CALIBRATED_PASSES,
+                                   context)
+    io_type = tf.int8 if int8_io else tf.float32
+    with quiet_converter():
+        quantized = tflite_convert.mlir_quantize(
+            calibrated, fully_quantize=bool(int8_io), input_data_type=io_type,
+            output_data_type=io_type, denylisted_nodes=context.denylisted or None)
+    return passes.run_passes(bytes(quantized), passes.INT8_QUANTIZED_PASSES, context)
+
+
+def embed_tflite_metadata(content: bytes, payload: dict) -> bytes:
+    """`content` with `payload` (`runtime.metadata.artifact_metadata`) in its metadata."""
+    model_t = tg.read_model(content)
+    tg.set_metadata(model_t, tflite_metadata_bytes(payload))
+    return tg.write_model(model_t)

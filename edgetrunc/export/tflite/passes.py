@@ -1,0 +1,343 @@
+"""The TFLite rewrites: each one a pass over a model, run in the order the lists below give.
+
+As in tf2onnx's optimizer list, each pipeline reads top to bottom:
+
+- `FP32_PASSES`: `pack_front_end` (only when asked: fp32 stays a literal translation).
+- `FP16_PASSES`: `exact_fp16_front_end` (fp32 values for the truncation bounds and the
+  weights before the first truncation), then `pack_front_end` when asked.
+- truncation-aware int8, around the converter's quantizer: `INT8_CALIBRATED_PASSES` on the
+  calibrated float model (`pin_truncation_ranges`: the range of each truncation's tensors
+  is exactly `[lower, upper]`; `mark_float_ops`: what the quantizer leaves float), then
+  `INT8_QUANTIZED_PASSES` on the quantized one (`saturate_truncations`: int8 saturation
+  performs the clip, MINIMUM/MAXIMUM removed; `float_islands`; `pack_front_end`).
+
+A pass is `pass_(model_t, context) -> bool`: it edits the `ModelT` in place and says whether
+it changed it. `run_passes` reads the flatbuffer once, runs a list and writes it back only
+when a pass changed it. `PassContext` holds what passes read (the truncations, options, the
+fp32 twin of an fp16 model) and what `mark_float_ops` leaves for the quantizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+from edgetrunc.export.candidates import layer_hints, match_clips
+from edgetrunc.export.tflite import graph as tg
+
+# Ops that XNNPACK runs in float but not in signed int8: kept float (between DEQUANTIZE and
+# QUANTIZE, which XNNPACK does run) so the whole graph stays in as few partitions as possible.
+INT8_KEEP_FLOAT = ("AVERAGE_POOL_2D", "SOFTMAX")
+# Ops left in float after the truncation: elementwise MUL/ADD, i.e. an unfolded batch norm,
+# which scales each channel by a very different factor that one per-tensor int8 scale
+# cannot hold. With them float, decision agreement with Keras on a trained tlunet went from
+# 0.95 to 0.99-1.0; everything else after the truncation (convolutions, TANH lookup tables,
+# pooling, the classifier) is int8.
+INT8_FLOAT_TYPES = ("MUL", "ADD")
+PACK = 4
+
+
+@dataclass
+class PassContext:
+    """What the passes of one export read, and what `mark_float_ops` leaves for the quantizer.
+
+    `fp32_reference`: the fp32 TFLite bytes of the same model (fp16 only). `denylisted`:
+    output tensor names of the ops the quantizer must leave float.
+    """
+
+    truncations: list
+    keep_float: tuple = INT8_KEEP_FLOAT
+    float_types: tuple = INT8_FLOAT_TYPES
+    pack_front_end: bool = False
+    fp32_reference: bytes | None = None
+    denylisted: list = field(default_factory=list)
+
+
+def run_passes(content: bytes, passes, context: PassContext) -> bytes:
+    """Run `passes` in order over the model `content`; the same bytes when none changed it."""
+    model_t = tg.read_model(content)
+    changed = False
+    for rewrite in passes:
+        changed = bool(rewrite(model_t, context)) or changed
+    return tg.write_model(model_t) if changed else content
+
+
+def _front_end_ops(graph, candidates, matches):
+    """Ops before the first truncation: ancestors of a truncation's input, none downstream."""
+    truncation_ops = {i for c in candidates if c.kind == "minmax" for i in c.ops}
+    downstream = set()
+    for index, op in enumerate(graph.g.operators):
+        if index in truncation_ops or any(graph.producer.get(int(i)) in downstream | truncation_ops
+                                          for i in op.inputs if i >= 0):
+            downstream.add(index)
+    front = set()
+    for index in matches:
+        if index is not None and candidates[index].kind == "minmax":
+            front |= graph.ancestors(candidates[index].input)
+        elif index is not None:  # a fused clip: its op belongs to the truncation
+            (op,) = candidates[index].ops
+            front |= {a for t in graph.g.operators[op].inputs if t >= 0
+                      for a in graph.ancestors(int(t))}
+    return front - downstream
+
+
+def exact_fp16_front_end(model_t, context: PassContext) -> bool:
+    """fp16 weights everywhere except where they break exactness: each truncation's bounds
+    (fp16 would round T = 1.7 to 1.7002) and the weights of every op before the first
+    truncation (the KV filter's 1/12 steps are not fp16 numbers; their rounding leaves a DC
+    gain that swamps a +-1 stego residual) are stored as the fp32 values."""
+    graph = tg.Graph(model_t)
+    reference = tg.Graph(tg.read_model(context.fp32_reference))
+    compute = [i for i, op in enumerate(graph.g.operators) if graph.op_name(op) != "DEQUANTIZE"]
+    twins = {}
+    if [graph.op_name(graph.g.operators[i]) for i in compute] == [
+            reference.op_name(op) for op in reference.g.operators]:
+        twins = dict(zip(compute, reference.g.operators))
+    truncations = context.truncations
+    candidates = [c for c in graph.clip_candidates() if c.kind == "minmax"]
+    atol = max([1e-3 * max(1.0, abs(t["lower"]), abs(t["upper"])) for t in truncations] or [0])
+    matches = match_clips(truncations, candidates, atol=atol)
+    replacements = []
+    for index in sorted(_front_end_ops(graph, candidates, matches)):
+        twin = twins.get(index)
+        if twin is None:
+            continue
+        for position, tensor in enumerate(graph.g.operators[index].inputs):
+            producer = graph.producer.get(int(tensor))
+            if producer is None or graph.op_name(graph.g.operators[producer]) != "DEQUANTIZE":
+                continue
+            exact = reference.constant(int(twin.inputs[position]))
+            if exact is not None:
+                replacements.append((int(tensor), exact))
+    for t, index in zip(truncations, matches):
+        if index is not None:
+            for op_name, tensor in candidates[index].bound_tensors.items():
+                replacements.append((tensor, t["lower"] if op_name == "MAXIMUM" else t["upper"]))
+    for tensor, value in replacements:
+        graph.set_float32_constant(tensor, value)
+    return bool(replacements)
+
+
+def pin_truncation_ranges(model_t, context: PassContext) -> bool:
+    """Set the calibrated range of each truncation's input and outputs to `[lower, upper]`."""
+    graph = tg.Graph(model_t)
+    candidates = graph.clip_candidates()
+    for t, index in zip(context.truncations, match_clips(context.truncations, candidates)):
+        if index is None:
+            raise InputError(f"{t['layer']}: no MAXIMUM/MINIMUM pair (or fused clip activation) "
+                             f"with bounds [{t['lower']:g}, {t['upper']:g}] in the converted graph")
+        c = candidates[index]
+        tensors = [graph.g.operators[i].outputs[0] for i in c.ops]
+        if c.input is not None:
+            tensors.append(c.input)
+        for tensor in tensors:
+            if graph.g.tensors[tensor].quantization is None:
+                graph.g.tensors[tensor].quantization = tg.quantization_parameters()
+            q = graph.g.tensors[tensor].quantization
+            q.min, q.max = [float(t["lower"])], [float(t["upper"])]
+    return bool(context.truncations)
+
+
+def mark_float_ops(model_t, context: PassContext) -> bool:
+    """Name, in `context.denylisted`, the ops the quantizer leaves float: every op before the
+    first truncation and the `float_types` ones after it. Changes nothing."""
+    graph = tg.Graph(model_t)
+    candidates = graph.clip_candidates()
+    matches = match_clips(context.truncations, candidates)
+    truncation_ops = {i for c in candidates if c.kind == "minmax" for i in c.ops}
+    float_ops = _front_end_ops(graph, candidates, matches)
+    float_ops |= {i for i, op in enumerate(graph.g.operators)
+                  if graph.op_name(op) in context.float_types and i not in truncation_ops}
+    context.denylisted = [graph.tensor_name(graph.g.operators[i].outputs[0])
+                          for i in sorted(float_ops)]
+    return False
+
+
+def saturate_truncations(model_t, context: PassContext) -> bool:
+    """Delete each truncation's MAXIMUM/MINIMUM; its producer's int8 saturation clips."""
+    graph = tg.Graph(model_t)
+    removed = False
+    for t in context.truncations:
+        candidates = graph.clip_candidates()
+        atol = (t["upper"] - t["lower"]) / 255
+        (index,) = match_clips([t], candidates, atol=atol)
+        if index is None:
+            index = _stacked_clip(graph, candidates, t, context.truncations, atol)
+        if index is None:
+            raise InputError(f"{t['layer']}: truncation ops not found after quantization")
+        c = candidates[index]
+        if c.kind != "minmax":
+            continue  # a fused activation clips at the producer's requantization already
+        source, clipped = int(c.input), int(c.output)
+        if len(graph.consumers.get(source, [])) != 1 or source in set(int(i) for i in graph.g.inputs):
+            continue  # the unclipped tensor is read elsewhere: keep the clip ops
+        src, dst = graph.g.tensors[source], graph.g.tensors[clipped]
+        if dst.type != src.type or graph.producer.get(source) is None:
+            continue
+        src.quantization = dst.quantization
+        src.name = f"{graph.tensor_name(source)};{tg.SATURATION_MARK}/{t['layer']}"
+        graph.remove_ops(c.ops, {clipped: source})
+        removed = True
+    return removed
+
+
+def _stacked_clip(graph, candidates, t, truncations, atol):
+    """The candidate of truncation `t` when a narrower clip follows it directly.
+
+    The quantizer gives the tensor between two stacked truncations the range of the second,
+    so the first one's bounds are stored in that narrower int8 range: it then clips to the
+    intersection of its bounds and that range, which is what the pair computes in float too.
+    Only a candidate named after `t` is considered.
+    """
+    for index, c in enumerate(candidates):
+        if c.kind != "minmax" or t["layer"] not in layer_hints(c.names, truncations):
+            continue
+        q = graph.g.tensors[int(c.output)].quantization
+        if q is None or q.scale is None or len(q.scale) != 1:
+            continue
+        low = (-128 - int(q.zeroPoint[0])) * float(q.scale[0])
+        high = (127 - int(q.zeroPoint[0])) * float(q.scale[0])
+        lower, upper = max(t["lower"], low), min(t["upper"], high)
+        if lower < upper and abs(c.lower - lower) <= atol and abs(c.upper - upper) <= atol:
+            return index
+    return None
+
+
+def float_islands(model_t, context: PassContext) -> bool:
+    """Run each single-input int8 op of a `keep_float` type in float: DEQUANTIZE -> op -> QUANTIZE.
+
+    XNNPACK runs AVERAGE_POOL_2D and SOFTMAX in float but not in signed int8; in float they
+    stay inside the delegate instead of splitting the graph.
+    """
+    if not context.keep_float:
+        return False
+    graph = tg.Graph(model_t)
+    codes = len(model_t.operatorCodes)
+    int8 = tg.schema_module().TensorType.INT8
+    dequantize = tg.opcode_index(model_t, "DEQUANTIZE")
+    quantize = tg.opcode_index(model_t, "QUANTIZE")
+    moved, operators = 0, []
+    for op in graph.g.operators:
+        variable = [int(t) for t in op.inputs if t >= 0 and graph.constant(int(t)) is None]
+        if (graph.op_name(op) not in context.keep_float or len(variable) != 1
+                or len(op.outputs) != 1 or graph.g.tensors[variable[0]].type != int8
+                or graph.g.tensors[int(op.outputs[0])].type != int8):
+            operators.append(op)
+            continue
+        source, target = variable[0], int(op.outputs[0])
+        source_f = tg.float_twin(graph, source, "dequantized")
+        target_f = tg.float_twin(graph, target, "float")
+        op.inputs = np.array([source_f if int(t) == source else int(t) for t in op.inputs], np.int32)
+        op.outputs = np.array([target_f], np.int32)
+        operators += [tg.new_op(dequantize, [source], [source_f]), op,
+                      tg.new_op(quantize, [target_f], [target])]
+        moved += 1
+    graph.g.operators = operators
+    dropped = _drop_requantize_pairs(tg.Graph(model_t), quantize, dequantize)
+    return bool(moved or dropped or len(model_t.operatorCodes) != codes)
+
+
+def _drop_requantize_pairs(graph, quantize, dequantize) -> bool:
+    """Remove QUANTIZE -> DEQUANTIZE round trips (float -> int8 -> float) that nothing else reads."""
+    drop, replace = set(), {}
+    for i, op in enumerate(graph.g.operators):
+        if op.opcodeIndex != quantize:
+            continue
+        q_out = int(op.outputs[0])
+        readers = graph.consumers.get(q_out, [])
+        if (q_out in set(int(t) for t in graph.g.outputs) or len(readers) != 1
+                or tg.SATURATION_MARK in graph.tensor_name(q_out)):
+            continue  # a truncation's saturating QUANTIZE is the clip itself
+        reader = graph.g.operators[readers[0]]
+        if reader.opcodeIndex != dequantize:
+            continue
+        drop |= {i, readers[0]}
+        replace[int(reader.outputs[0])] = int(op.inputs[0])
+    if drop:
+        graph.remove_ops(drop, replace)
+    return bool(drop)
+
+
+def pack_front_end(model_t, context: PassContext) -> bool:
+    """When `context.pack_front_end`: pack every float one-channel convolution 4 pixels per
+    channel (see `pack_single_channel_convs`)."""
+    if not context.pack_front_end:
+        return False
+    return pack_single_channel_convs(model_t, range(len(model_t.subgraphs[0].operators))) > 0
+
+
+def _packable(graph, op) -> bool:
+    schema = tg.schema_module()
+    xt, wt = graph.g.tensors[int(op.inputs[0])], graph.g.tensors[int(op.inputs[1])]
+    options = op.builtinOptions
+    shape = [int(d) for d in xt.shape] if xt.shape is not None else []
+    return not (graph.constant(int(op.inputs[1])) is None
+                or int(wt.type) != schema.TensorType.FLOAT32 or int(xt.type) != 0
+                or len(shape) != 4 or shape[3] != 1 or shape[2] % PACK
+                or options.padding != schema.Padding.SAME or options.strideW != 1
+                or options.strideH != 1 or options.dilationWFactor != 1
+                or options.dilationHFactor != 1)
+
+
+def _packed_kernel(kernel, c_out, kh, kw):
+    """`[Cout, kh, kw]` taps -> `[PACK * Cout, kh, 2 * cells + 1, PACK]` over packed pixels."""
+    reach = kw // 2
+    cells = -(-reach // PACK)
+    packed = np.zeros((PACK * c_out, kh, 2 * cells + 1, PACK), np.float32)
+    for j in range(PACK):
+        for dx in range(-cells, cells + 1):
+            for i in range(PACK):
+                column = PACK * dx + i - j + reach
+                if 0 <= column < kw:
+                    packed[j * c_out:(j + 1) * c_out, :, dx + cells, i] = kernel[:, :, column]
+    return packed
+
+
+def pack_single_channel_convs(model_t, op_indices) -> int:
+    """Rewrite each float CONV_2D (one input channel, stride 1, SAME, W divisible by 4) among
+    `op_indices` into RESHAPE -> CONV_2D -> RESHAPE over 4 adjacent pixels packed into
+    channels: `[N, H, W, 1]` becomes `[N, H, W/4, 4]`, a 5x5 kernel becomes 5x3 with 4 input
+    and 4*Cout output channels (zero taps where a pixel is out of reach), and the output is
+    reshaped back to `[N, H, W, Cout]` under its original name. The sums are the same
+    products plus exact zeros; XNNPACK runs the packed form 2-3x faster because one channel
+    wastes its vector lanes. Returns the number of convolutions rewritten."""
+    float32 = tg.schema_module().TensorType.FLOAT32
+    graph = tg.Graph(model_t)
+    chosen = set(op_indices)
+    operators, packed = [], 0
+    for index, op in enumerate(graph.g.operators):
+        if index not in chosen or graph.op_name(op) != "CONV_2D" or not _packable(graph, op):
+            operators.append(op)
+            continue
+        x, w = int(op.inputs[0]), int(op.inputs[1])
+        bias = int(op.inputs[2]) if len(op.inputs) > 2 else -1
+        c_out, kh, kw, _ = (int(d) for d in graph.g.tensors[w].shape)
+        kernel = graph.constant(w).reshape(c_out, kh, kw).astype(np.float32)
+        name = graph.tensor_name(int(op.outputs[0]))
+        _, h, width, _ = (int(d) for d in graph.g.tensors[x].shape)
+        x_packed = tg.activation_tensor(graph, f"{name}/packed_input", [1, h, width // PACK, PACK])
+        y_packed = tg.activation_tensor(graph, f"{name}/packed", [1, h, width // PACK, PACK * c_out])
+        inputs = [x_packed, tg.const_tensor(graph, f"{name}/packed_kernel",
+                                            _packed_kernel(kernel, c_out, kh, kw), float32)]
+        if bias >= 0:
+            values = graph.constant(bias)
+            values = np.zeros(c_out) if values is None else values
+            inputs.append(tg.const_tensor(graph, f"{name}/packed_bias",
+                                          np.tile(values.astype(np.float32), PACK), float32))
+        y = int(op.outputs[0])
+        op.inputs = np.array(inputs, np.int32)
+        op.outputs = np.array([y_packed], np.int32)
+        operators += [tg.reshape_op(graph, x, x_packed, [-1, h, width // PACK, PACK], f"{name}/pack"),
+                      op,
+                      tg.reshape_op(graph, y_packed, y, [-1, h, width, c_out], f"{name}/unpack")]
+        packed += 1
+    graph.g.operators = operators
+    return packed
+
+
+FP32_PASSES = [pack_front_end]
+FP16_PASSES = [exact_fp16_front_end, pack_front_end]
+INT8_CALIBRATED_PASSES = [pin_truncation_ranges, mark_float_ops]
+INT8_QUANTIZED_PASSES = [saturate_truncations, float_islands, pack_front_end]

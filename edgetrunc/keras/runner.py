@@ -1,0 +1,170 @@
+"""The one batched Keras predictor: `KerasRunner` and `predict_probability` (imports TensorFlow).
+
+`KerasRunner` follows `edgetrunc.runtime.BaseRunner`: created from a `.keras` path (or a
+loaded model), `infer(batch)` runs a compiled `tf.function` of the model in inference mode,
+`batch_size` images at a time, and returns `{output name: float32}`, so every runtime helper
+(`score_batch`, the parity comparator) takes it like an artifact runner. `layer_outputs(batch)`
+returns the output of every layer in graph order, for the per-layer comparison.
+`predict_probability(model, x)` is the stego probability `[N]` of an in-memory model, for
+training, evaluation and conversion. The compiled function is kept on the model, so calling
+either again does not trace again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+from edgetrunc.keras.activation import layer_name_of, output_activation
+from edgetrunc.metrics import stego_probability
+from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
+
+DEFAULT_BATCH_SIZE = 16
+
+
+def compiled_inference(model):
+    """`model(x, training=False)` as a `tf.function`, made once per model and kept on it."""
+    infer = getattr(model, "_edgetrunc_infer", None)
+    if infer is None:
+        import tensorflow as tf
+
+        infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        model._edgetrunc_infer = infer
+    return infer
+
+
+def predict_outputs(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> list:
+    """Every output of `model` on `x` (inference mode), `batch_size` inputs at a time.
+
+    Returns one float32 array per model output, the batches concatenated.
+    """
+    infer = compiled_inference(model)
+    parts = []
+    for start in range(0, len(x), int(batch_size)):
+        out = infer(np.asarray(x[start:start + int(batch_size)], np.float32))
+        out = out if isinstance(out, (list, tuple)) else [out]
+        parts.append([np.asarray(o, dtype=np.float32) for o in out])
+    if not parts:
+        return [np.zeros((0, *(int(d or 0) for d in t.shape[1:])), np.float32) for t in model.outputs]
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def predict_probability(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+                        activation: str | None = None) -> np.ndarray:
+    """Stego probability `[N]` (float64) of `x` under `model` in inference mode.
+
+    Batch norm runs on its running statistics. Each batch of the first output goes through
+    `edgetrunc.metrics.stego_probability` with the model's last activation (`activation`,
+    default `output_activation(model)`), so logits and one-column outputs are handled as
+    everywhere else.
+    """
+    activation = activation or output_activation(model)
+    infer = compiled_inference(model)
+    parts = []
+    for start in range(0, len(x), int(batch_size)):
+        out = infer(np.asarray(x[start:start + int(batch_size)], np.float32))
+        first = out[0] if isinstance(out, (list, tuple)) else out
+        parts.append(stego_probability(np.asarray(first), activation))
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float64)
+
+
+class KerasRunner(BaseRunner):
+    """Run a Keras model with a compiled `tf.function` on float32 NHWC batches.
+
+    Args:
+        path_or_model: a `.keras` path or a `keras.Model`.
+        threads: kept for the runner interface; TensorFlow's thread pools are process-wide
+            and are not changed here.
+        batch_size: images per call of the compiled function (default 16).
+    """
+
+    format = "keras"
+
+    def __init__(self, path_or_model, threads: int | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE):
+        self._model = None if isinstance(path_or_model, (str, Path)) else path_or_model
+        self.batch_size = int(batch_size)
+        self._layer_model = None
+        path = path_or_model if self._model is None else f"<memory>/{path_or_model.name}.keras"
+        super().__init__(path, threads)
+
+    def _source_path(self, path) -> Path:
+        if self._model is not None or Path(path).is_dir():  # a SavedModel folder: load_model says what to do
+            return Path(path)
+        return super()._source_path(path)
+
+    @property
+    def model(self):
+        return self._model
+
+    def _load_impl(self):
+        import keras
+        import tensorflow as tf
+
+        if self._model is None:
+            from edgetrunc.keras.load import load_model
+
+            self._model = load_model(self.path)
+        model = self._model
+        if len(model.inputs) != 1:
+            raise InputError(f"{self.path}: expected a model with one input; it has {len(model.inputs)}")
+        names = [getattr(t, "name", f"output_{i}").split(":")[0] for i, t in enumerate(model.outputs)]
+        self._output_names = [layer_name_of(t, model) or name for t, name in zip(model.outputs, names)]
+        shape = tuple(None if d is None else int(d) for d in model.inputs[0].shape)
+        self._meta = RunnerMetadata(
+            path=str(self.path), format="keras", precision="fp32",
+            inputs=[TensorInfo(name=model.inputs[0].name, shape=shape, dtype="float32")],
+            outputs=[TensorInfo(name=n, shape=tuple(None if d is None else int(d) for d in t.shape),
+                                dtype="float32") for n, t in zip(self._output_names, model.outputs)],
+            layout="NHWC", backend=f"keras {keras.__version__} / tensorflow {tf.__version__}",
+            threads=self.threads, output_activation=output_activation(model),
+            layers=len(model.layers))
+
+    def _infer_impl(self, batch: np.ndarray) -> dict:
+        outputs = predict_outputs(self._model, batch, self.batch_size)
+        return dict(zip(self._output_names, outputs))
+
+    def layer_outputs(self, batch: np.ndarray) -> dict:
+        """`{layer name: float32 output}` of every layer with one output tensor, in graph order."""
+        import keras
+
+        if self._layer_model is None:
+            layers, outputs = [], []
+            for layer in self._model.layers:
+                try:
+                    out = layer.output
+                except (AttributeError, ValueError):
+                    continue
+                if isinstance(out, (list, tuple)):
+                    continue
+                layers.append(layer.name)
+                outputs.append(out)
+            self._layer_names = layers
+            self._layer_model = keras.Model(self._model.inputs[0], outputs)
+        outputs = predict_outputs(self._layer_model, batch, self.batch_size)
+        return dict(zip(self._layer_names, outputs))
+
+    def single_inbound(self) -> dict:
+        """`{layer name: its only inbound layer}` for the layers with exactly one inbound layer."""
+        inbound = {}
+        for layer in self._model.layers:
+            nodes = getattr(layer, "_inbound_nodes", [])
+            if len(nodes) != 1:
+                continue
+            sources = {t._keras_history[0].name for t in nodes[0].input_tensors
+                       if getattr(t, "_keras_history", None) is not None}
+            if len(sources) == 1 and len(nodes[0].input_tensors) == 1:
+                inbound[layer.name] = sources.pop()
+        return inbound
+
+    def replay(self, layer_names: list, value: np.ndarray):
+        """Run the named layers, in order, on `value` (inference mode); None if a layer refuses it."""
+        out = value
+        try:
+            for name in layer_names:
+                out = self._model.get_layer(name)(out, training=False)
+        except (ValueError, TypeError, KeyError):
+            return None
+        return np.asarray(out, dtype=np.float32)

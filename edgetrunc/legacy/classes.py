@@ -1,0 +1,308 @@
+"""Layer classes Keras 3 cannot build, and the ones that become `Truncation` in the config.
+
+`map_config_layers` rewrites a model config before loading: tf.keras 2 op layers that are
+exact clips (`tf.clip_by_value`, `tf.minimum(tf.maximum(...))` fused into one layer) and
+layers of user classes named with `parse_truncation_classes` become `Truncation` entries
+(`MappedLayer` says which and why); any other class Keras 3 does not know raises
+`UnknownLayerClass` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+from edgetrunc.errors import InputError
+from edgetrunc.legacy.config import config_dicts
+
+TRUNCATION_CONFIG_KEYS = ("threshold", "T", "t", "thresh", "truncation", "clip_value", "limit",
+                          "bound", "value")
+MODEL_CLASSES = ("Functional", "Model", "Sequential")
+TF_OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
+
+
+@dataclasses.dataclass
+class MappedLayer:
+    """A layer Keras 3 cannot build, replaced in the config by a `Truncation`."""
+
+    layer: str
+    source: str
+    lower: float
+    upper: float
+    gradient: str
+    note: str
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "verdict": "mapped", "source": self.source,
+                "lower": self.lower, "upper": self.upper, "gradient": self.gradient,
+                "exact": None, "max_probe_error": None, "max_probe_error_at": None,
+                "nonfinite": None, "note": self.note, "replaced": True}
+
+
+class UnknownLayerClass(InputError):
+    """Layers whose class Keras 3 cannot build; `layers` lists `(name, class)`."""
+
+    def __init__(self, layers):
+        self.layers = layers
+        name, class_name = layers[0]
+        more = f" (and {len(layers) - 1} more)" if len(layers) > 1 else ""
+        if class_name.startswith("TFOpLambda"):
+            what = (f"layer '{name}'{more} is a tf.keras 2 op layer ({class_name[11:]}), "
+                    "which Keras 3 cannot rebuild (only tf.clip_by_value and tf.minimum/"
+                    "tf.maximum clips are mapped); rewrite it as a Keras layer and re-save")
+        else:
+            what = (f"layer '{name}'{more} is of class '{class_name}', which Keras 3 does not "
+                    "know (a class of the code that saved the file; its code is not in the "
+                    f"file); if it is a truncation (clip to [-T, T]) give --truncation-class "
+                    f"{class_name.rsplit('>', 1)[-1]} to edgetrunc migrate, otherwise load it "
+                    "where the class is importable")
+        super().__init__(what)
+
+
+def parse_truncation_classes(items) -> dict:
+    """`["TLU", "Clip=2.5"]` -> `{"TLU": None, "Clip": 2.5}` (a given T overrides the config)."""
+    classes = {}
+    for item in items or []:
+        name, sep, text = str(item).partition("=")
+        name = name.strip()
+        if not all(part.isidentifier() for part in name.split(">")):
+            raise InputError(f"--truncation-class {item}: expected a class name, optionally "
+                             "with its threshold, e.g. TLU or TLU=3.0")
+        threshold = None
+        if sep:
+            try:
+                threshold = float(text)
+            except ValueError:
+                threshold = math.nan
+            if not (math.isfinite(threshold) and threshold > 0):
+                raise InputError(f"--truncation-class {item}: the threshold must be a finite "
+                                 "number > 0, e.g. TLU=3.0")
+        classes[name] = threshold
+    return classes
+
+
+def map_config_layers(config, truncation_classes=None):
+    """Replace layers Keras 3 cannot build by `Truncation` where that is exact or asked for.
+
+    tf.keras 2 op layers (`TFOpLambda`) of `tf.clip_by_value(x, a, b)` and of
+    `tf.minimum(tf.maximum(x, a), b)` with constant bounds are exact clips and become
+    `Truncation(lower=a, upper=b, gradient="clip")`. A layer of a class named in
+    `truncation_classes` (`{class name: threshold or None}`) becomes a `Truncation` whose
+    bounds come from its saved config (`threshold`, `T`, `lower`/`upper`, ...) or the given
+    threshold. Any other class Keras 3 does not know raises InputError naming it.
+    Returns `(new config, [MappedLayer])`; `config` itself is not changed.
+    """
+    config = json.loads(json.dumps(config))
+    truncation_classes = dict(truncation_classes or {})
+    mapped, unknown, used = [], [], set()
+    for model_config in [d for d in config_dicts(config) if isinstance(d.get("layers"), list)]:
+        _map_model_layers(model_config, truncation_classes, mapped, unknown, used)
+    missing = sorted(set(truncation_classes) - used)
+    if missing:
+        raise InputError(f"--truncation-class {missing[0]}: no layer of class {missing[0]} in "
+                         "the model")
+    if unknown:
+        raise UnknownLayerClass(unknown)
+    return config, mapped
+
+
+def _map_model_layers(model_config, truncation_classes, mapped, unknown, used):
+    """Map the layers of one model config in place; collect what was mapped and unknown."""
+    layers = model_config["layers"]
+    index = 0
+    while index < len(layers):
+        node = layers[index]
+        index += 1
+        if not isinstance(node, dict) or not isinstance(node.get("class_name"), str):
+            continue
+        class_name, name = node["class_name"], _layer_name(node)
+        # a registered Keras 2 class is saved as "Package>Name": "Name" also matches it
+        asked = next((c for c in (class_name, class_name.rsplit(">", 1)[-1])
+                      if c in truncation_classes), None)
+        if asked is not None:
+            used.add(asked)
+            layers[index - 1], found = _map_asked_class(node, truncation_classes[asked])
+            mapped.append(found)
+        elif class_name != "TFOpLambda":
+            if not _is_known_class(node):
+                unknown.append((name, class_name))
+        else:
+            found = _map_op_layer(layers, model_config, index - 1, node)
+            if found is None:
+                unknown.append((name, f"TFOpLambda tf.{(node.get('config') or {}).get('function')}"))
+            else:
+                mapped.append(found)
+
+
+def _map_asked_class(node, threshold):
+    """`(Truncation entry, MappedLayer)` of a layer whose class the user named."""
+    class_name, name = node["class_name"], _layer_name(node)
+    saved = node.get("config") if isinstance(node.get("config"), dict) else {}
+    lower, upper, key = _bounds_from_config(class_name, name, saved, threshold)
+    return _truncation_node(node, lower, upper, "clip"), MappedLayer(
+        name, f"class {class_name}", lower, upper, "clip",
+        f"class {class_name} mapped by --truncation-class (bounds from "
+        f"{'the option' if key == 'given' else 'its config key ' + repr(key)}); "
+        "its code is not in the file, so its behaviour was not checked")
+
+
+def _map_op_layer(layers, model_config, index, node):
+    """Map a `TFOpLambda` at `layers[index]` that is an exact clip; None if it is not one."""
+    name = _layer_name(node)
+    clip = _tf_op_clip(node)
+    if clip is not None:
+        reference, lower, upper = clip
+        layers[index] = _truncation_node(node, lower, upper, "clip",
+                                         [[list(reference[:3]) + [{}]]])
+        return MappedLayer(name, "tf.clip_by_value", lower, upper, "clip",
+                           "tf.keras 2 op layer tf.clip_by_value: an exact clip")
+    pair = _fuse_min_max(layers, model_config, node)
+    if pair is None:
+        return None
+    first, second_node, lower, upper = pair
+    second_name = _layer_name(second_node)
+    layers[index] = _truncation_node(node, lower, upper, "clip", [[list(first[:3]) + [{}]]])
+    layers.remove(second_node)
+    for reference in _references_to([layers, model_config.get("output_layers", [])], second_name):
+        reference[0] = name
+    return MappedLayer(name, f"tf.maximum + tf.minimum ({second_name})", lower, upper, "clip",
+                       "tf.keras 2 op layers tf.maximum/tf.minimum: an exact clip")
+
+
+def _layer_name(node) -> str:
+    config = node.get("config") if isinstance(node.get("config"), dict) else {}
+    return str(node.get("name") or config.get("name") or "?")
+
+
+def _is_known_class(node) -> bool:
+    import keras
+
+    import edgetrunc.layers  # noqa: F401  (registers Truncation)
+
+    name = node["class_name"]
+    if name in MODEL_CLASSES or name == "Truncation" or (
+            name not in TF_OP_LAYERS and isinstance(getattr(keras.layers, name, None), type)):
+        return True
+    for key in (node.get("registered_name"), name):
+        if key and keras.saving.get_registered_object(key) is not None:
+            return True
+    module = node.get("module")
+    if isinstance(module, str) and module and not module.startswith(("keras", "tf_keras")):
+        import importlib
+
+        try:  # Keras 3 imports a class's saved module too
+            return isinstance(getattr(importlib.import_module(module), name, None), type)
+        except Exception:
+            return False
+    return False
+
+
+def _number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _bounds_from_config(class_name, layer, config, threshold):
+    """`(lower, upper, which key)` of a user truncation class, from its config or `threshold`."""
+    if threshold is not None:
+        return -threshold, threshold, "given"
+    for low, high in (("lower", "upper"), ("min_value", "max_value"), ("low", "high")):
+        lower, upper = _number(config.get(low)), _number(config.get(high))
+        if lower is not None and upper is not None and lower < upper:
+            return lower, upper, f"{low}/{high}"
+    for key in TRUNCATION_CONFIG_KEYS:
+        value = _number(config.get(key))
+        if value is not None and value > 0:
+            return -value, value, key
+    keys = ", ".join(sorted(k for k in config if k not in ("name", "trainable", "dtype"))) or "none"
+    raise InputError(f"layer '{layer}' (class {class_name}): no threshold in its saved config "
+                     f"(keys: {keys}); give it as --truncation-class {class_name}=T")
+
+
+def _truncation_node(node, lower, upper, gradient, inbound=None):
+    """A `Truncation` layer entry with the name, dtype and links of `node`."""
+    old = node.get("config") if isinstance(node.get("config"), dict) else {}
+    config = {"name": _layer_name(node), "trainable": old.get("trainable", True),
+              "dtype": old.get("dtype", "float32"), "gradient": gradient}
+    if lower == -upper:
+        config.update(threshold=upper)
+    else:
+        config.update(threshold=None, lower=lower, upper=upper)
+    new = {key: value for key, value in node.items()
+           if key not in ("class_name", "config", "module", "registered_name")}
+    new.update(class_name="Truncation", config=config)
+    if "module" in node or "registered_name" in node:
+        new.update(module="edgetrunc.layers", registered_name="edgetrunc>Truncation")
+    if inbound is not None:
+        new["inbound_nodes"] = inbound
+    return new
+
+
+def _first_reference(inbound_nodes):
+    """`(name, node index, tensor index, kwargs)` of a layer's only call, or None."""
+    if not isinstance(inbound_nodes, list) or len(inbound_nodes) != 1:
+        return None
+    node = inbound_nodes[0]
+    if isinstance(node, list) and node and isinstance(node[0], list):
+        if len(node) != 1:
+            return None
+        node = node[0]
+    if isinstance(node, list) and len(node) >= 3 and isinstance(node[0], str):
+        kwargs = node[3] if len(node) > 3 and isinstance(node[3], dict) else {}
+        return node[0], node[1], node[2], kwargs
+    return None
+
+
+def _tf_op_clip(node):
+    """Bounds of a tf.keras 2 `tf.clip_by_value` op layer called with constant bounds."""
+    config = node.get("config") or {}
+    reference = _first_reference(node.get("inbound_nodes"))
+    if config.get("function") != "clip_by_value" or reference is None:
+        return None
+    lower = _number(reference[3].get("clip_value_min"))
+    upper = _number(reference[3].get("clip_value_max"))
+    if lower is None or upper is None or not lower < upper:
+        return None
+    return reference, lower, upper
+
+
+def _references_to(tree, name):
+    """Every `[name, node, tensor, ...]` list inside `tree` that refers to layer `name`."""
+    found = []
+    for value in (tree if isinstance(tree, list) else tree.values()
+                  if isinstance(tree, dict) else []):
+        if isinstance(value, list) and len(value) >= 3 and value[0] == name \
+                and isinstance(value[1], int) and isinstance(value[2], int):
+            found.append(value)
+        elif isinstance(value, (list, dict)):
+            found.extend(_references_to(value, name))
+    return found
+
+
+def _fuse_min_max(layers, model_config, node):
+    """`tf.maximum(x, a)` then `tf.minimum(., b)` (either order) -> one Truncation(a, b)."""
+    config = node.get("config") or {}
+    first = _first_reference(node.get("inbound_nodes"))
+    if config.get("function") not in ("math.maximum", "math.minimum") or first is None:
+        return None
+    name = _layer_name(node)
+    users = [other for other in layers if other is not node
+             and _references_to(other.get("inbound_nodes", []), name)]
+    outputs = _references_to(model_config.get("output_layers", []), name)
+    if len(users) != 1 or outputs:
+        return None
+    second_node = users[0]
+    second = _first_reference(second_node.get("inbound_nodes"))
+    pair = {config.get("function"), (second_node.get("config") or {}).get("function")}
+    if second is None or second[0] != name or pair != {"math.maximum", "math.minimum"}:
+        return None
+    a, b = _number(first[3].get("y")), _number(second[3].get("y"))
+    if a is None or b is None:
+        return None
+    lower, upper = (a, b) if config["function"] == "math.maximum" else (b, a)
+    if not lower < upper:
+        return None
+    return first, second_node, lower, upper

@@ -1,0 +1,93 @@
+"""Intermediate tensors of an artifact: what a runner keeps when asked to keep every tensor.
+
+`TFLiteRunner(..., preserve_all_tensors=True)` and `ONNXRunner(..., preserve_all_tensors=True)`
+keep every op output of their last `infer`; `runner.intermediates()` returns them as
+`{name: float32 array}` and `runner.intermediate_tensors()` as `ArtifactTensor`s (with the
+execution order, the int8 scale and the position among the model outputs), which the
+per-layer parity check maps to Keras layers. TFLite keeps them with the interpreter's
+`experimental_preserve_all_tensors` (int8 values dequantized); ONNX Runtime runs a copy of
+the model whose every float node output is marked as a graph output
+(`onnx_with_intermediates`; needs the `onnx` package). No TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgetrunc.errors import InputError
+
+
+@dataclass
+class ArtifactTensor:
+    """One intermediate tensor of an artifact after a run."""
+
+    name: str
+    key: object  # TFLite tensor index or ONNX tensor name
+    order: int  # position in execution order
+    value: np.ndarray
+    scale: float | None = None  # int8 quantization scale, when the tensor has one
+    output_index: int | None = None  # position among the artifact's outputs
+
+
+def load_onnx_model(content: bytes, name: str):
+    """The `onnx.ModelProto` of `content`; InputError naming `name` if it is not one."""
+    try:
+        import onnx
+    except ImportError:
+        raise InputError(f"{name}: reading intermediate tensors needs the onnx package "
+                         "(pip install onnx)") from None
+    try:
+        return onnx.load_from_string(bytes(content))
+    except Exception as exc:  # protobuf decode errors
+        raise InputError(f"{name}: not a valid ONNX model ({str(exc)[:120]})") from None
+
+
+def onnx_with_intermediates(model):
+    """A copy of the ONNX `model` with every float node output added to `graph.output`."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is best effort; unknown types are skipped
+        inferred = model
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    existing = {o.name for o in model.graph.output}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    for node in model.graph.node:
+        for name in node.output:
+            if not name or name in existing or types.get(name) not in floats:
+                continue
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
+            existing.add(name)
+    return model
+
+
+def onnx_scales(model) -> dict:
+    """Quantization scale of each tensor that a QuantizeLinear reads or a DequantizeLinear writes."""
+    from onnx import numpy_helper
+
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            try:
+                init[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            except Exception:  # non-tensor constants are not scales
+                pass
+    scales = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1:
+            scale = init.get(node.input[1])
+            if scale is None or np.size(scale) != 1:
+                continue
+            target = node.input[0] if node.op_type == "QuantizeLinear" else node.output[0]
+            scales[target] = float(np.asarray(scale).reshape(()))
+    return scales
+
+
+def onnx_execution_order(model) -> dict:
+    """`{tensor name: index of the node that writes it}`."""
+    return {name: i for i, node in enumerate(model.graph.node) for name in node.output}

@@ -1,0 +1,276 @@
+"""The epochs of a training run: data, model, one epoch (`run_epoch`) and the loop over them.
+
+`prepare_data` splits the covers by photo and builds the training tiles and the validation,
+test and training-probe pairs; `build_model` creates and compiles the registered detector
+under a `tf.distribute` strategy. `run_epoch` trains one epoch on a `tf.data` pipeline of
+pair batches and judges the model in inference mode (validation pairs, before and after the
+per-epoch batch-norm re-estimation, and a probe of training pairs); `fit_epochs` runs the
+epochs the `Schedule` plans, keeps the best weights and a checkpoint of them. Imports
+TensorFlow / Keras inside the functions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from edgetrunc import _log
+from edgetrunc.data.covers import resolve_covers
+from edgetrunc.data.dataset import load_pairs, pair_batches, training_tiles
+from edgetrunc.data.splits import split_sources
+from edgetrunc.errors import InputError
+from edgetrunc.keras.runner import predict_probability
+from edgetrunc.metrics import detection_report
+from edgetrunc.train.batchnorm import freeze_batchnorm, reestimate_batchnorm
+from edgetrunc.train.record import rounded_figures
+from edgetrunc.train.schedule import Schedule, selection_score
+
+PREDICT_BATCH = 32
+TILE_STRIDE = 256
+
+
+@dataclass
+class TrainingData:
+    """The photos of a run, their split, the training tiles and the scored pairs."""
+
+    covers: list
+    splits: dict
+    tiles: object
+    batch_size: int  # pairs per batch, at most the number of tiles
+    val_pairs: object
+    test_pairs: object
+    train_probe: object
+
+    @property
+    def steps(self) -> int:
+        return len(self.tiles) // self.batch_size
+
+    @property
+    def images_per_epoch(self) -> int:
+        return self.steps * 2 * self.batch_size
+
+
+@dataclass
+class TrainingRun:
+    """What the epochs produced: a row per epoch, the schedule's state, the best weights."""
+
+    schedule: Schedule
+    history: list = field(default_factory=list)
+    best_weights: list | None = None
+    best_epoch: int | None = None
+    trained_images: int = 0
+    train_seconds: float = 0.0
+
+
+def prepare_data(config) -> TrainingData:
+    """Split the covers by photo, tile the training photos, load the scored pairs."""
+    seed, fractions, payload = config.seed, config.fractions, config.payload
+    all_covers = resolve_covers(config.covers)
+    splits = split_sources(all_covers, seed=seed, fractions=fractions)
+    for name in ("train", "val"):
+        if not splits[name]:
+            raise InputError(f"covers: {len(all_covers)} usable photo(s) leave the {name} split "
+                             "empty; give at least 3 cover images")
+    by_name = {c.name: c for c in all_covers}
+    tiles = training_tiles([by_name[n] for n in splits["train"]], stride=config.stride,
+                           max_tiles=config.max_tiles, seed=seed)
+    limit, stride = config.max_eval_pairs, config.eval_stride
+    val_pairs = load_pairs(all_covers, "val", payload, seed, limit, stride, fractions)
+    test_pairs = (load_pairs(all_covers, "test", payload, seed, limit, stride, fractions)
+                  if splits["test"] else None)
+    train_probe = load_pairs(all_covers, "train", payload, seed, limit or 64, None, fractions)
+    _log.info(f"covers: {len(all_covers)} photos; train {len(splits['train'])} "
+              f"({len(tiles)} tiles, stride {config.stride or TILE_STRIDE}), val "
+              f"{len(splits['val'])} ({val_pairs.n_pairs} pairs), test {len(splits['test'])} "
+              f"({test_pairs.n_pairs if test_pairs else 0} pairs); payload {payload} bpp")
+    return TrainingData(covers=all_covers, splits=splits, tiles=tiles,
+                        batch_size=min(int(config.batch_size), len(tiles)), val_pairs=val_pairs,
+                        test_pairs=test_pairs, train_probe=train_probe)
+
+
+def make_strategy(name: str):
+    """The `tf.distribute` strategy named "default", "mirrored" or "one:DEVICE"."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name.startswith("one:"):
+        return tf.distribute.OneDeviceStrategy(name.split(":", 1)[1])
+    raise InputError(f"--strategy: expected default, mirrored or one:DEVICE; got {name!r}")
+
+
+def compile_detector(net, strategy, lr: float) -> None:
+    """Compile `net` for training under `strategy`: Adam at `lr`, sparse cross-entropy."""
+    import keras
+
+    with strategy.scope():
+        net.compile(optimizer=keras.optimizers.Adam(learning_rate=float(lr)),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def build_model(config) -> tuple:
+    """`(model, strategy)`: the seeded, compiled detector; it must map 256x256 tiles to [N, 2]."""
+    import keras
+
+    from edgetrunc.models import create
+
+    keras.utils.set_random_seed(int(config.seed))
+    strategy = make_strategy(config.strategy)
+    with strategy.scope():
+        try:
+            net = create(config.model, seed=int(config.seed), **config.model_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"--model {config.model}: {exc}") from None
+    compile_detector(net, strategy, config.lr)
+    input_shape = tuple(net.input_shape[1:])
+    if input_shape[:2] != (256, 256):
+        raise InputError(f"--model {config.model}: input shape {input_shape}; "
+                         "expected 256x256 tiles")
+    output_shape = tuple(net.output_shape[1:]) if not isinstance(net.output_shape, list) else None
+    if output_shape != (2,):
+        raise InputError(f"--model {config.model}: output shape {output_shape}; train needs a "
+                         "two-way (cover, stego) softmax detector [N, 2], e.g. tlunet")
+    return net, strategy
+
+
+def evaluate_pairs(model, pairs, batch_size: int = PREDICT_BATCH) -> dict:
+    """`detection_report` of `model` (inference mode) on a `PairSet`."""
+    return detection_report(pairs.y, predict_probability(model, pairs.x, batch_size), pairs.sources)
+
+
+class _Progress:
+    """A Keras callback showing a per-epoch progress bar on stderr."""
+
+    def __new__(cls, total, desc):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.bar = _log.progress(range(total), desc=desc, total=total, unit="batch")
+                self.iterator = iter(self.bar)
+
+            def on_train_batch_end(self, batch, logs=None):
+                next(self.iterator, None)
+                if hasattr(self.bar, "set_postfix") and logs:
+                    self.bar.set_postfix(loss=f"{float(logs.get('loss', 0)):.3f}",
+                                         acc=f"{float(logs.get('accuracy', 0)):.3f}")
+
+            def on_train_end(self, logs=None):
+                if hasattr(self.bar, "close"):
+                    self.bar.close()
+
+        return Callback()
+
+
+def _epoch_dataset(data, config, epoch: int, payload: float):
+    """One epoch of pair batches as a prefetching `tf.data.Dataset`."""
+    import tensorflow as tf
+
+    images = 2 * data.batch_size
+    signature = (tf.TensorSpec((images, 256, 256, 1), tf.float32),
+                 tf.TensorSpec((images,), tf.int64))
+
+    def generate():
+        yield from pair_batches(data.tiles, payload, data.batch_size, seed=config.seed,
+                                epoch=epoch, augment=config.augment)
+
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return dataset.apply(tf.data.experimental.assert_cardinality(data.steps)).prefetch(2)
+
+
+@dataclass
+class EpochResult:
+    """One trained epoch: its record row, validation report and training time."""
+
+    row: dict
+    val: dict
+    val_running: dict | None
+    probe: dict
+    train_seconds: float
+    seconds: float  # training and judging
+
+
+def run_epoch(net, data, config, plan) -> EpochResult:
+    """Train one epoch of `plan`, then judge the model in inference mode."""
+    epoch, payload = plan.epoch, plan.payload
+    t0 = time.monotonic()
+    fit = net.fit(_epoch_dataset(data, config, epoch, payload), epochs=1, verbose=0,
+                  shuffle=False, callbacks=[_Progress(data.steps, f"epoch {epoch + 1} ({payload:g} bpp)")])
+    t_train = time.monotonic() - t0
+    val_running = evaluate_pairs(net, data.val_pairs) if config.bn_reestimate != "none" else None
+    if config.bn_reestimate == "epoch" and not plan.batchnorm_frozen:
+        reestimate_batchnorm(net, pair_batches(data.tiles, payload, data.batch_size,
+                                               seed=config.seed, epoch=30_000 + epoch,
+                                               augment=config.augment))
+        val = evaluate_pairs(net, data.val_pairs)
+    else:
+        val = val_running if val_running is not None else evaluate_pairs(net, data.val_pairs)
+    probe = evaluate_pairs(net, data.train_probe)
+    seconds = time.monotonic() - t0
+    row = {"epoch": epoch + 1, "payload": payload, "lr": plan.lr,
+           "train_loss": float(fit.history["loss"][-1]),
+           "train_accuracy_training_mode": float(fit.history["accuracy"][-1]),
+           "train_inference": rounded_figures(probe),
+           "val": rounded_figures(val),
+           "val_running_bn_statistics": rounded_figures(val_running) if val_running else None,
+           "val_per_photo_p_e": {k: v["p_e"] for k, v in val["per_source"].items()},
+           "seconds": time.monotonic() - t0,
+           "images_per_second": data.images_per_epoch / t_train if t_train else None}
+    return EpochResult(row=row, val=val, val_running=val_running, probe=probe,
+                       train_seconds=t_train, seconds=seconds)
+
+
+def _log_epoch(result: EpochResult, improved: bool) -> None:
+    row, val, running, probe = result.row, result.val, result.val_running, result.probe
+    _log.info(f"epoch {row['epoch']}: {row['payload']:g} bpp, lr {row['lr']:.2e}, "
+              f"loss {row['train_loss']:.4f}, train acc {row['train_accuracy_training_mode']:.3f} "
+              f"(inference mode {probe['accuracy']:.3f}), val acc {val['accuracy']:.3f} "
+              f"P_E {val['p_e']:.3f} (per-photo mean {val['p_e_photo_mean']:.3f})"
+              + (f" [running BN statistics: acc {running['accuracy']:.3f}, P_E "
+                 f"{running['p_e']:.3f}]" if running is not val and running else "")
+              + f"{' *' if improved else ''}, {row['images_per_second']:.0f} img/s")
+
+
+def _freeze(net, strategy, data, config, run: TrainingRun, plan) -> None:
+    """Start the frozen-BN phase: back to the best weights, statistics re-estimated, frozen."""
+    if run.best_weights is not None:
+        net.set_weights(run.best_weights)
+    used = freeze_batchnorm(net, pair_batches(data.tiles, config.payload, data.batch_size,
+                                              seed=config.seed, epoch=20_000,
+                                              augment=config.augment))
+    compile_detector(net, strategy, plan.lr)
+    _log.info(f"epoch {plan.epoch + 1}: batch-norm statistics re-estimated on {used} batches "
+              "and frozen; training goes on in inference mode")
+
+
+def fit_epochs(net, strategy, data, config, started: float, checkpoint) -> TrainingRun:
+    """Run the epochs the schedule plans; the best weights (at the target payload) are kept
+    and saved to `checkpoint` as they improve. `started` is the run's `time.monotonic()`."""
+    run = TrainingRun(Schedule(config.stages, config.epochs, config.stage_epochs, config.lr,
+                               config.lr_schedule, config.patience, config.frozen_bn_fraction,
+                               config.time_budget))
+    schedule = run.schedule
+    for epoch in range(int(config.epochs)):
+        plan = schedule.begin(epoch, time.monotonic() - started)
+        if plan is None:
+            break
+        if plan.freeze_batchnorm:
+            _freeze(net, strategy, data, config, run, plan)
+        net.optimizer.learning_rate.assign(plan.lr)
+        result = run_epoch(net, data, config, plan)
+        run.trained_images += data.images_per_epoch
+        run.train_seconds += result.train_seconds
+        improved = schedule.finish(selection_score(result.val), result.seconds)
+        if improved:
+            run.best_weights, run.best_epoch = net.get_weights(), schedule.best_epoch
+            net.save(checkpoint)
+        result.row["best"] = improved
+        run.history.append(result.row)
+        _log_epoch(result, improved)
+        if schedule.stopped:
+            break
+    if run.best_weights is None:
+        run.best_weights, run.best_epoch = net.get_weights(), len(run.history)
+    return run

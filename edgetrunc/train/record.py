@@ -1,0 +1,89 @@
+"""The training record: the JSON written beside a trained model (no TensorFlow).
+
+`build_record` assembles it from the run's settings (`TrainConfig`), its data, its epochs
+and its final figures: config, seed, versions, data (split, tiles and pairs per photo),
+per-epoch metrics, stop reason, best epoch, the batch-norm step, validation and test
+figures, wall time and images/s. Floats are rounded to 5 digits and NaN written as null.
+"""
+
+from __future__ import annotations
+
+import math
+
+from edgetrunc._text import json_safe
+from edgetrunc._version import package_versions
+
+VERSION_KEYS = ("edgetrunc", "python", "numpy", "tensorflow", "keras", "platform")
+
+
+def rounded_figures(report: dict, keys=("accuracy", "auc", "p_e", "p_e_photo_mean")) -> dict:
+    """The headline figures of a detection report, rounded to 4 digits (NaN as None)."""
+    return {k: (None if report.get(k) is None or (isinstance(report[k], float) and math.isnan(report[k]))
+                else round(float(report[k]), 4)) for k in keys if k in report}
+
+
+def record_versions() -> dict:
+    """edgetrunc, Python, numpy, TensorFlow (from `tensorflow` or `tensorflow-cpu`), Keras
+    and the platform."""
+    found = package_versions(("numpy", "tensorflow", "tensorflow-cpu", "keras"), with_platform=True)
+    cpu_build = found.pop("tensorflow-cpu", None)
+    found.setdefault("tensorflow", cpu_build)
+    return {key: found.get(key) for key in VERSION_KEYS}
+
+
+def _config_section(config, data, replicas: int) -> dict:
+    return {"model": config.model, "model_kwargs": config.model_kwargs, "payload": config.payload,
+            "curriculum": config.stages, "stage_epochs": config.stage_epochs,
+            "epochs": int(config.epochs), "batch_pairs": data.batch_size, "lr": float(config.lr),
+            "lr_schedule": config.lr_schedule, "patience": config.patience,
+            "stride": config.stride or 256, "max_tiles": config.max_tiles,
+            "eval_stride": config.eval_stride or 256, "max_eval_pairs": config.max_eval_pairs,
+            "augment": config.augment, "bn_reestimate": config.bn_reestimate,
+            "frozen_bn_fraction": config.frozen_bn_fraction, "strategy": config.strategy,
+            "replicas": int(replicas), "time_budget_min": config.time_budget,
+            "fractions": list(config.fractions)}
+
+
+def _data_section(config, data) -> dict:
+    test = data.test_pairs
+    return {"covers": config.covers if isinstance(config.covers, str) else "list",
+            "photos": len(data.covers), "split": data.splits,
+            "train_tiles": len(data.tiles), "train_tiles_per_photo": data.tiles.tiles_per_photo(),
+            "val_pairs": data.val_pairs.n_pairs,
+            "val_pairs_per_photo": data.val_pairs.tiles_per_photo(),
+            "test_pairs": test.n_pairs if test else 0,
+            "test_pairs_per_photo": test.tiles_per_photo() if test else {},
+            "photo_notes": {c.name: c.describe() for c in data.covers}}
+
+
+def build_record(config, data, run, *, model_file: str, digest: str, replicas: int,
+                 parameters: int, batchnorm: dict, val: dict, test, wall: float) -> dict:
+    """The training record of a finished run, JSON-ready.
+
+    `config` is the `TrainConfig`, `data` the run's `TrainingData`, `run` its `TrainingRun`
+    (epoch rows, schedule, images trained on); the keywords are the saved model's file name
+    and SHA-256, the number of replicas and parameters, the batch-norm step's record, and
+    the validation and test reports of the kept model.
+    """
+    schedule = run.schedule
+    record = {
+        "model_file": model_file, "model_sha256": digest,
+        "command": config.command,
+        "config": _config_section(config, data, replicas),
+        "seed": int(config.seed),
+        "versions": record_versions(),
+        "parameters": int(parameters),
+        "data": _data_section(config, data),
+        "epochs": run.history,
+        "stop_reason": schedule.stop_reason,
+        "best_epoch": run.best_epoch,
+        "bn_frozen_from_epoch": schedule.frozen_from,
+        "batchnorm_reestimation": batchnorm,
+        "val": val,
+        "test": test,
+        "wall_seconds": wall,
+        "train_seconds": run.train_seconds,
+        "images_per_second": run.trained_images / run.train_seconds if run.train_seconds else None,
+        "trained_images": run.trained_images,
+    }
+    return json_safe(record, nan="null", digits=5)
