@@ -121,10 +121,10 @@ def main(argv=None):
     from _benchmd import machine_description, markdown_table, update_section
 
     from edgetrunc import _log
+    from edgetrunc.keras.runner import KerasRunner
     from edgetrunc.parity.check import open_artifacts, usable_cores
     from edgetrunc.parity.comparator import Comparator
     from edgetrunc.parity.inputs import parity_inputs
-    from edgetrunc.keras.runner import KerasRunner
 
     _log.set_quiet(True)
     cores = usable_cores()

@@ -242,6 +242,126 @@ def build(out: Path) -> dict:
     return manifest
 
 
+def build_foreign(out: Path) -> dict:
+    """Files written the way public steganalysis code writes them: training-time objects saved
+    by name, truncations written as activation functions, a learned threshold weight."""
+    manifest = {}
+
+    def record(filename, model, **info):
+        shape = tuple(model.inputs[0].shape[1:])
+        manifest[filename] = {"input_shape": list(shape),
+                              "keras2_output": model(_sample(shape)).numpy().tolist(), **info}
+
+    def high_pass(model, layer="conv1"):
+        conv = model.get_layer(layer)
+        kernel = np.random.default_rng(0).normal(0, 1, conv.get_weights()[0].shape)
+        conv.set_weights([(30 * (kernel - kernel.mean((0, 1)))).astype("float32"),
+                          *conv.get_weights()[1:]])
+
+    # (g) a named Lambda function with a default argument, a kernel initializer function and
+    # a custom loss (saved by name only), and a named non-clip Lambda that stays a Lambda
+    def srm_init(shape, dtype=None):
+        return tf.random.normal(shape, dtype=dtype)
+
+    def TLU(x, tlu_threshold=3):  # noqa: N802 - named as in the code it imitates
+        return K.clip(x, -tlu_threshold, tlu_threshold)
+
+    def half(x, factor=0.5):
+        return x * factor
+
+    def weighted_loss(y_true, y_pred):
+        return k.losses.categorical_crossentropy(y_true, y_pred) * 2.0
+
+    inputs = k.Input((32, 32, 1), name="image")
+    x = k.layers.Conv2D(4, 5, padding="same", use_bias=False, kernel_initializer=srm_init,
+                        name="conv1")(inputs)
+    x = k.layers.Lambda(TLU, name="tlu")(x)
+    x = k.layers.Lambda(half, name="half")(x)
+    x = k.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = k.Model(inputs, k.layers.Dense(2, activation="softmax", name="softmax")(x),
+                    name="named_lambda_init")
+    high_pass(model)
+    model.compile(optimizer="adam", loss=weighted_loss, metrics=["accuracy"])
+    model.save(out / "named_lambda_init.h5")
+    record("named_lambda_init.h5", model, truncation="Lambda(TLU), def TLU(x, tlu_threshold=3)",
+           needs="--trust-lambda")
+
+    # (h) a truncation written as an activation function, as Activation(tlu) and
+    # Dense(..., activation=tlu), with SeparableConv2D and DepthwiseConv2D on RGB input
+    def tlu(x):
+        return tf.maximum(tf.minimum(x, 3.0), -3.0)
+
+    inputs = k.Input((32, 32, 3), name="image")
+    x = k.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv1")(inputs)
+    x = k.layers.Activation(tlu, name="act_tlu")(x)
+    x = k.layers.SeparableConv2D(6, 3, padding="same", name="sep")(x)
+    x = k.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = k.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = k.layers.Dense(8, activation=tlu, name="fc")(x)
+    model = k.Model(inputs, k.layers.Dense(2, activation="softmax", name="softmax")(x),
+                    name="activation_tlu")
+    high_pass(model)
+    model.save(out / "activation_tlu.h5")
+    record("activation_tlu.h5", model, truncation="activation function tlu (clip to [-3, 3])",
+           needs="--truncation-class tlu=3")
+
+    # (i) an unregistered kernel constraint and regularizer class, and a custom clip class
+    class CenteredKernel(k.constraints.Constraint):
+        def __call__(self, w):
+            return w - tf.reduce_mean(w, axis=(0, 1), keepdims=True)
+
+    class SmallL1(k.regularizers.Regularizer):
+        def __call__(self, w):
+            return 1e-4 * tf.reduce_sum(tf.abs(w))
+
+        def get_config(self):
+            return {}
+
+    class HardClip(k.layers.Layer):
+        def __init__(self, clip_value=2.0, **kwargs):
+            super().__init__(**kwargs)
+            self.clip_value = clip_value
+
+        def call(self, x):
+            return tf.clip_by_value(x, -self.clip_value, self.clip_value)
+
+        def get_config(self):
+            return {**super().get_config(), "clip_value": self.clip_value}
+
+    inputs = k.Input((None, None, 1), name="image")
+    x = k.layers.Conv2D(4, 5, padding="same", use_bias=False, kernel_constraint=CenteredKernel(),
+                        kernel_regularizer=SmallL1(), name="conv1")(inputs)
+    x = HardClip(2.0, name="clip")(x)
+    x = k.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = k.Model(inputs, k.layers.Dense(2, activation="softmax", name="softmax")(x),
+                    name="constraint_clip")
+    high_pass(model)
+    model.save(out / "constraint_clip.h5")
+    record("constraint_clip.h5", model, truncation="custom class HardClip(clip_value=2.0)",
+           needs="--truncation-class HardClip")
+
+    # (j) a truncation class that stores its threshold as a learned weight
+    class LearnedTLU(k.layers.Layer):
+        def build(self, input_shape):
+            self.threshold = self.add_weight(name="threshold", shape=(),
+                                             initializer=k.initializers.Constant(2.5))
+
+        def call(self, x):
+            return tf.clip_by_value(x, -self.threshold, self.threshold)
+
+    inputs = k.Input((None, None, 1), name="image")
+    x = k.layers.Conv2D(4, 5, padding="same", use_bias=False, name="conv1")(inputs)
+    x = LearnedTLU(name="tlu")(x)
+    x = k.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = k.Model(inputs, k.layers.Dense(2, activation="softmax", name="softmax")(x),
+                    name="learned_tlu")
+    high_pass(model)
+    model.save(out / "learned_tlu.h5")
+    record("learned_tlu.h5", model, truncation="custom class LearnedTLU, threshold weight 2.5",
+           needs="--truncation-class LearnedTLU")
+    return manifest
+
+
 def build_old_truncation(out: Path) -> dict:
     """A Keras 3 `.keras` with a `Truncation` whose config has only the first version's keys."""
     import subprocess
@@ -290,6 +410,7 @@ def main(argv=None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     manifest = build(out)
+    manifest.update(build_foreign(out))
     manifest.update(build_old_truncation(out))
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

@@ -90,13 +90,15 @@ def test_bench_bad_artifacts_exit_2_with_one_line(tmp_path, block, capsys):
 def test_flop_count_of_a_hand_checked_model():
     import keras
 
+    from edgetrunc.models.flops import count_flops
+
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, (3, 3), padding="same", use_bias=False, name="conv")(inputs)
     x = keras.layers.AveragePooling2D((2, 2), name="pool")(x)
     x = keras.layers.BatchNormalization(name="bn")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = keras.layers.Dense(2, name="dense")(x)
-    rows = {r["layer"]: r for r in _bench_script().count_flops(keras.Model(inputs, outputs))}
+    rows = {r["layer"]: r for r in count_flops(keras.Model(inputs, outputs))}
     assert rows["conv"]["macs"] == 8 * 8 * 4 * 9 and rows["conv"]["flops"] == 2 * 8 * 8 * 4 * 9
     assert rows["pool"]["flops"] == 4 * 4 * 4 * 4
     assert rows["bn"]["flops"] == 2 * 4 * 4 * 4
@@ -106,8 +108,9 @@ def test_flop_count_of_a_hand_checked_model():
 
 def test_tlunet_flops_match_the_documented_figure():
     from edgetrunc.models import create
+    from edgetrunc.models.flops import count_flops
 
-    rows = _bench_script().count_flops(create("tlunet"))
+    rows = count_flops(create("tlunet"))
     macs = sum(r["macs"] for r in rows)
     assert 71e6 < macs < 73e6
     assert rows[0]["layer"] == "front_end" and rows[0]["macs"] == 256 * 256 * 25

@@ -405,3 +405,21 @@ def test_a_truncation_inside_a_nested_model_is_probed(tmp_path):
     assert probes[("nested_clip", "keras")]["upper"] == 1.5
     assert probes[("nested_clip", "keras")]["value_deviations"] == 0
 
+
+
+def test_the_keras_predictor_scores_like_the_runtime_scorer():
+    import keras
+
+    from edgetrunc.keras.runner import KerasRunner, predict_probability
+    from edgetrunc.metrics import stego_probability
+    from edgetrunc.runtime import score_batch
+
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    x = np.random.default_rng(0).uniform(0, 255, (5, 16, 16, 1)).astype(np.float32)
+    expected = stego_probability(model.predict(x, verbose=0), "softmax")
+    np.testing.assert_allclose(predict_probability(model, x, batch_size=2), expected, atol=1e-6)
+    runner = KerasRunner(model, batch_size=2)
+    assert runner.metadata().output_activation == "softmax" and runner.metadata().layers == 4
+    np.testing.assert_allclose(score_batch(runner, x, batch_size=3), expected, atol=1e-6)

@@ -2,14 +2,18 @@
 
 `read_model_config` returns the format and the model config of a Keras 3 `.keras` archive,
 a `.keras` written by tf.keras 2, a full-model `.h5` or a tf.keras 2 SavedModel folder (its
-`keras_metadata.pb`, read as plain protobuf wire format). `find_lambda_configs`,
-`count_stored_functions` and `functions_stored_by_name` scan a config for the Python code
-it would run on load; `config_dicts` walks every dict of a config, nested models included.
+`keras_metadata.pb`, read as plain protobuf wire format). Every file is checked against the
+limits below before its config is read: a `.keras` archive from its zip central directory
+alone, an `.h5` model_config from its attribute's size, and any config JSON for its nesting
+depth before it is parsed. `find_lambda_configs`, `count_stored_functions` and
+`functions_stored_by_name` scan a config for the Python code it would run on load;
+`config_dicts` walks every dict of a config, nested models included.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -20,6 +24,15 @@ LEGACY_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 FORMAT_NAMES = {"keras": "Keras 3 .keras file", "tf-keras": "tf.keras 2 .keras file",
                 "h5": "legacy .h5 file", "savedmodel": "tf.keras 2 SavedModel folder"}
+
+# Limits a model file must pass before anything in it is read (any real model passes them).
+MAX_CONFIG_BYTES = 64 << 20  # a model config (config.json, an .h5's model_config); real: KiB-MiB
+MAX_METADATA_BYTES = 256 << 20  # a SavedModel's keras_metadata.pb (the config + per-object notes)
+MAX_CONFIG_DEPTH = 200  # JSON nesting levels of a config; Keras configs nest about 10-40 deep
+MAX_ARCHIVE_BYTES = 4 << 30  # a .keras archive's members, uncompressed (a TFLite model is < 2 GiB)
+MAX_ARCHIVE_MEMBERS = 10_000  # Keras writes config.json, metadata.json, model.weights.h5, assets
+MAX_ARCHIVE_EXPANSION = 100  # uncompressed / file size, above ARCHIVE_EXPANSION_FLOOR: Keras
+ARCHIVE_EXPANSION_FLOOR = 256 << 20  # stores members uncompressed (as Keras's own bomb check)
 
 
 def is_savedmodel(path) -> bool:
@@ -60,7 +73,7 @@ def _archive_config(path) -> tuple[str, dict]:
     if path.suffix.lower() != ".keras":
         raise InputError(f"{path}: a .keras zip archive named '{path.suffix}'; rename it to .keras")
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(check_keras_archive(path)) as archive:
             text = archive.read("config.json")
             names = set(archive.namelist())
             metadata = archive.read("metadata.json") if "metadata.json" in names else b"{}"
@@ -71,6 +84,72 @@ def _archive_config(path) -> tuple[str, dict]:
         raise InputError(f"{path}: corrupt .keras archive ({exc})") from None
     config = _parse_config(path, text)
     return ("tf-keras" if _saved_by_keras2(config, metadata) else "keras"), config
+
+
+def _size(count: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if count >= 1 << shift:
+            return f"{count / (1 << shift):.3g} {unit}"
+    return f"{count} bytes"
+
+
+def _declared_member_count(path, file_size) -> int | None:
+    """The member count a zip's end-of-central-directory record declares (zip64 too), read
+    before `zipfile` builds its list of every member; None when there is no such record."""
+    with open(path, "rb") as stream:
+        tail_size = min(file_size, 22 + 0xFFFF)
+        stream.seek(file_size - tail_size)
+        tail = stream.read(tail_size)
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) < at + 22:
+            return None
+        count = int.from_bytes(tail[at + 10:at + 12], "little")
+        locator = tail[at - 20:at] if at >= 20 else b""
+        if count == 0xFFFF and locator[:4] == b"PK\x06\x07":  # zip64: the count is further up
+            stream.seek(int.from_bytes(locator[8:16], "little"))
+            record = stream.read(56)
+            if record[:4] == b"PK\x06\x06" and len(record) == 56:
+                count = int.from_bytes(record[32:40], "little")
+        return count
+
+
+def check_keras_archive(path) -> Path:
+    """Refuse a `.keras` zip archive over the limits, from its central directory alone
+    (nothing is extracted): member count, member names (no `..`, no absolute path), the
+    uncompressed size of config.json / metadata.json and of all members together. Returns
+    `path`; raises InputError naming the file and the limit."""
+    path = Path(path)
+    file_size = path.stat().st_size
+    declared = _declared_member_count(path, file_size)
+    if declared is not None and declared > MAX_ARCHIVE_MEMBERS:
+        raise InputError(f"{path}: the .keras archive declares {declared} members, over the "
+                         f"limit of {MAX_ARCHIVE_MEMBERS}; refusing to read it")
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+    if len(members) > MAX_ARCHIVE_MEMBERS:
+        raise InputError(f"{path}: the .keras archive holds {len(members)} members, over the "
+                         f"limit of {MAX_ARCHIVE_MEMBERS}; refusing to read it")
+    total = 0
+    for member in members:
+        name = member.filename
+        parts = re.split(r"[/\\]", name)
+        if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) or ".." in parts \
+                or "\0" in name:
+            raise InputError(f"{path}: the .keras archive has a member named {name!r}, outside "
+                             "the archive (absolute or with '..'); refusing to read it")
+        limit = MAX_CONFIG_BYTES if name in ("config.json", "metadata.json") else None
+        if limit is not None and member.file_size > limit:
+            raise InputError(f"{path}: its {name} expands to {_size(member.file_size)}, over "
+                             f"the {_size(limit)} limit for a model config; refusing to read it")
+        total += member.file_size
+    if total > MAX_ARCHIVE_BYTES:
+        raise InputError(f"{path}: the .keras archive expands to {_size(total)}, over the "
+                         f"{_size(MAX_ARCHIVE_BYTES)} limit; refusing to read it")
+    if total > ARCHIVE_EXPANSION_FLOOR and total > MAX_ARCHIVE_EXPANSION * file_size:
+        raise InputError(f"{path}: the .keras archive expands to {_size(total)} from "
+                         f"{_size(file_size)}, over {MAX_ARCHIVE_EXPANSION} times its size "
+                         "(a decompression bomb?); refusing to read it")
+    return path
 
 
 def _h5_config(path) -> dict:

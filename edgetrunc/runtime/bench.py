@@ -93,7 +93,8 @@ def time_interleaved(functions: dict, runs: int, warmup: int, desc: str = "bench
 class _Worker:
     def __init__(self, artifact, threads, batch, seed, options):
         self.artifact, self.threads, self.batch = str(artifact), int(threads), int(batch)
-        command = [sys.executable, "-m", "edgetrunc.runtime._bench_worker", self.artifact,
+        isolated = "-P" if sys.version_info >= (3, 11) else "-I"  # no current folder on sys.path
+        command = [sys.executable, isolated, "-m", "edgetrunc.runtime._bench_worker", self.artifact,
                    str(self.threads), str(self.batch), str(seed), json.dumps(options or {})]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -18,10 +18,9 @@ import importlib
 import json
 from pathlib import Path
 
-from edgetrunc.errors import InputError
-
 METADATA_NAME = "edgetrunc"
 KEYS = ("edgetrunc_version", "source", "source_sha256", "truncations", "format", "precision")
+_JSON_KEYS = ("truncations",)  # the others are text
 _ONNX_KEYS_BEFORE_SHARED_SCHEMA = {
     "edgetrunc.version": "edgetrunc_version", "edgetrunc.source": "source",
     "edgetrunc.source_sha256": "source_sha256", "edgetrunc.truncations": "truncations",
@@ -40,8 +39,8 @@ def tflite_metadata_bytes(payload: dict) -> bytes:
 
 
 def onnx_props(payload: dict) -> dict:
-    """`{key: text}` for ONNX `metadata_props`: strings as they are, other values as JSON."""
-    return {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    """`{key: text}` for ONNX `metadata_props`: text as it is, the truncations as JSON."""
+    return {key: json.dumps(value, sort_keys=True) if key in _JSON_KEYS else str(value)
             for key, value in payload.items()}
 
 
@@ -53,8 +52,8 @@ def from_onnx_props(props: dict) -> dict | None:
         if key not in KEYS:
             continue
         try:
-            found[key] = json.loads(text)
-        except (ValueError, TypeError):
+            found[key] = json.loads(text) if key in _JSON_KEYS else text
+        except ValueError:
             found[key] = text
     return found or None
 
@@ -142,11 +141,12 @@ def builtin_names(schema) -> dict:
     return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 
-def tflite_ops(artifact) -> dict:
-    """`{op name: count}` of the main subgraph of a `.tflite` model (bytes or path), sorted."""
+def tflite_ops(artifact) -> dict | None:
+    """`{op name: count}` of the main subgraph of a `.tflite` model (bytes or path), sorted;
+    None when neither ai-edge-litert nor TensorFlow (the schema module) is installed."""
     opened = _tflite_model(_content(artifact))
     if opened is None:
-        raise InputError("no TFLite schema module installed; expected ai-edge-litert or tensorflow")
+        return None
     schema, model = opened
     names, graph = builtin_names(schema), model.Subgraphs(0)
     codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]

@@ -3,8 +3,8 @@
 Callers always pass NHWC batches; a model whose input is NCHW (detected from its input
 shape: channels first when dimension 1 is a small fixed number of channels and dimension 3
 is not) gets the batch transposed. Every output is returned as float32. Precision is read
-from the model's `edgetrunc.precision` metadata when the exporter wrote one, else from the graph
-(QuantizeLinear / DequantizeLinear nodes mean int8, float16 tensors mean fp16). With
+from the metadata the exporter embedded (`runtime.metadata`) when there is one, else from the
+graph (QuantizeLinear / DequantizeLinear nodes mean int8, float16 tensors mean fp16). With
 `preserve_all_tensors=True` every float node output can be read after a run
 (`intermediates()`). No TensorFlow; the `onnx` package is used when installed and is
 required only for the intermediates.
@@ -12,8 +12,6 @@ required only for the intermediates.
 
 from __future__ import annotations
 
-import collections
-import json
 import re
 
 import numpy as np
@@ -21,6 +19,7 @@ import numpy as np
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last_activation
 from edgetrunc.runtime.intermediates import ArtifactTensor
+from edgetrunc.runtime.metadata import from_onnx_props, onnx_ops
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -51,29 +50,18 @@ def _graph_facts(content: bytes, output: str) -> tuple:
         import onnx
     except ImportError:
         return None, None, None
-    graph = onnx.load_from_string(content).graph
-    ops = collections.Counter(node.op_type for node in graph.node)
+    model = onnx.load_from_string(content)
+    graph = model.graph
     types = {onnx.TensorProto.DataType.Name(t.data_type) for t in graph.initializer}
     makers = {out: (node.op_type, node.input[0] if node.input else "")
               for node in graph.node for out in node.output}
-    return dict(ops), types, last_activation(output, makers.get)
+    return onnx_ops(model), types, last_activation(output, makers.get)
 
 
 def _precision_from_bytes(content: bytes) -> str:
     if re.search(rb"QuantizeLinear|QLinearConv|ConvInteger|MatMulInteger", content):
         return "int8"
     return "fp32"
-
-
-def _decode_props(props: dict) -> dict:
-    """`metadata_props` with JSON values decoded (plain strings kept as they are)."""
-    decoded = {}
-    for key, value in props.items():
-        try:
-            decoded[key] = json.loads(value)
-        except (ValueError, TypeError):
-            decoded[key] = value
-    return decoded
 
 
 class ONNXRunner(BaseRunner):
@@ -145,7 +133,8 @@ class ONNXRunner(BaseRunner):
         layout = detect_layout(self._input.shape)
         custom = dict(self.session.get_modelmeta().custom_metadata_map or {})
         ops, types, activation = _graph_facts(self._content, self._output_names[0])
-        recorded = custom.get("edgetrunc.precision", custom.get("precision"))
+        embedded = from_onnx_props(custom)
+        recorded = (embedded or {}).get("precision")
         if recorded in ("fp32", "fp16", "int8"):
             precision = recorded
         elif ops is not None:
@@ -166,7 +155,7 @@ class ONNXRunner(BaseRunner):
             path=str(self.path), format="onnx", precision=precision, inputs=[info(self._input)],
             outputs=[info(o) for o in session_outputs], layout=layout,
             backend=f"onnxruntime {ort.__version__}", threads=self.threads,
-            output_activation=activation, ops=ops, embedded=_decode_props(custom), spin=self.spin)
+            output_activation=activation, ops=ops, embedded=embedded, spin=self.spin)
 
     def _infer_impl(self, batch: np.ndarray) -> dict:
         fixed = self._meta.inputs[0].shape[0] if self._meta.inputs[0].shape else None

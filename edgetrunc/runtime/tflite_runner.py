@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import importlib
-import json
 import warnings
 
 import numpy as np
@@ -24,6 +23,7 @@ from edgetrunc import _log
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last_activation
 from edgetrunc.runtime.intermediates import ArtifactTensor
+from edgetrunc.runtime.metadata import read_tflite_metadata, tflite_ops
 
 _INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 _MAX_CACHED_BATCH_SIZES = 4
@@ -44,27 +44,6 @@ def load_interpreter_module():
             "(pip install 'edgetrunc[runtime]'), tflite-runtime or tensorflow"
         ) from None
     return tf.lite, "tensorflow"
-
-
-def read_embedded_metadata(content: bytes, name: str = "edgetrunc") -> dict | None:
-    """JSON payload of the model's metadata entry `name` (written by `edgetrunc convert`), if any.
-
-    Read with the flatbuffer schema module that ai-edge-litert ships; None when absent.
-    """
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:
-        return None
-    try:
-        model = schema.Model.GetRootAs(content, 0)
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            if (entry.Name() or b"").decode() == name:
-                data = model.Buffers(entry.Buffer()).DataAsNumpy()
-                return json.loads(bytes(data).decode()) if not isinstance(data, int) else None
-    except (ValueError, UnicodeDecodeError, IndexError, TypeError, AttributeError):
-        return None
-    return None
 
 
 def _quantize(batch: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
@@ -175,7 +154,8 @@ class TFLiteRunner(BaseRunner):
         ops = [op["op_name"] for op in details]
         makers = {int(out): (op["op_name"], int(op["inputs"][0]) if len(op["inputs"]) else -1)
                   for op in details if op["op_name"] != "DELEGATE" for out in op["outputs"]}
-        op_counts = dict(collections.Counter(op for op in ops if op != "DELEGATE"))
+        content = self._model_bytes()
+        op_counts = tflite_ops(content) or {}
         tensor_types = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
         quantized_tensors = sum(
             1 for t in interpreter.get_tensor_details()
@@ -198,7 +178,7 @@ class TFLiteRunner(BaseRunner):
             backend=self._backend, threads=self.threads,
             output_activation=last_activation(int(self._outputs[0]["index"]), makers.get)
             if details else None,
-            ops=op_counts, embedded=read_embedded_metadata(self._model_bytes()),
+            ops=op_counts, embedded=read_tflite_metadata(content),
             xnnpack=self.use_xnnpack, delegate_partitions=ops.count("DELEGATE"))
 
     def _model_bytes(self) -> bytes:
