@@ -35,6 +35,16 @@ def _decoys(folder: Path) -> Path:
     return marker
 
 
+def _importable_marker(scratch: Path) -> Path:
+    """A folder holding only the marker module (importable when on PYTHONPATH), which leaves
+    `scratch/IMPORTED-<name>` behind when imported; the decoys named like real packages stay
+    in the cwd only, which a console script does not put on sys.path."""
+    folder = scratch.parent / "importable"
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(scratch / f"{MARKER_MODULE}.py", folder / f"{MARKER_MODULE}.py")
+    return folder
+
+
 def _markers(folder: Path) -> list:
     return sorted(p.name for p in folder.glob("IMPORTED*"))
 
@@ -115,11 +125,44 @@ def test_a_module_named_in_a_keras_config_is_never_imported(tiny_keras, scratch,
                        "--samples", "2"],
             "migrate": ["migrate", hostile, "--out", scratch / "new.keras"],
             "convert": ["convert", hostile, "--out", scratch / "out", "--tflite", "fp32", "--onnx", ""]}
-    result = edgetrunc(*args[command], cwd=scratch, env={"PYTHONPATH": str(scratch)})
+    result = edgetrunc(*args[command], cwd=scratch,
+                       env={"PYTHONPATH": str(_importable_marker(scratch))})
     assert _markers(scratch) == []
     assert_one_line(result, 2, "Marker")
     assert hostile.read_bytes() == before
     assert not (scratch / "new.keras").exists() and not (scratch / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "parity", "migrate", "convert"])
+def test_a_module_named_in_an_h5_config_is_never_imported(scratch, command):
+    import h5py
+
+    hostile = scratch / "hostile.h5"
+    shutil.copyfile(ROOT / "tests" / "fixtures" / "legacy" / "tfop_clip.h5", hostile)
+    with h5py.File(hostile, "r+") as handle:
+        config = json.loads(handle.attrs["model_config"])
+        layer = _layers(config)[1]  # conv1
+        layer.update(class_name="Marker", module=MARKER_MODULE)
+        handle.attrs["model_config"] = json.dumps(config)
+    before = hostile.read_bytes()
+    args = {"evaluate": ["evaluate", hostile],
+            "parity": ["parity", hostile, MODELS / "tlunet_fp32.tflite", "--inputs", "random",
+                       "--samples", "2"],
+            "migrate": ["migrate", hostile, "--out", scratch / "new.keras"],
+            "convert": ["convert", hostile, "--out", scratch / "out", "--tflite", "fp32", "--onnx", ""]}
+    result = edgetrunc(*args[command], cwd=scratch,
+                       env={"PYTHONPATH": str(_importable_marker(scratch))})
+    assert _markers(scratch) == []
+    assert_one_line(result, 2, "Marker" if command != "parity" else "hostile.h5")
+    assert hostile.read_bytes() == before
+    assert not (scratch / "new.keras").exists() and not (scratch / "out").exists()
+
+
+def test_the_marker_module_is_importable_from_its_folder(scratch):
+    """The module tests above would pass vacuously if the marker could not be imported."""
+    subprocess.run([sys.executable, "-c", f"import {MARKER_MODULE}"], cwd=scratch.parent, check=True,
+                   env=dict(os.environ, PYTHONPATH=str(_importable_marker(scratch))))
+    assert _markers(scratch) == [f"IMPORTED-{MARKER_MODULE}"]
 
 
 def test_bench_does_not_run_code_from_the_current_folder(scratch):

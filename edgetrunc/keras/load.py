@@ -5,6 +5,11 @@
 Keras 2 files (tf.keras `.h5` / `.keras`, op layers) are read by `edgetrunc.legacy`. Files
 that hold Lambda layers are refused with the `edgetrunc migrate` command that replaces
 them. `require_keras_file` is the path check every command runs before loading.
+
+Before Keras reads anything, the file passes `edgetrunc.legacy.read_model_config`'s limits
+(archive and config sizes, member names, nesting depth) and every class in its config must
+resolve through Keras's namespace or registry or the caller's `custom_objects`
+(`edgetrunc.legacy.map_config_layers`): nothing named in a file is imported.
 """
 
 from __future__ import annotations
@@ -44,8 +49,11 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
         if zip_start:
             raise InputError(f"{path}: truncated or corrupt .keras file (its zip archive is incomplete)")
         raise InputError(f"{path}: not a Keras file, cannot load it (a .keras file is a zip archive)")
-    if safe_mode and _needs_legacy_reading(path):
+    custom_objects = kwargs.get("custom_objects")
+    if safe_mode and _needs_legacy_reading(path, custom_objects):
         return legacy.load_model(path)
+    if not safe_mode:  # lambdas may run, but the limits and class resolution still hold
+        _checked_config(path, custom_objects)
     import keras
 
     import edgetrunc.layers  # noqa: F401  (registers Truncation for deserialization)
@@ -57,22 +65,38 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
         raise InputError(f"{path}: cannot load the Keras model ({first_line(exc)})") from None
 
 
-def _needs_legacy_reading(path) -> bool:
-    """Whether `path` needs `edgetrunc.legacy` (a Keras 2 config, mapped layers); raises
-    InputError with the fix for files that must be migrated first (Lambda layers)."""
+def _read_config(path):
+    """`(format, config)` of a model file within `read_model_config`'s limits."""
     try:
-        file_format, config = legacy.read_model_config(path)
+        return legacy.read_model_config(path)
     except InputError as exc:
         reason = str(exc).removeprefix(f"{path}: ")
         raise InputError(f"{path}: cannot load the Keras model ({reason})") from None
+
+
+def _mapped_layers(path, config, custom_objects=None) -> list:
+    """The layers `map_config_layers` maps; InputError naming a class that does not resolve
+    through Keras's namespace or registry or `custom_objects` (nothing is imported)."""
+    try:
+        return legacy.map_config_layers(config, custom_objects=custom_objects)[1]
+    except legacy.UnknownLayerClass as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def _checked_config(path, custom_objects=None):
+    """Refuse a file over the limits or with a class that does not resolve."""
+    _mapped_layers(path, _read_config(path)[1], custom_objects)
+
+
+def _needs_legacy_reading(path, custom_objects=None) -> bool:
+    """Whether `path` needs `edgetrunc.legacy` (a Keras 2 config, mapped layers); raises
+    InputError with the fix for files that must be migrated first (Lambda layers)."""
+    file_format, config = _read_config(path)
     names = [c.get("name", "?") for c in legacy.find_lambda_configs(config)]
     if names or legacy.count_stored_functions(config):
         shown = f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
         raise InputError(f"{path}: has {len(names) or 'stored'} Lambda layer(s){shown}, which run "
                          "Python code stored in the file; replace them first: edgetrunc migrate "
                          f"{path} --out NEW.keras --trust-lambda")
-    try:
-        _, mapped = legacy.map_config_layers(config)
-    except legacy.UnknownLayerClass as exc:
-        raise InputError(f"{path}: {exc}") from None
+    mapped = _mapped_layers(path, config, custom_objects)
     return file_format != "keras" or bool(mapped)

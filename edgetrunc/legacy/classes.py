@@ -4,7 +4,9 @@
 exact clips (`tf.clip_by_value`, `tf.minimum(tf.maximum(...))` fused into one layer) and
 layers of user classes named with `parse_truncation_classes` become `Truncation` entries
 (`MappedLayer` says which and why); any other class Keras 3 does not know raises
-`UnknownLayerClass` naming it.
+`UnknownLayerClass` naming it. A class resolves only through Keras's own namespace, the
+registry (`keras.saving.register_keras_serializable`, edgetrunc's `Truncation`) and the
+caller's custom objects: nothing named in a file is imported.
 """
 
 from __future__ import annotations
@@ -14,12 +16,25 @@ import json
 import math
 
 from edgetrunc.errors import InputError
+from edgetrunc.legacy.activations import (
+    activation_bounds,
+    asked_activation,
+    insert_after,
+    unknown_activation,
+)
 from edgetrunc.legacy.config import config_dicts
+from edgetrunc.legacy.weights import threshold_from_weights
 
 TRUNCATION_CONFIG_KEYS = ("threshold", "T", "t", "thresh", "truncation", "clip_value", "limit",
                           "bound", "value")
 MODEL_CLASSES = ("Functional", "Model", "Sequential")
 TF_OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
+# Packages whose saved modules name classes Keras resolves by name (tf_keras: Keras 2 files,
+# whose modules are dropped before loading); any other module resolves only when registered.
+KERAS_PACKAGES = ("keras", "tf_keras")
+# Packages besides keras whose saved module Keras 3 itself imports while loading a config;
+# an object saved under one of them must be registered, else it is refused before loading.
+KERAS_IMPORTED_PACKAGES = ("keras_hub", "keras_cv", "keras_nlp")
 
 
 @dataclasses.dataclass
@@ -82,7 +97,8 @@ def parse_truncation_classes(items) -> dict:
     return classes
 
 
-def map_config_layers(config, truncation_classes=None):
+def map_config_layers(config, truncation_classes=None, custom_objects=None,
+                      layer_weights=None):
     """Replace layers Keras 3 cannot build by `Truncation` where that is exact or asked for.
 
     tf.keras 2 op layers (`TFOpLambda`) of `tf.clip_by_value(x, a, b)` and of
@@ -90,24 +106,34 @@ def map_config_layers(config, truncation_classes=None):
     `Truncation(lower=a, upper=b, gradient="clip")`. A layer of a class named in
     `truncation_classes` (`{class name: threshold or None}`) becomes a `Truncation` whose
     bounds come from its saved config (`threshold`, `T`, `lower`/`upper`, ...) or the given
-    threshold. Any other class Keras 3 does not know raises InputError naming it.
-    Returns `(new config, [MappedLayer])`; `config` itself is not changed.
+    threshold. Any other class Keras 3 does not know (see `_is_known_class`; `custom_objects`
+    as given to `keras.saving.load_model`) raises UnknownLayerClass naming it, and so does
+    any object saved under a module Keras would import (`KERAS_IMPORTED_PACKAGES`) that is
+    not registered. `layer_weights(layer name)` gives the `{name: array}` a mapped class
+    stores: one scalar weight (a learned threshold) gives T (`threshold_from_weights`).
+    An activation function saved by name and named in `truncation_classes` becomes a
+    `Truncation` (`Activation(fn)`) or is split off its layer into one. Returns `(new config, [MappedLayer])`; `config` itself is not changed.
     """
     config = json.loads(json.dumps(config))
     truncation_classes = dict(truncation_classes or {})
     mapped, unknown, used = [], [], set()
     for model_config in [d for d in config_dicts(config) if isinstance(d.get("layers"), list)]:
-        _map_model_layers(model_config, truncation_classes, mapped, unknown, used)
+        _map_model_layers(model_config, truncation_classes, mapped, unknown, used,
+                          custom_objects, layer_weights)
+    for found in _objects_keras_would_import(config, custom_objects):
+        if found not in unknown:
+            unknown.append(found)
     missing = sorted(set(truncation_classes) - used)
     if missing:
-        raise InputError(f"--truncation-class {missing[0]}: no layer of class {missing[0]} in "
-                         "the model")
+        raise InputError(f"--truncation-class {missing[0]}: no layer of class {missing[0]} "
+                         "and no activation function of that name in the model")
     if unknown:
         raise UnknownLayerClass(unknown)
     return config, mapped
 
 
-def _map_model_layers(model_config, truncation_classes, mapped, unknown, used):
+def _map_model_layers(model_config, truncation_classes, mapped, unknown, used,
+                      custom_objects=None, layer_weights=None):
     """Map the layers of one model config in place; collect what was mapped and unknown."""
     layers = model_config["layers"]
     index = 0
@@ -116,16 +142,25 @@ def _map_model_layers(model_config, truncation_classes, mapped, unknown, used):
         index += 1
         if not isinstance(node, dict) or not isinstance(node.get("class_name"), str):
             continue
+        activation = asked_activation(node, truncation_classes)
+        if activation is not None:
+            used.add(activation[0])
+            index += _map_activation(layers, model_config, index - 1, activation, mapped)
+            continue
+        if unknown_activation(node) is not None:
+            unknown.append((_layer_name(node), f"activation function {unknown_activation(node)}"))
+            continue
         class_name, name = node["class_name"], _layer_name(node)
         # a registered Keras 2 class is saved as "Package>Name": "Name" also matches it
         asked = next((c for c in (class_name, class_name.rsplit(">", 1)[-1])
                       if c in truncation_classes), None)
         if asked is not None:
             used.add(asked)
-            layers[index - 1], found = _map_asked_class(node, truncation_classes[asked])
+            weights = layer_weights(name) if layer_weights else {}
+            layers[index - 1], found = _map_asked_class(node, truncation_classes[asked], weights)
             mapped.append(found)
         elif class_name != "TFOpLambda":
-            if not _is_known_class(node):
+            if not _is_known_class(node, custom_objects):
                 unknown.append((name, class_name))
         else:
             found = _map_op_layer(layers, model_config, index - 1, node)
@@ -135,16 +170,45 @@ def _map_model_layers(model_config, truncation_classes, mapped, unknown, used):
                 mapped.append(found)
 
 
-def _map_asked_class(node, threshold):
+def _map_asked_class(node, threshold, weights=None):
     """`(Truncation entry, MappedLayer)` of a layer whose class the user named."""
     class_name, name = node["class_name"], _layer_name(node)
     saved = node.get("config") if isinstance(node.get("config"), dict) else {}
-    lower, upper, key = _bounds_from_config(class_name, name, saved, threshold)
+    if weights:
+        lower, upper, key = threshold_from_weights(class_name, name, weights, threshold)
+        source = f"its stored weight {key!r}"
+    else:
+        lower, upper, key = _bounds_from_config(class_name, name, saved, threshold)
+        source = "the option" if key == "given" else "its config key " + repr(key)
     return _truncation_node(node, lower, upper, "clip"), MappedLayer(
         name, f"class {class_name}", lower, upper, "clip",
-        f"class {class_name} mapped by --truncation-class (bounds from "
-        f"{'the option' if key == 'given' else 'its config key ' + repr(key)}); "
+        f"class {class_name} mapped by --truncation-class (bounds from {source}); "
         "its code is not in the file, so its behaviour was not checked")
+
+
+def _map_activation(layers, model_config, index, activation, mapped) -> int:
+    """Map an activation function named by the user; return how many layers were inserted."""
+    node = layers[index]
+    name, layer = activation[0], _layer_name(node)
+    lower, upper, source = activation_bounds(layer, name, activation[1])
+    note = (f"activation function {name} mapped by --truncation-class (bounds from {source})"
+            + ("" if source.startswith("Keras") else
+               "; its code is not in the file, so its behaviour was not checked"))
+    if node["class_name"] == "Activation":
+        layers[index] = _truncation_node(node, lower, upper, "clip")
+        mapped.append(MappedLayer(layer, f"activation {name}", lower, upper, "clip", note))
+        return 0
+    taken = {_layer_name(other) for other in layers if isinstance(other, dict)}
+    new_name = next(f"{layer}_{name}" + (f"_{n}" if n else "") for n in range(len(layers) + 1)
+                    if f"{layer}_{name}" + (f"_{n}" if n else "") not in taken)
+    new = _truncation_node(node, lower, upper, "clip")
+    new["config"]["name"] = new["name"] = new_name
+    new.pop("inbound_nodes", None)
+    node["config"]["activation"] = "linear"
+    insert_after(layers, model_config, index, new)
+    mapped.append(MappedLayer(new_name, f"activation {name} of layer '{layer}'", lower, upper,
+                              "clip", note))
+    return 1
 
 
 def _map_op_layer(layers, model_config, index, node):
@@ -175,27 +239,57 @@ def _layer_name(node) -> str:
     return str(node.get("name") or config.get("name") or "?")
 
 
-def _is_known_class(node) -> bool:
+def _is_registered(node, custom_objects=None) -> bool:
+    """Whether the registry (or `custom_objects`) holds the class a config node names."""
     import keras
 
     import edgetrunc.layers  # noqa: F401  (registers Truncation)
 
-    name = node["class_name"]
-    if name in MODEL_CLASSES or name == "Truncation" or (
-            name not in TF_OP_LAYERS and isinstance(getattr(keras.layers, name, None), type)):
-        return True
-    for key in (node.get("registered_name"), name):
-        if key and keras.saving.get_registered_object(key) is not None:
-            return True
-    module = node.get("module")
-    if isinstance(module, str) and module and not module.startswith(("keras", "tf_keras")):
-        import importlib
+    return any(isinstance(key, str) and key and keras.saving.get_registered_object(
+        key, custom_objects=custom_objects) is not None
+        for key in (node.get("registered_name"), node.get("class_name")))
 
-        try:  # Keras 3 imports a class's saved module too
-            return isinstance(getattr(importlib.import_module(module), name, None), type)
-        except Exception:
-            return False
-    return False
+
+def _is_known_class(node, custom_objects=None) -> bool:
+    """Whether Keras can build a layer config's class without importing anything the file
+    names: a registered class (user's, edgetrunc's, `custom_objects`), or a Keras layer or
+    model class saved under a Keras module (or none), or edgetrunc's `Truncation`. A class
+    saved under any other module is unknown; its module is never imported."""
+    import keras
+
+    if _is_registered(node, custom_objects):
+        return True
+    name, module = node["class_name"], node.get("module")
+    if module not in (None, "") and not (isinstance(module, str) and module.split(".")[0]
+                                         in (*KERAS_PACKAGES, "edgetrunc")):
+        return False
+    if isinstance(module, str) and module.startswith("edgetrunc"):
+        return name == "Truncation"
+    return name in MODEL_CLASSES or name == "Truncation" or (
+        name not in TF_OP_LAYERS and isinstance(getattr(keras.layers, name, None), type))
+
+
+def _objects_keras_would_import(node, custom_objects=None, layer="?") -> list:
+    """`(layer, class)` of every object in a config saved under a module Keras itself would
+    import (`KERAS_IMPORTED_PACKAGES`) that no registry resolves; `layer` is the nearest
+    enclosing layer's name."""
+    found = []
+    if isinstance(node, dict):
+        config = node.get("config")
+        if isinstance(config, dict) and isinstance(config.get("name"), str):
+            layer = _layer_name(node)
+        module = node.get("module")
+        if isinstance(module, str) and module.split(".")[0] in KERAS_IMPORTED_PACKAGES \
+                and isinstance(node.get("class_name"), str) \
+                and not _is_registered(node, custom_objects):
+            found.append((layer, node["class_name"]))
+        values = node.values()
+    else:
+        values = node if isinstance(node, list) else ()
+    for value in values:
+        if isinstance(value, (dict, list)):
+            found.extend(_objects_keras_would_import(value, custom_objects, layer))
+    return found
 
 
 def _number(value):

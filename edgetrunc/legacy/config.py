@@ -164,8 +164,8 @@ def _h5_config(path) -> dict:
         raise InputError(f"{path}: an HDF5 file named '.keras'; rename it to .h5")
     try:
         with h5py.File(path, "r") as handle:
-            text = handle.attrs.get("model_config")
-    except OSError as exc:
+            text = _read_h5_config(path, handle)
+    except (OSError, MemoryError) as exc:
         raise InputError(f"{path}: corrupt HDF5 file ({exc})") from None
     if text is None:
         raise InputError(f"{path}: HDF5 file without a model config (weights only?); expected "
@@ -173,6 +173,30 @@ def _h5_config(path) -> dict:
                          "build the model in code, call model.load_weights on this file and "
                          "save it with model.save('model.keras')")
     return _parse_config(path, text)
+
+
+def _read_h5_config(path, handle):
+    """An `.h5`'s model_config attribute, its size checked before it is read: a fixed-size
+    attribute by its storage size, a variable-length string (as Keras writes it) once read,
+    which HDF5 reads from the file's own bytes (attributes are never compressed)."""
+    if "model_config" not in handle.attrs:
+        return None
+    attribute = handle.attrs.get_id("model_config")
+    stored, items = attribute.get_storage_size(), attribute.shape
+    count = 1
+    for extent in items or ():
+        count *= extent
+    if stored > MAX_CONFIG_BYTES or count > 1:
+        raise InputError(f"{path}: its model_config attribute holds {_size(stored)} in {count} "
+                         f"item(s), over the {_size(MAX_CONFIG_BYTES)} limit for a model config "
+                         "(one string); refusing to read it")
+    text = handle.attrs.get("model_config")
+    if hasattr(text, "tolist") and not isinstance(text, (str, bytes)):
+        text = text.tolist()
+    if isinstance(text, (str, bytes)) and len(text) > MAX_CONFIG_BYTES:
+        raise InputError(f"{path}: its model_config is {_size(len(text))}, over the "
+                         f"{_size(MAX_CONFIG_BYTES)} limit for a model config; refusing to read it")
+    return text
 
 
 def _protobuf_fields(data: bytes):
@@ -210,16 +234,23 @@ def _savedmodel_config(path) -> dict:
     if not metadata_file.is_file():
         raise InputError(f"{path}: a SavedModel folder without keras_metadata.pb (not saved by "
                          "tf.keras model.save); Keras 3 cannot rebuild a Keras model from it")
+    size = metadata_file.stat().st_size
+    if size > MAX_METADATA_BYTES:
+        raise InputError(f"{metadata_file}: {_size(size)}, over the {_size(MAX_METADATA_BYTES)} "
+                         "limit for Keras metadata; refusing to read it")
     try:
         # SavedMetadata {repeated SavedObject nodes = 1}; SavedObject {node_path = 3, metadata = 5}
         for number, node in _protobuf_fields(metadata_file.read_bytes()):
             fields = dict(_protobuf_fields(node)) if number == 1 else {}
             if fields.get(3) == b"root":
-                metadata = json.loads(fields.get(5, b"{}").decode("utf-8"))
+                text = checked_json_text(path, fields.get(5, b"{}"), "SavedModel Keras metadata")
+                metadata = json.loads(text)
                 break
         else:
             metadata = {}
-    except (ValueError, IndexError, UnicodeDecodeError):
+    except InputError:
+        raise
+    except (ValueError, IndexError, UnicodeDecodeError, RecursionError):
         raise InputError(f"{path}: keras_metadata.pb cannot be read (corrupt file?)") from None
     if not isinstance(metadata.get("config"), dict) or "class_name" not in metadata:
         raise InputError(f"{path}: the SavedModel's Keras metadata has no model config (a "
@@ -250,12 +281,40 @@ def _saved_by_keras2(config, metadata) -> bool:
     return module.startswith(("tf_keras.", "keras.src.engine.", "keras.engine."))
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def json_depth(data: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, counted without parsing it (so
+    a parser that recurses is never given more than `MAX_CONFIG_DEPTH` levels)."""
+    import numpy as np
+
+    codes = np.frombuffer(_JSON_STRING.sub(b'""', data), np.uint8)
+    opens = (codes == ord("{")) | (codes == ord("["))
+    brackets = opens | (codes == ord("}")) | (codes == ord("]"))
+    steps = np.where(opens[brackets], 1, -1).astype(np.int64)
+    return int(np.cumsum(steps).max()) if steps.size else 0
+
+
+def checked_json_text(path, text, what="model config") -> str:
+    """`text` (str or bytes) as a str for `json.loads`, refused with one line naming the file
+    and the limit when it is over `MAX_CONFIG_BYTES` or nests deeper than `MAX_CONFIG_DEPTH`."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise InputError(f"{path}: its {what} is {_size(len(data))}, over the "
+                         f"{_size(MAX_CONFIG_BYTES)} limit; refusing to read it")
+    depth = json_depth(data)
+    if depth > MAX_CONFIG_DEPTH:
+        raise InputError(f"{path}: its {what} nests {depth} levels deep, over the limit of "
+                         f"{MAX_CONFIG_DEPTH}; refusing to read it")
+    return text if isinstance(text, str) else data.decode("utf-8", "replace")
+
+
 def _parse_config(path, text) -> dict:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
+    text = checked_json_text(path, text)
     try:
         config = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InputError(f"{path}: model config is not valid JSON (corrupt file?)") from None
     if not isinstance(config, dict) or "class_name" not in config:
         raise InputError(f"{path}: model config has no class_name; not a Keras model")

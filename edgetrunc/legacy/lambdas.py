@@ -159,9 +159,12 @@ def _global_reads(code):
 @contextlib.contextmanager
 def keras_patched(module_name: str, attribute: str, wrap):
     """While active, Keras's `module_name.attribute` is `wrap(original)`; a no-op if a Keras
-    version moved it (the callers then fall back to what they can do after loading)."""
+    version moved it (the callers then fall back to what they can do after loading). Only
+    Keras's own modules, named by edgetrunc's code, are imported here; never a file's."""
     import importlib
 
+    if module_name.split(".")[0] != "keras":
+        raise ValueError(f"keras_patched patches Keras modules only, not {module_name!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError:  # pragma: no cover - depends on the Keras layout
@@ -187,7 +190,14 @@ def lambdas_rebuilt_with(namespace):
     """
     def wrap(original):
         def func_load(code, defaults=None, closure=None, globs=None):
-            return original(code, defaults=defaults, closure=closure, globs=namespace)
+            if isinstance(code, (tuple, list)):
+                code, defaults, closure = code
+            if isinstance(defaults, list):  # Keras 2 stores a function's defaults as a list
+                defaults = tuple(defaults)
+            fn = original(code, defaults=defaults, closure=closure, globs=namespace)
+            # named "<lambda>", Keras saves it as code again, not as a name nobody defines
+            return types.FunctionType(fn.__code__, namespace, "<lambda>", fn.__defaults__,
+                                      fn.__closure__) if isinstance(fn, types.FunctionType) else fn
         return func_load
 
     return keras_patched("keras.src.utils.python_utils", "func_load", wrap)

@@ -18,6 +18,12 @@ from edgetrunc import _log
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.legacy.classes import map_config_layers
 from edgetrunc.legacy.config import config_dicts, read_model_config
+from edgetrunc.legacy.objects import (
+    replace_training_objects,
+    translate_keras2_keys,
+    unknown_compile_objects,
+)
+from edgetrunc.legacy.weights import stored_layer_weights
 from edgetrunc.legacy.lambdas import (
     keras_patched,
     lambda_globals,
@@ -43,22 +49,30 @@ def load_legacy(path, trust_lambda=False, extra_globals=None, truncation_classes
 
     path = Path(path)
     file_format, config = read_model_config(path)
+    layer_weights = stored_layer_weights(path, file_format)
     try:
-        new_config, mapped = map_config_layers(config, truncation_classes)
+        new_config, mapped = map_config_layers(config, truncation_classes,
+                                               layer_weights=layer_weights)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
-    policies = _keras2_dtype_policies(new_config) if file_format != "keras" else 0
+    keras2 = file_format != "keras"
+    policies = _keras2_dtype_policies(new_config) if keras2 else 0
+    policies += translate_keras2_keys(new_config) if keras2 else 0
+    replaced = replace_training_objects(new_config, keras2=keras2)
+    _warn_replaced(path, replaced + _unknown_compile_objects(path, file_format, config))
+    weightless = [m.layer for m in mapped if layer_weights(m.layer)]
     namespace = lambda_globals(extra_globals) if trust_lambda else None
     rebuilt = lambdas_rebuilt_with(namespace) if trust_lambda else contextlib.nullcontext()
     links = _keras2_nested_model_links() if file_format != "keras" else contextlib.nullcontext()
     try:
         with _log.stdout_to_stderr(), rebuilt, links:
-            model = _load_by_format(path, file_format, new_config, rewritten=bool(mapped or policies),
-                                    safe_mode=not trust_lambda)
+            model = _load_by_format(path, file_format, new_config,
+                                    rewritten=bool(mapped or policies or replaced),
+                                    safe_mode=not trust_lambda, weightless=weightless)
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"{path}: cannot load the model ({first_line(exc)})") from None
+        raise InputError(f"{path}: cannot load the model ({culprit_line(exc)})") from None
     if not isinstance(model, keras.Model):
         raise InputError(f"{path}: holds a {type(model).__name__}, expected a Keras model")
     if trust_lambda:
@@ -67,7 +81,41 @@ def load_legacy(path, trust_lambda=False, extra_globals=None, truncation_classes
     return _plain_single_input(model), file_format, mapped
 
 
-def _load_by_format(path, file_format, config, rewritten, safe_mode):
+def culprit_line(exc, limit=400) -> str:
+    """One line of a Keras load error that keeps its culprit: Keras puts the cause after
+    "Exception encountered:" below a long config dump, which a first line would cut off."""
+    text = " ".join(str(exc).split())
+    head, marker, cause = text.rpartition("Exception encountered:")
+    if marker:
+        head = head.split(" using config=")[0].split(" with config=")[0].rstrip(" .:")
+        text = f"{head}: {cause.strip()}" if head else cause.strip()
+    text = text or type(exc).__name__
+    return text if len(text) <= limit else f"{text[:limit // 2 - 3]} ... {text[-(limit // 2):]}"
+
+
+def _warn_replaced(path, replaced):
+    if replaced:
+        _log.warn(f"{path}: training-only objects Keras 3 cannot rebuild (their code is not in "
+                  f"the file) replaced by Keras defaults; the weights come from the file: "
+                  + "; ".join(replaced))
+
+
+def _unknown_compile_objects(path, file_format, config) -> list[str]:
+    """Losses/metrics of the saved training config Keras 3 cannot rebuild (not compiled)."""
+    training = config.get("compile_config") if file_format == "tf-keras" else None
+    if file_format == "h5":
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as handle:
+                text = handle.attrs.get("training_config")
+            training = json.loads(text) if text is not None else None
+        except (OSError, ValueError, TypeError):
+            training = None
+    return [f"{found} -> not compiled" for found in unknown_compile_objects(training)]
+
+
+def _load_by_format(path, file_format, config, rewritten, safe_mode, weightless=()):
     import keras
 
     if file_format == "tf-keras":
@@ -75,7 +123,8 @@ def _load_by_format(path, file_format, config, rewritten, safe_mode):
     if file_format == "savedmodel":
         return _load_keras2_savedmodel(path, config, safe_mode=safe_mode)
     if rewritten:
-        return _load_rewritten(path, file_format, config, safe_mode=safe_mode)
+        return _load_rewritten(path, file_format, config, safe_mode=safe_mode,
+                               weightless=weightless)
     return keras.saving.load_model(path, compile=False, safe_mode=safe_mode,
                                    custom_objects=_custom_objects())
 
@@ -139,8 +188,9 @@ def _custom_objects() -> dict:
     return {"Truncation": Truncation}
 
 
-def _load_rewritten(path, file_format, config, safe_mode):
-    """Load a copy of `path` whose model config is `config` (the input is not touched)."""
+def _load_rewritten(path, file_format, config, safe_mode, weightless=()):
+    """Load a copy of `path` whose model config is `config` (the input is not touched);
+    the layers named in `weightless` (mapped to Truncation) lose their stored weights."""
     import shutil
     import tempfile
 
@@ -154,6 +204,10 @@ def _load_rewritten(path, file_format, config, safe_mode):
             shutil.copyfile(path, copy)
             with h5py.File(copy, "r+") as handle:
                 handle.attrs["model_config"] = json.dumps(config)
+                for layer in weightless:
+                    group = handle.get("model_weights", handle).get(layer)
+                    if group is not None:
+                        group.attrs["weight_names"] = []
         else:
             with zipfile.ZipFile(path) as source, zipfile.ZipFile(copy, "w") as target:
                 for name in source.namelist():
