@@ -6,7 +6,11 @@ brings to edgetrunc: `.h5` models whose truncation is a `Lambda` (`tf.clip_by_va
 estimator), a custom `TLU` layer class, raw `tf.clip_by_value`, `tf.minimum(tf.maximum())`
 and `tf.math.softsign` ops on Keras tensors (saved as `TFOpLambda` layers), a model mixing
 `K.clip`, a Lambda with `arguments` and a registered class, a tf.keras `.keras` file, a
-weights-only `.h5` and a SavedModel folder with a nested model, plus one Keras 3 `.keras`
+weights-only `.h5` and a SavedModel folder with a nested model; models written as public
+steganalysis code writes them (a named Lambda function with a default argument and a kernel
+initializer function, activation-function truncations with SeparableConv2D and
+DepthwiseConv2D, an unregistered constraint and regularizer with a custom clip class, a
+class storing a learned threshold weight); plus one Keras 3 `.keras`
 file saved by an older edgetrunc whose `Truncation` config lacks the newer keys. The tests
 read only the committed files; this script needs tf-keras (the `legacy-fixtures` extra)
 and is run by hand:

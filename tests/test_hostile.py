@@ -158,6 +158,39 @@ def test_a_module_named_in_an_h5_config_is_never_imported(scratch, command):
     assert not (scratch / "new.keras").exists() and not (scratch / "out").exists()
 
 
+def test_an_object_under_a_module_keras_would_import_is_refused(tiny_keras, tmp_path):
+    from edgetrunc.errors import InputError
+    from edgetrunc.keras.load import load_model
+
+    def hub_initializer(config):
+        _layers(config)[1]["config"]["kernel_initializer"] = {
+            "module": "keras_hub.src.evil", "class_name": "Evil", "config": {},
+            "registered_name": None}
+
+    hostile = _rewrite_config(tiny_keras, tmp_path / "hub.keras", hub_initializer)
+    with pytest.raises(InputError, match="hub.keras: layer 'conv' is of class 'Evil'"):
+        load_model(hostile)
+
+
+def test_classes_registered_in_python_still_resolve(tmp_path):
+    import keras
+
+    from edgetrunc.keras.load import load_model
+
+    @keras.saving.register_keras_serializable(package="hostile_test")
+    class Doubling(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    inputs = keras.Input((3,))
+    path = tmp_path / "registered.keras"
+    keras.Model(inputs, Doubling(name="double")(inputs)).save(path)
+    assert type(load_model(path).layers[-1]) is Doubling
+    keras.saving.get_custom_objects().pop("hostile_test>Doubling")
+    assert type(load_model(path, custom_objects={"hostile_test>Doubling": Doubling})
+                .layers[-1]) is Doubling
+
+
 def test_the_marker_module_is_importable_from_its_folder(scratch):
     """The module tests above would pass vacuously if the marker could not be imported."""
     subprocess.run([sys.executable, "-c", f"import {MARKER_MODULE}"], cwd=scratch.parent, check=True,
@@ -291,7 +324,7 @@ def test_onnx_external_data_outside_the_model_folder_is_refused(tmp_path, scratc
 
 # convert commits a set ---------------------------------------------------------------------
 
-CONVERT_STEPS = ("after-artifact", "before-manifest", "after-manifest")
+CONVERT_STEPS = ("after-staging", "after-artifact", "before-manifest", "after-manifest")
 
 
 def _set_is_consistent(folder: Path) -> bool:
@@ -303,6 +336,8 @@ def _set_is_consistent(folder: Path) -> bool:
 
 @pytest.mark.parametrize("step", CONVERT_STEPS)
 def test_a_killed_convert_leaves_the_old_set_or_the_new_one(tiny_keras, tmp_path, step):
+    from edgetrunc.export.commit import JOURNAL, recover
+
     out = tmp_path / "out"
     first = edgetrunc("convert", tiny_keras, "--out", out, "--tflite", "fp32", "--onnx", "fp32",
                       cwd=tmp_path)
@@ -310,11 +345,21 @@ def test_a_killed_convert_leaves_the_old_set_or_the_new_one(tiny_keras, tmp_path
     old = (out / "manifest.json").read_text()
     killed = edgetrunc("convert", tiny_keras, "--out", out, "--tflite", "fp32,fp16", "--onnx", "fp32",
                        "--force", cwd=tmp_path, env={"EDGETRUNC_FAULT": f"convert:{step}"})
-    assert killed.returncode != 0
+    assert killed.returncode == -9, killed.stderr
+    if not (out / JOURNAL).exists():  # killed before the commit record: the old set stands
+        assert (out / "manifest.json").read_text() == old and _set_is_consistent(out)
+    recover(out)  # what the next convert into the folder does first, under its lock
     assert _set_is_consistent(out)
     now = (out / "manifest.json").read_text()
-    assert now == old or len(json.loads(now)["artifacts"]) == 3
-    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".edgetrunc.lock"]
+    if step == "after-staging":
+        assert now == old
+    else:
+        assert len(json.loads(now)["artifacts"]) == 3
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".edgetrunc.lock"]  # unheld
+    again = edgetrunc("convert", tiny_keras, "--out", out, "--tflite", "fp32", "--onnx", "fp32",
+                      "--force", cwd=tmp_path)
+    assert again.returncode == 0 and _set_is_consistent(out)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
 def test_a_second_convert_into_a_locked_folder_is_refused(tiny_keras, tmp_path):
@@ -352,18 +397,68 @@ def test_a_keras_archive_whose_config_expands_hugely_is_refused(tiny_keras, tmp_
     assert_one_line(result, 2, "bomb.keras")
 
 
-def test_a_deeply_nested_config_is_refused(tiny_keras, tmp_path):
+@pytest.mark.parametrize("levels", [5000, 300])
+def test_a_deeply_nested_config_is_refused(tiny_keras, tmp_path, levels):
+    # written as text: json.dumps itself cannot encode 5000 levels
+    deep_text = '{"x": ' * levels + "{}" + "}" * levels
+
     def nest(config):
-        deep = {}
-        node = deep
-        for _ in range(5000):
-            node["x"] = {}
-            node = node["x"]
-        _layers(config)[1]["config"]["deep"] = deep
+        _layers(config)[1]["config"]["deep"] = "DEEP-PLACEHOLDER"
 
     hostile = _rewrite_config(tiny_keras, tmp_path / "deep.keras", nest)
+    with zipfile.ZipFile(hostile) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["config.json"] = members["config.json"].replace(b'"DEEP-PLACEHOLDER"',
+                                                            deep_text.encode())
+    with zipfile.ZipFile(hostile, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
     result = edgetrunc("evaluate", hostile, cwd=tmp_path)
-    assert_one_line(result, 2, "deep.keras")
+    assert_one_line(result, 2, "deep.keras", "200")
+
+
+def test_a_deeply_nested_h5_config_is_refused(tmp_path):
+    import h5py
+
+    hostile = tmp_path / "deep.h5"
+    shutil.copyfile(ROOT / "tests" / "fixtures" / "legacy" / "tfop_clip.h5", hostile)
+    with h5py.File(hostile, "r+") as handle:
+        text = handle.attrs["model_config"]
+        handle.attrs["model_config"] = text[:-1] + ', "deep": ' + "[" * 5000 + "]" * 5000 + "}"
+    result = edgetrunc("migrate", hostile, "--out", tmp_path / "new.keras", cwd=tmp_path)
+    assert_one_line(result, 2, "deep.h5", "200")
+    assert not (tmp_path / "new.keras").exists()
+
+
+def test_a_keras_archive_with_too_many_members_or_an_escaping_name_is_refused(tiny_keras,
+                                                                            tmp_path):
+    with zipfile.ZipFile(tiny_keras) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    many, escaping = tmp_path / "many.keras", tmp_path / "escaping.keras"
+    with zipfile.ZipFile(many, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        for index in range(10_001):
+            archive.writestr(f"assets/{index}", b"")
+    with zipfile.ZipFile(escaping, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        archive.writestr("../outside.txt", b"x")
+    assert_one_line(edgetrunc("evaluate", many, cwd=tmp_path), 2, "many.keras", "10000")
+    assert_one_line(edgetrunc("evaluate", escaping, cwd=tmp_path), 2, "escaping.keras", "..")
+    assert not (tmp_path.parent / "outside.txt").exists()
+
+
+def test_an_h5_with_a_huge_model_config_is_refused(tmp_path):
+    import h5py
+
+    hostile = tmp_path / "huge.h5"
+    shutil.copyfile(ROOT / "tests" / "fixtures" / "legacy" / "tfop_clip.h5", hostile)
+    with h5py.File(hostile, "r+") as handle:
+        text = handle.attrs["model_config"]
+        handle.attrs["model_config"] = text[:-1] + " " * (65 << 20) + "}"
+    result = edgetrunc("migrate", hostile, "--out", tmp_path / "new.keras", cwd=tmp_path)
+    assert_one_line(result, 2, "huge.h5", "64 MiB")
 
 
 def test_a_huge_sparse_onnx_file_is_refused_before_reading(tmp_path):
@@ -422,7 +517,7 @@ def _huge_declared_npz(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["huge-shape", "string-labels", "meta-list", "rows-2d"])
+@pytest.mark.parametrize("case", ["huge-shape", "string-labels", "object-array"])
 def test_hostile_recordings_are_one_line_errors(tmp_path, case):
     x = np.zeros((2, 256, 256, 1), np.float32)
     path = tmp_path / "in.npz"
@@ -430,14 +525,61 @@ def test_hostile_recordings_are_one_line_errors(tmp_path, case):
         _huge_declared_npz(path)
     elif case == "string-labels":
         _npz(path, x=x, labels=np.array(["a", "b"]))
-    elif case == "meta-list":
-        _npz(path, x=x, meta=np.array([1, 2, 3]))
     else:
-        _npz(path, x=x, rows=np.zeros((2, 2)))
+        _npz(path, x=x, names=np.array([{"a": 1}, None], dtype=object))
     result = edgetrunc("run", MODELS / "tlunet_int8.tflite", path, "--out", tmp_path / "o.npz",
                        cwd=tmp_path, timeout=60)
     assert_one_line(result, 2, "in.npz")
     assert not (tmp_path / "o.npz").exists()
+
+
+def _recording(folder: Path, change) -> tuple:
+    """`(inputs, recording)`: outputs recorded by `edgetrunc run`, then changed by `change`."""
+    from edgetrunc.runtime.recorded import record_outputs, save_inputs
+
+    inputs, recording = folder / "in.npz", folder / "rec.npz"
+    save_inputs(inputs, np.random.default_rng(0).integers(0, 256, (2, 256, 256, 1)).astype(np.float32))
+    record_outputs(MODELS / "tlunet_int8.tflite", inputs, recording)
+    with np.load(recording) as data:
+        arrays = {key: data[key] for key in data.files}
+    change(arrays)
+    np.savez(recording, **arrays)
+    return inputs, recording
+
+
+def _fewer_outputs(arrays):
+    arrays.update({key: value[:1] for key, value in arrays.items() if key.startswith("output:")})
+
+
+RECORDING_CHANGES = {
+    "meta-list": lambda arrays: arrays.update(meta=np.array([1, 2, 3])),
+    "meta-not-an-object": lambda arrays: arrays.update(meta=np.array("[1, 2]")),
+    "rows-2d": lambda arrays: arrays.update(rows=np.zeros((2, 2))),
+    "fewer-outputs-than-rows": _fewer_outputs,
+    "text-outputs": lambda arrays: arrays.update({"output:x": np.array(["a", "b"])}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RECORDING_CHANGES))
+def test_hostile_recorded_outputs_are_one_line_errors(tmp_path, case):
+    inputs, recording = _recording(tmp_path, RECORDING_CHANGES[case])
+    before = recording.read_bytes()
+    result = edgetrunc("parity", MODELS / "tlunet.keras", recording, "--inputs", inputs,
+                       "--no-probes", cwd=tmp_path, timeout=120)
+    assert_one_line(result, 2, "rec.npz")
+    assert recording.read_bytes() == before
+
+
+def test_a_recording_with_a_huge_declared_output_is_refused_before_reading(tmp_path):
+    inputs, recording = _recording(tmp_path, lambda arrays: None)
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 2), }"
+    header += b" " * (118 - len(header)) + b"\n"
+    with zipfile.ZipFile(recording, "a") as archive:
+        archive.writestr("output:huge.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                         + header)
+    result = edgetrunc("parity", MODELS / "tlunet.keras", recording, "--inputs", inputs,
+                       "--no-probes", cwd=tmp_path, timeout=120)
+    assert_one_line(result, 2, "rec.npz")
 
 
 # the command line itself ---------------------------------------------------------------------
@@ -469,6 +611,81 @@ def test_names_with_control_characters_are_escaped(tmp_path):
     result = edgetrunc("infer", MODELS / "tlunet_int8.tflite", odd, cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     assert "\x1b" not in result.stderr and "\\x1b" in result.stderr
+
+
+def _photo(path: Path) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256), np.uint8)).save(path)
+    return path
+
+
+def test_parity_reports_never_replace_a_photo_of_the_inputs_folder(tmp_path):
+    photos = tmp_path / "imgs"
+    photos.mkdir()
+    photo = _photo(photos / "p0.png")
+    before = photo.read_bytes()
+    for option in ("--html", "--json", "--save-inputs"):
+        result = edgetrunc("parity", MODELS / "tlunet.keras", MODELS / "tlunet_int8.tflite",
+                           "--inputs", photos, "--no-probes", option, photo, cwd=tmp_path, timeout=60)
+        assert_one_line(result, 2, "input", "p0.png")
+    assert photo.read_bytes() == before and sorted(os.listdir(photos)) == ["p0.png"]
+
+
+def test_parity_inputs_empty_is_refused_not_the_current_folder(tmp_path):
+    _photo(tmp_path / "here.png")
+    result = edgetrunc("parity", MODELS / "tlunet.keras", MODELS / "tlunet_int8.tflite",
+                       "--inputs", "", "--no-probes", cwd=tmp_path, timeout=120)
+    assert_one_line(result, 2, "--inputs")
+
+
+def _invalid_utf8_names(target: Path) -> Path:
+    """A copy of the int8 TFLite artifact whose tensor names hold a byte that is not UTF-8."""
+    from edgetrunc.runtime.metadata import tflite_schema
+
+    content = (MODELS / "tlunet_int8.tflite").read_bytes()
+    graph = tflite_schema().Model.GetRootAs(content, 0).Subgraphs(0)
+    names = {graph.Tensors(i).Name() for i in range(graph.TensorsLength())}
+    edited = bytearray(content)
+    for name in (n for n in names if n and len(n) >= 8):
+        start = content.find(name)
+        while start >= 0:
+            edited[start + 1] = 0xFF
+            start = content.find(name, start + 1)
+    target.write_bytes(bytes(edited))
+    return target
+
+
+def test_tflite_names_that_are_not_utf8_never_crash(tmp_path):
+    artifact = _invalid_utf8_names(tmp_path / "names.tflite")
+    photo = _photo(tmp_path / "photo.png")
+    runs = [edgetrunc("infer", artifact, photo, cwd=tmp_path, timeout=60),
+            edgetrunc("bench", artifact, "--runs", "1", "--warmup", "0", cwd=tmp_path, timeout=60),
+            edgetrunc("parity", MODELS / "tlunet.keras", artifact, "--inputs", "random", "--samples",
+                      "2", "--per-layer", "--no-probes", cwd=tmp_path, timeout=300)]
+    for result in runs:
+        assert result.returncode in (0, 1), result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and "UnicodeDecodeError" not in result.stderr
+    assert runs[0].returncode == 0 and runs[1].returncode == 0
+
+
+def test_onnx_runtime_log_lines_stay_off_stderr(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((1, 4, 4, 1), np.float32), "w")
+    unused = numpy_helper.from_array(np.zeros(3, np.float32), "unused")  # ORT warns it removes it
+    graph = helper.make_graph([helper.make_node("Add", ["input", "w"], ["out"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 4, 1])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 1])],
+                              [weight, unused])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "unused.onnx"
+    onnx.save(model, str(path))
+    result = edgetrunc("bench", path, "--runs", "1", "--warmup", "0", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "onnxruntime" not in result.stderr and "\x1b" not in result.stderr, result.stderr
 
 
 # a seeded byte-flip fuzz of the shipped artifacts --------------------------------------------

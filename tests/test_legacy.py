@@ -22,6 +22,7 @@ import edgetrunc  # noqa: E402
 from edgetrunc import Truncation  # noqa: E402
 from edgetrunc.cli import main  # noqa: E402
 from edgetrunc.errors import InputError  # noqa: E402
+from edgetrunc.legacy import load_model as load_trusted  # noqa: E402
 from edgetrunc.migrate import migrate, parse_truncation_classes  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
@@ -358,3 +359,90 @@ def test_fixtures_stay_small():
     total = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file())
     assert total < 1_000_000
     assert set(MANIFEST) == {p.name for p in FIXTURES.iterdir() if p.name != "MANIFEST.json"}
+
+
+# ----------------------------------------------------------------------------- foreign models
+
+
+@pytest.mark.parametrize("name, options, bounds", [
+    ("named_lambda_init.h5", ["--trust-lambda"], {"tlu": (-3.0, 3.0)}),
+    ("activation_tlu.h5", ["--truncation-class", "tlu=3"],
+     {"act_tlu": (-3.0, 3.0), "fc_tlu": (-3.0, 3.0)}),
+    ("constraint_clip.h5", ["--truncation-class", "HardClip"], {"clip": (-2.0, 2.0)}),
+    ("learned_tlu.h5", ["--truncation-class", "LearnedTLU"], {"tlu": (-2.5, 2.5)}),
+])
+def test_foreign_model_migrates_from_the_command_line(name, options, bounds, tmp_path, capsys):
+    out = tmp_path / "new.keras"
+    rc, stdout, err = cli(capsys, "migrate", FIXTURES / name, "--out", out, *options, "--json")
+    assert rc == 0, err
+    report = json.loads(stdout)
+    assert report["written"] and report["verification"]["passed"]
+    got = {layer["layer"]: (layer["lower"], layer["upper"]) for layer in report["layers"]
+           if layer["replaced"]}
+    assert got == bounds
+    model = (load_trusted(out, trust_lambda=True) if report["kept"]
+             else keras.saving.load_model(out, safe_mode=True))
+    for layer, (lower, upper) in bounds.items():
+        assert model.get_layer(layer).bounds == (lower, upper)
+    np.testing.assert_allclose(np.asarray(model(sample(name))),
+                               np.array(MANIFEST[name]["keras2_output"]), atol=1e-5, rtol=0)
+
+
+
+def test_training_only_objects_are_named_in_one_warning(tmp_path, capsys):
+    rc, _, err = cli(capsys, "migrate", FIXTURES / "constraint_clip.h5", "--out",
+                     tmp_path / "new.keras", "--truncation-class", "HardClip")
+    assert rc == 0, err
+    (line,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert "conv1.kernel_constraint 'CenteredKernel' -> none" in line
+    assert "conv1.kernel_regularizer 'SmallL1' -> none" in line
+    rc, _, err = cli(capsys, "migrate", FIXTURES / "named_lambda_init.h5", "--out",
+                     tmp_path / "named.keras", "--trust-lambda", "--json")
+    assert rc == 0, err
+    (line,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert "conv1.kernel_initializer 'srm_init'" in line and "loss 'weighted_loss'" in line
+
+
+def test_named_lambda_kept_as_a_lambda_reloads(tmp_path, capsys):
+    out = tmp_path / "new.keras"
+    rc, stdout, err = cli(capsys, "migrate", FIXTURES / "named_lambda_init.h5", "--out", out,
+                          "--trust-lambda", "--json")
+    assert rc == 0, err
+    report = json.loads(stdout)
+    assert report["kept"] == ["half"] and "still needs --trust-lambda" in report["safe_mode"]
+    model = load_trusted(out, trust_lambda=True)
+    np.testing.assert_allclose(np.asarray(model(sample("named_lambda_init.h5"))),
+                               np.array(MANIFEST["named_lambda_init.h5"]["keras2_output"]),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name, options, fragments", [
+    ("activation_tlu.h5", [], ("layer 'act_tlu'", "'tlu'", "--truncation-class tlu=T")),
+    ("activation_tlu.h5", ["--truncation-class", "tlu"], ("'tlu'", "--truncation-class tlu=T")),
+    ("learned_tlu.h5", ["--truncation-class", "LearnedTLU=3"],
+     ("weight 'threshold' = 2.5", "--truncation-class LearnedTLU without =T")),
+    ("named_lambda_init.h5", [], ("Lambda layer(s)", "--trust-lambda")),
+])
+def test_foreign_model_refusals_are_one_line(name, options, fragments, tmp_path, capsys):
+    out = tmp_path / "new.keras"
+    rc, _, err = cli(capsys, "migrate", FIXTURES / name, "--out", out, *options)
+    assert_one_line_error(rc, err, *fragments)
+    assert not out.exists()
+
+
+def test_a_class_storing_several_weights_is_refused_naming_them():
+    from edgetrunc.legacy.weights import threshold_from_weights
+
+    with pytest.raises(InputError, match=r"'alpha' \[\], 'beta' \[4\]"):
+        threshold_from_weights("PTLU", "tlu", {"alpha": np.float32(1), "beta": np.ones(4)}, None)
+    assert threshold_from_weights("T", "tlu", {"t": np.float32(-2.5)}, 2.5) == (-2.5, 2.5, "t")
+
+
+def test_load_errors_keep_the_culprit():
+    from edgetrunc.legacy.load import culprit_line
+
+    error = ValueError("Error when deserializing class 'Conv2D' using config={" + "'k': 1, " * 80
+                       + "}.\n\nException encountered: Could not interpret initializer "
+                       "identifier: srm_init")
+    line = culprit_line(error)
+    assert "\n" not in line and "Conv2D" in line and "srm_init" in line

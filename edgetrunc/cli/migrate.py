@@ -37,8 +37,9 @@ def add_arguments(p) -> None:
                    help="a global a saved lambda reads but the file does not store, e.g. T=3.0 "
                    "(VALUE is a Python literal; repeatable)")
     p.add_argument("--truncation-class", action="append", default=[], metavar="CLASS[=T]",
-                   help="a custom layer class of the legacy file that is a truncation (clip to "
-                   "[-T, T]): map it to Truncation, T from its saved config or given (repeatable)")
+                   help="a custom layer class or an activation function saved by name that is a "
+                   "truncation (clip to [-T, T]): map it to Truncation, T from its saved config, "
+                   "its one stored scalar weight, or given (repeatable)")
 
 
 def parse_defines(items) -> dict:

@@ -48,16 +48,17 @@ def add_arguments(p) -> None:
 
 def _check_report_path(path, option, inputs) -> None:
     from edgetrunc.errors import InputError
+    from edgetrunc.parity.inputs import check_outputs
 
     if path is None or str(path) == "-":
         return
     target = Path(path)
     if target.is_dir():
         raise InputError(f"{option} {path}: is a folder; expected a file path")
-    resolved = target.resolve()
-    for other in inputs:
-        if Path(other).exists() and Path(other).resolve() == resolved:
-            raise InputError(f"{option} {path}: refusing to overwrite an input file")
+    try:
+        check_outputs([target], inputs)
+    except InputError as exc:
+        raise InputError(f"{option} {exc}") from None
     parent = target.parent if str(target.parent) else Path(".")
     existing = parent
     while not existing.exists():
@@ -73,8 +74,9 @@ def _check_report_path(path, option, inputs) -> None:
 def _check_options(args) -> None:
     from edgetrunc import _log
     from edgetrunc.errors import InputError
+    from edgetrunc.parity.inputs import protected_inputs
 
-    inputs = [args.model, *args.artifacts]
+    inputs = protected_inputs(args.model, args.artifacts, args.inputs)
     if args.inputs in ("mix", "random", "covers", "stego") and Path(args.inputs).is_dir():
         _log.warn(f"--inputs {args.inputs}: the built-in '{args.inputs}' inputs are used, not the "
                   f"folder of that name; pass ./{args.inputs} for the folder")
@@ -90,9 +92,11 @@ def _check_options(args) -> None:
 def run(args) -> int:
     from edgetrunc import _log
     from edgetrunc.parity.check import check_parity
+    from edgetrunc.parity.inputs import protected_inputs
     from edgetrunc.parity.report import terminal_report, write_html, write_json
 
     _check_options(args)
+    protect = protected_inputs(args.model, args.artifacts, args.inputs)
     report = check_parity(args.model, args.artifacts, samples=args.samples, inputs=args.inputs,
                           per_layer=args.per_layer, probes=not args.no_probes,
                           strict_nan=args.strict_nan, atol=args.atol, rtol=args.rtol, seed=args.seed,
@@ -103,10 +107,10 @@ def run(args) -> int:
     stream.write(table)
     stream.flush()
     if args.json:
-        write_json(report, args.json)
+        write_json(report, args.json, protect=protect)
         if args.json != "-":
             _log.info(f"wrote {args.json}")
     if args.html:
-        write_html(report, args.html)
+        write_html(report, args.html, protect=protect)
         _log.info(f"wrote {args.html}")
     return 0 if report.passed else 1

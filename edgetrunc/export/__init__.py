@@ -13,7 +13,7 @@ is the `ClipCandidate` both graph views list; `convert`, `calibration`, `evaluat
 when a function needs them.
 """
 
-from edgetrunc.export.convert import convert
+from edgetrunc.export.pipeline import convert
 from edgetrunc.export.onnx.convert import ONNX_PRECISIONS, export_onnx
 from edgetrunc.export.onnx.inspect import inspect_onnx
 from edgetrunc.export.tflite.convert import TFLITE_PRECISIONS, export_tflite

@@ -2,8 +2,7 @@
 
 `plan` names the artifacts of a conversion; `artifact_entry` describes one (path, hash,
 ops, truncation mapping, inputs, outputs, quantization); `build_manifest` adds the source and
-the toolchain versions; `commit` moves every artifact into place and then writes the
-manifest, so a set of outputs appears whole.
+the toolchain versions; `export.commit.OutputSet` commits the set, the manifest last.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import hashlib
 import os
 from pathlib import Path
 
-from edgetrunc._io import new_file_mode, write_json_atomic
 from edgetrunc._version import package_versions
 from edgetrunc.export.onnx.quantize import ONNX_INT8_TYPES
 from edgetrunc.export.tflite.passes import INT8_FLOAT_TYPES, INT8_KEEP_FLOAT
@@ -75,11 +73,3 @@ def build_manifest(source: Path, source_sha: str, out_dir: Path, artifacts: list
         "artifacts": artifacts,
         "versions": package_versions(),
     }
-
-
-def commit(out_dir: Path, temporaries: dict, manifest: dict, source: Path) -> None:
-    """Move each written temporary `{name: path}` into `out_dir`, then write the manifest."""
-    for name, tmp in temporaries.items():
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, out_dir / name)
-    write_json_atomic(out_dir / MANIFEST, manifest, protect=(source,))

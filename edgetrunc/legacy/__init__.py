@@ -6,6 +6,10 @@
   (`map_config_layers`, `parse_truncation_classes`, `UnknownLayerClass`);
 - `lambdas`: what saved `Lambda` layers need (`lambda_globals`, `LegacyBackend`) and where
   they are in a loaded model (`lambda_layers`);
+- `activations`: truncations written as activation functions saved by name;
+- `objects`: training-only objects (initializers, regularizers, constraints) Keras 3 cannot
+  rebuild, replaced by defaults, and Keras 2 layer keys Keras 3 refuses;
+- `weights`: a layer's stored weights read from the file (a learned threshold);
 - `load`: `load_legacy` / `load_model`, the Keras 2 archive, `.h5` and SavedModel loaders.
 
 `edgetrunc.keras.load.load_model` sends a file here when Keras 3 cannot read it as it is.

@@ -71,7 +71,8 @@ class UnknownLayerClass(InputError):
                     "know (a class of the code that saved the file; its code is not in the "
                     f"file); if it is a truncation (clip to [-T, T]) give --truncation-class "
                     f"{class_name.rsplit('>', 1)[-1]} to edgetrunc migrate, otherwise load it "
-                    "where the class is importable")
+                    "in Python with the class registered (keras.saving."
+                    "register_keras_serializable)")
         super().__init__(what)
 
 
@@ -147,9 +148,12 @@ def _map_model_layers(model_config, truncation_classes, mapped, unknown, used,
             used.add(activation[0])
             index += _map_activation(layers, model_config, index - 1, activation, mapped)
             continue
-        if unknown_activation(node) is not None:
-            unknown.append((_layer_name(node), f"activation function {unknown_activation(node)}"))
-            continue
+        function = unknown_activation(node)
+        if function is not None:
+            raise InputError(f"layer '{_layer_name(node)}' uses the activation function "
+                             f"'{function}', saved by name only (its code is not in the file); "
+                             f"if it is a truncation (clip to [-T, T]) give --truncation-class "
+                             f"{function}=T to edgetrunc migrate")
         class_name, name = node["class_name"], _layer_name(node)
         # a registered Keras 2 class is saved as "Package>Name": "Name" also matches it
         asked = next((c for c in (class_name, class_name.rsplit(">", 1)[-1])

@@ -18,7 +18,7 @@ from edgetrunc import _log
 from edgetrunc.errors import InputError
 from edgetrunc.parity.comparator import DEFAULT_BATCH_SIZE, Comparator
 from edgetrunc.parity.compare import CompareFunc, nearly_constant
-from edgetrunc.parity.inputs import parity_inputs
+from edgetrunc.parity.inputs import check_outputs, parity_inputs, protected_inputs
 from edgetrunc.parity.results import ArtifactReport, ParityReport
 
 PER_LAYER_SAMPLES = 8
@@ -103,11 +103,10 @@ def _open_reference(model, threads, batch_size):
     return keras_runner, tuple(d if d is not None else default for d, default in zip(shape, (256, 256, 1)))
 
 
-def _save_inputs(path, data, model) -> None:
+def _save_inputs(path, data, protect) -> None:
     from edgetrunc.runtime.recorded import save_inputs
 
-    save_inputs(path, data.x, data.labels, data.names,
-                protect=[str(model)] if isinstance(model, (str, Path)) else [])
+    save_inputs(path, data.x, data.labels, data.names, protect=protect)
     _log.info(f"parity: wrote the inputs to {path} (for edgetrunc run on a device)")
 
 
@@ -221,12 +220,14 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     if not artifacts:
         raise InputError("no artifact given; expected one or more .tflite / .onnx files")
     _check_tolerances(atol, rtol)
+    protect = protected_inputs(model, artifacts, inputs)
+    check_outputs([save_inputs], protect)  # refused now, not after the comparison
     keras_runner, shape = _open_reference(model, threads, batch_size)
     runners = open_artifacts(artifacts, shape, threads)
     data = parity_inputs(inputs, samples, seed, shape)
     _log.info(f"parity: {len(data.x)} inputs ({data.kind}), {len(runners)} artifact(s)")
     if save_inputs is not None:
-        _save_inputs(save_inputs, data, model)
+        _save_inputs(save_inputs, data, protect)
 
     names = ["keras"] + [str(r.path) for r in runners]
     results = Comparator.run([keras_runner] + runners, data.x, batch_size=batch_size, names=names)

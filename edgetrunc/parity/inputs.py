@@ -20,6 +20,26 @@ import numpy as np
 from edgetrunc.errors import InputError
 
 KINDS = ("mix", "random", "covers", "stego")
+
+
+def protected_inputs(model, artifacts, inputs=None) -> list:
+    """Every input of a parity run that an output must never replace: the Keras model (when a
+    path), every artifact and the `--inputs` file or folder (the built-in kinds are none)."""
+    paths = [model] if isinstance(model, (str, Path)) else []
+    paths += [str(a) for a in artifacts]
+    if inputs is not None and str(inputs) not in KINDS and str(inputs).strip():
+        paths.append(str(inputs))
+    return paths
+
+
+def check_outputs(outputs, protect) -> None:
+    """Refuse, before anything runs, an output path (None and '-' are skipped) that is a
+    folder or would replace one of the inputs in `protect`."""
+    from edgetrunc._io import check_output
+
+    for path in outputs:
+        if path is not None and str(path) != "-":
+            check_output(path, protect)
 PARITY_PAYLOAD = 0.4
 HELD_OUT_STRIDES = (256, 64)  # overlapping tiles only when the test photos hold too few
 
@@ -99,6 +119,9 @@ def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
     if samples < 1:
         raise InputError(f"--samples: expected a positive integer; got {samples}")
     shape = tuple(int(d) for d in shape)
+    if not str(kind).strip():
+        raise InputError(f"--inputs {kind!r}: empty; expected one of {', '.join(KINDS)}, a folder "
+                         "of images or an inputs .npz")
     if kind not in KINDS and str(kind).lower().endswith(".npz") and Path(kind).is_file():
         from edgetrunc.runtime.recorded import load_inputs
 

@@ -84,9 +84,12 @@ def _convert(submodel, fmt: str, precision: str, opset: int | None = None):
 
 def onnx_opset(path) -> int | None:
     """The default-domain opset of an ONNX file (None if it cannot be read)."""
+    from edgetrunc.runtime._base import check_model_size
+
     try:
         import onnx
 
+        check_model_size(path)
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # unreadable files were already reported by the runner
         return None

@@ -110,10 +110,11 @@ def terminal_report(report) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_json(report, path) -> None:
+def write_json(report, path, protect=()) -> None:
     """`report.to_dict()` as strict JSON (non-finite numbers as 'NaN' / 'inf' / '-inf') to
-    `path`, atomically, or to stdout when `path` is '-'."""
-    dump_json(report.to_dict(), path, nan="string")
+    `path`, atomically, or to stdout when `path` is '-'. `protect`: the inputs (files or
+    folders, see `parity.inputs.protected_inputs`) the report must never replace."""
+    dump_json(report.to_dict(), path, nan="string", protect=protect)
 
 
 # -- HTML ----------------------------------------------------------------------------------
@@ -281,5 +282,6 @@ def html_report(report) -> str:
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
 
 
-def write_html(report, path) -> None:
-    write_text_atomic(path, html_report(report))
+def write_html(report, path, protect=()) -> None:
+    """The HTML page to `path`, atomically, never over one of the inputs in `protect`."""
+    write_text_atomic(path, html_report(report), protect=protect)

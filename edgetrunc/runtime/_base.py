@@ -9,6 +9,7 @@ outputs, precision and quantization. Subclasses fill the `_load_impl` / `_infer_
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from edgetrunc._io import require_file
 from edgetrunc.errors import InputError
 
 
+MAX_MODEL_BYTES = 2 << 30  # protobuf and flatbuffers both stop at 2 GiB
 _FORMAT_HINTS = {
     "tflite": "holds a TFLite flatbuffer",
     "onnx": "looks like an ONNX model",
@@ -30,6 +32,19 @@ _RENAME_HINTS = {
     "keras": "; convert it with `edgetrunc convert`",
     "h5": "; convert it with `edgetrunc convert`",
 }
+
+
+def check_model_size(path, size: int | None = None) -> None:
+    """Refuse a model file (or content of `size` bytes) over `MAX_MODEL_BYTES`, from its size
+    alone: nothing is read. ONNX (protobuf) and TFLite (flatbuffers) models cannot be larger."""
+    if size is None:
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return
+    if size > MAX_MODEL_BYTES:
+        raise InputError(f"{path}: {size / 2**30:.1f} GiB; a model file is limited to "
+                         f"{MAX_MODEL_BYTES >> 30} GiB (the protobuf / flatbuffers limit)")
 
 
 def sniff_model_format(path) -> str | None:
@@ -111,8 +126,9 @@ class BaseRunner:
     def __init__(self, path_or_bytes, threads: int | None = None):
         """`path_or_bytes`: a model file, or the model's bytes (kept in `self._content`)."""
         if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-            self._content = bytes(path_or_bytes)
             self.path = Path(f"<memory>.{self.format}")
+            check_model_size(self.path, len(path_or_bytes))
+            self._content = bytes(path_or_bytes)
         else:
             self._content = None
             self.path = self._source_path(path_or_bytes)
@@ -132,6 +148,8 @@ class BaseRunner:
         Keras file named `.onnx`, ...) is refused naming what it holds.
         """
         path = require_file(path, f".{self.format} file")
+        if self.format in ("tflite", "onnx"):
+            check_model_size(path)
         found = sniff_model_format(path)
         if found is None or found == self.format or (self.format, found) == ("keras", "h5"):
             return path

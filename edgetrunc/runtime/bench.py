@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from edgetrunc import _log
+from edgetrunc._text import printable
 from edgetrunc.errors import InputError
 
 RESULT_KEYS = ("artifact", "threads", "batch", "min_ms", "p50_ms", "p90_ms", "p99_ms",
@@ -109,8 +110,15 @@ class _Worker:
         if not line:
             err = self.process.stderr.read().strip().splitlines()
             raise InputError(f"{self.artifact}: benchmark worker ended unexpectedly"
-                             f"{' (' + err[-1] + ')' if err else ''}")
-        return json.loads(line)
+                             f"{' (' + printable(err[-1])[:200] + ')' if err else ''}")
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise InputError(f"{self.artifact}: unexpected reply from the benchmark worker "
+                             f"({printable(line.strip())[:200]})")
+        return reply
 
     def ask(self, command: str) -> dict:
         self.process.stdin.write(command + "\n")

@@ -31,17 +31,21 @@ class ArtifactTensor:
     output_index: int | None = None  # position among the artifact's outputs
 
 
-def load_onnx_model(content: bytes, name: str):
-    """The `onnx.ModelProto` of `content`; InputError naming `name` if it is not one."""
+def load_onnx_model(path, content: bytes | None = None):
+    """The `onnx.ModelProto` of the file `path` with its external data read from beside it,
+    or of `content` when given; InputError naming `path` if it is not one. Check the graph
+    first (`runtime._onnx_graph.check_onnx_graph`): external data is read as it names it."""
     try:
         import onnx
     except ImportError:
-        raise InputError(f"{name}: reading intermediate tensors needs the onnx package "
+        raise InputError(f"{path}: reading intermediate tensors needs the onnx package "
                          "(pip install onnx)") from None
     try:
-        return onnx.load_from_string(bytes(content))
-    except Exception as exc:  # protobuf decode errors
-        raise InputError(f"{name}: not a valid ONNX model ({str(exc)[:120]})") from None
+        if content is not None:
+            return onnx.load_from_string(bytes(content))
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf decode errors, unreadable external data
+        raise InputError(f"{path}: not a valid ONNX model ({str(exc)[:120]})") from None
 
 
 def onnx_with_intermediates(model):

@@ -18,6 +18,8 @@ import importlib
 import json
 from pathlib import Path
 
+from edgetrunc.runtime._base import check_model_size
+
 METADATA_NAME = "edgetrunc"
 KEYS = ("edgetrunc_version", "source", "source_sha256", "truncations", "format", "precision")
 _JSON_KEYS = ("truncations",)  # the others are text
@@ -61,6 +63,7 @@ def from_onnx_props(props: dict) -> dict | None:
 def _content(artifact) -> bytes:
     if isinstance(artifact, (bytes, bytearray, memoryview)):
         return bytes(artifact)
+    check_model_size(artifact)
     return Path(artifact).read_bytes()
 
 
@@ -75,7 +78,8 @@ def read_metadata(artifact) -> dict | None:
     return read_tflite_metadata(content) if is_tflite(content) else read_onnx_metadata(content)
 
 
-def _tflite_schema():
+def tflite_schema():
+    """The TFLite flatbuffer schema module (ai-edge-litert's, else TensorFlow's); None if neither."""
     for name in _SCHEMA_MODULES:
         try:
             return importlib.import_module(name)
@@ -85,7 +89,7 @@ def _tflite_schema():
 
 
 def _tflite_model(content: bytes):
-    schema = _tflite_schema()
+    schema = tflite_schema()
     return None if schema is None else (schema, schema.Model.GetRootAs(content, 0))
 
 
@@ -113,7 +117,8 @@ def _onnx_model(model):
 
     if isinstance(model, (bytes, bytearray, memoryview)):
         return onnx.load_from_string(bytes(model))
-    return onnx.load(str(model))
+    check_model_size(model)
+    return onnx.load(str(model), load_external_data=False)  # the graph, not the weights
 
 
 def read_onnx_metadata(model) -> dict | None:
@@ -132,7 +137,7 @@ def opcode_name(names: dict, builtin: int, deprecated: int, custom) -> str:
     code = max(int(builtin), int(deprecated))
     name = names.get(code, str(code))
     if name == "CUSTOM":
-        return f"CUSTOM:{custom.decode() if isinstance(custom, bytes) else custom}"
+        return f"CUSTOM:{custom.decode('utf-8', 'replace') if isinstance(custom, bytes) else custom}"
     return name
 
 

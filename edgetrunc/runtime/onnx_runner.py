@@ -18,6 +18,7 @@ import numpy as np
 
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last_activation
+from edgetrunc.runtime._onnx_graph import check_onnx_graph, read_onnx_graph
 from edgetrunc.runtime.intermediates import ArtifactTensor
 from edgetrunc.runtime.metadata import from_onnx_props, onnx_ops
 
@@ -43,14 +44,13 @@ def detect_layout(shape) -> str:
     return "NHWC"
 
 
-def _graph_facts(content: bytes, output: str) -> tuple:
-    """`({op_type: count}, {element type names}, last activation of `output`)` from one parse of
-    the graph (see `last_activation`); all None without the onnx package."""
-    try:
-        import onnx
-    except ImportError:
+def _graph_facts(model, output: str) -> tuple:
+    """`({op_type: count}, {element type names}, last activation of `output`)` of the parsed
+    graph `model` (see `last_activation`); all None without it (no onnx package)."""
+    if model is None:
         return None, None, None
-    model = onnx.load_from_string(content)
+    import onnx
+
     graph = model.graph
     types = {onnx.TensorProto.DataType.Name(t.data_type) for t in graph.initializer}
     makers = {out: (node.op_type, node.input[0] if node.input else "")
@@ -86,26 +86,28 @@ class ONNXRunner(BaseRunner):
         self._kept: dict = {}
         super().__init__(path_or_bytes, threads)
 
-    def _session_content(self) -> bytes:
-        """The model ONNX Runtime runs: the file itself, or the copy that exposes every tensor."""
+    def _session_source(self):
+        """What ONNX Runtime opens: the file's path (its external data is then read beside
+        it), the model's bytes, or the copy that exposes every tensor."""
         if not self.preserve_all_tensors:
-            return self._content
+            return self._content if self._content is not None else str(self.path)
         from edgetrunc.runtime.intermediates import (load_onnx_model, onnx_execution_order,
                                                      onnx_scales, onnx_with_intermediates)
 
-        model = load_onnx_model(self._content, str(self.path))
+        model = load_onnx_model(self.path, self._content)
         self._order = onnx_execution_order(model)
         self._scales = onnx_scales(model)
         self._own_outputs = len(model.graph.output)
         return onnx_with_intermediates(model).SerializeToString()
 
     def _load_impl(self):
-        if self._content is None:
-            self._content = self.path.read_bytes()
         try:
             import onnxruntime as ort
         except ImportError:
             raise InputError("onnxruntime is not installed; pip install 'edgetrunc[runtime]'") from None
+        graph = read_onnx_graph(self.path, self._content)
+        check_onnx_graph(graph, self.path, self._content)  # before any session is created
+        ort.set_default_logger_severity(3)  # errors only: no coloured warnings on stderr
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if self.threads:
@@ -114,7 +116,7 @@ class ONNXRunner(BaseRunner):
         if not self.spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(self._session_content(), sess_options=options,
+            self.session = ort.InferenceSession(self._session_source(), sess_options=options,
                                                 providers=["CPUExecutionProvider"])
         except InputError:
             raise
@@ -132,7 +134,7 @@ class ONNXRunner(BaseRunner):
         self._output_names = [o.name for o in session_outputs]
         layout = detect_layout(self._input.shape)
         custom = dict(self.session.get_modelmeta().custom_metadata_map or {})
-        ops, types, activation = _graph_facts(self._content, self._output_names[0])
+        ops, types, activation = _graph_facts(graph, self._output_names[0])
         embedded = from_onnx_props(custom)
         recorded = (embedded or {}).get("precision")
         if recorded in ("fp32", "fp16", "int8"):
@@ -145,7 +147,8 @@ class ONNXRunner(BaseRunner):
             else:
                 precision = "fp32"
         else:
-            precision = _precision_from_bytes(self._content)
+            precision = _precision_from_bytes(self._content if self._content is not None
+                                              else self.path.read_bytes())
 
         def info(arg):
             return TensorInfo(name=arg.name, shape=tuple(_dim(d) for d in arg.shape),

@@ -26,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetrunc._io import atomic_path, require_file, sha256_file
+from edgetrunc._io import atomic_path, check_output, require_file, sha256_file
+from edgetrunc._text import printable
 from edgetrunc.errors import InputError
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
 
 _OUTPUT_PREFIX = "output:"
+MAX_ELEMENTS = 2**31  # per array of an .npz, checked from its header before reading
 
 
 def _row_hashes(x: np.ndarray) -> np.ndarray:
@@ -38,15 +40,47 @@ def _row_hashes(x: np.ndarray) -> np.ndarray:
     return np.array([hashlib.sha1(row.tobytes()).hexdigest() for row in x])
 
 
+def _check_member(path, archive, info) -> None:
+    """Refuse an `.npz` member before numpy allocates it: not an array, an array of Python
+    objects or text of unbounded size, or a declared shape larger than the member's data."""
+    name = printable(info.filename)
+    if not info.filename.endswith(".npy"):
+        raise InputError(f"{path}: member {name!r} is not a numpy array; expected a .npz "
+                         "written by edgetrunc")
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with archive.open(info) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version not in readers:
+            raise InputError(f"{path}: member {name!r} has .npy format {version}; expected 1.0 or 2.0")
+        shape, _, dtype = readers[version](stream)
+        header = stream.tell()
+    if dtype.hasobject or dtype.kind not in "biufUS":
+        raise InputError(f"{path}: member {name!r} holds {dtype}; expected numbers or text")
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    if count > MAX_ELEMENTS or count * dtype.itemsize > max(0, info.file_size - header):
+        raise InputError(f"{path}: member {name!r} declares shape {list(shape)} ({dtype}), more "
+                         "than the file holds or the limit of "
+                         f"{MAX_ELEMENTS} elements per array")
+
+
 def _read_npz(path, what: str) -> dict:
     path = require_file(path, f"{what} (.npz)")
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not an .npz file; expected {what} written by edgetrunc")
     try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                _check_member(path, archive, info)
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
-        raise InputError(f"{path}: unreadable .npz ({str(exc).strip()[:160] or type(exc).__name__})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError) as exc:
+        raise InputError(f"{path}: unreadable .npz ({printable(str(exc).strip())[:160] or type(exc).__name__})") from None
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def save_inputs(path, x: np.ndarray, labels=None, names=None, protect=()) -> None:
@@ -73,8 +107,12 @@ def load_inputs(path) -> tuple:
     bad = int(np.size(x) - np.isfinite(x).sum())
     if bad:
         raise InputError(f"{path}: 'x' holds {bad} NaN or infinite value(s); expected pixel values")
-    labels = data.get("labels", np.full(len(x), -1, np.int64)).astype(np.int64).reshape(-1)
-    names = [str(n) for n in data.get("names", np.array([f"input#{i}" for i in range(len(x))]))]
+    labels = data.get("labels", np.full(len(x), -1, np.int64)).reshape(-1)
+    if labels.dtype.kind not in "biuf" or not np.isfinite(labels.astype(np.float64)).all():
+        raise InputError(f"{path}: 'labels' is {labels.dtype}; expected integer labels "
+                         "(0 cover, 1 stego, -1 unknown)")
+    labels = labels.astype(np.int64)
+    names = [_text(n) for n in data.get("names", np.array([f"input#{i}" for i in range(len(x))])).reshape(-1)]
     if len(labels) != len(x) or len(names) != len(x):
         raise InputError(f"{path}: {len(x)} inputs but {len(labels)} labels and {len(names)} names")
     return x, labels, names
@@ -90,6 +128,8 @@ def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
     from edgetrunc.runtime._open import open_runner
     from edgetrunc.runtime.scoring import run_batched
 
+    protect = (artifact, inputs_path)
+    check_output(out_path, protect)  # refused before the run, not after it
     x, _, _ = load_inputs(inputs_path)
     runner = open_runner(artifact, threads=threads)
     meta = runner.metadata()
@@ -107,7 +147,7 @@ def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
         "python": platform.python_version(), "edgetrunc": __version__,
     }
     arrays = {f"{_OUTPUT_PREFIX}{name}": value.astype(np.float32) for name, value in outputs.items()}
-    with atomic_path(out_path, protect=(artifact, inputs_path)) as tmp:
+    with atomic_path(out_path, protect=protect) as tmp:
         with open(tmp, "wb") as stream:
             np.savez_compressed(stream, meta=np.array(json.dumps(record)), rows=_row_hashes(x), **arrays)
     return record
@@ -130,15 +170,22 @@ class RecordedRunner(BaseRunner):
         if "meta" not in data or "rows" not in data:
             raise InputError(f"{self.path}: no recording metadata; expected outputs written by "
                              "edgetrunc run")
-        try:
-            self.record = json.loads(str(data["meta"]))
-        except ValueError:
-            raise InputError(f"{self.path}: unreadable recording metadata") from None
+        self.record = self._recording_meta(data["meta"])
+        rows = data["rows"]
+        if rows.ndim != 1 or rows.dtype.kind not in "US":
+            raise InputError(f"{self.path}: 'rows' is {rows.dtype} {list(rows.shape)}; expected "
+                             "one input hash per row, as written by edgetrunc run")
         self._outputs = {key[len(_OUTPUT_PREFIX):]: value for key, value in data.items()
                          if key.startswith(_OUTPUT_PREFIX)}
         if not self._outputs:
             raise InputError(f"{self.path}: no recorded outputs")
-        self._rows = {row: i for i, row in enumerate(data["rows"].tolist())}
+        for name, value in self._outputs.items():
+            if value.dtype.kind not in "biuf" or value.ndim < 1 or len(value) != len(rows):
+                raise InputError(f"{self.path}: output {printable(name)!r} is {value.dtype} "
+                                 f"{list(value.shape)}; expected one numeric row per recorded "
+                                 f"input ({len(rows)})")
+            self._outputs[name] = value.astype(np.float32, copy=False)
+        self._rows = {row: i for i, row in enumerate(rows.tolist())}
         self._meta = RunnerMetadata(
             path=str(self.path), format=str(self.record.get("format", "recorded")),
             precision=str(self.record.get("precision", "fp32")),
@@ -149,6 +196,19 @@ class RecordedRunner(BaseRunner):
             backend=f"recorded: {self.record.get('backend')} on {self.record.get('platform')}",
             threads=self.record.get("threads"), output_activation=self.record.get("output_activation"),
             embedded={"precision": self.record.get("precision")}, recorded=dict(self.record))
+
+    def _recording_meta(self, meta: np.ndarray) -> dict:
+        """The recording's metadata: one JSON object stored as text."""
+        record = None
+        if meta.dtype.kind in "US" and meta.size == 1:
+            try:
+                record = json.loads(_text(meta.reshape(()).item()))
+            except (ValueError, RecursionError):
+                record = None
+        if not isinstance(record, dict):
+            raise InputError(f"{self.path}: unreadable recording metadata 'meta' ({meta.dtype} "
+                             f"{list(meta.shape)}); expected outputs written by edgetrunc run")
+        return record
 
     def infer(self, batch: np.ndarray) -> dict:
         rows = _row_hashes(np.asarray(batch))

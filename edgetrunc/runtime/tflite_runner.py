@@ -22,6 +22,7 @@ import numpy as np
 from edgetrunc import _log
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last_activation
+from edgetrunc.runtime._tflite_names import readable_names
 from edgetrunc.runtime.intermediates import ArtifactTensor
 from edgetrunc.runtime.metadata import read_tflite_metadata, tflite_ops
 
@@ -117,6 +118,16 @@ class TFLiteRunner(BaseRunner):
 
     def _load_impl(self):
         self._module, self._backend = load_interpreter_module()
+        content = self._model_bytes()
+        readable = readable_names(content)  # the interpreter raises on a name that is not UTF-8
+        if readable is not content:
+            self._content = readable
+        try:
+            self._prepare()
+        except UnicodeDecodeError:  # a name the flatbuffer schema could not reach
+            raise InputError(f"{self.path}: a tensor or op name is not valid UTF-8") from None
+
+    def _prepare(self):
         try:
             interpreter = self._new_interpreter()
         except (ValueError, RuntimeError) as exc:

@@ -2,27 +2,28 @@
 
 Order of work: validate every option and the output folder first (nothing is written for
 bad input), load the model, export each artifact, embed the metadata (thresholds, source
-hash, edgetrunc version), write it to a temporary file beside its destination, read it
-back and run the inspector, measure int8 decision agreement and accuracy against Keras on
-held-out pairs, and only then move all artifacts and the manifest into place. An existing
+hash, edgetrunc version), stage it in the output folder (`export.commit.OutputSet`, under a
+lock), read it back and run the inspector, measure int8 decision agreement and accuracy
+against Keras on held-out pairs, and only then commit the set, the manifest last. An existing
 output is replaced only with `force=True`; the source is never overwritten.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from edgetrunc import _log
-from edgetrunc._io import require_writable_dir, sha256_file
+from edgetrunc._io import sha256_file
 from edgetrunc._version import __version__
 from edgetrunc.errors import InputError
 from edgetrunc.export import calibration as calib_data
 from edgetrunc.export import evaluation, manifest
+from edgetrunc.export.commit import OutputSet
 from edgetrunc.export.onnx.convert import (ONNX_PRECISIONS, OPSETS, check_opset, export_onnx,
                                            set_onnx_metadata)
 from edgetrunc.export.onnx.inspect import inspect_onnx
@@ -48,17 +49,15 @@ def _check_precisions(kind, values, allowed):
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    """Raise InputError unless `out_dir` exists and is writable, or can be created."""
+    """Raise InputError unless `out_dir` is a writable folder or can be made in one; nothing
+    is created here (a refused run leaves no trace)."""
     probe = out_dir
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
-    if probe.exists() and not probe.is_dir():
+    if not probe.is_dir():
         raise InputError(f"{probe}: exists and is not a folder; expected an output folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"{out_dir}: output folder is not writable")
-    require_writable_dir(out_dir)  # created now, so a folder that cannot be made fails first
 
 
 def _check_options(tflite, onnx, opset, int8_mode, calibration):
@@ -80,19 +79,6 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration):
     return tflite, onnx
 
 
-def _check_targets(source, out_dir, names, force):
-    targets = [out_dir / name for name in names] + [out_dir / manifest.MANIFEST]
-    for target in targets:
-        if target.exists() and target.resolve() == source.resolve():
-            raise InputError(f"{target}: refusing to overwrite the source model")
-        if target.is_dir():
-            raise InputError(f"{target}: is a folder; expected to write a file there")
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not force:
-        raise InputError(f"{existing[0]}: exists; use --force to replace the outputs "
-                         f"({len(existing)} file(s) exist)")
-
-
 def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
             nchw=False, calibration="embedded", int8_io=False, force=False,
             int8_mode="truncation-aware", evaluate=True, timings=None,
@@ -110,12 +96,15 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
     out_dir = Path(out_dir) if out_dir is not None else (source.parent if str(source.parent) else Path("."))
     _check_out_dir(out_dir)
     artifacts = manifest.plan(source.stem, tflite, onnx)
-    _check_targets(source, out_dir, [name for _, _, name in artifacts], force)
+    outputs = OutputSet(out_dir, [name for _, _, name in artifacts] + [manifest.MANIFEST],
+                        force=force, protect=[source])
+    outputs.check_targets()  # refused before the (slow) model load; checked again under the lock
     options = {"opset": int(opset), "nchw": nchw, "int8_io": int8_io, "int8_mode": int8_mode,
                "pack_front_end": bool(pack_front_end)}
     model = float32_model(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES))
-    return _convert_model(model, source, sha256_file(source), out_dir, artifacts, options,
-                          calibration, evaluate, timings)
+    with outputs:
+        return _convert_model(model, source, sha256_file(source), outputs, artifacts, options,
+                              calibration, evaluate, timings)
 
 
 def _is_detector(model) -> bool:
@@ -162,13 +151,6 @@ def _export(model, fmt, precision, calib, options, metadata) -> bytes:
     return proto.SerializeToString()
 
 
-def _write_temporary(content: bytes, name: str, out_dir: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(content)
-    return Path(tmp)
-
-
 def _evaluate(entry, fmt, tmp, held_out, keras_probability):
     """Add the held-out comparison with Keras to an int8 entry; warn when it misses the targets."""
     with quiet_converter():  # the interpreter's "Created XNNPACK delegate" line
@@ -183,7 +165,7 @@ def _evaluate(entry, fmt, tmp, held_out, keras_probability):
                   f"(targets >= {MIN_DECISION_AGREEMENT}, |delta| <= {MAX_ACCURACY_DELTA})")
 
 
-def _convert_model(model, source, source_sha, out_dir, artifacts, options, calibration,
+def _convert_model(model, source, source_sha, outputs, artifacts, options, calibration,
                    evaluate, timings):
     shape = _model_image_shape(model)
     truncations = find_truncations(model)
@@ -192,30 +174,24 @@ def _convert_model(model, source, source_sha, out_dir, artifacts, options, calib
     held_out, keras_probability = _held_out(model, source, calibration, shape,
                                             evaluate and needs_int8)
     metadata = artifact_metadata(__version__, source.name, source_sha, truncations, None, None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    temporaries, entries = {}, []
-    try:
-        for fmt, precision, name in artifacts:
-            _log.info(f"convert: {name} ({fmt} {precision}) ...")
-            started = time.perf_counter()
-            content = _export(model, fmt, precision, calib, options, metadata)
-            elapsed = time.perf_counter() - started
-            temporaries[name] = tmp = _write_temporary(content, name, out_dir)
-            inspect = inspect_tflite if fmt == "tflite" else inspect_onnx
-            entry = manifest.artifact_entry(
-                name, fmt, precision, content, inspect(str(tmp), truncations, precision),
-                manifest.quantization_entry(fmt, precision, options["int8_io"],
-                                            options["int8_mode"], calib))
-            if precision == "int8" and held_out is not None:
-                _evaluate(entry, fmt, tmp, held_out, keras_probability)
-            if timings is not None:
-                timings[name] = elapsed
-            entries.append(entry)
-            _log.info(f"convert: {name} done in {elapsed:.1f} s, {len(content) / 1024:.0f} KiB")
-        result = manifest.build_manifest(source, source_sha, out_dir, entries)
-        manifest.commit(out_dir, temporaries, result, source)
-        return result
-    finally:
-        for tmp in temporaries.values():
-            if tmp.exists():
-                tmp.unlink()
+    entries = []
+    for fmt, precision, name in artifacts:
+        _log.info(f"convert: {name} ({fmt} {precision}) ...")
+        started = time.perf_counter()
+        content = _export(model, fmt, precision, calib, options, metadata)
+        elapsed = time.perf_counter() - started
+        staged = outputs.stage(name, content)
+        inspect = inspect_tflite if fmt == "tflite" else inspect_onnx
+        entry = manifest.artifact_entry(
+            name, fmt, precision, content, inspect(str(staged), truncations, precision),
+            manifest.quantization_entry(fmt, precision, options["int8_io"],
+                                        options["int8_mode"], calib))
+        if precision == "int8" and held_out is not None:
+            _evaluate(entry, fmt, staged, held_out, keras_probability)
+        if timings is not None:
+            timings[name] = elapsed
+        entries.append(entry)
+        _log.info(f"convert: {name} done in {elapsed:.1f} s, {len(content) / 1024:.0f} KiB")
+    result = manifest.build_manifest(source, source_sha, outputs.out_dir, entries)
+    outputs.commit(manifest.MANIFEST, json.dumps(result, indent=2) + "\n")
+    return result
