@@ -41,9 +41,10 @@ def printable(text) -> str:
 
 def table(headers, rows, align: str | None = None) -> str:
     """A plain-text table: a header, a rule of dashes, one line per row; columns two spaces
-    apart. `align` has one letter per column, 'l' (default) or 'r'."""
-    headers = [str(h) for h in headers]
-    rows = [[str(c) for c in row] for row in rows]
+    apart. `align` has one letter per column, 'l' (default) or 'r'. Cells are shown with
+    `printable`, so a name cannot move the cursor or recolour the terminal."""
+    headers = [printable(h) for h in headers]
+    rows = [[printable(c) for c in row] for row in rows]
     align = (align or "").ljust(len(headers), "l")
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 

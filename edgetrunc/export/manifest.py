@@ -25,7 +25,13 @@ def plan(stem, tflite, onnx) -> list:
 
 
 def artifact_entry(name, fmt, precision, content: bytes, report: dict, quantization) -> dict:
-    """The manifest entry of one artifact; `report` is its inspector's."""
+    """The manifest entry of one artifact; `report` is its inspector's. Lists of op types
+    kept in float name only the types the artifact holds."""
+    if quantization:
+        for key in ("float_op_types", "float_inside_xnnpack"):
+            if key in quantization:
+                quantization = {**quantization,
+                                key: [t for t in quantization[key] if t in report["ops"]]}
     return {
         "path": name, "format": fmt, "precision": precision,
         "sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content),

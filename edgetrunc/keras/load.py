@@ -24,10 +24,12 @@ def require_keras_file(path, suffixes=(".keras",)) -> Path:
     """`require_model_file` where a legacy `.h5` that is not accepted names `edgetrunc migrate`."""
     path = Path(path)
     suffix = path.suffix.lower()
+    suffixes = tuple(suffixes) + ((".hdf5",) if ".h5" in suffixes else ())  # one format, two names
     if suffix in (".h5", ".hdf5") and suffix not in suffixes and path.is_file():
-        legacy.read_model_config(path)  # a weights-only or corrupt file says so first
+        _, config = legacy.read_model_config(path)  # a weights-only or corrupt file says so first
+        trust = " --trust-lambda" if legacy.find_lambda_configs(config) else ""
         raise InputError(f"{path}: a legacy {path.suffix} model; convert it to .keras first: "
-                         f"edgetrunc migrate {path} --out NEW.keras")
+                         f"edgetrunc migrate {path} --out NEW.keras{trust}")
     return legacy.require_model_file(path, suffixes)
 
 

@@ -16,7 +16,7 @@ import io
 import numpy as np
 
 from edgetrunc._io import write_text_atomic
-from edgetrunc._text import dump_json, table
+from edgetrunc._text import dump_json, printable, table
 
 
 def _fmt(value, spec=".2e"):
@@ -107,7 +107,8 @@ def terminal_report(report) -> str:
     for warning in report.warnings:
         parts.append(f"warning: {warning}")
     parts += ["", f"parity {'PASSED' if report.passed else 'FAILED'} ({report.seconds:.1f} s)"]
-    return "\n".join(parts) + "\n"
+    # names from files (tensor names, photo names) may hold control characters: escaped
+    return "\n".join(printable(line) for line in "\n".join(parts).split("\n")) + "\n"
 
 
 def write_json(report, path, protect=()) -> None:
