@@ -1,7 +1,9 @@
 """Evaluation of a detector (`.keras` or full-model `.h5`, `.tflite` or `.onnx`) on cover/stego pairs.
 
 `evaluate(model_path, ...)` builds the pairs with `edgetrunc.data.load_pairs` (the held-out
-test photos of the embedded covers by default, or every photo of a user folder), scores
+test photos of the embedded covers by default, or every photo of a user folder), cut at the
+model's geometry (`edgetrunc.data.geometry`: its square input size, 256 for a free size;
+grayscale or RGB), scores
 them in inference mode (Keras) or through `edgetrunc.runtime.open_runner` (TFLite, ONNX
 Runtime; no TensorFlow needed for those), and returns accuracy, ROC AUC, P_E, the
 confusion matrix, per-photo figures and the P_E averaged over photos.
@@ -18,6 +20,7 @@ from edgetrunc._io import require_file
 from edgetrunc._text import table
 from edgetrunc.data.covers import resolve_covers
 from edgetrunc.data.dataset import check_payload, load_pairs
+from edgetrunc.data.geometry import require_image_geometry
 from edgetrunc.errors import InputError
 from edgetrunc.keras.activation import output_activation
 from edgetrunc.keras.load import load_model, require_keras_file
@@ -31,30 +34,33 @@ BATCH_SIZE = 32
 
 
 def keras_scorer(path, batch_size: int = BATCH_SIZE):
-    """`score(x) -> stego probability [N]` of a Keras detector file, in inference mode."""
+    """`(score(x) -> stego probability [N], ImageGeometry)` of a Keras detector file, in
+    inference mode."""
     model = load_model(path)
-    _require_tile_input(path, model.inputs[0].shape if len(model.inputs) == 1 else None)
+    geometry = require_image_geometry(model, path, "evaluate")
+    _require_detector_output(path, [tuple(t.shape) for t in model.outputs])
     activation = output_activation(model)
-    return lambda x: predict_probability(model, x, batch_size, activation)
+    return (lambda x: predict_probability(model, x, batch_size, activation)), geometry
 
 
-def _require_tile_input(path, shape):
-    """Evaluation scores 256x256 grayscale tiles: the model must take them."""
-    hwc = None if shape is None else tuple(shape[1:])
-    if hwc is None or len(hwc) != 3 or any(
-            d is not None and int(d) != t for d, t in zip(hwc, (256, 256, 1))):
-        got = "several inputs" if hwc is None else f"input {[d for d in hwc]}"
-        raise InputError(f"{path}: model {got}; evaluate scores 256x256 grayscale tiles, "
-                         "expected an input of [256, 256, 1] or [None, None, 1]")
+def _require_detector_output(path, shapes) -> None:
+    """Evaluation needs one detector output: `[N, 2]` (cover, stego) or `[N, 1]`."""
+    if len(shapes) != 1 or len(shapes[0]) != 2 or shapes[0][1] not in (1, 2):
+        got = f"{len(shapes)} outputs" if len(shapes) != 1 else f"output {list(shapes[0])}"
+        raise InputError(f"{path}: {got}; evaluate needs one detector output [N, 2] (cover, "
+                         "stego) or [N, 1] (edgetrunc parity compares other outputs)")
 
 
 def runtime_scorer(path, batch_size: int = BATCH_SIZE, threads: int | None = None):
-    """`score(x) -> stego probability [N]` of a `.tflite` or `.onnx` detector on the runtime."""
+    """`(score(x) -> stego probability [N], ImageGeometry)` of a `.tflite` or `.onnx` detector
+    on the runtime."""
     runner = open_runner(path, threads=threads)
     outputs = runner.metadata().outputs
     if len(outputs) != 1:
         raise InputError(f"{path}: {len(outputs)} outputs; expected one [N, 2] softmax")
-    return lambda x: score_batch(runner, x, batch_size, clip=False)
+    geometry = require_image_geometry(runner, path, "evaluate")
+    _require_detector_output(path, [tuple(outputs[0].shape)])
+    return (lambda x: score_batch(runner, x, batch_size, clip=False)), geometry
 
 
 def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
@@ -78,12 +84,13 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     payload = check_payload(payload)
     is_embedded = isinstance(covers, str) and covers == "embedded"
     split = split or ("test" if is_embedded else "all")
-    cover_list = resolve_covers(covers)
-    pairs = load_pairs(cover_list, split=split, payload=payload, seed=seed,
-                       max_pairs=max_pairs, stride=stride)
     suffix = path.suffix.lower()
-    score = keras_scorer(path, batch_size) if suffix in (".keras", ".h5") else runtime_scorer(
-        path, batch_size, threads)
+    score, geometry = keras_scorer(path, batch_size) if suffix in (".keras", ".h5") else (
+        runtime_scorer(path, batch_size, threads))
+    cover_list = resolve_covers(covers, channels=geometry.channels, min_size=geometry.tile)
+    pairs = load_pairs(cover_list, split=split, payload=payload, seed=seed,
+                       max_pairs=max_pairs, stride=stride, tile=geometry.tile,
+                       channels=geometry.channels)
     _log.info(f"scoring {len(pairs)} tiles ({pairs.n_pairs} cover/stego pairs, "
               f"{len(pairs.photos)} photos, {split} split) with {path.name}")
     probs = score(pairs.x)
@@ -99,7 +106,7 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     never = [n for n in scored if not notes[n]["jpeg_history"]]
     return {"model": str(path), "format": suffix.lstrip("."), "covers": str(covers)
             if isinstance(covers, (str, Path)) else "list", "split": split, "payload": payload,
-            "seed": int(seed), "stride": stride or 256, "pairs": pairs.n_pairs,
+            "seed": int(seed), "stride": stride or geometry.tile, "pairs": pairs.n_pairs,
             "photos": scored, **report,
             "error_photo_mean_jpeg_history": _mean([per[n]["error"] for n in jpeg]),
             "error_photo_mean_never_compressed": _mean([per[n]["error"] for n in never])}

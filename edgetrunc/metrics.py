@@ -172,6 +172,16 @@ def detection_report(y_true, stego_prob, sources=None, threshold: float = 0.5) -
     return report
 
 
+NEARLY_CONSTANT_STD = 1e-3
+
+
+def nearly_constant(probability, threshold: float = NEARLY_CONSTANT_STD) -> bool:
+    """True if a reference stego probability barely moves over its inputs (std < `threshold`):
+    agreement with it then proves little (parity and convert both warn)."""
+    probability = np.asarray(probability, dtype=np.float64)
+    return probability.size > 1 and float(probability.std()) < threshold
+
+
 MIN_DECISION_AGREEMENT = 0.98
 MAX_ACCURACY_DELTA = 0.01
 

@@ -12,7 +12,9 @@ machine slows them alike), with the machine described:
   vs the shipped TFLite fp32 / fp16 / int8 and ONNX fp32 / int8 artifacts at 1 and 2
   threads, then `edgetrunc bench` (worker processes: percentiles, throughput, peak RSS);
 - flops: FLOPs of `tlunet` counted from its layer shapes, achieved GFLOP/s of TFLite fp32,
-  and the fraction of this CPU's peak, estimated with a measured numpy float32 GEMM.
+  and the fraction of this CPU's peak, estimated with a measured numpy float32 GEMM;
+- scaling: cost versus work, tlunet fp32 TFLite / ONNX latency at 256, 512 and 1024 pixels
+  square and 1 and 2 threads (`scripts/_bench_scaling.py`).
 
 The sections are written by `scripts/_bench_variants.py` and `scripts/_bench_runtime.py`;
 FLOPs are counted by `edgetrunc.models.flops.count_flops`.
@@ -107,6 +109,10 @@ def main(argv=None) -> int:
     if not args.quick:
         peaks = {count: max(peaks[count], gemm_peak_gflops(count)) for count in (1, 2)}
     update_section("flops", flops_section(model, source, timings, peaks), path=args.out)
+    from scripts._bench_scaling import bench_scaling, scaling_section
+
+    scaling = bench_scaling(model, max(runs // 3, 3), warmup)
+    update_section("scaling", scaling_section(scaling, source, max(runs // 3, 3)), path=args.out)
     order_sections(args.out)
     log(f"wrote {args.out} in {time.monotonic() - start:.0f} s")
     return 0

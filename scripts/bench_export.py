@@ -108,6 +108,7 @@ def main(argv=None) -> int:
 
     from edgetrunc import _log
     from edgetrunc.export import convert
+    from edgetrunc.data.geometry import image_geometry
     from edgetrunc.export.calibration import calibration_pairs
     from edgetrunc.keras.load import load_model
     from edgetrunc.runtime.bench import bench_artifacts
@@ -129,17 +130,17 @@ def main(argv=None) -> int:
     aware = convert(source, aware_dir, timings=ours)
     stock = convert(source, stock_dir, tflite=("int8",), onnx=("int8",), int8_mode="stock")
     model = load_model(source)
-    calibration = calibration_pairs("embedded", tuple(model.inputs[0].shape[1:])).x
+    calibration = calibration_pairs("embedded", image_geometry(model)).x
     bare = _bare_conversions(model, calibration, tmp)
 
     from edgetrunc.export import export_tflite
 
     stem = source.stem
-    packed_fp32 = Path(tmp) / f"{stem}_fp32_packed.tflite"
-    packed_fp32.write_bytes(export_tflite(model, "fp32", pack_front_end=True))
+    literal_fp32 = Path(tmp) / f"{stem}_fp32_literal.tflite"
+    literal_fp32.write_bytes(export_tflite(model, "fp32", literal=True))
     tflite = {
         "fp32": aware_dir / f"{stem}_fp32.tflite",
-        "fp32, packed front end (not shipped)": packed_fp32,
+        "fp32, literal (--literal, not shipped)": literal_fp32,
         "fp16": aware_dir / f"{stem}_fp16.tflite",
         "int8 truncation-aware": aware_dir / f"{stem}_int8.tflite",
         "int8 stock": stock_dir / f"{stem}_int8.tflite",
@@ -193,12 +194,11 @@ def main(argv=None) -> int:
         "Truncation-aware int8 keeps everything before the first truncation in float: the "
         "fixed KV filter and the seed-block convolution, about 20% of the multiply-adds but, "
         "with one input channel each, about 60% of the plain fp32 time on this CPU (XNNPACK "
-        "wastes its vector lanes on one channel). The int8 artifact therefore packs 4 adjacent "
+        "wastes its vector lanes on one channel). Every artifact therefore packs 4 adjacent "
         "pixels into channels for those float convolutions (RESHAPE -> CONV_2D 5x3 -> "
-        "RESHAPE, the same products plus exact zeros); the shipped fp32 and fp16 artifacts stay "
-        "a literal translation. The row 'fp32, packed front end' shows what the same rewrite "
-        "gives fp32: most of the int8 gain over the shipped fp32 comes from the packing, the "
-        "int8 convolutions after the truncation add the rest. Stock int8 splits the graph into "
+        "RESHAPE, the same products plus exact zeros) by default. The row 'fp32, literal' is "
+        "the one-to-one translation (`convert --literal`): the packing is most of the gain "
+        "over it; int8's convolutions after the truncation add the rest. Stock int8 splits the graph into "
         "several XNNPACK partitions (MINIMUM/MAXIMUM and int8 AVERAGE_POOL_2D run outside "
         "XNNPACK).",
         "### int8 decision agreement with Keras (held-out pairs)", quality,

@@ -181,7 +181,8 @@ def odd_models(tmp_path_factory):
     d = tmp_path_factory.mktemp("odd_models")
     return {name: _tiny_onnx(d / f"{name}.onnx", shape) for name, shape in {
         "dynamic": ["N", 256, 256, 1], "fixed1": [1, 256, 256, 1], "small": ["N", 128, 128, 1],
-        "color": ["N", 256, 256, 3], "rect": ["N", 256, 512, 1], "flat": ["N", 65536]}.items()}
+        "color": ["N", 256, 256, 3], "five": ["N", 256, 256, 5], "rect": ["N", 256, 512, 1],
+        "flat": ["N", 65536]}.items()}
 
 
 def _one_line_error(err: str, *needles) -> str:
@@ -404,10 +405,12 @@ def test_bad_artifacts_are_one_line_errors_in_bench(bad_artifacts, capsys):
 
 def test_unusual_model_inputs(odd_models, photos, covers3, capsys):
     image = str(photos / "gray.png")
-    for name, needle in (("color", "3 channels; expected one grayscale channel"),
+    for name, needle in (("five", "5 channels; expected 1 (grayscale) or 3 (RGB)"),
                          ("rect", "expected square tiles"), ("flat", "expected an image batch")):
         assert main(["-q", "infer", str(odd_models[name]), image]) == 2
         _one_line_error(capsys.readouterr().err, odd_models[name], needle)
+    assert main(["-q", "infer", str(odd_models["color"]), image]) == 0  # RGB tiles (gray replicated)
+    capsys.readouterr()
     # a fixed batch of 1 runs in steps and gives what the dynamic-batch model gives
     big = photos.parent / "three_tiles.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (256, 768), np.uint8)).save(big)
@@ -417,8 +420,12 @@ def test_unusual_model_inputs(odd_models, photos, covers3, capsys):
     # a 128x128 model tiles at its own input size
     small = score_image(open_runner(odd_models["small"]), big)
     assert len(small.tiles) == 2 * 6
-    # evaluate scores 256x256 tiles: other inputs are one clear line
-    for name in ("color", "small", "flat"):
+    # evaluate scores tiles at the model's geometry: inputs that are no image are one clear line
+    for name in ("color", "small"):
+        assert main(["-q", "evaluate", str(odd_models[name]), "--covers", str(covers3),
+                     "--max-pairs", "2", "--stride", "128"]) == 0
+        capsys.readouterr()
+    for name in ("five", "flat"):
         assert main(["-q", "evaluate", str(odd_models[name]), "--covers", str(covers3),
                      "--max-pairs", "2"]) == 2
         _one_line_error(capsys.readouterr().err, odd_models[name], "expected")

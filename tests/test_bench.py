@@ -146,3 +146,43 @@ def test_peak_rss_of_a_worker_is_its_own_not_the_parents():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 5 < float(out.stdout) < 200
     del ballast
+
+
+def test_bench_profile_json_rows_sum_to_the_total(block, capsys):
+    """`bench --profile --json`: per-op rows of each format whose times sum to the total."""
+    argv = ["bench", str(block["fp32"]), str(block["onnx"]), "--runs", "3", "--warmup", "1",
+            "--profile", "--json"]
+    assert main(argv) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert len(document["results"]) == 2
+    profiles = {p["format"]: p for p in document["profiles"]}
+    assert set(profiles) == {"tflite", "onnx"}
+    for profile in profiles.values():
+        assert profile["threads"] == 1 and profile["runs"] == 3 and profile["method"]
+        ops = profile["ops"]
+        assert ops and all(set(r) >= {"index", "name", "type", "layer", "ms", "share", "flops",
+                                      "gflops"} for r in ops)
+        assert all(r["ms"] >= 0 for r in ops) and profile["total_ms"] > 0
+        assert sum(r["ms"] for r in ops) == pytest.approx(profile["total_ms"], rel=0.02, abs=0.01)
+        assert sum(r["ms"] for r in profile["layers"]) == pytest.approx(profile["total_ms"],
+                                                                         rel=0.02, abs=0.01)
+        convs = [r for r in ops if r["type"] in ("CONV_2D", "Conv")]
+        assert convs and all(r["flops"] >= 2 * 256 * 256 * 8 * 25 for r in convs)
+        assert any("conv" in (r["layer"] or "") for r in ops)
+    assert profiles["tflite"]["ops"][0]["flops"] == 2 * 256 * 256 * 8 * 25
+
+
+def test_bench_profile_table(block, capsys):
+    assert main(["bench", str(block["fp32"]), "--runs", "2", "--warmup", "0", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "cumulative" in out and "GFLOP/s" in out and "CONV_2D" in out
+
+
+def test_layer_names_from_op_names():
+    from edgetrunc.runtime.profile import layer_of
+
+    assert layer_of(["tlunet_1/group1_conv_1/convolution2"]) == "group1_conv"
+    assert layer_of(["group1_truncation/Clip"]) == "group1_truncation"
+    assert layer_of(["m_1/group2_bn_1/add;m_1/group2_conv_1/conv"],
+                    ["group2_conv", "group2_bn"]) == "group2_conv+group2_bn"
+    assert layer_of(["Conv__8"]) is None

@@ -197,6 +197,22 @@ def test_pack_front_end_option_packs_fp32(source, tmp_path, capsys):
     assert artifact["ops"]["RESHAPE"] == 2 and artifact["ops"]["MAXIMUM"] == 1
 
 
+def test_rewrites_are_the_default_and_literal_keeps_the_translation(source, tmp_path, capsys):
+    """Exact layout rewrites run by default and are listed per artifact; --literal skips them."""
+    args = ["-q", "convert", str(source), "--tflite", "fp32,fp16", "--onnx", "fp32", "--json"]
+    assert main([*args, "--out", str(tmp_path / "default")]) == 0
+    rewritten = {a["path"]: a for a in json.loads(capsys.readouterr().out)["artifacts"]}
+    assert main([*args, "--out", str(tmp_path / "literal"), "--literal"]) == 0
+    literal = {a["path"]: a for a in json.loads(capsys.readouterr().out)["artifacts"]}
+    for name in ("tiny_fp32.tflite", "tiny_fp16.tflite"):
+        assert "pack_front_end" in rewritten[name]["passes"]
+        assert rewritten[name]["ops"]["RESHAPE"] == 2 and "RESHAPE" not in literal[name]["ops"]
+        assert "pack_front_end" not in literal[name]["passes"]
+    assert rewritten["tiny_fp32.onnx"]["passes"][-1] == "pack_front_end"
+    assert "pack_front_end" not in literal["tiny_fp32.onnx"]["passes"]
+    assert "Transpose" in rewritten["tiny_fp32.onnx"]["ops"]
+
+
 @pytest.mark.parametrize("samples, flips, label_flips", [
     (8, 1, 0), (8, 2, 0), (50, 1, 1), (50, 2, 2), (130, 2, 0), (130, 3, 0), (400, 8, 2),
     (400, 9, 0), (400, 4, 5)])

@@ -164,12 +164,15 @@ def test_int8_without_xnnpack_splits_is_one_partition(tflite_int8):
 
 
 def test_packed_front_end_matches_the_plain_one():
-    """The 4-pixels-per-channel rewrite of one-channel convolutions changes no result."""
+    """The 4-pixels-per-channel rewrite of one-channel convolutions (on by default) changes no
+    result; `literal=True` leaves it out."""
     from edgetrunc.runtime.tflite_runner import TFLiteRunner
 
     model = create("tlunet", input_shape=(32, 64, 1), seed=2)
-    plain = export_tflite(model, "fp32")
-    packed = export_tflite(model, "fp32", pack_front_end=True)
+    plain = export_tflite(model, "fp32", literal=True)
+    applied = []
+    packed = export_tflite(model, "fp32", applied=applied)
+    assert applied == ["pack_front_end"]
     assert tflite_ops(packed)["RESHAPE"] == 4 and "RESHAPE" not in tflite_ops(plain)
     x = np.random.default_rng(1).uniform(0, 255, (3, 32, 64, 1)).astype(np.float32)
     a = TFLiteRunner(plain, preserve_all_tensors=True)

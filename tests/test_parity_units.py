@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from edgetrunc.parity.compare import CompareFunc, default_tolerance, nearly_constant
+from edgetrunc.metrics import nearly_constant
+from edgetrunc.parity.compare import CompareFunc, default_tolerance
 from edgetrunc._text import json_safe
 from edgetrunc.parity.per_layer import compare_layers, mentioned_layers
 from edgetrunc.parity.probes import expected_clip, probe_values

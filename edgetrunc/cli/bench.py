@@ -1,7 +1,9 @@
 """`edgetrunc bench`: latency and throughput of `.tflite` / `.onnx` artifacts, interleaved.
 
 Runs on the TensorFlow-free runtime (`edgetrunc.runtime.bench`): a table on stdout, or
-JSON `{"results": [...]}` with `--json`; progress on stderr.
+JSON `{"results": [...]}` with `--json`; progress on stderr. `--profile` adds per-op and
+per-layer time of each artifact at each thread count (`edgetrunc.runtime.profile`): tables
+after the latency table, or `"profiles": [...]` in the JSON.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=positive_int, default=1, help="batch size (default: 1)")
     p.add_argument("--no-xnnpack", action="store_true",
                    help="TFLite: built-in kernels instead of the XNNPACK delegate")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each op (ONNX Runtime's profiler; TFLite: the model cut "
+                   "after each op, timed cumulatively) and sum it per Keras layer")
     _args.add_json(p)
 
 
@@ -40,6 +45,27 @@ def format_table(results) -> str:
     return table(headers, rows, align="ll" + "r" * 8)
 
 
+def format_profile(profile, limit: int = 40) -> str:
+    """One artifact's per-layer and per-op time, FLOPs and achieved GFLOP/s."""
+    from edgetrunc._text import table
+
+    def rows(items, first):
+        return [(first(r), f"{r['ms']:.3f}", f"{100 * r['share']:.1f}%",
+                 f"{r['flops'] / 1e6:.2f}" if r["flops"] else "-",
+                 "-" if r["gflops"] is None else f"{r['gflops']:.1f}") for r in items]
+
+    head = (f"{profile['artifact']} ({profile['precision']}, {profile['threads']} thread"
+            f"{'s' if profile['threads'] > 1 else ''}): {profile['total_ms']:.3f} ms, "
+            f"{profile['method']}")
+    layers = table(("layer", "ms", "share", "MFLOP", "GFLOP/s"),
+                   rows(profile["layers"], lambda r: r["layer"] or "(no layer)"), align="lrrrr")
+    ops = sorted(profile["ops"], key=lambda r: -r["ms"])[:limit]
+    ops = table(("op", "ms", "share", "MFLOP", "GFLOP/s"),
+                rows(ops, lambda r: f"{r['index']} {r['type']} {r['layer'] or ''}".strip()),
+                align="lrrrr")
+    return f"{head}\n{layers}\n{ops}"
+
+
 def run(args) -> int:
     from edgetrunc._text import dumps_json
     from edgetrunc.runtime.bench import bench_artifacts
@@ -47,8 +73,19 @@ def run(args) -> int:
     results = bench_artifacts(args.artifacts, threads=args.threads, runs=args.runs,
                               warmup=args.warmup, batch=args.batch,
                               options={"use_xnnpack": False} if args.no_xnnpack else None)
+    profiles = []
+    if args.profile:
+        from edgetrunc.runtime.profile import profile_artifact
+
+        profiles = [profile_artifact(path, threads=count, runs=args.runs,
+                                     warmup=args.warmup, batch=args.batch)
+                    for path in args.artifacts for count in args.threads]
     if args.json:
-        sys.stdout.write(dumps_json({"results": results}))
+        sys.stdout.write(dumps_json({"results": results, **({"profiles": profiles}
+                                                              if args.profile else {})}))
     else:
         print(format_table(results))
+        for profile in profiles:
+            print()
+            print(format_profile(profile))
     return 0

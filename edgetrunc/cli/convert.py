@@ -30,9 +30,12 @@ def add_arguments(p) -> None:
                    help="int8 quantization: truncation-aware (float before the first truncation, "
                    "clip by int8 saturation) or the converters' stock full-integer path, for "
                    "comparison (default: truncation-aware)")
+    p.add_argument("--literal", action="store_true",
+                   help="a one-to-one translation: skip the exact layout rewrites (packing "
+                   "one-channel convolutions 4 pixels per channel), which are on by default")
     p.add_argument("--pack-front-end", action="store_true",
-                   help="fp32/fp16 TFLite: pack one-channel convolutions 4 pixels per channel "
-                   "(faster on XNNPACK; int8 always does)")
+                   help="accepted for old command lines and does nothing: packing the "
+                   "one-channel front end is now the default (see --literal)")
     _args.add_json(p, "print the manifest as JSON on stdout")
     _args.add_force(p, "replace existing artifacts")
 
@@ -72,7 +75,7 @@ def run(args) -> int:
     manifest = convert(
         args.model, out_dir=args.out, tflite=args.tflite, onnx=args.onnx, opset=args.opset,
         nchw=args.nchw, calibration=args.calibration, int8_io=args.int8_io, force=args.force,
-        int8_mode=args.int8_mode, pack_front_end=args.pack_front_end)
+        int8_mode=args.int8_mode, literal=args.literal)
     if args.json:
         sys.stdout.write(dumps_json(manifest))
     else:

@@ -1,7 +1,8 @@
 """`edgetrunc infer`: stego probability of images with a `.tflite` or `.onnx` model.
 
-Runs on the TensorFlow-free runtime. Each image is tiled into 256x256 tiles (a border
-narrower than a tile is dropped and reported on stderr). An IMAGE may be a folder: its
+Runs on the TensorFlow-free runtime. Each image is tiled at the model's square input size
+(256x256 for a free size; grayscale or RGB as the model takes; a border narrower than a tile
+is dropped and reported on stderr). An IMAGE may be a folder: its
 images are scored in name order with the shared folder policy (hidden files ignored,
 unusable files skipped with one warning line). An image named on the command line that
 cannot be read gets one error line on stderr and the others still run; the exit code is 2
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from edgetrunc.cli import _args
 
-DESCRIPTION = "Score images (tiled into 256x256) with a converted model."
+DESCRIPTION = "Score images (tiled at the model's input size) with a converted model."
 
 
 def add_arguments(p) -> None:
@@ -33,22 +34,26 @@ def format_table(scores) -> str:
     return table(("image", "tiles", "stego probability", "decision"), rows, align="lrrl")
 
 
-def _check_grayscale_input(runner) -> None:
+def _check_image_input(runner):
+    """The runner's `ImageGeometry`, or a one-line `InputError` saying why it takes no images."""
+    from edgetrunc.data.geometry import CHANNELS, image_geometry
     from edgetrunc.errors import InputError
 
+    geometry = image_geometry(runner)
+    if geometry is not None:
+        return geometry
     meta = runner.metadata()
-    shape = meta.inputs[0].shape if meta.inputs else ()
+    shape = meta.inputs[0].shape if len(meta.inputs) == 1 else ()
     if len(shape) != 4:
-        raise InputError(f"{runner.path}: model input {list(shape)}; expected an image batch "
-                         "[N, H, W, 1]")
+        got = f"{len(meta.inputs)} inputs" if len(meta.inputs) != 1 else f"model input {list(shape)}"
+        raise InputError(f"{runner.path}: {got}; expected an image batch [N, H, W, 1 or 3]")
     channels = shape[3] if meta.layout == "NHWC" else shape[1]
-    if channels not in (None, 1):
+    if channels not in (None, *CHANNELS):
         raise InputError(f"{runner.path}: model input {list(shape)} ({meta.layout}) has {channels} "
-                         "channels; expected one grayscale channel")
-    size = runner.input_size()
-    if size is not None and size[0] != size[1]:
-        raise InputError(f"{runner.path}: model input {list(shape)} is {size[0]}x{size[1]}; "
-                         "expected square tiles (images are tiled at the model's input size)")
+                         "channels; expected 1 (grayscale) or 3 (RGB)")
+    size = runner.input_size() or ("?", "?")
+    raise InputError(f"{runner.path}: model input {list(shape)} is {size[0]}x{size[1]}; "
+                     "expected square tiles (images are tiled at the model's input size)")
 
 
 def _expand(items):
@@ -112,17 +117,17 @@ def run(args) -> int:
     from edgetrunc.runtime import open_runner
 
     runner = open_runner(args.artifact, threads=args.threads)
-    _check_grayscale_input(runner)
+    geometry = _check_image_input(runner)
     meta = runner.metadata()
     _log.info(f"{runner.name}: {meta.format} {meta.precision}, input "
-              f"{list(meta.inputs[0].shape)} {meta.layout}")
+              f"{list(meta.inputs[0].shape)} {meta.layout}, {geometry.describe()} tiles")
     scores, failed = _score(runner, args.images)
     for score in scores:
         right, bottom = score.dropped_border
         if right or bottom:
             count = len(score.tiles)
             _log.info(f"{score.image}: {score.width}x{score.height}, {count} tile{'s' * (count != 1)} "
-                      f"of 256x256; dropped a border of {right} px (right) and {bottom} px (bottom)")
+                      f"of {score.tile}x{score.tile}; dropped a border of {right} px (right) and {bottom} px (bottom)")
     if args.json:
         sys.stdout.write(dumps_json({"results": [s.to_dict() for s in scores]}))
     elif scores:

@@ -29,6 +29,9 @@ def add_arguments(p) -> None:
                    help="mix, random, covers, stego, a folder of images, or the FILE.npz of an "
                    "earlier --save-inputs (default: mix)")
     p.add_argument("--per-layer", action="store_true", help="compare every layer, name the first divergent")
+    p.add_argument("--layer-samples", type=_args.count(MAX_SAMPLES), default=8,
+                   help="with --per-layer: inputs compared layer by layer, the first of the "
+                   "--samples inputs (default: 8)")
     p.add_argument("--strict-layers", action="store_true",
                    help="with --per-layer: a divergent layer fails the check even when the outputs pass")
     p.add_argument("--strict-nan", action="store_true", help="NaN deviations in probes fail the check")
@@ -101,7 +104,8 @@ def run(args) -> int:
                           per_layer=args.per_layer, probes=not args.no_probes,
                           strict_nan=args.strict_nan, atol=args.atol, rtol=args.rtol, seed=args.seed,
                           threads=args.threads, batch_size=args.batch_size,
-                          save_inputs=args.save_inputs, strict_layers=args.strict_layers)
+                          save_inputs=args.save_inputs, strict_layers=args.strict_layers,
+                          per_layer_samples=args.layer_samples)
     table = terminal_report(report)
     stream = sys.stderr if args.json == "-" else sys.stdout
     stream.write(table)

@@ -34,7 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--stride", type=positive_int, default=None,
                    help="tile stride for training tiles (default: 256, non-overlapping)")
     p.add_argument("--strategy", default="default",
-                   help="tf.distribute strategy: default, mirrored, or one/device (default: default)")
+                   help="tf.distribute strategy: default, mirrored, multiworker (several "
+                   "machines, the cluster from TF_CONFIG; only the chief writes --out), or "
+                   "one:DEVICE (default: default)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="model builder argument, repeatable (e.g. front_end=srm6, width=2)")
     p.add_argument("--stage-epochs", type=positive_int, default=2,
@@ -59,6 +61,9 @@ def add_arguments(p) -> None:
 
 
 def _summary(record) -> str:
+    if record.get("model_file") is None:  # a worker that is not the chief
+        return (f"worker {record['worker']} of {record['workers']}: {record['epochs']} epochs "
+                f"({record['stop_reason']}); the chief writes the model and the training record")
     lines = [f"model: {record['model_file']}  (best epoch {record['best_epoch']} of "
              f"{len(record['epochs'])}; {record['stop_reason']})",
              f"wall time: {record['wall_seconds'] / 60:.1f} min, "

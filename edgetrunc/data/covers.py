@@ -1,10 +1,14 @@
 """Cover photographs: the embedded default set and user folders of images (no TensorFlow).
 
-A `Cover` is one source photograph as 8-bit grayscale pixels, with its name (the unit of
-the train / validation / test split), where it came from, and whether it was once
-JPEG-compressed. The embedded default covers are the photographs stored inside the
-installed scikit-image package (read straight from its data folder, never downloaded);
-synthetic drawings, binary images and images under 256x256 are left out. A user folder
+A `Cover` is one source photograph as 8-bit pixels (grayscale `[H, W]`, or RGB `[H, W, 3]`
+for an RGB model), with its name (the unit of the train / validation / test split), where it
+came from, and whether it was once JPEG-compressed. The embedded default covers are the
+photographs stored inside the installed scikit-image package (read straight from its data
+folder, never downloaded); synthetic drawings, binary images and images under 256x256 are
+left out. Covers are read for one model geometry (`channels`, `min_size` = its tile):
+gray models get luma, RGB models get the color photos as they are and the gray ones
+replicated into three equal channels; a photo smaller than the tile is skipped with one
+warning line, and none left is an error naming the size. A user folder
 holds PNG / PGM / TIFF / BMP / GIF / WebP files (lossless); JPEG and lossy WebP files are
 accepted with a warning, unusable files are skipped with a warning (`load_cover_dir`).
 Nothing is ever resized: resampling would destroy the +-1 signal a detector looks for.
@@ -18,7 +22,7 @@ across 8x8 block borders over the mean difference elsewhere; about 1.0 without i
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +61,7 @@ EMBEDDED_PHOTOS = {
 
 @dataclass
 class Cover:
-    """One source photograph as uint8 grayscale pixels `[H, W]`.
+    """One source photograph as uint8 pixels `[H, W]` (grayscale) or `[H, W, 3]` (RGB).
 
     `jpeg_history` is True when the file is a JPEG or its pixels show the 8x8 block
     structure of an earlier JPEG compression (`blockiness >= 1.05`).
@@ -121,14 +125,16 @@ def skimage_data_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
-def embedded_covers(names=None) -> list[Cover]:
-    """The photographs shipped inside scikit-image, as 8-bit grayscale `Cover`s (sorted by name).
+def embedded_covers(names=None, channels: int = 1, min_size: int = TILE) -> list[Cover]:
+    """The photographs shipped inside scikit-image, as 8-bit `Cover`s (sorted by name).
 
-    `names` selects a subset (default: all of `EMBEDDED_PHOTOS`).
+    `names` selects a subset (default: all of `EMBEDDED_PHOTOS`); `channels` 1 (luma) or 3
+    (RGB); photos under `min_size` on a side are left out with one warning line, and an
+    `InputError` names the size when none is left.
     """
     folder = skimage_data_dir()
     names = sorted(EMBEDDED_PHOTOS) if names is None else list(names)
-    covers = []
+    covers, small = [], []
     for name in names:
         if name not in EMBEDDED_PHOTOS:
             raise InputError(f"embedded cover {name!r}: unknown; expected one of "
@@ -138,15 +144,24 @@ def embedded_covers(names=None) -> list[Cover]:
         if not path.is_file():
             raise InputError(f"embedded cover {name!r}: {filename} is missing from the "
                              "installed scikit-image; pass a folder of cover images instead")
-        pixels = load_image(path, warn_jpeg=False)
+        pixels = load_image(path, min_size=0, warn_jpeg=False, channels=channels)
+        if min(pixels.shape[:2]) < min_size:
+            small.append(f"{name} ({pixels.shape[1]}x{pixels.shape[0]})")
+            continue
         covers.append(Cover(name=name, pixels=pixels, origin=f"scikit-image:{filename}",
                             description=description,
                             jpeg_file=path.suffix.lower() in LOSSY_SUFFIXES,
                             blockiness=blockiness(pixels)))
+    if small:
+        _log.warn(f"embedded covers: skipped {len(small)} photo(s) smaller than the "
+                  f"{min_size}x{min_size} model input: {', '.join(small)}")
+    if not covers:
+        raise InputError(f"embedded covers: no photo is at least {min_size}x{min_size} (the model "
+                         "input; images are tiled, never resized); pass a folder of larger images")
     return covers
 
 
-def load_cover_dir(path, min_size: int = TILE) -> list[Cover]:
+def load_cover_dir(path, min_size: int = TILE, channels: int = 1) -> list[Cover]:
     """Every usable image in the folder `path` (not recursive), as `Cover`s sorted by name.
 
     The folder policy of `edgetrunc.data.images.image_files`: hidden files and subfolders
@@ -160,14 +175,16 @@ def load_cover_dir(path, min_size: int = TILE) -> list[Cover]:
     if not files and not skipped:
         raise InputError(f"{folder}: empty folder; expected PNG/PGM/TIFF cover images")
     covers, lossy = [], []
-    for file, pixels in iter_folder_images(files, skipped, min_size):
+    for file, pixels in iter_folder_images(files, skipped, min_size, channels):
         kind = lossy_format(file)
         if kind:
             lossy.append(file.name)
         covers.append(Cover(name=file.stem, pixels=pixels, origin=str(file),
                             jpeg_file=kind == "JPEG", blockiness=blockiness(pixels)))
     if not covers:
-        raise no_usable_image(folder, skipped, "cover image")
+        error = no_usable_image(folder, skipped, "cover image")
+        raise InputError(f"{error}; covers must be at least {min_size}x{min_size} pixels "
+                         "(the model input; images are tiled, never resized)")
     by_name: dict = {}
     for cover in covers:
         by_name.setdefault(cover.name, []).append(Path(cover.origin).name)
@@ -185,12 +202,24 @@ def load_cover_dir(path, min_size: int = TILE) -> list[Cover]:
     return covers
 
 
-def resolve_covers(covers="embedded") -> list[Cover]:
-    """`"embedded"`, a folder path, or a list of `Cover` -> a list of `Cover`."""
+def resolve_covers(covers="embedded", channels: int = 1, min_size: int = TILE) -> list[Cover]:
+    """`"embedded"`, a folder path, or a list of `Cover` -> a list of `Cover` with `channels`
+    (1 luma, 3 RGB), each at least `min_size` on a side."""
     if isinstance(covers, (list, tuple)):
         if not covers or not all(isinstance(c, Cover) for c in covers):
             raise InputError("covers: expected a non-empty list of Cover objects", param="covers")
-        return list(covers)
+        return [with_channels(c, channels) for c in covers]
     if covers is None or str(covers) == "embedded":
-        return embedded_covers()
-    return load_cover_dir(covers)
+        return embedded_covers(channels=channels, min_size=min_size)
+    return load_cover_dir(covers, min_size=min_size, channels=channels)
+
+
+def with_channels(cover: Cover, channels: int) -> Cover:
+    """`cover` with `channels` 1 (ITU-R 601 luma, as Pillow) or 3 (gray replicated), as needed."""
+    has = 3 if cover.pixels.ndim == 3 else 1
+    if has == channels:
+        return cover
+    from PIL import Image
+
+    pixels = np.asarray(Image.fromarray(cover.pixels).convert("RGB" if channels == 3 else "L"))
+    return replace(cover, pixels=pixels)

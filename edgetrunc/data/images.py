@@ -1,9 +1,10 @@
-"""Image loading, image folders and 256x256 tiling for covers and inference inputs (no TensorFlow).
+"""Image loading, image folders and square tiling for covers and inference inputs (no TensorFlow).
 
-`load_image` returns an 8-bit grayscale array `[H, W]` of the pixels as stored, or raises
-`InputError` naming the file and the reason. 8-bit gray, color (RGB, CMYK, YCbCr), palette,
-1-bit and alpha images are accepted: color converts to grayscale (ITU-R 601 luma, Pillow's
-"L"), alpha is dropped. Nothing is ever resized, rotated, color-managed or re-quantized: a
+`load_image` returns an 8-bit grayscale array `[H, W]` of the pixels as stored (or, with
+`channels=3`, RGB `[H, W, 3]`), or raises `InputError` naming the file and the reason. 8-bit
+gray, color (RGB, CMYK, YCbCr), palette, 1-bit and alpha images are accepted: for a grayscale
+model color converts to ITU-R 601 luma (Pillow's "L"); for an RGB model a gray photo is
+replicated into three equal channels (Pillow's "RGB"); alpha is dropped. Nothing is ever resized, rotated, color-managed or re-quantized: a
 steganalysis detector must see the pixels as stored, so the EXIF orientation tag and ICC
 profiles are ignored, and 16-bit, 32-bit and float images, multi-frame files (animated GIF,
 multi-page TIFF; a camera's multi-picture JPEG is read as its first, main picture) and
@@ -41,8 +42,9 @@ _EIGHT_BIT_MODES = {"L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "1", "PA", "
 _DEEP_RAWMODE = re.compile(r"^(L|LA|RGB|RGBA|RGBX|CMYK|I|F);(16|32)")
 
 
-def load_image(path, min_size: int = TILE, warn_jpeg: bool = True) -> np.ndarray:
-    """Read `path` as a uint8 grayscale array `[H, W]`, at least `min_size` on each side.
+def load_image(path, min_size: int = TILE, warn_jpeg: bool = True, channels: int = 1) -> np.ndarray:
+    """Read `path` as uint8 grayscale `[H, W]` (`channels=3`: RGB `[H, W, 3]`), at least
+    `min_size` on each side.
 
     Raises `InputError` (one line naming the file) for anything that is not an 8-bit,
     single-frame image of at least `min_size` x `min_size` pixels. Lossy files (JPEG, lossy
@@ -68,8 +70,9 @@ def load_image(path, min_size: int = TILE, warn_jpeg: bool = True) -> np.ndarray
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 _check_image(path, img)
-                gray = img.convert("L") if img.mode != "L" else img
-                pixels = np.asarray(gray, dtype=np.uint8).copy()
+                mode = "RGB" if channels == 3 else "L"
+                converted = img.convert(mode) if img.mode != mode else img
+                pixels = np.asarray(converted, dtype=np.uint8).copy()
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -86,7 +89,7 @@ def load_image(path, min_size: int = TILE, warn_jpeg: bool = True) -> np.ndarray
     if lossy:
         warnings.warn(f"{path}: {lossy} input; stego detectors expect lossless covers",
                       stacklevel=2)
-    height, width = pixels.shape
+    height, width = pixels.shape[:2]
     if height < min_size or width < min_size:
         raise InputError(f"{path}: {width}x{height} pixels; expected at least {min_size}x{min_size} "
                          "(images are tiled, never resized)")
@@ -192,11 +195,11 @@ def image_files(folder, what: str = "folder of images") -> tuple[list[Path], lis
     return files, skipped
 
 
-def iter_folder_images(files, skipped: list, min_size: int = TILE):
+def iter_folder_images(files, skipped: list, min_size: int = TILE, channels: int = 1):
     """Yield `(path, pixels)` for each file that `load_image` reads; note the others in `skipped`."""
     for path in files:
         try:
-            pixels = load_image(path, min_size=min_size, warn_jpeg=False)
+            pixels = load_image(path, min_size=min_size, warn_jpeg=False, channels=channels)
         except InputError as exc:
             reason = str(exc)
             prefix = f"{path}: "
@@ -236,19 +239,21 @@ def tile_positions(height: int, width: int, size: int = TILE, stride: int | None
 
 
 def tile_image(pixels: np.ndarray, size: int = TILE, stride: int | None = None):
-    """Split `[H, W]` into full `size x size` tiles; returns `(tiles [N, size, size], positions)`.
+    """Split `[H, W]` (or `[H, W, C]`) into full `size x size` tiles; returns
+    `(tiles [N, size, size] (or [N, size, size, C]), positions)`.
 
     Tiles are never resized: resampling would destroy a +-1 stego signal.
     """
     positions = tile_positions(pixels.shape[0], pixels.shape[1], size, stride)
     tiles = np.stack([pixels[y:y + size, x:x + size] for y, x in positions]) if positions else (
-        np.zeros((0, size, size), pixels.dtype))
+        np.zeros((0, size, size, *pixels.shape[2:]), pixels.dtype))
     return tiles, positions
 
 
 def to_model_input(tiles: np.ndarray) -> np.ndarray:
-    """uint8 `[N, H, W]` tiles -> float32 `[N, H, W, 1]` in 0..255 (the training preprocessing)."""
+    """uint8 `[N, H, W]` gray tiles -> float32 `[N, H, W, 1]` in 0..255 (the training
+    preprocessing); `[N, H, W, C]` tiles keep their channels."""
     tiles = np.asarray(tiles)
     if tiles.ndim == 2:
         tiles = tiles[None]
-    return tiles.astype(np.float32)[..., None]
+    return tiles.astype(np.float32) if tiles.ndim == 4 else tiles.astype(np.float32)[..., None]

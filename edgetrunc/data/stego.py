@@ -3,7 +3,8 @@
 Each pixel changes with probability `payload / 2` (a random message bit differs from
 the pixel's LSB half the time), by +1 or -1 with equal probability; 0 only goes up and
 255 only down. The random stream is seeded per image, so the same cover, payload and seed
-always give the same stego image.
+always give the same stego image. An RGB cover `[H, W, 3]` is embedded in every channel:
+each sample is one pixel value here.
 """
 
 from __future__ import annotations

@@ -1,56 +1,55 @@
 """The images `convert` quantizes and evaluates int8 artifacts with.
 
-`calibration_pairs` returns cover/stego tiles (the embedded photos or a folder of covers),
-cropped to the model's input size: the train split (every `CALIBRATION_STRIDE` pixels, at
-most `CALIBRATION_PAIRS` pairs) for calibration, the held-out test split (every
-`EVALUATION_STRIDE` pixels) for comparing int8 decisions with Keras.
+`calibration_pairs` returns cover/stego tiles (the embedded photos or a folder of covers)
+cut at the model's geometry (`edgetrunc.data.geometry.ImageGeometry`: its square input size,
+256 for a free-size input, and 1 or 3 channels): the train split (every half tile, at most
+`CALIBRATION_PAIRS` pairs) for calibration, the held-out test split (every quarter tile, at
+most `HELD_OUT_VALUES` input values: 128 pairs of 256x256 gray tiles, more of smaller tiles)
+for comparing int8 decisions with Keras. Photos smaller than a tile are skipped with a
+warning; none left is one error naming the size.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from edgetrunc.errors import InputError
 
 CALIBRATION_PAIRS = 64
-CALIBRATION_STRIDE = 128
-EVALUATION_STRIDE = 64
+HELD_OUT_VALUES = 128 * 256 * 256  # pairs x tile x tile x channels: bounds time and memory
 
 
-def fit_to_model(x, shape):
-    """Crop 256x256x1 tiles to the model's input size `(H, W, C)` (for smaller inputs)."""
-    h, w, c = shape
-    h = h or x.shape[1]
-    w = w or x.shape[2]
-    if h > x.shape[1] or w > x.shape[2] or (c or 1) != x.shape[3]:
-        raise InputError(f"calibration: tiles {list(x.shape[1:])} do not fit the model input "
-                         f"{[h, w, c]}")
-    return np.ascontiguousarray(x[:, :h, :w, :])
+def calibration_stride(tile: int) -> int:
+    """Tile stride of the calibration pairs: half a tile (128 for 256x256)."""
+    return max(1, tile // 2)
 
 
-def calibration_pairs(calibration, shape, split="train", stride=CALIBRATION_STRIDE,
+def evaluation_stride(tile: int) -> int:
+    """Tile stride of the held-out pairs: a quarter tile (64 for 256x256)."""
+    return max(1, tile // 4)
+
+
+def calibration_pairs(calibration, geometry, split="train", stride=None,
                       max_pairs=CALIBRATION_PAIRS, seed=0):
-    """Cover/stego tiles for calibration ("embedded" or a folder of covers)."""
+    """Cover/stego tiles of `geometry` for calibration ("embedded" or a folder of covers)."""
     from edgetrunc.data.dataset import load_pairs
 
     covers = "embedded" if calibration in (None, "embedded") else calibration
     if covers != "embedded" and not Path(covers).is_dir():
         raise InputError(f"--calibration {covers}: expected 'embedded' or a folder of images")
+    stride = stride or calibration_stride(geometry.tile)
+    options = {"covers": covers, "payload": 0.4, "seed": seed, "max_pairs": max_pairs,
+               "stride": stride, "tile": geometry.tile, "channels": geometry.channels}
     try:
-        pairs = load_pairs(covers=covers, split=split, payload=0.4, seed=seed,
-                           max_pairs=max_pairs, stride=stride)
-    except InputError:
-        if split == "all":
+        return load_pairs(split=split, **options)
+    except InputError as exc:
+        if split == "all" or "holds no photo" not in str(exc):
             raise
-        pairs = load_pairs(covers=covers, split="all", payload=0.4, seed=seed,
-                           max_pairs=max_pairs, stride=stride)
-    pairs.x = fit_to_model(pairs.x, shape)
-    return pairs
+        return load_pairs(split="all", **options)
 
 
-def held_out_pairs(calibration, shape):
+def held_out_pairs(calibration, geometry):
     """The held-out test pairs int8 decisions are compared with Keras on."""
-    return calibration_pairs(calibration, shape, split="test", stride=EVALUATION_STRIDE,
-                             max_pairs=None, seed=0)
+    max_pairs = max(1, HELD_OUT_VALUES // (geometry.tile ** 2 * geometry.channels))
+    return calibration_pairs(calibration, geometry, split="test",
+                             stride=evaluation_stride(geometry.tile), max_pairs=max_pairs, seed=0)

@@ -1,7 +1,8 @@
 """`manifest.json`: what `convert` wrote, and the whole set of outputs committed at once.
 
 `plan` names the artifacts of a conversion; `artifact_entry` describes one (path, hash,
-ops, truncation mapping, inputs, outputs, quantization); `build_manifest` adds the source and
+ops, truncation mapping, inputs, outputs, quantization, the passes that rewrote it);
+`build_manifest` adds the source and
 the toolchain versions; `export.commit.OutputSet` commits the set, the manifest last.
 """
 
@@ -24,9 +25,11 @@ def plan(stem, tflite, onnx) -> list:
             + [("onnx", p, f"{stem}_{p}.onnx") for p in onnx])
 
 
-def artifact_entry(name, fmt, precision, content: bytes, report: dict, quantization) -> dict:
+def artifact_entry(name, fmt, precision, content: bytes, report: dict, quantization,
+                   passes=()) -> dict:
     """The manifest entry of one artifact; `report` is its inspector's. Lists of op types
-    kept in float name only the types the artifact holds."""
+    kept in float name only the types the artifact holds. `passes`: the rewrites that changed
+    the artifact, in the order they ran."""
     if quantization:
         for key in ("float_op_types", "float_inside_xnnpack"):
             if key in quantization:
@@ -37,11 +40,11 @@ def artifact_entry(name, fmt, precision, content: bytes, report: dict, quantizat
         "sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content),
         "ops": report["ops"], "truncations": report["truncations"],
         "inputs": report["inputs"], "outputs": report["outputs"],
-        "quantization": quantization,
+        "quantization": quantization, "passes": list(passes),
     }
 
 
-def quantization_entry(fmt, precision, int8_io, int8_mode, calib):
+def quantization_entry(fmt, precision, int8_io, int8_mode, calib, literal=False):
     """How an artifact is quantized (None for fp32)."""
     if precision == "fp32":
         return None
@@ -64,7 +67,8 @@ def quantization_entry(fmt, precision, int8_io, int8_mode, calib):
         if fmt == "tflite":
             entry["float_op_types"] = list(INT8_FLOAT_TYPES)
             entry["float_inside_xnnpack"] = list(INT8_KEEP_FLOAT)
-            entry["front_end"] = "float, one-channel convolutions packed 4 pixels per channel"
+            entry["front_end"] = ("float" if literal else
+                                  "float, one-channel convolutions packed 4 pixels per channel")
         else:
             entry["int8_op_types"] = list(ONNX_INT8_TYPES)
     if fmt == "onnx":

@@ -33,7 +33,7 @@ from edgetrunc.export.tflite.inspect import inspect_tflite
 from edgetrunc.keras.load import load_model, require_keras_file
 from edgetrunc.keras.precision import float32_model
 from edgetrunc.keras.truncations import find_truncations
-from edgetrunc.metrics import MAX_ACCURACY_DELTA, MIN_DECISION_AGREEMENT
+from edgetrunc.metrics import MAX_ACCURACY_DELTA, MIN_DECISION_AGREEMENT, nearly_constant
 from edgetrunc.runtime.metadata import artifact_metadata
 
 KERAS_SUFFIXES = (".keras", ".h5")  # a .h5 with lambdas or unknown classes names `edgetrunc migrate`
@@ -82,13 +82,14 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration):
 def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
             nchw=False, calibration="embedded", int8_io=False, force=False,
             int8_mode="truncation-aware", evaluate=True, timings=None,
-            pack_front_end=False) -> dict:
+            literal=False) -> dict:
     """Convert `model_path` to every requested artifact in `out_dir` and write the manifest.
 
     Returns the manifest dict (also written to `out_dir/manifest.json`). If `timings` is a
     dict, it receives the conversion wall time of each artifact in seconds.
-    `pack_front_end=True` also packs the one-channel convolutions of the fp32/fp16 TFLite
-    artifacts (the int8 one always packs its float front end).
+    Exact layout rewrites (the passes of `export.tflite.passes` / `export.onnx.passes`) run
+    by default; `literal=True` keeps a one-to-one translation. Each manifest entry lists the
+    passes that changed its artifact (`"passes"`).
     """
     tflite, onnx = _check_options(tflite, onnx, opset, int8_mode, calibration)
     source = Path(model_path)
@@ -100,7 +101,7 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
                         force=force, protect=[source])
     outputs.check_targets()  # refused before the (slow) model load; checked again under the lock
     options = {"opset": int(opset), "nchw": nchw, "int8_io": int8_io, "int8_mode": int8_mode,
-               "pack_front_end": bool(pack_front_end)}
+               "literal": bool(literal)}
     model = float32_model(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES))
     with outputs:
         return _convert_model(model, source, sha256_file(source), outputs, artifacts, options,
@@ -112,16 +113,17 @@ def _is_detector(model) -> bool:
     return len(output_shape) == 2 and output_shape[1] in (1, 2)
 
 
-def _model_image_shape(model):
-    if len(model.inputs) != 1:
-        raise InputError(f"{model.name}: {len(model.inputs)} inputs; expected one image input")
-    shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4:
-        raise InputError(f"{model.name}: input shape {shape}; expected [N, H, W, C]")
-    return shape[1:]
+def _model_geometry(model, source, needs_int8):
+    """The model's `ImageGeometry` when int8 artifacts need calibration images, else None."""
+    from edgetrunc.data.geometry import require_image_geometry
+
+    if not needs_int8:
+        return None
+    return require_image_geometry(model, source.name, "int8 calibration; convert it with "
+                                  "--tflite fp32,fp16 --onnx fp32")
 
 
-def _held_out(model, source, calibration, shape, evaluate):
+def _held_out(model, source, calibration, geometry, evaluate):
     """`(held-out pairs, Keras stego probability on them)`, or `(None, None)` when int8
     decisions are not compared (not asked, or the model is not a detector)."""
     if not evaluate:
@@ -132,21 +134,29 @@ def _held_out(model, source, calibration, shape, evaluate):
         return None, None
     from edgetrunc.keras.runner import predict_probability
 
-    held_out = calib_data.held_out_pairs(calibration, shape)
-    return held_out, predict_probability(model, held_out.x, batch_size=16)
+    held_out = calib_data.held_out_pairs(calibration, geometry)
+    keras_probability = predict_probability(model, held_out.x, batch_size=16)
+    if nearly_constant(keras_probability):
+        _log.warn(f"convert: the Keras outputs of {source.name} are nearly constant on the held-out "
+                  f"pairs (stego probability std {float(np.std(keras_probability)):.2e} over "
+                  f"{len(keras_probability)} inputs): int8 decision agreement proves little; "
+                  "use a trained model")
+    return held_out, keras_probability
 
 
-def _export(model, fmt, precision, calib, options, metadata) -> bytes:
-    """The bytes of one artifact with its metadata embedded."""
+def _export(model, fmt, precision, calib, options, metadata, applied) -> bytes:
+    """The bytes of one artifact with its metadata embedded; `applied` receives the names of
+    the passes that changed it."""
     x = None if calib is None else calib.x
     payload = {**metadata, "format": fmt, "precision": precision}
     if fmt == "tflite":
-        pack = None if precision == "int8" else options["pack_front_end"]
         content = export_tflite(model, precision, calibration=x, int8_io=options["int8_io"],
-                                int8_mode=options["int8_mode"], pack_front_end=pack)
+                                int8_mode=options["int8_mode"], literal=options["literal"],
+                                applied=applied)
         return embed_tflite_metadata(content, payload)
     proto = export_onnx(model, precision, opset=options["opset"], nchw=options["nchw"],
-                        calibration=x, int8_mode=options["int8_mode"])
+                        calibration=x, int8_mode=options["int8_mode"],
+                        literal=options["literal"], applied=applied)
     set_onnx_metadata(proto, payload)
     return proto.SerializeToString()
 
@@ -156,8 +166,9 @@ def _evaluate(entry, fmt, tmp, held_out, keras_probability):
     with quiet_converter():  # the interpreter's "Created XNNPACK delegate" line
         probability = evaluation.artifact_probability(fmt, tmp, held_out.x)
     quality = evaluation.quality_against_keras(keras_probability, probability, held_out.y)
+    stride = calib_data.evaluation_stride(held_out.x.shape[1])
     quality["data"] = (f"held-out pairs ({held_out.split} split, stride "
-                       f"{calib_data.EVALUATION_STRIDE}, payload {held_out.payload})")
+                       f"{stride}, payload {held_out.payload})")
     entry["quantization"]["evaluation"] = quality
     if not quality["passed"]:
         _log.warn(f"{entry['path']}: decision agreement {quality['decision_agreement']:.3f}, "
@@ -167,25 +178,27 @@ def _evaluate(entry, fmt, tmp, held_out, keras_probability):
 
 def _convert_model(model, source, source_sha, outputs, artifacts, options, calibration,
                    evaluate, timings):
-    shape = _model_image_shape(model)
     truncations = find_truncations(model)
     needs_int8 = any(p == "int8" for _, p, _ in artifacts)
-    calib = calib_data.calibration_pairs(calibration, shape) if needs_int8 else None
-    held_out, keras_probability = _held_out(model, source, calibration, shape,
+    geometry = _model_geometry(model, source, needs_int8)
+    calib = calib_data.calibration_pairs(calibration, geometry) if needs_int8 else None
+    held_out, keras_probability = _held_out(model, source, calibration, geometry,
                                             evaluate and needs_int8)
     metadata = artifact_metadata(__version__, source.name, source_sha, truncations, None, None)
     entries = []
     for fmt, precision, name in artifacts:
         _log.info(f"convert: {name} ({fmt} {precision}) ...")
         started = time.perf_counter()
-        content = _export(model, fmt, precision, calib, options, metadata)
+        applied = []
+        content = _export(model, fmt, precision, calib, options, metadata, applied)
         elapsed = time.perf_counter() - started
         staged = outputs.stage(name, content)
         inspect = inspect_tflite if fmt == "tflite" else inspect_onnx
         entry = manifest.artifact_entry(
             name, fmt, precision, content, inspect(str(staged), truncations, precision),
             manifest.quantization_entry(fmt, precision, options["int8_io"],
-                                        options["int8_mode"], calib))
+                                        options["int8_mode"], calib, options["literal"]),
+            applied)
         if precision == "int8" and held_out is not None:
             _evaluate(entry, fmt, staged, held_out, keras_probability)
         if timings is not None:

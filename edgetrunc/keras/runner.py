@@ -146,6 +146,22 @@ class KerasRunner(BaseRunner):
         outputs = predict_outputs(self._layer_model, batch, self.batch_size)
         return dict(zip(self._layer_names, outputs))
 
+    def layer_output_bytes(self, sample_shape: tuple) -> int:
+        """Bytes of `layer_outputs` per sample of `sample_shape` (free dimensions of a layer
+        taken as large as the input's: an upper bound for the usual downsampling nets)."""
+        largest = max((int(d) for d in sample_shape), default=1)
+        total = 0
+        for layer in self._model.layers:
+            try:
+                out = layer.output
+            except (AttributeError, ValueError):
+                continue
+            if isinstance(out, (list, tuple)):
+                continue
+            dims = [int(d) if d is not None else largest for d in tuple(out.shape)[1:]]
+            total += 4 * int(np.prod(dims, dtype=np.int64))
+        return total
+
     def single_inbound(self) -> dict:
         """`{layer name: its only inbound layer}` for the layers with exactly one inbound layer."""
         inbound = {}

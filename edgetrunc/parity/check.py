@@ -16,8 +16,9 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc.errors import InputError
+from edgetrunc.metrics import nearly_constant
 from edgetrunc.parity.comparator import DEFAULT_BATCH_SIZE, Comparator
-from edgetrunc.parity.compare import CompareFunc, nearly_constant
+from edgetrunc.parity.compare import CompareFunc
 from edgetrunc.parity.inputs import check_outputs, parity_inputs, protected_inputs
 from edgetrunc.parity.results import ArtifactReport, ParityReport
 
@@ -36,6 +37,11 @@ def _artifact_format(path: Path) -> str:
 def _check_input_shape(runner, expected: tuple) -> None:
     meta = runner.metadata()
     shape = meta.inputs[0].shape
+    if len(expected) != 3 and len(shape) == len(expected) + 1:  # not an image: as it is
+        if any(a is not None and a != b for a, b in zip(shape[1:], expected)):
+            raise InputError(f"{runner.path}: artifact input is {list(shape)}; the Keras model "
+                             f"takes [N, {', '.join(map(str, expected))}]")
+        return
     if len(shape) != 4:
         raise InputError(f"{runner.path}: artifact input has shape {list(shape)}; expected "
                          f"[N, {', '.join(map(str, expected))}] like the Keras model")
@@ -93,14 +99,22 @@ def _check_tolerances(atol, rtol) -> None:
 
 
 def _open_reference(model, threads, batch_size):
-    """`(KerasRunner, input shape (H, W, C))`, free dimensions taken as 256x256x1."""
+    """`(KerasRunner, input shape)`: `(S, S, C)` of an image model (`image_geometry`: a free
+    size is 256x256), else the model's own input shape, whose dimensions must then be fixed."""
+    from edgetrunc.data.geometry import image_geometry
     from edgetrunc.keras.runner import KerasRunner
 
     keras_runner = KerasRunner(model, threads=threads, batch_size=batch_size)
+    geometry = image_geometry(keras_runner)
+    if geometry is not None:
+        return keras_runner, geometry.shape
     shape = tuple(keras_runner.metadata().inputs[0].shape[1:])
-    if len(shape) != 3:
-        raise InputError(f"{keras_runner.path}: model input {list(shape)}; expected an image [H, W, C]")
-    return keras_runner, tuple(d if d is not None else default for d, default in zip(shape, (256, 256, 1)))
+    if len(shape) == 3:  # an image of other channels or a non-square one: free sides 256
+        shape = tuple(d if d is not None else default for d, default in zip(shape, (256, 256, 1)))
+    if any(d is None for d in shape):
+        raise InputError(f"{keras_runner.path}: model input {[None, *shape]} has free dimensions "
+                         "and is not an image; parity needs fixed input dimensions")
+    return keras_runner, shape
 
 
 def _save_inputs(path, data, protect) -> None:
@@ -145,8 +159,8 @@ def _artifact_report(runner, comparison, precision: str, tolerance: dict, result
                                     "input": meta.inputs[0].shape and list(meta.inputs[0].shape)})
 
 
-def _compare_layers(report: ArtifactReport, runner, keras_runner, batch, layer_outputs: dict,
-                    strict_layers: bool, warnings: list) -> None:
+def _compare_layers(report: ArtifactReport, runner, keras_runner, batch, strict_layers: bool,
+                    warnings: list) -> None:
     """Map the artifact's tensors to the Keras layers and name the first divergent layer."""
     from edgetrunc.parity.per_layer import compare_artifact_layers
 
@@ -156,7 +170,7 @@ def _compare_layers(report: ArtifactReport, runner, keras_runner, batch, layer_o
         return
     _log.info(f"parity: per-layer comparison of {runner.path.name}")
     report.layers, report.first_divergent_layer = compare_artifact_layers(
-        keras_runner, runner.path, report.format, report.precision, batch, layer_outputs)
+        keras_runner, runner.path, report.format, report.precision, batch)
     unmapped = [layer.layer for layer in report.layers if layer.status == "unmapped"]
     if unmapped:
         warnings.append(f"{runner.path.name}: layers without an artifact tensor: {', '.join(unmapped)}")
@@ -239,7 +253,6 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                                               precisions=judged)
     _constant_reference_warnings(results.reference, len(data.x), warnings)
 
-    layer_outputs = None
     per_layer_batch = data.x[:max(1, min(per_layer_samples, len(data.x)))]
     reports = []
     for runner in runners:
@@ -248,10 +261,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                      if hasattr(compare_func, "tolerance_for") else {})
         report = _artifact_report(runner, comparisons[key], precisions[key], tolerance, results[key])
         if per_layer:
-            if layer_outputs is None and runner.format != "recorded":
-                layer_outputs = keras_runner.layer_outputs(per_layer_batch)
-            _compare_layers(report, runner, keras_runner, per_layer_batch, layer_outputs,
-                            strict_layers, warnings)
+            _compare_layers(report, runner, keras_runner, per_layer_batch, strict_layers, warnings)
         reports.append(report)
 
     probe_results = _probe_truncations(keras_runner.model, reports, runners, shape, strict_nan,

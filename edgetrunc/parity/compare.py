@@ -21,8 +21,6 @@ from edgetrunc import metrics
 from edgetrunc.errors import InputError
 from edgetrunc.metrics import DECISION_THRESHOLD
 
-NEARLY_CONSTANT_STD = 1e-3
-
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -189,14 +187,16 @@ class CompareFunc:
         stats = [error_statistics(r, c, tolerance.atol, tolerance.rtol) for r, c in pairs]
         merged = _merge_statistics(stats)
         result = OutputComparison(**merged)
-        if tolerance.elementwise and result.elements_failed:
+        detector = reference_probability is not None and candidate_probability is not None
+        # decisions judge a detector's quantized outputs; any other tensor is judged element-wise
+        if (tolerance.elementwise or not detector) and result.elements_failed:
             result.failures.append(
                 f"{result.elements_failed} of {result.elements} output elements outside "
                 f"atol={tolerance.atol:g} / rtol={tolerance.rtol:g} (max abs error "
                 f"{result.max_abs_error:.3g})")
         elif result.nan_mismatches:
             result.failures.append(f"{result.nan_mismatches} output elements NaN in one side only")
-        if reference_probability is not None and candidate_probability is not None:
+        if detector:
             self._detector_statistics(result, np.asarray(reference_probability, np.float64),
                                       np.asarray(candidate_probability, np.float64), labels, tolerance)
         return result
@@ -271,9 +271,3 @@ def _merge_statistics(stats: list) -> dict:
         "elements_failed": sum(s["elements_failed"] for s in stats),
         "nan_mismatches": sum(s["nan_mismatches"] for s in stats),
     }
-
-
-def nearly_constant(probability: np.ndarray, threshold: float = NEARLY_CONSTANT_STD) -> bool:
-    """True if the reference stego probability barely moves over the inputs."""
-    probability = np.asarray(probability, dtype=np.float64)
-    return probability.size > 1 and float(probability.std()) < threshold

@@ -5,9 +5,11 @@
 third held-out covers, a third their LSB-matching stego versions and a third uniform random
 images; `covers` / `stego` are the held-out test split of the embedded photos; `random` is
 uniform 0..255, seeded (held-out tiles are non-overlapping unless the test photos hold
-too few, then taken at a stride of 64 pixels); a folder gives the first 256x256 tile of each image, or every tile
-when there are fewer images than samples; an `.npz` file gives the inputs saved by an earlier
-run (`--save-inputs`), all of them. No TensorFlow.
+too few, then taken at a stride of a quarter tile); a folder gives the first tile of each
+image, or every tile when there are fewer images than samples; an `.npz` file gives the
+inputs saved by an earlier run (`--save-inputs`), all of them. Photos are cut at the model's
+geometry (`shape` (S, S, C): S-pixel tiles, luma for C = 1, RGB for C = 3); a model whose
+input is not such an image takes only `random` and `.npz` inputs. No TensorFlow.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def check_outputs(outputs, protect) -> None:
         if path is not None and str(path) != "-":
             check_output(path, protect)
 PARITY_PAYLOAD = 0.4
-HELD_OUT_STRIDES = (256, 64)  # overlapping tiles only when the test photos hold too few
+HELD_OUT_STRIDE_DIVISORS = (1, 4)  # stride tile / d: whole tiles, then quarter tiles if too few
 
 
 @dataclass
@@ -68,23 +70,22 @@ def _random_images(count: int, seed: int, shape) -> np.ndarray:
     return rng.integers(0, 256, size=(count, *shape)).astype(np.float32)
 
 
-def _crop(x: np.ndarray, shape) -> np.ndarray:
-    h, w = shape[0], shape[1]
-    if x.shape[1] < h or x.shape[2] < w:
-        raise InputError(f"inputs: tiles are {x.shape[1]}x{x.shape[2]}; the model expects {h}x{w}")
-    return x[:, :h, :w, :]
-
-
 def _held_out_pairs(pairs: int, seed: int, shape):
     from edgetrunc.data import load_pairs
 
+    tile, channels = shape[0], shape[2]
     pair_set = None
-    for stride in HELD_OUT_STRIDES:
-        pair_set = load_pairs(covers="embedded", split="test", payload=PARITY_PAYLOAD, seed=seed,
-                              max_pairs=max(1, pairs), stride=stride)
+    for divisor in HELD_OUT_STRIDE_DIVISORS:
+        try:
+            pair_set = load_pairs(covers="embedded", split="test", payload=PARITY_PAYLOAD,
+                                  seed=seed, max_pairs=max(1, pairs), stride=max(1, tile // divisor),
+                                  tile=tile, channels=channels)
+        except InputError as exc:
+            raise InputError(f"--inputs: {exc}; use --inputs random, a folder of images of at "
+                             f"least {tile}x{tile} or an .npz of inputs") from None
         if pair_set.n_pairs >= pairs:
             break
-    x = _crop(pair_set.x, shape)
+    x = pair_set.x
     names = [f"{src}@{pos[0]},{pos[1]}:{'stego' if label else 'cover'}"
              for src, pos, label in zip(pair_set.sources, pair_set.positions, pair_set.y)]
     return x, pair_set.y.astype(np.int64), names
@@ -97,7 +98,7 @@ def _folder_inputs(folder: Path, samples: int, shape):
     files, skipped = image_files(folder, "folder of images")  # unusable files: skipped, warned
     tiles_per_file = 1 if len(files) >= samples else None
     batches, names = [], []
-    for path, pixels in iter_folder_images(files, skipped, min_size=max(shape[0], shape[1])):
+    for path, pixels in iter_folder_images(files, skipped, min_size=shape[0], channels=shape[2]):
         tiles, positions = tile_image(pixels, size=shape[0])
         if tiles_per_file:
             tiles, positions = tiles[:1], positions[:1]
@@ -110,6 +111,15 @@ def _folder_inputs(folder: Path, samples: int, shape):
         raise no_usable_image(folder, skipped)
     x = np.concatenate(batches)[:samples]
     return x, np.full(len(x), -1, np.int64), names[:samples]
+
+
+def _require_image_shape(kind, shape) -> None:
+    """Photos (held-out or a folder) need a model input that is an image."""
+    from edgetrunc.data.geometry import geometry_of_shape
+
+    if kind != "random" and geometry_of_shape((None, *shape)) is None:
+        raise InputError(f"--inputs {kind}: the model input {[None, *shape]} is not an image "
+                         "[N, S, S, 1 or 3]; use --inputs random or an .npz of inputs")
 
 
 def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
@@ -132,6 +142,7 @@ def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
         composition = {"covers": int((labels == 0).sum()), "stego": int((labels == 1).sum()),
                        "other": int((labels < 0).sum())}
         return InputSet(x, labels, names, str(kind), seed, composition)
+    _require_image_shape(kind, shape)
     if kind not in KINDS:
         folder = Path(kind)
         if not folder.exists():
@@ -141,8 +152,6 @@ def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
                              "or a folder of images")
         x, labels, names = _folder_inputs(folder, samples, shape)
         return InputSet(x, labels, names, str(folder), seed, {"folder": len(x)})
-    if shape[-1] != 1 and kind != "random":
-        raise InputError(f"--inputs {kind}: photos are grayscale; the model expects {shape[-1]} channels")
     if kind == "random":
         x = _random_images(samples, seed, shape)
         return InputSet(x, np.full(samples, -1, np.int64), [f"random#{i}" for i in range(samples)],

@@ -13,18 +13,20 @@ layer lives in the next op, e.g. a batch-norm offset moved into the next convolu
 The first `compared` layer in graph order whose normalized error exceeds the precision's
 bound diverges; the divergence is attributed to the layer, up to that one, with the largest
 own error (`local_error`: the Keras layers run on the artifact's previous value, as in TFLite's
-QuantizationDebugger). No TensorFlow here: the Keras side comes from the runner.
+QuantizationDebugger). Memory is bounded: the samples are read a few at a time, once per pass
+(map, measure, and, when needed, fit folded layers and replay), keeping running statistics
+(`_layer_stats`). No TensorFlow here: the Keras side comes from the runner.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from edgetrunc.errors import InputError
-from edgetrunc.runtime import open_with_intermediates
+from edgetrunc.parity._layer_stats import ChannelFit, ErrorStats, reference_views, view_in_layout
 
 # Max |error| / max |reference| above which a layer diverges (see docs/PARITY.md).
 LAYER_TOLERANCES = {"fp32": 1e-2, "fp16": 1e-2, "int8": 0.5}
@@ -73,89 +75,103 @@ def mentioned_layers(tensor_name: str, layer_names) -> set:
     return found
 
 
-def _as_reference_layout(value: np.ndarray, ref_shape: tuple):
-    """Yield `(array, layout)` views of `value` shaped like the reference (NHWC, NCHW, squeezed)."""
-    if value.shape == ref_shape:
-        yield value, "NHWC" if value.ndim == 4 else "same"
-    if value.ndim == 4 and len(ref_shape) == 4 and value.transpose(0, 2, 3, 1).shape == ref_shape:
-        yield value.transpose(0, 2, 3, 1), "NCHW"
-    if value.size == int(np.prod(ref_shape)) and value.shape != ref_shape and (
-            [d for d in value.shape if d != 1] == [d for d in ref_shape if d != 1]):
-        yield value.reshape(ref_shape), "reshaped"
+LAYER_CHUNK_BYTES = 256 * 2 ** 20  # Keras layer outputs held at once by the streamed comparison
 
 
-def normalized_error(reference: np.ndarray, value: np.ndarray) -> float:
-    ref = reference.astype(np.float64)
-    diff = np.abs(ref - value.astype(np.float64))
-    both_nan = np.isnan(ref) & np.isnan(value)
-    diff[both_nan] = 0.0
-    if np.isnan(diff).any():
-        return float("inf")
-    peak = float(np.nanmax(np.abs(ref))) if ref.size else 0.0
-    return float(diff.max() / max(peak, 1e-12)) if diff.size else 0.0
+def _layer_tolerance(precision: str, tolerance: float | None) -> float:
+    if tolerance is not None:
+        return tolerance
+    from edgetrunc.parity.compare import tolerance_key
 
-
-def is_channel_affine(reference: np.ndarray, value: np.ndarray, tolerance: float) -> bool:
-    """True if every channel (last axis) of `value` is `a * reference + b` up to `tolerance`."""
-    if reference.ndim < 3 or reference.shape != value.shape or reference.size // reference.shape[-1] < 32:
-        return False  # too few points per channel for a fit to mean anything
-    ref = reference.reshape(-1, reference.shape[-1]).astype(np.float64)
-    got = value.reshape(-1, value.shape[-1]).astype(np.float64)
-    for c in range(ref.shape[1]):
-        x, y = ref[:, c], got[:, c]
-        design = np.stack([x, np.ones_like(x)], axis=1)
-        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-        residual = np.abs(design @ coef - y).max()
-        spread = max(np.abs(y).max(), 1e-12)
-        if coef[0] == 0 and np.ptp(x) > 0 or residual > tolerance * spread:
-            return False
-    return True
-
-
-def _relative_rms(reference, value):
-    ref = reference.astype(np.float64)
-    diff = ref - value.astype(np.float64)
-    diff[np.isnan(ref) & np.isnan(value)] = 0.0
-    if np.isnan(diff).any():
-        return None
-    scale = float(np.sqrt(np.mean(ref ** 2))) if ref.size else 0.0
-    return float(np.sqrt(np.mean(diff ** 2)) / max(scale, 1e-12)) if diff.size else 0.0
-
-
-def _cosine(a, b):
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    norm = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(np.dot(a, b) / norm) if norm > 0 else None
+    return LAYER_TOLERANCES.get(tolerance_key(precision), LAYER_TOLERANCES["fp32"])
 
 
 def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
-                   input_layers=(), output_layers=(), tolerance: float | None = None,
-                   views: dict | None = None) -> tuple:
-    """Map and compare; returns `(list of LayerComparison in graph order, first divergent layer or None)`.
+                   input_layers=(), output_layers=(), tolerance: float | None = None) -> tuple:
+    """Map and compare arrays held in memory; returns `(list of LayerComparison in graph order,
+    first divergent layer or None)`.
 
     `output_layers[i]` is the layer that produces the model's i-th output: the artifact's
-    i-th output tensor is a candidate for it whatever its name. If `views` is a dict, it
-    receives the artifact's value of every compared layer, in the Keras layout.
+    i-th output tensor is a candidate for it whatever its name.
     """
-    if tolerance is None:
-        from edgetrunc.parity.compare import tolerance_key
+    return _compare_chunks([(layer_outputs, list(tensors))], precision, input_layers,
+                           output_layers, tolerance)
 
-        tolerance = LAYER_TOLERANCES.get(tolerance_key(precision), LAYER_TOLERANCES["fp32"])
-    best = assign_tensors(layer_outputs, tensors, output_layers)
-    results = []
-    for index, name in enumerate(layer_outputs):
-        if name in input_layers:
-            results.append(LayerComparison(name, index, "input"))
-            continue
-        if name not in best:
-            results.append(LayerComparison(name, index, "unmapped"))
-            continue
-        err, _, tensor, view, layout = best[name]
-        item = _compare_layer(name, index, layer_outputs[name], tensor, view, layout, err, tolerance)
-        if views is not None and item.status == "compared":
-            views[name] = view
-        results.append(item)
 
+def compare_artifact_layers(keras_runner, artifact_path, artifact_format: str, precision: str,
+                            batch: np.ndarray, tolerance: float | None = None,
+                            chunk_bytes: int = LAYER_CHUNK_BYTES) -> tuple:
+    """Per-layer comparison of one artifact on `batch`; returns `(layers, first divergent layer)`.
+
+    The samples are read a few at a time (at most `chunk_bytes` of Keras layer outputs, at
+    least one sample), once per pass, and only running statistics are kept, so memory does not
+    grow with the number of samples.
+    """
+    if artifact_format not in ("tflite", "onnx"):
+        raise InputError(f"{artifact_path}: per-layer comparison supports .tflite and .onnx")
+    from edgetrunc.runtime import open_with_intermediates
+
+    runner = open_with_intermediates(artifact_path)
+    per_sample = keras_runner.layer_output_bytes(tuple(batch.shape[1:]))
+    size = max(1, min(len(batch), int(chunk_bytes) // max(per_sample, 1)))
+    model = keras_runner.model
+    input_layers = {layer.name for layer in model.layers if type(layer).__name__ == "InputLayer"}
+    output_layers = [t._keras_history[0].name for t in model.outputs]
+    results, first = _compare_chunks(_ArtifactChunks(keras_runner, runner, batch, size), precision,
+                                     input_layers, output_layers, tolerance,
+                                     keras_runner.single_inbound(), keras_runner.replay)
+    return results, attribute_divergence(results, first)
+
+
+class _ArtifactChunks:
+    """`(Keras layer outputs, artifact tensors)` of `size` samples at a time, read anew on every
+    pass over it; TFLite tensors are read one at a time when asked for (`ArtifactTensor.read`)."""
+
+    def __init__(self, keras_runner, runner, batch: np.ndarray, size: int):
+        self.keras_runner, self.runner, self.batch, self.size = keras_runner, runner, batch, size
+
+    def __iter__(self):
+        for start in range(0, len(self.batch), self.size):
+            part = self.batch[start:start + self.size]
+            outputs = self.keras_runner.layer_outputs(part)
+            self.runner.infer(part)
+            lazy = {"lazy": True} if self.runner.format == "tflite" else {}
+            yield outputs, self.runner.intermediate_tensors(**lazy)
+
+
+def _compare_chunks(chunks, precision, input_layers, output_layers, tolerance,
+                    inbound: dict | None = None, replay=None) -> tuple:
+    """Map tensors to layers (first pass), then measure the chosen pairs, fit the suspected
+    folded layers and replay the Keras layers for `local_error` (one more pass each, as needed)."""
+    tolerance = _layer_tolerance(precision, tolerance)
+    names, best = _assign(chunks, output_layers)
+    chosen = {name: entry for name, entry in best.items() if name not in input_layers}
+    suspects = {name for name, entry in chosen.items() if np.isfinite(entry[0]) and not entry[0] <= tolerance}
+    stats = {name: ErrorStats() for name in chosen}
+    fits = {name: ChannelFit() for name in suspects}
+    local: dict = {}
+    chain = None if suspects else _local_chain(names, chosen, set(), inbound)
+
+    def measure(outputs, views):
+        for name, view in views.items():
+            stats[name].add(outputs[name], view)
+            if name in fits:
+                fits[name].add(outputs[name], view)
+        _add_local(local, chain, views, replay)
+
+    _read_chosen(chunks, chosen, measure)
+    folded = set()
+    fitted = {name: fit for name, fit in fits.items() if fit.fit()}
+    if fitted:
+        _read_chosen(chunks, {n: chosen[n] for n in fitted},
+                     lambda outputs, views: [fitted[n].add_residual(outputs[n], v) for n, v in views.items()])
+        folded = {name for name, fit in fitted.items() if fit.is_affine(AFFINE_RESIDUAL + tolerance)}
+    if suspects:
+        chain = _local_chain(names, chosen, folded, inbound)
+        if chain:
+            _read_chosen(chunks, chosen, lambda outputs, views: _add_local(local, chain, views, replay))
+    results = [_layer_result(name, index, input_layers, chosen, stats, folded, local, tolerance)
+               for index, name in enumerate(names)]
     _resolve_fused(results)
     first = next((r for r in results if r.divergent), None)
     first_name = None
@@ -164,14 +180,93 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
     return results, first_name
 
 
-def assign_tensors(layer_outputs: dict, tensors: list, output_layers=()) -> dict:
-    """`{layer: (error, order, tensor, view, layout)}`: the artifact tensor that carries each layer.
+def _layer_result(name, index, input_layers, chosen, stats, folded, local, tolerance) -> LayerComparison:
+    if name in input_layers:
+        return LayerComparison(name, index, "input")
+    if name not in chosen:
+        return LayerComparison(name, index, "unmapped")
+    err, _, tensor, layout = chosen[name]
+    figures = stats[name]
+    item = LayerComparison(
+        name, index, "compared", tensor=tensor.name, shape=figures.shape, layout=layout,
+        max_abs_error=figures.max_diff, mean_abs_error=figures.mean_abs,
+        normalized_error=err if np.isfinite(err) else None,
+        relative_rms_error=figures.relative_rms, cosine=figures.cosine, scale=tensor.scale)
+    if tensor.scale:
+        item.error_over_scale = item.max_abs_error / tensor.scale
+    if not err <= tolerance:
+        if name in folded:
+            item.status = "folded"
+        else:
+            item.divergent = True
+    if name in local:
+        own = local[name].normalized
+        item.local_error = own if np.isfinite(own) else None
+    return item
+
+
+def _read_chosen(chunks, chosen: dict, visit) -> None:
+    """Call `visit(layer outputs, {layer: artifact value in the Keras layout})` per chunk."""
+    by_key = {entry[2].key: (name, entry[3]) for name, entry in chosen.items()}
+    for outputs, tensors in chunks:
+        views = {}
+        for tensor in tensors:
+            if tensor.key not in by_key:
+                continue
+            name, layout = by_key[tensor.key]
+            value = tensor.read()
+            view = None if value is None else view_in_layout(value, outputs[name].shape, layout)
+            if view is not None:
+                views[name] = view
+        visit(outputs, views)
+
+
+def _assign(chunks, output_layers=()) -> tuple:
+    """`(layer names, {layer: (error, order, tensor, layout)})`: the artifact tensor that carries
+    each layer, over every chunk.
 
     A tensor's candidates are the layers its name mentions, the layers between them and the
     unmentioned layers after them (see the module docstring); it goes to the candidate it
     matches best, and a layer keeps the best of the tensors that went to it (`_better`).
     """
-    names = list(layer_outputs)
+    names, candidates, seen, errors, count = None, {}, {}, {}, 0
+    for outputs, tensors in chunks:
+        count += 1
+        if names is None:
+            names = list(outputs)
+            candidates = _candidates(names, tensors, output_layers)
+        for tensor in tensors:
+            if tensor.key not in candidates:
+                continue
+            value = tensor.read()
+            if value is None:
+                continue
+            seen.setdefault(tensor.key, replace(tensor, value=None, load=None))
+            found = errors.setdefault(tensor.key, {})
+            for name in candidates[tensor.key][0]:
+                for view, layout in reference_views(value, outputs[name].shape):
+                    record = found.setdefault((name, layout), [ErrorStats(full=False), 0])
+                    record[0].add(outputs[name], view)
+                    record[1] += 1
+    best: dict = {}
+    for key, tensor in seen.items():
+        mentioned, choice = candidates[key][1], None
+        for (name, layout), (stats, chunks_seen) in errors[key].items():
+            err = stats.normalized
+            if chunks_seen == count and (choice is None or err < choice[0]
+                                         or (err == choice[0] and name in mentioned)):
+                choice = (err, name, layout)
+        if choice is None:
+            continue
+        err, name, layout = choice
+        current = best.get(name)
+        if current is None or _better(err, tensor, current[0], current[2]):
+            best[name] = (err, tensor.order, tensor, layout)
+    return names or [], best
+
+
+def _candidates(names: list, tensors: list, output_layers=()) -> dict:
+    """`{tensor key: (candidate layers, layers its name mentions)}`."""
     position = {name: i for i, name in enumerate(names)}
     mentions = [mentioned_layers(t.name, names) for t in tensors]
     for tensor, mentioned in zip(tensors, mentions):
@@ -179,54 +274,19 @@ def assign_tensors(layer_outputs: dict, tensors: list, output_layers=()) -> dict
             mentioned.add(output_layers[tensor.output_index])
     mentioned_anywhere = set().union(*mentions) if mentions else set()
     anonymous = _anonymous_candidates(mentions, position, names)
-
-    best: dict = {}
+    result = {}
     for i, (tensor, mentioned) in enumerate(zip(tensors, mentions)):
         if not mentioned:
-            candidates = anonymous.get(i, [])
-        else:
-            low, high = min(position[m] for m in mentioned), max(position[m] for m in mentioned)
-            candidates = names[low:high + 1]
-            for name in names[high + 1:]:
-                if name in mentioned_anywhere:
-                    break
-                candidates.append(name)
-        choice = None
-        for name in candidates:
-            ref = layer_outputs[name]
-            for view, layout in _as_reference_layout(tensor.value, ref.shape):
-                err = normalized_error(ref, view)
-                if choice is None or err < choice[0] or (err == choice[0] and name in mentioned):
-                    choice = (err, name, view, layout)
-        if choice is None:
+            result[tensor.key] = (anonymous.get(i, []), mentioned)
             continue
-        err, name, view, layout = choice
-        current = best.get(name)
-        if current is None or _better(err, tensor, current[0], current[2]):
-            best[name] = (err, tensor.order, tensor, view, layout)
-    return best
-
-
-def _compare_layer(name: str, index: int, ref: np.ndarray, tensor, view: np.ndarray, layout: str,
-                   err: float, tolerance: float) -> LayerComparison:
-    """One layer's Keras output against the artifact tensor that carries it."""
-    diff = np.abs(ref.astype(np.float64) - view.astype(np.float64))
-    diff[np.isnan(ref) & np.isnan(view)] = 0.0
-    item = LayerComparison(
-        name, index, "compared", tensor=tensor.name, shape=list(ref.shape), layout=layout,
-        max_abs_error=float(np.nanmax(diff)) if diff.size else 0.0,
-        mean_abs_error=float(np.nanmean(diff)) if diff.size else 0.0,
-        normalized_error=err if np.isfinite(err) else None,
-        relative_rms_error=_relative_rms(ref, view), cosine=_cosine(ref, view),
-        scale=tensor.scale)
-    if tensor.scale:
-        item.error_over_scale = item.max_abs_error / tensor.scale
-    if not err <= tolerance:
-        if np.isfinite(err) and is_channel_affine(ref, view, AFFINE_RESIDUAL + tolerance):
-            item.status = "folded"
-        else:
-            item.divergent = True
-    return item
+        low, high = min(position[m] for m in mentioned), max(position[m] for m in mentioned)
+        chosen = names[low:high + 1]
+        for name in names[high + 1:]:
+            if name in mentioned_anywhere:
+                break
+            chosen.append(name)
+        result[tensor.key] = (chosen, mentioned)
+    return result
 
 
 def _better(err, tensor, current_err, current) -> bool:
@@ -278,26 +338,6 @@ def _resolve_fused(results: list) -> None:
             item.fused_layers = group + [item.layer] if group else []
 
 
-def compare_artifact_layers(keras_runner, artifact_path, artifact_format: str, precision: str,
-                            batch: np.ndarray, layer_outputs: dict | None = None,
-                            tolerance: float | None = None) -> tuple:
-    """Per-layer comparison of one artifact; returns `(layers, first divergent layer)`."""
-    layer_outputs = layer_outputs if layer_outputs is not None else keras_runner.layer_outputs(batch)
-    if artifact_format not in ("tflite", "onnx"):
-        raise InputError(f"{artifact_path}: per-layer comparison supports .tflite and .onnx")
-    runner = open_with_intermediates(artifact_path)
-    runner.infer(batch)
-    tensors = runner.intermediate_tensors()
-    model = keras_runner.model
-    input_layers = {layer.name for layer in model.layers if type(layer).__name__ == "InputLayer"}
-    output_layers = [t._keras_history[0].name for t in model.outputs]
-    views = {}
-    results, first = compare_layers(layer_outputs, tensors, precision, input_layers, output_layers,
-                                    tolerance, views)
-    local_errors(results, views, keras_runner.single_inbound(), keras_runner.replay)
-    return results, attribute_divergence(results, first)
-
-
 def _segment(inbound: dict, start: str, end: str) -> list | None:
     """Layers after `start` up to `end` when they form a plain chain from `start`, else None."""
     segment, name = [], end
@@ -309,23 +349,30 @@ def _segment(inbound: dict, start: str, end: str) -> list | None:
     return segment[::-1]
 
 
-def local_errors(results: list, views: dict, inbound: dict, replay) -> None:
-    """Set each compared layer's `local_error`: its own error, without what it inherited.
+def _local_chain(names: list, chosen: dict, folded: set, inbound: dict | None) -> list:
+    """`(previous compared layer, layer, Keras layers between)` for the compared layers whose
+    segment from the previous one is a plain chain (`inbound`: each layer's only inbound layer)."""
+    if inbound is None:
+        return []
+    compared = [name for name in names if name in chosen and name not in folded]
+    chain = []
+    for previous, name in zip(compared, compared[1:]):
+        segment = _segment(inbound, previous, name)
+        if segment:
+            chain.append((previous, name, segment))
+    return chain
 
-    As TFLite's QuantizationDebugger does, the Keras layers between the previous compared
-    layer and this one (when they form a plain chain: `inbound` maps each layer to its only
-    inbound layer) run on the artifact's own value of the previous layer, and the artifact's
-    value of this layer is compared with that result (normalized like `normalized_error`).
-    """
-    compared = [r for r in results if r.status == "compared" and r.layer in views]
-    for previous, item in zip(compared, compared[1:]):
-        segment = _segment(inbound, previous.layer, item.layer)
-        if not segment:
+
+def _add_local(local: dict, chain, views: dict, replay) -> None:
+    """Accumulate each layer's own error on a chunk: as TFLite's QuantizationDebugger does, the
+    Keras layers between the previous compared layer and this one run on the artifact's own
+    value of the previous layer, and the artifact's value of this layer is compared with that."""
+    for previous, name, segment in chain or ():
+        if previous not in views or name not in views:
             continue
-        expected = replay(segment, views[previous.layer])
-        if expected is not None and expected.shape == views[item.layer].shape:
-            err = normalized_error(expected, views[item.layer])
-            item.local_error = err if np.isfinite(err) else None
+        expected = replay(segment, views[previous])
+        if expected is not None and expected.shape == views[name].shape:
+            local.setdefault(name, ErrorStats(full=False)).add(expected, views[name])
 
 
 def attribute_divergence(results: list, first: str | None) -> str | None:

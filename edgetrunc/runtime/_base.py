@@ -182,12 +182,17 @@ class BaseRunner:
         return (height, width) if height and width else None
 
     def infer(self, batch: np.ndarray) -> dict:
-        """Run a float32 `[N, 256, 256, 1]` batch (pixel values 0..255); outputs as float32."""
+        """Run a float32 NHWC batch (pixel values 0..255), or for a model whose input is not an
+        image, a batch of its input's rank; outputs as float32."""
         batch = np.asarray(batch)
         expected = self._meta.inputs[0].shape if self._meta and self._meta.inputs else None
         if expected is not None and len(expected) != 4:
-            raise InputError(f"{self.path}: model input {list(expected)}; expected an image "
-                             "input [N, H, W, C] or [N, C, H, W]")
+            got = tuple(batch.shape[1:])
+            if batch.ndim != len(expected) or any(
+                    w is not None and w != g for w, g in zip(expected[1:], got)):
+                raise InputError(f"{self.path}: model input {list(expected)} is not an image; "
+                                 f"got a batch {list(batch.shape)}")
+            return self._infer_impl(batch.astype(np.float32, copy=False))
         if batch.ndim != 4:
             raise InputError(f"{self.name}: expected a batch [N, H, W, C]; got shape {batch.shape}")
         if expected is not None and len(expected) == 4:

@@ -66,8 +66,9 @@ def random_batch(runner, batch: int, seed: int = 0) -> np.ndarray:
     """Seeded uniform 0..255 float32 NHWC batch shaped for `runner`'s input."""
     shape = runner.metadata().inputs[0].shape
     rng = np.random.default_rng(seed)
-    if len(shape) != 4:  # not an image model: fill the fixed dimensions, 1 for dynamic ones
-        return rng.uniform(0, 255, (batch, *(d or 1 for d in shape[1:]))).astype(np.float32)
+    if len(shape) != 4:  # bench times image batches
+        raise InputError(f"{runner.path}: model input {list(shape)}; expected an image "
+                         "input [N, H, W, C] or [N, C, H, W]")
     height, width = runner.input_size() or (256, 256)
     channels = (shape[3] if runner.metadata().layout == "NHWC" else shape[1]) or 1
     return rng.uniform(0, 255, (batch, height, width, channels)).astype(np.float32)

@@ -4,8 +4,9 @@
 keep every op output of their last `infer`; `runner.intermediates()` returns them as
 `{name: float32 array}` and `runner.intermediate_tensors()` as `ArtifactTensor`s (with the
 execution order, the int8 scale and the position among the model outputs), which the
-per-layer parity check maps to Keras layers. TFLite keeps them with the interpreter's
-`experimental_preserve_all_tensors` (int8 values dequantized); ONNX Runtime runs a copy of
+per-layer parity check maps to Keras layers; a TFLite runner's `intermediate_tensors(lazy=True)`
+leaves each value unread until `tensor.read()`, so a caller holds one tensor at a time.
+TFLite keeps them with the interpreter's `experimental_preserve_all_tensors` (int8 values dequantized); ONNX Runtime runs a copy of
 the model whose every float node output is marked as a graph output
 (`onnx_with_intermediates`; needs the `onnx` package). No TensorFlow.
 """
@@ -13,6 +14,7 @@ the model whose every float node output is marked as a graph output
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -29,6 +31,11 @@ class ArtifactTensor:
     value: np.ndarray
     scale: float | None = None  # int8 quantization scale, when the tensor has one
     output_index: int | None = None  # position among the artifact's outputs
+    load: Callable | None = None  # reads `value` when it was left unread (None if unreadable)
+
+    def read(self) -> np.ndarray | None:
+        """The value, read now if it was left unread (None when it cannot be read)."""
+        return self.value if self.value is not None or self.load is None else self.load()
 
 
 def load_onnx_model(path, content: bytes | None = None):

@@ -75,13 +75,16 @@ class ONNXRunner(BaseRunner):
         preserve_all_tensors: run a copy of the model with every float node output marked
             as an output, so that `intermediates()` returns them after `infer` (needs the
             `onnx` package). `infer` still returns the model's own outputs.
+        profile_prefix: turn on ONNX Runtime's profiler, its JSON trace written to a file
+            named from this prefix (`session.end_profiling()` returns the path).
     """
 
     format = "onnx"
 
     def __init__(self, path_or_bytes, threads: int | None = None, spin: bool = True,
-                 preserve_all_tensors: bool = False):
+                 preserve_all_tensors: bool = False, profile_prefix: str | None = None):
         self.spin = bool(spin)
+        self.profile_prefix = profile_prefix
         self.preserve_all_tensors = bool(preserve_all_tensors)
         self._kept: dict = {}
         super().__init__(path_or_bytes, threads)
@@ -115,6 +118,9 @@ class ONNXRunner(BaseRunner):
             options.inter_op_num_threads = 1
         if not self.spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(self.profile_prefix)
         try:
             self.session = ort.InferenceSession(self._session_source(), sess_options=options,
                                                 providers=["CPUExecutionProvider"])

@@ -94,15 +94,16 @@ def save_inputs(path, x: np.ndarray, labels=None, names=None, protect=()) -> Non
 
 
 def load_inputs(path) -> tuple:
-    """`(x float32 [N, H, W, C], labels, names)` from an inputs `.npz`; InputError if unusable."""
+    """`(x float32 [N, H, W, C], labels, names)` from an inputs `.npz` (`[N, ...]` for a model
+    whose input is not an image); InputError if unusable."""
     data = _read_npz(path, "inputs")
     if "x" not in data:
         raise InputError(f"{path}: no array 'x' in the file; expected inputs written by "
                          "edgetrunc parity --save-inputs")
     x = data["x"]
-    if x.ndim != 4 or x.dtype.kind not in "fiu" or not len(x):
+    if x.ndim < 2 or x.dtype.kind not in "fiu" or not len(x):
         raise InputError(f"{path}: 'x' is {x.dtype} {list(x.shape)}; expected a float array "
-                         "[N, H, W, C] of pixel values")
+                         "[N, H, W, C] of pixel values (or [N, ...] of the model's input)")
     x = x.astype(np.float32)
     bad = int(np.size(x) - np.isfinite(x).sum())
     if bad:

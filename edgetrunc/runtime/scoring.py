@@ -5,8 +5,9 @@ ONNX, recorded or Keras), run in batches (`run_batched` / `iter_batches` give th
 outputs); `probability_from_outputs` turns one runner's outputs into that probability with
 the one rule of `edgetrunc.metrics.stego_probability`.
 
-Preprocessing is the training one (`edgetrunc.data.images`): 8-bit grayscale pixels as
-float32 0..255, NHWC. An image larger than the model input (256x256) is split into
+Preprocessing is the training one (`edgetrunc.data.images`): 8-bit pixels as float32
+0..255, NHWC, grayscale (luma) or RGB as the model's input says (`edgetrunc.data.geometry`).
+An image larger than the model input (its square size; 256x256 for a free size) is split into
 non-overlapping tiles, never resized; a right or bottom border narrower than one tile is
 dropped (and reported). A tile's stego probability is the detector's softmax output for
 class 1 (stego); the image score is the mean over its tiles, and the decision is "stego"
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetrunc.data.geometry import ImageGeometry, image_geometry, why_not_image
 from edgetrunc.data.images import TILE, load_image, tile_image, tile_positions, to_model_input
 from edgetrunc.errors import InputError
 from edgetrunc.metrics import DECISION_THRESHOLD, stego_probability
@@ -36,13 +38,14 @@ class ImageScore:
     tiles: list = field(default_factory=list)  # [{"x", "y", "stego_probability"}]
     width: int = 0
     height: int = 0
+    tile: int = TILE  # the tile size in pixels (the model's square input)
 
     @property
     def dropped_border(self) -> tuple:
         """`(right, bottom)` pixels not covered by any tile."""
         if not self.tiles:
             return (0, 0)
-        tile = TILE
+        tile = self.tile
         covered_w = max(t["x"] for t in self.tiles) + tile
         covered_h = max(t["y"] for t in self.tiles) + tile
         return (self.width - covered_w, self.height - covered_h)
@@ -52,26 +55,27 @@ class ImageScore:
                 "decision": self.decision, "tiles": list(self.tiles)}
 
 
-def _tile_size(runner) -> int:
-    size = runner.input_size() if runner is not None else None
-    if size is None:
-        return TILE
-    height, width = size
-    if height != width:
-        raise InputError(f"{runner.name}: expected a square model input; got {height}x{width}")
-    return int(height)
+def runner_geometry(runner) -> ImageGeometry:
+    """The runner's `ImageGeometry` (`image_geometry`), or a one-line `InputError`."""
+    if runner is None:
+        return ImageGeometry(TILE, 1)
+    geometry = image_geometry(runner)
+    if geometry is None:
+        raise InputError(f"{runner.name}: {why_not_image(runner)}; expected one square image "
+                         "input [N, S, S, 1 or 3] (images are tiled at the model's input size)")
+    return geometry
 
 
-def preprocess_image(path, tile: int = TILE):
+def preprocess_image(path, tile: int = TILE, channels: int = 1):
     """Read `path` and cut it into model inputs.
 
-    Returns `(batch float32 [N, tile, tile, 1] in 0..255, positions [(y, x)], (height, width))`.
-    Raises `InputError` (one line naming the file) for non-images, 16-bit or multi-frame
-    images and images smaller than one tile.
+    Returns `(batch float32 [N, tile, tile, channels] in 0..255, positions [(y, x)], (height,
+    width))`. Raises `InputError` (one line naming the file) for non-images, 16-bit or
+    multi-frame images and images smaller than one tile.
     """
-    pixels = _read_pixels(path, tile)
+    pixels = _read_pixels(path, tile, channels)
     tiles, positions = tile_image(pixels, size=tile)
-    return to_model_input(tiles), positions, pixels.shape
+    return to_model_input(tiles), positions, pixels.shape[:2]
 
 
 def probability_from_outputs(outputs: dict, name: str = "", activation: str | None = None,
@@ -134,10 +138,10 @@ def score_batch(runner, batch: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
     return np.zeros((0,), np.float32 if clip else np.float64)
 
 
-def _read_pixels(path, tile: int) -> np.ndarray:
+def _read_pixels(path, tile: int, channels: int = 1) -> np.ndarray:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pixels = load_image(path, min_size=tile)
+        pixels = load_image(path, min_size=tile, channels=channels)
     if caught:
         from edgetrunc import _log
 
@@ -148,9 +152,9 @@ def _read_pixels(path, tile: int) -> np.ndarray:
 
 def score_image(runner, path, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageScore:
     """Score one image, `batch_size` tiles at a time (memory stays bounded for large photos)."""
-    tile = _tile_size(runner)
-    pixels = _read_pixels(path, tile)
-    height, width = pixels.shape
+    tile, channels = runner_geometry(runner)
+    pixels = _read_pixels(path, tile, channels)
+    height, width = pixels.shape[:2]
     positions = tile_positions(height, width, tile)
     activation = runner_activation(runner)
     parts = []
@@ -167,7 +171,7 @@ def score_image(runner, path, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageScor
         decision="stego" if mean >= DECISION_THRESHOLD else "cover",
         tiles=[{"x": int(x), "y": int(y), "stego_probability": float(p)}
                for (y, x), p in zip(positions, probabilities)],
-        width=int(width), height=int(height))
+        width=int(width), height=int(height), tile=int(tile))
 
 
 def score_images(runner, paths, batch_size: int = DEFAULT_BATCH_SIZE, on_error=None) -> list:

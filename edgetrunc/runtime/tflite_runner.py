@@ -294,11 +294,12 @@ class TFLiteRunner(BaseRunner):
                 return self.get_tensor(detail["index"], dequantize)
         raise InputError(f"{self.name}: no tensor named {name!r}")
 
-    def intermediate_tensors(self) -> list:
+    def intermediate_tensors(self, lazy: bool = False) -> list:
         """Every numeric op output of the last `infer`, in execution order, as `ArtifactTensor`s.
 
         Needs `preserve_all_tensors=True`. int8 / uint8 values are dequantized (their `scale`
         is kept); tensors quantized per channel and tensors that cannot be read are left out.
+        `lazy=True` leaves every value unread until `tensor.read()` (None if it cannot be read).
         """
         if not self.preserve_all_tensors:
             raise InputError(f"{self.name}: intermediate tensors are kept only by a runner "
@@ -316,14 +317,26 @@ class TFLiteRunner(BaseRunner):
             scales = detail.get("quantization_parameters", {}).get("scales", np.zeros(0))
             if dtype.kind in "iu" and scales.size != 1:
                 continue
+            scale = float(scales[0]) if dtype.kind in "iu" else None
+            if lazy:
+                tensors.append(ArtifactTensor(detail["name"], index, order, None, scale,
+                                              outputs.get(index), self._read_dequantized(index)))
+                continue
             try:
                 value = self.get_tensor(index, dequantize=True)
             except InputError:
                 continue
-            scale = float(scales[0]) if dtype.kind in "iu" else None
             tensors.append(ArtifactTensor(detail["name"], index, order, value.astype(np.float32),
                                           scale, outputs.get(index)))
         return tensors
+
+    def _read_dequantized(self, index: int):
+        def read():
+            try:
+                return self.get_tensor(index, dequantize=True).astype(np.float32, copy=False)
+            except InputError:
+                return None
+        return read
 
     def intermediates(self) -> dict:
         """`{tensor name: float32 value}` of every op output of the last `infer` (see

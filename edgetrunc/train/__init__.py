@@ -18,7 +18,10 @@ per photo, wall time, images/s) are written atomically.
 
 The parts: `config` (`TrainConfig`, the validated settings), `schedule` (`Schedule`, the
 pure epoch plan), `loop` (data, model, `run_epoch`, the epochs), `batchnorm` (re-estimation
-and freezing of the batch-norm statistics) and `record` (`build_record`).
+and freezing of the batch-norm statistics), `strategy` (the `tf.distribute` strategy and,
+for training on several machines, the cluster from `TF_CONFIG`) and `record`
+(`build_record`). On several machines only the chief writes anything: the model, its
+checkpoint and the record; the other workers train their share and return a short summary.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from edgetrunc._io import atomic_path, sha256_file, write_json_atomic
 from edgetrunc.data.dataset import pair_batches
 from edgetrunc.data.splits import DEFAULT_FRACTIONS
 from edgetrunc.train.batchnorm import finalize_batchnorm, reestimate_batchnorm
-from edgetrunc.train.config import (EVAL_STRIDE, LR_SCHEDULES, STRATEGIES, TrainConfig,
-                                    check_output, parse_curriculum, parse_model_args, record_path)
+from edgetrunc.train.config import (EVAL_STRIDE, LR_SCHEDULES, TrainConfig, check_output,
+                                    parse_curriculum, parse_model_args, record_path)
 from edgetrunc.train.loop import build_model, evaluate_pairs, fit_epochs, prepare_data
-from edgetrunc.train.record import build_record
+from edgetrunc.train.record import build_record, worker_summary
+from edgetrunc.train.strategy import STRATEGIES, read_cluster
 from edgetrunc.train.schedule import EpochPlan, Schedule, selection_score
 
 __all__ = ["train", "TrainConfig", "Schedule", "EpochPlan", "selection_score", "parse_curriculum",
@@ -65,8 +69,11 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
         curriculum: payload stages, e.g. `"1.0,0.7,0.4"`; every stage but the last lasts
             `stage_epochs` epochs.
         max_tiles: use at most this many training tiles (round-robin over photos).
-        stride: training tile stride in pixels (default 256; 64 gives 16x more tiles).
-        strategy: `"default"`, `"mirrored"` or `"one:DEVICE"` (tf.distribute).
+        stride: training tile stride in pixels (default one tile: the model input, 256 for
+            tlunet; a quarter tile gives 16x more tiles).
+        strategy: `"default"`, `"mirrored"`, `"multiworker"` (several machines, the cluster
+            from the `TF_CONFIG` environment variable; each worker trains on its share of
+            the tiles with `batch_size` pairs a batch) or `"one:DEVICE"` (tf.distribute).
         out: output `.keras` path; the record goes beside it (`<name>.training.json`).
         seed: seeds the split, the tiles, the messages, the augmentation and the weights.
         force: replace an existing output.
@@ -87,7 +94,8 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
             layers in inference mode), so the weights are tuned for the model as it ships.
         command: the command line that ran this training (kept in the record).
 
-    Returns the training record (also written as JSON beside the model).
+    Returns the training record (also written as JSON beside the model); on a worker that
+    is not the chief, a summary of its epochs (`worker_summary`; nothing is written).
     """
     started = time.monotonic()
     config = TrainConfig(
@@ -105,11 +113,16 @@ def run_training(config: TrainConfig, started: float | None = None) -> dict:
     """Run the training `config` describes; see `train`. `started` (`time.monotonic()`)
     is when the run began, for its time budget and wall time (default: now)."""
     started = time.monotonic() if started is None else started
-    out = check_output(config.out, config.force)
-    data = prepare_data(config)
-    net, strategy = build_model(config)
-    checkpoint = out.with_name(f".{out.name}.best.keras")
+    cluster = read_cluster(config.strategy)
+    out = check_output(config.out, config.force) if cluster.is_chief else None
+    net, strategy, geometry = build_model(config)
+    data = prepare_data(config, geometry, workers=cluster.workers)
+    checkpoint = out.with_name(f".{out.name}.best.keras") if out is not None else None
     run = fit_epochs(net, strategy, data, config, started, checkpoint)
+    if out is None:  # a worker that is not the chief writes nothing
+        _log.info(f"worker {cluster.index} of {cluster.workers}: {len(run.history)} epochs; "
+                  "the chief writes the model and the training record")
+        return worker_summary(cluster, run, time.monotonic() - started)
     net.set_weights(run.best_weights)
     batchnorm, val = finalize_batchnorm(
         net, config.bn_reestimate, run.schedule.frozen_from, run.best_weights,

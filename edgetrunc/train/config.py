@@ -19,8 +19,8 @@ from edgetrunc._io import require_writable_dir
 from edgetrunc.data.dataset import check_payload
 from edgetrunc.data.splits import DEFAULT_FRACTIONS
 from edgetrunc.errors import InputError
+from edgetrunc.train.strategy import check_strategy
 
-STRATEGIES = ("default", "mirrored")
 LR_SCHEDULES = ("cosine", "plateau", "constant")
 BN_REESTIMATE = ("epoch", "end", "none")
 EVAL_STRIDE = 128
@@ -65,9 +65,7 @@ class TrainConfig:
             raise InputError(f"--batch-size: expected >= 1; got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"--lr: expected a positive learning rate; got {self.lr}")
-        if self.strategy not in STRATEGIES and not str(self.strategy).startswith("one:"):
-            raise InputError("--strategy: expected default, mirrored or one:DEVICE; "
-                             f"got {self.strategy!r}")
+        check_strategy(self.strategy)
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"--lr-schedule: expected one of {', '.join(LR_SCHEDULES)}; "
                              f"got {self.lr_schedule!r}")

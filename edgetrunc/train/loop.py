@@ -2,7 +2,8 @@
 
 `prepare_data` splits the covers by photo and builds the training tiles and the validation,
 test and training-probe pairs; `build_model` creates and compiles the registered detector
-under a `tf.distribute` strategy. `run_epoch` trains one epoch on a `tf.data` pipeline of
+under a `tf.distribute` strategy (`edgetrunc.train.strategy`; across machines every worker
+trains on its share of the tiles). `run_epoch` trains one epoch on a `tf.data` pipeline of
 pair batches and judges the model in inference mode (validation pairs, before and after the
 per-epoch batch-norm re-estimation, and a probe of training pairs); `fit_epochs` runs the
 epochs the `Schedule` plans, keeps the best weights and a checkpoint of them. Imports
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from edgetrunc import _log
 from edgetrunc.data.covers import resolve_covers
 from edgetrunc.data.dataset import load_pairs, pair_batches, training_tiles
+from edgetrunc.data.geometry import DEFAULT_TILE, ImageGeometry, require_image_geometry
 from edgetrunc.data.splits import split_sources
 from edgetrunc.errors import InputError
 from edgetrunc.keras.runner import predict_probability
@@ -24,9 +26,12 @@ from edgetrunc.metrics import detection_report
 from edgetrunc.train.batchnorm import freeze_batchnorm, reestimate_batchnorm
 from edgetrunc.train.record import rounded_figures
 from edgetrunc.train.schedule import Schedule, selection_score
+from edgetrunc.train.strategy import (chief_values, distributed_epoch, is_multiworker,
+                                      make_strategy, replicas_per_worker, train_steps,
+                                      worker_share)
 
 PREDICT_BATCH = 32
-TILE_STRIDE = 256
+DEFAULT_GEOMETRY = ImageGeometry(DEFAULT_TILE, 1)
 
 
 @dataclass
@@ -40,14 +45,17 @@ class TrainingData:
     val_pairs: object
     test_pairs: object
     train_probe: object
+    workers: int = 1  # machines training together, each on its share of the tiles
 
     @property
     def steps(self) -> int:
-        return len(self.tiles) // self.batch_size
+        """Batches per epoch, the same on every worker (the smallest share decides)."""
+        return len(self.tiles) // self.workers // self.batch_size
 
     @property
     def images_per_epoch(self) -> int:
-        return self.steps * 2 * self.batch_size
+        """Images trained on per epoch, all workers together."""
+        return self.steps * 2 * self.batch_size * self.workers
 
 
 @dataclass
@@ -62,10 +70,13 @@ class TrainingRun:
     train_seconds: float = 0.0
 
 
-def prepare_data(config) -> TrainingData:
-    """Split the covers by photo, tile the training photos, load the scored pairs."""
+def prepare_data(config, geometry=DEFAULT_GEOMETRY, workers: int = 1) -> TrainingData:
+    """Split the covers by photo, tile the training photos, load the scored pairs, all at the
+    model's `geometry` (`edgetrunc.data.geometry.ImageGeometry`: tile size and channels);
+    `workers` machines each train on their share of the tiles, `batch_size` pairs a batch."""
     seed, fractions, payload = config.seed, config.fractions, config.payload
-    all_covers = resolve_covers(config.covers)
+    tile, channels = geometry
+    all_covers = resolve_covers(config.covers, channels=channels, min_size=tile)
     splits = split_sources(all_covers, seed=seed, fractions=fractions)
     for name in ("train", "val"):
         if not splits[name]:
@@ -73,32 +84,24 @@ def prepare_data(config) -> TrainingData:
                              "empty; give at least 3 cover images")
     by_name = {c.name: c for c in all_covers}
     tiles = training_tiles([by_name[n] for n in splits["train"]], stride=config.stride,
-                           max_tiles=config.max_tiles, seed=seed)
+                           max_tiles=config.max_tiles, seed=seed, tile=tile)
     limit, stride = config.max_eval_pairs, config.eval_stride
-    val_pairs = load_pairs(all_covers, "val", payload, seed, limit, stride, fractions)
-    test_pairs = (load_pairs(all_covers, "test", payload, seed, limit, stride, fractions)
+    cut = {"tile": tile, "channels": channels}
+    val_pairs = load_pairs(all_covers, "val", payload, seed, limit, stride, fractions, **cut)
+    test_pairs = (load_pairs(all_covers, "test", payload, seed, limit, stride, fractions, **cut)
                   if splits["test"] else None)
-    train_probe = load_pairs(all_covers, "train", payload, seed, limit or 64, None, fractions)
+    train_probe = load_pairs(all_covers, "train", payload, seed, limit or 64, None, fractions, **cut)
     _log.info(f"covers: {len(all_covers)} photos; train {len(splits['train'])} "
-              f"({len(tiles)} tiles, stride {config.stride or TILE_STRIDE}), val "
+              f"({len(tiles)} tiles of {tile}x{tile}, stride {config.stride or tile}), val "
               f"{len(splits['val'])} ({val_pairs.n_pairs} pairs), test {len(splits['test'])} "
               f"({test_pairs.n_pairs if test_pairs else 0} pairs); payload {payload} bpp")
+    if len(tiles) < workers:
+        raise InputError(f"covers: {len(tiles)} training tile(s) for {workers} workers; every "
+                         "worker needs at least one")
     return TrainingData(covers=all_covers, splits=splits, tiles=tiles,
-                        batch_size=min(int(config.batch_size), len(tiles)), val_pairs=val_pairs,
-                        test_pairs=test_pairs, train_probe=train_probe)
-
-
-def make_strategy(name: str):
-    """The `tf.distribute` strategy named "default", "mirrored" or "one:DEVICE"."""
-    import tensorflow as tf
-
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name.startswith("one:"):
-        return tf.distribute.OneDeviceStrategy(name.split(":", 1)[1])
-    raise InputError(f"--strategy: expected default, mirrored or one:DEVICE; got {name!r}")
+                        batch_size=min(int(config.batch_size), len(tiles) // workers),
+                        val_pairs=val_pairs, test_pairs=test_pairs, train_probe=train_probe,
+                        workers=workers)
 
 
 def compile_detector(net, strategy, lr: float) -> None:
@@ -111,7 +114,8 @@ def compile_detector(net, strategy, lr: float) -> None:
 
 
 def build_model(config) -> tuple:
-    """`(model, strategy)`: the seeded, compiled detector; it must map 256x256 tiles to [N, 2]."""
+    """`(model, strategy, geometry)`: the seeded, compiled detector, which must map square image
+    tiles (its `ImageGeometry`) to [N, 2]."""
     import keras
 
     from edgetrunc.models import create
@@ -124,15 +128,12 @@ def build_model(config) -> tuple:
         except (TypeError, ValueError) as exc:
             raise InputError(f"--model {config.model}: {exc}") from None
     compile_detector(net, strategy, config.lr)
-    input_shape = tuple(net.input_shape[1:])
-    if input_shape[:2] != (256, 256):
-        raise InputError(f"--model {config.model}: input shape {input_shape}; "
-                         "expected 256x256 tiles")
+    geometry = require_image_geometry(net, f"--model {config.model}", "train")
     output_shape = tuple(net.output_shape[1:]) if not isinstance(net.output_shape, list) else None
     if output_shape != (2,):
         raise InputError(f"--model {config.model}: output shape {output_shape}; train needs a "
                          "two-way (cover, stego) softmax detector [N, 2], e.g. tlunet")
-    return net, strategy
+    return net, strategy, geometry
 
 
 def evaluate_pairs(model, pairs, batch_size: int = PREDICT_BATCH) -> dict:
@@ -164,20 +165,39 @@ class _Progress:
         return Callback()
 
 
-def _epoch_dataset(data, config, epoch: int, payload: float):
-    """One epoch of pair batches as a prefetching `tf.data.Dataset`."""
+def _epoch_dataset(data, config, epoch: int, payload: float, worker: int = 0):
+    """One epoch of pair batches as a prefetching `tf.data.Dataset` (worker `worker`'s share
+    of the tiles, `data.steps` batches, when several workers train together)."""
     import tensorflow as tf
 
     images = 2 * data.batch_size
-    signature = (tf.TensorSpec((images, 256, 256, 1), tf.float32),
+    tile_shape = data.tiles.tiles.shape[1:]  # [tile, tile] gray or [tile, tile, 3] RGB
+    signature = (tf.TensorSpec((images, *tile_shape[:2], tile_shape[2] if len(tile_shape) == 3 else 1),
+                               tf.float32),
                  tf.TensorSpec((images,), tf.int64))
 
     def generate():
-        yield from pair_batches(data.tiles, payload, data.batch_size, seed=config.seed,
-                                epoch=epoch, augment=config.augment)
+        yield from pair_batches(worker_share(data.tiles, worker, data.workers), payload,
+                                data.batch_size, seed=config.seed, epoch=epoch,
+                                augment=config.augment)
 
-    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature).take(data.steps)
     return dataset.apply(tf.data.experimental.assert_cardinality(data.steps)).prefetch(2)
+
+
+def _train_epoch(net, data, config, epoch: int, payload: float) -> tuple:
+    """Train one epoch; returns its loss and training-mode accuracy (over all workers)."""
+    desc = f"epoch {epoch + 1} ({payload:g} bpp)"
+    strategy = net.distribute_strategy
+    if is_multiworker(strategy):
+        replicas = replicas_per_worker(strategy, data.workers, data.batch_size)
+        dataset = distributed_epoch(
+            strategy, lambda worker: _epoch_dataset(data, config, epoch, payload, worker), replicas)
+        return train_steps(net, strategy, dataset, data.steps, data.images_per_epoch // data.steps,
+                           desc)
+    fit = net.fit(_epoch_dataset(data, config, epoch, payload), epochs=1, verbose=0,
+                  shuffle=False, callbacks=[_Progress(data.steps, desc)])
+    return fit.history["loss"][-1], fit.history["accuracy"][-1]
 
 
 @dataclass
@@ -196,8 +216,7 @@ def run_epoch(net, data, config, plan) -> EpochResult:
     """Train one epoch of `plan`, then judge the model in inference mode."""
     epoch, payload = plan.epoch, plan.payload
     t0 = time.monotonic()
-    fit = net.fit(_epoch_dataset(data, config, epoch, payload), epochs=1, verbose=0,
-                  shuffle=False, callbacks=[_Progress(data.steps, f"epoch {epoch + 1} ({payload:g} bpp)")])
+    loss, accuracy = _train_epoch(net, data, config, epoch, payload)
     t_train = time.monotonic() - t0
     val_running = evaluate_pairs(net, data.val_pairs) if config.bn_reestimate != "none" else None
     if config.bn_reestimate == "epoch" and not plan.batchnorm_frozen:
@@ -210,8 +229,8 @@ def run_epoch(net, data, config, plan) -> EpochResult:
     probe = evaluate_pairs(net, data.train_probe)
     seconds = time.monotonic() - t0
     row = {"epoch": epoch + 1, "payload": payload, "lr": plan.lr,
-           "train_loss": float(fit.history["loss"][-1]),
-           "train_accuracy_training_mode": float(fit.history["accuracy"][-1]),
+           "train_loss": float(loss),
+           "train_accuracy_training_mode": float(accuracy),
            "train_inference": rounded_figures(probe),
            "val": rounded_figures(val),
            "val_running_bn_statistics": rounded_figures(val_running) if val_running else None,
@@ -247,13 +266,15 @@ def _freeze(net, strategy, data, config, run: TrainingRun, plan) -> None:
 
 def fit_epochs(net, strategy, data, config, started: float, checkpoint) -> TrainingRun:
     """Run the epochs the schedule plans; the best weights (at the target payload) are kept
-    and saved to `checkpoint` as they improve. `started` is the run's `time.monotonic()`."""
+    and saved to `checkpoint` as they improve (None: not saved, as on a worker that is not
+    the chief). `started` is the run's `time.monotonic()`. Across machines, every worker
+    decides with the chief's elapsed time and validation score, so all run the same epochs."""
     run = TrainingRun(Schedule(config.stages, config.epochs, config.stage_epochs, config.lr,
                                config.lr_schedule, config.patience, config.frozen_bn_fraction,
                                config.time_budget))
     schedule = run.schedule
     for epoch in range(int(config.epochs)):
-        plan = schedule.begin(epoch, time.monotonic() - started)
+        plan = schedule.begin(epoch, chief_values(strategy, [time.monotonic() - started])[0])
         if plan is None:
             break
         if plan.freeze_batchnorm:
@@ -262,10 +283,12 @@ def fit_epochs(net, strategy, data, config, started: float, checkpoint) -> Train
         result = run_epoch(net, data, config, plan)
         run.trained_images += data.images_per_epoch
         run.train_seconds += result.train_seconds
-        improved = schedule.finish(selection_score(result.val), result.seconds)
+        *score, seconds = chief_values(strategy, [*selection_score(result.val), result.seconds])
+        improved = schedule.finish(tuple(score), seconds)
         if improved:
             run.best_weights, run.best_epoch = net.get_weights(), schedule.best_epoch
-            net.save(checkpoint)
+            if checkpoint is not None:
+                net.save(checkpoint)
         result.row["best"] = improved
         run.history.append(result.row)
         _log_epoch(result, improved)

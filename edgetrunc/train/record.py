@@ -4,6 +4,10 @@
 and its final figures: config, seed, versions, data (split, tiles and pairs per photo),
 per-epoch metrics, stop reason, best epoch, the batch-norm step, validation and test
 figures, wall time and images/s. Floats are rounded to 5 digits and NaN written as null.
+With several workers (`config.workers`), `batch_pairs` is each worker's batch,
+`global_batch_pairs` the pairs of one step over all of them, and the image counts and
+images/s cover all workers. `worker_summary` is what a worker that is not the chief returns
+instead (it writes no record).
 """
 
 from __future__ import annotations
@@ -32,15 +36,18 @@ def record_versions() -> dict:
 
 
 def _config_section(config, data, replicas: int) -> dict:
+    tile = int(data.tiles.tiles.shape[1])  # the model's input size
     return {"model": config.model, "model_kwargs": config.model_kwargs, "payload": config.payload,
             "curriculum": config.stages, "stage_epochs": config.stage_epochs,
             "epochs": int(config.epochs), "batch_pairs": data.batch_size, "lr": float(config.lr),
             "lr_schedule": config.lr_schedule, "patience": config.patience,
-            "stride": config.stride or 256, "max_tiles": config.max_tiles,
-            "eval_stride": config.eval_stride or 256, "max_eval_pairs": config.max_eval_pairs,
+            "stride": config.stride or tile, "max_tiles": config.max_tiles,
+            "eval_stride": config.eval_stride or tile, "max_eval_pairs": config.max_eval_pairs,
             "augment": config.augment, "bn_reestimate": config.bn_reestimate,
             "frozen_bn_fraction": config.frozen_bn_fraction, "strategy": config.strategy,
-            "replicas": int(replicas), "time_budget_min": config.time_budget,
+            "replicas": int(replicas), "workers": int(data.workers),
+            "global_batch_pairs": data.batch_size * int(data.workers),
+            "time_budget_min": config.time_budget,
             "fractions": list(config.fractions)}
 
 
@@ -87,3 +94,13 @@ def build_record(config, data, run, *, model_file: str, digest: str, replicas: i
         "trained_images": run.trained_images,
     }
     return json_safe(record, nan="null", digits=5)
+
+
+def worker_summary(cluster, run, wall: float) -> dict:
+    """What a worker that is not the chief returns (it writes nothing): its place in the
+    cluster and the epochs it trained, with no model file."""
+    return json_safe({"model_file": None, "worker": cluster.index, "workers": cluster.workers,
+                      "task": {"type": cluster.task_type, "index": cluster.task_index},
+                      "epochs": len(run.history), "best_epoch": run.best_epoch,
+                      "stop_reason": run.schedule.stop_reason, "wall_seconds": wall},
+                     nan="null", digits=5)

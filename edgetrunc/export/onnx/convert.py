@@ -58,7 +58,7 @@ def _from_keras(model, opset, nchw):
 
 
 def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
-                int8_mode="truncation-aware"):
+                int8_mode="truncation-aware", literal=False, applied=None):
     """Convert a Keras model to an `onnx.ModelProto` (input "input", dynamic batch).
 
     Args:
@@ -69,6 +69,8 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
         calibration: int8 only, float32 inputs `[N, H, W, C]` (NHWC whatever `nchw` is).
         int8_mode: "truncation-aware" (default) or "stock" (onnxruntime's defaults: every
             node quantized, calibrated ranges; for comparison).
+        literal: skip the exact layout rewrites (`passes.FP32_LAYOUT_PASSES`, on by default).
+        applied: a list that receives the names of the passes that changed the model.
     """
     import onnx
 
@@ -79,11 +81,15 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
     model = float32_model(model)
     proto = _from_keras(model, opset, nchw)
     truncations = find_truncations(model)
-    passes.run_passes(proto, passes.FP32_PASSES, passes.PassContext(truncations))
+    context = passes.PassContext(truncations, literal=bool(literal),
+                                 applied=[] if applied is None else applied)
+    passes.run_passes(proto, passes.FP32_PASSES, context)
     proto.producer_name = "edgetrunc"
     onnx.checker.check_model(proto, full_check=True)
     if precision == "int8":
-        proto = quantize_onnx(proto, truncations, calibration, nchw, int8_mode)
+        proto = quantize_onnx(proto, truncations, calibration, nchw, int8_mode,
+                              applied=context.applied)
+    passes.run_passes(proto, passes.FP32_LAYOUT_PASSES, context)  # float convs of either precision
     if int(opset) > TF2ONNX_MAX_OPSET:
         from onnx import version_converter
 

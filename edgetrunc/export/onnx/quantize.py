@@ -78,8 +78,10 @@ def _truncation_aware_plan(proto, truncations):
     return clips, exclude, op_types, options
 
 
-def quantize_onnx(proto, truncations, calibration, nchw=False, int8_mode="truncation-aware"):
-    """QDQ int8 of an fp32 ModelProto whose truncations are Clips (see module docstring)."""
+def quantize_onnx(proto, truncations, calibration, nchw=False, int8_mode="truncation-aware",
+                  applied=None):
+    """QDQ int8 of an fp32 ModelProto whose truncations are Clips (see module docstring);
+    `applied` receives the names of the passes that changed the quantized model."""
     import tempfile
     from pathlib import Path
 
@@ -102,5 +104,6 @@ def quantize_onnx(proto, truncations, calibration, nchw=False, int8_mode="trunca
     if int8_mode != "stock":
         outputs = {t["layer"]: clips[f"{t['layer']}{CLIP_SUFFIX}"].output for t in truncations}
         passes.run_passes(quantized, passes.INT8_QUANTIZED_PASSES,
-                          passes.PassContext(truncations, outputs))
+                          passes.PassContext(truncations, outputs,
+                                             applied=[] if applied is None else applied))
     return quantized

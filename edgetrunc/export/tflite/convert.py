@@ -9,8 +9,9 @@ never rounded away), the convolutions after it are quantized to int8 (cheap elem
 ops, activations and the classifier tail stay float: `INT8_FLOAT_TYPES`), and the
 MINIMUM/MAXIMUM pair of each truncation is removed: int8 saturation at the producer's output
 performs the clip (to within half a quantization step, (upper - lower) / 510). The float
-one-channel convolutions of the front end are packed 4 pixels per channel for XNNPACK, and
-ops XNNPACK cannot run in int8 run in float inside the same delegate partition. The steps
+one-channel convolutions of the front end are packed 4 pixels per channel for XNNPACK (in
+every precision unless `literal=True`), and ops XNNPACK cannot run in int8 run in float
+inside the same delegate partition. The steps
 are the passes of `export.tflite.passes`, run in the order of its lists.
 `int8_mode="stock"` gives the converter's plain full-integer model for comparison.
 """
@@ -111,7 +112,7 @@ def _calibration_batches(calibration, model):
 
 def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
                   int8_mode="truncation-aware", keep_float=None, float_types=None,
-                  pack_front_end=None) -> bytes:
+                  literal=False, applied=None) -> bytes:
     """Convert a Keras model to TFLite bytes (builtin ops only).
 
     Args:
@@ -125,9 +126,10 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
             QUANTIZE (default `INT8_KEEP_FLOAT`: those XNNPACK cannot run in int8).
         float_types: int8 only, op types left unquantized after the truncation (default
             `INT8_FLOAT_TYPES`).
-        pack_front_end: rewrite float one-channel convolutions into a 4-pixels-per-channel
-            layout (see `pack_single_channel_convs`); default on for truncation-aware int8,
-            whose front end is float, off for fp32/fp16 (which stay a literal translation).
+        literal: skip the exact layout rewrites (packing float one-channel convolutions 4
+            pixels per channel, `pack_single_channel_convs`), which are on by default; the
+            truncation-aware int8 passes run either way.
+        applied: a list that receives the names of the passes that changed the model.
     """
     import tensorflow as tf
 
@@ -138,7 +140,8 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
         raise InputError(f"int8_mode: {int8_mode!r}; expected one of {', '.join(INT8_MODES)}")
     model = float32_model(model)
     context = passes.PassContext(
-        find_truncations(model), pack_front_end=bool(pack_front_end),
+        find_truncations(model), literal=bool(literal),
+        applied=[] if applied is None else applied,
         keep_float=passes.INT8_KEEP_FLOAT if keep_float is None else tuple(keep_float),
         float_types=passes.INT8_FLOAT_TYPES if float_types is None else tuple(float_types))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -156,7 +159,6 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
         return _convert(converter, model, int8_only=True)
-    context.pack_front_end = True if pack_front_end is None else bool(pack_front_end)
     return _truncation_aware_int8(converter, model, int8_io, context)
 
 

@@ -2,9 +2,9 @@
 
 As in tf2onnx's optimizer list, each pipeline reads top to bottom:
 
-- `FP32_PASSES`: `pack_front_end` (only when asked: fp32 stays a literal translation).
+- `FP32_PASSES`: `pack_front_end` (exact: the same products plus exact zeros).
 - `FP16_PASSES`: `exact_fp16_front_end` (fp32 values for the truncation bounds and the
-  weights before the first truncation), then `pack_front_end` when asked.
+  weights before the first truncation), then `pack_front_end`.
 - truncation-aware int8, around the converter's quantizer: `INT8_CALIBRATED_PASSES` on the
   calibrated float model (`pin_truncation_ranges`: the range of each truncation's tensors
   is exactly `[lower, upper]`; `mark_float_ops`: what the quantizer leaves float), then
@@ -12,9 +12,12 @@ As in tf2onnx's optimizer list, each pipeline reads top to bottom:
   performs the clip, MINIMUM/MAXIMUM removed; `float_islands`; `pack_front_end`).
 
 A pass is `pass_(model_t, context) -> bool`: it edits the `ModelT` in place and says whether
-it changed it. `run_passes` reads the flatbuffer once, runs a list and writes it back only
-when a pass changed it. `PassContext` holds what passes read (the truncations, options, the
-fp32 twin of an fp16 model) and what `mark_float_ops` leaves for the quantizer.
+it changed it. `run_passes` reads the flatbuffer once, runs a list, notes in
+`context.applied` the name of each pass that changed the model (the manifest's "passes")
+and writes it back only when one did. `PassContext` holds what passes read (the
+truncations, options, the fp32 twin of an fp16 model) and what `mark_float_ops` leaves for
+the quantizer. Layout rewrites (`pack_front_end`) are exact and on by default;
+`literal=True` skips them (a one-to-one translation of the converter's graph).
 """
 
 from __future__ import annotations
@@ -44,15 +47,17 @@ class PassContext:
     """What the passes of one export read, and what `mark_float_ops` leaves for the quantizer.
 
     `fp32_reference`: the fp32 TFLite bytes of the same model (fp16 only). `denylisted`:
-    output tensor names of the ops the quantizer must leave float.
+    output tensor names of the ops the quantizer must leave float. `literal`: skip the
+    layout rewrites. `applied`: names of the passes that changed the model, in order.
     """
 
     truncations: list
     keep_float: tuple = INT8_KEEP_FLOAT
     float_types: tuple = INT8_FLOAT_TYPES
-    pack_front_end: bool = False
+    literal: bool = False
     fp32_reference: bytes | None = None
     denylisted: list = field(default_factory=list)
+    applied: list = field(default_factory=list)
 
 
 def run_passes(content: bytes, passes, context: PassContext) -> bytes:
@@ -60,7 +65,9 @@ def run_passes(content: bytes, passes, context: PassContext) -> bytes:
     model_t = tg.read_model(content)
     changed = False
     for rewrite in passes:
-        changed = bool(rewrite(model_t, context)) or changed
+        if rewrite(model_t, context):
+            changed = True
+            context.applied.append(rewrite.__name__)
     return tg.write_model(model_t) if changed else content
 
 
@@ -261,9 +268,9 @@ def _drop_requantize_pairs(graph, quantize, dequantize) -> bool:
 
 
 def pack_front_end(model_t, context: PassContext) -> bool:
-    """When `context.pack_front_end`: pack every float one-channel convolution 4 pixels per
+    """Unless `context.literal`: pack every float one-channel convolution 4 pixels per
     channel (see `pack_single_channel_convs`)."""
-    if not context.pack_front_end:
+    if context.literal:
         return False
     return pack_single_channel_convs(model_t, range(len(model_t.subgraphs[0].operators))) > 0
 

@@ -1,0 +1,253 @@
+"""Build detectors written the way public steganalysis code writes them, at any size.
+
+Each pattern is a model a user brings to edgetrunc, with its truncation in the form such code
+uses, and the `migrate` options that turn it into a `Truncation` model:
+
+    yenet      Ye-Net layout (30 SRM-size 5x5 filters, TLU, stacked 3x3 convolutions, average
+               pools), 512x512x1; Keras 2: a named Lambda `TLU(x, tlu_threshold=3)` and a
+               kernel initializer function; Keras 3: a Lambda on `keras.ops.clip`
+    rgb        128x128x3, truncations as an activation function (`Activation(tlu)` and
+               `Dense(..., activation=tlu)`) around SeparableConv2D and DepthwiseConv2D (Keras 2)
+    constraint an unregistered kernel constraint and regularizer with a custom clip class (Keras 2)
+    learned    a truncation class that stores its threshold as a weight (Keras 2)
+    residual   a deep residual net (SRNet-like: full-resolution residual blocks, then
+               downsampling ones), its truncation a Lambda on `keras.ops.clip` (Keras 3)
+    sigmoid    one sigmoid output unit, its truncation an unregistered class `HardTLU` (Keras 3)
+
+Keras 3 models are written by default; `--keras2` writes the tf.keras 2 `.h5` forms (needs
+tf-keras; run it in its own process). `--small` gives the few-kilobyte sizes of the tests;
+the default sizes are the real ones (for the benchmark). `MIGRATE_OPTIONS` lists the options
+each file needs; the build functions are importable (`build_keras3(name, small)`).
+
+    python scripts/make_foreign_models.py --out DIR [--small] [--keras2] [NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+KERAS3 = ("yenet", "residual", "sigmoid")
+KERAS2 = ("yenet", "rgb", "constraint", "learned")
+MIGRATE_OPTIONS = {
+    ("keras3", "yenet"): ["--trust-lambda"],
+    ("keras3", "residual"): ["--trust-lambda"],
+    ("keras3", "sigmoid"): ["--truncation-class", "HardTLU"],
+    ("keras2", "yenet"): ["--trust-lambda"],
+    ("keras2", "rgb"): ["--truncation-class", "tlu=3"],
+    ("keras2", "constraint"): ["--truncation-class", "HardClip"],
+    ("keras2", "learned"): ["--truncation-class", "LearnedTLU"],
+}
+# (input size, channels, width factor, residual blocks) per pattern, real and small
+SIZES = {"yenet": ((512, 1, 1.0), (32, 1, 0.15)), "rgb": ((128, 3, 1.0), (32, 3, 0.25)),
+         "constraint": ((256, 1, 1.0), (32, 1, 0.25)), "learned": ((256, 1, 1.0), (32, 1, 0.25)),
+         "residual": ((256, 1, 1.0), (32, 1, 0.25)), "sigmoid": ((256, 1, 1.0), (32, 1, 0.25))}
+RESIDUAL_BLOCKS = (14, 4)  # real, small
+
+
+def _width(n: int, factor: float) -> int:
+    return max(2, int(round(n * factor)))
+
+
+def _high_pass(conv, seed=0):
+    """Zero-mean 5x5 kernels of SRM-filter magnitude, as a trained front end has."""
+    import numpy as np
+
+    kernel, *rest = conv.get_weights()
+    noise = np.random.default_rng(seed).normal(0, 1, kernel.shape)
+    conv.set_weights([(3 * (noise - noise.mean((0, 1)))).astype("float32"), *rest])
+
+
+def _yenet_body(layers, x, factor):
+    """Ye-Net after its TLU: 3x3 convolutions, average pools, global pooling, two-way softmax."""
+    for i in range(3):
+        x = layers.Conv2D(_width(30, factor), 3, padding="same", activation="relu", name=f"conv{i + 2}")(x)
+    x = layers.AveragePooling2D(2, name="pool1")(x)
+    for i, (filters, kernel) in enumerate(((32, 5), (32, 5), (32, 3), (16, 3))):
+        x = layers.Conv2D(_width(filters, factor), kernel, padding="same", activation="relu",
+                          name=f"conv{i + 5}")(x)
+        x = layers.AveragePooling2D(2, name=f"pool{i + 2}")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return layers.Dense(2, activation="softmax", name="softmax")(x)
+
+
+def build_keras3(name: str, small: bool = False):
+    """The Keras 3 model of pattern `name` (see the module docstring)."""
+    import keras
+
+    layers = keras.layers
+    size, channels, factor = SIZES[name][1 if small else 0]
+    inputs = keras.Input((size, size, channels), name="image")
+
+    if name == "yenet":
+        x = layers.Conv2D(_width(30, factor), 5, padding="same", name="conv1")(inputs)
+        x = layers.Lambda(lambda t: keras.ops.clip(t, -3.0, 3.0), name="tlu")(x)
+        model = keras.Model(inputs, _yenet_body(layers, x, factor), name="yenet")
+    elif name == "residual":
+        model = keras.Model(inputs, _residual(layers, inputs, factor, RESIDUAL_BLOCKS[small],
+                                              lambda t: keras.ops.clip(t, -3.0, 3.0)),
+                            name="residual")
+    elif name == "sigmoid":
+        x = layers.Conv2D(_width(16, factor), 5, padding="same", name="conv1")(inputs)
+        x = _hard_tlu_class()(3.0, name="tlu")(x)
+        x = layers.Conv2D(_width(16, factor), 3, padding="same", activation="relu", name="conv2")(x)
+        x = layers.AveragePooling2D(4, name="pool")(x)
+        x = layers.GlobalAveragePooling2D(name="gap")(x)
+        model = keras.Model(inputs, layers.Dense(1, activation="sigmoid", name="score")(x),
+                            name="sigmoid_head")
+    else:
+        raise SystemExit(f"{name}: not a Keras 3 pattern ({', '.join(KERAS3)})")
+    _high_pass(model.get_layer("conv1" if name != "residual" else "stem"))
+    return model
+
+
+def _hard_tlu_class():
+    import keras
+
+    class HardTLU(keras.layers.Layer):  # unregistered, as a user's own class is
+        def __init__(self, threshold=3.0, **kwargs):
+            super().__init__(**kwargs)
+            self.threshold = threshold
+
+        def call(self, x):
+            return keras.ops.clip(x, -self.threshold, self.threshold)
+
+        def get_config(self):
+            return {**super().get_config(), "threshold": self.threshold}
+
+    return HardTLU
+
+
+def _residual(layers, inputs, factor, blocks, truncate):
+    """SRNet-like: a stem, full-resolution residual blocks, then strided residual blocks."""
+    width = _width(16, factor)
+    x = layers.Conv2D(_width(64, factor), 3, padding="same", name="stem")(inputs)
+    x = layers.Lambda(truncate, name="tlu")(x)
+    x = layers.Conv2D(width, 3, padding="same", name="stem2")(x)
+    x = layers.ReLU(name="stem2_relu")(layers.BatchNormalization(name="stem2_bn")(x))
+    plain = blocks // 2
+    for i in range(blocks):
+        stride = 1 if i < plain else 2
+        filters = width if i < plain else min(_width(256, factor), width * 2 ** (i - plain + 1))
+        y = layers.Conv2D(filters, 3, padding="same", strides=stride, name=f"block{i}_conv1")(x)
+        y = layers.ReLU(name=f"block{i}_relu1")(layers.BatchNormalization(name=f"block{i}_bn1")(y))
+        y = layers.Conv2D(filters, 3, padding="same", name=f"block{i}_conv2")(y)
+        y = layers.BatchNormalization(name=f"block{i}_bn2")(y)
+        if stride != 1 or x.shape[-1] != filters:
+            x = layers.Conv2D(filters, 1, strides=stride, name=f"block{i}_skip")(x)
+        x = layers.ReLU(name=f"block{i}_out")(layers.Add(name=f"block{i}_add")([x, y]))
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return layers.Dense(2, activation="softmax", name="softmax")(x)
+
+
+def build_keras2(name: str, small: bool = False):
+    """The tf.keras 2 model of pattern `name`; needs tf-keras and TF_USE_LEGACY_KERAS=1."""
+    import tensorflow as tf
+    import tf_keras as k
+
+    K = k.backend
+    size, channels, factor = SIZES[name][1 if small else 0]
+    inputs = k.Input((size, size, channels), name="image")
+
+    def srm_init(shape, dtype=None):
+        return tf.random.normal(shape, dtype=dtype)
+
+    def TLU(x, tlu_threshold=3):  # noqa: N802 - named as such code names it
+        return K.clip(x, -tlu_threshold, tlu_threshold)
+
+    def tlu(x):
+        return tf.maximum(tf.minimum(x, 3.0), -3.0)
+
+    if name == "yenet":
+        x = k.layers.Conv2D(_width(30, factor), 5, padding="same", kernel_initializer=srm_init,
+                            name="conv1")(inputs)
+        x = k.layers.Lambda(TLU, name="tlu")(x)
+        model = k.Model(inputs, _yenet_body(k.layers, x, factor), name="yenet")
+    elif name == "rgb":
+        x = k.layers.Conv2D(_width(16, factor), 5, padding="same", name="conv1")(inputs)
+        x = k.layers.Activation(tlu, name="act_tlu")(x)
+        x = k.layers.SeparableConv2D(_width(32, factor), 3, padding="same", name="sep1")(x)
+        x = k.layers.AveragePooling2D(2, name="pool1")(x)
+        x = k.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+        x = k.layers.SeparableConv2D(_width(64, factor), 3, padding="same", activation="relu",
+                                     name="sep2")(x)
+        x = k.layers.GlobalAveragePooling2D(name="gap")(x)
+        x = k.layers.Dense(_width(64, factor), activation=tlu, name="fc")(x)
+        model = k.Model(inputs, k.layers.Dense(2, activation="softmax", name="softmax")(x), name="rgb")
+    elif name in ("constraint", "learned"):
+        model = _keras2_clip_class(k, tf, name, inputs, factor)
+    else:
+        raise SystemExit(f"{name}: not a Keras 2 pattern ({', '.join(KERAS2)})")
+    _high_pass(model.get_layer("conv1"))
+    return model
+
+
+def _keras2_clip_class(k, tf, name, inputs, factor):
+    class CenteredKernel(k.constraints.Constraint):
+        def __call__(self, w):
+            return w - tf.reduce_mean(w, axis=(0, 1), keepdims=True)
+
+    class HardClip(k.layers.Layer):
+        def __init__(self, clip_value=2.0, **kwargs):
+            super().__init__(**kwargs)
+            self.clip_value = clip_value
+
+        def call(self, x):
+            return tf.clip_by_value(x, -self.clip_value, self.clip_value)
+
+        def get_config(self):
+            return {**super().get_config(), "clip_value": self.clip_value}
+
+    class LearnedTLU(k.layers.Layer):
+        def build(self, input_shape):
+            self.threshold = self.add_weight(name="threshold", shape=(),
+                                             initializer=k.initializers.Constant(2.5))
+
+        def call(self, x):
+            return tf.clip_by_value(x, -self.threshold, self.threshold)
+
+    extra = {"kernel_constraint": CenteredKernel()} if name == "constraint" else {}
+    x = k.layers.Conv2D(_width(16, factor), 5, padding="same", use_bias=False, name="conv1",
+                        **extra)(inputs)
+    x = HardClip(2.0, name="clip")(x) if name == "constraint" else LearnedTLU(name="tlu")(x)
+    x = k.layers.Conv2D(_width(16, factor), 3, padding="same", activation="relu", name="conv2")(x)
+    x = k.layers.GlobalAveragePooling2D(name="gap")(x)
+    return k.Model(inputs, k.layers.Dense(2, activation="softmax", name="softmax")(x), name=name)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="patterns to write (default: all of the framework)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--small", action="store_true", help="the small sizes of the tests")
+    parser.add_argument("--keras2", action="store_true", help="the tf.keras 2 .h5 forms (needs tf-keras)")
+    args = parser.parse_args(argv)
+    if args.keras2:
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+        try:
+            import tf_keras  # noqa: F401
+        except ImportError:
+            sys.exit("--keras2 needs tf-keras: pip install --no-deps -c constraints.txt tf-keras")
+    framework = "keras2" if args.keras2 else "keras3"
+    names = args.names or (KERAS2 if args.keras2 else KERAS3)
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in names:
+        model = (build_keras2 if args.keras2 else build_keras3)(name, args.small)
+        path = args.out / f"{name}.{'h5' if args.keras2 else 'keras'}"
+        model.save(path)
+        written[path.name] = {"migrate": MIGRATE_OPTIONS[(framework, name)],
+                              "input_shape": [int(d) for d in model.inputs[0].shape[1:]],
+                              "parameters": int(model.count_params())}
+        print(f"wrote {path} ({written[path.name]['parameters']} parameters)")
+    (args.out / f"{framework}.json").write_text(json.dumps(written, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
