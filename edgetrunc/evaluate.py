@@ -20,6 +20,7 @@ from edgetrunc._io import require_file
 from edgetrunc._text import table
 from edgetrunc.data.covers import resolve_covers
 from edgetrunc.data.dataset import check_payload, load_pairs
+from edgetrunc.data.stego_cache import StegoSettings
 from edgetrunc.data.geometry import require_image_geometry
 from edgetrunc.errors import InputError
 from edgetrunc.keras.activation import output_activation
@@ -65,19 +66,23 @@ def runtime_scorer(path, batch_size: int = BATCH_SIZE, threads: int | None = Non
 
 def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
              split: str | None = None, stride: int | None = 128, max_pairs: int | None = None,
-             batch_size: int = BATCH_SIZE, threads: int | None = None) -> dict:
+             batch_size: int = BATCH_SIZE, threads: int | None = None, embedding: str = "lsbm",
+             stego_cache=None, workers: int | None = None) -> dict:
     """Accuracy, AUC, P_E, confusion matrix and per-photo figures of a detector.
 
     Args:
         model_path: a `.keras`, full-model `.h5`, `.tflite` or `.onnx` file.
         covers: `"embedded"`, a folder of cover images, or a list of `Cover`.
-        payload: LSB-matching payload in bits per pixel, in (0, 1].
+        payload: payload in bits per pixel, in (0, 1].
         seed: seed of the photo split and of the embedding (as in training).
         split: `"test"` (default for the embedded covers), `"all"` (default for a folder),
             `"train"` or `"val"`.
         stride: tile stride (default 128, as the training record's test figures).
         max_pairs: score at most this many pairs (round-robin over photos).
+        embedding: `"lsbm"`, `"hill"`, `"suniward"` or `"wow"`; the content-adaptive ones
+            come from the stego cache (`stego_cache` folder, filled by `workers` processes).
     """
+    stego = StegoSettings(embedding, stego_cache, workers)
     if Path(model_path).is_dir():
         require_keras_file(model_path)  # a SavedModel folder names `edgetrunc migrate`
     path = require_file(model_path, "model file", MODEL_SUFFIXES)
@@ -90,7 +95,7 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     cover_list = resolve_covers(covers, channels=geometry.channels, min_size=geometry.tile)
     pairs = load_pairs(cover_list, split=split, payload=payload, seed=seed,
                        max_pairs=max_pairs, stride=stride, tile=geometry.tile,
-                       channels=geometry.channels)
+                       channels=geometry.channels, stego=stego)
     _log.info(f"scoring {len(pairs)} tiles ({pairs.n_pairs} cover/stego pairs, "
               f"{len(pairs.photos)} photos, {split} split) with {path.name}")
     probs = score(pairs.x)
@@ -106,6 +111,7 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     never = [n for n in scored if not notes[n]["jpeg_history"]]
     return {"model": str(path), "format": suffix.lstrip("."), "covers": str(covers)
             if isinstance(covers, (str, Path)) else "list", "split": split, "payload": payload,
+            "embedding": stego.embedding,
             "seed": int(seed), "stride": stride or geometry.tile, "pairs": pairs.n_pairs,
             "photos": scored, **report,
             "error_photo_mean_jpeg_history": _mean([per[n]["error"] for n in jpeg]),
@@ -121,7 +127,9 @@ def format_report(report: dict) -> str:
     """The evaluation as a terminal table."""
     lines = [f"{report['model']} ({report['format']}): {report['pairs']} cover/stego pairs from "
              f"{len(report['photos'])} photos ({report['split']} split), payload "
-             f"{report['payload']} bpp, tile stride {report['stride']}",
+             f"{report['payload']} bpp"
+             + (f" ({report['embedding']})" if report.get("embedding", "lsbm") != "lsbm" else "")
+             + f", tile stride {report['stride']}",
              "",
              f"accuracy {report['accuracy']:.4f}   AUC {report['auc']:.4f}   P_E {report['p_e']:.4f}"
              f"   per-photo mean P_E {report['p_e_photo_mean']:.4f}"]

@@ -31,6 +31,10 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if "--keras2" in sys.argv[1:]:
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf.keras is Keras 2 in that process
+
+import keras  # noqa: E402 - a module global: the saved lambdas read `keras` as such code does
 
 KERAS3 = ("yenet", "residual", "sigmoid")
 KERAS2 = ("yenet", "rgb", "constraint", "learned")
@@ -78,15 +82,14 @@ def _yenet_body(layers, x, factor):
 
 def build_keras3(name: str, small: bool = False):
     """The Keras 3 model of pattern `name` (see the module docstring)."""
-    import keras
-
     layers = keras.layers
     size, channels, factor = SIZES[name][1 if small else 0]
     inputs = keras.Input((size, size, channels), name="image")
 
     if name == "yenet":
         x = layers.Conv2D(_width(30, factor), 5, padding="same", name="conv1")(inputs)
-        x = layers.Lambda(lambda t: keras.ops.clip(t, -3.0, 3.0), name="tlu")(x)
+        x = layers.Lambda(lambda t: keras.ops.clip(t, -3.0, 3.0), output_shape=tuple(x.shape[1:]),
+                          name="tlu")(x)
         model = keras.Model(inputs, _yenet_body(layers, x, factor), name="yenet")
     elif name == "residual":
         model = keras.Model(inputs, _residual(layers, inputs, factor, RESIDUAL_BLOCKS[small],
@@ -107,8 +110,6 @@ def build_keras3(name: str, small: bool = False):
 
 
 def _hard_tlu_class():
-    import keras
-
     class HardTLU(keras.layers.Layer):  # unregistered, as a user's own class is
         def __init__(self, threshold=3.0, **kwargs):
             super().__init__(**kwargs)
@@ -127,7 +128,7 @@ def _residual(layers, inputs, factor, blocks, truncate):
     """SRNet-like: a stem, full-resolution residual blocks, then strided residual blocks."""
     width = _width(16, factor)
     x = layers.Conv2D(_width(64, factor), 3, padding="same", name="stem")(inputs)
-    x = layers.Lambda(truncate, name="tlu")(x)
+    x = layers.Lambda(truncate, output_shape=tuple(x.shape[1:]), name="tlu")(x)
     x = layers.Conv2D(width, 3, padding="same", name="stem2")(x)
     x = layers.ReLU(name="stem2_relu")(layers.BatchNormalization(name="stem2_bn")(x))
     plain = blocks // 2
@@ -228,7 +229,6 @@ def main(argv=None) -> int:
     parser.add_argument("--keras2", action="store_true", help="the tf.keras 2 .h5 forms (needs tf-keras)")
     args = parser.parse_args(argv)
     if args.keras2:
-        os.environ["TF_USE_LEGACY_KERAS"] = "1"
         try:
             import tf_keras  # noqa: F401
         except ImportError:

@@ -128,3 +128,20 @@ def add_force(parser, help) -> None:
 
 def add_out(parser, help=None, **kwargs) -> None:
     parser.add_argument("--out", help=help, **kwargs)
+
+
+def add_stego(parser, messages: bool = False) -> None:
+    """`--embedding`, `--stego-cache`, `--workers` (and for training `--messages`)."""
+    parser.add_argument("--embedding", default="lsbm", metavar="NAME",
+                        help="stego embedding: lsbm (LSB matching), hill, suniward or wow "
+                        "(content-adaptive, conseal; cached) (default: lsbm)")
+    parser.add_argument("--stego-cache", default=None, metavar="DIR",
+                        help="stego cache folder of the content-adaptive embeddings (default: "
+                        "$XDG_CACHE_HOME/edgetrunc/stego or ~/.cache/edgetrunc/stego)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="processes that embed into the stego cache (default: every "
+                        "usable core)")
+    if messages:
+        parser.add_argument("--messages", type=positive_int, default=4, metavar="K",
+                            help="messages per training tile of a cached embedding, cycled "
+                            "over the epochs (default: 4)")

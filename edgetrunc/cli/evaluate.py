@@ -19,6 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL", help=".keras, .tflite or .onnx file")
     _args.add_covers(p, "'embedded' (held-out test photos) or a folder of cover images")
     _args.add_payload(p, "payload in bpp (default: 0.4)")
+    _args.add_stego(p)
     _args.add_seed(p, "seed of the split and embedding (default: 0)")
     p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
                    help="which photos to score (default: test for embedded, all for a folder)")
@@ -33,7 +34,8 @@ def run(args) -> int:
     from edgetrunc.evaluate import evaluate, format_report
 
     report = evaluate(args.model, covers=args.covers, payload=args.payload, seed=args.seed,
-                      split=args.split, stride=args.stride, max_pairs=args.max_pairs)
+                      split=args.split, stride=args.stride, max_pairs=args.max_pairs,
+                      embedding=args.embedding, stego_cache=args.stego_cache, workers=args.workers)
     if args.json:
         sys.stdout.write(dumps_json(report, nan="null"))
     else:

@@ -28,6 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--inputs", default="mix",
                    help="mix, random, covers, stego, a folder of images, or the FILE.npz of an "
                    "earlier --save-inputs (default: mix)")
+    _args.add_stego(p)
     p.add_argument("--per-layer", action="store_true", help="compare every layer, name the first divergent")
     p.add_argument("--layer-samples", type=_args.count(MAX_SAMPLES), default=8,
                    help="with --per-layer: inputs compared layer by layer, the first of the "
@@ -105,6 +106,8 @@ def run(args) -> int:
                           strict_nan=args.strict_nan, atol=args.atol, rtol=args.rtol, seed=args.seed,
                           threads=args.threads, batch_size=args.batch_size,
                           save_inputs=args.save_inputs, strict_layers=args.strict_layers,
+                          embedding=args.embedding, stego_cache=args.stego_cache,
+                          workers=args.workers,
                           per_layer_samples=args.layer_samples)
     table = terminal_report(report)
     stream = sys.stderr if args.json == "-" else sys.stdout

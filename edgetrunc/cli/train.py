@@ -20,7 +20,8 @@ DESCRIPTION = ("Train a registered model (default tlunet) on 256x256 cover/stego
 def add_arguments(p) -> None:
     p.add_argument("--model", default="tlunet", help="registered model name (default: tlunet)")
     _args.add_covers(p, "'embedded' (scikit-image photos) or a folder of PNG/PGM/TIFF images")
-    _args.add_payload(p, "LSB-matching payload in bits per pixel (default: 0.4)")
+    _args.add_payload(p, "payload in bits per pixel (default: 0.4)")
+    _args.add_stego(p, messages=True)
     p.add_argument("--epochs", type=positive_int, default=30, help="maximum epochs (default: 30)")
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="pairs per batch; each pair is a cover and its stego (default: 16)")
@@ -95,6 +96,8 @@ def run(args) -> int:
                    lr_schedule=args.lr_schedule, eval_stride=args.eval_stride,
                    max_eval_pairs=args.max_eval_pairs,
                    bn_reestimate=args.bn_reestimate,
-                   frozen_bn_fraction=args.frozen_bn, command=command)
+                   frozen_bn_fraction=args.frozen_bn, command=command,
+                   embedding=args.embedding, messages=args.messages,
+                   stego_cache=args.stego_cache, workers=args.workers)
     print(_summary(record))
     return 0

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc import _log
-from edgetrunc.data.embeddings import DEFAULT_EMBEDDING, PayloadTooLarge, check_embedding, embed
+from edgetrunc.data.embeddings import (DEFAULT_EMBEDDING, PayloadTooLarge, check_embedding,
+                                       conseal_scheme, embed)
 from edgetrunc.errors import InputError
 
 MAGIC = b"edgetrunc stego cache entry v1\n"
@@ -235,8 +236,11 @@ def _run_jobs(jobs: list, workers: int, desc: str) -> list:
 
     workers = min(int(workers), len(jobs))
     chunk = max(1, min(16, len(jobs) // (4 * workers)))
+    context = _pool_context()
+    if context.get_start_method() == "fork":
+        conseal_scheme(jobs[0][1].embedding)  # imported once, before the workers are forked
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             return list(_log.progress(pool.map(_embed_job, jobs, chunksize=chunk), desc=desc,
                                       total=len(jobs), unit="tile"))
     except BrokenProcessPool:

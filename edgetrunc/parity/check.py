@@ -228,9 +228,15 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                  probes: bool = True, strict_nan: bool = False, atol: float | None = None,
                  rtol: float | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
                  per_layer_samples: int = PER_LAYER_SAMPLES, compare_func=None,
-                 threads: int | None = None, save_inputs=None, strict_layers: bool = False) -> ParityReport:
-    """Compare the Keras `model` (path or `keras.Model`) with every artifact path; see the module docstring."""
+                 threads: int | None = None, save_inputs=None, strict_layers: bool = False,
+                 embedding: str = "lsbm", stego_cache=None, workers: int | None = None) -> ParityReport:
+    """Compare the Keras `model` (path or `keras.Model`) with every artifact path; see the module
+    docstring. `embedding` (lsbm, hill, suniward, wow) makes the stego inputs; the
+    content-adaptive ones come from the stego cache (`stego_cache`, filled by `workers`)."""
+    from edgetrunc.data.stego_cache import StegoSettings
+
     start = time.perf_counter()
+    stego = StegoSettings(embedding, stego_cache, workers)
     if not artifacts:
         raise InputError("no artifact given; expected one or more .tflite / .onnx files")
     _check_tolerances(atol, rtol)
@@ -238,7 +244,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     check_outputs([save_inputs], protect)  # refused now, not after the comparison
     keras_runner, shape = _open_reference(model, threads, batch_size)
     runners = open_artifacts(artifacts, shape, threads)
-    data = parity_inputs(inputs, samples, seed, shape)
+    data = parity_inputs(inputs, samples, seed, shape, stego=stego)
     _log.info(f"parity: {len(data.x)} inputs ({data.kind}), {len(runners)} artifact(s)")
     if save_inputs is not None:
         _save_inputs(save_inputs, data, protect)

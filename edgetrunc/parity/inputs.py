@@ -2,7 +2,7 @@
 
 `parity_inputs(kind, samples, seed, shape)` returns an `InputSet`: float32 NHWC pixel values
 0..255, labels (0 cover, 1 stego, -1 unknown) and a name per sample. `mix` (the default) is a
-third held-out covers, a third their LSB-matching stego versions and a third uniform random
+third held-out covers, a third their stego versions (LSB matching, or the `stego` embedding) and a third uniform random
 images; `covers` / `stego` are the held-out test split of the embedded photos; `random` is
 uniform 0..255, seeded (held-out tiles are non-overlapping unless the test photos hold
 too few, then taken at a stride of a quarter tile); a folder gives the first tile of each
@@ -54,6 +54,7 @@ class InputSet:
     kind: str
     seed: int
     composition: dict = field(default_factory=dict)
+    embedding: str | None = None  # how the stego samples were made (None: no stego sample)
 
     @property
     def labelled(self) -> int:
@@ -62,7 +63,8 @@ class InputSet:
     def describe(self) -> dict:
         return {"kind": self.kind, "seed": self.seed, "samples": int(len(self.x)),
                 "labelled": self.labelled, "composition": dict(self.composition),
-                "shape": list(self.x.shape[1:])}
+                "shape": list(self.x.shape[1:]),
+                **({"embedding": self.embedding} if self.embedding else {})}
 
 
 def _random_images(count: int, seed: int, shape) -> np.ndarray:
@@ -70,7 +72,7 @@ def _random_images(count: int, seed: int, shape) -> np.ndarray:
     return rng.integers(0, 256, size=(count, *shape)).astype(np.float32)
 
 
-def _held_out_pairs(pairs: int, seed: int, shape):
+def _held_out_pairs(pairs: int, seed: int, shape, stego=None):
     from edgetrunc.data import load_pairs
 
     tile, channels = shape[0], shape[2]
@@ -79,7 +81,7 @@ def _held_out_pairs(pairs: int, seed: int, shape):
         try:
             pair_set = load_pairs(covers="embedded", split="test", payload=PARITY_PAYLOAD,
                                   seed=seed, max_pairs=max(1, pairs), stride=max(1, tile // divisor),
-                                  tile=tile, channels=channels)
+                                  tile=tile, channels=channels, stego=stego)
         except InputError as exc:
             raise InputError(f"--inputs: {exc}; use --inputs random, a folder of images of at "
                              f"least {tile}x{tile} or an .npz of inputs") from None
@@ -123,8 +125,10 @@ def _require_image_shape(kind, shape) -> None:
 
 
 def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
-                  shape=(256, 256, 1)) -> InputSet:
-    """Build `samples` inputs of `shape` (H, W, C) for a parity run; see the module docstring."""
+                  shape=(256, 256, 1), stego=None) -> InputSet:
+    """Build `samples` inputs of `shape` (H, W, C) for a parity run; see the module docstring.
+    `stego` makes the stego samples: None (LSB matching), an embedding name or
+    `edgetrunc.data.stego_cache.StegoSettings`."""
     samples = int(samples)
     if samples < 1:
         raise InputError(f"--samples: expected a positive integer; got {samples}")
@@ -157,16 +161,17 @@ def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
         return InputSet(x, np.full(samples, -1, np.int64), [f"random#{i}" for i in range(samples)],
                         kind, seed, {"random": samples})
     if kind in ("covers", "stego"):
-        x, y, names = _held_out_pairs(samples, seed, shape)
+        x, y, names = _held_out_pairs(samples, seed, shape, stego)
         keep = np.flatnonzero(y == (0 if kind == "covers" else 1))[:samples]
-        return InputSet(x[keep], y[keep], [names[i] for i in keep], kind, seed, {kind: len(keep)})
+        return InputSet(x[keep], y[keep], [names[i] for i in keep], kind, seed, {kind: len(keep)},
+                        _embedding_name(stego) if kind == "stego" else None)
     n_random = samples // 3
     n_pairs = (samples - n_random) // 2
     n_random = samples - 2 * n_pairs
     parts_x, parts_y, parts_names = [], [], []
     composition = {"covers": 0, "stego": 0, "random": 0}
     if n_pairs:
-        x, y, names = _held_out_pairs(n_pairs, seed, shape)
+        x, y, names = _held_out_pairs(n_pairs, seed, shape, stego)
         parts_x.append(x)
         parts_y.append(y)
         parts_names += names
@@ -179,4 +184,10 @@ def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
         parts_names += [f"random#{i}" for i in range(n_random)]
         composition["random"] = n_random
     return InputSet(np.concatenate(parts_x), np.concatenate(parts_y), parts_names, kind, seed,
-                    composition)
+                    composition, _embedding_name(stego) if composition["stego"] else None)
+
+
+def _embedding_name(stego) -> str:
+    from edgetrunc.data.stego_cache import as_settings
+
+    return as_settings(stego).embedding

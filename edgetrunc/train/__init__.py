@@ -32,6 +32,7 @@ from edgetrunc import _log
 from edgetrunc._io import atomic_path, sha256_file, write_json_atomic
 from edgetrunc.data.dataset import pair_batches
 from edgetrunc.data.splits import DEFAULT_FRACTIONS
+from edgetrunc.data.stego_cache import DEFAULT_MESSAGES
 from edgetrunc.train.batchnorm import finalize_batchnorm, reestimate_batchnorm
 from edgetrunc.train.config import (EVAL_STRIDE, LR_SCHEDULES, TrainConfig, check_output,
                                     parse_curriculum, parse_model_args, record_path)
@@ -53,7 +54,8 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
           lr_schedule: str = "cosine", eval_stride: int | None = EVAL_STRIDE,
           max_eval_pairs: int | None = None, bn_reestimate: str = "epoch",
           fractions=DEFAULT_FRACTIONS, augment: bool = True, frozen_bn_fraction: float = 0.0,
-          command: str | None = None) -> dict:
+          command: str | None = None, embedding: str = "lsbm", messages: int = DEFAULT_MESSAGES,
+          stego_cache=None, workers: int | None = None) -> dict:
     """Train `model` on cover/stego pairs and write it to `out` plus its training record.
 
     Args:
@@ -93,6 +95,12 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
             runs with batch normalization frozen (statistics re-estimated first, then the
             layers in inference mode), so the weights are tuned for the model as it ships.
         command: the command line that ran this training (kept in the record).
+        embedding: `"lsbm"` (LSB matching, a fresh message every epoch), `"hill"`,
+            `"suniward"` or `"wow"` (conseal; embedded once into the stego cache).
+        messages: K, the messages per training tile of a cached embedding, cycled over the
+            epochs (message `epoch mod K`).
+        stego_cache: the stego cache folder (default `$XDG_CACHE_HOME/edgetrunc/stego`).
+        workers: processes that fill the stego cache (default: every usable core).
 
     Returns the training record (also written as JSON beside the model); on a worker that
     is not the chief, a summary of its epochs (`worker_summary`; nothing is written).
@@ -105,7 +113,8 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
         time_budget=time_budget, model_kwargs=model_kwargs, lr_schedule=lr_schedule,
         eval_stride=eval_stride, max_eval_pairs=max_eval_pairs, bn_reestimate=bn_reestimate,
         fractions=fractions, augment=augment, frozen_bn_fraction=frozen_bn_fraction,
-        command=command)
+        command=command, embedding=embedding, messages=messages, stego_cache=stego_cache,
+        workers=workers)
     return run_training(config, started)
 
 
@@ -127,7 +136,7 @@ def run_training(config: TrainConfig, started: float | None = None) -> dict:
     batchnorm, val = finalize_batchnorm(
         net, config.bn_reestimate, run.schedule.frozen_from, run.best_weights,
         pair_batches(data.tiles, config.payload, data.batch_size, seed=config.seed,
-                     epoch=10_000, augment=config.augment),
+                     epoch=10_000, augment=config.augment, stego=config.stego),
         validate=lambda: evaluate_pairs(net, data.val_pairs))
     test = evaluate_pairs(net, data.test_pairs) if data.test_pairs is not None else None
     wall = time.monotonic() - started

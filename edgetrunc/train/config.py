@@ -18,6 +18,7 @@ from pathlib import Path
 from edgetrunc._io import require_writable_dir
 from edgetrunc.data.dataset import check_payload
 from edgetrunc.data.splits import DEFAULT_FRACTIONS
+from edgetrunc.data.stego_cache import DEFAULT_MESSAGES, StegoSettings
 from edgetrunc.errors import InputError
 from edgetrunc.train.strategy import check_strategy
 
@@ -55,7 +56,12 @@ class TrainConfig:
     augment: bool = True
     frozen_bn_fraction: float = 0.0
     command: str | None = None
+    embedding: str = "lsbm"
+    messages: int = DEFAULT_MESSAGES
+    stego_cache: object = None
+    workers: int | None = None
     stages: list = field(init=False, default_factory=list)
+    stego: StegoSettings = field(init=False, default=None)
 
     def __post_init__(self):
         self.payload = check_payload(self.payload)
@@ -78,6 +84,7 @@ class TrainConfig:
         if self.time_budget is not None and not self.time_budget > 0:
             raise InputError(f"--time-budget: expected minutes > 0; got {self.time_budget}")
         self.stages = parse_curriculum(self.curriculum, self.payload)
+        self.stego = StegoSettings(self.embedding, self.stego_cache, self.workers, self.messages)
         self.model_kwargs = parse_model_args(self.model_kwargs.items()
                                              if isinstance(self.model_kwargs, dict)
                                              else self.model_kwargs)

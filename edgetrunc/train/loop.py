@@ -20,6 +20,7 @@ from edgetrunc.data.covers import resolve_covers
 from edgetrunc.data.dataset import load_pairs, pair_batches, training_tiles
 from edgetrunc.data.geometry import DEFAULT_TILE, ImageGeometry, require_image_geometry
 from edgetrunc.data.splits import split_sources
+from edgetrunc.data.stego_tiles import prefill_training
 from edgetrunc.errors import InputError
 from edgetrunc.keras.runner import predict_probability
 from edgetrunc.metrics import detection_report
@@ -85,8 +86,10 @@ def prepare_data(config, geometry=DEFAULT_GEOMETRY, workers: int = 1) -> Trainin
     by_name = {c.name: c for c in all_covers}
     tiles = training_tiles([by_name[n] for n in splits["train"]], stride=config.stride,
                            max_tiles=config.max_tiles, seed=seed, tile=tile)
+    if config.stego.cached:
+        tiles = tiles.subset(prefill_training(tiles, config.stages, seed, config.stego))
     limit, stride = config.max_eval_pairs, config.eval_stride
-    cut = {"tile": tile, "channels": channels}
+    cut = {"tile": tile, "channels": channels, "stego": config.stego}
     val_pairs = load_pairs(all_covers, "val", payload, seed, limit, stride, fractions, **cut)
     test_pairs = (load_pairs(all_covers, "test", payload, seed, limit, stride, fractions, **cut)
                   if splits["test"] else None)
@@ -94,7 +97,8 @@ def prepare_data(config, geometry=DEFAULT_GEOMETRY, workers: int = 1) -> Trainin
     _log.info(f"covers: {len(all_covers)} photos; train {len(splits['train'])} "
               f"({len(tiles)} tiles of {tile}x{tile}, stride {config.stride or tile}), val "
               f"{len(splits['val'])} ({val_pairs.n_pairs} pairs), test {len(splits['test'])} "
-              f"({test_pairs.n_pairs if test_pairs else 0} pairs); payload {payload} bpp")
+              f"({test_pairs.n_pairs if test_pairs else 0} pairs); payload {payload} bpp, "
+              f"{config.stego.embedding}")
     if len(tiles) < workers:
         raise InputError(f"covers: {len(tiles)} training tile(s) for {workers} workers; every "
                          "worker needs at least one")
@@ -179,7 +183,7 @@ def _epoch_dataset(data, config, epoch: int, payload: float, worker: int = 0):
     def generate():
         yield from pair_batches(worker_share(data.tiles, worker, data.workers), payload,
                                 data.batch_size, seed=config.seed, epoch=epoch,
-                                augment=config.augment)
+                                augment=config.augment, stego=config.stego)
 
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature).take(data.steps)
     return dataset.apply(tf.data.experimental.assert_cardinality(data.steps)).prefetch(2)
@@ -222,7 +226,7 @@ def run_epoch(net, data, config, plan) -> EpochResult:
     if config.bn_reestimate == "epoch" and not plan.batchnorm_frozen:
         reestimate_batchnorm(net, pair_batches(data.tiles, payload, data.batch_size,
                                                seed=config.seed, epoch=30_000 + epoch,
-                                               augment=config.augment))
+                                               augment=config.augment, stego=config.stego))
         val = evaluate_pairs(net, data.val_pairs)
     else:
         val = val_running if val_running is not None else evaluate_pairs(net, data.val_pairs)
@@ -258,7 +262,7 @@ def _freeze(net, strategy, data, config, run: TrainingRun, plan) -> None:
         net.set_weights(run.best_weights)
     used = freeze_batchnorm(net, pair_batches(data.tiles, config.payload, data.batch_size,
                                               seed=config.seed, epoch=20_000,
-                                              augment=config.augment))
+                                              augment=config.augment, stego=config.stego))
     compile_detector(net, strategy, plan.lr)
     _log.info(f"epoch {plan.epoch + 1}: batch-norm statistics re-estimated on {used} batches "
               "and frozen; training goes on in inference mode")

@@ -3,7 +3,8 @@
 `build_record` assembles it from the run's settings (`TrainConfig`), its data, its epochs
 and its final figures: config, seed, versions, data (split, tiles and pairs per photo),
 per-epoch metrics, stop reason, best epoch, the batch-norm step, validation and test
-figures, wall time and images/s. Floats are rounded to 5 digits and NaN written as null.
+figures, wall time and images/s; the embedding, and for a cached one (HILL, S-UNIWARD, WOW)
+its messages per tile and the stego cache's folder and counts. Floats are rounded to 5 digits and NaN written as null.
 With several workers (`config.workers`), `batch_pairs` is each worker's batch,
 `global_batch_pairs` the pairs of one step over all of them, and the image counts and
 images/s cover all workers. `worker_summary` is what a worker that is not the chief returns
@@ -38,7 +39,8 @@ def record_versions() -> dict:
 def _config_section(config, data, replicas: int) -> dict:
     tile = int(data.tiles.tiles.shape[1])  # the model's input size
     return {"model": config.model, "model_kwargs": config.model_kwargs, "payload": config.payload,
-            "curriculum": config.stages, "stage_epochs": config.stage_epochs,
+            "embedding": config.stego.embedding,
+            "messages": config.stego.describe()["messages"], "curriculum": config.stages, "stage_epochs": config.stage_epochs,
             "epochs": int(config.epochs), "batch_pairs": data.batch_size, "lr": float(config.lr),
             "lr_schedule": config.lr_schedule, "patience": config.patience,
             "stride": config.stride or tile, "max_tiles": config.max_tiles,
@@ -60,7 +62,18 @@ def _data_section(config, data) -> dict:
             "val_pairs_per_photo": data.val_pairs.tiles_per_photo(),
             "test_pairs": test.n_pairs if test else 0,
             "test_pairs_per_photo": test.tiles_per_photo() if test else {},
-            "photo_notes": {c.name: c.describe() for c in data.covers}}
+            "photo_notes": {c.name: c.describe() for c in data.covers},
+            "stego_cache": _stego_cache_section(config.stego)}
+
+
+def _stego_cache_section(stego):
+    """Where the cached stego tiles came from and what this run embedded (None: LSB matching,
+    which bypasses the cache)."""
+    if not stego.cached:
+        return None
+    stats = stego.stats
+    return {"folder": str(stego.cache_dir), "embedded": stats.embedded, "reused": stats.reused,
+            "rebuilt": stats.rebuilt, "cannot_carry": stats.cannot_carry}
 
 
 def build_record(config, data, run, *, model_file: str, digest: str, replicas: int,

@@ -290,5 +290,9 @@ def pack_front_end(model, context: PassContext) -> bool:
 
 
 FP32_PASSES = [rewrite_clips, canonical_names, name_batch_dimension]
-FP32_LAYOUT_PASSES = [pack_front_end]
+# Empty: `pack_front_end` is exact in its products, but ONNX Runtime sums the packed
+# convolution in another order and tlunet's output moved by 1.6e-4 against Keras (the fp32
+# parity bound is 1e-4), so it is not on by default. Measured gain: ORT fp32 3.54 -> 3.38 ms
+# (front end only), 2.98 ms (with the 8-output seed-block convolution) at 1 thread.
+FP32_LAYOUT_PASSES = []
 INT8_QUANTIZED_PASSES = [quantize_clip_outputs]
