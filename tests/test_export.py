@@ -72,7 +72,8 @@ def converted():
         out[name] = {
             "model": model,
             "fp32": export_tflite(model, "fp32"),
-            "fp16": export_tflite(model, "fp16"),
+            "fp16": export_tflite(model, "fp16", literal=True),
+            "fp16-packed": export_tflite(model, "fp16"),
             "onnx": export_onnx(model, "fp32"),
         }
     return out
@@ -196,6 +197,23 @@ def test_layer_without_builtin_op_is_named():
     model = keras.Model(inputs, Bessel(name="bessel")(x))
     with pytest.raises(InputError, match=r"layer 'bessel'.*BesselI0e"):
         export_tflite(model, "fp32")
+
+
+def test_packed_fp16_front_end_keeps_the_float32_weights(converted):
+    """Packing re-lays the front end's kernel four pixels per channel: the same float32 values
+    (and exact zeros), nothing rounded to fp16."""
+    from edgetrunc.export.tflite.graph import Graph, read_model
+    from edgetrunc.models import high_pass_bank
+
+    graph = Graph(read_model(converted["tlunet"]["fp16-packed"]))
+    convs = [op for op in graph.g.operators if graph.op_name(op) == "CONV_2D"]
+    index = int(convs[0].inputs[1])
+    assert int(graph.g.tensors[index].type) == 0 and graph.producer.get(index) is None  # float32
+    front = graph.constant(index).astype(np.float32)
+    kernel, _, _ = high_pass_bank("kv")
+    kernel = kernel.astype(np.float32)
+    assert set(np.unique(front[front != 0])) == set(np.unique(kernel[kernel != 0]))
+    assert np.count_nonzero(front) == 4 * np.count_nonzero(kernel)  # one copy per packed pixel
 
 
 def test_fp16_keeps_the_front_end_and_bounds_exact(converted):

@@ -31,8 +31,9 @@ def _embed(settings, requests, names, payload, desc, keep=True) -> list:
     _log.info(f"stego cache ({settings.embedding}, {payload} bpp, {settings.cache_dir}): "
               f"{stats.describe()}")
     failed = [i for i, (_, reason) in enumerate(results) if reason is not None]
-    report_cannot_carry([names[i] for i in failed], settings.embedding, payload,
-                        [results[i][1] for i in failed])
+    if len(failed) < len(results):  # none carrying is the caller's error, not a warning
+        report_cannot_carry([names[i] for i in failed], settings.embedding, payload,
+                            [results[i][1] for i in failed])
     return results
 
 
