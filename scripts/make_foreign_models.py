@@ -34,7 +34,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if "--keras2" in sys.argv[1:]:
     os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf.keras is Keras 2 in that process
 
-import keras  # noqa: E402 - a module global: the saved lambdas read `keras` as such code does
+import keras  # noqa: E402 - module globals: saved functions read `keras`, `tf` and `K`
+import tensorflow as tf  # noqa: E402
+
+K = None  # the Keras 2 backend (tf_keras.backend), set by build_keras2
 
 KERAS3 = ("yenet", "residual", "sigmoid")
 KERAS2 = ("yenet", "rgb", "constraint", "learned")
@@ -148,7 +151,7 @@ def _residual(layers, inputs, factor, blocks, truncate):
 
 def build_keras2(name: str, small: bool = False):
     """The tf.keras 2 model of pattern `name`; needs tf-keras and TF_USE_LEGACY_KERAS=1."""
-    import tensorflow as tf
+    global K
     import tf_keras as k
 
     K = k.backend

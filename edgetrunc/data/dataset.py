@@ -7,6 +7,8 @@ index 2i and its stego at 2i+1. `TrainingTiles` holds the training photos' cover
 `pair_batches` draws one epoch of pair batches from them: a fresh message and a random
 rotation/flip (one of the 8) per pair every epoch, cover and stego always side by side in
 the same batch. Every random stream is seeded, so the same arguments give the same pixels.
+`stego` picks the embedding: LSB matching by default, or HILL / S-UNIWARD / WOW from the
+stego cache (`edgetrunc.data.stego_cache`; K messages per training tile, cycled by epoch).
 """
 
 from __future__ import annotations

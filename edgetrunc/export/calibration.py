@@ -6,7 +6,10 @@ cut at the model's geometry (`edgetrunc.data.geometry.ImageGeometry`: its square
 `CALIBRATION_PAIRS` pairs) for calibration, the held-out test split (every quarter tile, at
 most `HELD_OUT_VALUES` input values: 128 pairs of 256x256 gray tiles, more of smaller tiles)
 for comparing int8 decisions with Keras. Photos smaller than a tile are skipped with a
-warning; none left is one error naming the size.
+warning; none left is one error naming the size. Given the model, both counts also shrink
+with its size (`activation_values`: what one image costs through every layer), down to
+`MIN_CALIBRATION_PAIRS` / `MIN_HELD_OUT_PAIRS`, so that a deep or large-input net is not
+calibrated and checked on as many images as the small shipped one (tlunet keeps 64 / 128).
 """
 
 from __future__ import annotations
@@ -17,6 +20,34 @@ from edgetrunc.errors import InputError
 
 CALIBRATION_PAIRS = 64
 HELD_OUT_VALUES = 128 * 256 * 256  # pairs x tile x tile x channels: bounds time and memory
+# Layer outputs summed over every image (about 3.5 M values per image for tlunet): bounds the
+# converters' calibration and the held-out int8 check of bigger nets.
+CALIBRATION_ACTIVATIONS = 2 ** 29
+HELD_OUT_ACTIVATIONS = 2 ** 30
+MIN_CALIBRATION_PAIRS = 16
+MIN_HELD_OUT_PAIRS = 32
+
+
+def activation_values(model, geometry) -> int:
+    """Values one image produces through every layer (free dimensions taken at the tile size)."""
+    total = 0
+    for layer in model.layers:
+        try:
+            outputs = layer.output
+        except (AttributeError, ValueError):
+            continue
+        for output in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
+            size = 1
+            for dim in tuple(output.shape)[1:]:
+                size *= int(dim) if dim is not None else geometry.tile
+            total += size
+    return max(1, total)
+
+
+def _pairs_within(budget: int, model, geometry, lowest: int, highest: int) -> int:
+    if model is None:
+        return highest
+    return max(lowest, min(highest, budget // (2 * activation_values(model, geometry))))
 
 
 def calibration_stride(tile: int) -> int:
@@ -30,9 +61,14 @@ def evaluation_stride(tile: int) -> int:
 
 
 def calibration_pairs(calibration, geometry, split="train", stride=None,
-                      max_pairs=CALIBRATION_PAIRS, seed=0):
-    """Cover/stego tiles of `geometry` for calibration ("embedded" or a folder of covers)."""
+                      max_pairs=CALIBRATION_PAIRS, seed=0, model=None):
+    """Cover/stego tiles of `geometry` for calibration ("embedded" or a folder of covers);
+    given the `model`, fewer for a bigger one (see the module docstring)."""
     from edgetrunc.data.dataset import load_pairs
+
+    if split == "train":
+        max_pairs = min(max_pairs, _pairs_within(CALIBRATION_ACTIVATIONS, model, geometry,
+                                                 MIN_CALIBRATION_PAIRS, max_pairs))
 
     covers = "embedded" if calibration in (None, "embedded") else calibration
     if covers != "embedded" and not Path(covers).is_dir():
@@ -48,8 +84,11 @@ def calibration_pairs(calibration, geometry, split="train", stride=None,
         return load_pairs(split="all", **options)
 
 
-def held_out_pairs(calibration, geometry):
-    """The held-out test pairs int8 decisions are compared with Keras on."""
+def held_out_pairs(calibration, geometry, model=None):
+    """The held-out test pairs int8 decisions are compared with Keras on (fewer for a bigger
+    `model`, see the module docstring)."""
     max_pairs = max(1, HELD_OUT_VALUES // (geometry.tile ** 2 * geometry.channels))
+    max_pairs = _pairs_within(HELD_OUT_ACTIVATIONS, model, geometry,
+                              min(MIN_HELD_OUT_PAIRS, max_pairs), max_pairs)
     return calibration_pairs(calibration, geometry, split="test",
                              stride=evaluation_stride(geometry.tile), max_pairs=max_pairs, seed=0)

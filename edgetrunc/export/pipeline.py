@@ -134,7 +134,7 @@ def _held_out(model, source, calibration, geometry, evaluate):
         return None, None
     from edgetrunc.keras.runner import predict_probability
 
-    held_out = calib_data.held_out_pairs(calibration, geometry)
+    held_out = calib_data.held_out_pairs(calibration, geometry, model)
     keras_probability = predict_probability(model, held_out.x, batch_size=16)
     if nearly_constant(keras_probability):
         _log.warn(f"convert: the Keras outputs of {source.name} are nearly constant on the held-out "
@@ -181,7 +181,7 @@ def _convert_model(model, source, source_sha, outputs, artifacts, options, calib
     truncations = find_truncations(model)
     needs_int8 = any(p == "int8" for _, p, _ in artifacts)
     geometry = _model_geometry(model, source, needs_int8)
-    calib = calib_data.calibration_pairs(calibration, geometry) if needs_int8 else None
+    calib = calib_data.calibration_pairs(calibration, geometry, model=model) if needs_int8 else None
     held_out, keras_probability = _held_out(model, source, calibration, geometry,
                                             evaluate and needs_int8)
     metadata = artifact_metadata(__version__, source.name, source_sha, truncations, None, None)
