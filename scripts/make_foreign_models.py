@@ -54,7 +54,7 @@ MIGRATE_OPTIONS = {
 SIZES = {"yenet": ((512, 1, 1.0), (32, 1, 0.15)), "rgb": ((128, 3, 1.0), (32, 3, 0.25)),
          "constraint": ((256, 1, 1.0), (32, 1, 0.25)), "learned": ((256, 1, 1.0), (32, 1, 0.25)),
          "residual": ((256, 1, 1.0), (32, 1, 0.25)), "sigmoid": ((256, 1, 1.0), (32, 1, 0.25))}
-RESIDUAL_BLOCKS = (14, 4)  # real, small
+RESIDUAL_BLOCKS = (14, 3)  # real, small
 
 
 def _width(n: int, factor: float) -> int:

@@ -343,12 +343,20 @@ def test_truncated_keras_file_is_named_as_truncated(tmp_path):
         edgetrunc.load_model(truncated)
 
 
-def test_evaluate_names_an_input_that_is_not_a_256_tile():
-    from edgetrunc.evaluate import _require_tile_input
+def test_evaluate_names_an_input_that_is_not_an_image():
+    """Any square 1- or 3-channel input is tiled at its own size; anything else is refused
+    naming the input."""
+    from types import SimpleNamespace
 
-    with pytest.raises(InputError, match=r"input \[32, 32, 3\].*256x256 grayscale"):
-        _require_tile_input("rgb.keras", (None, 32, 32, 3))
-    _require_tile_input("any.keras", (None, None, None, 1))
+    from edgetrunc.data.geometry import require_image_geometry
+
+    def model(shape):
+        return SimpleNamespace(inputs=[SimpleNamespace(shape=shape)])
+
+    with pytest.raises(InputError, match=r"rgba.keras: input \[None, 32, 32, 5\].*5 channels"):
+        require_image_geometry(model((None, 32, 32, 5)), "rgba.keras", "evaluate")
+    assert tuple(require_image_geometry(model((None, 32, 32, 3)), "rgb.keras", "evaluate")) == (32, 3)
+    assert tuple(require_image_geometry(model((None, None, None, 1)), "any.keras", "evaluate")) == (256, 1)
 
 
 def test_legacy_inputs_are_never_modified():

@@ -50,6 +50,11 @@ def add_arguments(p) -> None:
                    help="tile stride of the validation and test tiles (default: 128)")
     p.add_argument("--max-eval-pairs", type=positive_int, default=None,
                    help="use at most this many validation and test pairs (quick runs)")
+    p.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                   help="read the training tiles from the cover files every epoch instead of "
+                   "holding them in memory (auto: a folder over 64 MiB of decoded pixels)")
+    p.add_argument("--shuffle-buffer", type=positive_int, default=1024, metavar="PAIRS",
+                   help="pairs in the shuffle buffer of a streamed epoch (default: 1024)")
     p.add_argument("--bn-reestimate", choices=("epoch", "end", "none"), default="epoch",
                    help="re-estimate batch-norm statistics on training tiles after every "
                    "epoch, once at the end, or never (default: epoch)")
@@ -98,6 +103,7 @@ def run(args) -> int:
                    bn_reestimate=args.bn_reestimate,
                    frozen_bn_fraction=args.frozen_bn, command=command,
                    embedding=args.embedding, messages=args.messages,
-                   stego_cache=args.stego_cache, workers=args.workers)
+                   stego_cache=args.stego_cache, workers=args.workers, stream=args.stream,
+                   shuffle_buffer=args.shuffle_buffer)
     print(_summary(record))
     return 0

@@ -113,7 +113,7 @@ def select_split(covers, split: str, seed: int = 0, fractions=DEFAULT_FRACTIONS,
     return selected, splits
 
 
-def _round_robin(per_source: list[list], limit: int | None, rng) -> list:
+def round_robin(per_source: list[list], limit: int | None, rng) -> list:
     """Interleave each source's items (seeded order) so a limit keeps every photo represented."""
     queues = [[items[i] for i in rng.permutation(len(items))] for items in per_source]
     out, depth = [], 0
@@ -152,7 +152,7 @@ def load_pairs(covers="embedded", split: str = "test", payload: float = 0.4, see
     if stride is not None and int(stride) < 1:
         raise InputError(f"stride must be >= 1; got {stride}", param="stride")
     selected, _ = select_split(covers, split, seed, fractions, tile, channels)
-    items = _tile_items(selected, stride, max_pairs, np.random.default_rng([int(seed) & 0xFFFFFFFF, 1]),
+    items = tile_items(selected, stride, max_pairs, np.random.default_rng([int(seed) & 0xFFFFFFFF, 1]),
                         tile)
     order = {c.name: k for k, c in enumerate(selected)}
     items.sort(key=lambda item: (order[item[0].name], item[1]))
@@ -196,6 +196,14 @@ class TrainingTiles:
     def __len__(self):
         return int(self.tiles.shape[0])
 
+    @property
+    def tile_size(self) -> int:
+        return int(self.tiles.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.tiles.shape[3]) if self.tiles.ndim == 4 else 1
+
     def subset(self, indices) -> "TrainingTiles":
         """The tiles at `indices`, in that order."""
         indices = list(indices)
@@ -215,19 +223,19 @@ def _hwc(pixels: np.ndarray) -> np.ndarray:
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
-def _tile_items(covers, stride, limit, rng, tile: int = TILE):
+def tile_items(covers, stride, limit, rng, tile: int = TILE):
     """`(cover, (top, left))` of every full tile, at most `limit` drawn round-robin over photos."""
-    per_source = [[(cover, pos) for pos in tile_positions(cover.pixels.shape[0],
-                                                          cover.pixels.shape[1], tile, stride)]
+    per_source = [[(cover, pos) for pos in tile_positions(cover.shape[0], cover.shape[1], tile,
+                                                          stride)]
                   for cover in covers]
-    return _round_robin(per_source, limit, rng)
+    return round_robin(per_source, limit, rng)
 
 
 def training_tiles(covers: list[Cover], stride: int | None = None,
                    max_tiles: int | None = None, seed: int = 0, tile: int = TILE) -> TrainingTiles:
     """All `tile` x `tile` tiles of `covers` at `stride` (default one tile); `max_tiles` keeps a
     round-robin subset. The tiles have the covers' channels."""
-    items = _tile_items(covers, stride, max_tiles, np.random.default_rng([int(seed) & 0xFFFFFFFF, 2]),
+    items = tile_items(covers, stride, max_tiles, np.random.default_rng([int(seed) & 0xFFFFFFFF, 2]),
                         tile)
     if not items:
         raise InputError(f"covers: no {tile}x{tile} tile in the training photos")

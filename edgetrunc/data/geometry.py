@@ -51,8 +51,11 @@ def input_shapes(model_or_runner) -> tuple[list, str]:
     meta = metadata() if callable(metadata) else None
     if meta is not None and hasattr(meta, "inputs"):
         return [tuple(info.shape) for info in meta.inputs], getattr(meta, "layout", "NHWC") or "NHWC"
-    inputs = getattr(model_or_runner, "inputs", None) or []
-    return [tuple(getattr(t, "shape", ())) for t in inputs], "NHWC"
+    inputs = getattr(model_or_runner, "inputs", None)
+    if inputs is None and callable(getattr(model_or_runner, "input_size", None)):
+        size = model_or_runner.input_size()  # a minimal runner: one gray input of this size
+        return [(None, *(size or (None, None)), 1)], "NHWC"
+    return [tuple(getattr(t, "shape", ())) for t in inputs or []], "NHWC"
 
 
 def geometry_of_shape(shape, layout: str = "NHWC"):

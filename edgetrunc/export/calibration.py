@@ -4,8 +4,8 @@
 cut at the model's geometry (`edgetrunc.data.geometry.ImageGeometry`: its square input size,
 256 for a free-size input, and 1 or 3 channels): the train split (every half tile, at most
 `CALIBRATION_PAIRS` pairs) for calibration, the held-out test split (every quarter tile, at
-most `HELD_OUT_VALUES` input values: 128 pairs of 256x256 gray tiles, more of smaller tiles)
-for comparing int8 decisions with Keras. Photos smaller than a tile are skipped with a
+most `HELD_OUT_VALUES` input values: 128 pairs of 256x256 gray tiles, more of smaller tiles
+up to `MAX_HELD_OUT_PAIRS`) for comparing int8 decisions with Keras. Photos smaller than a tile are skipped with a
 warning; none left is one error naming the size. Given the model, both counts also shrink
 with its size (`activation_values`: what one image costs through every layer), down to
 `MIN_CALIBRATION_PAIRS` / `MIN_HELD_OUT_PAIRS`, so that a deep or large-input net is not
@@ -26,6 +26,7 @@ CALIBRATION_ACTIVATIONS = 2 ** 29
 HELD_OUT_ACTIVATIONS = 2 ** 30
 MIN_CALIBRATION_PAIRS = 16
 MIN_HELD_OUT_PAIRS = 32
+MAX_HELD_OUT_PAIRS = 512  # small tiles: enough pairs for the agreement rule, not every tile
 
 
 def activation_values(model, geometry) -> int:
@@ -87,7 +88,8 @@ def calibration_pairs(calibration, geometry, split="train", stride=None,
 def held_out_pairs(calibration, geometry, model=None):
     """The held-out test pairs int8 decisions are compared with Keras on (fewer for a bigger
     `model`, see the module docstring)."""
-    max_pairs = max(1, HELD_OUT_VALUES // (geometry.tile ** 2 * geometry.channels))
+    max_pairs = max(1, min(MAX_HELD_OUT_PAIRS,
+                           HELD_OUT_VALUES // (geometry.tile ** 2 * geometry.channels)))
     max_pairs = _pairs_within(HELD_OUT_ACTIVATIONS, model, geometry,
                               min(MIN_HELD_OUT_PAIRS, max_pairs), max_pairs)
     return calibration_pairs(calibration, geometry, split="test",

@@ -23,6 +23,7 @@ from edgetrunc.parity.inputs import check_outputs, parity_inputs, protected_inpu
 from edgetrunc.parity.results import ArtifactReport, ParityReport
 
 PER_LAYER_SAMPLES = 8
+BATCH_BYTES = 256 * 2 ** 20  # Keras layer outputs of one batch of the output comparison
 ARTIFACT_SUFFIXES = (".tflite", ".onnx", ".npz")  # .npz: outputs recorded on a device
 
 
@@ -115,6 +116,18 @@ def _open_reference(model, threads, batch_size):
         raise InputError(f"{keras_runner.path}: model input {[None, *shape]} has free dimensions "
                          "and is not an image; parity needs fixed input dimensions")
     return keras_runner, shape
+
+
+def _bounded_batch_size(keras_runner, shape, batch_size: int) -> int:
+    """`batch_size`, or fewer inputs per call when one input's layer outputs are large (a
+    512x512 or a deep net): every runner keeps buffers sized by the batches it ran."""
+    per_input = keras_runner.layer_output_bytes(tuple(shape))
+    bounded = max(1, min(int(batch_size), BATCH_BYTES // max(per_input, 1)))
+    if bounded < batch_size:
+        _log.info(f"parity: batches of {bounded} input(s) ({per_input / 2 ** 20:.0f} MB of layer "
+                  "outputs per input)")
+        keras_runner.batch_size = bounded
+    return bounded
 
 
 def _save_inputs(path, data, protect) -> None:
@@ -243,6 +256,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     protect = protected_inputs(model, artifacts, inputs)
     check_outputs([save_inputs], protect)  # refused now, not after the comparison
     keras_runner, shape = _open_reference(model, threads, batch_size)
+    batch_size = _bounded_batch_size(keras_runner, shape, batch_size)
     runners = open_artifacts(artifacts, shape, threads)
     data = parity_inputs(inputs, samples, seed, shape, stego=stego)
     _log.info(f"parity: {len(data.x)} inputs ({data.kind}), {len(runners)} artifact(s)")

@@ -119,6 +119,14 @@ def load_inputs(path) -> tuple:
     return x, labels, names
 
 
+def _check_rank(inputs_path, x, meta) -> None:
+    """Inputs whose rank is not the artifact's input rank name the inputs file."""
+    if meta.inputs and len(meta.inputs[0].shape) != x.ndim:
+        shown = [d if d else None for d in meta.inputs[0].shape]
+        raise InputError(f"{inputs_path}: 'x' is {list(x.shape)}; the artifact's input is "
+                         f"{shown} (rank {len(shown)})")
+
+
 def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
                    batch_size: int = 16) -> dict:
     """Run `artifact` on the inputs of `inputs_path` and write its outputs to `out_path` (`.npz`).
@@ -134,6 +142,7 @@ def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
     x, _, _ = load_inputs(inputs_path)
     runner = open_runner(artifact, threads=threads)
     meta = runner.metadata()
+    _check_rank(inputs_path, x, meta)
     started = time.perf_counter()
     outputs = run_batched(runner, x, batch_size)
     seconds = time.perf_counter() - started

@@ -30,13 +30,14 @@ import time
 
 from edgetrunc import _log
 from edgetrunc._io import atomic_path, sha256_file, write_json_atomic
-from edgetrunc.data.dataset import pair_batches
 from edgetrunc.data.splits import DEFAULT_FRACTIONS
 from edgetrunc.data.stego_cache import DEFAULT_MESSAGES
 from edgetrunc.train.batchnorm import finalize_batchnorm, reestimate_batchnorm
 from edgetrunc.train.config import (EVAL_STRIDE, LR_SCHEDULES, TrainConfig, check_output,
                                     parse_curriculum, parse_model_args, record_path)
-from edgetrunc.train.loop import build_model, evaluate_pairs, fit_epochs, prepare_data
+from edgetrunc.data.stream import DEFAULT_SHUFFLE_BUFFER
+from edgetrunc.train.loop import (build_model, evaluate_pairs, fit_epochs, prepare_data,
+                                  training_batches)
 from edgetrunc.train.record import build_record, worker_summary
 from edgetrunc.train.strategy import STRATEGIES, read_cluster
 from edgetrunc.train.schedule import EpochPlan, Schedule, selection_score
@@ -55,7 +56,8 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
           max_eval_pairs: int | None = None, bn_reestimate: str = "epoch",
           fractions=DEFAULT_FRACTIONS, augment: bool = True, frozen_bn_fraction: float = 0.0,
           command: str | None = None, embedding: str = "lsbm", messages: int = DEFAULT_MESSAGES,
-          stego_cache=None, workers: int | None = None) -> dict:
+          stego_cache=None, workers: int | None = None, stream: str = "auto",
+          shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> dict:
     """Train `model` on cover/stego pairs and write it to `out` plus its training record.
 
     Args:
@@ -101,6 +103,9 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
             epochs (message `epoch mod K`).
         stego_cache: the stego cache folder (default `$XDG_CACHE_HOME/edgetrunc/stego`).
         workers: processes that fill the stego cache (default: every usable core).
+        stream: `"auto"` (a cover folder whose decoded pixels exceed 64 MiB is streamed from
+            its files every epoch, `edgetrunc.data.stream`), `"on"` or `"off"`.
+        shuffle_buffer: pairs in the shuffle buffer of a streamed epoch.
 
     Returns the training record (also written as JSON beside the model); on a worker that
     is not the chief, a summary of its epochs (`worker_summary`; nothing is written).
@@ -114,7 +119,7 @@ def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs
         eval_stride=eval_stride, max_eval_pairs=max_eval_pairs, bn_reestimate=bn_reestimate,
         fractions=fractions, augment=augment, frozen_bn_fraction=frozen_bn_fraction,
         command=command, embedding=embedding, messages=messages, stego_cache=stego_cache,
-        workers=workers)
+        workers=workers, stream=stream, shuffle_buffer=shuffle_buffer)
     return run_training(config, started)
 
 
@@ -135,8 +140,7 @@ def run_training(config: TrainConfig, started: float | None = None) -> dict:
     net.set_weights(run.best_weights)
     batchnorm, val = finalize_batchnorm(
         net, config.bn_reestimate, run.schedule.frozen_from, run.best_weights,
-        pair_batches(data.tiles, config.payload, data.batch_size, seed=config.seed,
-                     epoch=10_000, augment=config.augment, stego=config.stego),
+        training_batches(data, config, config.payload, 10_000),
         validate=lambda: evaluate_pairs(net, data.val_pairs))
     test = evaluate_pairs(net, data.test_pairs) if data.test_pairs is not None else None
     wall = time.monotonic() - started

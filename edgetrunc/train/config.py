@@ -19,6 +19,7 @@ from edgetrunc._io import require_writable_dir
 from edgetrunc.data.dataset import check_payload
 from edgetrunc.data.splits import DEFAULT_FRACTIONS
 from edgetrunc.data.stego_cache import DEFAULT_MESSAGES, StegoSettings
+from edgetrunc.data.stream import DEFAULT_SHUFFLE_BUFFER, STREAM_MODES
 from edgetrunc.errors import InputError
 from edgetrunc.train.strategy import check_strategy
 
@@ -60,6 +61,8 @@ class TrainConfig:
     messages: int = DEFAULT_MESSAGES
     stego_cache: object = None
     workers: int | None = None
+    stream: str = "auto"
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     stages: list = field(init=False, default_factory=list)
     stego: StegoSettings = field(init=False, default=None)
 
@@ -83,6 +86,11 @@ class TrainConfig:
                              f"got {self.frozen_bn_fraction}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise InputError(f"--time-budget: expected minutes > 0; got {self.time_budget}")
+        if self.stream not in STREAM_MODES:
+            raise InputError(f"--stream: expected one of {', '.join(STREAM_MODES)}; "
+                             f"got {self.stream!r}")
+        if int(self.shuffle_buffer) < 1:
+            raise InputError(f"--shuffle-buffer: expected >= 1 pairs; got {self.shuffle_buffer}")
         self.stages = parse_curriculum(self.curriculum, self.payload)
         self.stego = StegoSettings(self.embedding, self.stego_cache, self.workers, self.messages)
         self.model_kwargs = parse_model_args(self.model_kwargs.items()

@@ -15,18 +15,23 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from edgetrunc import _log
 from edgetrunc.data.covers import resolve_covers
 from edgetrunc.data.dataset import load_pairs, pair_batches, training_tiles
 from edgetrunc.data.geometry import DEFAULT_TILE, ImageGeometry, require_image_geometry
 from edgetrunc.data.splits import split_sources
 from edgetrunc.data.stego_tiles import prefill_training
+from edgetrunc.data.stream import (EVAL_BATCH_PAIRS, StreamPairs, prefill_stream, scan_covers,
+                                   stream_pairs, stream_training_tiles, use_streaming)
 from edgetrunc.errors import InputError
 from edgetrunc.keras.runner import predict_probability
 from edgetrunc.metrics import detection_report
 from edgetrunc.train.batchnorm import freeze_batchnorm, reestimate_batchnorm
 from edgetrunc.train.record import rounded_figures
 from edgetrunc.train.schedule import Schedule, selection_score
+from edgetrunc.train.pipeline import stream_epoch_dataset
 from edgetrunc.train.strategy import (chief_values, distributed_epoch, is_multiworker,
                                       make_strategy, replicas_per_worker, train_steps,
                                       worker_share)
@@ -47,6 +52,7 @@ class TrainingData:
     test_pairs: object
     train_probe: object
     workers: int = 1  # machines training together, each on its share of the tiles
+    streamed: bool = False  # tiles read from the cover files every epoch (StreamTiles)
 
     @property
     def steps(self) -> int:
@@ -74,38 +80,64 @@ class TrainingRun:
 def prepare_data(config, geometry=DEFAULT_GEOMETRY, workers: int = 1) -> TrainingData:
     """Split the covers by photo, tile the training photos, load the scored pairs, all at the
     model's `geometry` (`edgetrunc.data.geometry.ImageGeometry`: tile size and channels);
-    `workers` machines each train on their share of the tiles, `batch_size` pairs a batch."""
+    `workers` machines each train on their share of the tiles, `batch_size` pairs a batch.
+    A cover folder larger than memory (`config.stream`, `edgetrunc.data.stream`) is streamed:
+    photos by reference, tiles by index, scored pairs read batch by batch."""
     seed, fractions, payload = config.seed, config.fractions, config.payload
     tile, channels = geometry
-    all_covers = resolve_covers(config.covers, channels=channels, min_size=tile)
+    streamed = use_streaming(config.covers, channels, config.stream)
+    all_covers = (scan_covers(config.covers, channels, tile) if streamed
+                  else resolve_covers(config.covers, channels=channels, min_size=tile))
     splits = split_sources(all_covers, seed=seed, fractions=fractions)
     for name in ("train", "val"):
         if not splits[name]:
             raise InputError(f"covers: {len(all_covers)} usable photo(s) leave the {name} split "
                              "empty; give at least 3 cover images")
     by_name = {c.name: c for c in all_covers}
-    tiles = training_tiles([by_name[n] for n in splits["train"]], stride=config.stride,
-                           max_tiles=config.max_tiles, seed=seed, tile=tile)
-    if config.stego.cached:
-        tiles = tiles.subset(prefill_training(tiles, config.stages, seed, config.stego))
-    limit, stride = config.max_eval_pairs, config.eval_stride
-    cut = {"tile": tile, "channels": channels, "stego": config.stego}
-    val_pairs = load_pairs(all_covers, "val", payload, seed, limit, stride, fractions, **cut)
-    test_pairs = (load_pairs(all_covers, "test", payload, seed, limit, stride, fractions, **cut)
-                  if splits["test"] else None)
-    train_probe = load_pairs(all_covers, "train", payload, seed, limit or 64, None, fractions, **cut)
-    _log.info(f"covers: {len(all_covers)} photos; train {len(splits['train'])} "
-              f"({len(tiles)} tiles of {tile}x{tile}, stride {config.stride or tile}), val "
-              f"{len(splits['val'])} ({val_pairs.n_pairs} pairs), test {len(splits['test'])} "
-              f"({test_pairs.n_pairs if test_pairs else 0} pairs); payload {payload} bpp, "
-              f"{config.stego.embedding}")
+    train_covers = [by_name[n] for n in splits["train"]]
+    if streamed:
+        tiles = stream_training_tiles(train_covers, config.stride, config.max_tiles, seed, tile,
+                                      channels)
+        if config.stego.cached:
+            tiles = tiles.subset(prefill_stream(tiles, config.stages, seed, config.stego))
+    else:
+        tiles = training_tiles(train_covers, stride=config.stride, max_tiles=config.max_tiles,
+                               seed=seed, tile=tile)
+        if config.stego.cached:
+            tiles = tiles.subset(prefill_training(tiles, config.stages, seed, config.stego))
+    val_pairs, test_pairs, train_probe = _scored_pairs(config, all_covers, splits, geometry,
+                                                       streamed)
+    _log.info(f"covers: {len(all_covers)} photos{' (streamed)' if streamed else ''}; train "
+              f"{len(splits['train'])} ({len(tiles)} tiles of {tile}x{tile}, stride "
+              f"{config.stride or tile}), val {len(splits['val'])} ({val_pairs.n_pairs} pairs), "
+              f"test {len(splits['test'])} ({test_pairs.n_pairs if test_pairs else 0} pairs); "
+              f"payload {payload} bpp, {config.stego.embedding}")
     if len(tiles) < workers:
         raise InputError(f"covers: {len(tiles)} training tile(s) for {workers} workers; every "
                          "worker needs at least one")
     return TrainingData(covers=all_covers, splits=splits, tiles=tiles,
                         batch_size=min(int(config.batch_size), len(tiles) // workers),
                         val_pairs=val_pairs, test_pairs=test_pairs, train_probe=train_probe,
-                        workers=workers)
+                        workers=workers, streamed=streamed)
+
+
+def _scored_pairs(config, all_covers, splits, geometry, streamed: bool) -> tuple:
+    """`(validation, test or None, training probe)` pairs: `PairSet`s in memory, or
+    `StreamPairs` read batch by batch when the covers are streamed."""
+    seed, payload, limit, stride = config.seed, config.payload, config.max_eval_pairs, \
+        config.eval_stride
+    tile, channels = geometry
+    cut = {"tile": tile, "channels": channels, "stego": config.stego}
+    if streamed:
+        def pairs(split, max_pairs, split_stride):
+            return stream_pairs(all_covers, splits, split, payload, seed, max_pairs,
+                                split_stride, **cut)
+    else:
+        def pairs(split, max_pairs, split_stride):
+            return load_pairs(all_covers, split, payload, seed, max_pairs, split_stride,
+                              config.fractions, **cut)
+    return (pairs("val", limit, stride), pairs("test", limit, stride) if splits["test"] else None,
+            pairs("train", limit or 64, None))
 
 
 def compile_detector(net, strategy, lr: float) -> None:
@@ -141,8 +173,25 @@ def build_model(config) -> tuple:
 
 
 def evaluate_pairs(model, pairs, batch_size: int = PREDICT_BATCH) -> dict:
-    """`detection_report` of `model` (inference mode) on a `PairSet`."""
+    """`detection_report` of `model` (inference mode) on a `PairSet`, or on `StreamPairs`
+    batch by batch."""
+    if isinstance(pairs, StreamPairs):
+        parts = [predict_probability(model, x, batch_size) for x in pairs.batches(EVAL_BATCH_PAIRS)]
+        probs = np.concatenate(parts) if parts else np.zeros(0)
+        return detection_report(pairs.y, probs, pairs.sources)
     return detection_report(pairs.y, predict_probability(model, pairs.x, batch_size), pairs.sources)
+
+
+def training_batches(data, config, payload: float, epoch: int):
+    """One epoch of numpy pair batches of all the training tiles (batch-norm statistics):
+    `pair_batches` in memory, the streamed pipeline when the covers are streamed."""
+    if not data.streamed:
+        return pair_batches(data.tiles, payload, data.batch_size, seed=config.seed, epoch=epoch,
+                            augment=config.augment, stego=config.stego)
+    steps = len(data.tiles) // data.batch_size
+    return stream_epoch_dataset(data.tiles, data.batch_size, steps, payload, config.seed, epoch,
+                                config.augment, config.stego,
+                                config.shuffle_buffer).as_numpy_iterator()
 
 
 class _Progress:
@@ -174,6 +223,10 @@ def _epoch_dataset(data, config, epoch: int, payload: float, worker: int = 0):
     of the tiles, `data.steps` batches, when several workers train together)."""
     import tensorflow as tf
 
+    if data.streamed:
+        return stream_epoch_dataset(data.tiles, data.batch_size, data.steps, payload, config.seed,
+                                    epoch, config.augment, config.stego, config.shuffle_buffer,
+                                    worker, data.workers)
     images = 2 * data.batch_size
     tile_shape = data.tiles.tiles.shape[1:]  # [tile, tile] gray or [tile, tile, 3] RGB
     signature = (tf.TensorSpec((images, *tile_shape[:2], tile_shape[2] if len(tile_shape) == 3 else 1),
@@ -224,9 +277,7 @@ def run_epoch(net, data, config, plan) -> EpochResult:
     t_train = time.monotonic() - t0
     val_running = evaluate_pairs(net, data.val_pairs) if config.bn_reestimate != "none" else None
     if config.bn_reestimate == "epoch" and not plan.batchnorm_frozen:
-        reestimate_batchnorm(net, pair_batches(data.tiles, payload, data.batch_size,
-                                               seed=config.seed, epoch=30_000 + epoch,
-                                               augment=config.augment, stego=config.stego))
+        reestimate_batchnorm(net, training_batches(data, config, payload, 30_000 + epoch))
         val = evaluate_pairs(net, data.val_pairs)
     else:
         val = val_running if val_running is not None else evaluate_pairs(net, data.val_pairs)
@@ -260,9 +311,7 @@ def _freeze(net, strategy, data, config, run: TrainingRun, plan) -> None:
     """Start the frozen-BN phase: back to the best weights, statistics re-estimated, frozen."""
     if run.best_weights is not None:
         net.set_weights(run.best_weights)
-    used = freeze_batchnorm(net, pair_batches(data.tiles, config.payload, data.batch_size,
-                                              seed=config.seed, epoch=20_000,
-                                              augment=config.augment, stego=config.stego))
+    used = freeze_batchnorm(net, training_batches(data, config, config.payload, 20_000))
     compile_detector(net, strategy, plan.lr)
     _log.info(f"epoch {plan.epoch + 1}: batch-norm statistics re-estimated on {used} batches "
               "and frozen; training goes on in inference mode")

@@ -37,7 +37,7 @@ def record_versions() -> dict:
 
 
 def _config_section(config, data, replicas: int) -> dict:
-    tile = int(data.tiles.tiles.shape[1])  # the model's input size
+    tile = int(data.tiles.tile_size)  # the model's input size
     return {"model": config.model, "model_kwargs": config.model_kwargs, "payload": config.payload,
             "embedding": config.stego.embedding,
             "messages": config.stego.describe()["messages"], "curriculum": config.stages, "stage_epochs": config.stage_epochs,
@@ -45,7 +45,8 @@ def _config_section(config, data, replicas: int) -> dict:
             "lr_schedule": config.lr_schedule, "patience": config.patience,
             "stride": config.stride or tile, "max_tiles": config.max_tiles,
             "eval_stride": config.eval_stride or tile, "max_eval_pairs": config.max_eval_pairs,
-            "augment": config.augment, "bn_reestimate": config.bn_reestimate,
+            "augment": config.augment, "stream": config.stream,
+            "shuffle_buffer": int(config.shuffle_buffer), "bn_reestimate": config.bn_reestimate,
             "frozen_bn_fraction": config.frozen_bn_fraction, "strategy": config.strategy,
             "replicas": int(replicas), "workers": int(data.workers),
             "global_batch_pairs": data.batch_size * int(data.workers),
@@ -56,7 +57,7 @@ def _config_section(config, data, replicas: int) -> dict:
 def _data_section(config, data) -> dict:
     test = data.test_pairs
     return {"covers": config.covers if isinstance(config.covers, str) else "list",
-            "photos": len(data.covers), "split": data.splits,
+            "photos": len(data.covers), "streamed": bool(data.streamed), "split": data.splits,
             "train_tiles": len(data.tiles), "train_tiles_per_photo": data.tiles.tiles_per_photo(),
             "val_pairs": data.val_pairs.n_pairs,
             "val_pairs_per_photo": data.val_pairs.tiles_per_photo(),
