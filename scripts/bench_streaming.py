@@ -112,6 +112,10 @@ def cache_entry_costs(folder: Path, tiles: int = 3) -> dict:
     return out
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
 def boss_estimate(rows: list, read_rate: float, costs: dict, cores: int) -> list[str]:
     """What 10,000 512x512 covers need: memory, cache disk per scheme and K, time."""
     streamed = [r for r in rows if r["streamed"]]
@@ -125,15 +129,17 @@ def boss_estimate(rows: list, read_rate: float, costs: dict, cores: int) -> list
         f"**10,000 BOSSbase-size covers** (512x512 PGM; 6,000 training photos = {train_tiles:,} "
         f"tiles of 256x256 at stride 256, {eval_tiles:,} validation and test tiles at stride 128):",
         "",
-        f"- Memory, streamed: about the {peak:.0f} MiB measured above (the 600-cover run) plus "
-        f"the index (a name, size and digest per photo, a corner per tile: about 10 MiB); in "
-        f"memory it would be {in_memory:.1f} GiB (covers, training tiles and float32 "
+        f"- Memory, streamed: about the {peak:.0f} MiB measured above (the largest streamed "
+        f"run, TensorFlow included, shuffle buffer full) plus the index (a name, size and "
+        f"digest per photo, a corner per tile: about 10 MiB); in memory it would be "
+        f"{in_memory:.1f} GiB (covers, training tiles and float32 "
         "validation/test pairs without `--max-eval-pairs`).",
         f"- Time per epoch: {2 * train_tiles:,} images at the measured {rate:.0f} images/s "
         f"(tlunet, second epoch of the runs above, this machine) = "
         f"{2 * train_tiles / rate / 60:.0f} min; the read stage alone "
         f"makes {read_rate:.0f} pairs/s on one core ({train_tiles / read_rate / 60:.1f} min "
-        "an epoch), so it keeps ahead of the model.",
+        "an epoch), so it keeps ahead of the model. Validation scores 13,500 pairs (stride "
+        "128) after every epoch unless `--max-eval-pairs` caps it.",
         "",
         markdown_table(
             ("scheme", "s per tile (1 core)", "entry", "cache, K=1", "cache, K=4",
@@ -141,7 +147,7 @@ def boss_estimate(rows: list, read_rate: float, costs: dict, cores: int) -> list
             [(scheme, f"{c['seconds']:.3f}", f"{c['bytes'] / 1024:.1f} KiB",
               f"{(train_tiles + eval_tiles) * c['bytes'] / 2**30:.1f} GiB",
               f"{(4 * train_tiles + eval_tiles) * c['bytes'] / 2**30:.1f} GiB",
-              *(f"{(4 * train_tiles + eval_tiles) * c['seconds'] / n / 3600:.1f} h"
+              *(_duration((4 * train_tiles + eval_tiles) * c["seconds"] / n)
                 for n in (cores, 16, 64)))
              for scheme, c in costs.items()]),
         "",
@@ -161,7 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = []
+    rows, load = [], [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for size in sizes:
@@ -172,6 +178,7 @@ def main(argv=None) -> int:
                 result = train_peak(folder, stream, args.max_tiles, root / "bench.keras")
                 rows.append({"covers": size, "stream": stream, **result})
                 log(f"  peak {result['peak_mib']:.0f} MiB, {result['wall']:.0f} s")
+                load.append(os.getloadavg()[0])
         log(f"{sizes[-1]} covers, --stream on, every tile (the shuffle buffer fills)")
         result = train_peak(root / f"covers{sizes[-1]}", "on", None, root / "bench.keras")
         rows.append({"covers": sizes[-1], "stream": "on", **result})
@@ -186,13 +193,19 @@ def main(argv=None) -> int:
           f"{r['peak_mib']:.0f} MiB", f"{r['peak_mib'] / base[r['stream']]:.2f}x",
           f"{r['wall']:.0f} s") for r in rows])
     lines = ["## Streaming cover folders (`scripts/bench_streaming.py`)", "",
-             f"Machine: {machine_description()}.", "",
+             f"Machine: {machine_description()}; load average {min(load):.1f}-{max(load):.1f} "
+             "during the runs (shared cores: times are slower than on an idle machine, the "
+             "memory figures are not affected).", "",
              f"`edgetrunc train` (tlunet, LSB matching) for two epochs of the same "
              f"{args.max_tiles} training tiles (`--max-tiles {args.max_tiles} --batch-size 16`, "
              "`--max-eval-pairs 64 --eval-stride 256`; the last row: every tile, so that the "
              "shuffle buffer of 1024 pairs fills) on folders of 512x512 PGM covers; peak "
              "resident memory of the training process (`os.wait4`), TensorFlow included. "
              "`auto` streams a folder over 64 MiB of decoded pixels.", "", table, "",
+             f"The largest folder, streamed with every tile, peaks at "
+             f"{rows[-1]['peak_mib'] / base['auto']:.2f}x the {sizes[0]}-cover run as `edgetrunc "
+             f"train` runs it by default (`auto`: in memory) and "
+             f"{rows[-1]['peak_mib'] / base['on']:.2f}x the streamed {sizes[0]}-cover run.", "",
              *boss_estimate(rows, read_rate, costs, os.cpu_count() or 1)]
     markdown = "\n".join(lines)
     print(markdown)

@@ -83,8 +83,11 @@ def test_bench_bad_artifacts_exit_2_with_one_line(tmp_path, block, capsys):
                    "(The model is not a valid Flatbuffer buffer)"]
     with pytest.raises(InputError, match="no such .onnx file"):
         bench_artifacts([tmp_path / "missing.onnx"], runs=1)
-    with pytest.raises(InputError, match="--warmup"):
+    with pytest.raises(InputError, match="^warmup: expected 0 or more") as refused:
         bench_artifacts([block["fp32"]], runs=1, warmup=-1)
+    assert refused.value.param == "warmup"  # the library names the parameter; the CLI, its flag
+    assert main(["bench", str(block["fp32"]), "--warmup", "-1"]) == 2
+    assert "error: --warmup: expected 0 or more" in capsys.readouterr().err
 
 
 def test_flop_count_of_a_hand_checked_model():

@@ -40,7 +40,7 @@ def test_scan_keeps_no_pixels_and_splits_as_in_memory(folder):
     assert estimate_cover_bytes(folder) == 6 * 256 * 512
     assert use_streaming(folder, mode="auto", limit=6 * 256 * 512 - 1)
     assert not use_streaming(folder) and not use_streaming("embedded")
-    with pytest.raises(InputError, match="--stream"):
+    with pytest.raises(InputError, match="expected one of auto, on, off"):
         use_streaming(folder, mode="sometimes")
 
 

@@ -101,7 +101,7 @@ def use_streaming(covers, channels: int = 1, mode: str = "auto",
     decoded pixels exceed `limit` bytes (the embedded covers and lists of `Cover` are in
     memory already)."""
     if mode not in STREAM_MODES:
-        raise InputError(f"--stream: expected one of {', '.join(STREAM_MODES)}; got {mode!r}")
+        raise InputError(f"stream: expected one of {', '.join(STREAM_MODES)}; got {mode!r}", param="stream")
     if mode != "auto":
         return mode == "on"
     return _is_folder(covers) and estimate_cover_bytes(covers, channels) > limit

@@ -73,7 +73,7 @@ def calibration_pairs(calibration, geometry, split="train", stride=None,
 
     covers = "embedded" if calibration in (None, "embedded") else calibration
     if covers != "embedded" and not Path(covers).is_dir():
-        raise InputError(f"--calibration {covers}: expected 'embedded' or a folder of images")
+        raise InputError(f"calibration {covers}: expected 'embedded' or a folder of images", param="calibration")
     stride = stride or calibration_stride(geometry.tile)
     options = {"covers": covers, "payload": 0.4, "seed": seed, "max_pairs": max_pairs,
                "stride": stride, "tile": geometry.tile, "channels": geometry.channels}

@@ -43,8 +43,8 @@ def _check_precisions(kind, values, allowed):
     values = tuple(values or ())
     bad = [v for v in values if v not in allowed]
     if bad:
-        raise InputError(f"--{kind}: unknown precision {', '.join(map(str, bad))}; expected any of "
-                         f"{', '.join(allowed)}")
+        raise InputError(f"{kind}: unknown precision {', '.join(map(str, bad))}; expected any of "
+                         f"{', '.join(allowed)}", param=kind)
     return tuple(dict.fromkeys(values))
 
 
@@ -66,16 +66,16 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration):
     if not tflite and not onnx:
         raise InputError("nothing to convert: give at least one --tflite or --onnx precision")
     if not isinstance(opset, (int, np.integer)) or int(opset) not in OPSETS:
-        raise InputError(f"--opset {opset}: expected an ONNX opset from {OPSETS[0]} to {OPSETS[-1]}")
+        raise InputError(f"opset {opset}: expected an ONNX opset from {OPSETS[0]} to {OPSETS[-1]}", param="opset")
     if "int8" in onnx:
         try:
             check_opset(int(opset), "int8")
         except InputError as exc:
-            raise InputError(f"--{exc}") from None
+            raise InputError(str(exc), param="opset") from None
     if int8_mode not in INT8_MODES:
-        raise InputError(f"--int8-mode {int8_mode}: expected one of {', '.join(INT8_MODES)}")
+        raise InputError(f"int8_mode {int8_mode}: expected one of {', '.join(INT8_MODES)}", param="int8_mode")
     if calibration not in (None, "embedded") and not Path(calibration).is_dir():
-        raise InputError(f"--calibration {calibration}: expected 'embedded' or a folder of images")
+        raise InputError(f"calibration {calibration}: expected 'embedded' or a folder of images", param="calibration")
     return tflite, onnx
 
 

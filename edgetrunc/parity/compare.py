@@ -70,9 +70,9 @@ def default_tolerance(precision: str, atol: float | None = None, rtol: float | N
     """
     base = DEFAULT_TOLERANCES[tolerance_key(precision)]
     if atol is not None and not atol >= 0:
-        raise InputError(f"--atol: expected a number >= 0; got {atol}")
+        raise InputError(f"atol: expected a number >= 0; got {atol}", param="atol")
     if rtol is not None and not rtol >= 0:
-        raise InputError(f"--rtol: expected a number >= 0; got {rtol}")
+        raise InputError(f"rtol: expected a number >= 0; got {rtol}", param="rtol")
     if atol is None and rtol is None:
         return base
     return replace(base, atol=base.atol if atol is None else float(atol),

@@ -83,8 +83,8 @@ def _held_out_pairs(pairs: int, seed: int, shape, stego=None):
                                   seed=seed, max_pairs=max(1, pairs), stride=max(1, tile // divisor),
                                   tile=tile, channels=channels, stego=stego)
         except InputError as exc:
-            raise InputError(f"--inputs: {exc}; use --inputs random, a folder of images of at "
-                             f"least {tile}x{tile} or an .npz of inputs") from None
+            raise InputError(f"inputs: {exc}; use --inputs random, a folder of images of at "
+                             f"least {tile}x{tile} or an .npz of inputs", param="inputs") from None
         if pair_set.n_pairs >= pairs:
             break
     x = pair_set.x
@@ -120,8 +120,8 @@ def _require_image_shape(kind, shape) -> None:
     from edgetrunc.data.geometry import geometry_of_shape
 
     if kind != "random" and geometry_of_shape((None, *shape)) is None:
-        raise InputError(f"--inputs {kind}: the model input {[None, *shape]} is not an image "
-                         "[N, S, S, 1 or 3]; use --inputs random or an .npz of inputs")
+        raise InputError(f"inputs {kind}: the model input {[None, *shape]} is not an image "
+                         "[N, S, S, 1 or 3]; use --inputs random or an .npz of inputs", param="inputs")
 
 
 def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
@@ -131,18 +131,18 @@ def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
     `edgetrunc.data.stego_cache.StegoSettings`."""
     samples = int(samples)
     if samples < 1:
-        raise InputError(f"--samples: expected a positive integer; got {samples}")
+        raise InputError(f"samples: expected a positive integer; got {samples}", param="samples")
     shape = tuple(int(d) for d in shape)
     if not str(kind).strip():
-        raise InputError(f"--inputs {kind!r}: empty; expected one of {', '.join(KINDS)}, a folder "
-                         "of images or an inputs .npz")
+        raise InputError(f"inputs {kind!r}: empty; expected one of {', '.join(KINDS)}, a folder "
+                         "of images or an inputs .npz", param="inputs")
     if kind not in KINDS and str(kind).lower().endswith(".npz") and Path(kind).is_file():
         from edgetrunc.runtime.recorded import load_inputs
 
         x, labels, names = load_inputs(kind)
         if tuple(x.shape[1:]) != shape:
-            raise InputError(f"--inputs {kind}: inputs are {list(x.shape[1:])}; the model expects "
-                             f"{list(shape)}")
+            raise InputError(f"inputs {kind}: inputs are {list(x.shape[1:])}; the model expects "
+                             f"{list(shape)}", param="inputs")
         composition = {"covers": int((labels == 0).sum()), "stego": int((labels == 1).sum()),
                        "other": int((labels < 0).sum())}
         return InputSet(x, labels, names, str(kind), seed, composition)
@@ -150,10 +150,10 @@ def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
     if kind not in KINDS:
         folder = Path(kind)
         if not folder.exists():
-            raise InputError(f"--inputs {kind}: expected one of {', '.join(KINDS)} or a folder of images")
+            raise InputError(f"inputs {kind}: expected one of {', '.join(KINDS)} or a folder of images", param="inputs")
         if not folder.is_dir():
-            raise InputError(f"--inputs {kind}: not a folder; expected one of {', '.join(KINDS)} "
-                             "or a folder of images")
+            raise InputError(f"inputs {kind}: not a folder; expected one of {', '.join(KINDS)} "
+                             "or a folder of images", param="inputs")
         x, labels, names = _folder_inputs(folder, samples, shape)
         return InputSet(x, labels, names, str(folder), seed, {"folder": len(x)})
     if kind == "random":

@@ -151,7 +151,7 @@ def bench_artifacts(artifacts, threads=(1,), runs: int = 50, warmup: int = 5, ba
     if runs < 1:
         raise InputError(f"runs: expected a positive integer; got {runs}", param="runs")
     if warmup < 0:
-        raise InputError(f"--warmup: expected 0 or more; got {warmup}")
+        raise InputError(f"warmup: expected 0 or more; got {warmup}", param="warmup")
     if batch < 1:
         raise InputError(f"batch: expected a positive integer; got {batch}", param="batch")
     workers = []

@@ -69,28 +69,28 @@ class TrainConfig:
     def __post_init__(self):
         self.payload = check_payload(self.payload)
         if int(self.epochs) < 1:
-            raise InputError(f"--epochs: expected >= 1; got {self.epochs}")
+            raise InputError(f"epochs: expected >= 1; got {self.epochs}", param="epochs")
         if int(self.batch_size) < 1:
-            raise InputError(f"--batch-size: expected >= 1; got {self.batch_size}")
+            raise InputError(f"batch_size: expected >= 1; got {self.batch_size}", param="batch_size")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"--lr: expected a positive learning rate; got {self.lr}")
+            raise InputError(f"lr: expected a positive learning rate; got {self.lr}", param="lr")
         check_strategy(self.strategy)
         if self.lr_schedule not in LR_SCHEDULES:
-            raise InputError(f"--lr-schedule: expected one of {', '.join(LR_SCHEDULES)}; "
-                             f"got {self.lr_schedule!r}")
+            raise InputError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}; "
+                             f"got {self.lr_schedule!r}", param="lr_schedule")
         if self.bn_reestimate not in BN_REESTIMATE:
-            raise InputError("--bn-reestimate: expected epoch, end or none; "
-                             f"got {self.bn_reestimate!r}")
+            raise InputError("bn_reestimate: expected epoch, end or none; "
+                             f"got {self.bn_reestimate!r}", param="bn_reestimate")
         if not 0 <= self.frozen_bn_fraction < 1:
-            raise InputError("--frozen-bn: expected a fraction in [0, 1); "
-                             f"got {self.frozen_bn_fraction}")
+            raise InputError("frozen_bn: expected a fraction in [0, 1); "
+                             f"got {self.frozen_bn_fraction}", param="frozen_bn")
         if self.time_budget is not None and not self.time_budget > 0:
-            raise InputError(f"--time-budget: expected minutes > 0; got {self.time_budget}")
+            raise InputError(f"time_budget: expected minutes > 0; got {self.time_budget}", param="time_budget")
         if self.stream not in STREAM_MODES:
-            raise InputError(f"--stream: expected one of {', '.join(STREAM_MODES)}; "
-                             f"got {self.stream!r}")
+            raise InputError(f"stream: expected one of {', '.join(STREAM_MODES)}; "
+                             f"got {self.stream!r}", param="stream")
         if int(self.shuffle_buffer) < 1:
-            raise InputError(f"--shuffle-buffer: expected >= 1 pairs; got {self.shuffle_buffer}")
+            raise InputError(f"shuffle_buffer: expected >= 1 pairs; got {self.shuffle_buffer}", param="shuffle_buffer")
         self.stages = parse_curriculum(self.curriculum, self.payload)
         self.stego = StegoSettings(self.embedding, self.stego_cache, self.workers, self.messages)
         self.model_kwargs = parse_model_args(self.model_kwargs.items()
@@ -112,14 +112,14 @@ def parse_curriculum(curriculum, payload: float) -> list[float]:
     try:
         stages = [float(item) for item in items if str(item).strip()]
     except ValueError:
-        raise InputError(f"--curriculum: expected payloads like 1.0,0.7,0.4; got {curriculum!r}") from None
+        raise InputError(f"curriculum: expected payloads like 1.0,0.7,0.4; got {curriculum!r}", param="curriculum") from None
     for value in stages:
         if not 0 < value <= 1:
-            raise InputError(f"--curriculum: payload {value} outside (0, 1] bits per pixel")
+            raise InputError(f"curriculum: payload {value} outside (0, 1] bits per pixel", param="curriculum")
     if any(b > a for a, b in zip(stages, stages[1:])):
-        raise InputError(f"--curriculum: payloads must go down to the target; got {curriculum!r}")
+        raise InputError(f"curriculum: payloads must go down to the target; got {curriculum!r}", param="curriculum")
     if stages[-1] < payload:
-        raise InputError(f"--curriculum: ends at {stages[-1]} below the target payload {payload}")
+        raise InputError(f"curriculum: ends at {stages[-1]} below the target payload {payload}", param="curriculum")
     if stages[-1] != payload:
         stages.append(payload)
     return stages
@@ -133,7 +133,7 @@ def parse_model_args(items) -> dict:
             key, value = item
         else:
             if "=" not in item:
-                raise InputError(f"--model-arg: expected KEY=VALUE; got {item!r}")
+                raise InputError(f"model_arg: expected KEY=VALUE; got {item!r}", param="model_arg")
             key, value = item.split("=", 1)
             value = _literal(value)
         kwargs[key.strip()] = value

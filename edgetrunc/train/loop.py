@@ -162,13 +162,13 @@ def build_model(config) -> tuple:
         try:
             net = create(config.model, seed=int(config.seed), **config.model_kwargs)
         except (TypeError, ValueError) as exc:
-            raise InputError(f"--model {config.model}: {exc}") from None
+            raise InputError(f"model {config.model}: {exc}", param="model") from None
     compile_detector(net, strategy, config.lr)
     geometry = require_image_geometry(net, f"--model {config.model}", "train")
     output_shape = tuple(net.output_shape[1:]) if not isinstance(net.output_shape, list) else None
     if output_shape != (2,):
-        raise InputError(f"--model {config.model}: output shape {output_shape}; train needs a "
-                         "two-way (cover, stego) softmax detector [N, 2], e.g. tlunet")
+        raise InputError(f"model {config.model}: output shape {output_shape}; train needs a "
+                         "two-way (cover, stego) softmax detector [N, 2], e.g. tlunet", param="model")
     return net, strategy, geometry
 
 

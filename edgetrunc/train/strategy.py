@@ -54,7 +54,7 @@ def check_strategy(name) -> str:
     """`name` when it is a strategy `make_strategy` knows, else an `InputError`."""
     if name in STRATEGIES or (isinstance(name, str) and name.startswith("one:") and name[4:]):
         return name
-    raise InputError(f"--strategy: expected default, mirrored, multiworker or one:DEVICE; got {name!r}")
+    raise InputError(f"strategy: expected default, mirrored, multiworker or one:DEVICE; got {name!r}", param="strategy")
 
 
 def read_cluster(strategy: str, environ=None) -> Cluster:
@@ -64,8 +64,8 @@ def read_cluster(strategy: str, environ=None) -> Cluster:
         return SINGLE_MACHINE
     text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
     if not text.strip():
-        raise InputError("--strategy multiworker: TF_CONFIG is not set; give every node the "
-                         f"same cluster and its own task, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}'")
+        raise InputError("strategy multiworker: TF_CONFIG is not set; give every node the "
+                         f"same cluster and its own task, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}'", param="strategy")
     return parse_tf_config(text)
 
 
@@ -163,8 +163,8 @@ def replicas_per_worker(strategy, workers: int, batch_pairs: int) -> int:
     pairs is split evenly between them, so they must divide it."""
     per_worker = max(1, int(strategy.num_replicas_in_sync) // workers)
     if batch_pairs % per_worker:
-        raise InputError(f"--batch-size: {batch_pairs} pairs per worker do not split evenly "
-                         f"over the {per_worker} replicas of each worker")
+        raise InputError(f"batch_size: {batch_pairs} pairs per worker do not split evenly "
+                         f"over the {per_worker} replicas of each worker", param="batch_size")
     return per_worker
 
 
