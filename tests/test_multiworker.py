@@ -69,8 +69,9 @@ def test_tf_config_is_read_only_for_multiworker():
         read_cluster("multiworker", {})
     assert read_cluster("multiworker", {"TF_CONFIG": tf_config(["a:1"])}).workers == 1
     assert check_strategy("multiworker") == "multiworker"
-    with pytest.raises(InputError, match="--strategy"):
+    with pytest.raises(InputError, match="^strategy") as refused:
         check_strategy("one:")
+    assert refused.value.param == "strategy"
 
 
 @pytest.mark.parametrize("env", [None, "{not json", tf_config(["a:1", "a:1"]),
