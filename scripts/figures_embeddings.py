@@ -4,7 +4,8 @@
 given settings will use (the training tiles' K messages and the validation, test and probe
 tiles), timed, so that the run's `--time-budget` is spent on training alone.
 `table`: reads each run's `evaluate --json` output, training record and classical-detector
-figures (scripts/classical_detector.py) and prints the markdown tables of the figures section.
+figures (scripts/classical_detector.py) and prints the markdown tables the figures section
+is written from.
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ def _f(value, digits: int = 3) -> str:
 
 def _overview_row(name, cnn, spam, record) -> str:
     t = cnn
-    minutes = record["wall_seconds"] / 60 if record else float("nan")
-    epochs = len(record["epochs"]) if record else 0
+    training = (f"{record['wall_seconds'] / 60:.1f} min, {len(record['epochs'])} epochs"
+                if record else "-")
     return (f"| {name} | {t['pairs']} | {_f(t['auc'])} | **{_f(t['p_e'])}** | "
             f"**{_f(t['p_e_photo_mean'])}** | {_f(spam['test']['auc'])} | {_f(spam['test']['p_e'])} | "
-            f"{_f(spam['test']['p_e_photo_mean'])} | {minutes:.1f} min, {epochs} epochs |")
+            f"{_f(spam['test']['p_e_photo_mean'])} | {training} |")
 
 
 def _photo_rows(cnn, spam) -> list:
