@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+BLOCK = 1 << 20  # values compared at once (float64 temporaries of 8 MB each)
+
 
 def reference_views(value: np.ndarray, ref_shape: tuple):
     """Yield `(array, layout)` views of `value` shaped like the reference (NHWC, NCHW, squeezed)."""
@@ -49,18 +51,23 @@ class ErrorStats:
         self.sq_value = 0.0
 
     def add(self, reference: np.ndarray, value: np.ndarray) -> None:
+        if not reference.size:
+            return
+        if self.shape is None:
+            self.shape = list(reference.shape)
+        elif reference.ndim:
+            self.shape[0] += reference.shape[0]
+        ref_flat, got_flat = np.ravel(reference), np.ravel(value)
+        for start in range(0, ref_flat.size, BLOCK):  # float64 copies of one block at a time
+            self._add_block(ref_flat[start:start + BLOCK], got_flat[start:start + BLOCK])
+
+    def _add_block(self, reference: np.ndarray, value: np.ndarray) -> None:
         ref = reference.astype(np.float64)
         got = value.astype(np.float64)
         signed = ref - got
         both_nan = np.isnan(ref) & np.isnan(got)
         signed[both_nan] = 0.0
         diff = np.abs(signed)
-        if not diff.size:
-            return
-        if self.shape is None:
-            self.shape = list(reference.shape)
-        elif reference.ndim:
-            self.shape[0] += reference.shape[0]
         self.size += diff.size
         nan = np.isnan(diff)
         self.has_nan = self.has_nan or bool(nan.any())
@@ -75,7 +82,7 @@ class ErrorStats:
         self.count += int(diff.size - nan.sum())
         self.sq_diff += float(np.sum(signed ** 2))
         self.sq_ref += float(np.sum(ref ** 2))
-        self.dot += float(np.dot(ref.ravel(), got.ravel()))
+        self.dot += float(np.dot(ref, got))
         self.sq_value += float(np.sum(got ** 2))
 
     @property
