@@ -31,9 +31,15 @@ class InputError(EdgetruncError, ValueError):
         self.param = param
 
     def naming(self, name: str) -> str:
+        """The message with its parameter shown as `name` (a flag), where the message starts
+        with the parameter, or names it right after a leading 'file: '."""
         text = str(self)
-        if self.param and text.startswith(self.param) and text[len(self.param):][:1] in ("", ":", " "):
-            return name + text[len(self.param):]
+        if not self.param:
+            return text
+        for start in [0] + [i + 2 for i in range(len(text)) if text.startswith(": ", i)][:1]:
+            rest = text[start + len(self.param):]
+            if text.startswith(self.param, start) and rest[:1] in ("", ":", " "):
+                return text[:start] + name + rest
         return text
 
 

@@ -115,6 +115,7 @@ def main(argv=None) -> int:
 
     source = Path(args.model)
     note = ""
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     tmp = tempfile.mkdtemp(prefix="edgetrunc-bench-export-")
     if not source.exists():
         from edgetrunc.models import create
@@ -188,7 +189,8 @@ def main(argv=None) -> int:
         f"{' (' + note + ')' if note else ''}. Latency: one 256x256 image, "
         f"{args.runs} interleaved runs per artifact in separate worker processes "
         "(`edgetrunc.runtime.bench`), ai-edge-litert with XNNPACK; minimum and median. The "
-        "machine is shared (2 cores, other jobs running), so the median moves between runs; "
+        f"machine is shared (2 cores, other jobs running; load average at the start: {load}), "
+        "so the median moves between runs; "
         "the minimum is the steadier figure for the ratios.",
         "### int8 vs fp32 TFLite speed", speed,
         "Truncation-aware int8 keeps everything before the first truncation in float: the "

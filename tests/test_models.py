@@ -82,3 +82,16 @@ def test_tlunet_has_about_72_million_multiply_adds():
 
     macs = sum(r["macs"] for r in count_flops(models.create("tlunet", seed=0)))
     assert 70e6 < macs < 74e6
+
+
+def test_flops_of_a_residual_merge_count_one_per_added_element():
+    import keras
+
+    from edgetrunc.models.flops import count_flops
+
+    inputs = keras.Input((8, 8, 2))
+    conv = keras.layers.Conv2D(2, 3, padding="same", use_bias=False, name="conv")(inputs)
+    merged = keras.layers.Add(name="add")([inputs, conv])
+    rows = {r["layer"]: r for r in count_flops(keras.Model(inputs, merged))}
+    assert rows["add"]["flops"] == 8 * 8 * 2
+    assert rows["conv"]["macs"] == 8 * 8 * 2 * 3 * 3 * 2

@@ -83,8 +83,8 @@ def parse_truncation_classes(items) -> dict:
         name, sep, text = str(item).partition("=")
         name = name.strip()
         if not all(part.isidentifier() for part in name.split(">")):
-            raise InputError(f"truncation_class {item}: expected a class name, optionally "
-                             "with its threshold, e.g. TLU or TLU=3.0", param="truncation_class")
+            raise InputError(f"--truncation-class {item}: expected a class name, optionally "
+                             "with its threshold, e.g. TLU or TLU=3.0")
         threshold = None
         if sep:
             try:
@@ -92,8 +92,8 @@ def parse_truncation_classes(items) -> dict:
             except ValueError:
                 threshold = math.nan
             if not (math.isfinite(threshold) and threshold > 0):
-                raise InputError(f"truncation_class {item}: the threshold must be a finite "
-                                 "number > 0, e.g. TLU=3.0", param="truncation_class")
+                raise InputError(f"--truncation-class {item}: the threshold must be a finite "
+                                 "number > 0, e.g. TLU=3.0")
         classes[name] = threshold
     return classes
 
@@ -126,8 +126,8 @@ def map_config_layers(config, truncation_classes=None, custom_objects=None,
             unknown.append(found)
     missing = sorted(set(truncation_classes) - used)
     if missing:
-        raise InputError(f"truncation_class {missing[0]}: no layer of class {missing[0]} "
-                         "and no activation function of that name in the model", param="truncation_class")
+        raise InputError(f"--truncation-class {missing[0]}: no layer of class {missing[0]} "
+                         "and no activation function of that name in the model")
     if unknown:
         raise UnknownLayerClass(unknown)
     return config, mapped

@@ -16,7 +16,8 @@ def count_flops(model) -> list:
 
     Convolutions and dense layers: 2 FLOPs per multiply-add. Pooling: one add per window
     element; batch normalization (inference): 2 per element; activations, truncation,
-    softmax: 1 per element (a tanh counts as one). Input layers count nothing.
+    softmax: 1 per element (a tanh counts as one); merging layers (`Add`, ...): one per element
+    of every input after the first. Input layers count nothing.
     """
     import keras
 
@@ -24,8 +25,11 @@ def count_flops(model) -> list:
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        macs, flops = _layer_cost(layer, tuple(layer.input.shape[1:]),
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        macs, flops = _layer_cost(layer, tuple(inputs[0].shape[1:]),
                                   int(np.prod(tuple(layer.output.shape[1:]))))
+        if len(inputs) > 1:  # Add, Multiply, Concatenate...: one FLOP per input element merged
+            flops = max(flops, (len(inputs) - 1) * int(np.prod(tuple(layer.output.shape[1:]))))
         rows.append({"layer": layer.name, "kind": type(layer).__name__, "macs": int(macs),
                      "flops": int(2 * macs + flops)})
     return rows

@@ -183,7 +183,7 @@ def _compare_layers(report: ArtifactReport, runner, keras_runner, batch, strict_
         return
     _log.info(f"parity: per-layer comparison of {runner.path.name}")
     report.layers, report.first_divergent_layer = compare_artifact_layers(
-        keras_runner, runner.path, report.format, report.precision, batch)
+        keras_runner, runner.path, report.format, report.precision, batch, threads=runner.threads)
     unmapped = [layer.layer for layer in report.layers if layer.status == "unmapped"]
     if unmapped:
         warnings.append(f"{runner.path.name}: layers without an artifact tensor: {', '.join(unmapped)}")

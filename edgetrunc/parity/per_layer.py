@@ -100,26 +100,33 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
 
 def compare_artifact_layers(keras_runner, artifact_path, artifact_format: str, precision: str,
                             batch: np.ndarray, tolerance: float | None = None,
-                            chunk_bytes: int = LAYER_CHUNK_BYTES) -> tuple:
+                            chunk_bytes: int = LAYER_CHUNK_BYTES, threads: int | None = None) -> tuple:
     """Per-layer comparison of one artifact on `batch`; returns `(layers, first divergent layer)`.
 
     The samples are read a few at a time (at most `chunk_bytes` of Keras layer outputs, at
     least one sample), once per pass, and only running statistics are kept, so memory does not
-    grow with the number of samples.
+    grow with the number of samples. The artifact's runner that keeps every tensor lives only
+    for this call; its memory goes back to the OS when it ends.
     """
     if artifact_format not in ("tflite", "onnx"):
         raise InputError(f"{artifact_path}: per-layer comparison supports .tflite and .onnx")
     from edgetrunc.runtime import open_with_intermediates
+    from edgetrunc.runtime.intermediates import intermediate_threads, release_memory
 
-    runner = open_with_intermediates(artifact_path)
     per_sample = keras_runner.layer_output_bytes(tuple(batch.shape[1:]))
     size = max(1, min(len(batch), int(chunk_bytes) // max(per_sample, 1)))
     model = keras_runner.model
     input_layers = {layer.name for layer in model.layers if type(layer).__name__ == "InputLayer"}
     output_layers = [t._keras_history[0].name for t in model.outputs]
-    results, first = _compare_chunks(_ArtifactChunks(keras_runner, runner, batch, size), precision,
-                                     input_layers, output_layers, tolerance,
-                                     keras_runner.single_inbound(), keras_runner.replay)
+    release_memory()  # what the output comparison left, before the largest allocations
+    chunks = _ArtifactChunks(keras_runner, open_with_intermediates(
+        artifact_path, threads=intermediate_threads(threads)), batch, size)
+    try:
+        results, first = _compare_chunks(chunks, precision, input_layers, output_layers, tolerance,
+                                         keras_runner.single_inbound(), keras_runner.replay)
+    finally:
+        chunks.runner = None
+        release_memory()
     return results, attribute_divergence(results, first)
 
 
@@ -133,10 +140,14 @@ class _ArtifactChunks:
     def __iter__(self):
         for start in range(0, len(self.batch), self.size):
             part = self.batch[start:start + self.size]
+            self.runner.infer(part)  # first: an ONNX runner holds its last run's tensors until then
             outputs = self.keras_runner.layer_outputs(part)
-            self.runner.infer(part)
             lazy = {"lazy": True} if self.runner.format == "tflite" else {}
-            yield outputs, self.runner.intermediate_tensors(**lazy)
+            tensors = self.runner.intermediate_tensors(**lazy)
+            yield outputs, tensors
+            outputs.clear()  # this chunk's arrays go before the next chunk's arrive
+            tensors.clear()
+            del outputs, tensors
 
 
 def _compare_chunks(chunks, precision, input_layers, output_layers, tolerance,
@@ -209,16 +220,20 @@ def _read_chosen(chunks, chosen: dict, visit) -> None:
     """Call `visit(layer outputs, {layer: artifact value in the Keras layout})` per chunk."""
     by_key = {entry[2].key: (name, entry[3]) for name, entry in chosen.items()}
     for outputs, tensors in chunks:
-        views = {}
-        for tensor in tensors:
-            if tensor.key not in by_key:
-                continue
-            name, layout = by_key[tensor.key]
-            value = tensor.read()
-            view = None if value is None else view_in_layout(value, outputs[name].shape, layout)
-            if view is not None:
-                views[name] = view
-        visit(outputs, views)
+        visit(outputs, _chunk_views(outputs, tensors, by_key))  # nothing of a chunk outlives it
+
+
+def _chunk_views(outputs: dict, tensors: list, by_key: dict) -> dict:
+    views = {}
+    for tensor in tensors:
+        if tensor.key not in by_key:
+            continue
+        name, layout = by_key[tensor.key]
+        value = tensor.read()
+        view = None if value is None else view_in_layout(value, outputs[name].shape, layout)
+        if view is not None:
+            views[name] = view
+    return views
 
 
 def _assign(chunks, output_layers=()) -> tuple:
@@ -236,18 +251,8 @@ def _assign(chunks, output_layers=()) -> tuple:
             names = list(outputs)
             candidates = _candidates(names, tensors, output_layers)
         for tensor in tensors:
-            if tensor.key not in candidates:
-                continue
-            value = tensor.read()
-            if value is None:
-                continue
-            seen.setdefault(tensor.key, replace(tensor, value=None, load=None))
-            found = errors.setdefault(tensor.key, {})
-            for name in candidates[tensor.key][0]:
-                for view, layout in reference_views(value, outputs[name].shape):
-                    record = found.setdefault((name, layout), [ErrorStats(full=False), 0])
-                    record[0].add(outputs[name], view)
-                    record[1] += 1
+            if tensor.key in candidates:
+                _add_candidate_errors(tensor, outputs, candidates[tensor.key][0], seen, errors)
     best: dict = {}
     for key, tensor in seen.items():
         mentioned, choice = candidates[key][1], None
@@ -263,6 +268,20 @@ def _assign(chunks, output_layers=()) -> tuple:
         if current is None or _better(err, tensor, current[0], current[2]):
             best[name] = (err, tensor.order, tensor, layout)
     return names or [], best
+
+
+def _add_candidate_errors(tensor, outputs: dict, names: list, seen: dict, errors: dict) -> None:
+    """Add the error of `tensor` against each of its candidate layers `names` on one chunk."""
+    value = tensor.read()
+    if value is None:
+        return
+    seen.setdefault(tensor.key, replace(tensor, value=None, load=None))
+    found = errors.setdefault(tensor.key, {})
+    for name in names:
+        for view, layout in reference_views(value, outputs[name].shape):
+            record = found.setdefault((name, layout), [ErrorStats(full=False), 0])
+            record[0].add(outputs[name], view)
+            record[1] += 1
 
 
 def _candidates(names: list, tensors: list, output_layers=()) -> dict:

@@ -8,17 +8,39 @@ per-layer parity check maps to Keras layers; a TFLite runner's `intermediate_ten
 leaves each value unread until `tensor.read()`, so a caller holds one tensor at a time.
 TFLite keeps them with the interpreter's `experimental_preserve_all_tensors` (int8 values dequantized); ONNX Runtime runs a copy of
 the model whose every float node output is marked as a graph output
-(`onnx_with_intermediates`; needs the `onnx` package). No TensorFlow.
+(`onnx_with_intermediates`; needs the `onnx` package). Keeping every tensor costs memory:
+`INTERMEDIATE_THREADS` makes TFLite take its multithreaded float convolution, which needs no
+im2col buffer (kept per convolution otherwise, nine times a 3x3 convolution's input), and
+`release_memory()` hands what a finished runner held back to the OS. No TensorFlow.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from edgetrunc.errors import InputError
+
+INTERMEDIATE_THREADS = 2  # TFLite's im2col-free multithreaded convolution needs more than one
+
+
+def intermediate_threads(threads: int | None = None) -> int:
+    """Threads for a runner that keeps every tensor: `threads`, at least `INTERMEDIATE_THREADS`."""
+    return max(INTERMEDIATE_THREADS, int(threads or 0))
+
+
+def release_memory() -> None:
+    """Collect unreachable objects and return the freed heap to the OS (`malloc_trim` on glibc;
+    elsewhere only the collection)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 @dataclass
