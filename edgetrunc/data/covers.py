@@ -161,8 +161,10 @@ def embedded_covers(names=None, channels: int = 1, min_size: int = TILE) -> list
     return covers
 
 
-def load_cover_dir(path, min_size: int = TILE, channels: int = 1) -> list[Cover]:
-    """Every usable image in the folder `path` (not recursive), as `Cover`s sorted by name.
+def load_cover_dir(path, min_size: int = TILE, channels: int = 1, keep=None) -> list[Cover]:
+    """Every usable image in the folder `path` (not recursive), as `Cover`s sorted by name;
+    `keep(cover)`, when given, is kept instead of each cover as it is read (a streamed
+    training keeps a reference without pixels, so one photo at a time is in memory).
 
     The folder policy of `edgetrunc.data.images.image_files`: hidden files and subfolders
     are ignored; files that cannot be used (no image suffix, not an image, 16-bit, under
@@ -179,8 +181,9 @@ def load_cover_dir(path, min_size: int = TILE, channels: int = 1) -> list[Cover]
         kind = lossy_format(file)
         if kind:
             lossy.append(file.name)
-        covers.append(Cover(name=file.stem, pixels=pixels, origin=str(file),
-                            jpeg_file=kind == "JPEG", blockiness=blockiness(pixels)))
+        cover = Cover(name=file.stem, pixels=pixels, origin=str(file),
+                      jpeg_file=kind == "JPEG", blockiness=blockiness(pixels))
+        covers.append(keep(cover) if keep else cover)
     if not covers:
         error = no_usable_image(folder, skipped, "cover image")
         raise InputError(f"{error}; covers must be at least {min_size}x{min_size} pixels "

@@ -24,12 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetrunc import _log
-from edgetrunc.data.covers import Cover, blockiness, resolve_covers
+from edgetrunc.data.covers import Cover, load_cover_dir, resolve_covers
 from edgetrunc.data.dataset import (PairSet, TrainingTiles, check_payload, dihedral, tile_items,
                                     tile_seed)
-from edgetrunc.data.images import (image_files, iter_folder_images, load_image, lossy_format,
-                                   no_usable_image, report_skipped)
+from edgetrunc.data.images import image_files, load_image
 from edgetrunc.data.stego import embed_lsb_matching
 from edgetrunc.data.stego_cache import as_settings, pixel_digest
 from edgetrunc.data.stego_tiles import pair_stegos, prefill_training, training_stego
@@ -115,37 +113,8 @@ def scan_covers(covers, channels: int = 1, min_size: int = 256) -> list[CoverRef
     memory already keep theirs."""
     if not _is_folder(covers):
         return [_reference(c, channels, True) for c in resolve_covers(covers, channels, min_size)]
-    folder = Path(covers)
-    files, skipped = image_files(folder, "cover folder")
-    if not files and not skipped:
-        raise InputError(f"{folder}: empty folder; expected PNG/PGM/TIFF cover images")
-    refs, lossy = [], []
-    for file, pixels in iter_folder_images(files, skipped, min_size, channels):
-        kind = lossy_format(file)
-        if kind:
-            lossy.append(file.name)
-        refs.append(_reference(Cover(name=file.stem, pixels=pixels, origin=str(file),
-                                     jpeg_file=kind == "JPEG", blockiness=blockiness(pixels)),
-                               channels, False))
-    if not refs:
-        raise InputError(f"{no_usable_image(folder, skipped, 'cover image')}; covers must be at "
-                         f"least {min_size}x{min_size} pixels (the model input; images are "
-                         "tiled, never resized)")
-    seen: dict = {}
-    for ref in refs:
-        seen.setdefault(ref.name, []).append(Path(ref.origin).name)
-    duplicates = sorted((name, same) for name, same in seen.items() if len(same) > 1)
-    if duplicates:
-        name, same = duplicates[0]
-        raise InputError(f"{folder}: {', '.join(same)} share the photo name {name!r}; names "
-                         "without suffix must be unique (the name decides the train/val/test "
-                         "split); rename or remove all but one")
-    report_skipped(folder, skipped)
-    if lossy:
-        _log.warn(f"{folder}: {len(lossy)} lossy cover(s) ({', '.join(lossy[:5])}"
-                  f"{', ...' if len(lossy) > 5 else ''}); stego detectors expect lossless "
-                  "covers and JPEG block traces make detection easier")
-    return refs
+    return load_cover_dir(covers, min_size, channels,
+                          keep=lambda cover: _reference(cover, channels, False))
 
 
 @dataclass

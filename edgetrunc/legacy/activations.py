@@ -12,6 +12,7 @@ a layer with `activation=tlu` gets a linear activation followed by a new `Trunca
 from __future__ import annotations
 
 from edgetrunc.errors import InputError
+from edgetrunc.legacy.config import references_to
 
 # activation functions of Keras that are clips: mapped to Truncation without a given T, and
 # checked against the legacy model (Keras runs them)
@@ -69,19 +70,6 @@ def unknown_activation(node):
     return None
 
 
-def _references(tree, name):
-    """Every `[name, node, tensor, ...]` list in `tree` (Keras 2 links, Keras 3 histories)."""
-    found = []
-    for value in (tree if isinstance(tree, list) else tree.values()
-                  if isinstance(tree, dict) else []):
-        if isinstance(value, list) and len(value) >= 3 and value[0] == name \
-                and isinstance(value[1], int) and isinstance(value[2], int):
-            found.append(value)
-        elif isinstance(value, (list, dict)):
-            found.extend(_references(value, name))
-    return found
-
-
 def insert_after(layers, model_config, index, new_node):
     """Insert `new_node` after `layers[index]` and route every use of that layer through it.
 
@@ -97,7 +85,7 @@ def insert_after(layers, model_config, index, new_node):
             raise InputError(f"layer '{name}' is called {len(inbound or [])} times; its "
                              "activation cannot be split into a Truncation layer")
         users = [layer.get("inbound_nodes", []) for layer in layers[index + 1:]]
-        for reference in _references([users, model_config.get("output_layers", [])], name):
+        for reference in references_to([users, model_config.get("output_layers", [])], name):
             reference[0] = new_node["name"]
         if isinstance(inbound[0], dict):  # Keras 3: call arguments with tensor histories
             history = {"class_name": "__keras_tensor__",

@@ -22,7 +22,7 @@ from edgetrunc.legacy.activations import (
     insert_after,
     unknown_activation,
 )
-from edgetrunc.legacy.config import config_dicts
+from edgetrunc.legacy.config import config_dicts, references_to
 from edgetrunc.legacy.weights import threshold_from_weights
 
 TRUNCATION_CONFIG_KEYS = ("threshold", "T", "t", "thresh", "truncation", "clip_value", "limit",
@@ -232,7 +232,7 @@ def _map_op_layer(layers, model_config, index, node):
     second_name = _layer_name(second_node)
     layers[index] = _truncation_node(node, lower, upper, "clip", [[list(first[:3]) + [{}]]])
     layers.remove(second_node)
-    for reference in _references_to([layers, model_config.get("output_layers", [])], second_name):
+    for reference in references_to([layers, model_config.get("output_layers", [])], second_name):
         reference[0] = name
     return MappedLayer(name, f"tf.maximum + tf.minimum ({second_name})", lower, upper, "clip",
                        "tf.keras 2 op layers tf.maximum/tf.minimum: an exact clip")
@@ -367,19 +367,6 @@ def _tf_op_clip(node):
     return reference, lower, upper
 
 
-def _references_to(tree, name):
-    """Every `[name, node, tensor, ...]` list inside `tree` that refers to layer `name`."""
-    found = []
-    for value in (tree if isinstance(tree, list) else tree.values()
-                  if isinstance(tree, dict) else []):
-        if isinstance(value, list) and len(value) >= 3 and value[0] == name \
-                and isinstance(value[1], int) and isinstance(value[2], int):
-            found.append(value)
-        elif isinstance(value, (list, dict)):
-            found.extend(_references_to(value, name))
-    return found
-
-
 def _fuse_min_max(layers, model_config, node):
     """`tf.maximum(x, a)` then `tf.minimum(., b)` (either order) -> one Truncation(a, b)."""
     config = node.get("config") or {}
@@ -388,8 +375,8 @@ def _fuse_min_max(layers, model_config, node):
         return None
     name = _layer_name(node)
     users = [other for other in layers if other is not node
-             and _references_to(other.get("inbound_nodes", []), name)]
-    outputs = _references_to(model_config.get("output_layers", []), name)
+             and references_to(other.get("inbound_nodes", []), name)]
+    outputs = references_to(model_config.get("output_layers", []), name)
     if len(users) != 1 or outputs:
         return None
     second_node = users[0]

@@ -358,3 +358,17 @@ def functions_stored_by_name(lambda_configs) -> list[tuple]:
         if isinstance(stored, dict) and stored.get("class_name") == "function":
             found.append((config.get("name", "?"), stored.get("config"), stored.get("module")))
     return found
+
+
+def references_to(tree, name):
+    """Every `[name, node, tensor, ...]` list inside `tree` that refers to layer `name`
+    (Keras 2 inbound links and Keras 3 histories alike)."""
+    found = []
+    for value in (tree if isinstance(tree, list) else tree.values()
+                  if isinstance(tree, dict) else []):
+        if isinstance(value, list) and len(value) >= 3 and value[0] == name \
+                and isinstance(value[1], int) and isinstance(value[2], int):
+            found.append(value)
+        elif isinstance(value, (list, dict)):
+            found.extend(references_to(value, name))
+    return found
