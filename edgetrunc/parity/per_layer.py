@@ -119,8 +119,8 @@ def compare_artifact_layers(keras_runner, artifact_path, artifact_format: str, p
     input_layers = {layer.name for layer in model.layers if type(layer).__name__ == "InputLayer"}
     output_layers = [t._keras_history[0].name for t in model.outputs]
     release_memory()  # what the output comparison left, before the largest allocations
-    chunks = _ArtifactChunks(keras_runner, open_with_intermediates(
-        artifact_path, threads=intermediate_threads(threads)), batch, size)
+    chunks = _ArtifactChunks(keras_runner, lambda: open_with_intermediates(
+        artifact_path, threads=intermediate_threads(threads)), artifact_format, batch, size)
     try:
         results, first = _compare_chunks(chunks, precision, input_layers, output_layers, tolerance,
                                          keras_runner.single_inbound(), keras_runner.replay)
@@ -132,22 +132,26 @@ def compare_artifact_layers(keras_runner, artifact_path, artifact_format: str, p
 
 class _ArtifactChunks:
     """`(Keras layer outputs, artifact tensors)` of `size` samples at a time, read anew on every
-    pass over it; TFLite tensors are read one at a time when asked for (`ArtifactTensor.read`)."""
+    pass over it; TFLite tensors are read one at a time when asked for (`ArtifactTensor.read`).
+    A TFLite runner (a fixed arena) serves every chunk; an ONNX runner, which holds its last
+    run's tensors until its next run ends, is opened per chunk, so the tensors of two runs never coexist."""
 
-    def __init__(self, keras_runner, runner, batch: np.ndarray, size: int):
-        self.keras_runner, self.runner, self.batch, self.size = keras_runner, runner, batch, size
+    def __init__(self, keras_runner, open_runner, artifact_format: str, batch: np.ndarray, size: int):
+        self.keras_runner, self.open_runner, self.batch, self.size = keras_runner, open_runner, batch, size
+        self.lazy = artifact_format == "tflite"
+        self.runner = open_runner() if self.lazy else None
 
     def __iter__(self):
         for start in range(0, len(self.batch), self.size):
             part = self.batch[start:start + self.size]
-            self.runner.infer(part)  # first: an ONNX runner holds its last run's tensors until then
+            runner = self.runner or self.open_runner()
+            runner.infer(part)
             outputs = self.keras_runner.layer_outputs(part)
-            lazy = {"lazy": True} if self.runner.format == "tflite" else {}
-            tensors = self.runner.intermediate_tensors(**lazy)
+            tensors = runner.intermediate_tensors(**({"lazy": True} if self.lazy else {}))
             yield outputs, tensors
             outputs.clear()  # this chunk's arrays go before the next chunk's arrive
             tensors.clear()
-            del outputs, tensors
+            del outputs, tensors, runner
 
 
 def _compare_chunks(chunks, precision, input_layers, output_layers, tolerance,
