@@ -26,7 +26,7 @@ from edgetrunc.errors import InputError
 from edgetrunc.keras.activation import output_activation
 from edgetrunc.keras.load import load_model, require_keras_file
 from edgetrunc.keras.runner import predict_probability
-from edgetrunc.metrics import detection_report
+from edgetrunc.metrics import detection_report, is_detector_shape
 from edgetrunc.runtime import open_runner
 from edgetrunc.runtime.scoring import score_batch
 
@@ -46,7 +46,7 @@ def keras_scorer(path, batch_size: int = BATCH_SIZE):
 
 def _require_detector_output(path, shapes) -> None:
     """Evaluation needs one detector output: `[N, 2]` (cover, stego) or `[N, 1]`."""
-    if len(shapes) != 1 or len(shapes[0]) != 2 or shapes[0][1] not in (1, 2):
+    if len(shapes) != 1 or not is_detector_shape(shapes[0]):
         got = f"{len(shapes)} outputs" if len(shapes) != 1 else f"output {list(shapes[0])}"
         raise InputError(f"{path}: {got}; evaluate needs one detector output [N, 2] (cover, "
                          "stego) or [N, 1] (edgetrunc parity compares other outputs)")

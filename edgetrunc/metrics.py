@@ -28,6 +28,12 @@ DECISION_THRESHOLD = 0.5  # stego when the stego probability is >= this
 SOFTMAX_TOLERANCE = 0.02  # int8 outputs dequantize to rows summing to 1 +- a few steps of 1/256
 
 
+def is_detector_shape(shape) -> bool:
+    """Whether an output shape is a detector's: `[N, 2]` (cover, stego) or `[N, 1]`."""
+    shape = tuple(shape)
+    return len(shape) == 2 and shape[1] in (1, 2)
+
+
 def stego_probability(outputs, activation: str | None = None) -> np.ndarray:
     """`[N, 2]` (cover, stego) or `[N]` / `[N, 1]` stego scores -> `[N]` stego scores.
 

@@ -33,7 +33,8 @@ from edgetrunc.export.tflite.inspect import inspect_tflite
 from edgetrunc.keras.load import load_model, require_keras_file
 from edgetrunc.keras.precision import float32_model
 from edgetrunc.keras.truncations import find_truncations
-from edgetrunc.metrics import MAX_ACCURACY_DELTA, MIN_DECISION_AGREEMENT, nearly_constant
+from edgetrunc.metrics import (MAX_ACCURACY_DELTA, MIN_DECISION_AGREEMENT, is_detector_shape,
+                               nearly_constant)
 from edgetrunc.runtime.metadata import artifact_metadata
 
 KERAS_SUFFIXES = (".keras", ".h5")  # a .h5 with lambdas or unknown classes names `edgetrunc migrate`
@@ -109,8 +110,7 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
 
 
 def _is_detector(model) -> bool:
-    output_shape = tuple(model.outputs[0].shape) if len(model.outputs) == 1 else ()
-    return len(output_shape) == 2 and output_shape[1] in (1, 2)
+    return len(model.outputs) == 1 and is_detector_shape(model.outputs[0].shape)
 
 
 def _model_geometry(model, source, needs_int8):

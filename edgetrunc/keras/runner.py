@@ -70,6 +70,19 @@ def predict_probability(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SI
     return np.concatenate(parts) if parts else np.zeros((0,), np.float64)
 
 
+def _single_output_layers(model) -> list:
+    """`[(layer, output tensor)]` of every layer of `model` with one output, in graph order."""
+    pairs = []
+    for layer in model.layers:
+        try:
+            out = layer.output
+        except (AttributeError, ValueError):
+            continue
+        if not isinstance(out, (list, tuple)):
+            pairs.append((layer, out))
+    return pairs
+
+
 class KerasRunner(BaseRunner):
     """Run a Keras model with a compiled `tf.function` on float32 NHWC batches.
 
@@ -131,18 +144,9 @@ class KerasRunner(BaseRunner):
         import keras
 
         if self._layer_model is None:
-            layers, outputs = [], []
-            for layer in self._model.layers:
-                try:
-                    out = layer.output
-                except (AttributeError, ValueError):
-                    continue
-                if isinstance(out, (list, tuple)):
-                    continue
-                layers.append(layer.name)
-                outputs.append(out)
-            self._layer_names = layers
-            self._layer_model = keras.Model(self._model.inputs[0], outputs)
+            pairs = _single_output_layers(self._model)
+            self._layer_names = [layer.name for layer, _ in pairs]
+            self._layer_model = keras.Model(self._model.inputs[0], [out for _, out in pairs])
         if 0 < len(batch) <= self.batch_size:  # one call: its arrays as they come, no concatenated copy
             outputs = compiled_inference(self._layer_model)(np.asarray(batch, np.float32))
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
@@ -155,13 +159,7 @@ class KerasRunner(BaseRunner):
         taken as large as the input's: an upper bound for the usual downsampling nets)."""
         largest = max((int(d) for d in sample_shape), default=1)
         total = 0
-        for layer in self._model.layers:
-            try:
-                out = layer.output
-            except (AttributeError, ValueError):
-                continue
-            if isinstance(out, (list, tuple)):
-                continue
+        for _, out in _single_output_layers(self._model):
             dims = [int(d) if d is not None else largest for d in tuple(out.shape)[1:]]
             total += 4 * int(np.prod(dims, dtype=np.int64))
         return total

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc.errors import InputError, first_line
+from edgetrunc.metrics import is_detector_shape
 from edgetrunc.runtime.scoring import probability_from_outputs, run_batched, runner_activation
 
 DEFAULT_BATCH_SIZE = 16
@@ -55,7 +56,7 @@ class RunResults:
 def detector_probability(outputs: dict, name: str, activation: str | None = None):
     """Stego probability `[N]` if the outputs look like a detector's (`[N, 2]` or `[N, 1]`), else None."""
     first = next(iter(outputs.values()), None)
-    if first is None or first.ndim != 2 or first.shape[1] not in (1, 2):
+    if first is None or not is_detector_shape(first.shape):
         return None
     try:
         return probability_from_outputs(outputs, name, activation)

@@ -25,7 +25,7 @@ import numpy as np
 from edgetrunc.data.geometry import ImageGeometry, image_geometry, why_not_image
 from edgetrunc.data.images import TILE, load_image, tile_image, tile_positions, to_model_input
 from edgetrunc.errors import InputError
-from edgetrunc.metrics import DECISION_THRESHOLD, stego_probability
+from edgetrunc.metrics import DECISION_THRESHOLD, is_detector_shape, stego_probability
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -93,7 +93,7 @@ def probability_from_outputs(outputs: dict, name: str = "", activation: str | No
     if not outputs:
         raise InputError(f"{name}: the model produced no output")
     values = np.asarray(next(iter(outputs.values())), dtype=np.float64)
-    if values.ndim != 2 or values.shape[1] not in (1, 2):
+    if not is_detector_shape(values.shape):
         raise InputError(f"{name}: expected a detector output [N, 2] (cover, stego); "
                          f"got shape {list(values.shape)}")
     probability = stego_probability(values, activation)
