@@ -200,8 +200,8 @@ def test_layer_without_builtin_op_is_named():
 
 
 def test_packed_fp16_front_end_keeps_the_float32_weights(converted):
-    """Packing re-lays the front end's kernel four pixels per channel: the same float32 values
-    (and exact zeros), nothing rounded to fp16."""
+    """Packing re-lays the front end's kernel over 2x2 blocks of pixels: the same float32
+    values (and exact zeros), nothing rounded to fp16."""
     from edgetrunc.export.tflite.graph import Graph, read_model
     from edgetrunc.models import high_pass_bank
 
@@ -213,7 +213,7 @@ def test_packed_fp16_front_end_keeps_the_float32_weights(converted):
     kernel, _, _ = high_pass_bank("kv")
     kernel = kernel.astype(np.float32)
     assert set(np.unique(front[front != 0])) == set(np.unique(kernel[kernel != 0]))
-    assert np.count_nonzero(front) == 4 * np.count_nonzero(kernel)  # one copy per packed pixel
+    assert np.count_nonzero(front) == 4 * np.count_nonzero(kernel)  # one copy per pixel of a block
 
 
 def test_fp16_keeps_the_front_end_and_bounds_exact(converted):

@@ -11,6 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 from edgetrunc.export import export_onnx, export_tflite, find_truncations, inspect_onnx  # noqa: E402
 from edgetrunc.export import inspect_tflite, tflite_ops  # noqa: E402
 from edgetrunc.export.tflite.graph import SATURATION_MARK  # noqa: E402
+from edgetrunc.export.tflite.packing import space_to_depth_kernel  # noqa: E402
 from edgetrunc.models import create  # noqa: E402
 
 SIZE = 32
@@ -140,10 +141,11 @@ def test_front_end_before_the_truncation_stays_float(model, tflite_int8, onnx_in
     from edgetrunc.models import high_pass_bank
 
     kernel, _, _ = high_pass_bank("kv")
-    packed = graph.constant(int(convs[0].inputs[1])).reshape(4, 5, 3, 4)  # 4 pixels per channel
+    packed = graph.constant(int(convs[0].inputs[1])).reshape(4, 3, 3, 4)  # 2x2 blocks
     taps = set(np.round(packed[packed != 0] * 12).astype(int).tolist())
     assert taps == set(np.round(kernel[kernel != 0] * 12).astype(int).tolist())
-    np.testing.assert_array_equal(packed[0, :, 1, :3], kernel[:, 2:, 0, 0])  # exact fp32 taps
+    np.testing.assert_array_equal(  # exact fp32 taps
+        packed, space_to_depth_kernel(kernel.transpose(3, 0, 1, 2).astype(np.float32)))
     proto = onnx_int8["aware"]
     initializers = {i.name for i in proto.graph.initializer}
     conv_weights = [n.input[1] for n in proto.graph.node if n.op_type == "Conv"]
@@ -164,16 +166,19 @@ def test_int8_without_xnnpack_splits_is_one_partition(tflite_int8):
 
 
 def test_packed_front_end_matches_the_plain_one():
-    """The 4-pixels-per-channel rewrite of one-channel convolutions (on by default) changes no
-    result; `literal=True` leaves it out."""
+    """The space-to-depth rewrite of the chain of one-channel convolutions (on by default)
+    changes no result; `literal=True` leaves it out."""
+    from edgetrunc.parity._layer_stats import view_in_layout
     from edgetrunc.runtime.tflite_runner import TFLiteRunner
 
     model = create("tlunet", input_shape=(32, 64, 1), seed=2)
     plain = export_tflite(model, "fp32", literal=True)
     applied = []
     packed = export_tflite(model, "fp32", applied=applied)
-    assert applied == ["pack_front_end"]
-    assert tflite_ops(packed)["RESHAPE"] == 4 and "RESHAPE" not in tflite_ops(plain)
+    assert applied == ["pack_front_end", "activations_before_unpack"]
+    ops = tflite_ops(packed)
+    assert ops["SPACE_TO_DEPTH"] == ops["DEPTH_TO_SPACE"] == 1  # both convolutions, one chain
+    assert "SPACE_TO_DEPTH" not in tflite_ops(plain)
     x = np.random.default_rng(1).uniform(0, 255, (3, 32, 64, 1)).astype(np.float32)
     a = TFLiteRunner(plain, preserve_all_tensors=True)
     b = TFLiteRunner(packed, preserve_all_tensors=True)
@@ -181,8 +186,38 @@ def test_packed_front_end_matches_the_plain_one():
                                atol=1e-5)
     name = next(d["name"] for d in a.tensor_details() if "group1_conv" in d["name"]
                 and len(d["shape"]) == 4 and d["shape"][-1] == 8)
-    np.testing.assert_allclose(b.get_tensor_by_name(name), a.get_tensor_by_name(name),
+    expected = a.get_tensor_by_name(name)
+    got = b.get_tensor_by_name(name)
+    assert got.shape == (3, 16, 32, 32)  # packed in place: [N, H/2, W/2, 4 * 8]
+    np.testing.assert_allclose(view_in_layout(got, expected.shape, "space-to-depth 2"), expected,
                                rtol=1e-5, atol=1e-3)
+
+
+def test_int8_valid_pool_and_batch_norm_are_one_depthwise_convolution(model, tflite_int8):
+    """The seed block's VALID 5x5 pool and its batch normalization become one int8 depthwise
+    convolution whose taps are the normalization's scale / 25, stored per channel as +-127."""
+    from edgetrunc.export.tflite.graph import Graph, read_model
+
+    ops = tflite_ops(tflite_int8["aware"])
+    assert ops["DEPTHWISE_CONV_2D"] == 1 and "MUL" not in ops
+    graph = Graph(read_model(tflite_int8["aware"]))
+    order = [graph.op_name(op) for op in graph.g.operators]
+    # the saturating QUANTIZE (the truncation) and the int8 TANH run on the packed values
+    assert order[:7] == ["SPACE_TO_DEPTH", "CONV_2D", "CONV_2D", "QUANTIZE", "TANH",
+                         "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D"]
+    (op,) = [op for op in graph.g.operators if graph.op_name(op) == "DEPTHWISE_CONV_2D"]
+    weights = graph.g.tensors[int(op.inputs[1])]
+    raw = np.frombuffer(bytes(bytearray(graph.model.buffers[weights.buffer].data)), np.int8)
+    assert set(np.abs(raw).tolist()) <= {0, 127}
+    bn = model.get_layer("group1_bn")
+    gamma, beta, mean, variance = (np.asarray(w) for w in bn.get_weights())
+    scale = gamma / np.sqrt(variance + bn.epsilon)
+    np.testing.assert_allclose(np.asarray(weights.quantization.scale), np.abs(scale) / 25 / 127,
+                               rtol=1e-5)
+    assert "group1_bn" in graph.tensor_name(int(op.outputs[0]))
+    assert "DEPTHWISE_CONV_2D" not in tflite_ops(
+        export_tflite(model, "int8", calibration=np.zeros((2, SIZE, SIZE, 1), np.float32),
+                      literal=True))
 
 
 def _two_truncations():

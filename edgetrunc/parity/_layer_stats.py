@@ -15,7 +15,8 @@ BLOCK = 1 << 20  # values compared at once (float64 temporaries of 8 MB each)
 
 
 def reference_views(value: np.ndarray, ref_shape: tuple):
-    """Yield `(array, layout)` views of `value` shaped like the reference (NHWC, NCHW, squeezed)."""
+    """Yield `(array, layout)` views of `value` shaped like the reference (NHWC, NCHW, squeezed,
+    or NHWC packed by space-to-depth: `[N, H/b, W/b, b*b*C]` with TFLite's channel order)."""
     if value.shape == ref_shape:
         yield value, "NHWC" if value.ndim == 4 else "same"
     if value.ndim == 4 and len(ref_shape) == 4 and value.transpose(0, 2, 3, 1).shape == ref_shape:
@@ -23,6 +24,23 @@ def reference_views(value: np.ndarray, ref_shape: tuple):
     if value.size == int(np.prod(ref_shape)) and value.shape != ref_shape and (
             [d for d in value.shape if d != 1] == [d for d in ref_shape if d != 1]):
         yield value.reshape(ref_shape), "reshaped"
+    block = space_to_depth_block(value.shape, ref_shape)
+    if block:
+        n, h, w, _ = value.shape
+        channels = ref_shape[3]
+        yield (value.reshape(n, h, w, block, block, channels).transpose(0, 1, 3, 2, 4, 5)
+               .reshape(ref_shape)), f"space-to-depth {block}"
+
+
+def space_to_depth_block(shape: tuple, ref_shape: tuple) -> int | None:
+    """`b` > 1 if `shape` is `ref_shape` `[N, H, W, C]` packed as `[N, H/b, W/b, b*b*C]`."""
+    if len(shape) != 4 or len(ref_shape) != 4 or shape[0] != ref_shape[0] or not shape[1]:
+        return None
+    block = ref_shape[1] // shape[1]
+    if block > 1 and ref_shape[1] == block * shape[1] and ref_shape[2] == block * shape[2] \
+            and shape[3] == block * block * ref_shape[3]:
+        return block
+    return None
 
 
 def view_in_layout(value: np.ndarray, ref_shape: tuple, layout: str):

@@ -227,17 +227,19 @@ def quantization_parameters():
     return schema_module().QuantizationParametersT()
 
 
-def opcode_index(model_t, builtin_name: str) -> int:
-    """Index of the operator code of builtin `builtin_name`, added if the model lacks it."""
+def opcode_index(model_t, builtin_name: str, version: int = 1) -> int:
+    """Index of the operator code of builtin `builtin_name` at `version` or above, added if
+    the model lacks it (an existing code is raised to `version`)."""
     schema = schema_module()
     code = getattr(schema.BuiltinOperator, builtin_name)
     for i, c in enumerate(model_t.operatorCodes):
         if max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) == code:
+            c.version = max(int(c.version), version)
             return i
     entry = schema.OperatorCodeT()
     entry.builtinCode = code
     entry.deprecatedBuiltinCode = min(code, 127)
-    entry.version = 1
+    entry.version = version
     model_t.operatorCodes.append(entry)
     return len(model_t.operatorCodes) - 1
 
@@ -279,31 +281,6 @@ def const_tensor(graph, name, array, tensor_type):
     tensor.name = name
     graph.g.tensors.append(tensor)
     return len(graph.g.tensors) - 1
-
-
-def activation_tensor(graph, name, shape):
-    """A new float32 activation tensor of `shape` with a free batch dimension."""
-    schema = schema_module()
-    tensor = schema.TensorT()
-    tensor.shape = np.array([1, *shape[1:]], np.int32)
-    tensor.shapeSignature = np.array([-1, *shape[1:]], np.int32)
-    tensor.type = schema.TensorType.FLOAT32
-    tensor.buffer = 0
-    tensor.name = name
-    graph.g.tensors.append(tensor)
-    return len(graph.g.tensors) - 1
-
-
-def reshape_op(graph, source, target, shape, name):
-    """A RESHAPE of tensor `source` into `target` of `shape`."""
-    schema = schema_module()
-    shape_tensor = const_tensor(graph, f"{name}/shape", np.array(shape, np.int32),
-                                schema.TensorType.INT32)
-    op = new_op(opcode_index(graph.model, "RESHAPE"), [source, shape_tensor], [target])
-    op.builtinOptionsType = schema.BuiltinOptions.ReshapeOptions
-    op.builtinOptions = schema.ReshapeOptionsT()
-    op.builtinOptions.newShape = np.array(shape, np.int32)
-    return op
 
 
 def set_metadata(model_t, data: bytes) -> None:

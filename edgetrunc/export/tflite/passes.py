@@ -2,21 +2,26 @@
 
 As in tf2onnx's optimizer list, each pipeline reads top to bottom:
 
-- `FP32_PASSES`: `pack_front_end` (exact: the same products plus exact zeros).
+- `FP32_PASSES`: `pack_front_end` (exact: the same products plus exact zeros), then
+  `activations_before_unpack` (the same elementwise ops on the packed values).
 - `FP16_PASSES`: `exact_fp16_front_end` (fp32 values for the truncation bounds and the
-  weights before the first truncation), then `pack_front_end`.
+  weights before the first truncation), then the two layout passes.
 - truncation-aware int8, around the converter's quantizer: `INT8_CALIBRATED_PASSES` on the
   calibrated float model (`pin_truncation_ranges`: the range of each truncation's tensors
   is exactly `[lower, upper]`; `mark_float_ops`: what the quantizer leaves float), then
   `INT8_QUANTIZED_PASSES` on the quantized one (`saturate_truncations`: int8 saturation
-  performs the clip, MINIMUM/MAXIMUM removed; `float_islands`; `pack_front_end`).
+  performs the clip, MINIMUM/MAXIMUM removed; `float_islands`; `valid_pools_as_depthwise`:
+  a VALID average pool and the batch normalization after it become one int8 depthwise
+  convolution; the two layout passes, after which the saturating QUANTIZE runs on the
+  packed values and the unpacking moves int8).
 
 A pass is `pass_(model_t, context) -> bool`: it edits the `ModelT` in place and says whether
 it changed it. `run_passes` reads the flatbuffer once, runs a list, notes in
 `context.applied` the name of each pass that changed the model (the manifest's "passes")
 and writes it back only when one did. `PassContext` holds what passes read (the
 truncations, options, the fp32 twin of an fp16 model) and what `mark_float_ops` leaves for
-the quantizer. Layout rewrites (`pack_front_end`) are exact and on by default;
+the quantizer. Layout rewrites (`pack_front_end`, `activations_before_unpack`; see
+`export.tflite.packing`) are exact and on by default;
 `literal=True` skips them (a one-to-one translation of the converter's graph).
 """
 
@@ -29,6 +34,7 @@ import numpy as np
 from edgetrunc.errors import InputError
 from edgetrunc.export.candidates import layer_hints, match_clips
 from edgetrunc.export.tflite import graph as tg
+from edgetrunc.export.tflite import packing, pooling
 
 # Ops that XNNPACK runs in float but not in signed int8: kept float (between DEQUANTIZE and
 # QUANTIZE, which XNNPACK does run) so the whole graph stays in as few partitions as possible.
@@ -39,7 +45,6 @@ INT8_KEEP_FLOAT = ("AVERAGE_POOL_2D", "SOFTMAX")
 # 0.95 to 0.99-1.0; everything else after the truncation (convolutions, TANH lookup tables,
 # pooling, the classifier) is int8.
 INT8_FLOAT_TYPES = ("MUL", "ADD")
-PACK = 4
 
 
 @dataclass
@@ -268,83 +273,31 @@ def _drop_requantize_pairs(graph, quantize, dequantize) -> bool:
 
 
 def pack_front_end(model_t, context: PassContext) -> bool:
-    """Unless `context.literal`: pack every float one-channel convolution 4 pixels per
-    channel (see `pack_single_channel_convs`)."""
+    """Unless `context.literal`: run every chain of float one-channel convolutions in a 2x2
+    space-to-depth layout (`packing.pack_convolution_chains`)."""
     if context.literal:
         return False
-    return pack_single_channel_convs(model_t, range(len(model_t.subgraphs[0].operators))) > 0
+    return packing.pack_convolution_chains(model_t) > 0
 
 
-def _packable(graph, op) -> bool:
-    schema = tg.schema_module()
-    xt, wt = graph.g.tensors[int(op.inputs[0])], graph.g.tensors[int(op.inputs[1])]
-    options = op.builtinOptions
-    shape = [int(d) for d in xt.shape] if xt.shape is not None else []
-    return not (graph.constant(int(op.inputs[1])) is None
-                or int(wt.type) != schema.TensorType.FLOAT32 or int(xt.type) != 0
-                or len(shape) != 4 or shape[3] != 1 or shape[2] % PACK
-                or options.padding != schema.Padding.SAME or options.strideW != 1
-                or options.strideH != 1 or options.dilationWFactor != 1
-                or options.dilationHFactor != 1)
+def valid_pools_as_depthwise(model_t, context: PassContext) -> bool:
+    """Unless `context.literal`: each int8 DEQUANTIZE -> VALID AVERAGE_POOL_2D -> [MUL] ->
+    [ADD] -> QUANTIZE becomes one int8 DEPTHWISE_CONV_2D (`pooling.pools_as_depthwise`)."""
+    if context.literal:
+        return False
+    return pooling.pools_as_depthwise(model_t) > 0
 
 
-def _packed_kernel(kernel, c_out, kh, kw):
-    """`[Cout, kh, kw]` taps -> `[PACK * Cout, kh, 2 * cells + 1, PACK]` over packed pixels."""
-    reach = kw // 2
-    cells = -(-reach // PACK)
-    packed = np.zeros((PACK * c_out, kh, 2 * cells + 1, PACK), np.float32)
-    for j in range(PACK):
-        for dx in range(-cells, cells + 1):
-            for i in range(PACK):
-                column = PACK * dx + i - j + reach
-                if 0 <= column < kw:
-                    packed[j * c_out:(j + 1) * c_out, :, dx + cells, i] = kernel[:, :, column]
-    return packed
+def activations_before_unpack(model_t, context: PassContext) -> bool:
+    """Unless `context.literal`: run the truncation and activation ops that follow a packed
+    chain before its unpacking (`packing.elementwise_before_unpack`)."""
+    if context.literal:
+        return False
+    return packing.elementwise_before_unpack(model_t) > 0
 
 
-def pack_single_channel_convs(model_t, op_indices) -> int:
-    """Rewrite each float CONV_2D (one input channel, stride 1, SAME, W divisible by 4) among
-    `op_indices` into RESHAPE -> CONV_2D -> RESHAPE over 4 adjacent pixels packed into
-    channels: `[N, H, W, 1]` becomes `[N, H, W/4, 4]`, a 5x5 kernel becomes 5x3 with 4 input
-    and 4*Cout output channels (zero taps where a pixel is out of reach), and the output is
-    reshaped back to `[N, H, W, Cout]` under its original name. The sums are the same
-    products plus exact zeros; XNNPACK runs the packed form 2-3x faster because one channel
-    wastes its vector lanes. Returns the number of convolutions rewritten."""
-    float32 = tg.schema_module().TensorType.FLOAT32
-    graph = tg.Graph(model_t)
-    chosen = set(op_indices)
-    operators, packed = [], 0
-    for index, op in enumerate(graph.g.operators):
-        if index not in chosen or graph.op_name(op) != "CONV_2D" or not _packable(graph, op):
-            operators.append(op)
-            continue
-        x, w = int(op.inputs[0]), int(op.inputs[1])
-        bias = int(op.inputs[2]) if len(op.inputs) > 2 else -1
-        c_out, kh, kw, _ = (int(d) for d in graph.g.tensors[w].shape)
-        kernel = graph.constant(w).reshape(c_out, kh, kw).astype(np.float32)
-        name = graph.tensor_name(int(op.outputs[0]))
-        _, h, width, _ = (int(d) for d in graph.g.tensors[x].shape)
-        x_packed = tg.activation_tensor(graph, f"{name}/packed_input", [1, h, width // PACK, PACK])
-        y_packed = tg.activation_tensor(graph, f"{name}/packed", [1, h, width // PACK, PACK * c_out])
-        inputs = [x_packed, tg.const_tensor(graph, f"{name}/packed_kernel",
-                                            _packed_kernel(kernel, c_out, kh, kw), float32)]
-        if bias >= 0:
-            values = graph.constant(bias)
-            values = np.zeros(c_out) if values is None else values
-            inputs.append(tg.const_tensor(graph, f"{name}/packed_bias",
-                                          np.tile(values.astype(np.float32), PACK), float32))
-        y = int(op.outputs[0])
-        op.inputs = np.array(inputs, np.int32)
-        op.outputs = np.array([y_packed], np.int32)
-        operators += [tg.reshape_op(graph, x, x_packed, [-1, h, width // PACK, PACK], f"{name}/pack"),
-                      op,
-                      tg.reshape_op(graph, y_packed, y, [-1, h, width, c_out], f"{name}/unpack")]
-        packed += 1
-    graph.g.operators = operators
-    return packed
-
-
-FP32_PASSES = [pack_front_end]
-FP16_PASSES = [exact_fp16_front_end, pack_front_end]
+FP32_PASSES = [pack_front_end, activations_before_unpack]
+FP16_PASSES = [exact_fp16_front_end, pack_front_end, activations_before_unpack]
 INT8_CALIBRATED_PASSES = [pin_truncation_ranges, mark_float_ops]
-INT8_QUANTIZED_PASSES = [saturate_truncations, float_islands, pack_front_end]
+INT8_QUANTIZED_PASSES = [saturate_truncations, float_islands, valid_pools_as_depthwise,
+                         pack_front_end, activations_before_unpack]
