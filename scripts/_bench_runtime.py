@@ -120,6 +120,7 @@ def tlunet_section(source: str, timings: dict, runs: int, note: str, bench_rows:
     ]
     if note:
         lines += ["", f"Artifacts: {note}."]
+    lines += ["", target_table(timings)]
     if bench_rows:
         lines += [
             "",
@@ -141,6 +142,32 @@ def tlunet_section(source: str, timings: dict, runs: int, note: str, bench_rows:
     return "\n".join(lines)
 
 
+SPEED_TARGETS = [("TFLite fp32", 1.3), ("TFLite int8", 2.0), ("ONNX Runtime fp32", 1.5)]
+
+
+def _verdict(p50_ratio: float, min_ratio: float, target: float) -> str:
+    if p50_ratio >= target and min_ratio >= target:
+        return "met"
+    if max(p50_ratio, min_ratio) >= target:
+        return "met by the " + ("p50" if p50_ratio >= target else "min") + " only"
+    return "missed"
+
+
+def target_table(timings: dict) -> str:
+    """The speed targets at 1 thread against the Keras compiled call of the same run."""
+    keras = timings[("Keras compiled call (tf.function)", "TF default")]
+    rows = []
+    for label, target in SPEED_TARGETS:
+        t = timings.get((label, 1))
+        if t is None:
+            continue
+        p50_ratio, min_ratio = keras["p50"] / t["p50"], keras["min"] / t["min"]
+        rows.append([f"{label}, 1 thread", f">= {target:.1f}x", f"{p50_ratio:.2f}x",
+                     f"{min_ratio:.2f}x", _verdict(p50_ratio, min_ratio, target)])
+    return "\n".join(["Speed targets (1 thread against the Keras compiled call of the same run):", "",
+                      markdown_table(["artifact", "target", "p50", "min", "verdict"], rows)])
+
+
 def flops_section(model, source: str, timings: dict, peaks: dict) -> str:
     from edgetrunc.models.flops import count_flops
 
@@ -160,7 +187,9 @@ def flops_section(model, source: str, timings: dict, peaks: dict) -> str:
         achieved.append([count, f"{t['p50']:.2f} / {t['min']:.2f}",
                          f"{rate['p50']:.2f} / {rate['min']:.2f}", f"{peak:.1f}" if peak else "?",
                          f"{100 * rate['p50'] / peak:.1f}% / {100 * rate['min'] / peak:.1f}%"
-                         if peak else "?"])
+                         if peak else "?",
+                         _verdict(rate["p50"] / peak, rate["min"] / peak, 0.25)
+                         if peak and count == 1 else "-"])
     lines = [
         "## FLOPs of tlunet and achieved throughput",
         "",
@@ -180,6 +209,7 @@ def flops_section(model, source: str, timings: dict, peaks: dict) -> str:
         "are lower bounds (the second core is rarely free).",
         "",
         markdown_table(["threads", "TFLite fp32 ms (p50 / min)", "achieved GFLOP/s (p50 / min)",
-                        "numpy GEMM GFLOP/s", "fraction of peak (p50 / min)"], achieved),
+                        "numpy GEMM GFLOP/s", "fraction of peak (p50 / min)",
+                        "target >= 25% at 1 thread"], achieved),
     ]
     return "\n".join(lines)

@@ -32,7 +32,8 @@ def add_arguments(p) -> None:
                    "comparison (default: truncation-aware)")
     p.add_argument("--literal", action="store_true",
                    help="a one-to-one translation: skip the exact layout rewrites (packing "
-                   "one-channel convolutions 4 pixels per channel), which are on by default")
+                   "one-channel convolutions over 2x2 blocks of pixels, int8 VALID pools as "
+                   "depthwise convolutions), which are on by default")
     p.add_argument("--pack-front-end", action="store_true",
                    help="accepted for old command lines and does nothing: packing the "
                    "one-channel front end is now the default (see --literal)")

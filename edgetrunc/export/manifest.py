@@ -68,7 +68,7 @@ def quantization_entry(fmt, precision, int8_io, int8_mode, calib, literal=False)
             entry["float_op_types"] = list(INT8_FLOAT_TYPES)
             entry["float_inside_xnnpack"] = list(INT8_KEEP_FLOAT)
             entry["front_end"] = ("float" if literal else
-                                  "float, one-channel convolutions packed 4 pixels per channel")
+                                  "float, one-channel convolutions packed over 2x2 blocks")
         else:
             entry["int8_op_types"] = list(ONNX_INT8_TYPES)
     if fmt == "onnx":

@@ -9,8 +9,10 @@ never rounded away), the convolutions after it are quantized to int8 (cheap elem
 ops, activations and the classifier tail stay float: `INT8_FLOAT_TYPES`), and the
 MINIMUM/MAXIMUM pair of each truncation is removed: int8 saturation at the producer's output
 performs the clip (to within half a quantization step, (upper - lower) / 510). The float
-one-channel convolutions of the front end are packed 4 pixels per channel for XNNPACK (in
-every precision unless `literal=True`), and ops XNNPACK cannot run in int8 run in float
+one-channel convolutions of the front end run over 2x2 blocks of pixels packed into
+channels for XNNPACK, with the truncation and activations before the unpacking (in every
+precision unless `literal=True`), a VALID int8 pool with its batch normalization is one
+int8 depthwise convolution, and ops XNNPACK cannot run in int8 run in float
 inside the same delegate partition. The steps
 are the passes of `export.tflite.passes`, run in the order of its lists.
 `int8_mode="stock"` gives the converter's plain full-integer model for comparison.
@@ -126,8 +128,9 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
             QUANTIZE (default `INT8_KEEP_FLOAT`: those XNNPACK cannot run in int8).
         float_types: int8 only, op types left unquantized after the truncation (default
             `INT8_FLOAT_TYPES`).
-        literal: skip the exact layout rewrites (packing float one-channel convolutions 4
-            pixels per channel, `pack_single_channel_convs`), which are on by default; the
+        literal: skip the rewrites that are on by default (packing float one-channel
+            convolutions over 2x2 blocks, `packing.pack_convolution_chains`, the ops after
+            them before the unpacking, and int8 VALID pools as depthwise convolutions); the
             truncation-aware int8 passes run either way.
         applied: a list that receives the names of the passes that changed the model.
     """
