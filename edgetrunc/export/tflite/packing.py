@@ -111,13 +111,19 @@ def _chains(graph, block: int) -> list:
     return chains
 
 
-def _packed_copy(graph, tensor, block: int, name: str | None = None) -> int:
-    """A new tensor like `tensor` (type, quantization) in the space-to-depth shape."""
-    source = graph.g.tensors[tensor]
-    twin = copy.deepcopy(source)
+def _packed_twin(graph, tensor, block: int):
+    """A `TensorT` like `tensor` (name, type, quantization) in the space-to-depth shape."""
+    twin = copy.deepcopy(graph.g.tensors[tensor])
     twin.buffer = 0
     _set_packed_shape(twin, block)
-    twin.name = graph.tensor_name(tensor) if name is None else name
+    return twin
+
+
+def _packed_copy(graph, tensor, block: int, name: str | None = None) -> int:
+    """A new tensor like `tensor` in the space-to-depth shape; its index."""
+    twin = _packed_twin(graph, tensor, block)
+    if name is not None:
+        twin.name = name
     graph.g.tensors.append(twin)
     return len(graph.g.tensors) - 1
 
@@ -244,10 +250,7 @@ def _move_before(graph, unpack_index: int, op_index: int) -> None:
     unpack, op = graph.g.operators[unpack_index], graph.g.operators[op_index]
     packed, unpacked, result = int(unpack.inputs[0]), int(unpack.outputs[0]), int(op.outputs[0])
     block = int(unpack.builtinOptions.blockSize)
-    twin = copy.deepcopy(graph.g.tensors[result])
-    twin.buffer = 0
-    _set_packed_shape(twin, block)
-    graph.g.tensors[unpacked] = twin
+    graph.g.tensors[unpacked] = _packed_twin(graph, result, block)
     op.inputs = np.array([packed if int(t) == unpacked else int(t) for t in op.inputs], np.int32)
     op.outputs = np.array([unpacked], np.int32)
     unpack.inputs = np.array([unpacked], np.int32)
