@@ -23,7 +23,7 @@ ARTIFACT_ORDER = [("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"),
                   ("onnx", "fp32"), ("onnx", "int8")]
 
 
-def gemm_peak_gflops(threads: int, n: int = 1024, repeats: int = 20) -> float:
+def gemm_peak_gflops(threads: int, n: int = 1024, repeats: int = 60) -> float:
     """Best float32 GEMM rate of numpy (OpenBLAS) with `threads` BLAS threads, in GFLOP/s."""
     code = (
         "import numpy as np, time\n"
@@ -203,8 +203,9 @@ def flops_section(model, source: str, timings: dict, peaks: dict) -> str:
         markdown_table(["layer", "kind", "M multiply-adds", "MFLOP"], per_layer),
         "",
         "Achieved rate of TFLite fp32 (XNNPACK) = conv + dense FLOPs / p50 latency. The peak is "
-        "estimated by measurement, not from a datasheet: the best of 2 x 20 numpy float32 "
-        "1024x1024 GEMMs (OpenBLAS; at the start and at the end of the run) with the same "
+        "estimated by measurement, not from a datasheet: the best of 3 x 60 numpy float32 "
+        "1024x1024 GEMMs (OpenBLAS; at the start, in the middle and at the end of the run; "
+        "on a shared machine one batch of them can run well below the others) with the same "
         "number of BLAS threads. On a machine shared with other work the 2-thread figures "
         "are lower bounds (the second core is rarely free).",
         "",

@@ -43,7 +43,8 @@ from scripts._benchmd import (log, machine_description, toolchain_versions,  # n
                               update_section)
 
 
-SECTION_ORDER = ("machine", "runtime", "truncation-variants", "flops", "export", "parity", "training")
+SECTION_ORDER = ("machine", "runtime", "truncation-variants", "flops", "profile", "export", "parity",
+                 "training")
 
 
 def order_sections(path: Path, order=SECTION_ORDER) -> None:
@@ -93,6 +94,8 @@ def main(argv=None) -> int:
 
     variants = bench_truncation_variants(runs, warmup)
     update_section("truncation-variants", variants, path=args.out)
+    if not args.quick:
+        peaks = {count: max(peaks[count], gemm_peak_gflops(count)) for count in (1, 2)}
 
     model, source = load_tlunet(args.models)
     artifacts, note = shipped_artifacts(args.models)
@@ -109,6 +112,13 @@ def main(argv=None) -> int:
     if not args.quick:
         peaks = {count: max(peaks[count], gemm_peak_gflops(count)) for count in (1, 2)}
     update_section("flops", flops_section(model, source, timings, peaks), path=args.out)
+    from scripts._bench_profile import bench_profiles, profile_section
+
+    from edgetrunc.models.flops import count_flops
+
+    model_flops = sum(r["flops"] for r in count_flops(model))
+    update_section("profile", profile_section(bench_profiles(artifacts, runs, warmup), runs,
+                                              model_flops), path=args.out)
     from scripts._bench_scaling import bench_scaling, scaling_section
 
     scaling = bench_scaling(model, max(runs // 3, 3), warmup)

@@ -131,8 +131,12 @@ def test_bench_script_writes_its_sections_and_keeps_the_others(tmp_path):
     text = out.read_text()
     assert "<!-- BEGIN training -->\nkept as is\n<!-- END training -->" in text
     starts = [text.index(f"<!-- BEGIN {section} -->")
-              for section in ("machine", "runtime", "truncation-variants", "flops", "training")]
+              for section in ("machine", "runtime", "truncation-variants", "flops", "profile",
+                              "training")]
     assert starts == sorted(starts)
+    profile = text.split("<!-- BEGIN profile -->")[1].split("<!-- END profile -->")[0]
+    assert "**tflite fp32**:" in profile and "**onnx fp32**:" in profile
+    assert "| CONV_2D |" in profile and "| Conv |" in profile
     assert "| TFLite fp32 | 1 |" in text and "| ONNX Runtime fp32 | 2 |" in text
     assert "not found, rows skipped: tflite fp16, tflite int8, onnx int8" in text
     variant_rows = [line for line in text.splitlines() if line.startswith("| seed answer 1")]

@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 from edgetrunc.export import export_onnx, export_tflite, find_truncations, inspect_onnx  # noqa: E402
 from edgetrunc.export import inspect_tflite, tflite_ops  # noqa: E402
 from edgetrunc.export.tflite.graph import SATURATION_MARK  # noqa: E402
-from edgetrunc.export.tflite.packing import space_to_depth_kernel  # noqa: E402
+from edgetrunc.export.blocks import space_to_depth_kernel  # noqa: E402
 from edgetrunc.models import create  # noqa: E402
 
 SIZE = 32
@@ -167,7 +167,8 @@ def test_int8_without_xnnpack_splits_is_one_partition(tflite_int8):
 
 def test_packed_front_end_matches_the_plain_one():
     """The space-to-depth rewrite of the chain of one-channel convolutions (on by default)
-    changes no result; `literal=True` leaves it out."""
+    changes no result; `literal=True` leaves it out. The seed block's VALID pool reads the
+    packed values, so nothing unpacks them."""
     from edgetrunc.parity._layer_stats import view_in_layout
     from edgetrunc.runtime.tflite_runner import TFLiteRunner
 
@@ -175,9 +176,9 @@ def test_packed_front_end_matches_the_plain_one():
     plain = export_tflite(model, "fp32", literal=True)
     applied = []
     packed = export_tflite(model, "fp32", applied=applied)
-    assert applied == ["pack_front_end", "activations_before_unpack"]
+    assert applied == ["pack_front_end", "activations_before_unpack", "pools_as_convolutions"]
     ops = tflite_ops(packed)
-    assert ops["SPACE_TO_DEPTH"] == ops["DEPTH_TO_SPACE"] == 1  # both convolutions, one chain
+    assert ops["SPACE_TO_DEPTH"] == 1 and "DEPTH_TO_SPACE" not in ops  # one chain, not unpacked
     assert "SPACE_TO_DEPTH" not in tflite_ops(plain)
     x = np.random.default_rng(1).uniform(0, 255, (3, 32, 64, 1)).astype(np.float32)
     a = TFLiteRunner(plain, preserve_all_tensors=True)
@@ -193,31 +194,34 @@ def test_packed_front_end_matches_the_plain_one():
                                rtol=1e-5, atol=1e-3)
 
 
-def test_int8_valid_pool_and_batch_norm_are_one_depthwise_convolution(model, tflite_int8):
-    """The seed block's VALID 5x5 pool and its batch normalization become one int8 depthwise
-    convolution whose taps are the normalization's scale / 25, stored per channel as +-127."""
+def test_int8_valid_pool_and_batch_norm_are_one_convolution_over_the_packed_values(
+        model, tflite_int8):
+    """The seed block's VALID 5x5 pool and its batch normalization become one int8 convolution
+    over the packed 2x2 blocks (nothing unpacks them) whose taps are the normalization's
+    scale / 25, stored per output channel as +-127, and exact zeros."""
     from edgetrunc.export.tflite.graph import Graph, read_model
 
     ops = tflite_ops(tflite_int8["aware"])
-    assert ops["DEPTHWISE_CONV_2D"] == 1 and "MUL" not in ops
+    assert "MUL" not in ops and "DEPTH_TO_SPACE" not in ops and "DEPTHWISE_CONV_2D" not in ops
     graph = Graph(read_model(tflite_int8["aware"]))
     order = [graph.op_name(op) for op in graph.g.operators]
     # the saturating QUANTIZE (the truncation) and the int8 TANH run on the packed values
-    assert order[:7] == ["SPACE_TO_DEPTH", "CONV_2D", "CONV_2D", "QUANTIZE", "TANH",
-                         "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D"]
-    (op,) = [op for op in graph.g.operators if graph.op_name(op) == "DEPTHWISE_CONV_2D"]
+    assert order[:6] == ["SPACE_TO_DEPTH", "CONV_2D", "CONV_2D", "QUANTIZE", "TANH", "CONV_2D"]
+    op = graph.g.operators[5]
+    assert graph.producer[int(op.inputs[0])] == 4  # reads the packed TANH
     weights = graph.g.tensors[int(op.inputs[1])]
+    assert list(weights.shape) == [8, 3, 3, 32]  # [C, ceil(5 / 2), ceil(5 / 2), 2 * 2 * C]
     raw = np.frombuffer(bytes(bytearray(graph.model.buffers[weights.buffer].data)), np.int8)
-    assert set(np.abs(raw).tolist()) <= {0, 127}
+    assert set(np.abs(raw).tolist()) == {0, 127} and np.count_nonzero(raw) == 8 * 25
     bn = model.get_layer("group1_bn")
     gamma, beta, mean, variance = (np.asarray(w) for w in bn.get_weights())
     scale = gamma / np.sqrt(variance + bn.epsilon)
     np.testing.assert_allclose(np.asarray(weights.quantization.scale), np.abs(scale) / 25 / 127,
                                rtol=1e-5)
     assert "group1_bn" in graph.tensor_name(int(op.outputs[0]))
-    assert "DEPTHWISE_CONV_2D" not in tflite_ops(
-        export_tflite(model, "int8", calibration=np.zeros((2, SIZE, SIZE, 1), np.float32),
-                      literal=True))
+    literal = tflite_ops(export_tflite(model, "int8", literal=True,
+                                      calibration=np.zeros((2, SIZE, SIZE, 1), np.float32)))
+    assert literal["AVERAGE_POOL_2D"] == ops.get("AVERAGE_POOL_2D", 0) + 1
 
 
 def _two_truncations():

@@ -1,5 +1,8 @@
-"""The exact ONNX layout rewrites: the packed seed-block convolution and the activations moved
-ahead of its unpacking give the literal graph's results; `literal=True` leaves them out."""
+"""The ONNX rewrites for speed: the one-channel chain over 2x2 blocks (SpaceToDepth ->
+Conv ... -> DepthToSpace), the Clip and activation moved ahead of its unpacking, and the
+VALID pool with its batch normalization as convolutions over the packed values give the
+literal graph's results; `literal=True` leaves them out; per-layer parity reads the packed
+tensors."""
 
 import numpy as np
 import pytest
@@ -11,19 +14,68 @@ from edgetrunc.export import export_onnx  # noqa: E402
 from edgetrunc.models import create  # noqa: E402
 from edgetrunc.runtime.onnx_runner import ONNXRunner  # noqa: E402
 
+SHAPE = (32, 64, 1)
 
-def test_packed_onnx_graph_matches_the_literal_one():
-    model = create("tlunet", input_shape=(32, 64, 1), seed=2)
+
+@pytest.fixture(scope="module")
+def model():
+    return create("tlunet", input_shape=SHAPE, seed=2)
+
+
+def _inputs(count=3):
+    return np.random.default_rng(1).uniform(0, 255, (count, *SHAPE)).astype(np.float32)
+
+
+def _types(proto):
+    return [n.op_type for n in proto.graph.node]
+
+
+def test_packed_onnx_graph_matches_the_literal_one(model):
     literal_passes, packed_passes = [], []
     literal = export_onnx(model, "fp32", literal=True, applied=literal_passes)
     packed = export_onnx(model, "fp32", applied=packed_passes)
-    assert packed_passes[-1] == "pack_front_end"
-    assert "pack_front_end" not in literal_passes
-    first_conv = next(n for n in packed.graph.node if n.op_type == "Conv")
-    assert "packed" not in first_conv.name  # the one-output front end stays literal
-    clip = next(n for n in packed.graph.node if n.op_type == "Clip")
-    assert not clip.output[0].endswith("/packed")  # the truncation's output stays comparable
-    x = np.random.default_rng(1).uniform(0, 255, (3, 32, 64, 1)).astype(np.float32)
+    assert packed_passes[-3:] == ["pack_front_end", "activations_before_unpack",
+                                  "pools_as_convolutions"]
+    assert not {"pack_front_end", "pools_as_convolutions"} & set(literal_passes)
+    types = _types(packed)
+    # the one-output front end stays as it is (`PACK_MIN_OUTPUTS`); the seed block is packed
+    # and the truncation, the tanh and the pool read its packed values
+    assert types[:7] == ["Reshape", "Conv", "SpaceToDepth", "Conv", "Clip", "Tanh", "Conv"]
+    assert "DepthToSpace" not in types and types.count("AveragePool") == 3  # SAME pools stay
+    assert "SpaceToDepth" not in _types(literal)
+    x = _inputs()
     a = ONNXRunner(literal.SerializeToString(), threads=1).infer(x)
     b = ONNXRunner(packed.SerializeToString(), threads=1).infer(x)
     np.testing.assert_allclose(next(iter(b.values())), next(iter(a.values())), atol=1e-5)
+
+
+def test_onnx_per_layer_parity_reads_the_packed_tensors(model, tmp_path):
+    from edgetrunc.keras.runner import KerasRunner
+    from edgetrunc.parity.per_layer import compare_artifact_layers
+
+    path = tmp_path / "packed.onnx"
+    path.write_bytes(export_onnx(model, "fp32").SerializeToString())
+    layers, first = compare_artifact_layers(KerasRunner(model), path, "onnx", "fp32", _inputs())
+    assert first is None
+    by_name = {layer.layer: layer for layer in layers}
+    for name in ("front_end", "group1_conv", "group1_truncation", "group1_tanh", "group1_bn"):
+        assert by_name[name].status == "compared", by_name[name]
+    assert by_name["group1_truncation"].layout == "space-to-depth 2 NCHW"
+    assert by_name["group1_pool"].status == "fused"
+
+
+def test_onnx_int8_stays_literal(model):
+    """int8 (QDQ) is not packed: the truncation's Clip feeds its QuantizeLinear, so the
+    unpacking would stay before it."""
+    calibration = np.random.default_rng(2).uniform(0, 255, (8, *SHAPE)).astype(np.float32)
+    applied = []
+    types = _types(export_onnx(model, "int8", calibration=calibration, applied=applied))
+    assert "SpaceToDepth" not in types and types.count("AveragePool") == 4
+    assert not {"pack_front_end", "pools_as_convolutions"} & set(applied)
+
+
+def test_a_free_input_size_stays_literal():
+    free = create("tlunet", input_shape=(None, None, 1), seed=2)
+    applied = []
+    types = _types(export_onnx(free, "fp32", applied=applied))
+    assert "SpaceToDepth" not in types and "pack_front_end" not in applied

@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 
 from edgetrunc.export import export_tflite, tflite_ops  # noqa: E402
 from edgetrunc.export.tflite.graph import Graph, read_model  # noqa: E402
-from edgetrunc.export.tflite.packing import space_to_depth_kernel  # noqa: E402
+from edgetrunc.export.blocks import space_to_depth_kernel  # noqa: E402
 from edgetrunc.parity._layer_stats import reference_views, space_to_depth_block  # noqa: E402
 
 

@@ -31,9 +31,9 @@ def add_arguments(p) -> None:
                    "clip by int8 saturation) or the converters' stock full-integer path, for "
                    "comparison (default: truncation-aware)")
     p.add_argument("--literal", action="store_true",
-                   help="a one-to-one translation: skip the exact layout rewrites (packing "
-                   "one-channel convolutions over 2x2 blocks of pixels, int8 VALID pools as "
-                   "depthwise convolutions), which are on by default")
+                   help="a one-to-one translation: skip the rewrites for speed (packing "
+                   "one-channel convolutions over 2x2 blocks of pixels, VALID pools and the "
+                   "batch normalization after them as convolutions), which are on by default")
     p.add_argument("--pack-front-end", action="store_true",
                    help="accepted for old command lines and does nothing: packing the "
                    "one-channel front end is now the default (see --literal)")

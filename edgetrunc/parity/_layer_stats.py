@@ -16,7 +16,9 @@ BLOCK = 1 << 20  # values compared at once (float64 temporaries of 8 MB each)
 
 def reference_views(value: np.ndarray, ref_shape: tuple):
     """Yield `(array, layout)` views of `value` shaped like the reference (NHWC, NCHW, squeezed,
-    or NHWC packed by space-to-depth: `[N, H/b, W/b, b*b*C]` with TFLite's channel order)."""
+    or packed by space-to-depth: `[N, H/b, W/b, b*b*C]`, or `[N, b*b*C, H/b, W/b]` in NCHW,
+    channel `(row in block * b + column) * C + c` as TFLite's SPACE_TO_DEPTH and ONNX's
+    SpaceToDepth write it)."""
     if value.shape == ref_shape:
         yield value, "NHWC" if value.ndim == 4 else "same"
     if value.ndim == 4 and len(ref_shape) == 4 and value.transpose(0, 2, 3, 1).shape == ref_shape:
@@ -24,12 +26,15 @@ def reference_views(value: np.ndarray, ref_shape: tuple):
     if value.size == int(np.prod(ref_shape)) and value.shape != ref_shape and (
             [d for d in value.shape if d != 1] == [d for d in ref_shape if d != 1]):
         yield value.reshape(ref_shape), "reshaped"
-    block = space_to_depth_block(value.shape, ref_shape)
-    if block:
-        n, h, w, _ = value.shape
-        channels = ref_shape[3]
-        yield (value.reshape(n, h, w, block, block, channels).transpose(0, 1, 3, 2, 4, 5)
-               .reshape(ref_shape)), f"space-to-depth {block}"
+    if value.ndim != 4:
+        return
+    for packed, layout in ((value, ""), (value.transpose(0, 2, 3, 1), " NCHW")):
+        block = space_to_depth_block(packed.shape, ref_shape)
+        if block:
+            n, h, w, _ = packed.shape
+            channels = ref_shape[3]
+            yield (packed.reshape(n, h, w, block, block, channels).transpose(0, 1, 3, 2, 4, 5)
+                   .reshape(ref_shape)), f"space-to-depth {block}{layout}"
 
 
 def space_to_depth_block(shape: tuple, ref_shape: tuple) -> int | None:

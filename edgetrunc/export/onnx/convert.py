@@ -69,7 +69,8 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
         calibration: int8 only, float32 inputs `[N, H, W, C]` (NHWC whatever `nchw` is).
         int8_mode: "truncation-aware" (default) or "stock" (onnxruntime's defaults: every
             node quantized, calibrated ranges; for comparison).
-        literal: skip the exact layout rewrites (`passes.FP32_LAYOUT_PASSES`, on by default).
+        literal: skip the rewrites for speed (`passes.FP32_LAYOUT_PASSES`, on by default;
+            they leave an int8 QDQ graph as it is).
         applied: a list that receives the names of the passes that changed the model.
     """
     import onnx
@@ -89,7 +90,7 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
     if precision == "int8":
         proto = quantize_onnx(proto, truncations, calibration, nchw, int8_mode,
                               applied=context.applied)
-    passes.run_passes(proto, passes.FP32_LAYOUT_PASSES, context)  # float convs of either precision
+    passes.run_passes(proto, passes.FP32_LAYOUT_PASSES, context)  # a no-op on QDQ graphs
     if int(opset) > TF2ONNX_MAX_OPSET:
         from onnx import version_converter
 

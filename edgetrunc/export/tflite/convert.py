@@ -11,8 +11,8 @@ MINIMUM/MAXIMUM pair of each truncation is removed: int8 saturation at the produ
 performs the clip (to within half a quantization step, (upper - lower) / 510). The float
 one-channel convolutions of the front end run over 2x2 blocks of pixels packed into
 channels for XNNPACK, with the truncation and activations before the unpacking (in every
-precision unless `literal=True`), a VALID int8 pool with its batch normalization is one
-int8 depthwise convolution, and ops XNNPACK cannot run in int8 run in float
+precision unless `literal=True`), a VALID pool with its batch normalization runs as
+convolutions over the packed values, and ops XNNPACK cannot run in int8 run in float
 inside the same delegate partition. The steps
 are the passes of `export.tflite.passes`, run in the order of its lists.
 `int8_mode="stock"` gives the converter's plain full-integer model for comparison.

@@ -193,6 +193,24 @@ class Graph:
             self.g.operators = [op for i, op in enumerate(self.g.operators) if i != producer]
         self.refresh()
 
+    def sole_reader(self, tensor_index) -> int | None:
+        """The index of the one op that reads `tensor_index`, when exactly one does and the
+        tensor is not a graph output (so the two can be rewritten together); else None."""
+        readers = self.consumers.get(int(tensor_index), [])
+        if len(readers) != 1 or int(tensor_index) in set(int(t) for t in self.g.outputs):
+            return None
+        return readers[0]
+
+    def remove_unread(self, kinds: tuple) -> int:
+        """Delete the ops of `kinds` whose outputs nothing reads (e.g. the DEQUANTIZE of an fp16
+        weight a rewrite replaced); returns the number deleted."""
+        outputs = set(int(t) for t in self.g.outputs)
+        dead = [i for i, op in enumerate(self.g.operators) if self.op_name(op) in kinds
+                and not any(int(t) in outputs or self.consumers.get(int(t)) for t in op.outputs)]
+        if dead:
+            self.remove_ops(dead, {})
+        return len(dead)
+
     def ancestors(self, tensor_index) -> set[int]:
         """Indices of every op that `tensor_index` depends on."""
         seen, stack = set(), [int(tensor_index)]
@@ -265,6 +283,16 @@ def new_op(opcode, inputs, outputs):
     op.opcodeIndex = opcode
     op.inputs = np.array(inputs, np.int32)
     op.outputs = np.array(outputs, np.int32)
+    return op
+
+
+def builtin_op(model_t, kind: str, inputs, outputs, options: str, version: int = 1):
+    """A new builtin op `kind` (e.g. "CONV_2D") with empty options of schema type `options`
+    (e.g. "Conv2DOptions") for the caller to fill."""
+    schema = schema_module()
+    op = new_op(opcode_index(model_t, kind, version), inputs, outputs)
+    op.builtinOptionsType = getattr(schema.BuiltinOptions, options)
+    op.builtinOptions = getattr(schema, f"{options}T")()
     return op
 
 

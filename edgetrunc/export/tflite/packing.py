@@ -28,35 +28,15 @@ import copy
 
 import numpy as np
 
+from edgetrunc.export.blocks import BLOCK, space_to_depth_kernel
 from edgetrunc.export.tflite import graph as tg
 
-BLOCK = 2
 # Ops that act on each element alone: one variable input of the output's shape, any other
 # input a scalar constant. DEQUANTIZE and CAST are left out: after them the unpacking would
 # move more bytes, not fewer.
 ELEMENTWISE = ("MAXIMUM", "MINIMUM", "TANH", "LOGISTIC", "RELU", "RELU6", "RELU_N1_TO_1",
                "RELU_0_TO_1", "LEAKY_RELU", "ELU", "HARD_SWISH", "ABS", "QUANTIZE")
 UNPACKED_SUFFIX = "/depth_to_space"
-
-
-def space_to_depth_kernel(kernel: np.ndarray, block: int = BLOCK) -> np.ndarray:
-    """`[Cout, kh, kw, Cin]` taps (odd kh, kw) -> `[block^2 * Cout, ch, cw, block^2 * Cin]`
-    over blocks, in TFLite's SPACE_TO_DEPTH channel order (row in block, column, channel)."""
-    c_out, kh, kw, c_in = kernel.shape
-    reach_h, reach_w = kh // 2, kw // 2
-    cells_h, cells_w = -(-reach_h // block), -(-reach_w // block)
-    packed = np.zeros((block * block * c_out, 2 * cells_h + 1, 2 * cells_w + 1,
-                       block * block * c_in), np.float32)
-    for oy in range(block):
-        for ox in range(block):
-            rows = slice((oy * block + ox) * c_out, (oy * block + ox + 1) * c_out)
-            for i in range(kh):
-                cell_y, dy = divmod(oy + i - reach_h, block)
-                for j in range(kw):
-                    cell_x, dx = divmod(ox + j - reach_w, block)
-                    cols = slice((dy * block + dx) * c_in, (dy * block + dx + 1) * c_in)
-                    packed[rows, cell_y + cells_h, cell_x + cells_w, cols] = kernel[:, i, j, :]
-    return packed
 
 
 def _spatial(graph, tensor) -> tuple | None:
@@ -91,7 +71,6 @@ def _packable(graph, op, block: int) -> bool:
 
 def _chains(graph, block: int) -> list:
     """Lists of op indices: packable convolutions, each one's output read by the next only."""
-    outputs = set(int(t) for t in graph.g.outputs)
     chains, used = [], set()
     for index, op in enumerate(graph.g.operators):
         if index in used or not _packable(graph, op, block):
@@ -99,13 +78,13 @@ def _chains(graph, block: int) -> list:
         chain = [index]
         while True:
             out = int(graph.g.operators[chain[-1]].outputs[0])
-            readers = graph.consumers.get(out, [])
-            if out in outputs or len(readers) != 1:
+            reader = graph.sole_reader(out)
+            if reader is None:
                 break
-            nxt = graph.g.operators[readers[0]]
+            nxt = graph.g.operators[reader]
             if not _packable(graph, nxt, block) or int(nxt.inputs[0]) != out:
                 break
-            chain.append(readers[0])
+            chain.append(reader)
         used.update(chain)
         chains.append(chain)
     return chains
@@ -135,14 +114,8 @@ def _set_packed_shape(t, block: int) -> None:
 
 
 def _block_op(graph, kind: str, source: int, target: int, block: int):
-    schema = tg.schema_module()
-    op = tg.new_op(tg.opcode_index(graph.model, kind), [source], [target])
-    if kind == "SPACE_TO_DEPTH":
-        op.builtinOptionsType = schema.BuiltinOptions.SpaceToDepthOptions
-        op.builtinOptions = schema.SpaceToDepthOptionsT()
-    else:
-        op.builtinOptionsType = schema.BuiltinOptions.DepthToSpaceOptions
-        op.builtinOptions = schema.DepthToSpaceOptionsT()
+    options = "SpaceToDepthOptions" if kind == "SPACE_TO_DEPTH" else "DepthToSpaceOptions"
+    op = tg.builtin_op(graph.model, kind, [source], [target], options)
     op.builtinOptions.blockSize = block
     return op
 
@@ -231,11 +204,11 @@ def elementwise_before_unpack(model_t) -> int:
             if graph.op_name(op) != "DEPTH_TO_SPACE":
                 continue
             unpacked = int(op.outputs[0])
-            readers = graph.consumers.get(unpacked, [])
-            if unpacked not in outputs and len(readers) == 1 and _reads_elementwise(
-                    graph, graph.g.operators[readers[0]], unpacked) and int(
-                    graph.g.operators[readers[0]].outputs[0]) not in outputs:
-                found = index, readers[0]
+            reader = graph.sole_reader(unpacked)
+            if reader is not None and _reads_elementwise(
+                    graph, graph.g.operators[reader], unpacked) and int(
+                    graph.g.operators[reader].outputs[0]) not in outputs:
+                found = index, reader
                 break
         if found is None:
             return moved

@@ -2,27 +2,28 @@
 
 As in tf2onnx's optimizer list, each pipeline reads top to bottom:
 
-- `FP32_PASSES`: `pack_front_end` (exact: the same products plus exact zeros), then
-  `activations_before_unpack` (the same elementwise ops on the packed values).
+- `FP32_PASSES`: `pack_front_end` (exact: the same products plus exact zeros),
+  `activations_before_unpack` (the same elementwise ops on the packed values), then
+  `pools_as_convolutions` (a VALID average pool and the batch normalization after it as
+  convolutions, reading the packed values; float: the same sums up to rounding).
 - `FP16_PASSES`: `exact_fp16_front_end` (fp32 values for the truncation bounds and the
-  weights before the first truncation), then the two layout passes.
+  weights before the first truncation), then the three passes of fp32.
 - truncation-aware int8, around the converter's quantizer: `INT8_CALIBRATED_PASSES` on the
   calibrated float model (`pin_truncation_ranges`: the range of each truncation's tensors
   is exactly `[lower, upper]`; `mark_float_ops`: what the quantizer leaves float), then
   `INT8_QUANTIZED_PASSES` on the quantized one (`saturate_truncations`: int8 saturation
-  performs the clip, MINIMUM/MAXIMUM removed; `float_islands`; `valid_pools_as_depthwise`:
-  a VALID average pool and the batch normalization after it become one int8 depthwise
-  convolution; the two layout passes, after which the saturating QUANTIZE runs on the
-  packed values and the unpacking moves int8).
+  performs the clip, MINIMUM/MAXIMUM removed; `float_islands`; the two layout passes, after
+  which the saturating QUANTIZE runs on the packed values and the unpacking moves int8;
+  `pools_as_convolutions`).
 
 A pass is `pass_(model_t, context) -> bool`: it edits the `ModelT` in place and says whether
 it changed it. `run_passes` reads the flatbuffer once, runs a list, notes in
 `context.applied` the name of each pass that changed the model (the manifest's "passes")
 and writes it back only when one did. `PassContext` holds what passes read (the
 truncations, options, the fp32 twin of an fp16 model) and what `mark_float_ops` leaves for
-the quantizer. Layout rewrites (`pack_front_end`, `activations_before_unpack`; see
-`export.tflite.packing`) are exact and on by default;
-`literal=True` skips them (a one-to-one translation of the converter's graph).
+the quantizer. The rewrites for speed (`pack_front_end`, `activations_before_unpack`,
+`pools_as_convolutions`; see `export.tflite.packing` and `export.tflite.pooling`) are on by
+default; `literal=True` skips them (a one-to-one translation of the converter's graph).
 """
 
 from __future__ import annotations
@@ -258,14 +259,13 @@ def _drop_requantize_pairs(graph, quantize, dequantize) -> bool:
         if op.opcodeIndex != quantize:
             continue
         q_out = int(op.outputs[0])
-        readers = graph.consumers.get(q_out, [])
-        if (q_out in set(int(t) for t in graph.g.outputs) or len(readers) != 1
-                or tg.SATURATION_MARK in graph.tensor_name(q_out)):
+        index = graph.sole_reader(q_out)
+        if index is None or tg.SATURATION_MARK in graph.tensor_name(q_out):
             continue  # a truncation's saturating QUANTIZE is the clip itself
-        reader = graph.g.operators[readers[0]]
+        reader = graph.g.operators[index]
         if reader.opcodeIndex != dequantize:
             continue
-        drop |= {i, readers[0]}
+        drop |= {i, index}
         replace[int(reader.outputs[0])] = int(op.inputs[0])
     if drop:
         graph.remove_ops(drop, replace)
@@ -280,12 +280,13 @@ def pack_front_end(model_t, context: PassContext) -> bool:
     return packing.pack_convolution_chains(model_t) > 0
 
 
-def valid_pools_as_depthwise(model_t, context: PassContext) -> bool:
-    """Unless `context.literal`: each int8 DEQUANTIZE -> VALID AVERAGE_POOL_2D -> [MUL] ->
-    [ADD] -> QUANTIZE becomes one int8 DEPTHWISE_CONV_2D (`pooling.pools_as_depthwise`)."""
+def pools_as_convolutions(model_t, context: PassContext) -> bool:
+    """Unless `context.literal`: each VALID AVERAGE_POOL_2D with the per-channel MUL / ADD after
+    it (int8: between DEQUANTIZE and QUANTIZE) becomes convolutions, reading the packed values
+    when it follows an unpacking (`pooling.pools_as_convolutions`)."""
     if context.literal:
         return False
-    return pooling.pools_as_depthwise(model_t) > 0
+    return pooling.pools_as_convolutions(model_t) > 0
 
 
 def activations_before_unpack(model_t, context: PassContext) -> bool:
@@ -296,8 +297,9 @@ def activations_before_unpack(model_t, context: PassContext) -> bool:
     return packing.elementwise_before_unpack(model_t) > 0
 
 
-FP32_PASSES = [pack_front_end, activations_before_unpack]
-FP16_PASSES = [exact_fp16_front_end, pack_front_end, activations_before_unpack]
+FP32_PASSES = [pack_front_end, activations_before_unpack, pools_as_convolutions]
+FP16_PASSES = [exact_fp16_front_end, pack_front_end, activations_before_unpack,
+               pools_as_convolutions]
 INT8_CALIBRATED_PASSES = [pin_truncation_ranges, mark_float_ops]
-INT8_QUANTIZED_PASSES = [saturate_truncations, float_islands, valid_pools_as_depthwise,
-                         pack_front_end, activations_before_unpack]
+INT8_QUANTIZED_PASSES = [saturate_truncations, float_islands, pack_front_end,
+                         activations_before_unpack, pools_as_convolutions]
