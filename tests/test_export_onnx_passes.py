@@ -79,3 +79,38 @@ def test_a_free_input_size_stays_literal():
     applied = []
     types = _types(export_onnx(free, "fp32", applied=applied))
     assert "SpaceToDepth" not in types and "pack_front_end" not in applied
+
+
+def _seed_pool_model(channels: int):
+    import keras
+
+    from edgetrunc import Truncation
+
+    keras.utils.set_random_seed(channels)
+    inputs = keras.Input((24, 20, 1))
+    x = keras.layers.Conv2D(channels, 5, padding="same", name="seed")(inputs)
+    x = Truncation(2.0, name="clip")(x)
+    x = keras.layers.Activation("tanh", name="act")(x)
+    x = keras.layers.AveragePooling2D(5, strides=2, name="pool")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
+
+
+@pytest.mark.parametrize("channels, packed", [(8, True), (16, False)])
+def test_onnx_packs_only_where_nothing_unpacks(channels, packed):
+    """Packed only when the pool then reads the packed values (at most 8 channels): with 16,
+    the unpacking would stay (a DepthToSpace moving single floats), so nothing is packed; the
+    pool and its batch norm become one depthwise Conv either way."""
+    model = _seed_pool_model(channels)
+    applied = []
+    proto = export_onnx(model, "fp32", applied=applied)
+    types = _types(proto)
+    assert ("SpaceToDepth" in types) == packed and "DepthToSpace" not in types
+    assert ("pack_front_end" in applied) == packed and "AveragePool" not in types
+    x = np.random.default_rng(5).uniform(0, 255, (2, 24, 20, 1)).astype(np.float32)
+    literal = export_onnx(model, "fp32", literal=True)
+    np.testing.assert_allclose(
+        next(iter(ONNXRunner(proto.SerializeToString(), threads=1).infer(x).values())),
+        next(iter(ONNXRunner(literal.SerializeToString(), threads=1).infer(x).values())),
+        rtol=1e-4, atol=1e-6)

@@ -7,8 +7,10 @@ tensor. Over 2x2 blocks of pixels packed into channels, the seed-block convoluti
 truncation, the activation and the pool all stay in the blocked layout:
 
 - `pack_convolution_chains`: each chain of float one-channel Convs with at least
-  `PACK_MIN_OUTPUTS` outputs (stride 1, SAME, odd kernels, even fixed sides) becomes SpaceToDepth(2) -> Conv ... -> DepthToSpace(2, "DCR"),
-  with the kernels of `blocks.space_to_depth_kernel`: the same products plus exact zeros.
+  `PACK_MIN_OUTPUTS` outputs (stride 1, SAME, odd kernels, even fixed sides) becomes
+  SpaceToDepth(2) -> Conv ... -> DepthToSpace(2, "DCR"), with the kernels of
+  `blocks.space_to_depth_kernel`: the same products plus exact zeros; only where the two
+  passes below remove that DepthToSpace (ONNX Runtime's moves single floats in NCHW).
 - `elementwise_before_unpack`: a Clip, Tanh, Relu or Sigmoid that alone reads the unpacking
   runs before it (the same op on the same values).
 - `pools_as_convolutions`: AveragePool (VALID) -> [Mul per channel] ->
@@ -164,18 +166,39 @@ def _replace_nodes(model, replacements: dict, drop: set) -> None:
 
 
 def pack_convolution_chains(model, block: int = BLOCK) -> int:
-    """Run every chain of float one-channel Convs over packed blocks; returns the number of
-    Convs rewritten."""
-    from onnx import helper
+    """Run over packed blocks every chain of float one-channel Convs whose values nothing has
+    to unpack once `elementwise_before_unpack` and `pools_as_convolutions` ran (a trial on a
+    copy says which); returns the number of Convs rewritten. ONNX Runtime's DepthToSpace
+    moves single floats in NCHW: a Ye-Net-size model (30 filters, 2x2 pools) whose unpacking
+    stays ran 0.91x as fast packed."""
+    import onnx
 
     if _quantized(model):
         return 0
+    trial = onnx.ModelProto()
+    trial.CopyFrom(model)
+    unpackings = _pack(trial, block, ())
+    if not unpackings:
+        return 0
+    elementwise_before_unpack(trial)
+    pools_as_convolutions(trial)
+    stays = {n.name for n in trial.graph.node if n.op_type == "DepthToSpace"}
+    if not set(unpackings) - stays:
+        return 0
+    return sum(_pack(model, block, stays).values())
+
+
+def _pack(model, block: int, skip) -> dict:
+    """Pack every chain whose unpacking is not named in `skip`; returns `{unpacking node name:
+    number of Convs}` of the chains packed."""
+    from onnx import helper
+
     _name_nodes(model)
     weights = _initializers(model)
     shapes = value_shapes(model)
     _drop_identity_reshapes(model, shapes, weights)
-    graph = Graph(model)
-    chains = _chains(graph, shapes, weights, block)
+    chains = [c for c in _chains(Graph(model), shapes, weights, block)
+              if f"{c[-1].name}/depth_to_space" not in skip]
     replacements, drop, renames = {}, set(), []
     for chain in chains:
         x, out = chain[0].input[0], chain[-1].output[0]
@@ -193,9 +216,9 @@ def pack_convolution_chains(model, block: int = BLOCK) -> int:
         renames.append((out, {n.name for n in nodes}))
     if chains:
         _replace_nodes(model, replacements, drop)
-        for out, skip in renames:
-            _rename_readers(model, out, out + UNPACKED_SUFFIX, skip)
-    return sum(len(c) for c in chains)
+        for out, readers_kept in renames:
+            _rename_readers(model, out, out + UNPACKED_SUFFIX, readers_kept)
+    return {f"{c[-1].name}/depth_to_space": len(c) for c in chains}
 
 
 def _drop_identity_reshapes(model, shapes, weights) -> int:
