@@ -1,4 +1,4 @@
-"""Shared fixtures: quiet TensorFlow, fixed seeds, small helpers for TFLite op inventories."""
+"""Shared fixtures: quiet TensorFlow, fixed seeds, the command line run in-process."""
 
 import os
 
@@ -13,3 +13,16 @@ def _seed():
 
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def cli(capsys):
+    """`cli(*args)` runs `edgetrunc -q ARGS` in this process: `(exit code, stdout, stderr)`."""
+    from edgetrunc.cli import main
+
+    def run(*args):
+        code = main(["-q", *map(str, args)])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

@@ -19,8 +19,6 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from edgetrunc.cli import main  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 ARTIFACTS = ("fp32.tflite", "fp16.tflite", "int8.tflite", "fp32.onnx", "int8.onnx")
@@ -40,12 +38,6 @@ def _builders():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _cli(capsys, *args):
-    code = main(["-q", *map(str, args)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +63,14 @@ def _source(spec: str, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_foreign_model_end_to_end(case, tmp_path, capsys, photo):
+def test_foreign_model_end_to_end(case, tmp_path, cli, photo):
     spec, options = CASES[case]
     model = tmp_path / f"{case}.keras"
-    code, _, err = _cli(capsys, "migrate", _source(spec, tmp_path), "--out", model, *options)
+    code, _, err = cli("migrate", _source(spec, tmp_path), "--out", model, *options)
     assert code == 0, err
 
     out = tmp_path / "artifacts"
-    code, stdout, err = _cli(capsys, "convert", model, "--out", out, "--json")
+    code, stdout, err = cli("convert", model, "--out", out, "--json")
     assert code == 0, err
     manifest = json.loads(stdout)
     artifacts = [out / f"{case}_{suffix}" for suffix in ARTIFACTS]
@@ -86,8 +78,8 @@ def test_foreign_model_end_to_end(case, tmp_path, capsys, photo):
     assert all(a.is_file() for a in artifacts)
 
     report_path = tmp_path / "parity.json"
-    code, stdout, err = _cli(capsys, "parity", model, *artifacts, "--samples", "4", "--per-layer",
-                             "--layer-samples", "2", "--no-probes", "--json", report_path)
+    code, stdout, err = cli("parity", model, *artifacts, "--samples", "4", "--per-layer",
+                            "--layer-samples", "2", "--no-probes", "--json", report_path)
     assert code in (0, 1), err
     report = json.loads(report_path.read_text())
     for artifact in report["artifacts"]:
@@ -100,7 +92,7 @@ def test_foreign_model_end_to_end(case, tmp_path, capsys, photo):
         assert artifact["layers"][-1]["shape"][0] == 2  # --layer-samples
 
     for artifact in (artifacts[0], artifacts[4]):
-        code, stdout, err = _cli(capsys, "infer", artifact, photo, "--json")
+        code, stdout, err = cli("infer", artifact, photo, "--json")
         assert code == 0, err
         scores = json.loads(stdout)
         assert scores, stdout

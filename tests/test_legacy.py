@@ -20,7 +20,6 @@ keras = pytest.importorskip("keras")
 
 import edgetrunc  # noqa: E402
 from edgetrunc import Truncation  # noqa: E402
-from edgetrunc.cli import main  # noqa: E402
 from edgetrunc.errors import InputError  # noqa: E402
 from edgetrunc.legacy import load_model as load_trusted  # noqa: E402
 from edgetrunc.migrate import migrate, parse_truncation_classes  # noqa: E402
@@ -55,12 +54,6 @@ def sample(name):
     """The input the Keras 2 output in MANIFEST.json was computed on."""
     h, w, c = (d or 32 for d in MANIFEST[name]["input_shape"])
     return np.random.default_rng(1).integers(0, 256, (2, h, w, c)).astype("float32")
-
-
-def cli(capsys, *args):
-    rc = main(["-q", *map(str, args)])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
 
 
 def assert_one_line_error(rc, err, *fragments):
@@ -175,16 +168,16 @@ def test_migrated_output_of_a_free_size_model_runs_on_256x256(migrated):
 
 
 @pytest.mark.parametrize("name", ["clip_lambda.h5", "minmax_ste.h5"])
-def test_free_size_migrated_model_converts_and_passes_parity(name, migrated, tmp_path, capsys):
+def test_free_size_migrated_model_converts_and_passes_parity(name, migrated, tmp_path, cli):
     """(None, None, 1), Functional and Sequential: int8 calibration on 256x256 tiles,
     TFLite resized to the batch, ONNX from a Sequential model."""
     out = tmp_path / "artifacts"
-    rc, _, err = cli(capsys, "convert", migrated[name][0], "--out", out,
+    rc, _, err = cli("convert", migrated[name][0], "--out", out,
                      "--tflite", "fp32,int8", "--onnx", "fp32", "--json")
     assert rc == 0, err
     artifacts = sorted(str(p) for p in out.iterdir() if p.suffix in (".tflite", ".onnx"))
     assert len(artifacts) == 3
-    rc, _, err = cli(capsys, "parity", migrated[name][0], *artifacts, "--per-layer",
+    rc, _, err = cli("parity", migrated[name][0], *artifacts, "--per-layer",
                      "--samples", "4", "--json", str(tmp_path / "parity.json"))
     assert rc == 0, err
     report = json.loads((tmp_path / "parity.json").read_text())
@@ -197,35 +190,35 @@ def test_free_size_migrated_model_converts_and_passes_parity(name, migrated, tmp
 # ----------------------------------------------------------------------------- refusals
 
 
-def test_lambda_file_is_refused_without_trust_and_nothing_is_written(tmp_path, capsys):
+def test_lambda_file_is_refused_without_trust_and_nothing_is_written(tmp_path, cli):
     out = tmp_path / "new.keras"
-    rc, _, err = cli(capsys, "migrate", FIXTURES / "clip_lambda.h5", "--out", out)
+    rc, _, err = cli("migrate", FIXTURES / "clip_lambda.h5", "--out", out)
     assert_one_line_error(rc, err, "1 Lambda layer(s) (tlu)", "--trust-lambda")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_script_global_must_be_defined(tmp_path, capsys):
+def test_script_global_must_be_defined(tmp_path, cli):
     out = tmp_path / "new.keras"
-    rc, _, err = cli(capsys, "migrate", FIXTURES / "kclip_global.h5", "--out", out,
+    rc, _, err = cli("migrate", FIXTURES / "kclip_global.h5", "--out", out,
                      "--trust-lambda")
     assert_one_line_error(rc, err, "global name(s) T", "--define")
     assert not out.exists()
 
 
-def test_unknown_custom_class_is_named_with_the_way_out(tmp_path, capsys):
+def test_unknown_custom_class_is_named_with_the_way_out(tmp_path, cli):
     out = tmp_path / "new.keras"
-    rc, _, err = cli(capsys, "migrate", FIXTURES / "custom_tlu.h5", "--out", out)
+    rc, _, err = cli("migrate", FIXTURES / "custom_tlu.h5", "--out", out)
     assert_one_line_error(rc, err, "class 'TLU'", "--truncation-class TLU")
     assert not out.exists()
-    rc, _, err = cli(capsys, "migrate", FIXTURES / "custom_tlu.h5", "--out", out,
+    rc, _, err = cli("migrate", FIXTURES / "custom_tlu.h5", "--out", out,
                      "--truncation-class", "Clip")
     assert_one_line_error(rc, err, "--truncation-class Clip: no layer of class Clip")
     assert not out.exists()
 
 
-def test_truncation_class_threshold_given_on_the_command_line(tmp_path, capsys):
+def test_truncation_class_threshold_given_on_the_command_line(tmp_path, cli):
     out = tmp_path / "new.keras"
-    rc, stdout, err = cli(capsys, "migrate", FIXTURES / "custom_tlu.h5", "--out", out,
+    rc, stdout, err = cli("migrate", FIXTURES / "custom_tlu.h5", "--out", out,
                           "--truncation-class", "TLU=2.5", "--json")
     assert rc == 0, err
     layer = json.loads(stdout)["layers"][0]
@@ -239,31 +232,31 @@ def test_truncation_class_option_is_checked(item):
         parse_truncation_classes([item])
 
 
-def test_other_tf_op_layer_is_named(tmp_path, capsys):
+def test_other_tf_op_layer_is_named(tmp_path, cli):
     out = tmp_path / "new.keras"
-    rc, _, err = cli(capsys, "migrate", FIXTURES / "tfop_other.h5", "--out", out)
+    rc, _, err = cli("migrate", FIXTURES / "tfop_other.h5", "--out", out)
     assert_one_line_error(rc, err, "tf.nn.softsign", "op layer")
     assert not out.exists()
 
 
-def test_weights_only_file_holds_no_model(tmp_path, capsys):
+def test_weights_only_file_holds_no_model(tmp_path, cli):
     out = tmp_path / "new.keras"
-    rc, _, err = cli(capsys, "migrate", FIXTURES / "weights_only.h5", "--out", out,
+    rc, _, err = cli("migrate", FIXTURES / "weights_only.h5", "--out", out,
                      "--trust-lambda")
     assert_one_line_error(rc, err, "weights only")
     assert not out.exists()
     with pytest.raises(InputError, match="weights only"):
         edgetrunc.load_model(FIXTURES / "weights_only.h5")
-    rc, _, err = cli(capsys, "convert", FIXTURES / "weights_only.h5", "--out", tmp_path / "o")
+    rc, _, err = cli("convert", FIXTURES / "weights_only.h5", "--out", tmp_path / "o")
     assert_one_line_error(rc, err, "weights only", "load_weights")
 
 
-def test_savedmodel_report_and_refusal(migrated, tmp_path, capsys):
+def test_savedmodel_report_and_refusal(migrated, tmp_path, cli):
     report = migrated["savedmodel"][1]
     assert report["format"] == "savedmodel"
     assert report["message"].startswith("converted the tf.keras 2 SavedModel folder")
     out = tmp_path / "new.keras"
-    rc, _, err = cli(capsys, "migrate", FIXTURES / "savedmodel", "--out", out)
+    rc, _, err = cli("migrate", FIXTURES / "savedmodel", "--out", out)
     assert_one_line_error(rc, err, "1 Lambda layer(s) (tlu)", "--trust-lambda")
     assert not out.exists()
     with pytest.raises(InputError, match="SavedModel folder; convert it to .keras first"):
@@ -288,9 +281,9 @@ def test_load_model_says_what_to_run_first(name, fragments):
         assert fragment in message
 
 
-def test_convert_takes_a_full_model_h5_directly(tmp_path, capsys):
+def test_convert_takes_a_full_model_h5_directly(tmp_path, cli):
     out = tmp_path / "artifacts"
-    rc, _, err = cli(capsys, "convert", FIXTURES / "tfop_clip.h5", "--out", out, "--tflite", "fp32",
+    rc, _, err = cli("convert", FIXTURES / "tfop_clip.h5", "--out", out, "--tflite", "fp32",
                      "--onnx", "fp32", "--json")
     assert rc == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
@@ -322,16 +315,16 @@ def test_older_truncation_config_loads_with_defaults():
     ("clip_lambda.h5", "edgetrunc migrate"),
     ("savedmodel", "SavedModel folder"),
 ])
-def test_convert_names_migrate_for_legacy_inputs(name, fragment, tmp_path, capsys):
-    rc, _, err = cli(capsys, "convert", FIXTURES / name, "--out", tmp_path / "out")
+def test_convert_names_migrate_for_legacy_inputs(name, fragment, tmp_path, cli):
+    rc, _, err = cli("convert", FIXTURES / name, "--out", tmp_path / "out")
     assert_one_line_error(rc, err, fragment)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_parity_names_migrate_for_a_savedmodel_folder(tmp_path, capsys):
+def test_parity_names_migrate_for_a_savedmodel_folder(tmp_path, cli):
     artifact = tmp_path / "any.tflite"
     artifact.write_bytes(b"TFL3")
-    rc, _, err = cli(capsys, "parity", FIXTURES / "savedmodel", artifact, "--no-probes")
+    rc, _, err = cli("parity", FIXTURES / "savedmodel", artifact, "--no-probes")
     assert_one_line_error(rc, err, "SavedModel folder", "edgetrunc migrate")
 
 
@@ -379,9 +372,9 @@ def test_fixtures_stay_small():
     ("constraint_clip.h5", ["--truncation-class", "HardClip"], {"clip": (-2.0, 2.0)}),
     ("learned_tlu.h5", ["--truncation-class", "LearnedTLU"], {"tlu": (-2.5, 2.5)}),
 ])
-def test_foreign_model_migrates_from_the_command_line(name, options, bounds, tmp_path, capsys):
+def test_foreign_model_migrates_from_the_command_line(name, options, bounds, tmp_path, cli):
     out = tmp_path / "new.keras"
-    rc, stdout, err = cli(capsys, "migrate", FIXTURES / name, "--out", out, *options, "--json")
+    rc, stdout, err = cli("migrate", FIXTURES / name, "--out", out, *options, "--json")
     assert rc == 0, err
     report = json.loads(stdout)
     assert report["written"] and report["verification"]["passed"]
@@ -397,23 +390,23 @@ def test_foreign_model_migrates_from_the_command_line(name, options, bounds, tmp
 
 
 
-def test_training_only_objects_are_named_in_one_warning(tmp_path, capsys):
-    rc, _, err = cli(capsys, "migrate", FIXTURES / "constraint_clip.h5", "--out",
+def test_training_only_objects_are_named_in_one_warning(tmp_path, cli):
+    rc, _, err = cli("migrate", FIXTURES / "constraint_clip.h5", "--out",
                      tmp_path / "new.keras", "--truncation-class", "HardClip")
     assert rc == 0, err
     (line,) = [line for line in err.splitlines() if line.startswith("warning:")]
     assert "conv1.kernel_constraint 'CenteredKernel' -> none" in line
     assert "conv1.kernel_regularizer 'SmallL1' -> none" in line
-    rc, _, err = cli(capsys, "migrate", FIXTURES / "named_lambda_init.h5", "--out",
+    rc, _, err = cli("migrate", FIXTURES / "named_lambda_init.h5", "--out",
                      tmp_path / "named.keras", "--trust-lambda", "--json")
     assert rc == 0, err
     (line,) = [line for line in err.splitlines() if line.startswith("warning:")]
     assert "conv1.kernel_initializer 'srm_init'" in line and "loss 'weighted_loss'" in line
 
 
-def test_named_lambda_kept_as_a_lambda_reloads(tmp_path, capsys):
+def test_named_lambda_kept_as_a_lambda_reloads(tmp_path, cli):
     out = tmp_path / "new.keras"
-    rc, stdout, err = cli(capsys, "migrate", FIXTURES / "named_lambda_init.h5", "--out", out,
+    rc, stdout, err = cli("migrate", FIXTURES / "named_lambda_init.h5", "--out", out,
                           "--trust-lambda", "--json")
     assert rc == 0, err
     report = json.loads(stdout)
@@ -431,9 +424,9 @@ def test_named_lambda_kept_as_a_lambda_reloads(tmp_path, capsys):
      ("weight 'threshold' = 2.5", "--truncation-class LearnedTLU without =T")),
     ("named_lambda_init.h5", [], ("Lambda layer(s)", "--trust-lambda")),
 ])
-def test_foreign_model_refusals_are_one_line(name, options, fragments, tmp_path, capsys):
+def test_foreign_model_refusals_are_one_line(name, options, fragments, tmp_path, cli):
     out = tmp_path / "new.keras"
-    rc, _, err = cli(capsys, "migrate", FIXTURES / name, "--out", out, *options)
+    rc, _, err = cli("migrate", FIXTURES / name, "--out", out, *options)
     assert_one_line_error(rc, err, *fragments)
     assert not out.exists()
 

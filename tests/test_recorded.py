@@ -15,12 +15,6 @@ from runtime_artifacts import ROOT
 MODELS = ROOT / "models"
 
 
-def _cli(capsys, *args):
-    code = main(["-q", *map(str, args)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
     """Inputs saved by parity, then int8 TFLite outputs recorded in a process without TensorFlow."""
@@ -63,10 +57,10 @@ def test_run_records_outputs_with_the_artifact_and_the_machine(recording):
         assert len(outputs) == 1 and data[outputs[0]].shape == (9, 2)
 
 
-def test_parity_on_recorded_outputs_passes_and_says_where_they_come_from(recording, capsys, tmp_path):
+def test_parity_on_recorded_outputs_passes_and_says_where_they_come_from(recording, cli, tmp_path):
     report_path = tmp_path / "parity.json"
-    code, out, err = _cli(capsys, "parity", MODELS / "tlunet.keras", recording["outputs"],
-                          "--inputs", recording["inputs"], "--per-layer", "--json", report_path)
+    code, out, err = cli("parity", MODELS / "tlunet.keras", recording["outputs"],
+                         "--inputs", recording["inputs"], "--per-layer", "--json", report_path)
     assert code == 0, out + err
     report = json.loads(report_path.read_text())
     artifact = report["artifacts"][0]
@@ -78,27 +72,27 @@ def test_parity_on_recorded_outputs_passes_and_says_where_they_come_from(recordi
     assert any("no per-layer comparison" in w for w in report["warnings"])
 
 
-def test_tampered_recording_fails(recording, capsys, tmp_path):
+def test_tampered_recording_fails(recording, cli, tmp_path):
     with np.load(recording["outputs"]) as data:
         arrays = {key: data[key] for key in data.files}
     key = next(k for k in arrays if k.startswith("output:"))
     arrays[key] = arrays[key][:, ::-1].copy()  # cover and stego swapped
     tampered = tmp_path / "tampered.npz"
     np.savez(tampered, **arrays)
-    code, out, _ = _cli(capsys, "parity", MODELS / "tlunet.keras", tampered, "--inputs", recording["inputs"],
-                        "--no-probes")
+    code, out, _ = cli("parity", MODELS / "tlunet.keras", tampered, "--inputs", recording["inputs"],
+                       "--no-probes")
     assert code == 1 and "parity FAILED" in out
 
 
-def test_recording_of_other_inputs_is_refused(recording, capsys):
-    code, _, err = _cli(capsys, "parity", MODELS / "tlunet.keras", recording["outputs"], "--samples", "4",
-                        "--inputs", "random", "--no-probes")
+def test_recording_of_other_inputs_is_refused(recording, cli):
+    code, _, err = cli("parity", MODELS / "tlunet.keras", recording["outputs"], "--samples", "4",
+                       "--inputs", "random", "--no-probes")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "were not recorded" in lines[0] and "--inputs" in lines[0]
 
 
 @pytest.mark.parametrize("case", ["nan", "no_x", "not_npz", "wrong_rank"])
-def test_bad_inputs_file_exits_2_and_writes_nothing(case, capsys, tmp_path):
+def test_bad_inputs_file_exits_2_and_writes_nothing(case, cli, tmp_path):
     bad = tmp_path / "inputs.npz"
     if case == "nan":
         x = np.zeros((2, 256, 256, 1), np.float32)
@@ -111,15 +105,15 @@ def test_bad_inputs_file_exits_2_and_writes_nothing(case, capsys, tmp_path):
     else:
         np.savez(bad, x=np.zeros((256, 256), np.float32))
     out = tmp_path / "outputs.npz"
-    code, _, err = _cli(capsys, "run", MODELS / "tlunet_fp32.tflite", bad, "--out", out)
+    code, _, err = cli("run", MODELS / "tlunet_fp32.tflite", bad, "--out", out)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and str(bad) in lines[0], err
     assert not out.exists()
 
 
-def test_save_inputs_never_overwrites_the_model(capsys, tmp_path):
+def test_save_inputs_never_overwrites_the_model(cli, tmp_path):
     model = tmp_path / "tlunet.keras"
     model.write_bytes((MODELS / "tlunet.keras").read_bytes())
-    code, _, err = _cli(capsys, "parity", model, MODELS / "tlunet_fp32.tflite", "--save-inputs", model)
+    code, _, err = cli("parity", model, MODELS / "tlunet_fp32.tflite", "--save-inputs", model)
     assert code == 2 and "refusing to overwrite an input" in err
     assert model.read_bytes() == (MODELS / "tlunet.keras").read_bytes()

@@ -5,8 +5,8 @@ cut at the model's geometry (`edgetrunc.data.geometry.ImageGeometry`: its square
 256 for a free-size input, and 1 or 3 channels): the train split (every half tile, at most
 `CALIBRATION_PAIRS` pairs) for calibration, the held-out test split (every quarter tile, at
 most `HELD_OUT_VALUES` input values: 128 pairs of 256x256 gray tiles, more of smaller tiles
-up to `MAX_HELD_OUT_PAIRS`) for comparing int8 decisions with Keras. Photos smaller than a tile are skipped with a
-warning; none left is one error naming the size. Given the model, both counts also shrink
+up to `MAX_HELD_OUT_PAIRS`) for comparing int8 decisions with Keras. Photos smaller than a
+tile are skipped with a warning; none left is one error naming the size. Given the model, both counts also shrink
 with its size (`activation_values`: what one image costs through every layer), down to
 `MIN_CALIBRATION_PAIRS` / `MIN_HELD_OUT_PAIRS`, so that a deep or large-input net is not
 calibrated and checked on as many images as the small shipped one (tlunet keeps 64 / 128).
@@ -31,12 +31,10 @@ MAX_HELD_OUT_PAIRS = 512  # small tiles: enough pairs for the agreement rule, no
 
 def activation_values(model, geometry) -> int:
     """Values one image produces through every layer (free dimensions taken at the tile size)."""
+    from edgetrunc.keras.runner import layer_outputs
+
     total = 0
-    for layer in model.layers:
-        try:
-            outputs = layer.output
-        except (AttributeError, ValueError):
-            continue
+    for _, outputs in layer_outputs(model):
         for output in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
             size = 1
             for dim in tuple(output.shape)[1:]:
@@ -73,7 +71,8 @@ def calibration_pairs(calibration, geometry, split="train", stride=None,
 
     covers = "embedded" if calibration in (None, "embedded") else calibration
     if covers != "embedded" and not Path(covers).is_dir():
-        raise InputError(f"calibration {covers}: expected 'embedded' or a folder of images", param="calibration")
+        raise InputError(f"calibration {covers}: expected 'embedded' or a folder of images",
+                         param="calibration")
     stride = stride or calibration_stride(geometry.tile)
     options = {"covers": covers, "payload": 0.4, "seed": seed, "max_pairs": max_pairs,
                "stride": stride, "tile": geometry.tile, "channels": geometry.channels}

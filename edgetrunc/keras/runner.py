@@ -70,17 +70,22 @@ def predict_probability(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SI
     return np.concatenate(parts) if parts else np.zeros((0,), np.float64)
 
 
-def _single_output_layers(model) -> list:
-    """`[(layer, output tensor)]` of every layer of `model` with one output, in graph order."""
+def layer_outputs(model) -> list:
+    """`[(layer, output)]` of every layer of `model` whose output Keras knows, in graph order;
+    `output` is a tensor, or a list / tuple of them for a layer with several outputs."""
     pairs = []
     for layer in model.layers:
         try:
-            out = layer.output
+            pairs.append((layer, layer.output))
         except (AttributeError, ValueError):
             continue
-        if not isinstance(out, (list, tuple)):
-            pairs.append((layer, out))
     return pairs
+
+
+def _single_output_layers(model) -> list:
+    """`[(layer, output tensor)]` of every layer of `model` with one output, in graph order."""
+    return [(layer, out) for layer, out in layer_outputs(model)
+            if not isinstance(out, (list, tuple))]
 
 
 class KerasRunner(BaseRunner):

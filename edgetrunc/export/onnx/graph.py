@@ -45,11 +45,20 @@ class Graph:
         self.refresh()
 
     def refresh(self):
+        self.outputs = {o.name for o in self.graph.output}
         self.producer = {o: n for n in self.graph.node for o in n.output}
         self.consumers = {}
         for node in self.graph.node:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
+
+    def sole_reader(self, name):
+        """The one node that reads tensor `name`, when exactly one does and it is not a graph
+        output (so the two can be rewritten together); else None."""
+        readers = self.consumers.get(name, [])
+        if len(readers) != 1 or name in self.outputs:
+            return None
+        return readers[0]
 
     def scalar(self, name):
         """The value of tensor `name` if it is a scalar constant (through a DequantizeLinear)."""

@@ -87,7 +87,8 @@ def _packable(node, shapes, weights, block) -> bool:
     x = shapes.get(node.input[0]) or []
     bias = node.input[2] if len(node.input) > 2 else ""
     if (w is None or w.dtype != np.float32 or w.ndim != 4 or w.shape[1] != 1
-            or w.shape[0] < PACK_MIN_OUTPUTS or w.shape[2] % 2 == 0 or w.shape[3] % 2 == 0 or (bias and bias not in weights)):
+            or w.shape[0] < PACK_MIN_OUTPUTS or w.shape[2] % 2 == 0 or w.shape[3] % 2 == 0
+            or (bias and bias not in weights)):
         return False
     if len(x) != 4 or x[1] != 1 or not x[2] or not x[3] or x[2] % block or x[3] % block:
         return False
@@ -99,27 +100,21 @@ def _packable(node, shapes, weights, block) -> bool:
                  or attrs.get("auto_pad", b"") in (b"SAME_UPPER", b"SAME_LOWER")))
 
 
-def _sole_reader(graph, name, outputs):
-    readers = graph.consumers.get(name, [])
-    return readers[0] if len(readers) == 1 and name not in outputs else None
-
-
 def _chains(graph, shapes, weights, block) -> list:
     """Lists of packable Convs, each one's output read by the next one only."""
-    outputs = {o.name for o in graph.graph.output}
     chains, used = [], set()
     for node in graph.graph.node:
         if node.name in used or not _packable(node, shapes, weights, block):
             continue
         chain = [node]
         while True:
-            nxt = _sole_reader(graph, chain[-1].output[0], outputs)
+            nxt = graph.sole_reader(chain[-1].output[0])
             if nxt is None or not _packable(nxt, shapes, weights, block) \
                     or nxt.input[0] != chain[-1].output[0]:
                 break
             chain.append(nxt)
         used.update(n.name for n in chain)
-        if chain[-1].output[0] not in outputs:
+        if chain[-1].output[0] not in graph.outputs:
             chains.append(chain)
     return chains
 
@@ -251,14 +246,14 @@ def _name_nodes(model) -> None:
 def elementwise_before_unpack(model) -> int:
     """Move each elementwise op that alone reads a DepthToSpace before it (see the module
     docstring), as long as there is one; returns the number moved."""
-    outputs = {o.name for o in model.graph.output}
     moved = 0
     while True:
         graph = Graph(model)
         found = None
         for unpack in (n for n in model.graph.node if n.op_type == "DepthToSpace"):
-            act = _sole_reader(graph, unpack.output[0], outputs)
-            if (act is not None and act.op_type in ELEMENTWISE and act.output[0] not in outputs
+            act = graph.sole_reader(unpack.output[0])
+            if (act is not None and act.op_type in ELEMENTWISE
+                    and act.output[0] not in graph.outputs
                     and not any(name in graph.producer for name in act.input[1:] if name)
                     and not any(r.op_type == "QuantizeLinear"
                                 for r in graph.consumers.get(act.output[0], []))):
@@ -292,7 +287,7 @@ def _channel_constant(weights, node, source, channels):
     return None
 
 
-def _match_pool(graph, weights, shapes, pool, outputs):
+def _match_pool(graph, weights, shapes, pool):
     """`(nodes, unpack, scale, shift)` of the chain at AveragePool `pool`, or None."""
     attrs = _attrs(pool)
     kernel = list(attrs.get("kernel_shape", []))
@@ -305,7 +300,7 @@ def _match_pool(graph, weights, shapes, pool, outputs):
     channels = shape[1]
     scale, shift, nodes, current = np.ones(channels), np.zeros(channels), [pool], pool.output[0]
     for kind in ("Mul", "Add"):
-        reader = _sole_reader(graph, current, outputs)
+        reader = graph.sole_reader(current)
         if reader is None or reader.op_type != kind:
             continue
         value = _channel_constant(weights, reader, current, channels)
@@ -363,16 +358,15 @@ def pools_as_convolutions(model) -> int:
         return 0
     _name_nodes(model)
     graph, weights, shapes = Graph(model), _initializers(model), value_shapes(model)
-    outputs = {o.name for o in model.graph.output}
     replacements, drop = {}, set()
     for pool in [n for n in model.graph.node if n.op_type == "AveragePool"]:
-        found = _match_pool(graph, weights, shapes, pool, outputs)
+        found = _match_pool(graph, weights, shapes, pool)
         if found is None:
             continue
         nodes, unpack, scale, shift = found
         replacements[nodes[-1].name] = _pool_convs(model, nodes, unpack, scale, shift)
         drop.update(n.name for n in nodes[:-1])
-        reader = None if unpack is None else _sole_reader(graph, unpack.output[0], outputs)
+        reader = None if unpack is None else graph.sole_reader(unpack.output[0])
         if reader is not None and reader.name == pool.name:
             drop.add(unpack.name)
     if replacements:

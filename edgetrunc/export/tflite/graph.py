@@ -64,6 +64,7 @@ class Graph:
         self.refresh()
 
     def refresh(self):
+        self.outputs = {int(t) for t in self.g.outputs}
         self.producer = {}
         self.consumers = {}
         for index, op in enumerate(self.g.operators):
@@ -197,16 +198,16 @@ class Graph:
         """The index of the one op that reads `tensor_index`, when exactly one does and the
         tensor is not a graph output (so the two can be rewritten together); else None."""
         readers = self.consumers.get(int(tensor_index), [])
-        if len(readers) != 1 or int(tensor_index) in set(int(t) for t in self.g.outputs):
+        if len(readers) != 1 or int(tensor_index) in self.outputs:
             return None
         return readers[0]
 
     def remove_unread(self, kinds: tuple) -> int:
         """Delete the ops of `kinds` whose outputs nothing reads (e.g. the DEQUANTIZE of an fp16
         weight a rewrite replaced); returns the number deleted."""
-        outputs = set(int(t) for t in self.g.outputs)
         dead = [i for i, op in enumerate(self.g.operators) if self.op_name(op) in kinds
-                and not any(int(t) in outputs or self.consumers.get(int(t)) for t in op.outputs)]
+                and not any(int(t) in self.outputs or self.consumers.get(int(t))
+                            for t in op.outputs)]
         if dead:
             self.remove_ops(dead, {})
         return len(dead)

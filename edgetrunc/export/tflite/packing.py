@@ -196,7 +196,6 @@ def elementwise_before_unpack(model_t) -> int:
     """Move each elementwise op that alone reads a DEPTH_TO_SPACE before it (see the module
     docstring), as long as there is one; returns the number of ops moved."""
     graph = tg.Graph(model_t)
-    outputs = set(int(t) for t in graph.g.outputs)
     moved = 0
     while True:
         found = None
@@ -207,7 +206,7 @@ def elementwise_before_unpack(model_t) -> int:
             reader = graph.sole_reader(unpacked)
             if reader is not None and _reads_elementwise(
                     graph, graph.g.operators[reader], unpacked) and int(
-                    graph.g.operators[reader].outputs[0]) not in outputs:
+                    graph.g.operators[reader].outputs[0]) not in graph.outputs:
                 found = index, reader
                 break
         if found is None:
