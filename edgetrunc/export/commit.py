@@ -1,62 +1,32 @@
 """`OutputSet`: a set of outputs in one folder, committed whole or not at all.
 
 `convert` writes several artifacts and a `manifest.json` that describes them. An `OutputSet`
-holds a lock on the folder (a second concurrent writer is refused; the lock file is removed
-when the set is done), stages every file in a
-hidden folder inside it, and commits by writing a commit record (a journal of the renames),
-renaming every staged file into place with the manifest last, and removing the record. A run
-that fails removes what it staged; a run killed while committing leaves the record, and the
-next `OutputSet` on that folder finishes the commit before doing anything else (roll
-forward), so readers of the manifest see the old set or the new one, never a mix. A refused
-run creates nothing: the folder is made only when staging starts, and removed again if the
-run ends without committing and left nothing else there.
+follows the folder's commit protocol (`edgetrunc._commit`, docs/SECURITY.md): under the
+folder's lock it first finishes or cleans what a killed run left, checks the targets, writes
+a journal naming a random token and stages every file in the one folder
+`.edgetrunc-staging-<token>`; `commit` turns the journal into a commit record (each file's
+sha256), renames every staged file into place, the manifest last, and removes the record.
+A run that fails removes what it staged and its journal; a run killed at any moment leaves
+the journal, and the next writer or reader of the folder rolls it forward (or drops the
+staging folder when no commit record was written), so readers see the old set or the new
+one, never a mix. A refused run creates nothing: the folder is made only when staging
+starts, and removed again if the run ends without committing and left nothing else there.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
+import hashlib
 import os
+import secrets
 import shutil
-import signal
 from pathlib import Path
 
+from edgetrunc._commit import (JOURNAL, LOCK, STAGING_PREFIX, FolderLock, Journal, check_name,
+                               fault_point, recover, settle, write_new_journal)
 from edgetrunc._io import new_file_mode
 from edgetrunc.errors import InputError
 
-LOCK = ".edgetrunc.lock"
-JOURNAL = ".edgetrunc-commit.json"
-STAGING_PREFIX = ".edgetrunc-staging-"
-FAULT_VARIABLE = "EDGETRUNC_FAULT"  # tests kill the process at a named step
-
-
-def fault_point(step: str) -> None:
-    """Kill this process at `step` when the fault-injection variable names it (tests only)."""
-    if os.environ.get(FAULT_VARIABLE) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def recover(out_dir) -> bool:
-    """Finish a commit that a killed run left in `out_dir` and drop stale staging folders;
-    True when a commit was finished. Call it with the folder's lock held."""
-    out_dir = Path(out_dir)
-    journal = out_dir / JOURNAL
-    finished = False
-    if journal.exists():
-        try:
-            moves = json.loads(journal.read_text())["moves"]
-        except (OSError, ValueError, KeyError, TypeError):
-            moves = []
-        for staged, final in moves:
-            staged_path = out_dir / staged
-            if staged_path.exists():
-                os.replace(staged_path, out_dir / final)
-        journal.unlink()
-        finished = bool(moves)
-    for stale in out_dir.glob(STAGING_PREFIX + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    return finished
+__all__ = ["OutputSet", "JOURNAL", "LOCK", "STAGING_PREFIX", "fault_point", "recover"]
 
 
 class OutputSet:
@@ -64,21 +34,22 @@ class OutputSet:
 
     Args:
         out_dir: the destination folder (made when the set is entered, if missing).
-        names: the file names the set will hold (checked against existing files).
+        names: the plain file names the set will hold (checked against existing files).
         force: replace existing files of the same names.
         protect: inputs that must never be replaced.
     """
 
     def __init__(self, out_dir, names, force=False, protect=()):
         self.out_dir = Path(out_dir)
-        self.names = list(names)
+        self.names = [check_name(name, self.out_dir, hint="") for name in names]
         self.force = force
         self.protect = [Path(p) for p in protect]
         self._created = []
-        self._lock = None
-        self._staging = None
-        self._staging_owner = False
+        self._lock = FolderLock(self.out_dir)
+        self._journal = None
+        self._committing = False
         self.staged: dict = {}
+        self._hashes: dict = {}
 
     def check_targets(self) -> None:
         """Refuse a name that is an input or a folder, or that exists without `force`."""
@@ -95,31 +66,29 @@ class OutputSet:
             raise InputError(f"{existing[0]}: exists; use --force to replace the outputs "
                              f"({len(existing)} file(s) exist)")
 
+    def preflight(self) -> None:
+        """Before the slow work: finish a commit a killed run left (so the targets are the
+        ones a reader sees), then `check_targets`."""
+        if self.out_dir.is_dir():
+            settle(self.out_dir, self.protect)
+        self.check_targets()
+
     def __enter__(self):
         self._make_folder()
         try:
-            self._lock = open(self.out_dir / LOCK, "a")
-            if not self._locked():
+            if not self._lock.acquire():
                 raise InputError(f"{self.out_dir}: another edgetrunc convert is writing this "
                                  "folder; wait for it to finish")
-            self._staging_owner = True
-            recover(self.out_dir)
+            recover(self.out_dir, self.protect)
             self.check_targets()
-            self._staging = self.out_dir / f"{STAGING_PREFIX}{os.getpid()}"
-            self._staging.mkdir()
+            self._journal = Journal(secrets.token_hex(16), "staging")
+            write_new_journal(self.out_dir, self._journal)
+            fault_point("convert:after-journal")
+            self._journal.staging(self.out_dir).mkdir(mode=0o700)
         except BaseException:
             self._release(committed=False)
             raise
         return self
-
-    def _locked(self) -> bool:
-        """Take the folder's lock; False when another process holds it (or removed the lock
-        file it held, between our open and our lock)."""
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return os.fstat(self._lock.fileno()).st_ino == os.stat(self.out_dir / LOCK).st_ino
-        except OSError:
-            return False
 
     def _make_folder(self) -> None:
         missing = []
@@ -133,9 +102,15 @@ class OutputSet:
             raise InputError(f"{self.out_dir}: cannot create output folder ({exc.strerror})") from None
         self._created = missing
 
+    @property
+    def staging(self) -> Path:
+        return self._journal.staging(self.out_dir)
+
     def stage(self, name: str, content: bytes) -> Path:
         """Write `content` as the staged file `name`; returns its path (to read back)."""
-        path = self._staging / name
+        if name not in self.names:
+            raise InputError(f"{self.out_dir / name}: not one of the names this set was made for")
+        path = self.staging / name
         try:
             with open(path, "wb") as stream:
                 stream.write(content)
@@ -143,6 +118,8 @@ class OutputSet:
             raise InputError(f"{self.out_dir / name}: cannot write ({exc.strerror or exc})") from None
         os.chmod(path, new_file_mode())
         self.staged[name] = path
+        self._hashes[name] = hashlib.sha256(content).hexdigest()
+        fault_point("convert:after-stage")
         return path
 
     def commit(self, manifest_name: str, manifest_text: str) -> None:
@@ -150,46 +127,44 @@ class OutputSet:
         self.stage(manifest_name, manifest_text.encode())
         fault_point("convert:after-staging")
         order = [n for n in self.staged if n != manifest_name] + [manifest_name]
-        moves = [[os.path.relpath(self.staged[n], self.out_dir), n] for n in order]
-        journal = self.out_dir / JOURNAL
-        tmp = self._staging / JOURNAL
-        tmp.write_text(json.dumps({"moves": moves}))
-        os.replace(tmp, journal)
-        for index, (staged, final) in enumerate(moves):
-            os.replace(self.out_dir / staged, self.out_dir / final)
+        record = Journal(self._journal.token, "commit", tuple((n, self._hashes[n]) for n in order))
+        tmp = self.staging / JOURNAL
+        tmp.write_bytes(record.to_bytes())
+        os.replace(tmp, self.out_dir / JOURNAL)
+        self._committing = True  # from here on, a failure leaves the record to roll forward
+        fault_point("convert:after-record")
+        for index, name in enumerate(order):
+            os.replace(self.staged[name], self.out_dir / name)
             if index == 0:
                 fault_point("convert:after-artifact")
-            if index == len(moves) - 2:
+            if index == len(order) - 2:
                 fault_point("convert:before-manifest")
         fault_point("convert:after-manifest")
-        journal.unlink()
+        self.staging.rmdir()
+        fault_point("convert:after-cleanup")
+        os.unlink(self.out_dir / JOURNAL)
+        self._committing = False
         self._release(committed=True)
 
     def __exit__(self, kind, value, traceback):
-        if self._lock is not None:
+        if self._lock.held:
             self._release(committed=False)
         return False
 
     def _release(self, committed: bool) -> None:
-        if self._staging is not None:
-            shutil.rmtree(self._staging, ignore_errors=True)
-            self._staging = None
-        lock, self._lock = self._lock, None
-        if lock is None:
-            return
-        if self._holds_lock(lock):
-            with contextlib.suppress(OSError):
-                (self.out_dir / LOCK).unlink()  # removed while held: a waiter sees a new file
+        if self._journal is not None and not self._committing and self._lock.held:
+            shutil.rmtree(self.staging, ignore_errors=True)
             if not committed:
-                self._remove_if_untouched()
-        lock.close()
-
-    def _holds_lock(self, lock) -> bool:
-        try:
-            return os.fstat(lock.fileno()).st_ino == os.stat(self.out_dir / LOCK).st_ino and \
-                self._staging_owner
-        except OSError:
-            return False
+                try:
+                    os.unlink(self.out_dir / JOURNAL)
+                except OSError:
+                    pass
+            self._journal = None
+        if not self._lock.held:
+            return
+        self._lock.release()
+        if not committed:
+            self._remove_if_untouched()
 
     def _remove_if_untouched(self) -> None:
         """A run that committed nothing leaves no folder it made and no lock file there."""

@@ -100,7 +100,7 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
     artifacts = manifest.plan(source.stem, tflite, onnx)
     outputs = OutputSet(out_dir, [name for _, _, name in artifacts] + [manifest.MANIFEST],
                         force=force, protect=[source])
-    outputs.check_targets()  # refused before the (slow) model load; checked again under the lock
+    outputs.preflight()  # a killed run's commit finished, targets refused before the (slow) load
     options = {"opset": int(opset), "nchw": nchw, "int8_io": int8_io, "int8_mode": int8_mode,
                "literal": bool(literal)}
     model = float32_model(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES))

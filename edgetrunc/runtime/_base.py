@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetrunc._commit import settle
 from edgetrunc._io import require_file
 from edgetrunc.errors import InputError
 
@@ -148,6 +149,7 @@ class BaseRunner:
         Keras file named `.onnx`, ...) is refused naming what it holds.
         """
         path = require_file(path, f".{self.format} file")
+        settle(path.parent)  # a killed convert's commit finished, or a forged record refused
         if self.format in ("tflite", "onnx"):
             check_model_size(path)
         found = sniff_model_format(path)
