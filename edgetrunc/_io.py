@@ -7,6 +7,7 @@ so a crash never leaves half a file; inputs are never overwritten.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -65,7 +66,7 @@ def check_output(path, protect=()) -> Path:
     folder, or a path whose parent is not a folder. Symbolic links are followed, so the link
     stays and its target gets the new content."""
     path = Path(path)
-    target = Path(os.path.realpath(path))
+    target = resolve_path(path)
     for other in protect:
         other = Path(other)
         if _same_file(target, other) or target == Path(os.path.realpath(other)):
@@ -75,6 +76,78 @@ def check_output(path, protect=()) -> Path:
     if target.is_dir():
         raise InputError(f"{path}: is a folder, expected a file name to write")
     return target
+
+
+# The outputs of one run are checked together, before any work starts and before anything is
+# created: against each other and against every input of the same run.
+
+def resolve_path(path, label=None, what="output") -> Path:
+    """`path` with every link resolved; a symbolic link loop is an InputError naming it."""
+    shown = f"{label} {path}" if label else f"{path}"
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{shown}: a symbolic link loop; expected an {what} path",
+                             param=label) from None
+    resolved = Path(os.path.realpath(path))
+    if os.path.islink(resolved):  # a link into a loop that realpath leaves as it is
+        raise InputError(f"{shown}: a symbolic link loop; expected an {what} path", param=label)
+    return resolved
+
+
+def _same_or_inside(a: Path, b: Path, b_is_folder: bool) -> str | None:
+    if a == b or _same_file(a, b):
+        return "same"
+    if b_is_folder and b in a.parents:
+        return "inside"
+    return None
+
+
+def check_run_paths(outputs: dict, inputs: dict | None = None, folders=()) -> dict:
+    """Refuse, before any work, outputs of one run that collide; returns them resolved.
+
+    `outputs` maps each output's parameter name to its path (None and '-' are skipped),
+    `inputs` each input's name to a path or a list of paths (files or folders; None and
+    values that are no path are skipped), `folders` names the outputs that are folders
+    (caches). Refused, as an InputError naming the output's parameter: a symbolic link loop,
+    two outputs on one file (resolved paths, or inode and device where the files exist), an
+    output inside an output folder, an output that is an input (or an existing file of an
+    input folder), and an output folder that holds an input or lies inside an input folder."""
+    resolved = {k: resolve_path(v, k) for k, v in outputs.items() if v is not None and str(v) != "-"}
+    sources = [(k, p, Path(os.path.realpath(p))) for k, paths in (inputs or {}).items()
+               for p in (paths if isinstance(paths, (list, tuple)) else [paths])
+               if isinstance(p, (str, os.PathLike)) and str(p).strip()]
+    for name, target in resolved.items():
+        shown = f"{name} {outputs[name]}"
+        is_folder = name in folders
+        for other, other_target in resolved.items():
+            relation = None if other == name else _same_or_inside(target, other_target, other in folders)
+            if relation == "same" and list(resolved).index(other) < list(resolved).index(name):
+                raise InputError(f"{shown}: the same path as {other} {outputs[other]}; give each "
+                                 "output its own path", param=name)
+            if relation == "inside":
+                raise InputError(f"{shown}: inside the {other} folder {outputs[other]}; write it "
+                                 "elsewhere", param=name)
+        for other, given, source in sources:
+            relation = _same_or_inside(target, source, source.is_dir()) or (
+                is_folder and _same_or_inside(source, target, True))
+            if relation == "same":
+                raise InputError(f"{shown}: refusing to overwrite an input file (the {other} "
+                                 f"{given})", param=name)
+            if relation and is_folder:
+                raise InputError(f"{shown}: overlaps the input {other} {given}; refusing to "
+                                 "write there (inputs are never overwritten)", param=name)
+            if relation == "inside" and target.exists():
+                raise InputError(f"{shown}: refusing to overwrite a file of the input folder "
+                                 f"{given}", param=name)
+        if not is_folder and target.is_dir():
+            raise InputError(f"{shown}: is a folder, expected a file name to write", param=name)
+        if is_folder and target.exists() and not target.is_dir():
+            raise InputError(f"{shown}: exists and is not a folder", param=name)
+    return resolved
 
 
 def is_stream(target: Path) -> bool:
@@ -150,3 +223,4 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+

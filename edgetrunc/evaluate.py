@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc import _log
-from edgetrunc._io import require_file
+from edgetrunc._io import check_run_paths, require_file
 from edgetrunc._text import table
 from edgetrunc.data.covers import resolve_covers
 from edgetrunc.data.dataset import check_payload, load_pairs
@@ -82,6 +82,9 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
         embedding: `"lsbm"`, `"hill"`, `"suniward"` or `"wow"`; the content-adaptive ones
             come from the stego cache (`stego_cache` folder, filled by `workers` processes).
     """
+    check_run_paths({"stego_cache": stego_cache}, {"model_path": model_path,
+                                                    "covers": None if covers == "embedded" else covers},
+                    folders=("stego_cache",))  # before the cache folder is made
     stego = StegoSettings(embedding, stego_cache, workers)
     if Path(model_path).is_dir():
         require_keras_file(model_path)  # a SavedModel folder names `edgetrunc migrate`

@@ -1,8 +1,9 @@
 """`edgetrunc parity`: compare a Keras model with its TFLite / ONNX artifacts and report.
 
-Report paths are checked before anything runs (unwritable path, a folder, or one of the
-inputs: exit 2). The terminal table goes to stdout (to stderr when the JSON report goes to
-stdout with `--json -`); exit 0 when every artifact passes, 1 on a parity failure.
+Every output path (the reports, --save-inputs, the --stego-cache folder) is checked before
+anything runs or is created, against the others and every input (`_io.check_run_paths`;
+unwritable path, a folder, one file twice, an input: exit 2). The terminal table goes to
+stdout (to stderr when the JSON report goes to stdout with `--json -`); exit 0 when every artifact passes, 1 on a parity failure.
 """
 
 from __future__ import annotations
@@ -50,19 +51,12 @@ def add_arguments(p) -> None:
                    "outputs later with `parity MODEL OUTPUTS.npz --inputs FILE.npz`")
 
 
-def _check_report_path(path, option, inputs) -> None:
+def _check_report_path(path, option) -> None:
     from edgetrunc.errors import InputError
-    from edgetrunc.parity.inputs import check_outputs
 
     if path is None or str(path) == "-":
         return
     target = Path(path)
-    if target.is_dir():
-        raise InputError(f"{option} {path}: is a folder; expected a file path")
-    try:
-        check_outputs([target], inputs)
-    except InputError as exc:
-        raise InputError(f"{option} {exc}") from None
     parent = target.parent if str(target.parent) else Path(".")
     existing = parent
     while not existing.exists():
@@ -77,16 +71,21 @@ def _check_report_path(path, option, inputs) -> None:
 
 def _check_options(args) -> None:
     from edgetrunc import _log
+    from edgetrunc._io import check_run_paths
     from edgetrunc.errors import InputError
-    from edgetrunc.parity.inputs import protected_inputs
+    from edgetrunc.parity.inputs import KINDS
 
-    inputs = protected_inputs(args.model, args.artifacts, args.inputs)
+    check_run_paths({"--json": args.json, "--html": args.html, "--save-inputs": args.save_inputs,
+                     "--stego-cache": args.stego_cache},
+                    {"MODEL": args.model, "ARTIFACT": args.artifacts,
+                     "--inputs": None if args.inputs in KINDS else args.inputs},
+                    folders=("--stego-cache",))
     if args.inputs in ("mix", "random", "covers", "stego") and Path(args.inputs).is_dir():
         _log.warn(f"--inputs {args.inputs}: the built-in '{args.inputs}' inputs are used, not the "
                   f"folder of that name; pass ./{args.inputs} for the folder")
-    _check_report_path(args.json, "--json", inputs)
-    _check_report_path(args.html, "--html", inputs)
-    _check_report_path(args.save_inputs, "--save-inputs", inputs)
+    _check_report_path(args.json, "--json")
+    _check_report_path(args.html, "--html")
+    _check_report_path(args.save_inputs, "--save-inputs")
     if args.strict_layers and not args.per_layer:
         raise InputError("--strict-layers: needs --per-layer (it judges the per-layer comparison)")
     if args.html == "-":

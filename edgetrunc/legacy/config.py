@@ -129,6 +129,7 @@ def check_keras_archive(path) -> Path:
     if len(members) > MAX_ARCHIVE_MEMBERS:
         raise InputError(f"{path}: the .keras archive holds {len(members)} members, over the "
                          f"limit of {MAX_ARCHIVE_MEMBERS}; refusing to read it")
+    _check_member_kinds(path, members)
     total = 0
     for member in members:
         name = member.filename
@@ -150,6 +151,23 @@ def check_keras_archive(path) -> Path:
                          f"{_size(file_size)}, over {MAX_ARCHIVE_EXPANSION} times its size "
                          "(a decompression bomb?); refusing to read it")
     return path
+
+
+def _check_member_kinds(path, members) -> None:
+    """Refuse members that would collide when extracted: a name given twice, or one name
+    both a file and a folder (`config.json/`, `config.json/x` beside or instead of the file
+    Keras reads), which makes Keras fail half-way and leave its temporary folder behind."""
+    files = [m.filename for m in members if not m.is_dir()]
+    seen, reserved = set(files), {"config.json", "metadata.json", "model.weights.h5"}
+    if len(seen) != len(files):
+        raise InputError(f"{path}: the .keras archive names a member twice; refusing to read it")
+    for member in members:
+        parts = member.filename.rstrip("/").split("/")
+        folders = ["/".join(parts[:i]) for i in range(1, len(parts) + (1 if member.is_dir() else 0))]
+        clash = [f for f in folders if f in seen or f in reserved]
+        if clash:
+            raise InputError(f"{path}: the .keras archive has a member {member.filename!r} that "
+                             f"makes {clash[0]!r} a folder; refusing to read it")
 
 
 def _h5_config(path) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgetrunc import _log
-from edgetrunc._io import atomic_path
+from edgetrunc._io import atomic_path, resolve_path
 from edgetrunc.errors import CheckFailed, InputError, first_line
 from edgetrunc.legacy import (
     FORMAT_NAMES,
@@ -100,7 +100,7 @@ def _check_paths(legacy_path, out_path):
     if out.suffix.lower() != ".keras":
         raise InputError(f"{out}: the migrated model is saved as .keras; got "
                          f"'{out.suffix or 'no suffix'}'")
-    if out.resolve() == legacy.resolve() or (out.exists() and out.samefile(legacy)):
+    if resolve_path(out) == legacy.resolve() or (out.exists() and out.samefile(legacy)):
         raise InputError(f"{out}: is the legacy input; choose another --out "
                          "(the input is never overwritten)")
     if out.is_dir():

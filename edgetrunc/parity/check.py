@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc import _log
+from edgetrunc._io import check_run_paths
 from edgetrunc.errors import InputError
 from edgetrunc.metrics import nearly_constant
 from edgetrunc.parity.comparator import DEFAULT_BATCH_SIZE, Comparator
 from edgetrunc.parity.compare import CompareFunc
-from edgetrunc.parity.inputs import check_outputs, parity_inputs, protected_inputs
+from edgetrunc.parity.inputs import parity_inputs, protected_inputs
 from edgetrunc.parity.results import ArtifactReport, ParityReport
 
 PER_LAYER_SAMPLES = 8
@@ -249,12 +250,13 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     from edgetrunc.data.stego_cache import StegoSettings
 
     start = time.perf_counter()
-    stego = StegoSettings(embedding, stego_cache, workers)
     if not artifacts:
         raise InputError("no artifact given; expected one or more .tflite / .onnx files")
     _check_tolerances(atol, rtol)
     protect = protected_inputs(model, artifacts, inputs)
-    check_outputs([save_inputs], protect)  # refused now, not after the comparison
+    check_run_paths({"save_inputs": save_inputs, "stego_cache": stego_cache},  # before any work
+                    {"input": protect}, folders=("stego_cache",))
+    stego = StegoSettings(embedding, stego_cache, workers)
     keras_runner, shape = _open_reference(model, threads, batch_size)
     batch_size = _bounded_batch_size(keras_runner, shape, batch_size)
     runners = open_artifacts(artifacts, shape, threads)

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgetrunc._io import require_writable_dir
+from edgetrunc._io import check_run_paths, require_writable_dir
 from edgetrunc.data.dataset import check_payload
 from edgetrunc.data.splits import DEFAULT_FRACTIONS
 from edgetrunc.data.stego_cache import DEFAULT_MESSAGES, StegoSettings
@@ -92,6 +92,10 @@ class TrainConfig:
         if int(self.shuffle_buffer) < 1:
             raise InputError(f"shuffle_buffer: expected >= 1 pairs; got {self.shuffle_buffer}", param="shuffle_buffer")
         self.stages = parse_curriculum(self.curriculum, self.payload)
+        if self.out is not None:  # every output against the others and the covers, first
+            check_run_paths({"out": self.out, "record": record_path(self.out),
+                             "stego_cache": self.stego_cache}, {"covers": None if self.covers == "embedded" else self.covers},
+                            folders=("stego_cache",))
         self.stego = StegoSettings(self.embedding, self.stego_cache, self.workers, self.messages)
         self.model_kwargs = parse_model_args(self.model_kwargs.items()
                                              if isinstance(self.model_kwargs, dict)
