@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc import _log
-from edgetrunc._io import sha256_file
+from edgetrunc._io import resolve_path, sha256_file
 from edgetrunc._version import __version__
 from edgetrunc.errors import InputError
 from edgetrunc.export import calibration as calib_data
@@ -52,6 +52,7 @@ def _check_precisions(kind, values, allowed):
 def _check_out_dir(out_dir: Path) -> None:
     """Raise InputError unless `out_dir` is a writable folder or can be made in one; nothing
     is created here (a refused run leaves no trace)."""
+    resolve_path(out_dir, what="output folder")  # a symbolic link loop, named as one
     probe = out_dir
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
