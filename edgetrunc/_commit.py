@@ -97,8 +97,8 @@ def _open_regular(path: Path, what: str, flags: int = os.O_RDONLY) -> int:
     try:
         fd = os.open(path, flags | _OPEN_FLAGS)
     except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            raise
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # no such file, or no such folder
+            raise FileNotFoundError(exc.errno, exc.strerror, str(path)) from None
         kind = {errno.ELOOP: "a symbolic link", errno.EISDIR: "not a regular file (a folder)"
                 }.get(exc.errno, exc.strerror or str(exc))
         raise InputError(f"{path}: {kind}; expected a regular {what}; {_LEFT}") from None

@@ -266,6 +266,34 @@ def test_readers_settle_a_killed_commit_or_refuse_a_forged_one(old_set):
         open_runner(old_set / "m_fp16.tflite")
 
 
+def test_infer_finishes_a_killed_commit_before_it_reads_and_refuses_a_forged_one(cli, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    content = (ROOT / "models" / "tlunet_fp32.tflite").read_bytes()
+    folder = tmp_path / "out"
+    pid = os.fork()
+    if pid == 0:  # a convert killed after its commit record, before any rename
+        try:
+            os.environ[FAULT_VARIABLE] = "convert:after-record"
+            with OutputSet(folder, ["m.tflite", "manifest.json"]) as outputs:
+                outputs.stage("m.tflite", content)
+                outputs.commit("manifest.json", json.dumps({"artifacts": []}))
+        finally:
+            os._exit(1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == -signal.SIGKILL
+    assert not (folder / "m.tflite").exists() and (folder / JOURNAL).exists()
+    image = tmp_path / "i.png"
+    Image.fromarray(np.zeros((256, 256), np.uint8)).save(image)
+    code, out, err = cli("infer", folder / "m.tflite", image)
+    assert code == 0, err
+    assert (folder / "m.tflite").read_bytes() == content and _hidden(folder) == []
+    _journal(folder, {"edgetrunc_commit": 1, "token": TOKEN, "state": "commit",
+                      "files": [["m.tflite", "0" * 64]]})
+    code, out, err = cli("infer", folder / "m.tflite", image)
+    assert code == 2 and err.count("\n") == 1 and JOURNAL in err and (folder / JOURNAL).exists()
+
+
 def test_an_empty_journal_from_a_kill_at_its_creation_is_dropped(old_set):
     (old_set / JOURNAL).write_bytes(b"")
     assert recover(old_set) is False

@@ -148,8 +148,8 @@ class BaseRunner:
         A file whose content is another model format (an ONNX model named `.tflite`, a
         Keras file named `.onnx`, ...) is refused naming what it holds.
         """
+        settle(Path(path).parent)  # a killed convert's commit finished, or a forged record refused
         path = require_file(path, f".{self.format} file")
-        settle(path.parent)  # a killed convert's commit finished, or a forged record refused
         if self.format in ("tflite", "onnx"):
             check_model_size(path)
         found = sniff_model_format(path)
