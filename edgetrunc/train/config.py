@@ -92,7 +92,10 @@ class TrainConfig:
         if int(self.shuffle_buffer) < 1:
             raise InputError(f"shuffle_buffer: expected >= 1 pairs; got {self.shuffle_buffer}", param="shuffle_buffer")
         self.stages = parse_curriculum(self.curriculum, self.payload)
-        self.stego = StegoSettings(self.embedding, self.stego_cache, self.workers, self.messages)
+        messages = self.messages  # a run draws one per epoch: more are never used
+        if isinstance(messages, int) and not isinstance(messages, bool):
+            messages = min(messages, int(self.epochs))
+        self.stego = StegoSettings(self.embedding, self.stego_cache, self.workers, messages)
         self.model_kwargs = parse_model_args(self.model_kwargs.items()
                                              if isinstance(self.model_kwargs, dict)
                                              else self.model_kwargs)
