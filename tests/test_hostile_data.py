@@ -350,3 +350,47 @@ print(len(result["ops"]))
     result, rss = run_python(code, tmp_path)
     assert int(result.stdout.split()[0]) > 10
     assert rss < 512 * 2**20, rss
+
+
+# Keras files whose names mislead ---------------------------------------------------------
+
+def _tiny_keras(path: Path, conv_name: str = "conv") -> Path:
+    import keras
+
+    from edgetrunc.layers import Truncation
+
+    inputs = keras.Input((16, 16, 1), name="image")
+    x = keras.layers.Conv2D(2, 3, padding="same", name=conv_name)(inputs)
+    x = Truncation(3.0, name="tlu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="head")(x)
+    keras.Model(inputs, outputs, name="tiny").save(path)
+    return path
+
+
+def test_a_keras_layer_under_a_foreign_module_is_named_as_such(tmp_path):
+    from edgetrunc.keras.load import load_model
+
+    source = _tiny_keras(tmp_path / "tiny.keras")
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    conv = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Conv2D")
+    conv["module"] = "this"
+    members["config.json"] = json.dumps(config).encode()
+    hostile = tmp_path / "this.keras"
+    with zipfile.ZipFile(hostile, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(InputError, match="Keras class 'Conv2D' names the module 'this', not a Keras"):
+        load_model(hostile)
+
+
+def test_markup_in_layer_names_runs_per_layer_inference(tmp_path):
+    from edgetrunc.keras.runner import KerasRunner
+
+    name = '<b>conv</b> {x} [y] %s "q"'.replace("/", "|")
+    runner = KerasRunner(_tiny_keras(tmp_path / "markup.keras", name))
+    outputs = runner.layer_outputs(np.zeros((2, 16, 16, 1), np.float32))
+    assert name in outputs and outputs[name].shape == (2, 16, 16, 2)
+    assert runner.infer(np.zeros((2, 16, 16, 1), np.float32))
