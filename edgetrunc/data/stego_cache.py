@@ -55,6 +55,9 @@ def usable_cores() -> int:
 def check_cache_dir(path) -> Path:
     """`path` created if needed, once a file can be written in it; else an `InputError`."""
     path = Path(path).expanduser()
+    if os.path.lexists(path) and not path.is_dir():
+        raise InputError(f"stego_cache: {path} is a file (or a link to one); expected a folder",
+                         param="stego_cache")
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".probe.", dir=path)
