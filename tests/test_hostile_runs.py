@@ -135,3 +135,45 @@ def test_markup_in_layer_names_runs_per_layer_inference(tmp_path):
     outputs = runner.layer_outputs(np.zeros((2, 16, 16, 1), np.float32))
     assert name in outputs and outputs[name].shape == (2, 16, 16, 2)
     assert runner.infer(np.zeros((2, 16, 16, 1), np.float32))
+
+
+# a streamed epoch, a lost worker ---------------------------------------------------------
+
+def test_a_cover_that_vanishes_during_a_streamed_epoch_ends_training_in_one_line(tmp_path,
+                                                                                monkeypatch):
+    import tensorflow as tf
+    from PIL import Image
+
+    from edgetrunc.data.stream import scan_covers, stream_training_tiles
+    from edgetrunc.train import loop
+    from edgetrunc.train.pipeline import stream_epoch_dataset
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    for name in ("a", "b"):
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+    tiles = stream_training_tiles(scan_covers(tmp_path, min_size=32), tile=32)
+    (tmp_path / "b.png").unlink()
+
+    def epochs(*args):
+        for _ in stream_epoch_dataset(tiles, 2, len(tiles) // 2, 0.4, shuffle_buffer=4):
+            pass
+
+    monkeypatch.setattr(loop, "_fit_epochs", epochs)
+    with pytest.raises(InputError, match=r"b.png: no such file"):
+        loop.fit_epochs(None, tf.distribute.get_strategy(), None, None, 0.0, None)
+
+
+def test_a_worker_lost_mid_run_ends_training_in_one_line(monkeypatch):
+    import tensorflow as tf
+
+    from edgetrunc.train import loop
+
+    def epochs(*args):
+        raise tf.errors.UnavailableError(None, None, "cluster check alive failed, "
+                                         "/job:worker/replica:0/task:1 is down")
+
+    monkeypatch.setattr(loop, "_fit_epochs", epochs)
+    monkeypatch.setattr(loop, "is_multiworker", lambda strategy: True)
+    with pytest.raises(InputError, match="a worker of the cluster stopped answering .cluster "
+                                         "check alive failed, /job:worker/replica:0/task:1"):
+        loop.fit_epochs(None, None, None, None, 0.0, None)
