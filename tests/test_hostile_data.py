@@ -223,6 +223,17 @@ def test_non_utf8_cover_names_split_and_write(tmp_path):
     assert report.read_text().startswith("<p>") and "\\udce9" in report.read_text()
 
 
+def test_evaluate_on_a_folder_with_a_non_utf8_name(tmp_path, cli):
+    from PIL import Image
+
+    folder = os.fsencode(tmp_path)
+    for name in (b"caf\xe9.png", b"b.png", b"c.png"):
+        Image.fromarray(_tile().repeat(16, 0).repeat(16, 1)).save(os.fsdecode(folder + b"/" + name))
+    model = Path(__file__).resolve().parent.parent / "models" / "tlunet_fp32.tflite"
+    code, out, err = cli("evaluate", model, "--covers", tmp_path)
+    assert code == 0 and "caf\\xe9" in out and "Traceback" not in err, err
+
+
 # .npz inputs -------------------------------------------------------------------------------
 
 def test_an_npz_whose_members_unpack_past_the_bound_is_refused_before_allocation(tmp_path):

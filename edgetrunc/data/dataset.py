@@ -40,8 +40,9 @@ def check_payload(payload) -> float:
 
 def tile_seed(seed: int, source: str, position, payload: float, epoch: int = -1) -> int:
     """The embedding seed of one tile: fixed by (seed, photo, position, payload, epoch)."""
-    entropy = [int(seed) & 0xFFFFFFFF, zlib.crc32(source.encode()), int(position[0]),
-               int(position[1]), int(round(payload * 1_000_000)), int(epoch) & 0xFFFFFFFF]
+    name = source.encode("utf-8", "surrogateescape")  # a file name's undecodable bytes as they are
+    entropy = [int(seed) & 0xFFFFFFFF, zlib.crc32(name), int(position[0]), int(position[1]),
+               int(round(payload * 1_000_000)), int(epoch) & 0xFFFFFFFF]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
