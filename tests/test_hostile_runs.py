@@ -31,6 +31,23 @@ def test_workers_and_messages_are_bounded(tmp_path):
     assert config.stego.messages == 3  # a run draws one message per epoch
 
 
+def test_tile_counts_and_in_memory_sets_are_bounded_by_the_data(tmp_path):
+    from edgetrunc.data.covers import Cover
+    from edgetrunc.data.dataset import load_pairs, tile_items, training_tiles
+    from edgetrunc.train.config import TrainConfig
+
+    flat = Cover("flat", np.zeros((4096, 4096), np.uint8))  # a 4096x4096 photo
+    with pytest.raises(InputError, match="stride: 14753281 tiles .* over the 2000000"):
+        tile_items([flat], 1, None, np.random.default_rng(0), 256)
+    with pytest.raises(InputError, match="max_tiles: 3.5 GiB of training tiles"):
+        training_tiles([flat], stride=16)
+    with pytest.raises(InputError, match="max_pairs: 1.4 GiB of cover/stego pairs"):
+        load_pairs([flat, Cover("b", flat.pixels), Cover("c", flat.pixels)], split="all",
+                   stride=128)
+    with pytest.raises(InputError, match="shuffle_buffer: expected 1 to 8192 pairs"):
+        TrainConfig(shuffle_buffer=2**31 - 1, stego_cache=tmp_path)
+
+
 # TF_CONFIG ---------------------------------------------------------------------------------
 
 def _tf_config(address="localhost:2222", **extra):
