@@ -140,6 +140,7 @@ def test_an_entry_name_taken_by_a_folder_names_the_entry(tmp_path):
     with pytest.raises(InputError) as error:
         cache.store(KEY, _tile(), None, "cannot carry")
     assert KEY.digest() in str(error.value) and ".stego." not in str(error.value)
+    assert "a folder is in its place" in str(error.value)
 
 
 # cover folders -----------------------------------------------------------------------------

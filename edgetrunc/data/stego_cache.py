@@ -155,8 +155,10 @@ class StegoCache:
                 handle.write(encode_entry(key, cover_tile, stego, reason))
             os.replace(tmp, path)
         except OSError as exc:
-            raise InputError(f"stego cache {self.root}: cannot write the entry {path.name} "
-                             f"({exc.strerror or exc}; a folder or other file in its place?)") from None
+            reason = "a folder is in its place" if isinstance(exc, IsADirectoryError) else (
+                exc.strerror or str(exc))
+            raise InputError(f"stego cache {self.root}: cannot write the entry {path} "
+                             f"({reason})") from None
         finally:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
