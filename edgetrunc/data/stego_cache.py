@@ -122,7 +122,7 @@ class StegoCache:
         try:
             self._shard(path, create=False)
             return read_regular(path, "stego cache entry", limit, follow_links=False,
-                                folder=path.parent)
+                                folder=Path(os.path.realpath(self.root)) / path.parent.name)
         except InputError as exc:
             raise CacheEntryError(str(exc).replace(f"{path}: ", "", 1)) from None
         except OSError as exc:
