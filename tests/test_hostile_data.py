@@ -278,3 +278,12 @@ def test_a_cache_folder_that_is_a_file_is_named_as_such(tmp_path):
     (tmp_path / "cache").write_text("")
     with pytest.raises(InputError, match="cache is a file .or a link to one.; expected a folder"):
         StegoSettings("hill", cache_dir=tmp_path / "cache")
+
+
+def test_a_symbolic_link_loop_is_named_as_such(tmp_path):
+    from edgetrunc.data.images import load_image
+
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(InputError, match="a.png: symbolic link loop"):
+        load_image(tmp_path / "a.png")
