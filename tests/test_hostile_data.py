@@ -177,7 +177,7 @@ print(use_streaming({str(hostile_covers)!r}), [c.name for c in covers])
 
 def test_evaluate_reads_a_large_photo_batch_by_batch(tmp_path):
     """An 81-megapixel photo of 80 KB (under the bound) gives 4761 pairs at stride 128:
-    13 GB as one float32 array; read batch by batch, one photo is in memory."""
+    2.5 GB as one float32 array; read batch by batch, one photo is in memory."""
     flat_png(tmp_path / "large.png", 9000, 9000)
     code = f"""
 import itertools
