@@ -287,3 +287,11 @@ def test_a_symbolic_link_loop_is_named_as_such(tmp_path):
     (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
     with pytest.raises(InputError, match="a.png: symbolic link loop"):
         load_image(tmp_path / "a.png")
+
+
+def test_an_entry_of_the_older_format_is_replaced_quietly(tmp_path, capsys):
+    from edgetrunc.data.stego_entry import OLD_MAGIC
+
+    cache = StegoCache(tmp_path)
+    _plant(cache, OLD_MAGIC + bytes(64))
+    assert cache.load(KEY, _tile()) is None and capsys.readouterr().err == ""

@@ -30,8 +30,8 @@ from edgetrunc import _log
 from edgetrunc._io import read_regular
 from edgetrunc.data.embeddings import (DEFAULT_EMBEDDING, PayloadTooLarge, check_embedding,
                                        conseal_scheme, embed)
-from edgetrunc.data.stego_entry import (MAGIC, MAX_HEADER_BYTES, CacheEntryError, StegoKey,
-                                        decode_entry, encode_entry, pixel_digest)
+from edgetrunc.data.stego_entry import (MAGIC, MAX_HEADER_BYTES, CacheEntryError, OldCacheEntry,
+                                        StegoKey, decode_entry, encode_entry, pixel_digest)
 from edgetrunc.errors import InputError
 
 DEFAULT_MESSAGES = 4
@@ -136,7 +136,7 @@ class StegoCache:
         path = self.path(key)
         try:
             return decode_entry(self._entry_bytes(path, cover_tile), key, cover_tile)
-        except FileNotFoundError:
+        except (FileNotFoundError, OldCacheEntry):
             return None
         except CacheEntryError as exc:
             _log.warn(f"stego cache: entry {path} is not usable ({exc}); rebuilding it")
