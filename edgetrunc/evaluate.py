@@ -1,7 +1,9 @@
 """Evaluation of a detector (`.keras` or full-model `.h5`, `.tflite` or `.onnx`) on cover/stego pairs.
 
 `evaluate(model_path, ...)` builds the pairs with `edgetrunc.data.load_pairs` (the held-out
-test photos of the embedded covers by default, or every photo of a user folder), cut at the
+test photos of the embedded covers by default), or for a user folder (every photo by
+default) with `edgetrunc.data.stream.stream_pairs`, read batch by batch, so memory stays
+bounded however many tiles its photos hold; the pairs are cut at the
 model's geometry (`edgetrunc.data.geometry`: its square input size, 256 for a free size;
 grayscale or RGB), scores
 them in inference mode (Keras) or through `edgetrunc.runtime.open_runner` (TFLite, ONNX
@@ -20,7 +22,9 @@ from edgetrunc._io import check_run_paths, require_file
 from edgetrunc._text import table
 from edgetrunc.data.covers import resolve_covers
 from edgetrunc.data.dataset import check_payload, load_pairs
+from edgetrunc.data.splits import split_sources
 from edgetrunc.data.stego_cache import StegoSettings
+from edgetrunc.data.stream import StreamPairs, scan_covers, stream_pairs
 from edgetrunc.data.geometry import require_image_geometry
 from edgetrunc.errors import InputError
 from edgetrunc.keras.activation import output_activation
@@ -95,13 +99,14 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     suffix = path.suffix.lower()
     score, geometry = keras_scorer(path, batch_size) if suffix in (".keras", ".h5") else (
         runtime_scorer(path, batch_size, threads))
-    cover_list = resolve_covers(covers, channels=geometry.channels, min_size=geometry.tile)
-    pairs = load_pairs(cover_list, split=split, payload=payload, seed=seed,
-                       max_pairs=max_pairs, stride=stride, tile=geometry.tile,
-                       channels=geometry.channels, stego=stego)
+    cover_list, pairs = _pairs(covers, split, payload, seed, max_pairs, stride, geometry, stego)
     _log.info(f"scoring {len(pairs)} tiles ({pairs.n_pairs} cover/stego pairs, "
               f"{len(pairs.photos)} photos, {split} split) with {path.name}")
-    probs = score(pairs.x)
+    if isinstance(pairs, StreamPairs):
+        parts = [score(x) for x in pairs.batches()]
+        probs = np.concatenate(parts) if parts else np.zeros(0)
+    else:
+        probs = score(pairs.x)
     report = detection_report(pairs.y, probs, pairs.sources)
     notes = {c.name: c.describe() for c in cover_list if c.name in set(pairs.photos)}
     for name, figures in report.get("per_source", {}).items():
@@ -119,6 +124,30 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
             "photos": scored, **report,
             "error_photo_mean_jpeg_history": _mean([per[n]["error"] for n in jpeg]),
             "error_photo_mean_never_compressed": _mean([per[n]["error"] for n in never])}
+
+
+def _pairs(covers, split, payload, seed, max_pairs, stride, geometry, stego):
+    """`(covers, pairs)`: a folder's photos by reference and its pairs read batch by batch
+    (`StreamPairs`: one photo in memory at a time, however many tiles it holds); covers in
+    memory already as one `PairSet`."""
+    tile, channels = geometry.tile, geometry.channels
+    if not isinstance(covers, (str, Path)) or str(covers) == "embedded":
+        cover_list = resolve_covers(covers, channels=channels, min_size=tile)
+        return cover_list, load_pairs(cover_list, split=split, payload=payload, seed=seed,
+                                      max_pairs=max_pairs, stride=stride, tile=tile,
+                                      channels=channels, stego=stego)
+    if max_pairs is not None and int(max_pairs) < 1:
+        raise InputError(f"max_pairs must be >= 1; got {max_pairs}", param="max_pairs")
+    if stride is not None and int(stride) < 1:
+        raise InputError(f"stride must be >= 1; got {stride}", param="stride")
+    refs = scan_covers(covers, channels, tile)
+    splits = split_sources(refs, seed=seed)
+    if split not in splits and split != "all":
+        raise InputError(f"split must be one of {', '.join((*splits, 'all'))}; got {split!r}",
+                         param="split")
+    splits["all"] = [ref.name for ref in refs]
+    return refs, stream_pairs(refs, splits, split, payload, seed, max_pairs, stride, tile,
+                              channels, stego)
 
 
 def _mean(values):

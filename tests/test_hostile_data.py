@@ -1,5 +1,5 @@
 """Hostile data files (docs/SECURITY.md, "Bounds"): planted special files, forged stego-cache
-entries, decompression bombs, oversized .npz members, non-UTF-8 names, hostile TF_CONFIG.
+entries, decompression bombs, oversized .npz members, non-UTF-8 names.
 
 Every case generates its own hostile file. A case that could hang runs in a subprocess with
 a timeout; a case with a memory bound measures the subprocess's peak RSS (`ru_maxrss`).
@@ -7,39 +7,18 @@ a timeout; a case with a memory bound measures the subprocess's peak RSS (`ru_ma
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgetrunc._io import open_regular, read_regular, write_text_atomic
-from edgetrunc.data.stego_cache import StegoCache, StegoKey, StegoSettings, usable_cores
+from edgetrunc.data.stego_cache import StegoCache, StegoKey, StegoSettings
 from edgetrunc.data.stego_entry import MAGIC, encode_entry, min_change_rate
 from edgetrunc.errors import InputError
-
-ROOT = Path(__file__).resolve().parent.parent
-GIB = 2**30
-
-
-def run_python(code: str, cwd, timeout: float = 60) -> tuple[subprocess.CompletedProcess, int]:
-    """Run `code` in a fresh interpreter; `(result, peak RSS in bytes)`. The code's last
-    stdout line is left for the caller; the peak RSS is printed after it."""
-    wrapped = code + textwrap.dedent("""
-        import resource
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    """)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", wrapped], cwd=cwd, env=env, text=True,
-                            capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    return result, int(result.stdout.split()[-1])
+from hostile_files import GIB, flat_png, run_python
 
 
 # regular files only ------------------------------------------------------------------------
@@ -161,35 +140,10 @@ def test_an_entry_name_taken_by_a_folder_names_the_entry(tmp_path):
     with pytest.raises(InputError) as error:
         cache.store(KEY, _tile(), None, "cannot carry")
     assert KEY.digest() in str(error.value) and ".stego." not in str(error.value)
-
-
-def test_workers_and_messages_are_bounded(tmp_path):
-    with pytest.raises(InputError, match=f"up to {usable_cores()} .the usable cores"):
-        StegoSettings("lsbm", workers=usable_cores() + 1)
-    with pytest.raises(InputError, match="messages: expected a positive integer up to 256"):
-        StegoSettings("lsbm", messages=2**31 - 1)
-    from edgetrunc.train.config import TrainConfig
-
-    config = TrainConfig(epochs=3, messages=2**31 - 1, embedding="hill", stego_cache=tmp_path)
-    assert config.stego.messages == 3  # a run draws one message per epoch
+    assert "a folder is in its place" in str(error.value)
 
 
 # cover folders -----------------------------------------------------------------------------
-
-def _flat_png(path: Path, width: int, height: int) -> None:
-    """A gray PNG of `width` x `height` zeros, written without holding its pixels."""
-    import struct
-
-    compressor, row = zlib.compressobj(9), b"\0" * (width + 1)
-    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
-                                                                        8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
-
 
 @pytest.fixture(scope="module")
 def hostile_covers(tmp_path_factory):
@@ -201,7 +155,7 @@ def hostile_covers(tmp_path_factory):
     Image.fromarray(_tile().repeat(20, 0).repeat(20, 1)).save(folder / "good.png")
     os.mkfifo(folder / "fifo.png")
     (folder / "zero.png").symlink_to("/dev/zero")
-    _flat_png(folder / "bomb.png", 13000, 13000)
+    flat_png(folder / "bomb.png", 13000, 13000)
     assert (folder / "bomb.png").stat().st_size < 200_000
     return folder
 
@@ -219,6 +173,23 @@ print(use_streaming({str(hostile_covers)!r}), [c.name for c in covers])
     assert "zero.png (not a regular file" in result.stderr
     assert "bomb.png (13000x13000 is over 89 megapixels" in result.stderr
     assert rss < GIB // 2, rss
+
+
+def test_evaluate_reads_a_large_photo_batch_by_batch(tmp_path):
+    """An 81-megapixel photo of 80 KB (under the bound) gives 4761 pairs at stride 128:
+    2.5 GB as one float32 array; read batch by batch, one photo is in memory."""
+    flat_png(tmp_path / "large.png", 9000, 9000)
+    code = f"""
+import itertools
+from edgetrunc.data.geometry import ImageGeometry
+from edgetrunc.evaluate import _pairs
+covers, pairs = _pairs({str(tmp_path)!r}, "all", 0.4, 0, None, 128, ImageGeometry(256, 1), None)
+shapes = [x.shape for x in itertools.islice(pairs.batches(), 2)]
+print(type(pairs).__name__, pairs.n_pairs, shapes[0])
+"""
+    result, rss = run_python(code, tmp_path)
+    assert result.stdout.splitlines()[0] == "StreamPairs 4761 (128, 256, 256, 1)", result.stdout
+    assert rss < GIB, rss
 
 
 def test_a_cover_that_changes_or_vanishes_while_streamed_is_named(tmp_path):
@@ -251,6 +222,17 @@ def test_non_utf8_cover_names_split_and_write(tmp_path):
     report = Path(os.fsdecode(folder + b"/r\xff.html"))
     write_text_atomic(report, f"<p>{covers[-1].origin}</p>")
     assert report.read_text().startswith("<p>") and "\\udce9" in report.read_text()
+
+
+def test_evaluate_on_a_folder_with_a_non_utf8_name(tmp_path, cli):
+    from PIL import Image
+
+    folder = os.fsencode(tmp_path)
+    for name in (b"caf\xe9.png", b"b.png", b"c.png"):
+        Image.fromarray(_tile().repeat(16, 0).repeat(16, 1)).save(os.fsdecode(folder + b"/" + name))
+    model = Path(__file__).resolve().parent.parent / "models" / "tlunet_fp32.tflite"
+    code, out, err = cli("evaluate", model, "--covers", tmp_path)
+    assert code == 0 and "caf\\xe9" in out and "Traceback" not in err, err
 
 
 # .npz inputs -------------------------------------------------------------------------------
@@ -290,63 +272,26 @@ def test_bad_labels_name_the_inputs_file(tmp_path):
         load_inputs(path)
 
 
-# TF_CONFIG ---------------------------------------------------------------------------------
-
-def _tf_config(address="localhost:2222", **extra):
-    return json.dumps({"cluster": {"worker": [address]}, "task": {"type": "worker", "index": 0},
-                       **extra})
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('{"a":' * 50_000 + "1" + "}" * 50_000, "nested too deep"),
-    (_tf_config("localhost:\u00b2"), "not host:port"),
-    (_tf_config("localhost:\u0662\u0662\u0662\u0662"), "not host:port"),
-    (_tf_config("local host:2222"), "not host:port"),
-    (_tf_config(rpc_layer="grpc+evil"), "rpc_layer 'grpc+evil' is not supported"),
-    (json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": [1], "index": 0}}),
-     "task type [1] is not a job"),
-])
-def test_hostile_tf_config_is_one_line(text, needle):
-    from edgetrunc.train.strategy import parse_tf_config
-
-    with pytest.raises(InputError, match=None) as error:
-        parse_tf_config(text)
-    assert needle in str(error.value) and "\n" not in str(error.value)
+def test_a_cache_folder_that_is_a_file_is_named_as_such(tmp_path):
+    (tmp_path / "cache").write_text("")
+    with pytest.raises(InputError, match="cache is a file .or a link to one.; expected a folder"):
+        StegoSettings("hill", cache_dir=tmp_path / "cache")
 
 
-@pytest.mark.slow
-def test_workers_that_never_start_are_named_within_the_timeout(tmp_path):
-    """A cluster whose second worker never starts: one line naming it, well within 60 s."""
-    import socket
+def test_a_symbolic_link_loop_is_named_as_such(tmp_path):
+    from edgetrunc.data.images import load_image
 
-    ports = []
-    for _ in range(2):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
-    workers = [f"localhost:{port}" for port in ports]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3",
-               EDGETRUNC_CLUSTER_TIMEOUT="3",
-               TF_CONFIG=json.dumps({"cluster": {"worker": workers},
-                                     "task": {"type": "worker", "index": 0}}))
-    code = "from edgetrunc.train.strategy import make_strategy; make_strategy('multiworker')"
-    result = subprocess.run([sys.executable, "-c", code], env=env, text=True, capture_output=True,
-                            timeout=120, stdin=subprocess.DEVNULL)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(lines) == 1 and f"not answering: worker 1 ({workers[1]})" in lines[0], lines
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(InputError, match="a.png: symbolic link loop"):
+        load_image(tmp_path / "a.png")
 
 
-# bench --profile -------------------------------------------------------------------------
+def test_an_entry_of_the_older_format_is_replaced_quietly(tmp_path, capsys):
+    from edgetrunc.data.stego_entry import OLD_MAGIC
 
-def test_tflite_profile_memory_does_not_grow_with_the_ops(tmp_path):
-    """One prefix interpreter at a time: at batch 16 the shipped model's 19 prefixes together
-    took 1.3 GB; one at a time they stay near a single interpreter's memory."""
-    code = f"""
-from edgetrunc.runtime.profile import profile_artifact
-result = profile_artifact({str(ROOT / "models" / "tlunet_fp32.tflite")!r}, runs=1, warmup=0, batch=16)
-print(len(result["ops"]))
-"""
-    result, rss = run_python(code, tmp_path)
-    assert int(result.stdout.split()[0]) > 10
-    assert rss < 512 * 2**20, rss
+    cache = StegoCache(tmp_path)
+    _plant(cache, OLD_MAGIC + bytes(64))
+    assert cache.load(KEY, _tile()) is None and capsys.readouterr().err == ""

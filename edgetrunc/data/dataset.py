@@ -26,6 +26,9 @@ from edgetrunc.data.stego_cache import as_settings, pixel_digest
 from edgetrunc.data.stego_tiles import pair_stegos, training_stego
 from edgetrunc.errors import InputError
 
+MAX_TILE_POSITIONS = 2_000_000  # tiles a run lists (their corners), whatever the stride
+MAX_IN_MEMORY_BYTES = 2**30  # tiles or pairs held in memory at once (else: stream, or fewer)
+
 
 def check_payload(payload) -> float:
     try:
@@ -40,8 +43,9 @@ def check_payload(payload) -> float:
 
 def tile_seed(seed: int, source: str, position, payload: float, epoch: int = -1) -> int:
     """The embedding seed of one tile: fixed by (seed, photo, position, payload, epoch)."""
-    entropy = [int(seed) & 0xFFFFFFFF, zlib.crc32(source.encode()), int(position[0]),
-               int(position[1]), int(round(payload * 1_000_000)), int(epoch) & 0xFFFFFFFF]
+    name = source.encode("utf-8", "surrogateescape")  # a file name's undecodable bytes as they are
+    entropy = [int(seed) & 0xFFFFFFFF, zlib.crc32(name), int(position[0]), int(position[1]),
+               int(round(payload * 1_000_000)), int(epoch) & 0xFFFFFFFF]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
@@ -113,6 +117,18 @@ def select_split(covers, split: str, seed: int = 0, fractions=DEFAULT_FRACTIONS,
     return selected, splits
 
 
+def _channels(covers) -> int:
+    return 3 if covers and len(covers[0].shape) == 3 else 1
+
+
+def check_in_memory(size: int, what: str, param: str) -> None:
+    """Refuse `size` bytes of `what` held in memory at once beyond `MAX_IN_MEMORY_BYTES`."""
+    if size > MAX_IN_MEMORY_BYTES:
+        raise InputError(f"{param}: {size / 2**30:.1f} GiB of {what} would be held in memory, over "
+                         f"{MAX_IN_MEMORY_BYTES // 2**30} GiB; lower it or give a larger stride "
+                         "(training can stream the covers from disk instead)", param=param)
+
+
 def round_robin(per_source: list[list], limit: int | None, rng) -> list:
     """Interleave each source's items (seeded order) so a limit keeps every photo represented."""
     queues = [[items[i] for i in rng.permutation(len(items))] for items in per_source]
@@ -157,6 +173,7 @@ def load_pairs(covers="embedded", split: str = "test", payload: float = 0.4, see
     order = {c.name: k for k, c in enumerate(selected)}
     items.sort(key=lambda item: (order[item[0].name], item[1]))
     items, stegos = _with_stego(items, payload, seed, settings, tile, split)
+    check_in_memory(2 * len(items) * tile * tile * channels * 4, "cover/stego pairs", "max_pairs")
     x = np.empty((2 * len(items), tile, tile, channels), np.float32)
     sources, positions = [], []
     for i, (cover, (top, left)) in enumerate(items):
@@ -224,7 +241,14 @@ def _hwc(pixels: np.ndarray) -> np.ndarray:
 
 
 def tile_items(covers, stride, limit, rng, tile: int = TILE):
-    """`(cover, (top, left))` of every full tile, at most `limit` drawn round-robin over photos."""
+    """`(cover, (top, left))` of every full tile, at most `limit` drawn round-robin over photos;
+    more than `MAX_TILE_POSITIONS` tiles in all are refused before they are listed."""
+    step = int(stride or tile)
+    count = sum(max(0, (c.shape[0] - tile) // step + 1) * max(0, (c.shape[1] - tile) // step + 1)
+                for c in covers)
+    if count > MAX_TILE_POSITIONS:
+        raise InputError(f"stride: {count} tiles of {tile}x{tile} at a stride of {step}, over the "
+                         f"{MAX_TILE_POSITIONS} a run lists; give a larger stride", param="stride")
     per_source = [[(cover, pos) for pos in tile_positions(cover.shape[0], cover.shape[1], tile,
                                                           stride)]
                   for cover in covers]
@@ -239,6 +263,7 @@ def training_tiles(covers: list[Cover], stride: int | None = None,
                         tile)
     if not items:
         raise InputError(f"covers: no {tile}x{tile} tile in the training photos")
+    check_in_memory(len(items) * tile * tile * _channels(covers), "training tiles", "max_tiles")
     tiles = np.stack([c.pixels[t:t + tile, l:l + tile] for c, (t, l) in items])
     digests = {c.name: pixel_digest(c.pixels) for c in covers}
     return TrainingTiles(tiles=tiles, sources=[c.name for c, _ in items],

@@ -30,8 +30,8 @@ from edgetrunc import _log
 from edgetrunc._io import read_regular
 from edgetrunc.data.embeddings import (DEFAULT_EMBEDDING, PayloadTooLarge, check_embedding,
                                        conseal_scheme, embed)
-from edgetrunc.data.stego_entry import (MAGIC, MAX_HEADER_BYTES, CacheEntryError, StegoKey,
-                                        decode_entry, encode_entry, pixel_digest)
+from edgetrunc.data.stego_entry import (MAGIC, MAX_HEADER_BYTES, CacheEntryError, OldCacheEntry,
+                                        StegoKey, decode_entry, encode_entry, pixel_digest)
 from edgetrunc.errors import InputError
 
 DEFAULT_MESSAGES = 4
@@ -55,6 +55,9 @@ def usable_cores() -> int:
 def check_cache_dir(path) -> Path:
     """`path` created if needed, once a file can be written in it; else an `InputError`."""
     path = Path(path).expanduser()
+    if os.path.lexists(path) and not path.is_dir():
+        raise InputError(f"stego_cache: {path} is a file (or a link to one); expected a folder",
+                         param="stego_cache")
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".probe.", dir=path)
@@ -119,7 +122,7 @@ class StegoCache:
         try:
             self._shard(path, create=False)
             return read_regular(path, "stego cache entry", limit, follow_links=False,
-                                folder=path.parent)
+                                folder=Path(os.path.realpath(self.root)) / path.parent.name)
         except InputError as exc:
             raise CacheEntryError(str(exc).replace(f"{path}: ", "", 1)) from None
         except OSError as exc:
@@ -133,7 +136,7 @@ class StegoCache:
         path = self.path(key)
         try:
             return decode_entry(self._entry_bytes(path, cover_tile), key, cover_tile)
-        except FileNotFoundError:
+        except (FileNotFoundError, OldCacheEntry):
             return None
         except CacheEntryError as exc:
             _log.warn(f"stego cache: entry {path} is not usable ({exc}); rebuilding it")
@@ -152,8 +155,10 @@ class StegoCache:
                 handle.write(encode_entry(key, cover_tile, stego, reason))
             os.replace(tmp, path)
         except OSError as exc:
-            raise InputError(f"stego cache {self.root}: cannot write the entry {path.name} "
-                             f"({exc.strerror or exc}; a folder or other file in its place?)") from None
+            reason = "a folder is in its place" if isinstance(exc, IsADirectoryError) else (
+                exc.strerror or str(exc))
+            raise InputError(f"stego cache {self.root}: cannot write the entry {path} "
+                             f"({reason})") from None
         finally:
             if os.path.lexists(tmp):
                 os.unlink(tmp)

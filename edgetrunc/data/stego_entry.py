@@ -61,6 +61,10 @@ class CacheEntryError(Exception):
     """A cache entry that must not be used (corrupt, forged, or made for another key or cover)."""
 
 
+class OldCacheEntry(CacheEntryError):
+    """An entry in the format of an older edgetrunc: replaced without a warning."""
+
+
 MAX_HEADER_BYTES = 1 << 16
 MAX_CHANGE_RATE = 2 / 3  # ternary changes carry the most at 2/3 of the pixels changed
 
@@ -124,7 +128,7 @@ def _header(content: bytes) -> tuple[dict, int]:
 def decode_entry(data: bytes, key: StegoKey, cover_tile):
     """`(stego or None, reason or None)` of an entry; `CacheEntryError` says why it is refused."""
     if data.startswith(OLD_MAGIC):
-        raise CacheEntryError("written by an older edgetrunc")
+        raise OldCacheEntry("written by an older edgetrunc")
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4 + 32:
         raise CacheEntryError("not a stego cache entry")
     content, checksum = data[len(MAGIC):-32], data[-32:]

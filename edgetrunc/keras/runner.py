@@ -12,6 +12,8 @@ either again does not trace again.
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +26,22 @@ from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
 DEFAULT_BATCH_SIZE = 16
 
 
+_SCOPE_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")  # TensorFlow's graph scope names
+
+
 def compiled_inference(model):
-    """`model(x, training=False)` as a `tf.function`, made once per model and kept on it."""
+    """`model(x, training=False)` as a `tf.function`, made once per model and kept on it.
+    A model with a layer name that a TensorFlow graph refuses as a scope (markup, spaces,
+    braces) runs eagerly instead: the same numbers, no graph."""
     infer = getattr(model, "_edgetrunc_infer", None)
     if infer is None:
         import tensorflow as tf
 
-        infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        names = [layer.name for layer in getattr(model, "_flatten_layers", lambda: [])()]
+        if all(_SCOPE_NAME.fullmatch(str(name)) for name in names):
+            infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        else:
+            infer = lambda x: model(x, training=False)  # noqa: E731
         model._edgetrunc_infer = infer
     return infer
 

@@ -22,7 +22,7 @@ from edgetrunc.legacy.activations import (
     insert_after,
     unknown_activation,
 )
-from edgetrunc.legacy.config import config_dicts, references_to
+from edgetrunc.legacy.config import config_dicts, references_to, refuse_foreign_module
 from edgetrunc.legacy.weights import threshold_from_weights
 
 TRUNCATION_CONFIG_KEYS = ("threshold", "T", "t", "thresh", "truncation", "clip_value", "limit",
@@ -165,6 +165,7 @@ def _map_model_layers(model_config, truncation_classes, mapped, unknown, used,
             mapped.append(found)
         elif class_name != "TFOpLambda":
             if not _is_known_class(node, custom_objects):
+                refuse_foreign_module(node, name, class_name)
                 unknown.append((name, class_name))
         else:
             found = _map_op_layer(layers, model_config, index - 1, node)

@@ -112,7 +112,7 @@ def load_inputs(path) -> tuple:
     if x.ndim < 2 or x.dtype.kind not in "fiu" or not len(x):
         raise InputError(f"{path}: 'x' is {x.dtype} {list(x.shape)}; expected a float array "
                          "[N, H, W, C] of pixel values (or [N, ...] of the model's input)")
-    x = x.astype(np.float32)
+    x = x.astype(np.float32, copy=False)
     bad = int(np.size(x) - np.isfinite(x).sum())
     if bad:
         raise InputError(f"{path}: 'x' holds {bad} NaN or infinite value(s); expected pixel values")

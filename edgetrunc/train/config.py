@@ -26,6 +26,7 @@ from edgetrunc.train.strategy import check_strategy
 LR_SCHEDULES = ("cosine", "plateau", "constant")
 BN_REESTIMATE = ("epoch", "end", "none")
 EVAL_STRIDE = 128
+MAX_SHUFFLE_BUFFER = 8192  # pairs held by a streamed epoch's shuffle buffer
 
 
 @dataclass
@@ -89,8 +90,9 @@ class TrainConfig:
         if self.stream not in STREAM_MODES:
             raise InputError(f"stream: expected one of {', '.join(STREAM_MODES)}; "
                              f"got {self.stream!r}", param="stream")
-        if int(self.shuffle_buffer) < 1:
-            raise InputError(f"shuffle_buffer: expected >= 1 pairs; got {self.shuffle_buffer}", param="shuffle_buffer")
+        if not 1 <= int(self.shuffle_buffer) <= MAX_SHUFFLE_BUFFER:
+            raise InputError(f"shuffle_buffer: expected 1 to {MAX_SHUFFLE_BUFFER} pairs (1 GiB of "
+                             f"256x256 gray pairs); got {self.shuffle_buffer}", param="shuffle_buffer")
         self.stages = parse_curriculum(self.curriculum, self.payload)
         if self.out is not None:  # every output against the others and the covers, first
             check_run_paths({"out": self.out, "record": record_path(self.out),

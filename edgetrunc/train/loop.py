@@ -31,7 +31,7 @@ from edgetrunc.metrics import detection_report
 from edgetrunc.train.batchnorm import freeze_batchnorm, reestimate_batchnorm
 from edgetrunc.train.record import rounded_figures
 from edgetrunc.train.schedule import Schedule, selection_score
-from edgetrunc.train.pipeline import read_failure, stream_epoch_dataset
+from edgetrunc.train.pipeline import kept_failures, read_failure, stream_epoch_dataset
 from edgetrunc.train.strategy import (chief_values, distributed_epoch, is_multiworker,
                                       make_strategy, replicas_per_worker, train_steps,
                                       worker_share)
@@ -233,6 +233,7 @@ def _epoch_dataset(data, config, epoch: int, payload: float, worker: int = 0):
                                tf.float32),
                  tf.TensorSpec((images,), tf.int64))
 
+    @kept_failures
     def generate():
         yield from pair_batches(worker_share(data.tiles, worker, data.workers), payload,
                                 data.batch_size, seed=config.seed, epoch=epoch,

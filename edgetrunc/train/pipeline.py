@@ -22,6 +22,19 @@ PREFETCH_BATCHES = 2
 _READ_FAILURES: list = []  # InputErrors of the read stage, raised inside TensorFlow
 
 
+def kept_failures(generate):
+    """`generate` (a generator function that `tf.data` runs) with the `InputError` it raises
+    kept for `read_failure`: TensorFlow shows it only as its own error."""
+    def wrapped(*args):
+        try:
+            yield from generate(*args)
+        except InputError as exc:
+            _READ_FAILURES.append(exc)
+            raise
+
+    return wrapped
+
+
 def read_failure():
     """The `InputError` the read stage last raised (a cover that vanished or changed), once;
     None when there was none."""
@@ -50,12 +63,9 @@ def stream_epoch_dataset(tiles, batch_pairs: int, steps: int, payload: float, se
     images = 2 * int(batch_pairs)
     labels = tf.constant(np.tile(np.array([0, 1], np.int64), int(batch_pairs)))
 
+    @kept_failures
     def read():
-        try:
-            yield from epoch_pairs(share, payload, seed, epoch, augment, stego, reads)
-        except InputError as exc:  # TensorFlow shows it as its own error; kept for the caller
-            _READ_FAILURES.append(exc)
-            raise
+        yield from epoch_pairs(share, payload, seed, epoch, augment, stego, reads)
 
     pairs = tf.data.Dataset.from_generator(
         read, output_signature=tf.TensorSpec((2, size, size, channels), tf.uint8))
