@@ -183,6 +183,20 @@ def test_a_record_moving_a_file_out_of_the_folder_runs_nothing(tmp_path):
     assert not target.exists() and (folder / "notes.pth").exists() and (folder / JOURNAL).exists()
 
 
+def test_convert_into_a_model_folder_with_a_planted_record_refuses_in_one_line(cli, tmp_path):
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    model = folder / "m.keras"
+    model.write_bytes((ROOT / "models" / "tlunet.keras").read_bytes())
+    (folder / "notes.pth").write_text("import os\n")
+    digest = _sha(folder / "notes.pth")
+    planted = _journal(folder, _commit_record([("notes.pth", digest)]))
+    code, _, err = cli("convert", model, "--tflite", "fp32", "--onnx", "")
+    assert code == 2 and err.count("\n") == 1 and "not a plain artifact name" in err, err
+    assert sorted(p.name for p in folder.iterdir()) == [JOURNAL, "m.keras", "notes.pth"]
+    assert planted.exists()
+
+
 def test_a_record_whose_hashes_do_not_match_moves_nothing(old_set):
     digest = _planted_staging(old_set, "m_fp32.tflite", b"forged")
     other = hashlib.sha256(b"other").hexdigest()
