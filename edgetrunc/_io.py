@@ -209,8 +209,10 @@ def write_bytes_atomic(path, data: bytes, protect=()):
 
 
 def write_text_atomic(path, text: str, protect=()):
+    """`text` as UTF-8; a name that is not UTF-8 (a file name's undecodable bytes) is
+    written escaped (`\\udcff`), never a traceback."""
     with atomic_path(path, protect) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
 def write_json_atomic(path, obj, protect=()):
@@ -224,3 +226,57 @@ def sha256_file(path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
+
+# Files a user or another run could plant (cache entries, cover images, .npz inputs) are
+# opened only as regular files of a known size: never a FIFO (it would block), a device
+# (/dev/zero never ends) or a socket, and, where the caller says so, never through a link.
+
+def open_regular(path, what: str = "file", max_bytes: int | None = None,
+                 follow_links: bool = True, folder=None):
+    """A binary file object on `path` once it is a regular file of at most `max_bytes`.
+
+    The file is opened without blocking and checked on the open descriptor, so a FIFO,
+    device or socket is refused without reading it and nothing can swap the file between
+    the check and the read. `follow_links=False` refuses a symbolic link; `folder` requires
+    the file to sit in that folder itself (a parent linked elsewhere is refused). A missing
+    file raises `FileNotFoundError`; everything else refused is an `InputError` naming
+    `path` and the `what` expected."""
+    path = Path(path)
+    if folder is not None and os.path.realpath(path.parent) != os.path.realpath(folder):
+        raise InputError(f"{path}: not inside {folder} (a linked folder); expected a {what}")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            kind = "a symbolic link loop" if follow_links else "a symbolic link"
+            raise InputError(f"{path}: {kind}; expected a regular {what}") from None
+        raise InputError(f"{path}: cannot open the {what} ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{path}: not a regular file (a folder, FIFO, device or socket); "
+                             f"expected a {what}")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise InputError(f"{path}: {info.st_size} bytes, over the {max_bytes} bytes a "
+                             f"{what} can have")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path, what: str = "file", max_bytes: int | None = None,
+                 follow_links: bool = True, folder=None) -> bytes:
+    """The bytes of `path`, opened as `open_regular` does; a file that grows past
+    `max_bytes` while it is read is refused too."""
+    with open_regular(path, what, max_bytes, follow_links, folder) as handle:
+        data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise InputError(f"{path}: over the {max_bytes} bytes a {what} can have")
+    return data

@@ -19,13 +19,16 @@ naming each file and why); only a folder with no usable image is an error.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from edgetrunc._io import open_regular
 from edgetrunc._text import printable
 from edgetrunc.errors import InputError, first_line
 
@@ -33,9 +36,10 @@ TILE = 256
 LOSSLESS_SUFFIXES = (".png", ".pgm", ".pnm", ".ppm", ".pbm", ".tif", ".tiff", ".bmp", ".gif")
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
 IMAGE_SUFFIXES = LOSSLESS_SUFFIXES + LOSSY_SUFFIXES + (".webp",)
-# Pillow's own decompression-bomb limit (2 x 89.5 M pixels): a 179-megapixel image needs
-# 179 MB as 8-bit gray (and 537 MB while converting from RGB); larger ones are refused.
-MAX_PIXELS = 2 * 89_478_485
+# Pillow's decompression-bomb limit (its warning level, 89.5 M pixels), checked from the
+# header before decoding: an 89-megapixel image needs 89 MB as 8-bit gray (268 MB while
+# converting from RGB); a larger one, however small its file, is refused unread.
+MAX_PIXELS = 89_478_485
 
 _EIGHT_BIT_MODES = {"L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "1", "PA", "RGBX"}
 # raw modes of 16/32-bit samples that Pillow hands out as an 8-bit mode (e.g. 16-bit RGB PNG)
@@ -54,7 +58,7 @@ def load_image(path, min_size: int = TILE, warn_jpeg: bool = True, channels: int
 
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise InputError(f"{path}: broken symbolic link")
+        raise InputError(f"{path}: {_link_problem(path)}")
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -68,13 +72,15 @@ def load_image(path, min_size: int = TILE, warn_jpeg: bool = True, channels: int
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with open_regular(path, "image") as handle, Image.open(handle) as img:
                 _check_image(path, img)
                 mode = "RGB" if channels == 3 else "L"
                 converted = img.convert(mode) if img.mode != mode else img
                 pixels = np.asarray(converted, dtype=np.uint8).copy()
     except InputError:
         raise
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (removed while it was read)") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image (unknown or unsupported format); expected PNG, "
                          "TIFF, PGM/PPM, BMP, GIF, WebP or JPEG") from None
@@ -94,6 +100,16 @@ def load_image(path, min_size: int = TILE, warn_jpeg: bool = True, channels: int
         raise InputError(f"{path}: {width}x{height} pixels; expected at least {min_size}x{min_size} "
                          "(images are tiled, never resized)")
     return pixels
+
+
+def _link_problem(path: Path) -> str:
+    """Why a symbolic link leads to no file: a loop, or a missing target."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+    return "broken symbolic link"
 
 
 def _check_image(path: Path, img) -> None:
@@ -191,8 +207,21 @@ def image_files(folder, what: str = "folder of images") -> tuple[list[Path], lis
         if entry.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append(f"{printable(entry.name)} (not an image suffix)")
             continue
+        if _special(entry):
+            skipped.append(f"{printable(entry.name)} (not a regular file: a FIFO, device or "
+                           "socket)")
+            continue
         files.append(entry)
     return files, skipped
+
+
+def _special(path: Path) -> bool:
+    """Whether `path` is (or links to) a FIFO, device or socket; never opened to find out
+    (a broken link is left for `load_image` to name)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def iter_folder_images(files, skipped: list, min_size: int = TILE, channels: int = 1):

@@ -65,7 +65,7 @@ def split_sources(covers, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> dict[st
         duplicate = sorted({n for n in names if names.count(n) > 1})[0]
         raise InputError(f"covers: photo name {duplicate!r} appears twice; names must be unique")
     order = sorted(range(len(names)), key=lambda i: names[i])
-    fingerprint = zlib.crc32("\n".join(sorted(names)).encode())
+    fingerprint = zlib.crc32("\n".join(sorted(names)).encode("utf-8", "surrogateescape"))
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, fingerprint])
     strata = [[i for i in order if jpeg[i] == flag] for flag in (False, True)]
     strata = [[s[j] for j in rng.permutation(len(s))] for s in strata if s]

@@ -4,11 +4,12 @@ A HILL, S-UNIWARD or WOW tile takes 0.06-0.4 s to embed, so each one is embedded
 `StegoKey` (cover photo's pixel digest, tile position, payload, embedding, seed, message
 index) and stored in a content-addressed folder (`default_cache_dir()`:
 `$XDG_CACHE_HOME/edgetrunc/stego` or `~/.cache/edgetrunc/stego`), shared by every run and
-command. An entry is `<root>/<first 2 hex digits>/<key digest>.stego`: a magic line, a JSON
-header (the key, the digest of the cover tile it was made from, the shape, or why the tile
-cannot carry the payload), the pixels and a SHA-256 over header and pixels. An entry whose
-checksum, key or cover tile does not match is reported with a warning and rebuilt, never
-used. Entries are written to a temporary file and renamed, so parallel writers are safe.
+command. An entry is `<root>/<first 2 hex digits>/<key digest>.stego` (its format and checks:
+`edgetrunc.data.stego_entry`). An entry that is not a regular file in a real shard folder,
+is over its size, or fails its checks (binding to key and cover tile, the scheme's
+invariants) is reported with a warning and rebuilt, never used; a shard folder that is a
+link or a file is refused. Entries are written to a temporary file and renamed, so parallel
+writers are safe.
 `embed_tiles` embeds the misses in a process pool with a progress bar and returns what it
 did (`CacheStats`). LSB matching (1 ms a tile) bypasses the cache: a fresh message every
 epoch, exactly as before the cache existed. `StegoSettings` holds the choices of a run
@@ -17,23 +18,24 @@ epoch, exactly as before the cache existed. `StegoSettings` holds the choices of
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import struct
+import stat
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgetrunc import _log
+from edgetrunc._io import read_regular
 from edgetrunc.data.embeddings import (DEFAULT_EMBEDDING, PayloadTooLarge, check_embedding,
                                        conseal_scheme, embed)
+from edgetrunc.data.stego_entry import (MAGIC, MAX_HEADER_BYTES, CacheEntryError, StegoKey,
+                                        decode_entry, encode_entry, pixel_digest)
 from edgetrunc.errors import InputError
 
-MAGIC = b"edgetrunc stego cache entry v1\n"
 DEFAULT_MESSAGES = 4
+MAX_MESSAGES = 256  # messages per tile; a run draws at most one per epoch
 POOL_MIN_TILES = 8  # fewer misses than this are embedded in this process
 
 
@@ -64,39 +66,6 @@ def check_cache_dir(path) -> Path:
     return path
 
 
-def pixel_digest(pixels) -> str:
-    """SHA-256 of an image's decoded pixels (shape, dtype and bytes)."""
-    pixels = np.ascontiguousarray(pixels)
-    digest = hashlib.sha256(f"{pixels.shape}{pixels.dtype.str}".encode())
-    digest.update(pixels.tobytes())
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class StegoKey:
-    """What a cached stego tile is a function of; its digest names the entry."""
-
-    cover: str  # pixel_digest of the whole cover photo
-    position: tuple  # (top, left) of the tile
-    payload: float
-    embedding: str
-    seed: int
-    message: int  # which of the K messages of this tile
-
-    def fields(self) -> dict:
-        out = asdict(self)
-        out["position"] = [int(v) for v in self.position]
-        return out
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.fields(), sort_keys=True).encode()).hexdigest()
-
-    def embedding_seed(self) -> int:
-        """The seed of the embedding simulator, derived from the whole key."""
-        words = np.frombuffer(bytes.fromhex(self.digest()), np.uint32)
-        return int(np.random.SeedSequence(words.tolist()).generate_state(1, np.uint64)[0])
-
-
 @dataclass
 class CacheStats:
     """What one pass over the cache did: tiles embedded, reused, rebuilt, unable to carry."""
@@ -115,50 +84,10 @@ class CacheStats:
                 + (f", {self.rebuilt} rebuilt" if self.rebuilt else ""))
 
 
-class CacheEntryError(Exception):
-    """A cache entry that must not be used (corrupt, or made for another key or cover)."""
-
-
-def _encode(key: StegoKey, cover_tile, stego, reason) -> bytes:
-    header = {"key": key.fields(), "key_sha256": key.digest(),
-              "cover_tile_sha256": pixel_digest(cover_tile), "shape": list(np.shape(cover_tile)),
-              "cannot_carry": reason}
-    body = json.dumps(header, sort_keys=True).encode()
-    pixels = b"" if stego is None else np.ascontiguousarray(stego, np.uint8).tobytes()
-    content = struct.pack("<I", len(body)) + body + pixels
-    return MAGIC + content + hashlib.sha256(content).digest()
-
-
-def _decode(data: bytes, key: StegoKey, cover_tile):
-    """`(stego or None, reason or None)` of an entry; `CacheEntryError` says why it is refused."""
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4 + 32:
-        raise CacheEntryError("not a stego cache entry")
-    content, checksum = data[len(MAGIC):-32], data[-32:]
-    if hashlib.sha256(content).digest() != checksum:
-        raise CacheEntryError("checksum mismatch")
-    (size,) = struct.unpack("<I", content[:4])
-    try:
-        header = json.loads(content[4:4 + size])
-    except ValueError:
-        raise CacheEntryError("unreadable header") from None
-    if header.get("key_sha256") != key.digest() or header.get("key") != key.fields():
-        raise CacheEntryError("made for another key")
-    cover_tile = np.asarray(cover_tile)
-    if header.get("cover_tile_sha256") != pixel_digest(cover_tile):
-        raise CacheEntryError("made from another cover tile")
-    if header.get("cannot_carry"):
-        return None, str(header["cannot_carry"])
-    pixels = content[4 + size:]
-    if header.get("shape") != list(cover_tile.shape) or len(pixels) != cover_tile.size:
-        raise CacheEntryError("wrong size")
-    stego = np.frombuffer(pixels, np.uint8).reshape(cover_tile.shape)
-    if np.abs(stego.astype(np.int16) - cover_tile.astype(np.int16)).max(initial=0) > 1:
-        raise CacheEntryError("a change larger than 1")
-    return stego, None
-
-
 class StegoCache:
-    """A stego cache folder: `load` a checked entry, `store` one atomically."""
+    """A stego cache folder: `load` a checked entry, `store` one atomically. Entries and
+    their shard folders are used only as what this class makes: a shard that is a link or
+    not a folder is refused, an entry that is a link or not a regular file is rebuilt."""
 
     def __init__(self, root):
         self.root = Path(root)
@@ -167,36 +96,67 @@ class StegoCache:
         digest = key.digest()
         return self.root / digest[:2] / f"{digest}.stego"
 
+    def _shard(self, path: Path, create: bool) -> Path:
+        """The shard folder of an entry at `path`, a real folder inside the cache."""
+        shard = path.parent
+        try:
+            if create and not os.path.lexists(shard):
+                shard.mkdir(parents=True, exist_ok=True)
+            info = os.lstat(shard)
+        except FileNotFoundError:
+            return shard
+        except OSError as exc:
+            raise InputError(f"stego cache {self.root}: cannot create its folder {shard.name} "
+                             f"({exc.strerror or exc})") from None
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a folder"
+            raise InputError(f"stego cache {self.root}: {shard} is {kind}; expected a folder of "
+                             "entries made by edgetrunc (remove it)")
+        return shard
+
+    def _entry_bytes(self, path: Path, cover_tile) -> bytes:
+        limit = len(MAGIC) + 4 + MAX_HEADER_BYTES + int(np.size(cover_tile)) + 32
+        try:
+            self._shard(path, create=False)
+            return read_regular(path, "stego cache entry", limit, follow_links=False,
+                                folder=path.parent)
+        except InputError as exc:
+            raise CacheEntryError(str(exc).replace(f"{path}: ", "", 1)) from None
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise CacheEntryError(exc.strerror or str(exc)) from None
+
     def load(self, key: StegoKey, cover_tile):
         """`(stego, reason)` of a good entry, `None` when there is none; a bad entry is
         reported (warning) and treated as missing: `(None, "rebuild")` then."""
         path = self.path(key)
         try:
-            data = path.read_bytes()
+            return decode_entry(self._entry_bytes(path, cover_tile), key, cover_tile)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            data, error = None, CacheEntryError(exc.strerror or str(exc))
-        try:
-            if data is None:
-                raise error
-            return _decode(data, key, cover_tile)
         except CacheEntryError as exc:
             _log.warn(f"stego cache: entry {path} is not usable ({exc}); rebuilding it")
             return None, "rebuild"
 
     def store(self, key: StegoKey, cover_tile, stego, reason=None) -> None:
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        shard = self._shard(path, create=True)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=shard)
+        except OSError as exc:
+            raise InputError(f"stego cache {self.root}: cannot write in {shard} "
+                             f"({exc.strerror or exc})") from None
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(_encode(key, cover_tile, stego, reason))
+                handle.write(encode_entry(key, cover_tile, stego, reason))
             os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
+        except OSError as exc:
+            raise InputError(f"stego cache {self.root}: cannot write the entry {path.name} "
+                             f"({exc.strerror or exc}; a folder or other file in its place?)") from None
+        finally:
+            if os.path.lexists(tmp):
                 os.unlink(tmp)
-            raise
 
 
 def embed_entry(root, key: StegoKey, cover_tile, keep: bool = True):
@@ -293,14 +253,17 @@ class StegoSettings:
 
     def __post_init__(self):
         self.embedding = check_embedding(self.embedding)
-        if not isinstance(self.messages, (int, np.integer)) or int(self.messages) < 1:
-            raise InputError(f"messages: expected a positive integer; got {self.messages!r}",
-                             param="messages")
+        if (not isinstance(self.messages, (int, np.integer)) or isinstance(self.messages, bool)
+                or not 1 <= int(self.messages) <= MAX_MESSAGES):
+            raise InputError(f"messages: expected a positive integer up to {MAX_MESSAGES}; "
+                             f"got {self.messages!r}", param="messages")
         if self.workers is None:
             self.workers = usable_cores()
-        if not isinstance(self.workers, (int, np.integer)) or int(self.workers) < 1:
-            raise InputError(f"workers: expected a positive integer; got {self.workers!r}",
-                             param="workers")
+        cores = usable_cores()
+        if (not isinstance(self.workers, (int, np.integer)) or isinstance(self.workers, bool)
+                or not 1 <= int(self.workers) <= cores):
+            raise InputError(f"workers: expected a positive integer up to {cores} (the usable "
+                             f"cores of this machine); got {self.workers!r}", param="workers")
         if self.cached:
             self.cache_dir = check_cache_dir(self.cache_dir or default_cache_dir())
 

@@ -19,6 +19,7 @@ adaptive embedding a bounded chunk of photos at a time.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,8 @@ import numpy as np
 from edgetrunc.data.covers import Cover, load_cover_dir, resolve_covers
 from edgetrunc.data.dataset import (PairSet, TrainingTiles, check_payload, dihedral, tile_items,
                                     tile_seed)
-from edgetrunc.data.images import image_files, load_image
+from edgetrunc._io import open_regular
+from edgetrunc.data.images import MAX_PIXELS, image_files, load_image
 from edgetrunc.data.stego import embed_lsb_matching
 from edgetrunc.data.stego_cache import as_settings, pixel_digest
 from edgetrunc.data.stego_tiles import pair_stegos, prefill_training, training_stego
@@ -58,12 +60,22 @@ class CoverRef(Cover):
         """The photo's 8-bit pixels, read from its file (or the ones held)."""
         if self.pixels is not None:
             return self.pixels
-        return load_image(self.origin, min_size=0, warn_jpeg=False, channels=self.channels)
+        pixels = load_image(self.origin, min_size=0, warn_jpeg=False, channels=self.channels)
+        if tuple(pixels.shape) != self.shape or pixels_changed(pixels, self.digest):
+            raise InputError(f"{self.origin}: changed since the folder was read "
+                             f"({self.width}x{self.height} then, {pixels.shape[1]}x"
+                             f"{pixels.shape[0]} now); leave the covers alone while a run "
+                             "reads them")
+        return pixels
 
     def describe(self) -> dict:
         return {"name": self.name, "origin": self.origin, "height": self.height,
                 "width": self.width, "jpeg_history": self.jpeg_history,
                 "blockiness": round(float(self.blockiness), 3), "note": self.note}
+
+
+def pixels_changed(pixels, digest: str) -> bool:
+    return bool(digest) and pixel_digest(pixels) != digest
 
 
 def _reference(cover: Cover, channels: int, keep_pixels: bool) -> CoverRef:
@@ -86,10 +98,13 @@ def estimate_cover_bytes(folder, channels: int = 1) -> int:
     total = 0
     for path in files:
         try:
-            with Image.open(path) as img:
-                total += img.size[0] * img.size[1] * channels
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with open_regular(path, "image") as handle, Image.open(handle) as img:
+                    pixels = img.size[0] * img.size[1]
         except Exception:  # noqa: BLE001  (unreadable files are reported when the folder is read)
             continue
+        total += pixels * channels if pixels <= MAX_PIXELS else 0  # refused when read
     return total
 
 

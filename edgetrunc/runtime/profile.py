@@ -12,8 +12,9 @@ How each format is measured:
 - TFLite: ai-edge-litert's Python interpreter exposes no op profiler (XNNPACK runs the
   whole graph as one delegate node), so the model is timed cumulatively: for every op k a
   copy of the model truncated after op k (its outputs: every tensor still read later) runs
-  with the same interpreter, threads and XNNPACK, interleaved with the others; op k's time
-  is the difference between the fastest run of prefix k and of prefix k-1 (a negative
+  with the same interpreter, threads and XNNPACK, one prefix at a time (its interpreter is
+  dropped before the next is made, so memory does not grow with the number of ops); op k's
+  time is the difference between the fastest run of prefix k and of prefix k-1 (a negative
   difference, noise, counts 0 and the running maximum carries on). The rows sum to the
   time of the whole model. Cutting the graph stops XNNPACK from fusing across the cut, so
   an op that XNNPACK fuses into its producer (an activation) shows the cost of running it
@@ -209,18 +210,20 @@ def _schema():
 
 def _prefix_model(model_t, end: int, read_after) -> bytes:
     """The model truncated after op `end`: its outputs are the tensors written by ops
-    0..end that a later op or the model's outputs read."""
-    import copy
-
+    0..end that a later op or the model's outputs read. `model_t` is cut in place and
+    restored (no copy of its weights per prefix)."""
     fb = _schema()
-    prefix = copy.deepcopy(model_t)
-    graph = prefix.subgraphs[0]
+    graph = model_t.subgraphs[0]
+    saved = graph.outputs, graph.operators, model_t.signatureDefs
     written = {int(t) for op in graph.operators[:end + 1] for t in op.outputs}
     outputs = sorted(written & read_after[end]) or [int(t) for t in graph.operators[end].outputs]
-    graph.outputs = np.array(outputs, np.int32)
-    graph.operators = graph.operators[:end + 1]
-    prefix.signatureDefs = []
-    return bytes(fb.convert_object_to_bytearray(prefix))
+    try:
+        graph.outputs = np.array(outputs, np.int32)
+        graph.operators = graph.operators[:end + 1]
+        model_t.signatureDefs = []
+        return bytes(fb.convert_object_to_bytearray(model_t))
+    finally:
+        graph.outputs, graph.operators, model_t.signatureDefs = saved
 
 
 def _tflite_flops(model_t, op) -> int:
@@ -276,6 +279,19 @@ def _interpreter(module, content: bytes, threads, feed):
     return interpreter
 
 
+def _fastest(module, content: bytes, threads, feed, warmup: int, runs: int) -> float:
+    """The fastest of `runs` timed runs (ms) of one prefix's interpreter, after `warmup`;
+    the interpreter is dropped when this returns, so one prefix is in memory at a time."""
+    invoke = _interpreter(module, content, threads, feed).invoke
+    best = float("inf")
+    for round_index in range(warmup + runs):
+        started = time.perf_counter()
+        invoke()
+        if round_index >= warmup:
+            best = min(best, (time.perf_counter() - started) * 1000.0)
+    return best
+
+
 def _profile_tflite(path, threads, runs, warmup, batch, seed) -> dict:
     from edgetrunc.runtime.bench import random_batch
     from edgetrunc.runtime.tflite_runner import TFLiteRunner, load_interpreter_module
@@ -291,18 +307,9 @@ def _profile_tflite(path, threads, runs, warmup, batch, seed) -> dict:
         raise InputError(f"{path}: profiling needs a float input; the model takes "
                          f"{full.metadata().inputs[0].dtype}")
     module, _ = load_interpreter_module()
-    invokes = [_interpreter(module, _prefix_model(model_t, k, read_after), threads, feed).invoke
-               for k in range(len(graph.operators) - 1)]
-    invokes.append(_interpreter(module, content, threads, feed).invoke)
-    best = [float("inf")] * len(invokes)
-    for round_index in range(warmup + runs):
-        shift = round_index % len(invokes)
-        for k in list(range(shift, len(invokes))) + list(range(shift)):
-            started = time.perf_counter()
-            invokes[k]()
-            elapsed = (time.perf_counter() - started) * 1000.0
-            if round_index >= warmup:
-                best[k] = min(best[k], elapsed)
+    count = len(graph.operators)
+    best = [_fastest(module, _prefix_model(model_t, k, read_after) if k < count - 1 else content,
+                     threads, feed, warmup, runs) for k in range(count)]
     rows, previous = [], 0.0
     for k, op in enumerate(graph.operators):
         cumulative = max(best[k], previous)

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetrunc._io import atomic_path, check_output, require_file, sha256_file
+from edgetrunc._io import atomic_path, check_output, open_regular, require_file, sha256_file
 from edgetrunc._text import printable
 from edgetrunc.errors import InputError
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
 
 _OUTPUT_PREFIX = "output:"
 MAX_ELEMENTS = 2**31  # per array of an .npz, checked from its header before reading
+MAX_NPZ_BYTES = 512 * 2**20  # all arrays of an .npz together, uncompressed, checked likewise
 
 
 def _row_hashes(x: np.ndarray) -> np.ndarray:
@@ -63,19 +64,26 @@ def _check_member(path, archive, info) -> None:
         raise InputError(f"{path}: member {name!r} declares shape {list(shape)} ({dtype}), more "
                          "than the file holds or the limit of "
                          f"{MAX_ELEMENTS} elements per array")
+    return count * dtype.itemsize
 
 
 def _read_npz(path, what: str) -> dict:
     path = require_file(path, f"{what} (.npz)")
-    if not zipfile.is_zipfile(path):
-        raise InputError(f"{path}: not an .npz file; expected {what} written by edgetrunc")
     try:
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                _check_member(path, archive, info)
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        with open_regular(path, f"{what} (.npz)") as handle:
+            if not zipfile.is_zipfile(handle):
+                raise InputError(f"{path}: not an .npz file; expected {what} written by edgetrunc")
+            with zipfile.ZipFile(handle) as archive:
+                total = sum(_check_member(path, archive, info) for info in archive.infolist())
+            if total > MAX_NPZ_BYTES:
+                raise InputError(f"{path}: its arrays hold {total} bytes uncompressed, over the "
+                                 f"{MAX_NPZ_BYTES} bytes (512 MiB) an .npz of {what} can have")
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as data:
+                return {key: data[key] for key in data.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError) as exc:
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{path}: unreadable .npz ({printable(str(exc).strip())[:160] or type(exc).__name__})") from None
 
 
@@ -112,6 +120,11 @@ def load_inputs(path) -> tuple:
     if labels.dtype.kind not in "biuf" or not np.isfinite(labels.astype(np.float64)).all():
         raise InputError(f"{path}: 'labels' is {labels.dtype}; expected integer labels "
                          "(0 cover, 1 stego, -1 unknown)")
+    values = labels.astype(np.float64)
+    if len(labels) and (np.isin(values, (-1, 0, 1), invert=True).any()):
+        odd = values[np.isin(values, (-1, 0, 1), invert=True)][0]
+        raise InputError(f"{path}: 'labels' holds {odd:g}; expected 0 (cover), 1 (stego) or "
+                         "-1 (unknown) for each input")
     labels = labels.astype(np.int64)
     names = [_text(n) for n in data.get("names", np.array([f"input#{i}" for i in range(len(x))])).reshape(-1)]
     if len(labels) != len(x) or len(names) != len(x):

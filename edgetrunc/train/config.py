@@ -96,7 +96,10 @@ class TrainConfig:
             check_run_paths({"out": self.out, "record": record_path(self.out),
                              "stego_cache": self.stego_cache}, {"covers": None if self.covers == "embedded" else self.covers},
                             folders=("stego_cache",))
-        self.stego = StegoSettings(self.embedding, self.stego_cache, self.workers, self.messages)
+        messages = self.messages  # a run draws one per epoch: more are never used
+        if isinstance(messages, int) and not isinstance(messages, bool):
+            messages = min(messages, int(self.epochs))
+        self.stego = StegoSettings(self.embedding, self.stego_cache, self.workers, messages)
         self.model_kwargs = parse_model_args(self.model_kwargs.items()
                                              if isinstance(self.model_kwargs, dict)
                                              else self.model_kwargs)

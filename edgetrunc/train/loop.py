@@ -25,13 +25,13 @@ from edgetrunc.data.splits import split_sources
 from edgetrunc.data.stego_tiles import prefill_training
 from edgetrunc.data.stream import (EVAL_BATCH_PAIRS, StreamPairs, prefill_stream, scan_covers,
                                    stream_pairs, stream_training_tiles, use_streaming)
-from edgetrunc.errors import InputError
+from edgetrunc.errors import InputError, first_line
 from edgetrunc.keras.runner import predict_probability
 from edgetrunc.metrics import detection_report
 from edgetrunc.train.batchnorm import freeze_batchnorm, reestimate_batchnorm
 from edgetrunc.train.record import rounded_figures
 from edgetrunc.train.schedule import Schedule, selection_score
-from edgetrunc.train.pipeline import stream_epoch_dataset
+from edgetrunc.train.pipeline import read_failure, stream_epoch_dataset
 from edgetrunc.train.strategy import (chief_values, distributed_epoch, is_multiworker,
                                       make_strategy, replicas_per_worker, train_steps,
                                       worker_share)
@@ -321,7 +321,27 @@ def fit_epochs(net, strategy, data, config, started: float, checkpoint) -> Train
     """Run the epochs the schedule plans; the best weights (at the target payload) are kept
     and saved to `checkpoint` as they improve (None: not saved, as on a worker that is not
     the chief). `started` is the run's `time.monotonic()`. Across machines, every worker
-    decides with the chief's elapsed time and validation score, so all run the same epochs."""
+    decides with the chief's elapsed time and validation score, so all run the same epochs.
+    A cover that vanished or changed during a streamed epoch, and a worker of the cluster
+    that stopped answering, end the run with one line (`InputError`)."""
+    import tensorflow as tf
+
+    try:
+        return _fit_epochs(net, strategy, data, config, started, checkpoint)
+    except tf.errors.OpError as exc:
+        failure = read_failure()
+        if failure is not None:
+            raise failure from None
+        lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.AbortedError)
+        if not isinstance(exc, lost) or not is_multiworker(strategy):
+            raise
+        raise InputError(f"strategy multiworker: a worker of the cluster stopped answering "
+                         f"({first_line(exc)}); every worker must run to the end: start them "
+                         "all again", param="strategy") from None
+
+
+def _fit_epochs(net, strategy, data, config, started: float, checkpoint) -> TrainingRun:
     run = TrainingRun(Schedule(config.stages, config.epochs, config.stage_epochs, config.lr,
                                config.lr_schedule, config.patience, config.frozen_bn_fraction,
                                config.time_budget))

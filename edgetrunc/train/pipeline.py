@@ -15,9 +15,19 @@ from __future__ import annotations
 import numpy as np
 
 from edgetrunc.data.stream import DEFAULT_SHUFFLE_BUFFER, epoch_pairs
+from edgetrunc.errors import InputError
 from edgetrunc.train.strategy import worker_share
 
 PREFETCH_BATCHES = 2
+_READ_FAILURES: list = []  # InputErrors of the read stage, raised inside TensorFlow
+
+
+def read_failure():
+    """The `InputError` the read stage last raised (a cover that vanished or changed), once;
+    None when there was none."""
+    failure = _READ_FAILURES[-1] if _READ_FAILURES else None
+    _READ_FAILURES.clear()
+    return failure
 
 
 def shuffle_seed(seed: int, epoch: int) -> int:
@@ -41,7 +51,11 @@ def stream_epoch_dataset(tiles, batch_pairs: int, steps: int, payload: float, se
     labels = tf.constant(np.tile(np.array([0, 1], np.int64), int(batch_pairs)))
 
     def read():
-        yield from epoch_pairs(share, payload, seed, epoch, augment, stego, reads)
+        try:
+            yield from epoch_pairs(share, payload, seed, epoch, augment, stego, reads)
+        except InputError as exc:  # TensorFlow shows it as its own error; kept for the caller
+            _READ_FAILURES.append(exc)
+            raise
 
     pairs = tf.data.Dataset.from_generator(
         read, output_signature=tf.TensorSpec((2, size, size, channels), tf.uint8))

@@ -20,13 +20,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 
 from edgetrunc import _log
+from edgetrunc._text import printable
 from edgetrunc.errors import InputError
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 CLUSTER_JOBS = ("chief", "worker")
+CLUSTER_TIMEOUT = 300.0  # seconds the workers are waited for at start-up
+_HOST = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+_PORT = re.compile(r"[0-9]{1,5}")
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
                      '"task": {"type": "worker", "index": 0}}')
 
@@ -73,20 +78,18 @@ def parse_tf_config(text: str) -> Cluster:
     """The `Cluster` a TF_CONFIG JSON text describes; `InputError` (one line) when it is not
     JSON, has no cluster of chief/worker addresses, names an address twice, or its task is
     not one of the cluster's."""
-    try:
-        config = json.loads(text)
-    except ValueError as exc:
-        raise InputError(f"TF_CONFIG: not valid JSON ({exc}); expected {TF_CONFIG_EXAMPLE}") from None
-    if not isinstance(config, dict):
-        raise InputError(f"TF_CONFIG: expected a JSON object like {TF_CONFIG_EXAMPLE}")
+    config = _tf_config_json(text)
+    if config.get("rpc_layer") not in (None, "", "grpc"):
+        raise InputError(f"TF_CONFIG: rpc_layer {printable(repr(config['rpc_layer']))[:60]} is "
+                         'not supported; expected "grpc" or none')
     jobs = _cluster_jobs(config.get("cluster"))
     task = config.get("task")
     if not isinstance(task, dict):
         raise InputError('TF_CONFIG: no "task" object saying which of the cluster this node is, '
                          'e.g. "task": {"type": "worker", "index": 0}')
     task_type, task_index = task.get("type"), task.get("index")
-    if task_type not in jobs:
-        raise InputError(f"TF_CONFIG: task type {task_type!r} is not a job of the cluster "
+    if not isinstance(task_type, str) or task_type not in jobs:
+        raise InputError(f"TF_CONFIG: task type {printable(repr(task_type))[:60]} is not a job of the cluster "
                          f"({', '.join(jobs)})")
     if isinstance(task_index, bool) or not isinstance(task_index, int):
         raise InputError(f"TF_CONFIG: task index must be an integer; got {task_index!r}")
@@ -97,6 +100,19 @@ def parse_tf_config(text: str) -> Cluster:
     index = task_index if task_type == "chief" else chiefs + task_index
     workers = chiefs + len(jobs.get("worker", ()))
     return Cluster(workers=workers, index=index, task_type=task_type, task_index=task_index)
+
+
+def _tf_config_json(text: str) -> dict:
+    """TF_CONFIG's JSON object; nesting too deep for the parser is refused as not valid."""
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deep" if isinstance(exc, RecursionError) else printable(str(exc))
+        raise InputError(f"TF_CONFIG: not valid JSON ({reason[:80]}); expected "
+                         f"{TF_CONFIG_EXAMPLE}") from None
+    if not isinstance(config, dict):
+        raise InputError(f"TF_CONFIG: expected a JSON object like {TF_CONFIG_EXAMPLE}")
+    return config
 
 
 def _cluster_jobs(cluster) -> dict:
@@ -128,8 +144,11 @@ def _cluster_jobs(cluster) -> dict:
 def _address_key(address, job: str) -> str:
     """A `host:port` address, checked, normalized for comparison (localhost = 127.0.0.1)."""
     host, sep, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InputError(f'TF_CONFIG: cluster "{job}" address {address!r} is not host:port')
+    if (not sep or not _HOST.fullmatch(host) or not _PORT.fullmatch(port)
+            or not 0 < int(port) < 65536):
+        shown = printable(repr(address))[:80]
+        raise InputError(f'TF_CONFIG: cluster "{job}" address {shown} is not host:port '
+                         "(a host name or IP address, a port from 1 to 65535 in ASCII digits)")
     host = host.strip("[]").lower()
     return f"{'127.0.0.1' if host in ('localhost', '::1') else host}:{int(port)}"
 
@@ -146,8 +165,91 @@ def make_strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multiworker_strategy(tf)
     return tf.distribute.OneDeviceStrategy(name.split(":", 1)[1])
+
+
+def cluster_timeout(environ=None) -> float:
+    """Seconds the workers are waited for at start-up: `EDGETRUNC_CLUSTER_TIMEOUT`, or
+    `CLUSTER_TIMEOUT`."""
+    text = (os.environ if environ is None else environ).get("EDGETRUNC_CLUSTER_TIMEOUT", "")
+    try:
+        value = float(text) if text.strip() else CLUSTER_TIMEOUT
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e6:
+        raise InputError(f"EDGETRUNC_CLUSTER_TIMEOUT: expected seconds > 0; got {printable(text)[:40]!r}")
+    return value
+
+
+def silent_peers(environ=None, timeout: float = 2.0) -> list:
+    """The cluster's other tasks (`"worker 1 (host:port)"`) that accept no connection."""
+    import socket
+
+    config = _tf_config_json((os.environ if environ is None else environ).get("TF_CONFIG", ""))
+    task = config.get("task", {})
+    silent = []
+    for job, addresses in config.get("cluster", {}).items():
+        for i, address in enumerate(addresses):
+            if (job, i) == (task.get("type"), task.get("index")):
+                continue
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout).close()
+            except OSError:
+                silent.append(f"{job} {i} ({address})")
+    return silent
+
+
+_WATCHDOG = """
+import select, sys
+from edgetrunc.train.strategy import cluster_timed_out
+parent, timeout = int(sys.argv[1]), float(sys.argv[2])
+ready, _, _ = select.select([sys.stdin], [], [], timeout)
+if not ready:
+    cluster_timed_out(parent, timeout)
+"""
+
+
+def _multiworker_strategy(tf):
+    """`MultiWorkerMirroredStrategy`, waiting at most `cluster_timeout()` for every worker
+    to join. TensorFlow waits inside its runtime without an end and without letting Python
+    run, so a watchdog process ends this one with one line naming the workers that do not
+    answer; it goes away once the strategy is made (or this process ends)."""
+    import subprocess
+    import sys
+
+    timeout = cluster_timeout()
+    _log.info(f"multiworker: waiting up to {timeout:g} s for every worker of TF_CONFIG to join")
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout)],
+                                stdin=subprocess.PIPE)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
+
+
+def cluster_timed_out(parent: int, timeout: float) -> None:
+    """In the watchdog: say which workers do not answer, then stop the waiting process."""
+    import signal
+    import sys
+    import time
+
+    try:
+        silent = silent_peers() or ["none; they answer but did not join"]
+    except InputError:
+        silent = ["unknown"]
+    sys.stderr.write(printable(
+        f"edgetrunc train: error: --strategy multiworker: the cluster did not start within "
+        f"{timeout:g} s (EDGETRUNC_CLUSTER_TIMEOUT); not answering: {', '.join(silent)}") + "\n")
+    sys.stderr.flush()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(parent, sig)
+        except OSError:
+            return
+        time.sleep(5)
 
 
 def is_multiworker(strategy) -> bool:
