@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgetrunc._io import open_regular
 from edgetrunc.errors import InputError
 
 LOCK = ".edgetrunc.lock"
@@ -91,29 +92,22 @@ class Journal:
         return (json.dumps(record) + "\n").encode()
 
 
-def _open_regular(path: Path, what: str, flags: int = os.O_RDONLY) -> int:
-    """A descriptor on `path` once it is a regular file: a link is never followed, a FIFO or
-    device never blocks; raises FileNotFoundError, or InputError naming what it is."""
+def _open_regular(path: Path, what: str, max_bytes: int | None = None):
+    """`_io.open_regular` without following a link (a FIFO or device never blocks), its
+    refusal saying that the file is left in place; a missing file or folder raises
+    FileNotFoundError."""
+    if not os.path.isdir(path.parent):
+        raise FileNotFoundError(errno.ENOENT, "no such folder", str(path.parent))
     try:
-        fd = os.open(path, flags | _OPEN_FLAGS)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # no such file, or no such folder
-            raise FileNotFoundError(exc.errno, exc.strerror, str(path)) from None
-        kind = {errno.ELOOP: "a symbolic link", errno.EISDIR: "not a regular file (a folder)"
-                }.get(exc.errno, exc.strerror or str(exc))
-        raise InputError(f"{path}: {kind}; expected a regular {what}; {_LEFT}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InputError(f"{path}: not a regular file (a folder, FIFO or device); expected a "
-                         f"{what}; {_LEFT}")
-    return fd
+        return open_regular(path, what, max_bytes, follow_links=False)
+    except InputError as exc:
+        raise InputError(f"{exc}; {_LEFT}") from None
 
 
 def file_sha256(path: Path, what: str = "staged file") -> str:
     """The sha256 of the regular file `path` (never through a link)."""
-    fd = _open_regular(path, what)
     digest = hashlib.sha256()
-    with os.fdopen(fd, "rb") as stream:
+    with _open_regular(path, what) as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -124,11 +118,10 @@ def read_journal(folder) -> Journal | None:
     creating it had staged nothing yet); InputError for anything this tool did not write."""
     path = Path(folder) / JOURNAL
     try:
-        fd = _open_regular(path, "commit record")
+        with _open_regular(path, "commit record", MAX_JOURNAL_BYTES) as stream:
+            data = stream.read(MAX_JOURNAL_BYTES + 1)
     except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as stream:
-        data = stream.read(MAX_JOURNAL_BYTES + 1)
     if not data:
         return None
     if len(data) > MAX_JOURNAL_BYTES:
@@ -277,7 +270,8 @@ class FolderLock:
         except FileExistsError:
             pass
         try:
-            return _open_regular(self.path, "lock file", os.O_RDWR)
+            with _open_regular(self.path, "lock file") as handle:  # flock needs no write mode
+                return os.dup(handle.fileno())
         except FileNotFoundError:  # removed between the two opens
             return os.open(self.path, flags, 0o644)
 

@@ -113,12 +113,13 @@ def _commit_record(names_and_hashes, token=TOKEN):
 
 def test_twenty_random_kills_leave_the_old_set_or_the_new_one(old_set):
     rng = random.Random(20)
+    points = iter(rng.sample(range(1, 12), 10))  # 10 of the 11 fault points the writer passes
     seen = set()
     for trial in range(20):
-        if trial % 2:  # a fault point of the protocol, picked at random
-            code = _killed_writer(old_set, NEW, seed=2, fault=f"@{rng.randint(1, 11)}")
-        else:  # a random moment once the writer holds the folder: staging or committing
-            code = _killed_writer(old_set, NEW, seed=2, delay=rng.uniform(0.0, 0.03))
+        if trial % 2:  # a fault point of the protocol, in a seeded order
+            code = _killed_writer(old_set, NEW, seed=2, fault=f"@{next(points)}")
+        else:  # a random moment once the writer holds the folder (it takes 40-80 ms here)
+            code = _killed_writer(old_set, NEW, seed=2, delay=rng.uniform(0.0, 0.08))
         assert code in (-signal.SIGKILL, 0), (trial, code)
         visible = _visible_set(old_set)
         assert visible in (set(OLD), set(NEW)), (trial, visible)
@@ -181,6 +182,20 @@ def test_a_record_moving_a_file_out_of_the_folder_runs_nothing(tmp_path):
     with pytest.raises(InputError, match="not a commit record this tool wrote"):
         recover(folder)
     assert not target.exists() and (folder / "notes.pth").exists() and (folder / JOURNAL).exists()
+
+
+def test_convert_into_a_model_folder_with_a_planted_record_refuses_in_one_line(cli, tmp_path):
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    model = folder / "m.keras"
+    model.write_bytes((ROOT / "models" / "tlunet.keras").read_bytes())
+    (folder / "notes.pth").write_text("import os\n")
+    digest = _sha(folder / "notes.pth")
+    planted = _journal(folder, _commit_record([("notes.pth", digest)]))
+    code, _, err = cli("convert", model, "--tflite", "fp32", "--onnx", "")
+    assert code == 2 and err.count("\n") == 1 and "not a plain artifact name" in err, err
+    assert sorted(p.name for p in folder.iterdir()) == [JOURNAL, "m.keras", "notes.pth"]
+    assert planted.exists()
 
 
 def test_a_record_whose_hashes_do_not_match_moves_nothing(old_set):

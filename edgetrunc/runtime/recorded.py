@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetrunc._io import atomic_path, check_output, open_regular, require_file, sha256_file
+from edgetrunc._io import atomic_path, check_run_paths, open_regular, require_file, sha256_file
 from edgetrunc._text import printable
 from edgetrunc.errors import InputError
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
@@ -151,7 +151,7 @@ def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
     from edgetrunc.runtime.scoring import run_batched
 
     protect = (artifact, inputs_path)
-    check_output(out_path, protect)  # refused before the run, not after it
+    check_run_paths({"out": out_path}, {"artifact": artifact, "inputs": inputs_path})  # before the run
     x, _, _ = load_inputs(inputs_path)
     runner = open_runner(artifact, threads=threads)
     meta = runner.metadata()
