@@ -24,6 +24,7 @@ VERDICT_LABELS = {
     "not-clip": "not a clip (kept)",
     "clip-other-gradient": "clip, other gradient (kept)",
     "mapped": "mapped -> Truncation",
+    "elementwise": "elementwise -> Elementwise",
 }
 
 
@@ -39,7 +40,9 @@ def add_arguments(p) -> None:
     p.add_argument("--truncation-class", action="append", default=[], metavar="CLASS[=T]",
                    help="a custom layer class or an activation function saved by name that is a "
                    "truncation (clip to [-T, T]): map it to Truncation, T from its saved config, "
-                   "its one stored scalar weight, or given (repeatable)")
+                   "its one stored scalar weight, or given (repeatable); checked against its "
+                   "code when --custom-objects gives it or Keras knows it")
+    _args.add_custom_objects(p)
 
 
 def parse_defines(items) -> dict:
@@ -64,7 +67,8 @@ def run(args) -> int:
 
     report = migrate(args.legacy, args.out, trust_lambda=args.trust_lambda,
                      extra_globals=parse_defines(args.define),
-                     truncation_classes=parse_truncation_classes(args.truncation_class))
+                     truncation_classes=parse_truncation_classes(args.truncation_class),
+                     custom_objects=args.custom_objects)
     if args.json:
         sys.stdout.write(dumps_json(report))
     else:

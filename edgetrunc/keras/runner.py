@@ -96,13 +96,15 @@ class KerasRunner(BaseRunner):
         threads: kept for the runner interface; TensorFlow's thread pools are process-wide
             and are not changed here.
         batch_size: images per call of the compiled function (default 16).
+        custom_objects: for a path, a dict or the user's own `.py` file the model needs.
     """
 
     format = "keras"
 
     def __init__(self, path_or_model, threads: int | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE):
+                 batch_size: int = DEFAULT_BATCH_SIZE, custom_objects=None):
         self._model = None if isinstance(path_or_model, (str, Path)) else path_or_model
+        self.custom_objects = custom_objects
         self.batch_size = int(batch_size)
         self._layer_model = None
         path = path_or_model if self._model is None else f"<memory>/{path_or_model.name}.keras"
@@ -124,7 +126,7 @@ class KerasRunner(BaseRunner):
         if self._model is None:
             from edgetrunc.keras.load import load_model
 
-            self._model = load_model(self.path)
+            self._model = load_model(self.path, custom_objects=self.custom_objects)
         model = self._model
         if len(model.inputs) != 1:
             raise InputError(f"{self.path}: expected a model with one input; it has {len(model.inputs)}")
