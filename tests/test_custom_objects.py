@@ -259,3 +259,29 @@ def test_abs_lambda_beside_a_truncation_migrates_to_safe_mode(tmp_path, cli):
 
     model = load_model(out)  # safe mode, no trust
     assert type(model.get_layer("abs")).__name__ == "Elementwise"
+
+
+@pytest.mark.slow
+def test_other_lambda_kept_then_converted_as_traced(tmp_path, cli):
+    inputs = keras.Input((16, 16, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.Lambda(lambda t: keras.ops.clip(t, -3.0, 3.0), name="tlu")(x)
+    x = keras.layers.Lambda(lambda t: t * keras.ops.abs(t), name="signed_square")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    source = tmp_path / "source.keras"
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="out")(x)).save(source)
+    model = tmp_path / "model.keras"
+    rc, stdout, err = cli("migrate", source, "--out", model, "--trust-lambda", "--json")
+    assert rc == 0, err
+    assert json.loads(stdout)["kept"] == ["signed_square"]
+    out = tmp_path / "art"
+    rc, _, err = cli("convert", model, "--out", out, "--tflite", "fp32", "--onnx", "fp32")
+    one_error_line(rc, err, "signed_square", "give --trust-lambda here")
+    assert not out.exists()
+    rc, _, err = cli("convert", model, "--out", out, "--tflite", "fp32", "--onnx", "fp32",
+                     "--trust-lambda")
+    assert rc == 0, err
+    assert "signed_square converted as traced" in err
+    rc, _, err = cli("parity", model, out / "model_fp32.tflite", out / "model_fp32.onnx",
+                     "--samples", "4", "--inputs", "random", "--trust-lambda")
+    assert rc == 0, err

@@ -147,6 +147,11 @@ def add_stego(parser, messages: bool = False) -> None:
                             "over the epochs (default: 4)")
 
 
+def add_trust_lambda(parser, help="allow loading Lambda layers (this runs code stored in "
+                     "the file)") -> None:
+    parser.add_argument("--trust-lambda", action="store_true", help=help)
+
+
 def add_custom_objects(parser) -> None:
     """`--custom-objects FILE.py`: the user's own code, run because the user names it."""
     parser.add_argument(

@@ -31,8 +31,7 @@ VERDICT_LABELS = {
 def add_arguments(p) -> None:
     p.add_argument("legacy", metavar="LEGACY", help="a .keras or .h5 file, or a SavedModel folder")
     _args.add_out(p, required=True, metavar="NEW.keras")
-    p.add_argument("--trust-lambda", action="store_true",
-                   help="allow loading Lambda layers (this runs code stored in the file)")
+    _args.add_trust_lambda(p)
     _args.add_json(p, "print the migration report as JSON")
     p.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
                    help="a global a saved lambda reads but the file does not store, e.g. T=3.0 "

@@ -137,7 +137,8 @@ def check_custom_objects(path, config, custom_objects, truncation_classes=()):
     not define (nor `--truncation-class` maps). A no-op without custom objects."""
     if custom_objects is None:
         return
-    missing = [name for name in needed_names(config) if name not in custom_objects
+    given = set(custom_objects) | {str(key).rsplit(">", 1)[-1] for key in custom_objects}
+    missing = [name for name in needed_names(config) if name not in given
                and name not in (truncation_classes or ())]
     if missing:
         raise missing_names_error(path, custom_objects, missing)
