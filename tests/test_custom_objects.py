@@ -101,6 +101,7 @@ def test_without_the_flag_the_model_names_its_need(tmp_path, cli):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_gbras_soft_truncation_kept_and_equal_to_keras2(tmp_path, cli):
     out = tmp_path / "gbras.keras"
     rc, stdout, err = cli("migrate", GBRAS, "--out", out, "--json",
@@ -116,6 +117,10 @@ def test_gbras_soft_truncation_kept_and_equal_to_keras2(tmp_path, cli):
     np.testing.assert_allclose(np.asarray(model(x)), KERAS2_OUTPUTS["gbras.hdf5"], atol=2e-5)
     with pytest.raises(InputError, match="Tanh3"):
         load_model(out)  # the written file still needs the user's code
+    rc, stdout, err = cli("evaluate", out, "--max-pairs", "2", "--json",
+                          "--custom-objects", OBJECTS / "gbras_objects.py")
+    assert rc == 0, err
+    assert json.loads(stdout)["pairs"] == 2
 
 
 # --- checked mappings ----------------------------------------------------------------------
@@ -285,3 +290,22 @@ def test_other_lambda_kept_then_converted_as_traced(tmp_path, cli):
     rc, _, err = cli("parity", model, out / "model_fp32.tflite", out / "model_fp32.onnx",
                      "--samples", "4", "--inputs", "random", "--trust-lambda")
     assert rc == 0, err
+
+
+def test_activation_keras_knows_is_checked(tmp_path, cli):
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.Activation("relu6", name="six")(x)
+    x = keras.layers.Activation("tanh", name="soft")(x)
+    source = tmp_path / "source.keras"
+    keras.Model(inputs, x).save(source)
+    rc, _, err = cli("migrate", source, "--out", tmp_path / "x.keras",
+                     "--truncation-class", "tanh=1")
+    one_error_line(rc, err, "layer 'soft' (activation tanh)", "Keras's tanh",
+                   "computes something else")
+    rc, stdout, err = cli("migrate", source, "--out", tmp_path / "new.keras", "--json",
+                          "--truncation-class", "relu6")
+    assert rc == 0 and "unverified" not in err, err
+    (layer,) = json.loads(stdout)["layers"]
+    assert (layer["lower"], layer["upper"]) == (0.0, 6.0)
+    assert "checked against its code (Keras's relu6)" in layer["note"]
