@@ -170,6 +170,12 @@ def test_mapping_checked_against_given_code_or_warned(tmp_path, cli):
     assert rc == 0, err
     (warning,) = [line for line in err.splitlines() if "unverified" in line]
     assert "layer 'tlu'" in warning and "--custom-objects" in warning
+    clip.write_text("import keras\n\nclass TLU(keras.layers.Layer):\n"
+                    "    def call(self, x):\n        return keras.ops.clip(x, -3, 3)\n")
+    rc, _, err = cli("migrate", FIXTURES / "legacy" / "custom_tlu.h5", "--out",
+                     tmp_path / "c.keras", "--truncation-class", "TLU", "--custom-objects", clip)
+    one_error_line(rc, err, "layer 'tlu' (class TLU)", "cannot be checked", "deserializing")
+    assert not (tmp_path / "c.keras").exists()
 
 
 # --- stored thresholds ---------------------------------------------------------------------

@@ -165,18 +165,18 @@ def _class_code(node, weights, given):
     if cls is None:
         return None
     config = {k: v for k, v in (node.get("config") or {}).items() if k not in ("dtype",)}
-    layer = cls.from_config(config)
-    return source, _numpy(lambda x: _call_built(layer, x, weights))
+    return source, _numpy(lambda x: _call_built(cls, config, x, weights))
 
 
-def _call_built(layer, x, weights):
-    """Call `layer` on `x` (shaped [1, 1, n, 1]); the first call builds it and sets `weights`."""
+def _call_built(cls, config, x, weights):
+    """A layer of `cls` built from its saved `config` on `x` (shaped [1, 1, n, 1]), with its
+    stored `weights`, called on `x`."""
     from keras import ops
 
+    layer = cls.from_config(config)
     data = ops.reshape(x, (1, 1, -1, 1))
-    if not layer.built:
-        layer.build(tuple(data.shape))
-        _set_stored_weights(layer, weights)
+    layer.build(tuple(data.shape))
+    _set_stored_weights(layer, weights)
     return layer(data)
 
 
