@@ -315,3 +315,32 @@ def test_activation_keras_knows_is_checked(tmp_path, cli):
     (layer,) = json.loads(stdout)["layers"]
     assert (layer["lower"], layer["upper"]) == (0.0, 6.0)
     assert "checked against its code (Keras's relu6)" in layer["note"]
+
+
+def test_a_module_named_in_the_file_is_never_imported_with_custom_objects(tmp_path, cli):
+    import sys
+    import zipfile
+
+    inputs = keras.Input((4,))
+    source = tmp_path / "plain.keras"
+    keras.Model(inputs, keras.layers.Dense(2, name="dense")(inputs)).save(source)
+    hostile = tmp_path / "hostile.keras"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(hostile, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "config.json":
+                config = json.loads(data)
+                dense = config["config"]["layers"][-1]
+                dense.update(module="edgetrunc_marker_never_imported", class_name="Evil",
+                             registered_name="Evil")
+                data = json.dumps(config).encode()
+            dst.writestr(name, data)
+    (tmp_path / "edgetrunc_marker_never_imported.py").write_text("raise SystemExit(3)\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        rc, _, err = cli("convert", hostile, "--out", tmp_path / "art",
+                         "--custom-objects", OBJECTS / "gbras_objects.py")
+    finally:
+        sys.path.remove(str(tmp_path))
+    one_error_line(rc, err, "needs Evil", "gbras_objects.py does not define")
+    assert "edgetrunc_marker_never_imported" not in sys.modules
