@@ -190,8 +190,12 @@ def test_stored_threshold_of_a_keras3_archive(tmp_path, cli):
     rc, stdout, err = cli("migrate", source, "--out", out, "--truncation-class", "LearnedTLU",
                           "--json", "--custom-objects", OBJECTS / "learned_objects.py")
     assert rc == 0, err
-    (layer,) = json.loads(stdout)["layers"]
+    report = json.loads(stdout)
+    (layer,) = report["layers"]
     assert (layer["lower"], layer["upper"]) == (-2.5, 2.5) and "checked" in layer["note"]
+    original = report["verification"]["original_code"]  # the model with LearnedTLU itself
+    assert original["passed"] and original["max_abs_diff"]["normal"] == 0.0
+    assert report["safe_mode"] == "loads with safe_mode=True"  # LearnedTLU is gone
     from edgetrunc import load_model
 
     assert load_model(out).get_layer("tlu").get_config()["threshold"] == 2.5

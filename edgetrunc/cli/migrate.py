@@ -112,6 +112,10 @@ def _verification_lines(verification) -> list:
     rebuild = max(verification["rebuild_max_abs_diff"].values(), default=math.nan)
     lines.append(f"  max |migrated - legacy with exact clips|: {_number(rebuild)} "
                  "(every other layer and weight kept)")
+    original = verification.get("original_code") or {}
+    if original.get("max_abs_diff"):
+        diffs = ", ".join(f"{name} {_number(v)}" for name, v in original["max_abs_diff"].items())
+        lines.append(f"  max |migrated - original built with its code|: {diffs}")
     if verification.get("note"):
         lines.append(f"  note: {verification['note']}")
     lines.append("  " + ("passed" if verification["passed"]

@@ -28,8 +28,10 @@ from edgetrunc.legacy import (
     read_model_config,
     require_model_file,
 )
+from edgetrunc.legacy.custom import needed_names
 from edgetrunc.migrate.elementwise import probe_elementwise
 from edgetrunc.migrate.op_inventory import inventory_or_error, op_inventory_change
+from edgetrunc.migrate.original import compare_with_original
 from edgetrunc.migrate.probe import probe_lambda
 from edgetrunc.migrate.rewrite import replace_lambdas
 from edgetrunc.migrate.verify import max_diff, model_outputs, sample_inputs, verify_outputs
@@ -93,7 +95,10 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
         return report
 
     migrated = replace_lambdas(legacy, verdicts) if replaced or rewritten else legacy
-    _verify(legacy_path, legacy, migrated, replaced, mapped, report, op_inventory, seed)
+    original = compare_with_original(legacy_path, migrated, mapped, has_code, extra_globals,
+                                     custom_objects, seed)
+    _verify(legacy_path, legacy, migrated, replaced, mapped, report, op_inventory, seed,
+            original)
     report["compile"] = _carry_compile_config(legacy_path, file_format, config, migrated)
     _write(migrated, legacy_path, out_path, report, extra_globals, seed, custom_objects)
     report["message"] = _summary(file_format, converted, replaced, mapped, report["kept"],
@@ -177,13 +182,20 @@ def _probe_lambdas(legacy, report, seed):
     return verdicts, replaced
 
 
-def _verify(legacy_path, legacy, migrated, replaced, mapped, report, op_inventory, seed):
+def _verify(legacy_path, legacy, migrated, replaced, mapped, report, op_inventory, seed,
+            original=None):
     """Fill the verification and op inventory; raise CheckFailed when verification fails."""
     _log.info("verifying the migrated model against the legacy one")
     verification = verify_outputs(legacy, migrated, replaced, seed=seed)
     if mapped:
         verification["note"] = ("mapped layers are Truncation in both models: their legacy "
                                 "code cannot run in Keras 3, so only the rest is compared")
+    if original is not None:  # their code was given: the original model ran too
+        verification["note"] = ("mapped layers were checked against their code, and the "
+                                "migrated model against the original built with it")
+        verification["original_code"] = original
+        verification["failures"] += original["failures"]
+        verification["passed"] = verification["passed"] and original["passed"] is not False
     report["verification"] = verification
     if op_inventory:
         _log.info("counting TFLite ops before and after")
@@ -248,6 +260,8 @@ def _carry_compile_config(path, file_format, config, migrated):
 
 def _check_reload(path, migrated, remaining, extra_globals, seed, custom_objects=None):
     """Reload the written file (safe mode when no Lambda remains) and compare outputs."""
+    if custom_objects is not None and not needed_names(read_model_config(path)[1]):
+        custom_objects = None  # the written file no longer needs the user's code
     with_objects = (f" and --custom-objects {custom_objects.source}"
                     if custom_objects is not None else "")
     if remaining:
