@@ -151,6 +151,7 @@ def test_soft_truncation_named_as_a_clip_is_refused(tmp_path, cli):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_mapping_checked_against_given_code_or_warned(tmp_path, cli):
     clip = tmp_path / "tlu.py"
     clip.write_text("import keras\n\nclass TLU(keras.layers.Layer):\n"
