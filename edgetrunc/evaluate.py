@@ -38,10 +38,10 @@ MODEL_SUFFIXES = (".keras", ".h5", ".tflite", ".onnx")
 BATCH_SIZE = 32
 
 
-def keras_scorer(path, batch_size: int = BATCH_SIZE):
+def keras_scorer(path, batch_size: int = BATCH_SIZE, custom_objects=None):
     """`(score(x) -> stego probability [N], ImageGeometry)` of a Keras detector file, in
     inference mode."""
-    model = load_model(path)
+    model = load_model(path, custom_objects=custom_objects)
     geometry = require_image_geometry(model, path, "evaluate")
     _require_detector_output(path, [tuple(t.shape) for t in model.outputs])
     activation = output_activation(model)
@@ -71,7 +71,7 @@ def runtime_scorer(path, batch_size: int = BATCH_SIZE, threads: int | None = Non
 def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
              split: str | None = None, stride: int | None = 128, max_pairs: int | None = None,
              batch_size: int = BATCH_SIZE, threads: int | None = None, embedding: str = "lsbm",
-             stego_cache=None, workers: int | None = None) -> dict:
+             stego_cache=None, workers: int | None = None, custom_objects=None) -> dict:
     """Accuracy, AUC, P_E, confusion matrix and per-photo figures of a detector.
 
     Args:
@@ -85,6 +85,8 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
         max_pairs: score at most this many pairs (round-robin over photos).
         embedding: `"lsbm"`, `"hill"`, `"suniward"` or `"wow"`; the content-adaptive ones
             come from the stego cache (`stego_cache` folder, filled by `workers` processes).
+        custom_objects: a dict or the path of your own `.py` file (run) whose functions
+            and classes a `.keras` / `.h5` model needs (`edgetrunc.legacy.custom`).
     """
     check_run_paths({"stego_cache": stego_cache}, {"model_path": model_path,
                                                     "covers": None if covers == "embedded" else covers},
@@ -97,7 +99,7 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     is_embedded = isinstance(covers, str) and covers == "embedded"
     split = split or ("test" if is_embedded else "all")
     suffix = path.suffix.lower()
-    score, geometry = keras_scorer(path, batch_size) if suffix in (".keras", ".h5") else (
+    score, geometry = keras_scorer(path, batch_size, custom_objects) if suffix in (".keras", ".h5") else (
         runtime_scorer(path, batch_size, threads))
     cover_list, pairs = _pairs(covers, split, payload, seed, max_pairs, stride, geometry, stego)
     _log.info(f"scoring {len(pairs)} tiles ({pairs.n_pairs} cover/stego pairs, "

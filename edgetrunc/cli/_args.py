@@ -145,3 +145,18 @@ def add_stego(parser, messages: bool = False) -> None:
         parser.add_argument("--messages", type=positive_int, default=4, metavar="K",
                             help="messages per training tile of a cached embedding, cycled "
                             "over the epochs (default: 4)")
+
+
+def add_trust_lambda(parser, help="allow loading Lambda layers (this runs code stored in "
+                     "the file)") -> None:
+    parser.add_argument("--trust-lambda", action="store_true", help=help)
+
+
+def add_custom_objects(parser) -> None:
+    """`--custom-objects FILE.py`: the user's own code, run because the user names it."""
+    parser.add_argument(
+        "--custom-objects", metavar="FILE.py", default=None,
+        help="a Python file of your own whose public functions and classes Keras may use by "
+        "name when it loads the model, as keras.saving.load_model(custom_objects=...) does "
+        "(custom layers, activations). The file is RUN (imported): give only code you trust. "
+        "Without it, nothing named in a model file is imported")

@@ -37,6 +37,10 @@ def add_arguments(p) -> None:
     p.add_argument("--pack-front-end", action="store_true",
                    help="accepted for old command lines and does nothing: packing the "
                    "one-channel front end is now the default (see --literal)")
+    _args.add_custom_objects(p)
+    _args.add_trust_lambda(p, "load Lambda layers that are not truncations and run them as "
+                           "traced (this runs code stored in the file; edgetrunc migrate "
+                           "replaces truncations and common elementwise Lambdas instead)")
     _args.add_json(p, "print the manifest as JSON on stdout")
     _args.add_force(p, "replace existing artifacts")
 
@@ -76,7 +80,8 @@ def run(args) -> int:
     manifest = convert(
         args.model, out_dir=args.out, tflite=args.tflite, onnx=args.onnx, opset=args.opset,
         nchw=args.nchw, calibration=args.calibration, int8_io=args.int8_io, force=args.force,
-        int8_mode=args.int8_mode, literal=args.literal)
+        int8_mode=args.int8_mode, literal=args.literal, custom_objects=args.custom_objects,
+        trust_lambda=args.trust_lambda)
     if args.json:
         sys.stdout.write(dumps_json(manifest))
     else:

@@ -26,6 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--stride", type=positive_int, default=128,
                    help="tile stride in pixels (default: 128, as in the training record)")
     p.add_argument("--max-pairs", type=positive_int, default=None, help="score at most this many pairs")
+    _args.add_custom_objects(p)
     _args.add_json(p)
 
 
@@ -35,7 +36,8 @@ def run(args) -> int:
 
     report = evaluate(args.model, covers=args.covers, payload=args.payload, seed=args.seed,
                       split=args.split, stride=args.stride, max_pairs=args.max_pairs,
-                      embedding=args.embedding, stego_cache=args.stego_cache, workers=args.workers)
+                      embedding=args.embedding, stego_cache=args.stego_cache, workers=args.workers,
+                      custom_objects=args.custom_objects)
     if args.json:
         sys.stdout.write(dumps_json(report, nan="null"))
     else:

@@ -24,14 +24,14 @@ VERDICT_LABELS = {
     "not-clip": "not a clip (kept)",
     "clip-other-gradient": "clip, other gradient (kept)",
     "mapped": "mapped -> Truncation",
+    "elementwise": "elementwise -> Elementwise",
 }
 
 
 def add_arguments(p) -> None:
     p.add_argument("legacy", metavar="LEGACY", help="a .keras or .h5 file, or a SavedModel folder")
     _args.add_out(p, required=True, metavar="NEW.keras")
-    p.add_argument("--trust-lambda", action="store_true",
-                   help="allow loading Lambda layers (this runs code stored in the file)")
+    _args.add_trust_lambda(p)
     _args.add_json(p, "print the migration report as JSON")
     p.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
                    help="a global a saved lambda reads but the file does not store, e.g. T=3.0 "
@@ -39,7 +39,9 @@ def add_arguments(p) -> None:
     p.add_argument("--truncation-class", action="append", default=[], metavar="CLASS[=T]",
                    help="a custom layer class or an activation function saved by name that is a "
                    "truncation (clip to [-T, T]): map it to Truncation, T from its saved config, "
-                   "its one stored scalar weight, or given (repeatable)")
+                   "its one stored scalar weight, or given (repeatable); checked against its "
+                   "code when --custom-objects gives it or Keras knows it")
+    _args.add_custom_objects(p)
 
 
 def parse_defines(items) -> dict:
@@ -64,7 +66,8 @@ def run(args) -> int:
 
     report = migrate(args.legacy, args.out, trust_lambda=args.trust_lambda,
                      extra_globals=parse_defines(args.define),
-                     truncation_classes=parse_truncation_classes(args.truncation_class))
+                     truncation_classes=parse_truncation_classes(args.truncation_class),
+                     custom_objects=args.custom_objects)
     if args.json:
         sys.stdout.write(dumps_json(report))
     else:
@@ -109,6 +112,10 @@ def _verification_lines(verification) -> list:
     rebuild = max(verification["rebuild_max_abs_diff"].values(), default=math.nan)
     lines.append(f"  max |migrated - legacy with exact clips|: {_number(rebuild)} "
                  "(every other layer and weight kept)")
+    original = verification.get("original_code") or {}
+    if original.get("max_abs_diff"):
+        diffs = ", ".join(f"{name} {_number(v)}" for name, v in original["max_abs_diff"].items())
+        lines.append(f"  max |migrated - original built with its code|: {diffs}")
     if verification.get("note"):
         lines.append(f"  note: {verification['note']}")
     lines.append("  " + ("passed" if verification["passed"]

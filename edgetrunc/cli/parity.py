@@ -42,6 +42,10 @@ def add_arguments(p) -> None:
     p.add_argument("--rtol", type=float, default=None, help="override the relative tolerance")
     p.add_argument("--json", metavar="FILE", default=None, help="write the JSON report ('-' for stdout)")
     p.add_argument("--html", metavar="FILE", default=None, help="write a self-contained HTML report")
+    _args.add_custom_objects(p)
+    _args.add_trust_lambda(p, "load Lambda layers that are not truncations and run them as "
+                           "traced (this runs code stored in the file; edgetrunc migrate "
+                           "replaces truncations and common elementwise Lambdas instead)")
     _args.add_seed(p, "seed of the inputs (default: 0)")
     _args.add_threads(p, "threads of each TFLite / ONNX Runtime backend (default: every usable core)")
     p.add_argument("--batch-size", type=positive_int, default=16,
@@ -107,7 +111,9 @@ def run(args) -> int:
                           save_inputs=args.save_inputs, strict_layers=args.strict_layers,
                           embedding=args.embedding, stego_cache=args.stego_cache,
                           workers=args.workers,
-                          per_layer_samples=args.layer_samples)
+                          per_layer_samples=args.layer_samples,
+                          custom_objects=args.custom_objects,
+                          trust_lambda=args.trust_lambda)
     table = terminal_report(report)
     stream = sys.stderr if args.json == "-" else sys.stdout
     stream.write(table)

@@ -33,6 +33,8 @@ from edgetrunc.export.tflite.inspect import inspect_tflite
 from edgetrunc.keras.load import load_model, require_keras_file
 from edgetrunc.keras.precision import float32_model
 from edgetrunc.keras.truncations import find_truncations
+from edgetrunc.legacy import lambda_layers
+from edgetrunc.legacy.custom import custom_objects_scope, load_custom_objects
 from edgetrunc.metrics import (MAX_ACCURACY_DELTA, MIN_DECISION_AGREEMENT, is_detector_shape,
                                nearly_constant)
 from edgetrunc.runtime.metadata import artifact_metadata
@@ -84,14 +86,16 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration):
 def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
             nchw=False, calibration="embedded", int8_io=False, force=False,
             int8_mode="truncation-aware", evaluate=True, timings=None,
-            literal=False) -> dict:
+            literal=False, custom_objects=None, trust_lambda=False) -> dict:
     """Convert `model_path` to every requested artifact in `out_dir` and write the manifest.
 
     Returns the manifest dict (also written to `out_dir/manifest.json`). If `timings` is a
     dict, it receives the conversion wall time of each artifact in seconds.
     Exact layout rewrites (the passes of `export.tflite.passes` / `export.onnx.passes`) run
     by default; `literal=True` keeps a one-to-one translation. Each manifest entry lists the
-    passes that changed its artifact (`"passes"`).
+    passes that changed its artifact (`"passes"`). `custom_objects` (a dict, or the path
+    of the user's own `.py` file, which is run) are offered to Keras by name while loading
+    and converting. `trust_lambda=True` loads Lambda layers and converts them as traced.
     """
     tflite, onnx = _check_options(tflite, onnx, opset, int8_mode, calibration)
     source = Path(model_path)
@@ -104,10 +108,23 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
     outputs.preflight()  # a killed run's commit finished, targets refused before the (slow) load
     options = {"opset": int(opset), "nchw": nchw, "int8_io": int8_io, "int8_mode": int8_mode,
                "literal": bool(literal)}
-    model = float32_model(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES))
-    with outputs:
+    custom_objects = load_custom_objects(custom_objects)
+    with custom_objects_scope(custom_objects):
+        model = float32_model(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES,
+                                         custom_objects=custom_objects,
+                                         trust_lambda=trust_lambda))
+    _warn_traced_lambdas(source, model)
+    with outputs, custom_objects_scope(custom_objects):
         return _convert_model(model, source, sha256_file(source), outputs, artifacts, options,
                               calibration, evaluate, timings)
+
+
+def _warn_traced_lambdas(source, model) -> None:
+    names = [path for _, path in lambda_layers(model)]
+    if names:
+        _log.warn(f"{source}: Lambda layer(s) {', '.join(names)} converted as traced "
+                  "(--trust-lambda); a truncation inside a Lambda becomes plain ops, not a "
+                  "Truncation: edgetrunc migrate replaces those")
 
 
 def _is_detector(model) -> bool:

@@ -41,6 +41,8 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
     `edgetrunc migrate` first (Lambda layers, custom classes, a `.h5` where only `.keras`
     is accepted, a SavedModel folder). A `.keras` written by tf.keras 2 and tf.keras 2
     `tf.clip_by_value` op layers are read as `edgetrunc migrate` reads them.
+    `custom_objects` is a dict or the path of the user's own `.py` file (`legacy.custom`);
+    `trust_lambda=True` loads Lambda layers (their stored code runs, with `lambda_globals`).
     """
     import zipfile
 
@@ -51,9 +53,14 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
         if zip_start:
             raise InputError(f"{path}: truncated or corrupt .keras file (its zip archive is incomplete)")
         raise InputError(f"{path}: not a Keras file, cannot load it (a .keras file is a zip archive)")
-    custom_objects = kwargs.get("custom_objects")
+    custom_objects = legacy.load_custom_objects(kwargs.get("custom_objects"))
+    if custom_objects is not None:  # the user's own code, given on purpose (legacy.custom)
+        kwargs["custom_objects"] = custom_objects
+        legacy.check_custom_objects(path, _read_config(path)[1], custom_objects)
+    if kwargs.pop("trust_lambda", False):  # the user trusts the file: its Lambdas run
+        return legacy.load_model(path, trust_lambda=True, custom_objects=custom_objects)
     if safe_mode and _needs_legacy_reading(path, custom_objects):
-        return legacy.load_model(path)
+        return legacy.load_model(path, custom_objects=custom_objects)
     if not safe_mode:  # lambdas may run, but the limits and class resolution still hold
         _checked_config(path, custom_objects)
     import keras
@@ -80,7 +87,8 @@ def _mapped_layers(path, config, custom_objects=None) -> list:
     """The layers `map_config_layers` maps; InputError naming a class that does not resolve
     through Keras's namespace or registry or `custom_objects` (nothing is imported)."""
     try:
-        return legacy.map_config_layers(config, custom_objects=custom_objects)[1]
+        with legacy.custom_objects_scope(custom_objects):
+            return legacy.map_config_layers(config, custom_objects=custom_objects)[1]
     except legacy.UnknownLayerClass as exc:
         raise InputError(f"{path}: {exc}") from None
 
@@ -99,6 +107,7 @@ def _needs_legacy_reading(path, custom_objects=None) -> bool:
         shown = f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
         raise InputError(f"{path}: has {len(names) or 'stored'} Lambda layer(s){shown}, which run "
                          "Python code stored in the file; replace them first: edgetrunc migrate "
-                         f"{path} --out NEW.keras --trust-lambda")
+                         f"{path} --out NEW.keras --trust-lambda (Lambdas that are not "
+                         "truncations: give --trust-lambda here to run them as they are)")
     mapped = _mapped_layers(path, config, custom_objects)
     return file_format != "keras" or bool(mapped)

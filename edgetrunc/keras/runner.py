@@ -107,13 +107,17 @@ class KerasRunner(BaseRunner):
         threads: kept for the runner interface; TensorFlow's thread pools are process-wide
             and are not changed here.
         batch_size: images per call of the compiled function (default 16).
+        custom_objects: for a path, a dict or the user's own `.py` file the model needs.
+        trust_lambda: for a path, load its Lambda layers (their stored code runs).
     """
 
     format = "keras"
 
     def __init__(self, path_or_model, threads: int | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE):
+                 batch_size: int = DEFAULT_BATCH_SIZE, custom_objects=None,
+                 trust_lambda: bool = False):
         self._model = None if isinstance(path_or_model, (str, Path)) else path_or_model
+        self.custom_objects, self.trust_lambda = custom_objects, trust_lambda
         self.batch_size = int(batch_size)
         self._layer_model = None
         path = path_or_model if self._model is None else f"<memory>/{path_or_model.name}.keras"
@@ -135,7 +139,8 @@ class KerasRunner(BaseRunner):
         if self._model is None:
             from edgetrunc.keras.load import load_model
 
-            self._model = load_model(self.path)
+            self._model = load_model(self.path, custom_objects=self.custom_objects,
+                                     trust_lambda=self.trust_lambda)
         model = self._model
         if len(model.inputs) != 1:
             raise InputError(f"{self.path}: expected a model with one input; it has {len(model.inputs)}")

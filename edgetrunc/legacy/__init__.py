@@ -10,6 +10,8 @@
 - `objects`: training-only objects (initializers, regularizers, constraints) Keras 3 cannot
   rebuild, replaced by defaults, and Keras 2 layer keys Keras 3 refuses;
 - `weights`: a layer's stored weights read from the file (a learned threshold);
+- `custom`: the user's own objects (`--custom-objects FILE.py`), given on purpose;
+- `mapping_check`: every `--truncation-class` mapping checked against its code, if given;
 - `load`: `load_legacy` / `load_model`, the Keras 2 archive, `.h5` and SavedModel loaders.
 
 `edgetrunc.keras.load.load_model` sends a file here when Keras 3 cannot read it as it is.
@@ -32,6 +34,12 @@ from edgetrunc.legacy.config import (
     read_model_config,
     require_model_file,
 )
+from edgetrunc.legacy.custom import (
+    CustomObjects,
+    check_custom_objects,
+    custom_objects_scope,
+    load_custom_objects,
+)
 from edgetrunc.legacy.lambdas import (
     LegacyBackend,
     is_graph_model,
@@ -42,6 +50,10 @@ from edgetrunc.legacy.lambdas import (
 from edgetrunc.legacy.load import load_legacy, load_model
 
 __all__ = [
+    "CustomObjects",
+    "check_custom_objects",
+    "custom_objects_scope",
+    "load_custom_objects",
     "FORMAT_NAMES",
     "LEGACY_SUFFIXES",
     "LegacyBackend",

@@ -61,8 +61,8 @@ def unknown_activation(node):
 
     config = node.get("config") if isinstance(node.get("config"), dict) else {}
     name = activation_function_name(config.get("activation"))
-    if name is None:
-        return None
+    if name is None or keras.saving.get_registered_object(name) is not None:
+        return None  # registered, or given as a custom object (`legacy.custom`)
     try:
         keras.activations.get(name)
     except Exception:

@@ -70,9 +70,8 @@ class UnknownLayerClass(InputError):
             what = (f"layer '{name}'{more} is of class '{class_name}', which Keras 3 does not "
                     "know (a class of the code that saved the file; its code is not in the "
                     f"file); if it is a truncation (clip to [-T, T]) give --truncation-class "
-                    f"{class_name.rsplit('>', 1)[-1]} to edgetrunc migrate, otherwise load it "
-                    "in Python with the class registered (keras.saving."
-                    "register_keras_serializable)")
+                    f"{class_name.rsplit('>', 1)[-1]} to edgetrunc migrate, otherwise give its "
+                    "code with --custom-objects FILE.py")
         super().__init__(what)
 
 
@@ -153,7 +152,8 @@ def _map_model_layers(model_config, truncation_classes, mapped, unknown, used,
             raise InputError(f"layer '{_layer_name(node)}' uses the activation function "
                              f"'{function}', saved by name only (its code is not in the file); "
                              f"if it is a truncation (clip to [-T, T]) give --truncation-class "
-                             f"{function}=T to edgetrunc migrate")
+                             f"{function}=T to edgetrunc migrate, otherwise give its code with "
+                             "--custom-objects FILE.py")
         class_name, name = node["class_name"], _layer_name(node)
         # a registered Keras 2 class is saved as "Package>Name": "Name" also matches it
         asked = next((c for c in (class_name, class_name.rsplit(">", 1)[-1])

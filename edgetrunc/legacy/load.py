@@ -18,6 +18,8 @@ from edgetrunc import _log
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.legacy.classes import map_config_layers
 from edgetrunc.legacy.config import config_dicts, read_model_config
+from edgetrunc.legacy.custom import check_custom_objects, custom_objects_scope, load_custom_objects
+from edgetrunc.legacy.mapping_check import check_mappings
 from edgetrunc.legacy.objects import (
     replace_training_objects,
     translate_keras2_keys,
@@ -33,28 +35,44 @@ from edgetrunc.legacy.lambdas import (
 )
 
 
-def load_model(path, trust_lambda=False, extra_globals=None, truncation_classes=None):
+def load_model(path, trust_lambda=False, extra_globals=None, truncation_classes=None,
+               custom_objects=None):
     """Load a `.keras`/`.h5` model; with `trust_lambda`, lambdas get `lambda_globals()`."""
-    return load_legacy(path, trust_lambda, extra_globals, truncation_classes)[0]
+    return load_legacy(path, trust_lambda, extra_globals, truncation_classes,
+                       custom_objects=custom_objects)[0]
 
 
-def load_legacy(path, trust_lambda=False, extra_globals=None, truncation_classes=None):
+def load_legacy(path, trust_lambda=False, extra_globals=None, truncation_classes=None,
+                custom_objects=None):
     """Load a Keras 3 or tf.keras 2 model file; return `(model, format, [MappedLayer])`.
 
     Layers Keras 3 cannot build are first mapped in the config (`map_config_layers`);
     a `.keras` written by tf.keras 2 is rebuilt from its Keras 2 config and its weights
-    file. Any failure is an InputError naming the file.
+    file. `custom_objects` (a dict or the user's `.py` file, `legacy.custom`) are offered
+    by name, and every truncation mapping whose code they (or Keras) hold is checked
+    (`legacy.mapping_check`). Any failure is an InputError naming the file.
     """
+    path = Path(path)
+    custom_objects = load_custom_objects(custom_objects)
+    file_format, config = read_model_config(path)
+    check_custom_objects(path, config, custom_objects, truncation_classes)
+    with custom_objects_scope(custom_objects):
+        return _load_legacy(path, file_format, config, trust_lambda, extra_globals,
+                            truncation_classes, custom_objects)
+
+
+def _load_legacy(path, file_format, config, trust_lambda, extra_globals, truncation_classes,
+                 custom_objects):
     import keras
 
-    path = Path(path)
-    file_format, config = read_model_config(path)
-    layer_weights = stored_layer_weights(path, file_format)
+    layer_weights = stored_layer_weights(path, file_format, config)
     try:
         new_config, mapped = map_config_layers(config, truncation_classes,
+                                               custom_objects=custom_objects,
                                                layer_weights=layer_weights)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
+    check_mappings(path, config, mapped, truncation_classes, layer_weights, custom_objects)
     keras2 = file_format != "keras"
     policies = _keras2_dtype_policies(new_config) if keras2 else 0
     policies += translate_keras2_keys(new_config) if keras2 else 0
@@ -121,7 +139,7 @@ def _load_by_format(path, file_format, config, rewritten, safe_mode, weightless=
     if file_format == "tf-keras":
         return _load_keras2_archive(path, config, safe_mode=safe_mode)
     if file_format == "savedmodel":
-        return _load_keras2_savedmodel(path, config, safe_mode=safe_mode)
+        return _load_keras2_savedmodel(path, config, safe_mode=safe_mode, weightless=weightless)
     if rewritten:
         return _load_rewritten(path, file_format, config, safe_mode=safe_mode,
                                weightless=weightless)
@@ -266,17 +284,18 @@ class _Checkpoint:
         return keys[0] if keys else None
 
 
-def _load_keras2_savedmodel(path, config, safe_mode):
+def _load_keras2_savedmodel(path, config, safe_mode, weightless=()):
     """Rebuild a tf.keras 2 SavedModel: its Keras 2 config, then its checkpoint's weights.
 
     tf.keras 2 tracks a model's weights as `layer_with_weights-<i>/<name>`, `i` counting
     the layers that have weights, in order (nested models inside); the checkpoint's object
-    graph maps each such path to the key its value is stored under.
+    graph maps each such path to the key its value is stored under. A layer named in
+    `weightless` (mapped to Truncation) keeps its place in that count; its values are unused.
     """
     model = _model_from_keras2_config(path, config, safe_mode)
     checkpoint = _Checkpoint(path)
     used = set()
-    _assign_checkpoint_weights(path, checkpoint, model.layers, [], used)
+    _assign_checkpoint_weights(path, checkpoint, model.layers, [], used, set(weightless))
     if used != checkpoint.stored:
         unused = checkpoint.stored - used
         raise InputError(f"{path}: {len(unused)} saved weight(s) match no layer "
@@ -284,13 +303,16 @@ def _load_keras2_savedmodel(path, config, safe_mode):
     return model
 
 
-def _assign_checkpoint_weights(path, checkpoint, layers, prefix, used):
+def _assign_checkpoint_weights(path, checkpoint, layers, prefix, used, weightless=frozenset()):
     import keras
 
-    for index, layer in enumerate(lay for lay in layers if lay.weights):
+    for index, layer in enumerate(lay for lay in layers if lay.weights or lay.name in weightless):
         here = [*prefix, f"layer_with_weights-{index}"]
+        if layer.name in weightless:
+            used.update(k for k in checkpoint.stored if k.startswith("/".join(here) + "/"))
+            continue
         if isinstance(layer, keras.Model):
-            _assign_checkpoint_weights(path, checkpoint, layer.layers, here, used)
+            _assign_checkpoint_weights(path, checkpoint, layer.layers, here, used, weightless)
             continue
         for variable in layer.weights:
             key = checkpoint.key_of([*here, variable.name])

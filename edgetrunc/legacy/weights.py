@@ -2,8 +2,8 @@
 
 `stored_layer_weights(path, format)` returns a function `layer name -> {weight name: array}`
 for a full-model `.h5` (`model_weights/<layer>/...`) and for Keras 3 / tf.keras 2 `.keras`
-archives (`model.weights.h5`, `layers/<layer>/vars/<i>`); a SavedModel's weights are matched
-when it is loaded. `threshold_from_weights` reads a learned threshold: a class mapped to
+archives (`model.weights.h5`, `layers/<class>/vars/<i>`) and tf.keras 2 SavedModel folders
+(the checkpoint's `layer-<i>` objects). `threshold_from_weights` reads a learned threshold: a class mapped to
 `Truncation` may store one scalar weight, whose value is its T.
 """
 
@@ -15,8 +15,16 @@ import zipfile
 from edgetrunc.errors import InputError
 
 
-def stored_layer_weights(path, file_format):
-    """`layer name -> {weight name: numpy array}` of what the file stores for that layer."""
+def stored_layer_weights(path, file_format, config=None):
+    """`layer name -> {weight name: numpy array}` of what the file stores for that layer.
+
+    A `.keras` archive files a layer's weights under its class's snake-case name, numbered in
+    the model's layer order (`layers/learned_tlu_1/vars/0`), not under the layer's name:
+    `archive_layer_paths(config)` gives that path. A SavedModel's come from its checkpoint."""
+    paths = archive_layer_paths(config) if config is not None else {}
+    if file_format == "savedmodel":
+        return _savedmodel_layer_weights(path, config)
+
     def read(layer):
         import h5py
 
@@ -34,13 +42,14 @@ def stored_layer_weights(path, file_format):
             elif file_format in ("keras", "tf-keras"):
                 with zipfile.ZipFile(path) as archive, \
                         archive.open("model.weights.h5") as data, h5py.File(data, "r") as handle:
-                    group = handle.get(f"layers/{layer}")
+                    group = handle.get(paths.get(layer, f"layers/{layer}"))
                     if group is not None:
                         group.visititems(keep)
         except (OSError, KeyError):
             return {}
-        return {name.rsplit("/", 1)[-1] if "/" in name else name: value
-                for name, value in found.items()}
+        # an .h5 names a weight (`threshold`); an archive numbers them (`vars/0`)
+        return {"/".join(name.split("/")[-2:]) if name.split("/")[-2:-1] == ["vars"]
+                else name.rsplit("/", 1)[-1]: value for name, value in found.items()}
     return read
 
 
@@ -66,3 +75,62 @@ def threshold_from_weights(class_name, layer, weights, threshold):
                          f"weight '{key}' = {stored:.7g}, not {threshold:g}; give "
                          f"--truncation-class {class_name} without =T to use the stored value")
     return -stored, stored, key
+
+
+def archive_layer_paths(config, prefix="layers") -> dict:
+    """`{layer name: weights path}` in a `.keras` archive, as Keras's saving library names
+    them: the snake-case class name, `_1`, `_2`, ... for repeats, per model (nested models
+    inside their own `layers/`)."""
+    from keras.src.utils.naming import to_snake_case
+
+    model = config.get("config") if isinstance(config, dict) else None
+    layers = model.get("layers") if isinstance(model, dict) else None
+    paths, used = {}, {}
+    for node in layers if isinstance(layers, list) else []:
+        if not isinstance(node, dict) or not isinstance(node.get("class_name"), str):
+            continue
+        class_name = node["class_name"].rsplit(">", 1)[-1]
+        base = to_snake_case(class_name)
+        used[base] = used.get(base, -1) + 1
+        where = f"{prefix}/{base}" + (f"_{used[base]}" if used[base] else "")
+        name = (node.get("config") or {}).get("name") or node.get("name")
+        if isinstance(name, str):
+            paths.setdefault(name, where)
+        if isinstance((node.get("config") or {}).get("layers"), list):
+            for inner, inner_path in archive_layer_paths(node, f"{where}/layers").items():
+                paths.setdefault(inner, inner_path)
+    return paths
+
+
+def _savedmodel_layer_weights(path, config):
+    """`layer name -> {weight name: array}` of a tf.keras 2 SavedModel: the checkpoint's
+    object graph tracks every layer of the model as `layer-<i>` (model order), its
+    variables as children by name."""
+    model = config.get("config") if isinstance(config, dict) else None
+    names = [(node.get("config") or {}).get("name") for node in (model or {}).get("layers", [])
+             if isinstance(node, dict)]
+
+    def read(layer):
+        if layer not in names:
+            return {}
+        try:
+            import tensorflow as tf
+            from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+            reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+            graph = trackable_object_graph_pb2.TrackableObjectGraph()
+            graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+        except Exception:
+            return {}
+        ids = [c.node_id for c in graph.nodes[0].children
+               if c.local_name == f"layer-{names.index(layer)}"]
+        if not ids:
+            return {}
+        found = {}
+        for child in graph.nodes[ids[0]].children:
+            keys = [a.checkpoint_key for a in graph.nodes[child.node_id].attributes
+                    if a.name == "VARIABLE_VALUE"]
+            if keys:
+                found[child.local_name] = reader.get_tensor(keys[0])
+        return found
+    return read

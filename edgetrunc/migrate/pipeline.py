@@ -20,6 +20,7 @@ from edgetrunc.legacy import (
     functions_stored_by_name,
     is_graph_model,
     lambda_globals,
+    load_custom_objects,
     lambda_layers,
     load_legacy,
     load_model,
@@ -27,14 +28,17 @@ from edgetrunc.legacy import (
     read_model_config,
     require_model_file,
 )
+from edgetrunc.legacy.custom import needed_names
+from edgetrunc.migrate.elementwise import probe_elementwise
 from edgetrunc.migrate.op_inventory import inventory_or_error, op_inventory_change
+from edgetrunc.migrate.original import compare_with_original
 from edgetrunc.migrate.probe import probe_lambda
 from edgetrunc.migrate.rewrite import replace_lambdas
 from edgetrunc.migrate.verify import max_diff, model_outputs, sample_inputs, verify_outputs
 
 
 def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
-            truncation_classes=None, op_inventory=True, seed=0) -> dict:
+            truncation_classes=None, op_inventory=True, seed=0, custom_objects=None) -> dict:
     """Bring a legacy model to a Keras 3 `.keras` with `Truncation` layers; return a report.
 
     Without `trust_lambda` a file that stores lambdas is refused (InputError, nothing
@@ -48,7 +52,9 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
 
     Layers Keras 3 cannot build are mapped before loading (`map_config_layers`): tf.keras
     2 `tf.clip_by_value` and `tf.minimum(tf.maximum(...))` op layers always, a user's
-    own class only when named in `truncation_classes` (`{class: threshold or None}`).
+    own class only when named in `truncation_classes` (`{class: threshold or None}`),
+    checked against its code when `custom_objects` (a dict, or the path of the user's own
+    `.py` file, which is then run) or Keras holds it; the written file needs them to load.
     A Keras 2 file (`.h5`, a `.keras` written by tf.keras 2, a tf.keras 2 SavedModel
     folder) is always written as a Keras 3 `.keras`; a Keras 3 `.keras` with nothing to
     replace is not written.
@@ -60,6 +66,7 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
     message.
     """
     legacy_path, out_path = _check_paths(legacy_path, out_path)
+    custom_objects = load_custom_objects(custom_objects)
     file_format, config = read_model_config(legacy_path)
     lambda_configs = find_lambda_configs(config)
     has_code = bool(lambda_configs or count_stored_functions(config))
@@ -71,7 +78,7 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
         report["lambda_globals"] = _trusted_globals(legacy_path, config, lambda_configs,
                                                     trust_lambda, extra_globals)
     legacy, mapped = _load(legacy_path, has_code, extra_globals, truncation_classes,
-                           lambda_configs)
+                           lambda_configs, custom_objects)
     report["layers"] = [m.to_dict() for m in mapped]
     converted = file_format != "keras"
     if not has_code and not mapped and not converted:
@@ -82,15 +89,20 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
         raise InputError(f"{legacy_path}: a subclassed {type(legacy).__name__} cannot be "
                          "rebuilt; expected a Functional or Sequential model")
     verdicts, replaced = _probe_lambdas(legacy, report, seed)
-    if not replaced and not mapped and not converted:
+    rewritten = [v for v in verdicts.values() if hasattr(v, "replacement")]
+    if not replaced and not rewritten and not mapped and not converted:
         report["message"] = "no Lambda behaves like a clip: nothing to migrate; nothing written"
         return report
 
-    migrated = replace_lambdas(legacy, verdicts) if replaced else legacy
-    _verify(legacy_path, legacy, migrated, replaced, mapped, report, op_inventory, seed)
+    migrated = replace_lambdas(legacy, verdicts) if replaced or rewritten else legacy
+    original = compare_with_original(legacy_path, migrated, mapped, has_code, extra_globals,
+                                     custom_objects, seed)
+    _verify(legacy_path, legacy, migrated, replaced, mapped, report, op_inventory, seed,
+            original)
     report["compile"] = _carry_compile_config(legacy_path, file_format, config, migrated)
-    _write(migrated, legacy_path, out_path, report, extra_globals, seed)
-    report["message"] = _summary(file_format, converted, replaced, mapped, report["kept"])
+    _write(migrated, legacy_path, out_path, report, extra_globals, seed, custom_objects)
+    report["message"] = _summary(file_format, converted, replaced, mapped, report["kept"],
+                                 rewritten)
     return report
 
 
@@ -133,12 +145,14 @@ def _trusted_globals(legacy_path, config, lambda_configs, trust_lambda, extra_gl
     return sorted(k for k in namespace if not k.startswith("__"))
 
 
-def _load(legacy_path, has_code, extra_globals, truncation_classes, lambda_configs):
+def _load(legacy_path, has_code, extra_globals, truncation_classes, lambda_configs,
+          custom_objects=None):
     """`(legacy model, [MappedLayer])`; a function stored by name only is named on failure."""
     try:
         legacy, _, mapped = load_legacy(legacy_path, trust_lambda=has_code,
                                         extra_globals=extra_globals,
-                                        truncation_classes=truncation_classes)
+                                        truncation_classes=truncation_classes,
+                                        custom_objects=custom_objects)
     except InputError:
         by_name = functions_stored_by_name(lambda_configs)
         if not by_name:
@@ -157,22 +171,31 @@ def _probe_lambdas(legacy, report, seed):
     verdicts, replaced = {}, []
     for layer, path in _log.progress(found, desc="probing Lambda layers", total=len(found)):
         verdict = probe_lambda(layer, name=path, seed=seed)
+        if not verdict.is_clip:  # a common elementwise function becomes `Elementwise`
+            verdict = probe_elementwise(layer, name=path, seed=seed) or verdict
         verdicts[id(layer)] = verdict
         report["layers"].append(verdict.to_dict())
         if verdict.is_clip:
             replaced.append((layer, verdict))
-        else:
+        elif not hasattr(verdict, "replacement"):
             report["kept"].append(path)
     return verdicts, replaced
 
 
-def _verify(legacy_path, legacy, migrated, replaced, mapped, report, op_inventory, seed):
+def _verify(legacy_path, legacy, migrated, replaced, mapped, report, op_inventory, seed,
+            original=None):
     """Fill the verification and op inventory; raise CheckFailed when verification fails."""
     _log.info("verifying the migrated model against the legacy one")
     verification = verify_outputs(legacy, migrated, replaced, seed=seed)
     if mapped:
         verification["note"] = ("mapped layers are Truncation in both models: their legacy "
                                 "code cannot run in Keras 3, so only the rest is compared")
+    if original is not None:  # their code was given: the original model ran too
+        verification["note"] = ("mapped layers were checked against their code, and the "
+                                "migrated model against the original built with it")
+        verification["original_code"] = original
+        verification["failures"] += original["failures"]
+        verification["passed"] = verification["passed"] and original["passed"] is not False
     report["verification"] = verification
     if op_inventory:
         _log.info("counting TFLite ops before and after")
@@ -184,17 +207,18 @@ def _verify(legacy_path, legacy, migrated, replaced, mapped, report, op_inventor
                           + "; ".join(verification["failures"]))
 
 
-def _write(migrated, legacy_path, out_path, report, extra_globals, seed):
+def _write(migrated, legacy_path, out_path, report, extra_globals, seed, custom_objects=None):
     """Save atomically (never over the input) and check the written file reloads the same."""
     remaining = [path for _, path in lambda_layers(migrated)]
     with atomic_path(out_path, protect=[legacy_path]) as tmp:
         with _log.stdout_to_stderr():
             migrated.save(tmp)
-        report["safe_mode"] = _check_reload(tmp, migrated, remaining, extra_globals, seed)
+        report["safe_mode"] = _check_reload(tmp, migrated, remaining, extra_globals, seed,
+                                            custom_objects)
     report["written"] = True
 
 
-def _summary(file_format, converted, replaced, mapped, kept) -> str:
+def _summary(file_format, converted, replaced, mapped, kept, rewritten=()) -> str:
     done = []
     if converted:
         done.append(f"converted the {FORMAT_NAMES[file_format]} to a Keras 3 .keras")
@@ -202,6 +226,8 @@ def _summary(file_format, converted, replaced, mapped, kept) -> str:
         done.append(f"replaced {len(replaced)} Lambda layer(s) with Truncation")
     if mapped:
         done.append(f"mapped {len(mapped)} layer(s) to Truncation")
+    if rewritten:
+        done.append(f"rewrote {len(rewritten)} elementwise Lambda layer(s) as Elementwise")
     if kept:
         done.append(f"kept {len(kept)} other Lambda layer(s)")
     return "; ".join(done)
@@ -232,18 +258,23 @@ def _carry_compile_config(path, file_format, config, migrated):
     return "not carried from a legacy .h5; compile the model again to train it"
 
 
-def _check_reload(path, migrated, remaining, extra_globals, seed):
+def _check_reload(path, migrated, remaining, extra_globals, seed, custom_objects=None):
     """Reload the written file (safe mode when no Lambda remains) and compare outputs."""
+    if custom_objects is not None and not needed_names(read_model_config(path)[1]):
+        custom_objects = None  # the written file no longer needs the user's code
+    with_objects = (f" and --custom-objects {custom_objects.source}"
+                    if custom_objects is not None else "")
     if remaining:
-        reloaded = load_model(path, trust_lambda=True, extra_globals=extra_globals)
+        reloaded = load_model(path, trust_lambda=True, extra_globals=extra_globals,
+                              custom_objects=custom_objects)
         status = (f"still needs --trust-lambda: {len(remaining)} non-clip Lambda layer(s) "
                   f"remain ({', '.join(remaining)})")
     else:
         try:
-            reloaded = load_model(path, trust_lambda=False)
+            reloaded = load_model(path, trust_lambda=False, custom_objects=custom_objects)
         except InputError as exc:
             raise CheckFailed(f"migrated model does not load with safe_mode=True: {exc}") from None
-        status = "loads with safe_mode=True"
+        status = "loads with safe_mode=True" + with_objects
     arrays = next(iter(sample_inputs(migrated, seed).values()))
     diff = max_diff(model_outputs(reloaded, arrays), model_outputs(migrated, arrays))
     if diff != 0.0:

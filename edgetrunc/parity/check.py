@@ -100,13 +100,14 @@ def _check_tolerances(atol, rtol) -> None:
             raise InputError(f"{option}: expected a finite number >= 0; got {value}")
 
 
-def _open_reference(model, threads, batch_size):
+def _open_reference(model, threads, batch_size, custom_objects=None, trust_lambda=False):
     """`(KerasRunner, input shape)`: `(S, S, C)` of an image model (`image_geometry`: a free
     size is 256x256), else the model's own input shape, whose dimensions must then be fixed."""
     from edgetrunc.data.geometry import image_geometry
     from edgetrunc.keras.runner import KerasRunner
 
-    keras_runner = KerasRunner(model, threads=threads, batch_size=batch_size)
+    keras_runner = KerasRunner(model, threads=threads, batch_size=batch_size,
+                               custom_objects=custom_objects, trust_lambda=trust_lambda)
     geometry = image_geometry(keras_runner)
     if geometry is not None:
         return keras_runner, geometry.shape
@@ -243,10 +244,13 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                  rtol: float | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
                  per_layer_samples: int = PER_LAYER_SAMPLES, compare_func=None,
                  threads: int | None = None, save_inputs=None, strict_layers: bool = False,
-                 embedding: str = "lsbm", stego_cache=None, workers: int | None = None) -> ParityReport:
+                 embedding: str = "lsbm", stego_cache=None, workers: int | None = None,
+                 custom_objects=None, trust_lambda: bool = False) -> ParityReport:
     """Compare the Keras `model` (path or `keras.Model`) with every artifact path; see the module
     docstring. `embedding` (lsbm, hill, suniward, wow) makes the stego inputs; the
-    content-adaptive ones come from the stego cache (`stego_cache`, filled by `workers`)."""
+    content-adaptive ones come from the stego cache (`stego_cache`, filled by `workers`).
+    `custom_objects`: a dict or the path of your own `.py` file (run) the model needs;
+    `trust_lambda`: load the model's Lambda layers (their stored code runs)."""
     from edgetrunc.data.stego_cache import StegoSettings
 
     start = time.perf_counter()
@@ -257,7 +261,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     check_run_paths({"save_inputs": save_inputs, "stego_cache": stego_cache},  # before any work
                     {"input": protect}, folders=("stego_cache",))
     stego = StegoSettings(embedding, stego_cache, workers)
-    keras_runner, shape = _open_reference(model, threads, batch_size)
+    keras_runner, shape = _open_reference(model, threads, batch_size, custom_objects, trust_lambda)
     batch_size = _bounded_batch_size(keras_runner, shape, batch_size)
     runners = open_artifacts(artifacts, shape, threads)
     data = parity_inputs(inputs, samples, seed, shape, stego=stego)
