@@ -114,6 +114,7 @@ def build_sysroot(cache: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     for deb in sorted(debs.glob("*.deb")):
         _run(["dpkg", "-x", str(deb), str(staging)])
+    shutil.rmtree(root, ignore_errors=True)  # an unfinished one
     staging.rename(root)
     return root
 
@@ -177,11 +178,15 @@ def build_profile(cache: Path, profile: str) -> Path:
 def build(cache: Path, profiles=tuple(PROFILES)) -> dict:
     """Everything emulation needs, cached in `cache`; `{"qemu", "sysroot", "site", profile: folder}`.
     Raises `Unavailable` with the reason where qemu or the sysroot cannot be set up."""
+    import fcntl
+
     cache = Path(cache).resolve()
     cache.mkdir(parents=True, exist_ok=True)
-    built = {"qemu": ensure_qemu(), "sysroot": build_sysroot(cache), "site": build_site(cache)}
-    for profile in profiles:
-        built[profile] = build_profile(cache, profile)
+    with open(cache / ".lock", "w") as lock:  # one builder at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = {"qemu": ensure_qemu(), "sysroot": build_sysroot(cache), "site": build_site(cache)}
+        for profile in profiles:
+            built[profile] = build_profile(cache, profile)
     return built
 
 

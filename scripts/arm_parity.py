@@ -109,6 +109,11 @@ def parse_args(argv=None):
     p.add_argument("--cache", default=str(ROOT / ".aarch64"), help="sysroot cache (default: .aarch64)")
     p.add_argument("--out", default=str(ROOT / "out" / "arm-parity"), help="recordings and reports")
     p.add_argument("--json", default=None, help="write the summary as JSON")
+    p.add_argument("--no-write", action="store_true",
+                   help="do not write the arm section of BENCHMARKS.md (written when every "
+                   "artifact of models/ was run)")
+    p.add_argument("--from-json", default=None, metavar="SUMMARY",
+                   help="only rewrite the BENCHMARKS.md section from an earlier --json summary")
     args = p.parse_args(argv)
     args.profiles = [name.strip() for name in args.profiles.split(",") if name.strip()]
     unknown = [name for name in args.profiles if name not in _arm_sysroot.PROFILES]
@@ -119,6 +124,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        import _arm_report
+
+        _arm_report.write(json.loads(Path(args.from_json).read_text()))
+        return 0
     artifacts = [Path(a) for a in args.artifacts] or default_artifacts()
     try:
         _arm_sysroot.build(Path(args.cache), args.profiles)
@@ -143,10 +153,15 @@ def main(argv=None) -> int:
     for c in comparisons:
         for failure in c.failures:
             print(f"  FAIL {c.artifact} {c.other}: {failure}")
+    summary = {"passed": passed, "intermediates": args.intermediates, "profiles": args.profiles,
+               "keras_parity": json.loads((out / "parity.json").read_text()),
+               "x86_vs_aarch64": [c.to_dict() for c in comparisons]}
     if args.json:
-        summary = {"passed": passed, "keras_parity": json.loads((out / "parity.json").read_text()),
-                   "x86_vs_aarch64": [c.to_dict() for c in comparisons]}
         Path(args.json).write_text(json.dumps(summary, indent=2))
+    if not args.no_write and not args.artifacts:
+        import _arm_report
+
+        _arm_report.write(summary)
     print(f"arm-parity {'PASSED' if passed else 'FAILED'}")
     return 0 if passed else 1
 

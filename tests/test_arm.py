@@ -61,11 +61,13 @@ def inputs(tmp_path_factory):
     return path
 
 
-def _tamper(path, out, steps: float):
+def _tamper(path, out, steps: float = 0.0, **meta):
+    """A copy of the recording `path` with its output moved by `steps` and `meta` changed."""
     with np.load(path, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
     key = next(k for k in arrays if k.startswith("output:"))
     arrays[key] = arrays[key] + np.float32(steps)
+    arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), **meta}))
     with open(out, "wb") as stream:
         np.savez(stream, **arrays)
 
@@ -89,7 +91,7 @@ def test_recordings_say_where_and_compare_by_quantization_step(inputs, tmp_path)
     off = compare_recordings(tmp_path / "a.npz", tmp_path / "c.npz")
     assert not off.passed and "quantization step" in off.failures[0]
     assert "FAIL" in side_by_side([off]) and "PASS" in side_by_side([same])
-    record_outputs(MODELS / "tlunet_fp32.tflite", inputs, tmp_path / "f.npz", threads=1)
+    _tamper(tmp_path / "b.npz", tmp_path / "f.npz", artifact_sha256="0" * 64)
     with pytest.raises(InputError, match="another artifact"):
         compare_recordings(tmp_path / "a.npz", tmp_path / "f.npz")
     with pytest.raises(InputError, match="--intermediates"):
@@ -126,8 +128,10 @@ def emulation():
         pytest.skip(f"aarch64 emulation unavailable: {exc}")
 
 
-_NO_TF = ("import sys\nfor name in ('tensorflow', 'keras', 'onnx', 'tf2onnx'):\n    sys.modules[name] = None\n"
-          "from edgetrunc.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+# The emulated side: TensorFlow, Keras and onnx unimportable; one process records every artifact.
+_NO_TF = ("import json, sys\nfor name in ('tensorflow', 'keras', 'onnx', 'tf2onnx'):\n"
+          "    sys.modules[name] = None\nfrom edgetrunc.cli import main\n"
+          "sys.exit(max(main(args) for args in json.loads(sys.argv[1])))\n")
 
 
 @pytest.mark.slow
@@ -136,29 +140,30 @@ def test_emulated_aarch64_parity(emulation, cli, tmp_path):
     an emulated Cortex-A76 with TensorFlow, Keras and onnx unimportable; each recording passes
     parity against Keras and matches the x86-64 recording (int8: within one step)."""
     from edgetrunc.parity.recordings import compare_recordings
-    from edgetrunc.runtime.recorded import record_outputs
+    from edgetrunc.runtime.recorded import RecordedRunner, record_outputs
 
     inputs = tmp_path / "inputs.npz"
     artifacts = [MODELS / name for name in CI_ARTIFACTS]
     code, _, err = cli("parity", MODELS / "tlunet.keras", *artifacts, "--samples", 2, "--inputs",
                        "covers", "--no-probes", "--save-inputs", inputs)
     assert code == 0, err
-    recorded = []
-    for artifact in artifacts:
-        here, there = tmp_path / f"{artifact.stem}.x86.npz", tmp_path / f"{artifact.stem}.a76.npz"
-        record_outputs(artifact, inputs, here, threads=1, intermediates=1)
-        args = ["-c", _NO_TF, "-q", "run", artifact, inputs, "--out", there, "--threads", 1, "--json"]
-        done = subprocess.run(sysroot.command(ROOT / ".aarch64", "A76", args), capture_output=True,
-                              text=True, env=sysroot.environment(ROOT / ".aarch64", "A76"))
-        assert done.returncode == 0, done.stderr[-2000:]
-        where = json.loads(done.stdout)["where"]
+    here = [tmp_path / f"{a.name}.x86.npz" for a in artifacts]
+    there = [tmp_path / f"{a.name}.a76.npz" for a in artifacts]
+    runs = [["-q", "run", str(a), str(inputs), "--out", str(out), "--threads", "1"]
+            for a, out in zip(artifacts, there)]
+    done = subprocess.run(sysroot.command(ROOT / ".aarch64", "A76", ["-c", _NO_TF, json.dumps(runs)]),
+                          capture_output=True, text=True, env=sysroot.environment(ROOT / ".aarch64", "A76"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    for artifact, x86, arm in zip(artifacts, here, there):
+        record_outputs(artifact, inputs, x86, threads=1, intermediates=1)
+        where = RecordedRunner(arm).record["where"]
         assert (where["architecture"], where["cpu"]) == ("aarch64", "Cortex-A76")
         assert {"asimdhp", "asimddp"} <= set(where["features"]) and where["emulator"]
-        comparison = compare_recordings(here, there)
+        assert RecordedRunner(arm).record["samples_per_second"] is None  # emulated: not a figure
+        comparison = compare_recordings(x86, arm)
         assert comparison.passed, comparison.failures
         if "int8" in artifact.name:
             assert all(o["steps"] <= 1 for o in comparison.outputs.values())
-        recorded.append(there)
-    code, out, err = cli("parity", MODELS / "tlunet.keras", *recorded, "--inputs", inputs, "--no-probes")
+    code, out, err = cli("parity", MODELS / "tlunet.keras", *there, "--inputs", inputs, "--no-probes")
     assert code == 0, out + err
-    assert out.count("aarch64 (Cortex-A76, emulated)") == len(recorded)
+    assert out.count("aarch64 (Cortex-A76, emulated)") == len(there)
