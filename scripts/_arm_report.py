@@ -40,12 +40,13 @@ def recording_rows(comparisons: list) -> list:
     for c in comparisons:
         outputs = list(c["outputs"].values())
         steps = [o["steps"] for o in outputs if o["steps"] is not None]
-        largest = c["largest_tensor"] or {}
+        largest, most = c["largest_tensor"] or {}, c.get("most_steps") or {}
         rows.append([c["artifact"], c["precision"], c["other"].split(" (")[1].split(",")[0],
                      _fmt(max((o["max_abs"] for o in outputs), default=None)),
                      _fmt(max(steps), ".2f") if steps else "-",
                      f"`{largest.get('layer', '-')}`", _fmt(largest.get("max_abs")),
-                     _fmt(largest.get("normalized")), _fmt(largest.get("steps"), ".0f"),
+                     _fmt(largest.get("normalized")),
+                     f"{most['steps']:.0f} (`{most['layer']}`)" if most else "-",
                      c["tensors_compared"], "pass" if c["passed"] else "FAIL"])
     return rows
 
@@ -73,12 +74,12 @@ def section(summary: dict) -> str:
         "",
         "x86-64 against each aarch64 profile (`edgetrunc.parity.recordings`): output difference "
         "(int8: in steps of the output's quantization scale, bound 1), and the largest per-layer "
-        "difference with its layer (normalized: max|aarch64 - x86| / max|x86|; steps: of the "
-        "tensor's int8 scale):",
+        "difference with its layer (normalized: max|aarch64 - x86| / max|x86|), and the int8 "
+        "tensor whose difference spans the most steps of its own scale:",
         "",
         markdown_table(["artifact", "precision", "aarch64 profile", "output max abs",
                         "output steps", "largest layer difference", "max abs", "normalized",
-                        "steps", "tensors", "verdict"], recording_rows(summary["x86_vs_aarch64"])),
+                        "most int8 steps (layer)", "tensors", "verdict"], recording_rows(summary["x86_vs_aarch64"])),
         "",
         f"Host: {machine_description()}. Toolchain: {toolchain_versions()}; aarch64: Debian 12 "
         "Python 3.11, the same pins of numpy, ai-edge-litert and onnxruntime.",

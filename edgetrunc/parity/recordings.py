@@ -63,13 +63,18 @@ class RecordingComparison:
         return not self.failures
 
     def largest_tensor(self) -> TensorDifference | None:
+        """The tensor with the largest normalized difference."""
         return max(self.tensors, key=lambda t: t.normalized, default=None)
+
+    def most_steps(self) -> TensorDifference | None:
+        """The int8 tensor whose difference spans the most steps of its scale."""
+        return max((t for t in self.tensors if t.steps is not None), key=lambda t: t.steps, default=None)
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "tensors"}
-        largest = self.largest_tensor()
-        out.update({"passed": self.passed, "tensors_compared": len(self.tensors),
-                    "largest_tensor": {**asdict(largest), "steps": largest.steps} if largest else None})
+        out.update({"passed": self.passed, "tensors_compared": len(self.tensors)})
+        for key, tensor in (("largest_tensor", self.largest_tensor()), ("most_steps", self.most_steps())):
+            out[key] = {**asdict(tensor), "steps": tensor.steps} if tensor else None
         return out
 
 
