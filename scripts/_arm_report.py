@@ -51,6 +51,23 @@ def recording_rows(comparisons: list) -> list:
     return rows
 
 
+KINDS = ("dot product (sdot/udot)", "widening int8 multiply (smull/smlal/sadalp)", "fp16 arithmetic")
+
+
+def kernel_lines(rows: list) -> list:
+    """The kernels each profile made the runtimes take (`arm_parity.py --kernels`)."""
+    if not rows:
+        return []
+    table = markdown_table(["artifact", "profile", *KINDS],
+                           [[name, profile, *[counts.get(kind, 0) for kind in KINDS]]
+                            for name, profile, counts in rows])
+    return ["Kernels taken (`--kernels`): distinct instructions of each kind that qemu translated "
+            "while `edgetrunc run` ran one input (outputs path: XNNPACK / ONNX Runtime's default "
+            "kernels), per profile. The A53 profile can take no dot-product or fp16 instruction "
+            "(qemu's `-cpu cortex-a53` would stop on one), so these show the two profiles "
+            "exercising different kernels:", "", table, ""]
+
+
 def section(summary: dict) -> str:
     parity = summary["keras_parity"]
     inputs = parity["inputs"]
@@ -81,6 +98,7 @@ def section(summary: dict) -> str:
                         "output steps", "largest layer difference", "max abs", "normalized",
                         "most int8 steps (layer)", "tensors", "verdict"], recording_rows(summary["x86_vs_aarch64"])),
         "",
+        *kernel_lines(summary.get("kernels") or []),
         f"Host: {machine_description()}. Toolchain: {toolchain_versions()}; aarch64: Debian 12 "
         "Python 3.11, the same pins of numpy, ai-edge-litert and onnxruntime.",
     ])

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _arm_kernels  # noqa: E402
 import _arm_sysroot  # noqa: E402
 
 ROOT = _arm_sysroot.ROOT
@@ -60,13 +61,18 @@ def record_here(artifact, inputs, out: Path, intermediates: int) -> None:
     cli("run", artifact, inputs, "--out", out, "--threads", 1, "--intermediates", intermediates)
 
 
-def record_emulated(cache, profile, artifact, inputs, out: Path, intermediates: int) -> None:
-    """`edgetrunc run` under qemu for `profile`, one thread (the host's cores are shared)."""
+def record_emulated(cache, profile, artifact, inputs, out: Path, intermediates: int,
+                    trace: Path | None = None) -> None:
+    """`edgetrunc run` under qemu for `profile`, one thread (the host's cores are shared);
+    with `trace`, the code qemu translated is logged there (`_arm_kernels`)."""
     args = ["-m", "edgetrunc", "-q", "run", Path(artifact).resolve(), Path(inputs).resolve(),
             "--out", out.resolve(), "--threads", 1]
     if intermediates:
         args += ["--intermediates", intermediates]
-    done = subprocess.run(_arm_sysroot.command(cache, profile, args), cwd=ROOT, capture_output=True,
+    command = _arm_sysroot.command(cache, profile, args)
+    if trace:
+        command = _arm_kernels.traced(command, trace)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True,
                           text=True, env=_arm_sysroot.environment(cache, profile))
     if done.returncode:
         raise SystemExit(f"emulated edgetrunc run {Path(artifact).name} ({profile}): exit "
@@ -90,6 +96,26 @@ def recordings(artifacts, inputs, out: Path, cache, profiles, intermediates: int
     return found
 
 
+def kernels(artifacts, inputs, out: Path, cache, profiles) -> list:
+    """`[(artifact, profile, {kind: count})]`: the kernel instructions each profile made the
+    runtime translate for one input of each artifact (without intermediates: the outputs' path)."""
+    from edgetrunc.runtime.recorded import load_inputs, save_inputs
+
+    x, labels, names = load_inputs(inputs)
+    one = out / "kernels-input.npz"
+    save_inputs(one, x[:1], labels[:1], names[:1])
+    rows = []
+    for artifact in artifacts:
+        for profile in profiles:
+            log = out / f"{Path(artifact).name}.{profile}.in_asm.log"
+            record = out / f"{Path(artifact).name}.{profile}.kernels.npz"
+            record.unlink(missing_ok=True)
+            record_emulated(cache, profile, artifact, one, record, 0, trace=log)
+            rows.append((Path(artifact).name, profile, _arm_kernels.count(log)))
+            log.unlink()
+    return rows
+
+
 def compare(found: dict) -> list:
     from edgetrunc.parity.recordings import compare_recordings
 
@@ -109,6 +135,9 @@ def parse_args(argv=None):
     p.add_argument("--cache", default=str(ROOT / ".aarch64"), help="sysroot cache (default: .aarch64)")
     p.add_argument("--out", default=str(ROOT / "out" / "arm-parity"), help="recordings and reports")
     p.add_argument("--json", default=None, help="write the summary as JSON")
+    p.add_argument("--kernels", action="store_true",
+                   help="also count the dot-product, fp16 and widening int8 instructions each "
+                   "profile makes the runtimes take (one traced input per artifact)")
     p.add_argument("--no-write", action="store_true",
                    help="do not write the arm section of BENCHMARKS.md (written when every "
                    "artifact of models/ was run)")
@@ -153,7 +182,12 @@ def main(argv=None) -> int:
     for c in comparisons:
         for failure in c.failures:
             print(f"  FAIL {c.artifact} {c.other}: {failure}")
-    summary = {"passed": passed, "intermediates": args.intermediates, "profiles": args.profiles,
+    kernel_rows = kernels(artifacts, inputs, out, args.cache, args.profiles) if args.kernels else []
+    for name, profile, counts in kernel_rows:
+        print(f"  kernels of {name} on {profile}: " + (", ".join(f"{k} {v}" for k, v in counts.items())
+                                                      or "none of the counted kinds"))
+    summary = {"kernels": [list(row) for row in kernel_rows],
+               "passed": passed, "intermediates": args.intermediates, "profiles": args.profiles,
                "keras_parity": json.loads((out / "parity.json").read_text()),
                "x86_vs_aarch64": [c.to_dict() for c in comparisons]}
     if args.json:

@@ -33,6 +33,7 @@ def _load_script(name):
 
 
 sysroot = _load_script("_arm_sysroot")
+kernels = _load_script("_arm_kernels")
 
 
 def test_cpu_profiles_are_the_cores_they_name():
@@ -137,8 +138,9 @@ _NO_TF = ("import json, sys\nfor name in ('tensorflow', 'keras', 'onnx', 'tf2onn
 @pytest.mark.slow
 def test_emulated_aarch64_parity(emulation, cli, tmp_path):
     """2 held-out photos x (TFLite fp32, TFLite int8, ONNX fp32) recorded by `edgetrunc run` on
-    an emulated Cortex-A76 with TensorFlow, Keras and onnx unimportable; each recording passes
-    parity against Keras and matches the x86-64 recording (int8: within one step)."""
+    an emulated Cortex-A76 with TensorFlow, Keras and onnx unimportable, its int8 dot-product
+    kernels taken; each recording passes parity against Keras and matches the x86-64 recording
+    (int8: within one step)."""
     from edgetrunc.parity.recordings import compare_recordings
     from edgetrunc.runtime.recorded import RecordedRunner, record_outputs
 
@@ -151,9 +153,12 @@ def test_emulated_aarch64_parity(emulation, cli, tmp_path):
     there = [tmp_path / f"{a.name}.a76.npz" for a in artifacts]
     runs = [["-q", "run", str(a), str(inputs), "--out", str(out), "--threads", "1"]
             for a, out in zip(artifacts, there)]
-    done = subprocess.run(sysroot.command(ROOT / ".aarch64", "A76", ["-c", _NO_TF, json.dumps(runs)]),
-                          capture_output=True, text=True, env=sysroot.environment(ROOT / ".aarch64", "A76"))
+    command = sysroot.command(ROOT / ".aarch64", "A76", ["-c", _NO_TF, json.dumps(runs)])
+    done = subprocess.run(kernels.traced(command, tmp_path / "in_asm.log"), capture_output=True,
+                          text=True, env=sysroot.environment(ROOT / ".aarch64", "A76"))
     assert done.returncode == 0, done.stderr[-2000:]
+    taken = kernels.count(tmp_path / "in_asm.log")  # the A76's int8 dot-product kernels ran
+    assert taken.get("dot product (sdot/udot)", 0) > 0, taken
     for artifact, x86, arm in zip(artifacts, here, there):
         record_outputs(artifact, inputs, x86, threads=1, intermediates=1)
         where = RecordedRunner(arm).record["where"]
