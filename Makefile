@@ -33,7 +33,7 @@ qemu:
 # Every artifact in models/ under emulated aarch64 (Cortex-A76 and Cortex-A53 profiles), compared
 # with Keras and with x86-64 (docs/PARITY.md); the arm64 sysroot is cached in .aarch64/.
 arm-parity: install qemu
-	$(PY) scripts/arm_parity.py $(ARM_ARTIFACTS)
+	$(PY) scripts/arm_parity.py --kernels $(ARM_ARTIFACTS)
 
 # Reproduces the shipped detector models/tlunet.keras and its training record.
 # The shipped model was trained with TensorFlow's oneDNN kernels off (their rounding differs);

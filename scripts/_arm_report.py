@@ -65,7 +65,8 @@ def kernel_lines(rows: list) -> list:
             "while `edgetrunc run` ran one input (outputs path: XNNPACK / ONNX Runtime's default "
             "kernels), per profile. The A53 profile can take no dot-product or fp16 instruction "
             "(qemu's `-cpu cortex-a53` would stop on one), so these show the two profiles "
-            "exercising different kernels:", "", table, ""]
+            "exercising different kernels (the 74-127 widening multiplies of the float artifacts come "
+            "from code every run takes, numpy and the runtimes' start-up):", "", table, ""]
 
 
 def section(summary: dict) -> str:
@@ -76,7 +77,7 @@ def section(summary: dict) -> str:
         "## Parity on emulated aarch64 (`make arm-parity`)",
         "",
         f"`python scripts/arm_parity.py --samples {inputs['samples']} --intermediates "
-        f"{summary['intermediates']}`: every shipped artifact recorded by `edgetrunc run` "
+        f"{summary['intermediates']}{' --kernels' if summary.get('kernels') else ''}`: every shipped artifact recorded by `edgetrunc run` "
         "(TensorFlow-free) on x86-64 and under qemu-user for two CPU profiles, Cortex-A76 (NEON, "
         "fp16 arithmetic, int8 dot product; `-cpu cortex-a76`) and Cortex-A53 (plain NEON; `-cpu "
         f"cortex-a53`), on {inputs['samples']} inputs ({composition}); every tensor recorded on "

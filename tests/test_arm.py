@@ -73,13 +73,16 @@ def _tamper(path, out, steps: float = 0.0, **meta):
         np.savez(stream, **arrays)
 
 
-def test_recordings_say_where_and_compare_by_quantization_step(inputs, tmp_path):
+def test_recordings_say_where_and_compare_by_quantization_step(inputs, tmp_path, cli):
     from edgetrunc.errors import InputError
     from edgetrunc.parity.recordings import compare_recordings, side_by_side
-    from edgetrunc.runtime.recorded import record_outputs
+    from edgetrunc.runtime.recorded import RecordedRunner, record_outputs
 
     int8 = MODELS / "tlunet_int8.tflite"
-    record = record_outputs(int8, inputs, tmp_path / "a.npz", threads=1, intermediates=1)
+    code, _, err = cli("run", int8, inputs, "--out", tmp_path / "a.npz", "--threads", 1,
+                       "--intermediates", 1)
+    assert code == 0, err
+    record = RecordedRunner(tmp_path / "a.npz").record
     assert record["where"]["architecture"] in ("x86-64", "aarch64")
     assert {"numpy", "ai-edge-litert", "onnxruntime"} <= set(record["where"]["versions"])
     assert record["tensor_samples"] == 1 and len(record["tensors"]) > 10
