@@ -138,6 +138,8 @@ def parse_args(argv=None):
     p.add_argument("--kernels", action="store_true",
                    help="also count the dot-product, fp16 and widening int8 instructions each "
                    "profile makes the runtimes take (one traced input per artifact)")
+    p.add_argument("--per-layer", action="store_true",
+                   help="print every tensor's x86-64 vs aarch64 difference, per artifact and profile")
     p.add_argument("--no-write", action="store_true",
                    help="do not write the arm section of BENCHMARKS.md (written when every "
                    "artifact of models/ was run)")
@@ -171,13 +173,15 @@ def main(argv=None) -> int:
     found = recordings(artifacts, inputs, out, args.cache, args.profiles, args.intermediates)
     keras = cli("parity", args.model, *[p for paths in found.values() for p in paths.values()],
                 "--inputs", inputs, "--no-probes", "--json", out / "parity.json")
-    from edgetrunc.parity.recordings import side_by_side
+    from edgetrunc.parity.recordings import per_layer, side_by_side
 
     comparisons = compare(found)
     print("Keras vs every recording (edgetrunc parity MODEL RECORDINGS --inputs INPUTS.npz):")
     print(keras.stdout)
     print("x86-64 vs aarch64, per artifact (outputs; largest per-tensor difference):")
     print(side_by_side(comparisons))
+    for c in comparisons if args.per_layer else ():
+        print("\n" + per_layer(c))
     passed = keras.returncode == 0 and all(c.passed for c in comparisons)
     for c in comparisons:
         for failure in c.failures:

@@ -75,7 +75,7 @@ def _tamper(path, out, steps: float = 0.0, **meta):
 
 def test_recordings_say_where_and_compare_by_quantization_step(inputs, tmp_path, cli):
     from edgetrunc.errors import InputError
-    from edgetrunc.parity.recordings import compare_recordings, side_by_side
+    from edgetrunc.parity.recordings import compare_recordings, per_layer, side_by_side
     from edgetrunc.runtime.recorded import RecordedRunner, record_outputs
 
     int8 = MODELS / "tlunet_int8.tflite"
@@ -91,6 +91,9 @@ def test_recordings_say_where_and_compare_by_quantization_step(inputs, tmp_path,
     assert same.passed and same.largest_tensor() is None  # b holds no tensors
     (output,) = same.outputs.values()
     assert output["max_abs"] == 0 and 0.01 < output["step"] < 0.2  # the classifier's int8 scale
+    itself = compare_recordings(tmp_path / "a.npz", tmp_path / "a.npz")
+    assert len(itself.tensors) > 10 and itself.largest_tensor().max_abs == 0
+    assert "group2_tanh" in per_layer(itself) and itself.most_steps().steps == 0
     _tamper(tmp_path / "b.npz", tmp_path / "c.npz", 1.5 * output["step"])
     off = compare_recordings(tmp_path / "a.npz", tmp_path / "c.npz")
     assert not off.passed and "quantization step" in off.failures[0]

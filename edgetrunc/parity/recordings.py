@@ -72,7 +72,8 @@ class RecordingComparison:
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "tensors"}
-        out.update({"passed": self.passed, "tensors_compared": len(self.tensors)})
+        out.update({"passed": self.passed, "tensors_compared": len(self.tensors),
+                    "tensors": [{**asdict(t), "steps": t.steps} for t in self.tensors]})
         for key, tensor in (("largest_tensor", self.largest_tensor()), ("most_steps", self.most_steps())):
             out[key] = {**asdict(tensor), "steps": tensor.steps} if tensor else None
         return out
@@ -171,3 +172,13 @@ def side_by_side(comparisons: list) -> str:
                      "PASS" if c.passed else "FAIL"])
     return table(["artifact", "prec", "machines", "inputs", "output max abs", "output steps",
                   "largest layer difference (tensor)", "norm err", "steps", "verdict"], rows)
+
+
+def per_layer(comparison: RecordingComparison) -> str:
+    """Plain-text table of every tensor compared, in execution order, for one machine pair."""
+    from edgetrunc._text import table
+
+    rows = [[t.layer, t.name[:72], _fmt(t.max_abs), _fmt(t.normalized), _fmt(t.steps, ".2f")]
+            for t in comparison.tensors]
+    return (f"per layer: {comparison.artifact}, {comparison.reference} vs {comparison.other}\n"
+            + table(["layer", "tensor", "max abs", "norm err", "steps"], rows))
