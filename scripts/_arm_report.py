@@ -77,7 +77,8 @@ def section(summary: dict) -> str:
         "## Parity on emulated aarch64 (`make arm-parity`)",
         "",
         f"`python scripts/arm_parity.py --samples {inputs['samples']} --intermediates "
-        f"{summary['intermediates']}{' --kernels' if summary.get('kernels') else ''}`: every shipped artifact recorded by `edgetrunc run` "
+        f"{summary['intermediates']}{' --kernels' if summary.get('kernels') else ''}`: every "
+        "shipped artifact recorded by `edgetrunc run` "
         "(TensorFlow-free) on x86-64 and under qemu-user for two CPU profiles, Cortex-A76 (NEON, "
         "fp16 arithmetic, int8 dot product; `-cpu cortex-a76`) and Cortex-A53 (plain NEON; `-cpu "
         f"cortex-a53`), on {inputs['samples']} inputs ({composition}); every tensor recorded on "
@@ -97,7 +98,8 @@ def section(summary: dict) -> str:
         "",
         markdown_table(["artifact", "precision", "aarch64 profile", "output max abs",
                         "output steps", "largest layer difference", "max abs", "normalized",
-                        "most int8 steps (layer)", "tensors", "verdict"], recording_rows(summary["x86_vs_aarch64"])),
+                        "most int8 steps (layer)", "tensors", "verdict"],
+                       recording_rows(summary["x86_vs_aarch64"])),
         "",
         *kernel_lines(summary.get("kernels") or []),
         f"Host: {machine_description()}. Toolchain: {toolchain_versions()}; aarch64: Debian 12 "

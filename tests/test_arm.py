@@ -117,7 +117,8 @@ def test_runtime_extra_resolves_to_aarch64_wheels(tmp_path):
         capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     wheels = {item["metadata"]["name"].lower(): item["download_info"]["url"].rsplit("/", 1)[-1]
-              for item in json.loads(report.read_text())["install"] if item["metadata"]["name"] != "edgetrunc"}
+              for item in json.loads(report.read_text())["install"]
+              if item["metadata"]["name"] != "edgetrunc"}
     pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
     for name in ("numpy", "pillow", "ai-edge-litert", "onnxruntime"):
