@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test train convert bench clean
+.PHONY: qemu arm-parity
 
 install: $(STAMP)
 
@@ -19,6 +20,20 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# qemu-user-static runs the aarch64 tests (tests/test_arm.py) and `make arm-parity`: installed
+# with apt-get when missing and root (quick when present); without it those tests are skipped.
+test: qemu
+qemu:
+	@command -v qemu-aarch64-static >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq qemu-user-static >/dev/null; } \
+		|| echo "qemu-user-static unavailable (needs root and apt-get): emulated aarch64 tests are skipped"
+
+# Every artifact in models/ under emulated aarch64 (Cortex-A76 and Cortex-A53 profiles), compared
+# with Keras and with x86-64 (docs/PARITY.md); the arm64 sysroot is cached in .aarch64/.
+arm-parity: install qemu
+	$(PY) scripts/arm_parity.py --kernels $(ARM_ARTIFACTS)
 
 # Reproduces the shipped detector models/tlunet.keras and its training record.
 # The shipped model was trained with TensorFlow's oneDNN kernels off (their rounding differs);

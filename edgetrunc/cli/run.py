@@ -21,20 +21,26 @@ def add_arguments(p) -> None:
     p.add_argument("inputs", metavar="INPUTS.npz")
     _args.add_out(p, required=True, metavar="OUTPUTS.npz")
     _args.add_threads(p)
+    p.add_argument("--intermediates", type=_args.count(1_000_000), default=0, metavar="N",
+                   help="also record every intermediate tensor of the first N inputs, for a "
+                   "layer-by-layer comparison with a recording made elsewhere (default: 0)")
     _args.add_json(p, "print the recording's metadata as JSON")
 
 
 def run(args) -> int:
     from edgetrunc import _log
     from edgetrunc._text import dumps_json
+    from edgetrunc.runtime.host import where_label
     from edgetrunc.runtime.recorded import record_outputs
 
-    record = record_outputs(args.artifact, args.inputs, args.out, threads=args.threads)
+    record = record_outputs(args.artifact, args.inputs, args.out, threads=args.threads,
+                            intermediates=args.intermediates)
     if args.json:
         sys.stdout.write(dumps_json(record))
     else:
         print(f"{record['artifact']} ({record['format']} {record['precision']}, {record['backend']}) "
-              f"on {record['samples']} inputs, {record['platform']}: wrote {args.out}")
+              f"on {record['samples']} inputs, {where_label(record['where'])}, {record['platform']}: "
+              f"wrote {args.out}")
     _log.info(f"compare on the machine with Keras: edgetrunc parity MODEL.keras {args.out} "
               f"--inputs {args.inputs}")
     return 0

@@ -171,7 +171,16 @@ def _artifact_report(runner, comparison, precision: str, tolerance: dict, result
                           _samples_per_second(runner, result),
                           metadata={"backend": meta.backend, "layout": meta.layout,
                                     "threads": runner.threads,
-                                    "input": meta.inputs[0].shape and list(meta.inputs[0].shape)})
+                                    "input": meta.inputs[0].shape and list(meta.inputs[0].shape),
+                                    "where": _where(runner)})
+
+
+def _where(runner) -> dict:
+    """Where the artifact's outputs were computed: the recording's machine, else this one."""
+    from edgetrunc.runtime.host import where_it_ran
+
+    recorded = (runner.metadata().recorded or {}).get("where")
+    return recorded if isinstance(recorded, dict) else where_it_ran()
 
 
 def _compare_layers(report: ArtifactReport, runner, keras_runner, batch, strict_layers: bool,

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgetrunc._io import write_text_atomic
 from edgetrunc._text import dump_json, printable, table
+from edgetrunc.runtime.host import where_label
 
 
 def _fmt(value, spec=".2e"):
@@ -35,10 +36,13 @@ def artifact_rows(report) -> list:
     rows = []
     for a in report.artifacts:
         c = a.comparison
+        where = a.metadata.get("where")  # x86-64 or aarch64 side by side
+        speed = a.samples_per_second  # NaN for an emulated recording: not a device figure
         rows.append([
-            _short(a.path), a.format, a.precision, _fmt(c.max_abs_error), _fmt(c.mean_abs_error),
+            _short(a.path) + (f" [{where_label(where)}]" if where else ""), a.format, a.precision,
+            _fmt(c.max_abs_error), _fmt(c.mean_abs_error),
             _fmt(c.p99_abs_error), _fmt(c.cosine, ".6f"), _fmt(c.decision_agreement, ".3f"),
-            _fmt(c.accuracy_delta, "+.3f"), _fmt(c.p_e, ".3f"), f"{a.samples_per_second:.1f}",
+            _fmt(c.accuracy_delta, "+.3f"), _fmt(c.p_e, ".3f"), f"{speed:.1f}" if speed == speed else "-",
             "PASS" if a.passed else "FAIL"])
     return rows
 

@@ -32,6 +32,7 @@ from edgetrunc.errors import InputError
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
 
 _OUTPUT_PREFIX = "output:"
+_TENSOR_PREFIX = "tensor:"
 MAX_ELEMENTS = 2**31  # per array of an .npz, checked from its header before reading
 MAX_NPZ_BYTES = 512 * 2**20  # all arrays of an .npz together, uncompressed, checked likewise
 
@@ -140,14 +141,46 @@ def _check_rank(inputs_path, x, meta) -> None:
                          f"{shown} (rank {len(shown)})")
 
 
+def _record_tensors(artifact, x: np.ndarray, count: int, threads) -> tuple:
+    """`(arrays, tensors)`: every intermediate tensor of the artifact on the first `count`
+    inputs (`tensor:I` arrays, float32, int8 values dequantized) and their descriptions
+    (`name`, `order`, `scale`, `output_index`). The runner keeps every tensor (TFLite built-in
+    kernels, ONNX Runtime on a copy exposing every node output: needs the onnx package)."""
+    from edgetrunc.runtime._open import open_runner
+    from edgetrunc.runtime.intermediates import intermediate_threads
+
+    runner = open_runner(artifact, threads=intermediate_threads(threads), preserve_all_tensors=True)
+    values, tensors = {}, {}
+    for start in range(0, min(count, len(x))):
+        runner.infer(x[start:start + 1])
+        for tensor in runner.intermediate_tensors():
+            value = tensor.read()
+            if value is None or value.dtype.kind not in "fiu":
+                continue
+            values.setdefault(tensor.name, []).append(np.asarray(value, np.float32))
+            tensors.setdefault(tensor.name, {"name": tensor.name, "order": int(tensor.order),
+                                             "scale": tensor.scale,
+                                             "output_index": tensor.output_index})
+    arrays, described = {}, []
+    for i, (name, parts) in enumerate(values.items()):
+        if len({p.shape for p in parts}) == 1:
+            arrays[f"{_TENSOR_PREFIX}{i}"] = np.concatenate(parts) if parts[0].ndim else np.stack(parts)
+            described.append({**tensors[name], "key": f"{_TENSOR_PREFIX}{i}"})
+    return arrays, described
+
+
 def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
-                   batch_size: int = 16) -> dict:
+                   batch_size: int = 16, intermediates: int = 0) -> dict:
     """Run `artifact` on the inputs of `inputs_path` and write its outputs to `out_path` (`.npz`).
 
-    Returns the recording's metadata (also stored in the file under `meta`).
+    `intermediates` > 0 also records every intermediate tensor of the first that many inputs
+    (`tensors` in the metadata), for a layer-by-layer comparison of two recordings.
+    Returns the recording's metadata (also stored in the file under `meta`), with `where`:
+    the architecture, CPU, runtime versions and emulator (`runtime.host.where_it_ran`).
     """
     from edgetrunc._version import __version__
     from edgetrunc.runtime._open import open_runner
+    from edgetrunc.runtime.host import where_it_ran
     from edgetrunc.runtime.scoring import run_batched
 
     protect = (artifact, inputs_path)
@@ -156,6 +189,7 @@ def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
     runner = open_runner(artifact, threads=threads)
     meta = runner.metadata()
     _check_rank(inputs_path, x, meta)
+    where = where_it_ran()
     started = time.perf_counter()
     outputs = run_batched(runner, x, batch_size)
     seconds = time.perf_counter() - started
@@ -164,12 +198,18 @@ def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
         "format": meta.format, "precision": meta.artifact_precision,
         "backend": meta.backend, "threads": runner.threads, "samples": int(len(x)),
         "output_activation": meta.output_activation,
-        "samples_per_second": round(len(x) / seconds, 2) if seconds > 0 else None,
+        # an emulated run's speed says nothing about a device: not recorded
+        "samples_per_second": (round(len(x) / seconds, 2) if seconds > 0 and not where["emulator"]
+                               else None),
         "inputs": Path(inputs_path).name, "inputs_sha256": sha256_file(inputs_path),
         "platform": platform.platform(), "machine": platform.machine(),
-        "python": platform.python_version(), "edgetrunc": __version__,
+        "python": platform.python_version(), "edgetrunc": __version__, "where": where,
     }
     arrays = {f"{_OUTPUT_PREFIX}{name}": value.astype(np.float32) for name, value in outputs.items()}
+    if intermediates > 0:
+        tensor_arrays, record["tensors"] = _record_tensors(artifact, x, intermediates, threads)
+        record["tensor_samples"] = int(min(intermediates, len(x)))
+        arrays.update(tensor_arrays)
     with atomic_path(out_path, protect=protect) as tmp:
         with open(tmp, "wb") as stream:
             np.savez_compressed(stream, meta=np.array(json.dumps(record)), rows=_row_hashes(x), **arrays)
@@ -216,9 +256,28 @@ class RecordedRunner(BaseRunner):
             outputs=[TensorInfo(name=n, shape=(None, *v.shape[1:]), dtype="float32")
                      for n, v in self._outputs.items()],
             layout="NHWC",
-            backend=f"recorded: {self.record.get('backend')} on {self.record.get('platform')}",
+            backend=f"recorded: {self.record.get('backend')} on {self._where()}",
             threads=self.record.get("threads"), output_activation=self.record.get("output_activation"),
             embedded={"precision": self.record.get("precision")}, recorded=dict(self.record))
+
+    def _where(self) -> str:
+        from edgetrunc.runtime.host import where_label
+
+        where = self.record.get("where")
+        return where_label(where) if isinstance(where, dict) else str(self.record.get("platform"))
+
+    def tensors(self) -> dict:
+        """`{name: (description, float32 array [n, ...])}` of the recorded intermediate tensors
+        (empty when the recording has none)."""
+        described = self.record.get("tensors")
+        if not isinstance(described, list):
+            return {}
+        data = _read_npz(self.path, "recorded outputs")
+        found = {}
+        for item in described:
+            if isinstance(item, dict) and isinstance(data.get(item.get("key")), np.ndarray):
+                found[str(item.get("name"))] = (item, data[item["key"]].astype(np.float32, copy=False))
+        return found
 
     def _recording_meta(self, meta: np.ndarray) -> dict:
         """The recording's metadata: one JSON object stored as text."""
@@ -232,6 +291,21 @@ class RecordedRunner(BaseRunner):
             raise InputError(f"{self.path}: unreadable recording metadata 'meta' ({meta.dtype} "
                              f"{list(meta.shape)}); expected outputs written by edgetrunc run")
         return record
+
+    def row_hashes(self) -> list:
+        """The hash of every recorded input (one per distinct input)."""
+        self.metadata()
+        return list(self._rows)
+
+    def outputs_of(self, rows) -> dict:
+        """The recorded outputs of the inputs whose hashes are `rows`, in that order."""
+        self.metadata()
+        missing = [row for row in rows if row not in self._rows]
+        if missing:
+            raise InputError(f"{self.path}: {len(missing)} of {len(rows)} inputs were not recorded; "
+                             "compare recordings made on the same inputs")
+        index = [self._rows[row] for row in rows]
+        return {name: value[index] for name, value in self._outputs.items()}
 
     def infer(self, batch: np.ndarray) -> dict:
         rows = _row_hashes(np.asarray(batch))
