@@ -143,3 +143,58 @@ def test_a_model_that_cannot_be_full_integer_leaves_no_file(tmp_path):
         convert(source, tmp_path / "out", tflite=["int8-full"], onnx=[], evaluate=False,
                 calibration="embedded")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_vela_places_every_operator_on_the_npu(full, tmp_path):
+    pytest.importorskip("ethosu.vela")
+    from edgetrunc.export.vela import vela_report
+
+    path = tmp_path / "full.tflite"
+    path.write_bytes(full[0])
+    report = vela_report(path, "ethos-u55-256")
+    assert report["cpu_operators"] == 0 and report["npu_percent"] == 100.0
+    assert report["npu_operators"] > 0 and report["inference_ms"] > 0 and report["sram_kib"] > 0
+
+
+def test_tflite_micro_runs_it_within_one_step_of_litert(full, calibration, tmp_path):
+    pytest.importorskip("tflite_micro")
+    from edgetrunc.runtime.micro import micro_check
+
+    path = tmp_path / "full.tflite"
+    path.write_bytes(full[0])
+    report = micro_check(path, calibration[:4])
+    assert report["runs"] and report["samples"] == 4
+    assert report["max_step_difference"] <= 1
+    assert report["arena_bytes"] > SIZE * SIZE * 8  # the widest activation is int8 32x32x8
+
+
+def test_tflite_micro_refuses_a_float_input_in_one_line(model, tmp_path):
+    pytest.importorskip("tflite_micro")
+    from edgetrunc.runtime.micro import micro_check
+
+    path = tmp_path / "fp32.tflite"
+    path.write_bytes(export_tflite(model, "fp32", target="micro"))
+    with pytest.raises(InputError, match="full-integer"):
+        micro_check(path, np.zeros((1, SIZE, SIZE, 1), np.float32))
+
+
+def test_the_runtime_feeds_pixels_and_reads_probabilities(full, calibration):
+    from edgetrunc.runtime.tflite_runner import TFLiteRunner
+
+    runner = TFLiteRunner(full[0])
+    (inp,) = runner.metadata().inputs
+    assert (inp.dtype, inp.scale, inp.zero_point) == ("int8", 1.0, -128)
+    (out,) = runner.infer(calibration[:3]).values()
+    assert out.dtype == np.float32 and out.shape == (3, 2)
+    assert np.all((out >= 0) & (out <= 1)) and np.allclose(out.sum(axis=1), 1, atol=2 / 256)
+
+
+def test_targets_command_reports_vela_and_micro(full, tmp_path, cli):
+    pytest.importorskip("ethosu.vela")
+    pytest.importorskip("tflite_micro")
+    path = tmp_path / "full.tflite"
+    path.write_bytes(full[0])
+    code, out, _ = cli("targets", str(path), "--accelerators", "ethos-u55-256", "--samples", "2", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["passed"]
+    assert report["vela"][0]["cpu_operators"] == 0 and report["micro"]["runs"]
