@@ -12,10 +12,10 @@ from edgetrunc.errors import InputError  # noqa: E402
 from edgetrunc.export import convert, export_tflite, find_truncations, inspect_tflite  # noqa: E402
 from edgetrunc.export import tflite_ops  # noqa: E402
 from edgetrunc.export.tflite import graph as tg  # noqa: E402
-from edgetrunc.export.tflite.integer import exact_steps, float_tensors  # noqa: E402
+from edgetrunc.export.tflite.integer import float_tensors  # noqa: E402
 from edgetrunc.layers import Truncation  # noqa: E402
 from edgetrunc.models import create  # noqa: E402
-from edgetrunc.models._filters import high_pass_bank  # noqa: E402
+from edgetrunc.models._filters import exact_steps, high_pass_bank  # noqa: E402
 
 SIZE = 32
 

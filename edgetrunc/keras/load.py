@@ -51,6 +51,8 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
         if zip_start:
             raise InputError(f"{path}: truncated or corrupt .keras file (its zip archive is incomplete)")
         raise InputError(f"{path}: not a Keras file, cannot load it (a .keras file is a zip archive)")
+    import edgetrunc.keras.fake_quant  # noqa: F401  (registers the quantization-aware layers)
+
     custom_objects = kwargs.get("custom_objects")
     if safe_mode and _needs_legacy_reading(path, custom_objects):
         return legacy.load_model(path)

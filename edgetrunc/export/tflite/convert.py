@@ -148,7 +148,11 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
                          f"{', '.join(TFLITE_PRECISIONS)}")
     if int8_mode not in INT8_MODES:
         raise InputError(f"int8_mode: {int8_mode!r}; expected one of {', '.join(INT8_MODES)}")
+    from edgetrunc.keras.qat import export_ready, quantization_aware
+
     model = float32_model(model)
+    if quantization_aware(model):
+        model = export_ready(model)
     passes.for_target([], target)  # refuses an unknown target before any work
     context = passes.PassContext(
         find_truncations(model), literal=bool(literal),

@@ -28,30 +28,10 @@ import numpy as np
 
 from edgetrunc.errors import InputError
 from edgetrunc.export.tflite import graph as tg
+from edgetrunc.models._filters import exact_steps
 
 PIXEL_RANGE = (0.0, 255.0)
-MAX_STEPS = 127  # an exact weight is at most 127 steps: it must fit int8
 _CONVOLUTIONS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3}  # op -> output-channel axis of its weights
-
-
-def exact_steps(weights: np.ndarray, axis: int, tolerance: float = 1e-5) -> np.ndarray | None:
-    """The largest step per output channel (`axis`) of which every weight is an integer
-    multiple of at most `MAX_STEPS` steps, or None when some channel has no such step."""
-    w = np.moveaxis(np.asarray(weights, np.float64), axis, 0).reshape(weights.shape[axis], -1)
-    steps = []
-    for row in w:
-        peak = float(np.max(np.abs(row)))
-        if peak == 0:
-            steps.append(1.0)
-            continue
-        for n in range(1, MAX_STEPS + 1):
-            ratio = row / (peak / n)
-            if np.max(np.abs(ratio - np.round(ratio))) <= tolerance * n:
-                steps.append(peak / n)
-                break
-        else:
-            return None
-    return np.asarray(steps)
 
 
 def _set_range(graph, tensor: int, low: float, high: float) -> None:
