@@ -70,3 +70,20 @@ def test_qat_model_loads_in_safe_mode_and_converts_to_what_it_simulates(pixels, 
     steps = np.abs(artifact - simulated) * 256  # the int8 softmax output step is 1/256
     assert steps.max() <= 2.0
     assert np.mean(np.argmax(artifact, 1) == np.argmax(simulated, 1)) >= 0.9
+
+
+def test_init_without_qat_is_refused_in_one_line(cli, tmp_path):
+    code, _, err = cli("train", "--init", tmp_path / "m.keras", "--out", tmp_path / "o.keras")
+    assert code == 2 and "--init: fine-tuning an existing model is quantization-aware" in err
+
+
+@pytest.mark.slow
+def test_train_qat_fine_tunes_a_model_file(cli, tmp_path):
+    source = tmp_path / "tiny.keras"
+    create("tlunet", input_shape=(SIZE, SIZE, 1), seed=0).save(source)
+    out = tmp_path / "tiny_qat.keras"
+    code, text, _ = cli("train", "--qat", "--init", source, "--out", out, "--qat-epochs", "1",
+                        "--qat-pairs", "4")
+    assert code == 0 and "quantization-aware model" in text
+    assert quantization_aware(load_model(out, safe_mode=True))
+    assert (tmp_path / "tiny_qat.qat.json").exists()
