@@ -68,6 +68,8 @@ def add_arguments(p) -> None:
                    help="with --qat: fine-tune this trained model instead of training one")
     p.add_argument("--qat-epochs", type=positive_int, default=2,
                    help="quantization-aware fine-tuning epochs (default: 2)")
+    p.add_argument("--qat-lr", type=float, default=1e-5,
+                   help="quantization-aware fine-tuning learning rate (default: 1e-5)")
     p.add_argument("--qat-pairs", type=positive_int, default=256,
                    help="cover/stego training pairs of the fine-tuning (default: 256)")
     _args.add_out(p, "output .keras path", default="models/tlunet.keras")
@@ -113,7 +115,7 @@ def _fine_tune(args, source) -> None:
     out = Path(args.out)
     out = out if args.init else out.with_name(f"{out.stem}_qat{out.suffix}")
     record = fine_tune_qat(source, out, covers=args.covers, payload=args.payload,
-                           epochs=args.qat_epochs, max_pairs=args.qat_pairs,
+                           epochs=args.qat_epochs, max_pairs=args.qat_pairs, lr=args.qat_lr,
                            batch_size=args.batch_size, seed=args.seed, force=args.force)
     print(_qat_summary(record))
 

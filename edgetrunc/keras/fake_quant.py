@@ -86,8 +86,19 @@ def _exact(layer) -> bool:
     return bool(getattr(layer, "exact_weights", False))
 
 
+class _ExactWeights:
+    """`exact_weights=True`: the kernel is an exactly representable fixed filter, used as it is."""
+
+    def __init__(self, *args, exact_weights=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.exact_weights = bool(exact_weights)
+
+    def get_config(self):
+        return {**super().get_config(), "exact_weights": self.exact_weights}
+
+
 @keras.saving.register_keras_serializable(package="edgetrunc")
-class QuantizedConv2D(keras.layers.Conv2D):
+class QuantizedConv2D(_ExactWeights, keras.layers.Conv2D):
     """`Conv2D` computing with per-channel int8 fake-quantized weights."""
 
     def convolution_op(self, inputs, kernel):
@@ -120,7 +131,7 @@ def _bias_and_activation(layer, outputs):
 
 
 @keras.saving.register_keras_serializable(package="edgetrunc")
-class QuantizedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+class QuantizedDepthwiseConv2D(_ExactWeights, keras.layers.DepthwiseConv2D):
     """`DepthwiseConv2D` (channels last) computing with per-channel int8 fake-quantized weights."""
 
     def call(self, inputs):

@@ -10,14 +10,17 @@ int8 tensor of the full-integer TFLite graph, with the range the converter gives
 | `Truncation` | `[lower, upper]` (the clip is int8 saturation) |
 | tanh / sigmoid / softmax | the converter's fixed output ranges |
 | an exact fixed filter reading the pixels | `[-128, 127]` steps of the filter |
-| anything else written to memory | tracked: calibrated, then a moving average of batch extremes |
+| anything else written to memory | tracked: calibrated, a moving average of batch extremes while training, calibrated again at the end |
 
 No `FakeQuant` goes where the converter fuses ops into one (a convolution and the batch
 normalization, truncation or ReLU after it; a VALID pool and its batch normalization) or
 keeps the input's scale (pools, reshapes). Batch normalization is frozen (inference
-statistics, as exported). `export_ready(model)` returns the fine-tuned model with plain
-layers again and the `FakeQuant` layers kept: the converter reads each as its tensor's
-quantization, so the full-integer artifact computes with the numbers the training simulated.
+statistics, as exported). `export_ready(model)` returns the fine-tuned model as the plain
+model the converter takes (plain layers, no `FakeQuant`): the converter gives each tensor
+the range the training simulated, fixed ranges by the same rules and tracked ones by
+calibrating on the same tiles, so the full-integer artifact computes what was simulated.
+(Converting the `FakeQuant` ops themselves, as the TFLite converter can, split the fused
+convolution + batch normalization chains and was not exact.)
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ def fake_quant_plan(model) -> dict:
     """{layer name: "tracked" or a fixed (min, max)} of the layers a `FakeQuant` follows."""
     bounds = {t["layer"]: (t["lower"], t["upper"]) for t in find_truncations(model)}
     readers = _consumers(model)
+    outputs = {t._keras_history.operation.name for t in model.outputs}
     plan = {}
     for layer in model.layers:
         kind = type(layer).__name__
@@ -96,6 +100,8 @@ def fake_quant_plan(model) -> dict:
         if layer.name in bounds:
             plan[layer.name] = bounds[layer.name]
         elif _activation_name(layer) in _FIXED_ACTIVATIONS:
+            if layer.name in outputs:
+                continue  # a probability output: rounding it would stall the training gradient
             plan[layer.name] = _FIXED_ACTIVATIONS[_activation_name(layer)]
         elif step is not None:
             plan[layer.name] = (-128 * step, 127 * step)
@@ -110,9 +116,9 @@ def _clone_layer(layer, exact: set):
     config = layer.get_config()
     kind = type(layer).__name__
     if kind in QUANTIZED:
-        clone = QUANTIZED[kind].from_config(config)
-        clone.exact_weights = layer.name in exact
-        return clone
+        if kind in ("Conv2D", "DepthwiseConv2D"):
+            config["exact_weights"] = layer.name in exact
+        return QUANTIZED[kind].from_config(config)
     if kind == "BatchNormalization":
         config["trainable"] = False  # frozen: inference statistics, as exported
     return layer.__class__.from_config(config) if not isinstance(layer, keras.Model) else layer
@@ -164,25 +170,20 @@ def quantization_aware(model) -> bool:
 
 
 def export_ready(model):
-    """`model` (quantization-aware) with plain Keras layers for its weights and its
-    `FakeQuant` layers kept, but those after a truncation (the converter pins that range
-    itself, and a fake quantization between would hide the clip): what
-    `convert --tflite int8-full` takes."""
+    """`model` (quantization-aware) as the plain model the converter takes: plain layers for
+    the weights, no `FakeQuant`. The converter gives every tensor the range the training
+    simulated: fixed ranges by the same rules, tracked ones by calibrating on the same tiles
+    (`fine_tune_qat` re-calibrates them after training)."""
     import keras
 
-    from edgetrunc.layers import Truncation
-
     def call(layer, *args, **kwargs):
-        source = getattr(args[0], "_keras_history", None) if args else None
-        if isinstance(layer, FakeQuant) and source is not None and isinstance(
-                source.operation, Truncation):
-            return args[0]
-        return layer(*args, **kwargs)
+        return args[0] if isinstance(layer, FakeQuant) else layer(*args, **kwargs)
 
     def plain(layer):
         for base, quantized in QUANTIZED.items():
             if type(layer) is quantized:
-                return getattr(keras.layers, base).from_config(layer.get_config())
+                config = {k: v for k, v in layer.get_config().items() if k != "exact_weights"}
+                return getattr(keras.layers, base).from_config(config)
         return layer.__class__.from_config(layer.get_config())
 
     clone = keras.models.clone_model(model, clone_function=plain, call_function=call)

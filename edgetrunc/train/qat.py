@@ -22,7 +22,7 @@ from edgetrunc import _log
 from edgetrunc._io import atomic_path, check_output, write_text_atomic
 from edgetrunc.errors import InputError
 
-QAT_LR = 1e-4
+QAT_LR = 1e-5
 QAT_EPOCHS = 2
 QAT_TRAIN_PAIRS = 256
 
@@ -57,7 +57,7 @@ def fine_tune_qat(source, out, covers="embedded", payload=0.4, epochs=QAT_EPOCHS
 
     from edgetrunc.data.geometry import require_image_geometry
     from edgetrunc.keras.load import load_model
-    from edgetrunc.keras.qat import quantize_model
+    from edgetrunc.keras.qat import calibrate_ranges, quantize_model
 
     source, out = Path(source), Path(out)
     record_path = out.with_name(f"{out.stem}.qat.json")
@@ -79,6 +79,7 @@ def fine_tune_qat(source, out, covers="embedded", payload=0.4, epochs=QAT_EPOCHS
     _log.info(f"train --qat: {len(train.x)} tiles, {epochs} epoch(s), lr {lr}")
     history = qat.fit(train.x, train.y, epochs=int(epochs), batch_size=int(batch_size),
                       shuffle=True, verbose=0)
+    calibrate_ranges(qat, calibration.x)  # the converter calibrates on these tiles too
     qat_probability, qat_figures = _figures(qat, held_out)
     with atomic_path(out, protect=[source]) as tmp:
         qat.save(tmp)
