@@ -16,7 +16,8 @@ No `FakeQuant` goes where the converter fuses ops into one (a convolution and th
 normalization, truncation or ReLU after it; a VALID pool and its batch normalization) or
 keeps the input's scale (pools, reshapes). Batch normalization is frozen (inference
 statistics, as exported). `export_ready(model)` returns the fine-tuned model as the plain
-model the converter takes (plain layers, no `FakeQuant`): the converter gives each tensor
+model the converter takes (plain layers, `FakeQuant` only after an exact fixed filter): the
+converter gives each tensor
 the range the training simulated, fixed ranges by the same rules and tracked ones by
 calibrating on the same tiles, so the full-integer artifact computes what was simulated.
 (Converting the `FakeQuant` ops themselves, as the TFLite converter can, split the fused
@@ -171,13 +172,19 @@ def quantization_aware(model) -> bool:
 
 def export_ready(model):
     """`model` (quantization-aware) as the plain model the converter takes: plain layers for
-    the weights, no `FakeQuant`. The converter gives every tensor the range the training
+    the weights, no `FakeQuant` but the one after an exact fixed filter (its saturation at
+    +-127 steps shapes what everything after it is calibrated on; the converter reads it as
+    the exact range it sets anyway). The converter gives every tensor the range the training
     simulated: fixed ranges by the same rules, tracked ones by calibrating on the same tiles
     (`fine_tune_qat` re-calibrates them after training)."""
     import keras
 
     def call(layer, *args, **kwargs):
-        return args[0] if isinstance(layer, FakeQuant) else layer(*args, **kwargs)
+        source = getattr(args[0], "_keras_history", None) if args else None
+        exact = source is not None and getattr(source.operation, "exact_weights", False)
+        if isinstance(layer, FakeQuant) and not exact:
+            return args[0]
+        return layer(*args, **kwargs)
 
     def plain(layer):
         for base, quantized in QUANTIZED.items():
