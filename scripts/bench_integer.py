@@ -4,8 +4,9 @@
 For each pair of a Keras model and its full-integer TFLite artifact (default: the shipped
 quantization-aware `models/integer/tlunet_qat.keras` and its artifact):
 
-- speed, 1 thread: the artifact against the Keras compiled call (`tf.function`), timed
-  interleaved in one process (p50 and min of `--runs` rounds);
+- speed, 1 thread: the artifact against the float model's Keras compiled call
+  (`tf.function`) and the shipped (float-front-end) int8 TFLite, timed interleaved in one
+  process (p50 and min of `--runs` rounds);
 - quality on the held-out pairs `convert` uses: decision agreement with the Keras model it
   was converted from and with the float `models/tlunet.keras`, and each one's P_E;
 - targets: Vela's NPU/CPU operator split, SRAM and estimated time for Ethos-U55-256 and
@@ -33,7 +34,7 @@ def table(headers, rows) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def speed(model, artifact: Path, runs: int) -> dict:
+def speed(model, artifact: Path, runs: int, reference: Path | None = None) -> dict:
     import tensorflow as tf
 
     from edgetrunc.keras.runner import compiled_inference
@@ -44,8 +45,11 @@ def speed(model, artifact: Path, runs: int) -> dict:
     x = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
     compiled, x_tensor = compiled_inference(model), tf.constant(x)
     runner = TFLiteRunner(str(artifact), threads=1)
-    times = time_interleaved({"keras": lambda: compiled(x_tensor).numpy(),
-                              "artifact": lambda: runner.infer(x)}, runs, max(5, runs // 10))
+    functions = {"keras": lambda: compiled(x_tensor).numpy(), "artifact": lambda: runner.infer(x)}
+    if reference is not None and reference.exists():
+        other = TFLiteRunner(str(reference), threads=1)
+        functions["reference"] = lambda: other.infer(x)
+    times = time_interleaved(functions, runs, max(5, runs // 10))
     return {name: (float(np.median(v)), float(np.min(v))) for name, v in times.items()}
 
 
@@ -84,9 +88,10 @@ def main(argv=None) -> int:
             continue
         model = load_model(source)
         name = artifact.name
-        t = speed(model, artifact, args.runs)
-        speed_rows.append((name, f"{t['keras'][0]:.2f}", f"{t['artifact'][0]:.2f}",
-                           f"{t['keras'][0] / t['artifact'][0]:.2f}x",
+        t = speed(float_model, artifact, args.runs, ROOT / "models/tlunet_int8.tflite")
+        reference = t.get("reference", (float("nan"),) * 2)
+        speed_rows.append((name, f"{t['keras'][0]:.2f}", f"{reference[0]:.2f}",
+                           f"{t['artifact'][0]:.2f}", f"{t['keras'][0] / t['artifact'][0]:.2f}x",
                            f"{t['keras'][1] / t['artifact'][1]:.2f}x"))
         q = quality({"source": model, "float": float_model}, artifact)
         quality_rows.append((name, source.name, q["samples"], f"{q['agreement']['source']:.3f}",
@@ -100,8 +105,8 @@ def main(argv=None) -> int:
         micro_rows.append((name, "yes" if m["runs"] else "no", m.get("arena_bytes", "-"),
                            m.get("samples", "-"), m.get("max_step_difference", "-")))
     print("Speed, 1 thread (ms):\n")
-    print(table(("artifact", "Keras compiled p50", "artifact p50", "p50 speed-up", "min speed-up"),
-                speed_rows))
+    print(table(("artifact", "float Keras compiled p50", "tlunet_int8.tflite p50", "artifact p50",
+                 "p50 vs Keras", "min vs Keras"), speed_rows))
     print("\nHeld-out quality:\n")
     print(table(("artifact", "from", "tiles", "agreement with its Keras model",
                  "agreement with float tlunet", "P_E float", "P_E its Keras model", "P_E artifact"),
