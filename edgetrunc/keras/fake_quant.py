@@ -4,7 +4,7 @@
 converter's int8 activations): a fixed range (a truncation's `[-T, T]`, tanh's
 `[-1, 127/128]`, an exact filter's `[-128, 127]` steps) or one tracked during training as a
 moving average of batch extremes. Its range is stored as weights, so a saved model keeps
-it and the TFLite converter reads the FakeQuant op as that tensor's quantization.
+it; `keras.qat.export_ready` says what the converter takes from it.
 
 `QuantizedConv2D`, `QuantizedDepthwiseConv2D`, `QuantizedSeparableConv2D` and
 `QuantizedDense` compute with their weights fake-quantized per output channel, symmetric,
