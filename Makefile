@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test train convert bench clean
+.PHONY: install demo test train train-qat convert bench clean
 .PHONY: qemu arm-parity
 
 install: $(STAMP)
@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,npu]"
 	@touch $(STAMP)
 
 demo: install
@@ -45,6 +45,13 @@ train: install
 
 convert: install
 	$(PY) scripts/convert.py models/tlunet.keras --out models --force
+	$(PY) scripts/convert.py models/integer/tlunet_qat.keras --out models/integer --tflite int8-full --onnx "" --target ethos-u --force
+
+# Quantization-aware fine-tuning of the shipped detector, for the full-integer artifact of
+# NPUs and microcontrollers (models/integer/, docs/INTEGER.md).
+train-qat: install
+	$(PY) -m edgetrunc train --qat --init models/tlunet.keras --out models/integer/tlunet_qat.keras \
+		--qat-epochs 2 --qat-pairs 512 --qat-lr 1e-5 --seed 0 --force
 
 # Every benchmark section of BENCHMARKS.md: runtime, truncation variants, FLOPs (bench.py),
 # int8 vs fp32 and conversion time (bench_export.py), parity throughput, training overhead.

@@ -29,6 +29,7 @@ COMMANDS = {
     "run": "record an artifact's outputs on saved inputs, for parity elsewhere (no TensorFlow)",
     "bench": "latency and throughput of .tflite / .onnx artifacts (no TensorFlow)",
     "migrate": "turn a legacy model's truncations into Truncation layers, as .keras",
+    "targets": "Vela (Ethos-U) and TFLite Micro verdicts on a full-integer .tflite",
 }
 _TENSORFLOW_COMMANDS = ("train", "convert", "parity")
 _RUNTIME_SUFFIXES = (".tflite", ".onnx")

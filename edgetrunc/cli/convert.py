@@ -17,8 +17,10 @@ DESCRIPTION = ("Convert a Keras model (.keras, or a full-model .h5) to TFLite an
 def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL", help=".keras or full-model .h5 file")
     _args.add_out(p, "output folder (default: beside the model)", default=None)
-    p.add_argument("--tflite", type=_args.choices_list("precision", ("fp32", "fp16", "int8")),
-                   default=["fp32", "fp16", "int8"], help="TFLite precisions (default: fp32,fp16,int8)")
+    p.add_argument("--tflite", type=_args.choices_list("precision", ("fp32", "fp16", "int8", "int8-full")),
+                   default=["fp32", "fp16", "int8"],
+                   help="TFLite precisions (default: fp32,fp16,int8; int8-full: int8 input, "
+                   "output and every op, for NPUs and microcontrollers)")
     p.add_argument("--onnx", type=_args.choices_list("precision", ("fp32", "int8")),
                    default=["fp32", "int8"], help="ONNX precisions (default: fp32,int8)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..21 (default: 17)")
@@ -41,6 +43,9 @@ def add_arguments(p) -> None:
     _args.add_trust_lambda(p, "load Lambda layers that are not truncations and run them as "
                            "traced (this runs code stored in the file; edgetrunc migrate "
                            "replaces truncations and common elementwise Lambdas instead)")
+    p.add_argument("--target", choices=("cpu", "ethos-u", "micro"), default="cpu",
+                   help="where the TFLite artifacts run: the CPU-only rewrites (space-to-depth "
+                   "packing) are left out for ethos-u and micro (default: cpu)")
     _args.add_json(p, "print the manifest as JSON on stdout")
     _args.add_force(p, "replace existing artifacts")
 
@@ -81,7 +86,7 @@ def run(args) -> int:
         args.model, out_dir=args.out, tflite=args.tflite, onnx=args.onnx, opset=args.opset,
         nchw=args.nchw, calibration=args.calibration, int8_io=args.int8_io, force=args.force,
         int8_mode=args.int8_mode, literal=args.literal, custom_objects=args.custom_objects,
-        trust_lambda=args.trust_lambda)
+        trust_lambda=args.trust_lambda, target=args.target)
     if args.json:
         sys.stdout.write(dumps_json(manifest))
     else:

@@ -61,6 +61,17 @@ def add_arguments(p) -> None:
     p.add_argument("--frozen-bn", type=float, default=0.0, metavar="FRACTION",
                    help="last fraction of the epochs trained with batch norm frozen in "
                    "inference mode, after re-estimating its statistics (default: 0)")
+    p.add_argument("--qat", action="store_true",
+                   help="quantization-aware fine-tuning for full-integer export: after training "
+                   "(or of the --init model), written beside the output as <name>_qat.keras")
+    p.add_argument("--init", default=None, metavar="MODEL.keras",
+                   help="with --qat: fine-tune this trained model instead of training one")
+    p.add_argument("--qat-epochs", type=positive_int, default=2,
+                   help="quantization-aware fine-tuning epochs (default: 2)")
+    p.add_argument("--qat-lr", type=float, default=1e-5,
+                   help="quantization-aware fine-tuning learning rate (default: 1e-5)")
+    p.add_argument("--qat-pairs", type=positive_int, default=256,
+                   help="cover/stego training pairs of the fine-tuning (default: 256)")
     _args.add_out(p, "output .keras path", default="models/tlunet.keras")
     _args.add_seed(p)
     _args.add_force(p, "replace an existing output")
@@ -88,8 +99,37 @@ def _summary(record) -> str:
     return "\n".join(lines)
 
 
+def _qat_summary(record) -> str:
+    held = record["held_out"]
+    return (f"quantization-aware model: {record['model_file']} ({record['epochs']} epochs, "
+            f"{record['train_tiles']} tiles)\nheld-out ({held['samples']} tiles): float P_E "
+            f"{held['float']['p_e']:.3f}, quantization-aware P_E {held['qat']['p_e']:.3f}, "
+            f"decision agreement {held['decision_agreement_with_float']:.3f}")
+
+
+def _fine_tune(args, source) -> None:
+    from pathlib import Path
+
+    from edgetrunc.train.qat import fine_tune_qat
+
+    out = Path(args.out)
+    out = out if args.init else out.with_name(f"{out.stem}_qat{out.suffix}")
+    record = fine_tune_qat(source, out, covers=args.covers, payload=args.payload,
+                           epochs=args.qat_epochs, max_pairs=args.qat_pairs, lr=args.qat_lr,
+                           batch_size=args.batch_size, seed=args.seed, force=args.force)
+    print(_qat_summary(record))
+
+
 def run(args) -> int:
+    from edgetrunc.errors import InputError
     from edgetrunc.train import train
+
+    if args.init and not args.qat:
+        raise InputError("init: fine-tuning an existing model is quantization-aware; add --qat",
+                         param="init")
+    if args.init:
+        _fine_tune(args, args.init)
+        return 0
 
     command = "edgetrunc " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     record = train(model=args.model, covers=args.covers, payload=args.payload,
@@ -106,4 +146,6 @@ def run(args) -> int:
                    stego_cache=args.stego_cache, workers=args.workers, stream=args.stream,
                    shuffle_buffer=args.shuffle_buffer)
     print(_summary(record))
+    if args.qat and record.get("model_file"):
+        _fine_tune(args, record["model_file"])
     return 0

@@ -26,22 +26,28 @@ def plan(stem, tflite, onnx) -> list:
 
 
 def artifact_entry(name, fmt, precision, content: bytes, report: dict, quantization,
-                   passes=()) -> dict:
+                   passes=(), target=None) -> dict:
     """The manifest entry of one artifact; `report` is its inspector's. Lists of op types
     kept in float name only the types the artifact holds. `passes`: the rewrites that changed
-    the artifact, in the order they ran."""
+    the artifact, in the order they ran; `target`: what the TFLite pass lists were chosen
+    for, recorded where it is not the default "cpu"."""
     if quantization:
         for key in ("float_op_types", "float_inside_xnnpack"):
             if key in quantization:
                 quantization = {**quantization,
                                 key: [t for t in quantization[key] if t in report["ops"]]}
-    return {
+    entry = {
         "path": name, "format": fmt, "precision": precision,
         "sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content),
         "ops": report["ops"], "truncations": report["truncations"],
         "inputs": report["inputs"], "outputs": report["outputs"],
         "quantization": quantization, "passes": list(passes),
     }
+    if target not in (None, "cpu") or precision == "int8-full":
+        entry["target"] = target
+    if "integer" in report:
+        entry["integer"] = report["integer"]
+    return entry
 
 
 def quantization_entry(fmt, precision, int8_io, int8_mode, calib, literal=False):
@@ -50,6 +56,8 @@ def quantization_entry(fmt, precision, int8_io, int8_mode, calib, literal=False)
         return None
     if precision == "fp16":
         return {"weights": "float16", "activations": "float32"}
+    if precision == "int8-full":
+        return _full_integer_entry(calib)
     entry = {
         "weights": "int8 (per channel)",
         "activations": "int8",
@@ -74,6 +82,18 @@ def quantization_entry(fmt, precision, int8_io, int8_mode, calib, literal=False)
     if fmt == "onnx":
         entry["format"] = "QDQ"
     return entry
+
+
+def _full_integer_entry(calib) -> dict:
+    return {
+        "weights": "int8 (per channel); exactly representable filters stored exactly",
+        "activations": "int8", "mode": "full-integer", "io": "int8",
+        "input": "pixels 0..255 exactly (scale 1, zero point -128)",
+        "truncation": "range of each truncation's producer set to [lower, upper]; int8 "
+                      "saturation performs the clip",
+        "calibration": {"samples": int(len(calib.x)), "split": calib.split,
+                        "photos": list(calib.photos), "payload": calib.payload},
+    }
 
 
 def build_manifest(source: Path, source_sha: str, out_dir: Path, artifacts: list) -> dict:

@@ -30,6 +30,7 @@ from edgetrunc.export.onnx.inspect import inspect_onnx
 from edgetrunc.export.tflite.convert import (INT8_MODES, TFLITE_PRECISIONS, embed_tflite_metadata,
                                              export_tflite, quiet_converter)
 from edgetrunc.export.tflite.inspect import inspect_tflite
+from edgetrunc.export.tflite.passes import TARGETS
 from edgetrunc.keras.load import load_model, require_keras_file
 from edgetrunc.keras.precision import float32_model
 from edgetrunc.keras.truncations import find_truncations
@@ -64,7 +65,9 @@ def _check_out_dir(out_dir: Path) -> None:
         raise InputError(f"{out_dir}: output folder is not writable")
 
 
-def _check_options(tflite, onnx, opset, int8_mode, calibration):
+def _check_options(tflite, onnx, opset, int8_mode, calibration, target="cpu"):
+    if target not in TARGETS:
+        raise InputError(f"target {target}: expected one of {', '.join(TARGETS)}", param="target")
     tflite = _check_precisions("tflite", tflite, TFLITE_PRECISIONS)
     onnx = _check_precisions("onnx", onnx, ONNX_PRECISIONS)
     if not tflite and not onnx:
@@ -86,7 +89,7 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration):
 def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
             nchw=False, calibration="embedded", int8_io=False, force=False,
             int8_mode="truncation-aware", evaluate=True, timings=None,
-            literal=False, custom_objects=None, trust_lambda=False) -> dict:
+            literal=False, custom_objects=None, trust_lambda=False, target="cpu") -> dict:
     """Convert `model_path` to every requested artifact in `out_dir` and write the manifest.
 
     Returns the manifest dict (also written to `out_dir/manifest.json`). If `timings` is a
@@ -96,8 +99,11 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
     passes that changed its artifact (`"passes"`). `custom_objects` (a dict, or the path
     of the user's own `.py` file, which is run) are offered to Keras by name while loading
     and converting. `trust_lambda=True` loads Lambda layers and converts them as traced.
+    `target` ("cpu", "ethos-u", "micro") picks the TFLite pass lists (the CPU-only packing
+    rewrite is left out elsewhere) and is recorded in each TFLite entry; "int8-full" is the
+    full-integer TFLite model (`export.tflite.integer`).
     """
-    tflite, onnx = _check_options(tflite, onnx, opset, int8_mode, calibration)
+    tflite, onnx = _check_options(tflite, onnx, opset, int8_mode, calibration, target)
     source = Path(model_path)
     require_keras_file(source, KERAS_SUFFIXES)  # a SavedModel folder names `edgetrunc migrate`
     out_dir = Path(out_dir) if out_dir is not None else (source.parent if str(source.parent) else Path("."))
@@ -107,7 +113,7 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
                         force=force, protect=[source])
     outputs.preflight()  # a killed run's commit finished, targets refused before the (slow) load
     options = {"opset": int(opset), "nchw": nchw, "int8_io": int8_io, "int8_mode": int8_mode,
-               "literal": bool(literal)}
+               "literal": bool(literal), "target": target}
     custom_objects = load_custom_objects(custom_objects)
     with custom_objects_scope(custom_objects):
         model = float32_model(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES,
@@ -170,7 +176,7 @@ def _export(model, fmt, precision, calib, options, metadata, applied) -> bytes:
     if fmt == "tflite":
         content = export_tflite(model, precision, calibration=x, int8_io=options["int8_io"],
                                 int8_mode=options["int8_mode"], literal=options["literal"],
-                                applied=applied)
+                                applied=applied, target=options["target"])
         return embed_tflite_metadata(content, payload)
     proto = export_onnx(model, precision, opset=options["opset"], nchw=options["nchw"],
                         calibration=x, int8_mode=options["int8_mode"],
@@ -197,7 +203,7 @@ def _evaluate(entry, fmt, tmp, held_out, keras_probability):
 def _convert_model(model, source, source_sha, outputs, artifacts, options, calibration,
                    evaluate, timings):
     truncations = find_truncations(model)
-    needs_int8 = any(p == "int8" for _, p, _ in artifacts)
+    needs_int8 = any(p.startswith("int8") for _, p, _ in artifacts)
     geometry = _model_geometry(model, source, needs_int8)
     calib = calib_data.calibration_pairs(calibration, geometry, model=model) if needs_int8 else None
     held_out, keras_probability = _held_out(model, source, calibration, geometry,
@@ -216,8 +222,8 @@ def _convert_model(model, source, source_sha, outputs, artifacts, options, calib
             name, fmt, precision, content, inspect(str(staged), truncations, precision),
             manifest.quantization_entry(fmt, precision, options["int8_io"],
                                         options["int8_mode"], calib, options["literal"]),
-            applied)
-        if precision == "int8" and held_out is not None:
+            applied, options["target"] if fmt == "tflite" else None)
+        if precision.startswith("int8") and held_out is not None:
             _evaluate(entry, fmt, staged, held_out, keras_probability)
         if timings is not None:
             timings[name] = elapsed

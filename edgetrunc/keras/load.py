@@ -53,6 +53,8 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
         if zip_start:
             raise InputError(f"{path}: truncated or corrupt .keras file (its zip archive is incomplete)")
         raise InputError(f"{path}: not a Keras file, cannot load it (a .keras file is a zip archive)")
+    import edgetrunc.keras.fake_quant  # noqa: F401  (registers the quantization-aware layers)
+
     custom_objects = legacy.load_custom_objects(kwargs.get("custom_objects"))
     if custom_objects is not None:  # the user's own code, given on purpose (legacy.custom)
         kwargs["custom_objects"] = custom_objects

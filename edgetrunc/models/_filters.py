@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+MAX_STEPS = 127  # an exact int8 weight is at most 127 steps
+
 # Ker-Boehme 5x5 "KV" filter (Qian et al. 2015, Xu et al. 2016), numerators over 12.
 KV = (np.array(
     [[-1, 2, -2, 2, -1],
@@ -66,3 +68,23 @@ def high_pass_bank(name: str = "kv", size: int = 5):
     denominators = np.array([d for _, d in filters], dtype=np.int64)
     kernel = (numerators / denominators).astype(np.float32)
     return kernel, numerators, denominators
+
+
+def exact_steps(weights: np.ndarray, axis: int, tolerance: float = 1e-5) -> np.ndarray | None:
+    """The largest step per output channel (`axis`) of which every weight is an integer
+    multiple of at most `MAX_STEPS` steps, or None when some channel has no such step."""
+    w = np.moveaxis(np.asarray(weights, np.float64), axis, 0).reshape(weights.shape[axis], -1)
+    steps = []
+    for row in w:
+        peak = float(np.max(np.abs(row)))
+        if peak == 0:
+            steps.append(1.0)
+            continue
+        for n in range(1, MAX_STEPS + 1):
+            ratio = row / (peak / n)
+            if np.max(np.abs(ratio - np.round(ratio))) <= tolerance * n:
+                steps.append(peak / n)
+                break
+        else:
+            return None
+    return np.asarray(steps)

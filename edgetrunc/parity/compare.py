@@ -55,7 +55,7 @@ DEFAULT_TOLERANCES = {
 
 
 # Other quantized modes are judged like int8 (decisions, not elements).
-TOLERANCE_ALIASES = {"int16x8": "int8", "dynamic-int8": "int8", "uint8": "int8"}
+TOLERANCE_ALIASES = {"int16x8": "int8", "dynamic-int8": "int8", "uint8": "int8", "int8-full": "int8"}
 
 
 def tolerance_key(precision: str) -> str:

@@ -75,7 +75,7 @@ class TensorInfo:
     zero_point: int | None = None
 
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-full")
 
 
 @dataclass

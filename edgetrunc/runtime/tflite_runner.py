@@ -47,7 +47,8 @@ def load_interpreter_module():
     return tf.lite, "tensorflow"
 
 
-def _quantize(batch: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+def quantize_input(batch: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """`batch` in the integer `dtype` of a quantized input (rounded, saturated)."""
     info = np.iinfo(dtype)
     q = np.round(batch / scale) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
@@ -221,7 +222,7 @@ class TFLiteRunner(BaseRunner):
         if dtype.kind in "iu":
             if not scale:
                 raise InputError(f"{self.name}: integer input without quantization parameters")
-            feed = _quantize(batch, dtype, scale, zero_point)
+            feed = quantize_input(batch, dtype, scale, zero_point)
         else:
             feed = batch.astype(dtype, copy=False)
         interpreter.set_tensor(self._input["index"], feed)

@@ -16,6 +16,11 @@ convolutions over the packed values, and ops XNNPACK cannot run in int8 run in f
 inside the same delegate partition. The steps
 are the passes of `export.tflite.passes`, run in the order of its lists.
 `int8_mode="stock"` gives the converter's plain full-integer model for comparison.
+"int8-full" is the full-integer model of integer-only targets (NPUs, microcontrollers): int8
+input (pixels stored exactly, scale 1) and output, every op int8, exactly representable fixed
+filters stored exactly (`export.tflite.integer`); a model with an op that has no int8 kernel
+is refused naming the layer. `target` ("cpu", "ethos-u", "micro") drops the CPU-only
+rewrites from every pass list (`passes.for_target`).
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from edgetrunc import _log
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.export.tflite import passes
+from edgetrunc.export.tflite.integer import require_full_integer
 from edgetrunc.keras.precision import float32_model
 from edgetrunc.keras.truncations import find_truncations
 from edgetrunc.runtime.metadata import tflite_metadata_bytes
 
-TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
+TFLITE_PRECISIONS = ("fp32", "fp16", "int8", "int8-full")
 INT8_MODES = ("truncation-aware", "stock")
 
 
@@ -114,7 +120,7 @@ def _calibration_batches(calibration, model):
 
 def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
                   int8_mode="truncation-aware", keep_float=None, float_types=None,
-                  literal=False, applied=None) -> bytes:
+                  literal=False, applied=None, target="cpu") -> bytes:
     """Convert a Keras model to TFLite bytes (builtin ops only).
 
     Args:
@@ -133,6 +139,7 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
             them before the unpacking, and int8 VALID pools as depthwise convolutions); the
             truncation-aware int8 passes run either way.
         applied: a list that receives the names of the passes that changed the model.
+        target: "cpu" (default), "ethos-u" or "micro": the pass lists run for that target.
     """
     import tensorflow as tf
 
@@ -141,22 +148,31 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
                          f"{', '.join(TFLITE_PRECISIONS)}")
     if int8_mode not in INT8_MODES:
         raise InputError(f"int8_mode: {int8_mode!r}; expected one of {', '.join(INT8_MODES)}")
+    from edgetrunc.keras.qat import export_ready, quantization_aware
+
     model = float32_model(model)
+    if quantization_aware(model):
+        model = export_ready(model)
+    passes.for_target([], target)  # refuses an unknown target before any work
     context = passes.PassContext(
         find_truncations(model), literal=bool(literal),
         applied=[] if applied is None else applied,
         keep_float=passes.INT8_KEEP_FLOAT if keep_float is None else tuple(keep_float),
-        float_types=passes.INT8_FLOAT_TYPES if float_types is None else tuple(float_types))
+        float_types=passes.INT8_FLOAT_TYPES if float_types is None else tuple(float_types),
+        target=target)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if precision == "fp32":
-        return passes.run_passes(_convert(converter, model), passes.FP32_PASSES, context)
+        return passes.run_passes(_convert(converter, model), context.passes(passes.FP32_PASSES),
+                                 context)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "fp16":
         converter.target_spec.supported_types = [tf.float16]
         fp16 = _convert(converter, model)
         context.fp32_reference = _convert(tf.lite.TFLiteConverter.from_keras_model(model), model)
-        return passes.run_passes(fp16, passes.FP16_PASSES, context)
+        return passes.run_passes(fp16, context.passes(passes.FP16_PASSES), context)
     converter.representative_dataset = _calibration_batches(calibration, model)
+    if precision == "int8-full":
+        return _full_integer(converter, model, context)
     if int8_mode == "stock":
         if int8_io:
             converter.inference_input_type = tf.int8
@@ -172,14 +188,34 @@ def _truncation_aware_int8(converter, model, int8_io, context) -> bytes:
 
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True
-    calibrated = passes.run_passes(_convert(converter, model), passes.INT8_CALIBRATED_PASSES,
-                                   context)
+    calibrated = passes.run_passes(_convert(converter, model),
+                                   context.passes(passes.INT8_CALIBRATED_PASSES), context)
     io_type = tf.int8 if int8_io else tf.float32
     with quiet_converter():
         quantized = tflite_convert.mlir_quantize(
             calibrated, fully_quantize=bool(int8_io), input_data_type=io_type,
             output_data_type=io_type, denylisted_nodes=context.denylisted or None)
-    return passes.run_passes(bytes(quantized), passes.INT8_QUANTIZED_PASSES, context)
+    return passes.run_passes(bytes(quantized), context.passes(passes.INT8_QUANTIZED_PASSES),
+                             context)
+
+
+def _full_integer(converter, model, context) -> bytes:
+    """Calibrate, run `INT8_FULL_CALIBRATED_PASSES`, quantize every op with int8 input and
+    output, run `INT8_FULL_QUANTIZED_PASSES`, and refuse what is not full-integer."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert
+
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True
+    calibrated = passes.run_passes(_convert(converter, model),
+                                   context.passes(passes.INT8_FULL_CALIBRATED_PASSES), context)
+    with quiet_converter():
+        quantized = tflite_convert.mlir_quantize(
+            calibrated, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
+    content = passes.run_passes(bytes(quantized),
+                                context.passes(passes.INT8_FULL_QUANTIZED_PASSES), context)
+    require_full_integer(content, [layer.name for layer in model.layers])
+    return content
 
 
 def embed_tflite_metadata(content: bytes, payload: dict) -> bytes:

@@ -14,6 +14,7 @@ import numpy as np
 from edgetrunc.errors import InputError
 from edgetrunc.export.candidates import match_clips
 from edgetrunc.export.tflite import graph as tg
+from edgetrunc.export.tflite.integer import float_tensors, require_full_integer
 from edgetrunc.runtime.metadata import tflite_ops
 
 _FORBIDDEN_OPS = ("IdentityN", "IDENTITY_N")
@@ -121,9 +122,15 @@ def inspect_tflite(content, truncations, precision) -> dict:
         mapping = _float_mapping(graph, truncations, precision)
     else:
         mapping = _int8_mapping(graph, truncations)
-    return {
+    report = {
         "ops": ops,
         "truncations": mapping,
         "inputs": [tensor_spec(graph, i) for i in graph.g.inputs],
         "outputs": [tensor_spec(graph, i) for i in graph.g.outputs],
     }
+    if precision == "int8-full":
+        require_full_integer(content)
+        report["integer"] = {"float_tensors": len(float_tensors(graph)),
+                             "tensor_types": sorted({np.dtype(tg.DTYPES.get(int(t.type), np.float32)).name
+                                                     for t in graph.g.tensors})}
+    return report

@@ -36,6 +36,8 @@ from edgetrunc.errors import InputError
 from edgetrunc.export.candidates import layer_hints, match_clips
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.export.tflite import packing, pooling
+from edgetrunc.export.tflite.integer import (exact_filter_ranges, exact_filter_weights,
+                                            pin_pixel_input)
 
 # Ops that XNNPACK runs in float but not in signed int8: kept float (between DEQUANTIZE and
 # QUANTIZE, which XNNPACK does run) so the whole graph stays in as few partitions as possible.
@@ -55,6 +57,7 @@ class PassContext:
     `fp32_reference`: the fp32 TFLite bytes of the same model (fp16 only). `denylisted`:
     output tensor names of the ops the quantizer must leave float. `literal`: skip the
     layout rewrites. `applied`: names of the passes that changed the model, in order.
+    `exact_filters`: convolutions with exactly representable weights (`integer`).
     """
 
     truncations: list
@@ -64,6 +67,12 @@ class PassContext:
     fp32_reference: bytes | None = None
     denylisted: list = field(default_factory=list)
     applied: list = field(default_factory=list)
+    exact_filters: dict = field(default_factory=dict)
+    target: str = "cpu"
+
+    def passes(self, pass_list) -> list:
+        """`pass_list` as run for this context's target (`for_target`)."""
+        return for_target(pass_list, self.target)
 
 
 def run_passes(content: bytes, passes, context: PassContext) -> bytes:
@@ -303,3 +312,22 @@ FP16_PASSES = [exact_fp16_front_end, pack_front_end, activations_before_unpack,
 INT8_CALIBRATED_PASSES = [pin_truncation_ranges, mark_float_ops]
 INT8_QUANTIZED_PASSES = [saturate_truncations, float_islands, pack_front_end,
                          activations_before_unpack, pools_as_convolutions]
+INT8_FULL_CALIBRATED_PASSES = [pin_pixel_input, pin_truncation_ranges, exact_filter_ranges,
+                               pools_as_convolutions]
+INT8_FULL_QUANTIZED_PASSES = [saturate_truncations, exact_filter_weights, pack_front_end,
+                              activations_before_unpack]
+
+# Where an artifact runs: "cpu" (XNNPACK and the reference kernels), "ethos-u" (Arm's NPUs,
+# compiled by Vela) or "micro" (TFLite Micro). The space-to-depth packing is a CPU speed
+# rewrite: SPACE_TO_DEPTH / DEPTH_TO_SPACE are no Ethos-U operators and buy nothing on a
+# microcontroller, so the other targets run every list without it.
+TARGETS = ("cpu", "ethos-u", "micro")
+CPU_ONLY_PASSES = (pack_front_end, activations_before_unpack)
+
+
+def for_target(pass_list, target: str) -> list:
+    """`pass_list` as run for `target` (one of `TARGETS`)."""
+    if target not in TARGETS:
+        raise InputError(f"target: unknown target {target!r}; expected one of {', '.join(TARGETS)}",
+                         param="target")
+    return [p for p in pass_list if target == "cpu" or p not in CPU_ONLY_PASSES]

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Full-integer benchmark: `scripts/bench_integer.py [MODEL.keras ARTIFACT.tflite]...`.
+
+For each pair of a Keras model and its full-integer TFLite artifact (default: the shipped
+quantization-aware `models/integer/tlunet_qat.keras` and its artifact):
+
+- speed, 1 thread: the artifact against the float model's Keras compiled call
+  (`tf.function`) and the shipped (float-front-end) int8 TFLite, timed interleaved in one
+  process (p50 and min of `--runs` rounds);
+- quality on the held-out pairs `convert` uses: decision agreement with the Keras model it
+  was converted from and with the float `models/tlunet.keras`, and each one's P_E;
+- targets: Vela's NPU/CPU operator split, SRAM and estimated time for Ethos-U55-256 and
+  U65-256, TFLite Micro's arena and its outputs against ai-edge-litert, in steps.
+
+Prints Markdown tables (the BENCHMARKS.md section "Full-integer artifacts").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_PAIRS = [("models/integer/tlunet_qat.keras", "models/integer/tlunet_qat_int8-full.tflite")]
+
+
+def table(headers, rows) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def speed(model, artifact: Path, runs: int, reference: Path | None = None) -> dict:
+    import tensorflow as tf
+
+    from edgetrunc.keras.runner import compiled_inference
+    from edgetrunc.runtime.bench import time_interleaved
+    from edgetrunc.runtime.tflite_runner import TFLiteRunner
+
+    shape = (1, *(int(d) for d in model.inputs[0].shape[1:]))
+    x = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
+    compiled, x_tensor = compiled_inference(model), tf.constant(x)
+    runner = TFLiteRunner(str(artifact), threads=1)
+    functions = {"keras": lambda: compiled(x_tensor).numpy(), "artifact": lambda: runner.infer(x)}
+    if reference is not None and reference.exists():
+        other = TFLiteRunner(str(reference), threads=1)
+        functions["reference"] = lambda: other.infer(x)
+    times = time_interleaved(functions, runs, max(5, runs // 10))
+    return {name: (float(np.median(v)), float(np.min(v))) for name, v in times.items()}
+
+
+def quality(models: dict, artifact: Path) -> dict:
+    from edgetrunc.data.geometry import require_image_geometry
+    from edgetrunc.export import calibration as calib_data
+    from edgetrunc.export.evaluation import artifact_probability
+    from edgetrunc.keras.runner import predict_probability
+    from edgetrunc.metrics import detection_report
+
+    first = next(iter(models.values()))
+    held_out = calib_data.held_out_pairs("embedded", require_image_geometry(first, "model", "bench"), first)
+    probability = {name: predict_probability(m, held_out.x, batch_size=16) for name, m in models.items()}
+    probability["artifact"] = artifact_probability("tflite", artifact, held_out.x)
+    p_e = {name: detection_report(held_out.y, p)["p_e"] for name, p in probability.items()}
+    agree = {name: float(np.mean((p >= 0.5) == (probability["artifact"] >= 0.5)))
+             for name, p in probability.items() if name != "artifact"}
+    return {"samples": len(held_out.x), "p_e": p_e, "agreement": agree}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pairs", nargs="*", help="MODEL.keras ARTIFACT.tflite, repeated")
+    parser.add_argument("--runs", type=int, default=100)
+    args = parser.parse_args(argv)
+    pairs = list(zip(args.pairs[::2], args.pairs[1::2])) or DEFAULT_PAIRS
+    from edgetrunc.cli.targets import targets_report
+    from edgetrunc.keras.load import load_model
+
+    float_model = load_model(ROOT / "models/tlunet.keras")
+    speed_rows, quality_rows, vela_rows, micro_rows = [], [], [], []
+    for source, artifact in pairs:
+        source, artifact = ROOT / source, ROOT / artifact
+        if not (source.exists() and artifact.exists()):
+            print(f"skipped: {source} or {artifact} not found", file=sys.stderr)
+            continue
+        model = load_model(source)
+        name = artifact.name
+        t = speed(float_model, artifact, args.runs, ROOT / "models/tlunet_int8.tflite")
+        reference = t.get("reference", (float("nan"),) * 2)
+        speed_rows.append((name, f"{t['keras'][0]:.2f}", f"{reference[0]:.2f}",
+                           f"{t['artifact'][0]:.2f}", f"{t['keras'][0] / t['artifact'][0]:.2f}x",
+                           f"{t['keras'][1] / t['artifact'][1]:.2f}x"))
+        q = quality({"source": model, "float": float_model}, artifact)
+        quality_rows.append((name, source.name, q["samples"], f"{q['agreement']['source']:.3f}",
+                             f"{q['agreement']['float']:.3f}", f"{q['p_e']['float']:.3f}",
+                             f"{q['p_e']['source']:.3f}", f"{q['p_e']['artifact']:.3f}"))
+        report = targets_report(artifact, ["ethos-u55-256", "ethos-u65-256"], 16)
+        vela_rows += [(name, v["accelerator"], f"{v['npu_operators']} ({v['npu_percent']:g}%)",
+                       v["cpu_operators"], f"{v['sram_kib']:.0f}", f"{v['inference_ms']:.2f}")
+                      for v in report["vela"]]
+        m = report["micro"]
+        micro_rows.append((name, "yes" if m["runs"] else "no", m.get("arena_bytes", "-"),
+                           m.get("samples", "-"), m.get("max_step_difference", "-")))
+    print("Speed, 1 thread (ms):\n")
+    print(table(("artifact", "float Keras compiled p50", "tlunet_int8.tflite p50", "artifact p50",
+                 "p50 vs Keras", "min vs Keras"), speed_rows))
+    print("\nHeld-out quality:\n")
+    print(table(("artifact", "from", "tiles", "agreement with its Keras model",
+                 "agreement with float tlunet", "P_E float", "P_E its Keras model", "P_E artifact"),
+                quality_rows))
+    print("\nVela:\n")
+    print(table(("artifact", "accelerator", "NPU operators", "CPU operators", "SRAM KiB",
+                 "estimated ms"), vela_rows))
+    print("\nTFLite Micro:\n")
+    print(table(("artifact", "runs", "arena bytes", "tiles", "max step difference vs ai-edge-litert"),
+                micro_rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Quantization-aware training in keras.ops: fake-quant layers, their placement, and the
+full-integer artifact computing what the fine-tuned Keras model simulated."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from edgetrunc.export import export_tflite  # noqa: E402
+from edgetrunc.keras.fake_quant import FakeQuant, QuantizedConv2D, fake_quant_weights  # noqa: E402
+from edgetrunc.keras.load import load_model  # noqa: E402
+from edgetrunc.keras.qat import calibrate_ranges, fake_quant_plan, quantization_aware  # noqa: E402
+from edgetrunc.keras.qat import quantize_model  # noqa: E402
+from edgetrunc.models import create  # noqa: E402
+from edgetrunc.runtime.tflite_runner import TFLiteRunner  # noqa: E402
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return np.random.default_rng(0).integers(0, 256, (16, SIZE, SIZE, 1)).astype(np.float32)
+
+
+def test_fake_quant_rounds_to_the_int8_grid_and_round_trips():
+    layer = FakeQuant((-3.0, 3.0), name="fq")
+    x = np.linspace(-5, 5, 101, dtype=np.float32)[None]
+    y = np.asarray(layer(x))
+    step = 6.0 / 255
+    assert np.allclose(np.round(y / step), y / step, atol=1e-3)
+    assert y.min() >= -3.02 and y.max() <= 3.02
+    clone = FakeQuant.from_config(layer.get_config())
+    assert clone.fixed == [-3.0, 3.0]
+    with pytest.raises(ValueError, match="fixed must be"):
+        FakeQuant((1.0, -1.0))
+
+
+def test_weights_are_quantized_per_output_channel():
+    kernel = np.random.default_rng(1).normal(size=(3, 3, 2, 4)).astype(np.float32)
+    quantized = np.asarray(fake_quant_weights(kernel, -1))
+    step = np.abs(kernel).max(axis=(0, 1, 2)) / 127
+    assert np.allclose(np.round(quantized / step), quantized / step, atol=1e-3)
+    assert np.allclose(np.abs(quantized).max(axis=(0, 1, 2)), np.abs(kernel).max(axis=(0, 1, 2)))
+
+
+def test_fake_quant_goes_where_the_converter_writes_int8_tensors():
+    plan = fake_quant_plan(create("tlunet", input_shape=(SIZE, SIZE, 1), seed=0))
+    assert np.allclose(plan["front_end"], (-128 / 12, 127 / 12))  # the exact KV residual
+    assert plan["group1_truncation"] == (-3.0, 3.0)
+    assert plan["group1_tanh"] == (-1.0, 127 / 128)
+    assert "classifier" not in plan  # the softmax output: the converter fixes its range
+    assert plan["group2_bn"] == plan["group3_relu"] == "tracked"
+    for fused in ("group1_conv", "group1_pool", "group2_conv", "group3_bn", "group2_pool", "gap"):
+        assert fused not in plan
+
+
+@pytest.mark.slow
+def test_qat_model_loads_in_safe_mode_and_converts_to_what_it_simulates(pixels, tmp_path):
+    model = create("tlunet", input_shape=(SIZE, SIZE, 1), seed=0)
+    qat = quantize_model(model, pixels)
+    assert isinstance(qat.get_layer("group2_conv"), QuantizedConv2D)
+    assert qat.get_layer("front_end").exact_weights
+    qat.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
+    qat.fit(pixels, np.arange(16) % 2, epochs=1, batch_size=8, verbose=0)
+    calibrate_ranges(qat, pixels)
+    qat.save(tmp_path / "qat.keras")
+    loaded = load_model(tmp_path / "qat.keras", safe_mode=True)
+    assert quantization_aware(loaded)
+    simulated = loaded.predict(pixels, verbose=0)
+    content = export_tflite(loaded, "int8-full", calibration=pixels)
+    (artifact,) = TFLiteRunner(content).infer(pixels).values()
+    steps = np.abs(artifact - simulated) * 256  # the int8 softmax output step is 1/256
+    assert steps.max() <= 2.0
+    clear = np.abs(simulated[:, 1] - 0.5) > 2 / 256  # decisions not within the step error
+    assert np.array_equal(artifact[clear, 1] >= 0.5, simulated[clear, 1] >= 0.5)
+
+
+def test_init_without_qat_is_refused_in_one_line(cli, tmp_path):
+    code, _, err = cli("train", "--init", tmp_path / "m.keras", "--out", tmp_path / "o.keras")
+    assert code == 2 and "--init: fine-tuning an existing model is quantization-aware" in err
+
+
+@pytest.mark.slow
+def test_train_qat_fine_tunes_a_model_file(cli, tmp_path):
+    source = tmp_path / "tiny.keras"
+    create("tlunet", input_shape=(SIZE, SIZE, 1), seed=0).save(source)
+    out = tmp_path / "tiny_qat.keras"
+    code, text, _ = cli("train", "--qat", "--init", source, "--out", out, "--qat-epochs", "1",
+                        "--qat-pairs", "4")
+    assert code == 0 and "quantization-aware model" in text
+    assert quantization_aware(load_model(out, safe_mode=True))
+    assert (tmp_path / "tiny_qat.qat.json").exists()
