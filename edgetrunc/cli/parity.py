@@ -21,8 +21,9 @@ MAX_SAMPLES = 1_000_000
 
 def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL.keras")
-    p.add_argument("artifacts", metavar="ARTIFACT", nargs="+",
-                   help=".tflite or .onnx files, or .npz outputs recorded by `edgetrunc run`")
+    p.add_argument("artifacts", metavar="ARTIFACT", nargs="*",
+                   help=".tflite or .onnx files, or .npz outputs recorded by `edgetrunc run` "
+                   "(none with --load-outputs: Keras alone against the golden outputs)")
     p.add_argument("--samples", type=_args.count(MAX_SAMPLES), default=64,
                    help="number of inputs (default: 64)")
     p.add_argument("--inputs", default="mix",
@@ -48,6 +49,13 @@ def add_arguments(p) -> None:
     p.add_argument("--save-inputs", metavar="FILE.npz", default=None,
                    help="write the inputs used, for `edgetrunc run` on a device; compare its "
                    "outputs later with `parity MODEL OUTPUTS.npz --inputs FILE.npz`")
+    p.add_argument("--save-outputs", metavar="FILE.npz", default=None,
+                   help="write golden outputs: the inputs, every runner's outputs (each layer's "
+                   "Keras output with --per-layer) and the toolchain's versions")
+    p.add_argument("--load-outputs", metavar="FILE.npz", default=None,
+                   help="run on the inputs of a golden file and fail where today's Keras or "
+                   "artifacts moved from its outputs (replaces --inputs)")
+    p.add_argument("--force", action="store_true", help="let --save-outputs replace an existing file")
 
 
 def _check_report_path(path, option, inputs) -> None:
@@ -80,13 +88,16 @@ def _check_options(args) -> None:
     from edgetrunc.errors import InputError
     from edgetrunc.parity.inputs import protected_inputs
 
-    inputs = protected_inputs(args.model, args.artifacts, args.inputs)
+    inputs = protected_inputs(args.model, args.artifacts, args.load_outputs or args.inputs)
     if args.inputs in ("mix", "random", "covers", "stego") and Path(args.inputs).is_dir():
         _log.warn(f"--inputs {args.inputs}: the built-in '{args.inputs}' inputs are used, not the "
                   f"folder of that name; pass ./{args.inputs} for the folder")
     _check_report_path(args.json, "--json", inputs)
     _check_report_path(args.html, "--html", inputs)
     _check_report_path(args.save_inputs, "--save-inputs", inputs)
+    _check_report_path(args.save_outputs, "--save-outputs", inputs)
+    if not args.artifacts and not args.load_outputs:
+        raise InputError("ARTIFACT: expected one or more .tflite / .onnx files (or --load-outputs)")
     if args.strict_layers and not args.per_layer:
         raise InputError("--strict-layers: needs --per-layer (it judges the per-layer comparison)")
     if args.html == "-":
@@ -100,7 +111,7 @@ def run(args) -> int:
     from edgetrunc.parity.report import terminal_report, write_html, write_json
 
     _check_options(args)
-    protect = protected_inputs(args.model, args.artifacts, args.inputs)
+    protect = protected_inputs(args.model, args.artifacts, args.load_outputs or args.inputs)
     report = check_parity(args.model, args.artifacts, samples=args.samples, inputs=args.inputs,
                           per_layer=args.per_layer, probes=not args.no_probes,
                           strict_nan=args.strict_nan, atol=args.atol, rtol=args.rtol, seed=args.seed,
@@ -108,7 +119,8 @@ def run(args) -> int:
                           save_inputs=args.save_inputs, strict_layers=args.strict_layers,
                           embedding=args.embedding, stego_cache=args.stego_cache,
                           workers=args.workers,
-                          per_layer_samples=args.layer_samples)
+                          per_layer_samples=args.layer_samples, save_outputs=args.save_outputs,
+                          load_outputs=args.load_outputs, force=args.force)
     table = terminal_report(report)
     stream = sys.stderr if args.json == "-" else sys.stdout
     stream.write(table)

@@ -88,6 +88,9 @@ class ErrorStats:
         ref = reference.astype(np.float64)
         got = value.astype(np.float64)
         signed = ref - got
+        if not np.isnan(signed).any():  # no NaN on either side: plain maxima and BLAS dot products
+            self._add_finite(ref, got, signed)
+            return
         both_nan = np.isnan(ref) & np.isnan(got)
         signed[both_nan] = 0.0
         diff = np.abs(signed)
@@ -107,6 +110,21 @@ class ErrorStats:
         self.sq_ref += float(np.sum(ref ** 2))
         self.dot += float(np.dot(ref, got))
         self.sq_value += float(np.sum(got ** 2))
+
+    def _add_finite(self, ref: np.ndarray, got: np.ndarray, signed: np.ndarray) -> None:
+        """`_add_block` where no value is NaN: the same figures without masks or temporaries."""
+        self.size += signed.size
+        self.max_diff = max(self.max_diff, float(signed.max()), -float(signed.min()))
+        self.peak = max(self.peak, float(ref.max()), -float(ref.min()))
+        if not self.full:
+            return
+        self.count += signed.size
+        self.sq_diff += float(signed @ signed)
+        np.abs(signed, out=signed)
+        self.sum_diff += float(signed.sum())
+        self.sq_ref += float(ref @ ref)
+        self.dot += float(ref @ got)
+        self.sq_value += float(got @ got)
 
     @property
     def normalized(self) -> float:
