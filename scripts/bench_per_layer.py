@@ -35,14 +35,14 @@ def _export(revision: str, folder: Path) -> Path:
 
 
 def _run(tree: Path, args: list) -> tuple:
-    """`(seconds, peak RSS MiB, exit code)` of one parity process on the code of `tree`."""
+    """`(seconds, CPU seconds, peak RSS MiB, exit code)` of one parity process on the code of `tree`."""
     env = dict(os.environ, PYTHONPATH=str(tree), TF_CPP_MIN_LOG_LEVEL="3")
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "edgetrunc", "-q", "parity", *args],
                                env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
-    return seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
 
 
 def main(argv=None) -> int:
@@ -63,13 +63,14 @@ def main(argv=None) -> int:
         trees = {"baseline": _export(args.baseline, Path(folder)), "this tree": args.tree}
         for run in range(args.runs):
             for name, tree in trees.items():
-                seconds, rss, code = _run(tree, parity_args)
-                figures[name].append((seconds, rss))
-                rows.append([run + 1, name, f"{seconds:.1f}", f"{rss:.0f}", code])
-                print(f"run {run + 1} {name}: {seconds:.1f} s, peak RSS {rss:.0f} MiB, exit {code}",
-                      file=sys.stderr)
-    best = {name: (min(s for s, _ in v), max(r for _, r in v)) for name, v in figures.items()}
-    speedup = best["baseline"][0] / best["this tree"][0]
+                seconds, cpu, rss, code = _run(tree, parity_args)
+                figures[name].append((seconds, cpu, rss))
+                rows.append([run + 1, name, f"{seconds:.1f}", f"{cpu:.1f}", f"{rss:.0f}", code])
+                print(f"run {run + 1} {name}: {seconds:.1f} s, CPU {cpu:.1f} s, peak RSS {rss:.0f} MiB, "
+                      f"exit {code}", file=sys.stderr)
+    best = {name: (min(f[0] for f in v), min(f[1] for f in v), max(f[2] for f in v))
+            for name, v in figures.items()}
+    speedup, cpu_speedup = (best["baseline"][i] / best["this tree"][i] for i in (0, 1))
     markdown = "\n".join([
         "## Per-layer parity in one pass (`scripts/bench_per_layer.py`)", "",
         f"Machine: {machine_description()}; {toolchain_versions()}; load average at the start: "
@@ -78,10 +79,11 @@ def main(argv=None) -> int:
         f"--per-layer --samples {args.samples}` (probes included): the code of `{args.baseline}` "
         "(every pass recomputed the Keras layer outputs, per artifact) against this tree (one pass: "
         "Keras layer outputs once per chunk for every artifact; statistics without masks).", "",
-        markdown_table(["run", "code", "seconds", "peak RSS MiB", "exit"], rows), "",
+        markdown_table(["run", "code", "seconds", "CPU seconds", "peak RSS MiB", "exit"], rows), "",
         f"Fastest run: {best['baseline'][0]:.1f} s before, {best['this tree'][0]:.1f} s now "
-        f"(**{speedup:.2f}x**); peak RSS {best['baseline'][1]:.0f} MiB before, "
-        f"{best['this tree'][1]:.0f} MiB now.", ""])
+        f"(**{speedup:.2f}x**); CPU time {best['baseline'][1]:.1f} s before, {best['this tree'][1]:.1f} s "
+        f"now ({cpu_speedup:.2f}x); peak RSS {best['baseline'][2]:.0f} MiB before, "
+        f"{best['this tree'][2]:.0f} MiB now.", ""])
     print(markdown)
     if not args.no_write:
         update_section("per-layer", markdown)

@@ -68,7 +68,7 @@ def add_candidate_errors(tensor, outputs: dict, names: list, seen: dict, errors:
     found = errors.setdefault(tensor.key, {})
     for name in names:
         for view, layout in reference_views(value, outputs[name].shape):
-            record = found.setdefault((name, layout), [ErrorStats(), 0])
+            record = found.setdefault((name, layout), [ErrorStats(full=False), 0])
             record[0].add(outputs[name], view)
             record[1] += 1
 

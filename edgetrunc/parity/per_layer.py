@@ -131,27 +131,26 @@ def compare_artifacts_layers(keras_runner, artifacts: list, batch: np.ndarray,
 
 
 def _compare(reader, states: list, inbound: dict | None = None, replay=None) -> list:
-    """Map every tensor and measure every candidate, with each layer's own error for the mapping
-    so far, in one pass; fit the suspected folded layers (two more readings) and replay the layers
-    whose mapping changed after their chunk (one more reading, artifact only) where needed."""
+    """Map every tensor and, for the mapping so far, measure each layer and its own error, in one
+    pass; then, where needed, measure the layers whose mapping changed after their chunk and fit
+    the suspected folded layers (one more reading; a second for the fit's residual), and replay
+    the layers whose own error was measured on another mapping (artifact only)."""
     for outputs, state, tensors in reader.read(states):
         state.add_chunk(outputs, tensors, inbound, replay)
     for state in states:
         state.finish_mapping()
-    fitting = [state for state in states if state.fits]
-    if fitting:
-        for outputs, state, tensors in reader.read(fitting):
-            state.visit(outputs, tensors, state.fits, lambda fit, ref, view: fit.add(ref, view))
-        refitting = [state for state in fitting if state.solve_fits()]
-        if refitting:
-            for outputs, state, tensors in reader.read(refitting):
-                state.visit(outputs, tensors, state.fitted, lambda fit, ref, view: fit.add_residual(ref, view))
-        for state in fitting:
-            state.set_folded()
+    measuring = [state for state in states if state.fits or state.remeasure]
+    for outputs, state, tensors in reader.read(measuring) if measuring else ():
+        state.visit(outputs, tensors, state.measure_targets(), "add")
+    fitted = [state for state in measuring if state.solve_fits()]
+    for outputs, state, tensors in reader.read(fitted) if fitted else ():
+        state.visit(outputs, tensors, {n: [fit] for n, fit in state.fitted.items()}, "add_residual")
+    for state in measuring:
+        state.set_folded()
     redo = [state for state in states if state.plan_local(inbound)]
-    if redo:
-        for outputs, state, tensors in reader.read(redo, keras=False):
-            state.add_local(outputs, tensors, state.redo, replay)
+    for outputs, state, tensors in reader.read(redo, keras=False) if redo else ():
+        views = _chunk_views(outputs, tensors, _by_key(_needed(state.chosen, state.redo)))
+        _local_errors(views, state.redo, replay)
     return [state.result() for state in states]
 
 
@@ -163,8 +162,11 @@ class _ArtifactLayers:
         self.tolerance = _layer_tolerance(precision, tolerance)
         self.input_layers, self.output_layers = input_layers, output_layers
         self.names, self.candidates, self.seen, self.errors, self.count = None, {}, {}, {}, 0
-        self.running: dict = {}  # (previous, layer) -> [mapping used, own error so far, chunks]
-        self.chosen, self.fits, self.fitted, self.folded = {}, {}, {}, set()
+        # measured on the mapping of each chunk: layer or (previous, layer) -> [mapping, stats, chunks]
+        self.measured: dict = {}
+        self.running: dict = {}
+        self.chosen, self.stats, self.remeasure = {}, {}, {}
+        self.fits, self.fitted, self.folded = {}, {}, set()
         self.local, self.redo = {}, []
 
     def add_chunk(self, outputs, tensors, inbound, replay) -> None:
@@ -175,32 +177,63 @@ class _ArtifactLayers:
         for tensor in tensors:
             if tensor.key in self.candidates:
                 add_candidate_errors(tensor, outputs, self.candidates[tensor.key][0], self.seen, self.errors)
-        if inbound is None or replay is None:
-            return
         chosen = self._chosen(choose(self.names, self.candidates, self.seen, self.errors, self.count))
-        chain = _local_chain(self.names, chosen, set(), inbound)
+        stats = [(name, self._running(self.measured, name, (entry[2].key, entry[3]), ErrorStats))
+                 for name, entry in chosen.items()]
         targets = []
-        for previous, name, segment in chain:
-            used = _mapping(chosen, previous, name, segment)
-            record = self.running.setdefault((previous, name), [used, ErrorStats(full=False), 0])
-            if record[0] == used and record[2] == self.count - 1:
-                record[2] += 1
-                targets.append(((previous, name, segment), record[1]))
-        self.add_local(outputs, tensors, targets, replay, chosen)
+        if inbound is not None and replay is not None:
+            for previous, name, segment in _local_chain(self.names, chosen, set(), inbound):
+                record = self._running(self.running, (previous, name), _mapping(chosen, previous, name, segment),
+                                       lambda: ErrorStats(full=False))
+                targets.append(((previous, name, segment), record))
+        stats = [(name, record) for name, record in stats if record is not None]
+        targets = [(entry, record) for entry, record in targets if record is not None]
+        views = _chunk_views(outputs, tensors, _by_key({**{n: chosen[n] for n, _ in stats},
+                                                        **_needed(chosen, targets)}))
+        for name, record in stats:
+            if name in views:
+                record.add(outputs[name], views[name])
+        _local_errors(views, targets, replay)
+
+    def _running(self, table: dict, key, used, make):
+        """The statistics of `key` measured on mapping `used` since the first chunk, or None once
+        the mapping changed (the key is then measured again after the pass)."""
+        record = table.setdefault(key, [used, make(), 0])
+        if record[0] != used or record[2] != self.count - 1:
+            return None
+        record[2] += 1
+        return record[1]
 
     def _chosen(self, best: dict) -> dict:
         return {name: entry for name, entry in best.items() if name not in self.input_layers}
 
+    def _held(self, table: dict, key, used):
+        record = table.get(key)
+        return record[1] if record and record[0] == used and record[2] == self.count else None
+
     def finish_mapping(self) -> None:
         self.chosen = self._chosen(choose(self.names or [], self.candidates, self.seen, self.errors,
-                                           self.count))
+                                          self.count))
+        for name, entry in self.chosen.items():
+            held = self._held(self.measured, name, (entry[2].key, entry[3]))
+            if held is not None:
+                self.stats[name] = held
+            else:
+                self.remeasure[name] = ErrorStats()
         self.fits = {name: ChannelFit() for name, entry in self.chosen.items()
                      if np.isfinite(entry[0]) and not entry[0] <= self.tolerance}
 
-    def visit(self, outputs, tensors, targets: dict, apply) -> None:
+    def measure_targets(self) -> dict:
+        targets = {name: [stats] for name, stats in self.remeasure.items()}
+        for name, fit in self.fits.items():
+            targets.setdefault(name, []).append(fit)
+        return targets
+
+    def visit(self, outputs, tensors, targets: dict, method: str) -> None:
         views = _chunk_views(outputs, tensors, _by_key({n: self.chosen[n] for n in targets}))
         for name, view in views.items():
-            apply(targets[name], outputs[name], view)
+            for target in targets[name]:
+                getattr(target, method)(outputs[name], view)
 
     def solve_fits(self) -> bool:
         self.fitted = {name: fit for name, fit in self.fits.items() if fit.fit()}
@@ -213,34 +246,15 @@ class _ArtifactLayers:
     def plan_local(self, inbound) -> bool:
         """Keep the own errors measured in the first pass whose mapping held over every chunk;
         the others (`redo`) need one more reading."""
-        chain = _local_chain(self.names or [], self.chosen, self.folded, inbound)
-        for previous, name, segment in chain:
-            record = self.running.get((previous, name))
-            if record and record[0] == _mapping(self.chosen, previous, name, segment) \
-                    and record[2] == self.count:
-                self.local[name] = record[1]
-            else:
-                self.local[name] = ErrorStats(full=False)
+        for previous, name, segment in _local_chain(self.names or [], self.chosen, self.folded, inbound):
+            held = self._held(self.running, (previous, name), _mapping(self.chosen, previous, name, segment))
+            self.local[name] = held if held is not None else ErrorStats(full=False)
+            if held is None:
                 self.redo.append(((previous, name, segment), self.local[name]))
         return bool(self.redo)
 
-    def add_local(self, outputs, tensors, targets: list, replay, chosen=None) -> None:
-        """Each chained layer's own error on a chunk (as TFLite's QuantizationDebugger does): the
-        Keras layers after the previous compared layer run on the artifact's value of it, and the
-        artifact's value of the layer is compared with that. `targets`: `[(chain entry, stats)]`."""
-        if not targets:
-            return
-        chosen = self.chosen if chosen is None else chosen
-        needed = {n for (previous, name, _), _ in targets for n in (previous, name)}
-        views = _chunk_views(outputs, tensors, _by_key({n: chosen[n] for n in needed}))
-        for (previous, name, segment), stats in targets:
-            if previous in views and name in views:
-                expected = replay(segment, views[previous])
-                if expected is not None and expected.shape == views[name].shape:
-                    stats.add(expected, views[name])
-
     def result(self) -> tuple:
-        stats = {name: entry[4] for name, entry in self.chosen.items()}
+        stats = {**self.stats, **self.remeasure}
         results = [_layer_result(name, index, self.input_layers, self.chosen, stats, self.folded,
                                  self.local, self.tolerance) for index, name in enumerate(self.names or [])]
         _resolve_fused(results)
@@ -249,6 +263,22 @@ class _ArtifactLayers:
         if first is not None:
             first_name = first.fused_layers[0] if first.fused_layers else first.layer
         return results, first_name
+
+
+def _needed(chosen: dict, targets: list) -> dict:
+    """The chosen entries of the layers a list of `((previous, layer, segment), stats)` reads."""
+    return {n: chosen[n] for (previous, name, _), _ in targets for n in (previous, name)}
+
+
+def _local_errors(views: dict, targets: list, replay) -> None:
+    """Each chained layer's own error on a chunk (as TFLite's QuantizationDebugger does): the Keras
+    layers after the previous compared layer run on the artifact's value of it, and the artifact's
+    value of the layer is compared with that. `targets`: `[((previous, layer, segment), stats)]`."""
+    for (previous, name, segment), stats in targets:
+        if previous in views and name in views:
+            expected = replay(segment, views[previous])
+            if expected is not None and expected.shape == views[name].shape:
+                stats.add(expected, views[name])
 
 
 def _mapping(chosen: dict, previous: str, name: str, segment: list) -> tuple:

@@ -132,7 +132,7 @@ def parity_artifact(request, converted_artifacts):
     spec = _spec(request)
     if spec.artifact is not None:
         return spec.artifact
-    return converted_artifacts(spec.model, spec.tflite, spec.onnx)[spec.name]
+    return _converted(converted_artifacts, spec)[spec.name]
 
 
 @pytest.fixture
@@ -140,8 +140,18 @@ def parity_model(request, converted_artifacts):
     """The Keras model path the `parity_artifact` came from (None for a bare artifact file)."""
     spec = _spec(request)
     if spec.artifact is None:
-        return converted_artifacts(spec.model, spec.tflite, spec.onnx).model
+        return _converted(converted_artifacts, spec).model
     return spec.model
+
+
+def _converted(converted_artifacts, spec: ArtifactSpec):
+    """The converted set of a model source; a model that cannot be converted fails in one line."""
+    from edgetrunc.errors import InputError
+
+    try:
+        return converted_artifacts(spec.model, spec.tflite, spec.onnx)
+    except InputError as exc:
+        pytest.fail(f"{MARKER}: {exc}", pytrace=False)
 
 
 def _recent_reports() -> list | None:
