@@ -135,23 +135,30 @@ def test_each(parity_model, parity_artifact, converted_artifacts):
 '''
 
 
-@pytest.mark.slow
-def test_the_marker_converts_a_model_once_and_the_cache_outlives_the_session(pytester):
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny Truncation model, built before `pytester` snapshots sys.modules."""
     import keras
 
     from edgetrunc.layers import Truncation
 
     inputs = keras.Input((32, 32, 1))
     x = Truncation(2.0, name="tlu")(keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs))
-    keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x)), name="tiny").save(
-        pytester.path / "tiny.keras")
+    path = tmp_path_factory.mktemp("tiny") / "tiny.keras"
+    keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x)), name="tiny").save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_the_marker_converts_a_model_once_and_the_cache_outlives_the_session(tiny_model, pytester):
+    (pytester.path / "tiny.keras").write_bytes(tiny_model.read_bytes())
     pytester.makepyfile(test_tiny=TINY_TEST)
-    first = pytester.runpytest_inprocess("-p", "edgetrunc.testing.plugin", "-q", "-s")
+    first = pytester.runpytest_subprocess("-p", "edgetrunc.testing.plugin", "-q", "-s")
     first.assert_outcomes(passed=2)
-    assert "test_each[tiny_fp32.tflite]" in "\n".join(pytester.runpytest_inprocess(
+    assert "test_each[tiny_fp32.tflite]" in "\n".join(pytester.runpytest_subprocess(
         "-p", "edgetrunc.testing.plugin", "--collect-only", "-q").outlines)
     folder = Path(next(line for line in first.outlines if line.startswith("CACHE")).split(" ", 1)[1])
     assert folder.parent.name == "edgetrunc-artifacts" and ".pytest_cache" in folder.parts
     stamp = (folder / "manifest.json").stat().st_mtime_ns
-    pytester.runpytest_inprocess("-p", "edgetrunc.testing.plugin", "-q").assert_outcomes(passed=2)
+    pytester.runpytest_subprocess("-p", "edgetrunc.testing.plugin", "-q").assert_outcomes(passed=2)
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp

@@ -34,6 +34,12 @@ def _tampered_fp32() -> bytes:
     return tamper_tflite(FP32.read_bytes())
 
 
+@pytest.fixture(scope="module")
+def tampered_fp32():
+    """Made before `pytester` snapshots sys.modules (TensorFlow must not be imported twice)."""
+    return _tampered_fp32()
+
+
 def _user_project(pytester):
     shutil.copytree(MODELS, pytester.path / "models")
     pytester.makepyfile(test_user=_doc_example())
@@ -46,13 +52,13 @@ def test_the_documented_example_is_about_ten_lines():
 
 
 @pytest.mark.slow
-def test_the_users_test_file_passes_on_the_shipped_model_and_fails_on_a_tampered_one(pytester):
+def test_the_users_test_file_passes_on_the_shipped_model_and_fails_on_a_tampered_one(tampered_fp32, pytester):
     models = _user_project(pytester)
-    passing = pytester.runpytest_inprocess("-p", "edgetrunc.testing.plugin", "-q")
+    passing = pytester.runpytest_subprocess("-p", "edgetrunc.testing.plugin", "-q")
     passing.assert_outcomes(passed=5)
-    (models / "tlunet_fp32.tflite").write_bytes(_tampered_fp32())
+    (models / "tlunet_fp32.tflite").write_bytes(tampered_fp32)
     html = pytester.path / "html"
-    failing = pytester.runpytest_inprocess("-p", "edgetrunc.testing.plugin", "-q", "-k", "fp32",
+    failing = pytester.runpytest_subprocess("-p", "edgetrunc.testing.plugin", "-q", "-k", "fp32",
                                            "--parity-html", str(html))
     failing.assert_outcomes(passed=1, failed=1)
     out = failing.stdout.str()
