@@ -96,7 +96,7 @@ def test_a_moved_keras_layer_is_named(golden, cli, tmp_path):
            "no toolchain version or artifact changed since the golden file" in out
 
 
-def test_golden_outputs_in_a_test_pass_and_bad_golden_files_are_one_line(golden, tmp_path):
+def test_golden_outputs_in_a_test_pass_and_bad_golden_files_are_one_line(golden, tmp_path, cli):
     report = assert_parity(MODEL, FP32, golden=golden, probes=False)
     assert report.passed and [g.runner for g in report.golden] == ["keras", "tlunet_fp32.tflite"]
     other = _rewrite(golden, tmp_path / "other.npz", lambda meta: meta["model"].update(name="yenet"))
@@ -104,6 +104,8 @@ def test_golden_outputs_in_a_test_pass_and_bad_golden_files_are_one_line(golden,
         assert_parity(MODEL, FP32, golden=other, probes=False)
     assert "golden outputs of model 'yenet' [256, 256, 1]; this model is 'tlunet'" in str(failure.value)
     assert "\n" not in str(failure.value)
+    code, _, err = cli("parity", MODEL, FP32, "--load-outputs", other, "--no-probes")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "golden outputs of model 'yenet'" in err
     from edgetrunc.runtime.recorded import save_inputs
 
     save_inputs(tmp_path / "inputs.npz", np.zeros((2, 256, 256, 1), np.float32))
