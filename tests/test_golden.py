@@ -33,10 +33,11 @@ def _rewrite(source: Path, target: Path, meta=None, change=None) -> Path:
     if meta:
         meta(stored)
     arrays["meta"] = np.array(json.dumps(stored))
-    for key, delta in (change or {}).items():
-        index = stored["layers"].index(key[len("layer:"):]) if key.startswith("layer:") else None
-        name = f"layer{index}" if index is not None else key
-        arrays[name] = arrays[name] + np.float32(delta)
+    for key, delta in (change or {}).items():  # "out1_0", or "layer:RUNNER:LAYER"
+        if key.startswith("layer:"):
+            _, runner, layer = key.split(":")
+            key = f"layer{list(stored['layers']).index(runner)}_{stored['layers'][runner].index(layer)}"
+        arrays[key] = arrays[key] + np.float32(delta)
     np.savez(target, **arrays)
     return target
 
@@ -48,7 +49,9 @@ def test_the_golden_file_holds_inputs_outputs_layers_and_versions(golden):
     assert set(found.outputs) == {"keras", "tlunet_fp32.tflite", "tlunet_int8.onnx"}
     assert found.x.shape == (6, 256, 256, 1)
     assert all(v.shape == (6, 2) for runner in found.outputs.values() for v in runner.values())
-    assert "group1_truncation" in found.layers and len(found.layers["group1_truncation"]) == 2
+    assert set(found.layers) == {"keras", "tlunet_fp32.tflite", "tlunet_int8.onnx"}
+    assert len(found.layers["keras"]["group1_truncation"]) == 2
+    assert "group2_tanh" in found.layers["tlunet_fp32.tflite"] and "group2_tanh" in found.layers["tlunet_int8.onnx"]
     assert {"tensorflow-cpu", "onnxruntime", "ai-edge-litert", "tf2onnx"} <= set(found.meta["versions"])
     assert found.meta["model"] == {"name": "tlunet", "input_shape": [256, 256, 1]}
     assert len(found.meta["runners"]["tlunet_fp32.tflite"]["sha256"]) == 64
@@ -87,13 +90,15 @@ def test_moved_outputs_fail_naming_the_version_that_changed(golden, cli, tmp_pat
         assert_parity(MODEL, [FP32, INT8_ONNX], golden=moved, probes=False)
 
 
-def test_a_moved_keras_layer_is_named(golden, cli, tmp_path):
-    moved = _rewrite(golden, tmp_path / "layer.npz", change={"layer:group2_conv": 1.0})
-    code, out, _ = cli("parity", MODEL, "--load-outputs", moved, "--no-probes", "--per-layer",
+def test_a_moved_layer_is_named_for_keras_and_for_an_artifact(golden, cli, tmp_path):
+    moved = _rewrite(golden, tmp_path / "layer.npz", change={"layer:keras:group2_conv": 1.0,
+                                                             "layer:tlunet_fp32.tflite:group2_tanh": 1.0})
+    code, out, _ = cli("parity", MODEL, FP32, "--load-outputs", moved, "--no-probes", "--per-layer",
                        "--layer-samples", "2")
     assert code == 1
     assert "FAIL golden keras: outputs moved from the golden outputs (layer group2_conv moved); " \
            "no toolchain version or artifact changed since the golden file" in out
+    assert "FAIL golden tlunet_fp32.tflite: outputs moved from the golden outputs (layer group2_tanh moved)" in out
 
 
 def test_golden_outputs_in_a_test_pass_and_bad_golden_files_are_one_line(golden, tmp_path, cli):

@@ -336,11 +336,15 @@ def _golden_outputs(report, keras_runner, runners, results, judged, compare_func
     from edgetrunc.parity import golden as golden_file
     from edgetrunc.runtime.scoring import runner_activation
 
-    layers = None
-    if report.per_layer or (golden is not None and golden.layers):
-        count = len(next(iter(golden.layers.values()))) if golden is not None and golden.layers \
-            else len(per_layer_batch)
-        layers = keras_runner.layer_outputs(report.inputs.x[:count])
+    layers = {}
+    stored = golden.layers.get(golden_file.KERAS) if golden is not None else None
+    if report.per_layer or stored:
+        count = len(next(iter(stored.values()))) if stored else len(per_layer_batch)
+        layers[golden_file.KERAS] = keras_runner.layer_outputs(report.inputs.x[:count])
+        for artifact, runner in zip(report.artifacts, runners):
+            if artifact.layers:
+                layers[golden_file.golden_key(str(runner.path))] = _mapped_values(
+                    runner, artifact, report.inputs.x[:count])
     if golden is not None:
         activations = {str(r.path): runner_activation(r) for r in runners}
         activations["keras"] = runner_activation(keras_runner)
@@ -352,3 +356,15 @@ def _golden_outputs(report, keras_runner, runners, results, judged, compare_func
         golden_file.save_golden(save_outputs, report.inputs, results, model_info, judged,
                                 layers if report.per_layer else None, force, protect)
         _log.info(f"parity: wrote the golden outputs to {save_outputs}")
+
+
+def _mapped_values(runner, artifact: ArtifactReport, x) -> dict:
+    """`{layer: the artifact tensor mapped to it}` on `x`, read in one invocation."""
+    from edgetrunc.runtime import open_with_intermediates
+    from edgetrunc.runtime.intermediates import intermediate_threads
+
+    keeping = open_with_intermediates(runner.path, threads=intermediate_threads(runner.threads))
+    keeping.infer(x)
+    values = keeping.intermediates()
+    return {layer.layer: values[layer.tensor] for layer in artifact.layers
+            if layer.status in ("compared", "folded") and layer.tensor in values}

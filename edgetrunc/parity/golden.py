@@ -2,8 +2,8 @@
 
 `save_golden(path, ...)` writes, atomically and never over an existing file unless `force`,
 the inputs (`x`, `labels`, `names`, so the file is also an `--inputs FILE.npz`), every
-runner's outputs (Keras and each artifact, keyed by the artifact's file name), optionally the
-Keras output of every layer on the per-layer samples, and a JSON `meta`: the model's name and
+runner's outputs (Keras and each artifact, keyed by the artifact's file name), optionally every layer's output
+on the per-layer samples (Keras's, and each artifact's tensor mapped to the layer), and a JSON `meta`: the model's name and
 input shape, each artifact's hash and precision, and the toolchain's versions
 (`_version.package_versions`). `load_golden(path)` reads it back (`Golden`), refusing a file
 that is not one. `compare_golden(golden, ...)` judges today's outputs against the stored ones
@@ -33,7 +33,7 @@ WATCHED = ("tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "onnxrunti
 
 @dataclass
 class Golden:
-    """A golden file read back: inputs, `{runner: {output: array}}`, Keras layer outputs, meta."""
+    """A golden file read back: inputs, `{runner: {output: array}}`, `{runner: {layer: array}}`, meta."""
 
     path: Path
     meta: dict
@@ -90,9 +90,11 @@ def save_golden(path, data, results, model_info: dict, precisions: dict, layer_o
         runners[key] = entry
         for j, value in enumerate(result.outputs.values()):
             arrays[f"out{i}_{j}"] = np.asarray(value, np.float32)
-    layer_names = list(layer_outputs or {})
-    for j, name in enumerate(layer_names):
-        arrays[f"layer{j}"] = np.asarray(layer_outputs[name], np.float32)
+    layer_names = {}
+    for i, (runner, values) in enumerate((layer_outputs or {}).items()):
+        layer_names[runner] = list(values)
+        for j, name in enumerate(values):
+            arrays[f"layer{i}_{j}"] = np.asarray(values[name], np.float32)
     meta = {"format": GOLDEN_FORMAT, "model": model_info, "runners": runners,
             "layers": layer_names, "versions": package_versions(WATCHED)}
     with atomic_path(target, protect) as tmp:
@@ -120,7 +122,8 @@ def load_golden(path) -> Golden:
     try:
         for i, (key, entry) in enumerate(meta["runners"].items()):
             outputs[key] = {name: data[f"out{i}_{j}"] for j, name in enumerate(entry["outputs"])}
-        layers = {name: data[f"layer{j}"] for j, name in enumerate(meta.get("layers", []))}
+        layers = {runner: {name: data[f"layer{i}_{j}"] for j, name in enumerate(names)}
+                  for i, (runner, names) in enumerate(meta.get("layers", {}).items())}
     except (KeyError, TypeError, AttributeError):
         raise InputError(f"{path}: golden file is incomplete (outputs listed in its meta are "
                          "missing); write it again with parity --save-outputs --force") from None
@@ -177,9 +180,11 @@ def _changes(golden: Golden, runner: str, versions: list) -> list:
 def compare_golden(golden: Golden, results, compare_func, precisions: dict, activations: dict,
                    layer_outputs=None) -> list:
     """`GoldenComparison` of every runner of `results` against its golden outputs (the Keras
-    runner judged as fp32; per layer, when `layer_outputs` are given, the first layer whose
-    normalized error exceeds the fp32 layer bound is named)."""
+    runner judged as fp32); per layer, where `layer_outputs` (`{runner key: {layer: array}}`)
+    and the file hold a runner's layers, the first layer whose normalized error exceeds the
+    precision's layer bound is named."""
     from edgetrunc.parity.comparator import detector_probability
+    from edgetrunc.parity.compare import tolerance_key
     from edgetrunc.parity.per_layer import LAYER_TOLERANCES
 
     versions = version_changes(golden.meta)
@@ -194,8 +199,10 @@ def compare_golden(golden: Golden, results, compare_func, precisions: dict, acti
         except InputError as exc:
             raise InputError(f"{golden.path}: {golden_key(result.runner)}: {exc}") from None
         item = GoldenComparison(golden_key(result.runner), comparison)
-        if result.runner == KERAS and layer_outputs and golden.layers:
-            item.moved_layer = _first_moved_layer(golden.layers, layer_outputs, LAYER_TOLERANCES["fp32"])
+        key = golden_key(result.runner)
+        if key in (layer_outputs or {}) and key in golden.layers:
+            bound = LAYER_TOLERANCES[tolerance_key(precisions.get(result.runner, "fp32"))]
+            item.moved_layer = _first_moved_layer(golden.layers[key], layer_outputs[key], bound)
         if not item.passed:
             item.changes = _changes(golden, result.runner, versions)
         found.append(item)
