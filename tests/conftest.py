@@ -6,6 +6,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
 
+# edgetrunc's pytest plugin (also loaded by its pytest11 entry point once installed); pytester
+# runs a user's test file in tests/test_testing.py
+pytest_plugins = ["edgetrunc.testing.plugin", "pytester"]
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -19,6 +19,7 @@ LEVELS = {
     "edgetrunc.export": 4,
     "edgetrunc.parity": 5, "edgetrunc.migrate": 5,
     "edgetrunc.evaluate": 6, "edgetrunc.train": 6,
+    "edgetrunc.testing": 6,
     "edgetrunc.cli": 7, "edgetrunc.__main__": 7,
     "edgetrunc": 8,  # the package root re-exports lazily; nothing below imports it
 }

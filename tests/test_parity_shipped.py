@@ -1,10 +1,13 @@
 """The output parity tests of the shipped detector: models/tlunet.keras against every artifact
-listed in models/manifest.json, on held-out photos, their stego versions and random images."""
+listed in models/manifest.json, on held-out photos, their stego versions and random images,
+written as a user writes them (`edgetrunc.testing` and its pytest plugin)."""
 
 import json
 from pathlib import Path
 
 import pytest
+
+from edgetrunc.testing import assert_parity, assert_truncations_exported
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -27,21 +30,20 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def report():
-    from edgetrunc.parity.check import check_parity
-
-    missing = [str(p) for p in ARTIFACTS if not p.exists()]
-    assert not missing, f"manifest lists missing artifacts: {missing}"
     # 150 mixed inputs hold 100 held-out photos: int8 decision agreement resolves to 0.01
-    return check_parity(MODEL, ARTIFACTS, samples=150, inputs="mix", per_layer=True, probes=True)
+    return assert_parity(MODEL, ARTIFACTS, samples=150, inputs="mix", per_layer=True, probes=True)
 
 
 def test_every_shipped_artifact_matches_the_keras_model(report):
-    from edgetrunc.parity.report import terminal_report
-
-    failures = {a.path: a.comparison.failures for a in report.artifacts if not a.passed}
-    assert not failures, terminal_report(report)
-    assert not report.probe_failures
+    assert report.passed and not report.probe_failures
     assert {a.format for a in report.artifacts} == {"tflite", "onnx"}
+
+
+@pytest.mark.parity_artifacts(MANIFEST)
+def test_every_shipped_artifact_exports_its_truncation_as_builtin_clip_ops(parity_artifact, parity_model):
+    found = assert_truncations_exported(parity_artifact)
+    assert [t["layer"] for t in found["truncations"]] == ["group1_truncation"]
+    assert parity_model == MODEL
 
 
 def test_shipped_reference_is_not_constant(report):

@@ -22,8 +22,9 @@ MAX_SAMPLES = 1_000_000
 
 def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL.keras")
-    p.add_argument("artifacts", metavar="ARTIFACT", nargs="+",
-                   help=".tflite or .onnx files, or .npz outputs recorded by `edgetrunc run`")
+    p.add_argument("artifacts", metavar="ARTIFACT", nargs="*",
+                   help=".tflite or .onnx files, or .npz outputs recorded by `edgetrunc run` "
+                   "(none with --load-outputs: Keras alone against the golden outputs)")
     p.add_argument("--samples", type=_args.count(MAX_SAMPLES), default=64,
                    help="number of inputs (default: 64)")
     p.add_argument("--inputs", default="mix",
@@ -53,6 +54,13 @@ def add_arguments(p) -> None:
     p.add_argument("--save-inputs", metavar="FILE.npz", default=None,
                    help="write the inputs used, for `edgetrunc run` on a device; compare its "
                    "outputs later with `parity MODEL OUTPUTS.npz --inputs FILE.npz`")
+    p.add_argument("--save-outputs", metavar="FILE.npz", default=None,
+                   help="write golden outputs: the inputs, every runner's outputs (each layer's "
+                   "Keras output with --per-layer) and the toolchain's versions")
+    p.add_argument("--load-outputs", metavar="FILE.npz", default=None,
+                   help="run on the inputs of a golden file and fail where today's Keras or "
+                   "artifacts moved from its outputs (replaces --inputs)")
+    p.add_argument("--force", action="store_true", help="let --save-outputs replace an existing file")
 
 
 def _check_report_path(path, option) -> None:
@@ -80,9 +88,10 @@ def _check_options(args) -> None:
     from edgetrunc.parity.inputs import KINDS
 
     check_run_paths({"--json": args.json, "--html": args.html, "--save-inputs": args.save_inputs,
-                     "--stego-cache": args.stego_cache},
+                     "--save-outputs": args.save_outputs, "--stego-cache": args.stego_cache},
                     {"MODEL": args.model, "ARTIFACT": args.artifacts,
-                     "--inputs": None if args.inputs in KINDS else args.inputs},
+                     "--inputs": None if args.inputs in KINDS else args.inputs,
+                     "--load-outputs": args.load_outputs},
                     folders=("--stego-cache",))
     if args.inputs in ("mix", "random", "covers", "stego") and Path(args.inputs).is_dir():
         _log.warn(f"--inputs {args.inputs}: the built-in '{args.inputs}' inputs are used, not the "
@@ -90,6 +99,9 @@ def _check_options(args) -> None:
     _check_report_path(args.json, "--json")
     _check_report_path(args.html, "--html")
     _check_report_path(args.save_inputs, "--save-inputs")
+    _check_report_path(args.save_outputs, "--save-outputs")
+    if not args.artifacts and not args.load_outputs:
+        raise InputError("ARTIFACT: expected one or more .tflite / .onnx files (or --load-outputs)")
     if args.strict_layers and not args.per_layer:
         raise InputError("--strict-layers: needs --per-layer (it judges the per-layer comparison)")
     if args.html == "-":
@@ -103,7 +115,7 @@ def run(args) -> int:
     from edgetrunc.parity.report import terminal_report, write_html, write_json
 
     _check_options(args)
-    protect = protected_inputs(args.model, args.artifacts, args.inputs)
+    protect = protected_inputs(args.model, args.artifacts, args.load_outputs or args.inputs)
     report = check_parity(args.model, args.artifacts, samples=args.samples, inputs=args.inputs,
                           per_layer=args.per_layer, probes=not args.no_probes,
                           strict_nan=args.strict_nan, atol=args.atol, rtol=args.rtol, seed=args.seed,
@@ -113,7 +125,8 @@ def run(args) -> int:
                           workers=args.workers,
                           per_layer_samples=args.layer_samples,
                           custom_objects=args.custom_objects,
-                          trust_lambda=args.trust_lambda)
+                          trust_lambda=args.trust_lambda, save_outputs=args.save_outputs,
+                          load_outputs=args.load_outputs, force=args.force)
     table = terminal_report(report)
     stream = sys.stderr if args.json == "-" else sys.stdout
     stream.write(table)

@@ -5,8 +5,9 @@ from `edgetrunc.runtime`) run the same 256x256 inputs; the `Comparator` pairs ea
 with the Keras reference and a swappable `CompareFunc` judges them; `per_layer` maps every Keras layer to
 an artifact tensor and names the first divergent layer; `probes` feeds boundary values to
 every Truncation in every backend (nested models included); `results` holds the
-`ParityReport`; `report` renders the terminal table, JSON and HTML. `check_parity(...)`
-runs it all. Only the Keras runner and the probe conversion import TensorFlow, lazily.
+`ParityReport`; `report` renders the terminal table, JSON and HTML; `golden` writes and
+compares golden outputs (`--save-outputs` / `--load-outputs`). `check_parity(...)` runs it
+all. Only the Keras runner and the probe conversion import TensorFlow, lazily.
 """
 
 from __future__ import annotations

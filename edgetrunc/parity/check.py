@@ -183,18 +183,30 @@ def _where(runner) -> dict:
     return recorded if isinstance(recorded, dict) else where_it_ran()
 
 
-def _compare_layers(report: ArtifactReport, runner, keras_runner, batch, strict_layers: bool,
+def _compare_layers(reports: list, runners: list, keras_runner, batch, strict_layers: bool,
                     warnings: list) -> None:
-    """Map the artifact's tensors to the Keras layers and name the first divergent layer."""
-    from edgetrunc.parity.per_layer import compare_artifact_layers
+    """Map every artifact's tensors to the Keras layers and name each one's first divergent layer
+    (the Keras layer outputs computed once for all of them)."""
+    from edgetrunc.parity.per_layer import compare_artifacts_layers
 
-    if runner.format == "recorded":
-        warnings.append(f"{runner.path.name}: recorded outputs hold no intermediates; "
-                        "no per-layer comparison")
+    local = []
+    for report, runner in zip(reports, runners):
+        if runner.format == "recorded":
+            warnings.append(f"{runner.path.name}: recorded outputs hold no intermediates; "
+                            "no per-layer comparison")
+        else:
+            local.append((report, runner))
+    if not local:
         return
-    _log.info(f"parity: per-layer comparison of {runner.path.name}")
-    report.layers, report.first_divergent_layer = compare_artifact_layers(
-        keras_runner, runner.path, report.format, report.precision, batch, threads=runner.threads)
+    _log.info(f"parity: per-layer comparison of {', '.join(r.path.name for _, r in local)}")
+    found = compare_artifacts_layers(keras_runner, [(r.path, rep.format, rep.precision) for rep, r in local],
+                                     batch, threads=local[0][1].threads)
+    for (report, runner), (layers, first) in zip(local, found):
+        report.layers, report.first_divergent_layer = layers, first
+        _judge_layers(report, runner, strict_layers, warnings)
+
+
+def _judge_layers(report: ArtifactReport, runner, strict_layers: bool, warnings: list) -> None:
     unmapped = [layer.layer for layer in report.layers if layer.status == "unmapped"]
     if unmapped:
         warnings.append(f"{runner.path.name}: layers without an artifact tensor: {', '.join(unmapped)}")
@@ -254,23 +266,32 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                  per_layer_samples: int = PER_LAYER_SAMPLES, compare_func=None,
                  threads: int | None = None, save_inputs=None, strict_layers: bool = False,
                  embedding: str = "lsbm", stego_cache=None, workers: int | None = None,
-                 custom_objects=None, trust_lambda: bool = False) -> ParityReport:
+                 custom_objects=None, trust_lambda: bool = False, save_outputs=None,
+                 load_outputs=None, force: bool = False) -> ParityReport:
     """Compare the Keras `model` (path or `keras.Model`) with every artifact path; see the module
     docstring. `embedding` (lsbm, hill, suniward, wow) makes the stego inputs; the
     content-adaptive ones come from the stego cache (`stego_cache`, filled by `workers`).
     `custom_objects`: a dict or the path of your own `.py` file (run) the model needs;
-    `trust_lambda`: load the model's Lambda layers (their stored code runs)."""
+    `trust_lambda`: load the model's Lambda layers (their stored code runs).
+    `save_outputs` writes every runner's outputs as golden outputs (`parity.golden`; an existing
+    file only with `force`); `load_outputs` runs on a golden file's inputs and compares every
+    runner with its golden outputs too (then no artifact is needed)."""
     from edgetrunc.data.stego_cache import StegoSettings
 
     start = time.perf_counter()
-    if not artifacts:
+    if not artifacts and load_outputs is None:
         raise InputError("no artifact given; expected one or more .tflite / .onnx files")
     _check_tolerances(atol, rtol)
+    golden = _load_golden(load_outputs)
+    inputs = inputs if golden is None else str(load_outputs)
     protect = protected_inputs(model, artifacts, inputs)
-    check_run_paths({"save_inputs": save_inputs, "stego_cache": stego_cache},  # before any work
-                    {"input": protect}, folders=("stego_cache",))
+    check_run_paths({"save_inputs": save_inputs, "save_outputs": save_outputs,  # before any work
+                     "stego_cache": stego_cache}, {"input": protect}, folders=("stego_cache",))
+    _check_golden_target(save_outputs, force)
     stego = StegoSettings(embedding, stego_cache, workers)
     keras_runner, shape = _open_reference(model, threads, batch_size, custom_objects, trust_lambda)
+    if golden is not None:
+        golden.check_model(keras_runner.model.name, shape)
     batch_size = _bounded_batch_size(keras_runner, shape, batch_size)
     runners = open_artifacts(artifacts, shape, threads)
     data = parity_inputs(inputs, samples, seed, shape, stego=stego)
@@ -294,10 +315,9 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
         key = str(runner.path)
         tolerance = (compare_func.tolerance_for(judged[key]).to_dict()
                      if hasattr(compare_func, "tolerance_for") else {})
-        report = _artifact_report(runner, comparisons[key], precisions[key], tolerance, results[key])
-        if per_layer:
-            _compare_layers(report, runner, keras_runner, per_layer_batch, strict_layers, warnings)
-        reports.append(report)
+        reports.append(_artifact_report(runner, comparisons[key], precisions[key], tolerance, results[key]))
+    if per_layer:
+        _compare_layers(reports, runners, keras_runner, per_layer_batch, strict_layers, warnings)
 
     probe_results = _probe_truncations(keras_runner.model, reports, runners, shape, strict_nan,
                                        warnings) if probes else []
@@ -305,4 +325,61 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                           probe_results, warnings, strict_nan, per_layer,
                           time.perf_counter() - start, results.reference.probability)
     _attach_outputs(report, runners, results)
+    if golden is not None or save_outputs is not None:
+        _golden_outputs(report, keras_runner, runners, results, judged, compare_func,
+                        per_layer_batch, golden, save_outputs, force, protect)
     return report
+
+
+def _load_golden(path):
+    if path is None:
+        return None
+    from edgetrunc.parity.golden import load_golden
+
+    return load_golden(path)
+
+
+def _check_golden_target(path, force: bool) -> None:
+    if path is not None and Path(path).exists() and not force:
+        raise InputError(f"{path}: golden file exists; pass --force (force=True) to replace it")
+
+
+def _golden_outputs(report, keras_runner, runners, results, judged, compare_func, per_layer_batch,
+                    golden, save_outputs, force, protect) -> None:
+    """Compare every runner with the golden outputs, then write today's when asked. The Keras
+    layer outputs (per-layer runs) are computed once for both."""
+    from edgetrunc.parity import golden as golden_file
+    from edgetrunc.runtime.scoring import runner_activation
+
+    layers = {}
+    stored = golden.layers.get(golden_file.KERAS) if golden is not None else None
+    if report.per_layer or stored:
+        count = len(next(iter(stored.values()))) if stored else len(per_layer_batch)
+        layers[golden_file.KERAS] = keras_runner.layer_outputs(report.inputs.x[:count])
+        for artifact, runner in zip(report.artifacts, runners):
+            if artifact.layers:
+                layers[golden_file.golden_key(str(runner.path))] = _mapped_values(
+                    runner, artifact, report.inputs.x[:count])
+    if golden is not None:
+        activations = {str(r.path): runner_activation(r) for r in runners}
+        activations["keras"] = runner_activation(keras_runner)
+        report.golden = golden_file.compare_golden(golden, results, compare_func, judged, activations,
+                                                   layers)
+    if save_outputs is not None:
+        model_info = {"name": keras_runner.model.name,
+                      "input_shape": [int(d) for d in report.inputs.x.shape[1:]]}
+        golden_file.save_golden(save_outputs, report.inputs, results, model_info, judged,
+                                layers if report.per_layer else None, force, protect)
+        _log.info(f"parity: wrote the golden outputs to {save_outputs}")
+
+
+def _mapped_values(runner, artifact: ArtifactReport, x) -> dict:
+    """`{layer: the artifact tensor mapped to it}` on `x`, read in one invocation."""
+    from edgetrunc.runtime import open_with_intermediates
+    from edgetrunc.runtime.intermediates import intermediate_threads
+
+    keeping = open_with_intermediates(runner.path, threads=intermediate_threads(runner.threads))
+    keeping.infer(x)
+    values = keeping.intermediates()
+    return {layer.layer: values[layer.tensor] for layer in artifact.layers
+            if layer.status in ("compared", "folded") and layer.tensor in values}

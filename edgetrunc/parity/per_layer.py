@@ -13,25 +13,28 @@ layer lives in the next op, e.g. a batch-norm offset moved into the next convolu
 The first `compared` layer in graph order whose normalized error exceeds the precision's
 bound diverges; the divergence is attributed to the layer, up to that one, with the largest
 own error (`local_error`: the Keras layers run on the artifact's previous value, as in TFLite's
-QuantizationDebugger). Memory is bounded: the samples are read a few at a time, once per pass
-(map, measure, and, when needed, fit folded layers and replay), keeping running statistics
-(`_layer_stats`). No TensorFlow here: the Keras side comes from the runner.
+QuantizationDebugger). One pass does it all: the samples are read a few at a time, the Keras
+model computes each chunk's layer outputs once for every artifact (`_layer_reader`), and every
+candidate tensor's statistics and each layer's own error, for the mapping so far, are kept as
+running sums (`_layer_stats`, `_layer_map`), so memory is bounded. Further readings happen only
+when needed: fitting suspected folded layers, and replaying a layer whose mapping changed after
+an earlier chunk. No TensorFlow here: the Keras side comes from the runner.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from edgetrunc.errors import InputError
-from edgetrunc.parity._layer_stats import ChannelFit, ErrorStats, reference_views, view_in_layout
+from edgetrunc.parity._layer_map import (add_candidate_errors, candidates, choose,
+                                         mentioned_layers)  # noqa: F401 - part of this module's API
+from edgetrunc.parity._layer_stats import ChannelFit, ErrorStats, view_in_layout
 
 # Max |error| / max |reference| above which a layer diverges (see docs/PARITY.md).
 LAYER_TOLERANCES = {"fp32": 1e-2, "fp16": 1e-2, "int8": 0.5}
 AFFINE_RESIDUAL = 1e-3
-_SUFFIX = re.compile(r"^(.*)_\d+$")
 
 
 @dataclass
@@ -60,21 +63,6 @@ class LayerComparison:
         return asdict(self)
 
 
-def mentioned_layers(tensor_name: str, layer_names) -> set:
-    """Layer names that appear as a path segment of `tensor_name` (each `;` part, `_N` suffix optional)."""
-    layer_set = set(layer_names)
-    found = set()
-    for piece in tensor_name.split(";"):
-        for segment in piece.split("/"):
-            segment = segment.split(":")[0]
-            if segment in layer_set:
-                found.add(segment)
-            match = _SUFFIX.match(segment)
-            if match and match.group(1) in layer_set:
-                found.add(match.group(1))
-    return found
-
-
 LAYER_CHUNK_BYTES = 256 * 2 ** 20  # Keras layer outputs held at once by the streamed comparison
 
 
@@ -94,105 +82,213 @@ def compare_layers(layer_outputs: dict, tensors: list, precision: str = "fp32",
     `output_layers[i]` is the layer that produces the model's i-th output: the artifact's
     i-th output tensor is a candidate for it whatever its name.
     """
-    return _compare_chunks([(layer_outputs, list(tensors))], precision, input_layers,
-                           output_layers, tolerance)
+    from edgetrunc.parity._layer_reader import MemoryReader
+
+    state = _ArtifactLayers(None, "memory", precision, tolerance, set(input_layers), list(output_layers))
+    return _compare(MemoryReader(layer_outputs, tensors), [state])[0]
 
 
 def compare_artifact_layers(keras_runner, artifact_path, artifact_format: str, precision: str,
                             batch: np.ndarray, tolerance: float | None = None,
                             chunk_bytes: int = LAYER_CHUNK_BYTES, threads: int | None = None) -> tuple:
-    """Per-layer comparison of one artifact on `batch`; returns `(layers, first divergent layer)`.
+    """Per-layer comparison of one artifact on `batch`; returns `(layers, first divergent layer)`."""
+    return compare_artifacts_layers(keras_runner, [(artifact_path, artifact_format, precision)], batch,
+                                    tolerance, chunk_bytes, threads)[0]
+
+
+def compare_artifacts_layers(keras_runner, artifacts: list, batch: np.ndarray,
+                             tolerance: float | None = None, chunk_bytes: int = LAYER_CHUNK_BYTES,
+                             threads: int | None = None) -> list:
+    """Per-layer comparison of every `(path, format, precision)` artifact on `batch`; returns
+    `[(layers, first divergent layer)]` in the same order.
 
     The samples are read a few at a time (at most `chunk_bytes` of Keras layer outputs, at
-    least one sample), once per pass, and only running statistics are kept, so memory does not
-    grow with the number of samples. The artifact's runner that keeps every tensor lives only
-    for this call; its memory goes back to the OS when it ends.
+    least one sample); the Keras model computes each chunk's layer outputs once for every
+    artifact, and each artifact runs a chunk in one invocation (`_layer_reader`). Only running
+    statistics are kept, so memory does not grow with the number of samples or artifacts.
     """
-    if artifact_format not in ("tflite", "onnx"):
-        raise InputError(f"{artifact_path}: per-layer comparison supports .tflite and .onnx")
-    from edgetrunc.runtime import open_with_intermediates
-    from edgetrunc.runtime.intermediates import intermediate_threads, release_memory
+    from edgetrunc.parity._layer_reader import LayerReader
+    from edgetrunc.runtime.intermediates import release_memory
 
+    for path, artifact_format, _ in artifacts:
+        if artifact_format not in ("tflite", "onnx"):
+            raise InputError(f"{path}: per-layer comparison supports .tflite and .onnx")
     per_sample = keras_runner.layer_output_bytes(tuple(batch.shape[1:]))
     size = max(1, min(len(batch), int(chunk_bytes) // max(per_sample, 1)))
     model = keras_runner.model
     input_layers = {layer.name for layer in model.layers if type(layer).__name__ == "InputLayer"}
     output_layers = [t._keras_history[0].name for t in model.outputs]
+    states = [_ArtifactLayers(path, fmt, precision, tolerance, input_layers, output_layers)
+              for path, fmt, precision in artifacts]
     release_memory()  # what the output comparison left, before the largest allocations
-    chunks = _ArtifactChunks(keras_runner, lambda: open_with_intermediates(
-        artifact_path, threads=intermediate_threads(threads)), artifact_format, batch, size)
+    reader = LayerReader(keras_runner, states, batch, size, threads)
     try:
-        results, first = _compare_chunks(chunks, precision, input_layers, output_layers, tolerance,
-                                         keras_runner.single_inbound(), keras_runner.replay)
+        found = _compare(reader, states, keras_runner.single_inbound(), keras_runner.replay)
     finally:
-        chunks.runner = None
+        reader.close()
         release_memory()
-    return results, attribute_divergence(results, first)
+    return [(results, attribute_divergence(results, first)) for results, first in found]
 
 
-class _ArtifactChunks:
-    """`(Keras layer outputs, artifact tensors)` of `size` samples at a time, read anew on every
-    pass over it; TFLite tensors are read one at a time when asked for (`ArtifactTensor.read`).
-    A TFLite runner (a fixed arena) serves every chunk; an ONNX runner, which holds its last
-    run's tensors until its next run ends, is opened per chunk, so the tensors of two runs never coexist."""
+def _compare(reader, states: list, inbound: dict | None = None, replay=None) -> list:
+    """Map every tensor and, for the mapping so far, measure each layer and its own error, in one
+    pass; then, where needed, measure the layers whose mapping changed after their chunk and fit
+    the suspected folded layers (one more reading; a second for the fit's residual), and replay
+    the layers whose own error was measured on another mapping (artifact only)."""
+    for outputs, state, tensors in reader.read(states):
+        state.add_chunk(outputs, tensors, inbound, replay)
+    for state in states:
+        state.finish_mapping()
+    measuring = [state for state in states if state.fits or state.remeasure]
+    for outputs, state, tensors in reader.read(measuring) if measuring else ():
+        state.visit(outputs, tensors, state.measure_targets(), "add")
+    fitted = [state for state in measuring if state.solve_fits()]
+    for outputs, state, tensors in reader.read(fitted) if fitted else ():
+        state.visit(outputs, tensors, {n: [fit] for n, fit in state.fitted.items()}, "add_residual")
+    for state in measuring:
+        state.set_folded()
+    redo = [state for state in states if state.plan_local(inbound)]
+    for outputs, state, tensors in reader.read(redo, keras=False) if redo else ():
+        views = _chunk_views(outputs, tensors, _by_key(_needed(state.chosen, state.redo)))
+        _local_errors(views, state.redo, replay)
+    return [state.result() for state in states]
 
-    def __init__(self, keras_runner, open_runner, artifact_format: str, batch: np.ndarray, size: int):
-        self.keras_runner, self.open_runner, self.batch, self.size = keras_runner, open_runner, batch, size
-        self.lazy = artifact_format == "tflite"
-        self.runner = open_runner() if self.lazy else None
 
-    def __iter__(self):
-        for start in range(0, len(self.batch), self.size):
-            part = self.batch[start:start + self.size]
-            runner = self.runner or self.open_runner()
-            runner.infer(part)
-            outputs = self.keras_runner.layer_outputs(part)
-            tensors = runner.intermediate_tensors(**({"lazy": True} if self.lazy else {}))
-            yield outputs, tensors
-            outputs.clear()  # this chunk's arrays go before the next chunk's arrive
-            tensors.clear()
-            del outputs, tensors, runner
+class _ArtifactLayers:
+    """The per-layer comparison of one artifact, built chunk by chunk (see `_compare`)."""
 
+    def __init__(self, path, artifact_format, precision, tolerance, input_layers, output_layers):
+        self.path, self.format = path, artifact_format
+        self.tolerance = _layer_tolerance(precision, tolerance)
+        self.input_layers, self.output_layers = input_layers, output_layers
+        self.names, self.candidates, self.seen, self.errors, self.count = None, {}, {}, {}, 0
+        # measured on the mapping of each chunk: layer or (previous, layer) -> [mapping, stats, chunks]
+        self.measured: dict = {}
+        self.running: dict = {}
+        self.chosen, self.stats, self.remeasure = {}, {}, {}
+        self.fits, self.fitted, self.folded = {}, {}, set()
+        self.local, self.redo = {}, []
 
-def _compare_chunks(chunks, precision, input_layers, output_layers, tolerance,
-                    inbound: dict | None = None, replay=None) -> tuple:
-    """Map tensors to layers (first pass), then measure the chosen pairs, fit the suspected
-    folded layers and replay the Keras layers for `local_error` (one more pass each, as needed)."""
-    tolerance = _layer_tolerance(precision, tolerance)
-    names, best = _assign(chunks, output_layers)
-    chosen = {name: entry for name, entry in best.items() if name not in input_layers}
-    suspects = {name for name, entry in chosen.items() if np.isfinite(entry[0]) and not entry[0] <= tolerance}
-    stats = {name: ErrorStats() for name in chosen}
-    fits = {name: ChannelFit() for name in suspects}
-    local: dict = {}
-    chain = None if suspects else _local_chain(names, chosen, set(), inbound)
+    def add_chunk(self, outputs, tensors, inbound, replay) -> None:
+        self.count += 1
+        if self.names is None:
+            self.names = list(outputs)
+            self.candidates = candidates(self.names, tensors, self.output_layers)
+        for tensor in tensors:
+            if tensor.key in self.candidates:
+                add_candidate_errors(tensor, outputs, self.candidates[tensor.key][0], self.seen, self.errors)
+        chosen = self._chosen(choose(self.names, self.candidates, self.seen, self.errors, self.count))
+        stats = [(name, self._running(self.measured, name, (entry[2].key, entry[3]), ErrorStats))
+                 for name, entry in chosen.items()]
+        targets = []
+        if inbound is not None and replay is not None:
+            for previous, name, segment in _local_chain(self.names, chosen, set(), inbound):
+                record = self._running(self.running, (previous, name), _mapping(chosen, previous, name, segment),
+                                       lambda: ErrorStats(full=False))
+                targets.append(((previous, name, segment), record))
+        stats = [(name, record) for name, record in stats if record is not None]
+        targets = [(entry, record) for entry, record in targets if record is not None]
+        views = _chunk_views(outputs, tensors, _by_key({**{n: chosen[n] for n, _ in stats},
+                                                        **_needed(chosen, targets)}))
+        for name, record in stats:
+            if name in views:
+                record.add(outputs[name], views[name])
+        _local_errors(views, targets, replay)
 
-    def measure(outputs, views):
+    def _running(self, table: dict, key, used, make):
+        """The statistics of `key` measured on mapping `used` since the first chunk, or None once
+        the mapping changed (the key is then measured again after the pass)."""
+        record = table.setdefault(key, [used, make(), 0])
+        if record[0] != used or record[2] != self.count - 1:
+            return None
+        record[2] += 1
+        return record[1]
+
+    def _chosen(self, best: dict) -> dict:
+        return {name: entry for name, entry in best.items() if name not in self.input_layers}
+
+    def _held(self, table: dict, key, used):
+        record = table.get(key)
+        return record[1] if record and record[0] == used and record[2] == self.count else None
+
+    def finish_mapping(self) -> None:
+        self.chosen = self._chosen(choose(self.names or [], self.candidates, self.seen, self.errors,
+                                          self.count))
+        for name, entry in self.chosen.items():
+            held = self._held(self.measured, name, (entry[2].key, entry[3]))
+            if held is not None:
+                self.stats[name] = held
+            else:
+                self.remeasure[name] = ErrorStats()
+        self.fits = {name: ChannelFit() for name, entry in self.chosen.items()
+                     if np.isfinite(entry[0]) and not entry[0] <= self.tolerance}
+
+    def measure_targets(self) -> dict:
+        targets = {name: [stats] for name, stats in self.remeasure.items()}
+        for name, fit in self.fits.items():
+            targets.setdefault(name, []).append(fit)
+        return targets
+
+    def visit(self, outputs, tensors, targets: dict, method: str) -> None:
+        views = _chunk_views(outputs, tensors, _by_key({n: self.chosen[n] for n in targets}))
         for name, view in views.items():
-            stats[name].add(outputs[name], view)
-            if name in fits:
-                fits[name].add(outputs[name], view)
-        _add_local(local, chain, views, replay)
+            for target in targets[name]:
+                getattr(target, method)(outputs[name], view)
 
-    _read_chosen(chunks, chosen, measure)
-    folded = set()
-    fitted = {name: fit for name, fit in fits.items() if fit.fit()}
-    if fitted:
-        _read_chosen(chunks, {n: chosen[n] for n in fitted},
-                     lambda outputs, views: [fitted[n].add_residual(outputs[n], v) for n, v in views.items()])
-        folded = {name for name, fit in fitted.items() if fit.is_affine(AFFINE_RESIDUAL + tolerance)}
-    if suspects:
-        chain = _local_chain(names, chosen, folded, inbound)
-        if chain:
-            _read_chosen(chunks, chosen, lambda outputs, views: _add_local(local, chain, views, replay))
-    results = [_layer_result(name, index, input_layers, chosen, stats, folded, local, tolerance)
-               for index, name in enumerate(names)]
-    _resolve_fused(results)
-    first = next((r for r in results if r.divergent), None)
-    first_name = None
-    if first is not None:
-        first_name = first.fused_layers[0] if first.fused_layers else first.layer
-    return results, first_name
+    def solve_fits(self) -> bool:
+        self.fitted = {name: fit for name, fit in self.fits.items() if fit.fit()}
+        return bool(self.fitted)
+
+    def set_folded(self) -> None:
+        self.folded = {name for name, fit in self.fitted.items()
+                       if fit.is_affine(AFFINE_RESIDUAL + self.tolerance)}
+
+    def plan_local(self, inbound) -> bool:
+        """Keep the own errors measured in the first pass whose mapping held over every chunk;
+        the others (`redo`) need one more reading."""
+        for previous, name, segment in _local_chain(self.names or [], self.chosen, self.folded, inbound):
+            held = self._held(self.running, (previous, name), _mapping(self.chosen, previous, name, segment))
+            self.local[name] = held if held is not None else ErrorStats(full=False)
+            if held is None:
+                self.redo.append(((previous, name, segment), self.local[name]))
+        return bool(self.redo)
+
+    def result(self) -> tuple:
+        stats = {**self.stats, **self.remeasure}
+        results = [_layer_result(name, index, self.input_layers, self.chosen, stats, self.folded,
+                                 self.local, self.tolerance) for index, name in enumerate(self.names or [])]
+        _resolve_fused(results)
+        first = next((r for r in results if r.divergent), None)
+        first_name = None
+        if first is not None:
+            first_name = first.fused_layers[0] if first.fused_layers else first.layer
+        return results, first_name
+
+
+def _needed(chosen: dict, targets: list) -> dict:
+    """The chosen entries of the layers a list of `((previous, layer, segment), stats)` reads."""
+    return {n: chosen[n] for (previous, name, _), _ in targets for n in (previous, name)}
+
+
+def _local_errors(views: dict, targets: list, replay) -> None:
+    """Each chained layer's own error on a chunk (as TFLite's QuantizationDebugger does): the Keras
+    layers after the previous compared layer run on the artifact's value of it, and the artifact's
+    value of the layer is compared with that. `targets`: `[((previous, layer, segment), stats)]`."""
+    for (previous, name, segment), stats in targets:
+        if previous in views and name in views:
+            expected = replay(segment, views[previous])
+            if expected is not None and expected.shape == views[name].shape:
+                stats.add(expected, views[name])
+
+
+def _mapping(chosen: dict, previous: str, name: str, segment: list) -> tuple:
+    """What a layer's own error depends on: the tensors (and layouts) of it and its predecessor."""
+    return (chosen[previous][2].key, chosen[previous][3], chosen[name][2].key, chosen[name][3],
+            tuple(segment))
+
+
+def _by_key(chosen: dict) -> dict:
+    return {entry[2].key: (name, entry[3]) for name, entry in chosen.items()}
 
 
 def _layer_result(name, index, input_layers, chosen, stats, folded, local, tolerance) -> LayerComparison:
@@ -200,7 +296,7 @@ def _layer_result(name, index, input_layers, chosen, stats, folded, local, toler
         return LayerComparison(name, index, "input")
     if name not in chosen:
         return LayerComparison(name, index, "unmapped")
-    err, _, tensor, layout = chosen[name]
+    err, _, tensor, layout, _ = chosen[name]
     figures = stats[name]
     item = LayerComparison(
         name, index, "compared", tensor=tensor.name, shape=figures.shape, layout=layout,
@@ -220,13 +316,6 @@ def _layer_result(name, index, input_layers, chosen, stats, folded, local, toler
     return item
 
 
-def _read_chosen(chunks, chosen: dict, visit) -> None:
-    """Call `visit(layer outputs, {layer: artifact value in the Keras layout})` per chunk."""
-    by_key = {entry[2].key: (name, entry[3]) for name, entry in chosen.items()}
-    for outputs, tensors in chunks:
-        visit(outputs, _chunk_views(outputs, tensors, by_key))  # nothing of a chunk outlives it
-
-
 def _chunk_views(outputs: dict, tensors: list, by_key: dict) -> dict:
     views = {}
     for tensor in tensors:
@@ -238,108 +327,6 @@ def _chunk_views(outputs: dict, tensors: list, by_key: dict) -> dict:
         if view is not None:
             views[name] = view
     return views
-
-
-def _assign(chunks, output_layers=()) -> tuple:
-    """`(layer names, {layer: (error, order, tensor, layout)})`: the artifact tensor that carries
-    each layer, over every chunk.
-
-    A tensor's candidates are the layers its name mentions, the layers between them and the
-    unmentioned layers after them (see the module docstring); it goes to the candidate it
-    matches best, and a layer keeps the best of the tensors that went to it (`_better`).
-    """
-    names, candidates, seen, errors, count = None, {}, {}, {}, 0
-    for outputs, tensors in chunks:
-        count += 1
-        if names is None:
-            names = list(outputs)
-            candidates = _candidates(names, tensors, output_layers)
-        for tensor in tensors:
-            if tensor.key in candidates:
-                _add_candidate_errors(tensor, outputs, candidates[tensor.key][0], seen, errors)
-    best: dict = {}
-    for key, tensor in seen.items():
-        mentioned, choice = candidates[key][1], None
-        for (name, layout), (stats, chunks_seen) in errors[key].items():
-            err = stats.normalized
-            if chunks_seen == count and (choice is None or err < choice[0]
-                                         or (err == choice[0] and name in mentioned)):
-                choice = (err, name, layout)
-        if choice is None:
-            continue
-        err, name, layout = choice
-        current = best.get(name)
-        if current is None or _better(err, tensor, current[0], current[2]):
-            best[name] = (err, tensor.order, tensor, layout)
-    return names or [], best
-
-
-def _add_candidate_errors(tensor, outputs: dict, names: list, seen: dict, errors: dict) -> None:
-    """Add the error of `tensor` against each of its candidate layers `names` on one chunk."""
-    value = tensor.read()
-    if value is None:
-        return
-    seen.setdefault(tensor.key, replace(tensor, value=None, load=None))
-    found = errors.setdefault(tensor.key, {})
-    for name in names:
-        for view, layout in reference_views(value, outputs[name].shape):
-            record = found.setdefault((name, layout), [ErrorStats(full=False), 0])
-            record[0].add(outputs[name], view)
-            record[1] += 1
-
-
-def _candidates(names: list, tensors: list, output_layers=()) -> dict:
-    """`{tensor key: (candidate layers, layers its name mentions)}`."""
-    position = {name: i for i, name in enumerate(names)}
-    mentions = [mentioned_layers(t.name, names) for t in tensors]
-    for tensor, mentioned in zip(tensors, mentions):
-        if tensor.output_index is not None and tensor.output_index < len(output_layers):
-            mentioned.add(output_layers[tensor.output_index])
-    mentioned_anywhere = set().union(*mentions) if mentions else set()
-    anonymous = _anonymous_candidates(mentions, position, names)
-    result = {}
-    for i, (tensor, mentioned) in enumerate(zip(tensors, mentions)):
-        if not mentioned:
-            result[tensor.key] = (anonymous.get(i, []), mentioned)
-            continue
-        low, high = min(position[m] for m in mentioned), max(position[m] for m in mentioned)
-        chosen = names[low:high + 1]
-        for name in names[high + 1:]:
-            if name in mentioned_anywhere:
-                break
-            chosen.append(name)
-        result[tensor.key] = (chosen, mentioned)
-    return result
-
-
-def _better(err, tensor, current_err, current) -> bool:
-    """Whether `tensor` (error `err`) should carry a layer instead of `current`.
-
-    The lower error wins; errors equal up to float rounding (an int8 tensor and its
-    DEQUANTIZE copy) prefer the quantized tensor, which carries the scale, then the later one.
-    """
-    if abs(err - current_err) > 1e-3 * max(err, current_err):
-        return err < current_err
-    return (tensor.scale is not None, tensor.order) > (current.scale is not None, current.order)
-
-
-def _anonymous_candidates(mentions: list, position: dict, names: list) -> dict:
-    """Candidates of tensors whose names mention no layer (e.g. `Conv__58:0` after an optimizer
-    folded a batch normalization): the layers no tensor mentions between the last layer
-    mentioned before it (in execution order) and the first one mentioned after it."""
-    mentioned_anywhere = set().union(*mentions) if mentions else set()
-    candidates = {}
-    highest = -1
-    for i, mentioned in enumerate(mentions):
-        if mentioned:
-            highest = max(highest, *(position[m] for m in mentioned))
-            continue
-        following = next((min(position[m] for m in later) for later in mentions[i + 1:] if later),
-                         len(names))
-        between = [n for n in names[highest + 1:following] if n not in mentioned_anywhere]
-        if between:
-            candidates[i] = between
-    return candidates
 
 
 def _resolve_fused(results: list) -> None:
@@ -384,18 +371,6 @@ def _local_chain(names: list, chosen: dict, folded: set, inbound: dict | None) -
         if segment:
             chain.append((previous, name, segment))
     return chain
-
-
-def _add_local(local: dict, chain, views: dict, replay) -> None:
-    """Accumulate each layer's own error on a chunk: as TFLite's QuantizationDebugger does, the
-    Keras layers between the previous compared layer and this one run on the artifact's own
-    value of the previous layer, and the artifact's value of this layer is compared with that."""
-    for previous, name, segment in chain or ():
-        if previous not in views or name not in views:
-            continue
-        expected = replay(segment, views[previous])
-        if expected is not None and expected.shape == views[name].shape:
-            local.setdefault(name, ErrorStats(full=False)).add(expected, views[name])
 
 
 def attribute_divergence(results: list, first: str | None) -> str | None:

@@ -108,6 +108,10 @@ def terminal_report(report) -> str:
                              "deviations"], rows))
     for failure in report.probe_failures:
         parts.append(f"  FAIL probe {failure}")
+    if report.golden:
+        parts.append("golden outputs: " + ", ".join(
+            f"{g.runner} {'unchanged' if g.passed else 'MOVED'}" for g in report.golden))
+    parts += [f"  FAIL golden {failure}" for g in report.golden for failure in g.failures]
     for warning in report.warnings:
         parts.append(f"warning: {warning}")
     parts += ["", f"parity {'PASSED' if report.passed else 'FAILED'} ({report.seconds:.1f} s)"]
@@ -249,6 +253,7 @@ def html_report(report) -> str:
     failures += [f"{_short(a.path)}: first divergent layer {a.first_divergent_layer}"
                  for a in report.artifacts if a.first_divergent_layer]
     failures += [f"probe {f}" for f in report.probe_failures]
+    failures += [f"golden {f}" for g in report.golden for f in g.failures]
     if failures:
         sections.append("<h2>Failures</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in failures)
                         + "</ul>")

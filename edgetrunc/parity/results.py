@@ -54,6 +54,7 @@ class ParityReport:
     reference_probability: np.ndarray | None = None
     probabilities: dict = field(default_factory=dict)
     output_errors: dict = field(default_factory=dict)
+    golden: list = field(default_factory=list)  # GoldenComparison per runner (--load-outputs)
 
     @property
     def probe_failures(self) -> list:
@@ -71,7 +72,8 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return all(a.passed for a in self.artifacts) and not self.probe_failures
+        return (all(a.passed for a in self.artifacts) and not self.probe_failures
+                and all(g.passed for g in self.golden))
 
     def disagreements(self, path: str, limit: int = 20) -> list:
         """Inputs whose decision differs between Keras and the artifact (largest gap first)."""
@@ -101,5 +103,6 @@ class ParityReport:
             "probes": [p.to_dict() for p in self.probes],
             "probe_failures": self.probe_failures,
             "warnings": list(self.warnings),
+            **({"golden": [g.to_dict() for g in self.golden]} if self.golden else {}),
             "seconds": round(self.seconds, 3),
         }
