@@ -74,24 +74,6 @@ def scratch(tmp_path):
     return folder
 
 
-@pytest.fixture(scope="module")
-def tiny_keras(tmp_path_factory):
-    """A small Keras 3 detector-shaped model with one Truncation."""
-    import keras
-
-    from edgetrunc.layers import Truncation
-
-    folder = tmp_path_factory.mktemp("tiny")
-    inputs = keras.Input((32, 32, 1), name="image")
-    x = keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs)
-    x = Truncation(3.0, name="tlu")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(2, activation="softmax", name="head")(x)
-    path = folder / "tiny.keras"
-    keras.Model(inputs, outputs, name="tiny").save(path)
-    return path
-
-
 def _rewrite_config(source: Path, target: Path, change) -> Path:
     with zipfile.ZipFile(source) as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
