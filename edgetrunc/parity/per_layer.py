@@ -108,9 +108,12 @@ def compare_artifact_layers(keras_runner, artifact_path, artifact_format: str, p
     grow with the number of samples. The artifact's runner that keeps every tensor lives only
     for this call; its memory goes back to the OS when it ends.
     """
-    if artifact_format not in ("tflite", "onnx"):
-        raise InputError(f"{artifact_path}: per-layer comparison supports .tflite and .onnx")
-    from edgetrunc.runtime import open_with_intermediates
+    from edgetrunc.runtime import formats, open_with_intermediates
+
+    fmt = formats.get(artifact_format)
+    if not fmt.intermediates:
+        raise InputError(f"{artifact_path}: per-layer comparison needs a runner that keeps every "
+                         f"tensor; the {fmt.name} format has none")
     from edgetrunc.runtime.intermediates import intermediate_threads, release_memory
 
     per_sample = keras_runner.layer_output_bytes(tuple(batch.shape[1:]))
@@ -120,7 +123,7 @@ def compare_artifact_layers(keras_runner, artifact_path, artifact_format: str, p
     output_layers = [t._keras_history[0].name for t in model.outputs]
     release_memory()  # what the output comparison left, before the largest allocations
     chunks = _ArtifactChunks(keras_runner, lambda: open_with_intermediates(
-        artifact_path, threads=intermediate_threads(threads)), artifact_format, batch, size)
+        artifact_path, threads=intermediate_threads(threads)), fmt.lazy_tensors, batch, size)
     try:
         results, first = _compare_chunks(chunks, precision, input_layers, output_layers, tolerance,
                                          keras_runner.single_inbound(), keras_runner.replay)
@@ -136,9 +139,9 @@ class _ArtifactChunks:
     A TFLite runner (a fixed arena) serves every chunk; an ONNX runner, which holds its last
     run's tensors until its next run ends, is opened per chunk, so the tensors of two runs never coexist."""
 
-    def __init__(self, keras_runner, open_runner, artifact_format: str, batch: np.ndarray, size: int):
+    def __init__(self, keras_runner, open_runner, lazy: bool, batch: np.ndarray, size: int):
         self.keras_runner, self.open_runner, self.batch, self.size = keras_runner, open_runner, batch, size
-        self.lazy = artifact_format == "tflite"
+        self.lazy = lazy
         self.runner = open_runner() if self.lazy else None
 
     def __iter__(self):

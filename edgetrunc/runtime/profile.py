@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc.errors import InputError
+from edgetrunc.runtime import formats
 
 OUTSIDE_OPS = "(outside ops)"
 SATURATION_MARK = "edgetrunc_clip_by_saturation"
@@ -60,13 +61,10 @@ def profile_artifact(path, threads: int = 1, runs: int = 20, warmup: int = 3, ba
         raise InputError(f"runs: expected a positive integer; got {runs}", param="runs")
     if batch < 1:
         raise InputError(f"batch: expected a positive integer; got {batch}", param="batch")
-    suffix = str(path).lower().rsplit(".", 1)[-1]
-    if suffix == "onnx":
-        result = _profile_onnx(path, threads, runs, warmup, batch, seed)
-    elif suffix == "tflite":
-        result = _profile_tflite(path, threads, runs, warmup, batch, seed)
-    else:
-        raise InputError(f"{path}: expected a .tflite or .onnx artifact")
+    profile = formats.for_path(path, runnable=True).profile_function()
+    if profile is None:
+        raise InputError(f"{path}: no per-op profiler for this format")
+    result = profile(path, threads, runs, warmup, batch, seed)
     known = list(layer_flops or {})
     for row in result["ops"]:
         row["layer"] = layer_of(row.pop("names"), known)
