@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test train convert bench clean
+.PHONY: install demo test test-fast train convert bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# The quick loop: every test not marked slow (under 3 minutes on 2 cores).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
 # Reproduces the shipped detector models/tlunet.keras and its training record.
 # The shipped model was trained with TensorFlow's oneDNN kernels off (their rounding differs);
 # drop TF_ENABLE_ONEDNN_OPTS=0 for about 2.5x faster training with other rounding.
@@ -31,13 +35,10 @@ train: install
 convert: install
 	$(PY) scripts/convert.py models/tlunet.keras --out models --force
 
-# Every benchmark section of BENCHMARKS.md: runtime, truncation variants, FLOPs (bench.py),
-# int8 vs fp32 and conversion time (bench_export.py), parity throughput, training overhead.
+# Every benchmark section of BENCHMARKS.md, one entry point (`python -m scripts.benchmarks --list`
+# names them; `--quick` is a smoke test into a copy).
 bench: install
-	$(PY) scripts/bench.py
-	$(PY) scripts/bench_export.py
-	$(PY) scripts/bench_parity.py
-	$(PY) scripts/bench_training.py
+	$(PY) -m scripts.benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -9,7 +9,7 @@ Python, numpy, the interpreter and the model. ONNX Runtime runs with thread spin
 its idle threads would otherwise busy-wait after each run and slow whichever artifact runs
 next (measured: TFLite fp32 p50 7.3 -> 17.4 ms beside spinning ONNX Runtime sessions).
 `time_interleaved` does the same for callables inside one process (used by
-`scripts/bench.py` to put Keras beside them).
+`scripts.benchmarks` to put Keras beside them).
 """
 
 from __future__ import annotations

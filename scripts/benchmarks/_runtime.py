@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts._benchmd import ROOT, log, markdown_table, p50, relative
+from scripts.benchmarks._markdown import ROOT, log, markdown_table, p50, relative
 
 ARTIFACT_ORDER = [("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"),
                   ("onnx", "fp32"), ("onnx", "int8")]
