@@ -26,7 +26,8 @@ from edgetrunc.export import evaluation, manifest
 from edgetrunc.export.commit import OutputSet
 from edgetrunc.export.formats import export_format
 from edgetrunc.export.onnx.convert import ONNX_PRECISIONS, OPSETS, check_opset
-from edgetrunc.export.tflite.convert import INT8_MODES, TFLITE_PRECISIONS, quiet_converter
+from edgetrunc._log import quiet_converter
+from edgetrunc.export.tflite.convert import INT8_MODES, TFLITE_PRECISIONS
 from edgetrunc.keras.load import load_model, require_keras_file
 from edgetrunc.keras.precision import float32_model
 from edgetrunc.keras.truncations import find_truncations

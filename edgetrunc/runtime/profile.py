@@ -200,9 +200,9 @@ def _onnx_flops(args) -> int:
 
 # TFLite ----------------------------------------------------------------------------------
 def _schema():
-    from ai_edge_litert.tools import flatbuffer_utils
+    from edgetrunc.runtime.metadata import tflite_flatbuffer_utils
 
-    return flatbuffer_utils
+    return tflite_flatbuffer_utils()
 
 
 def _prefix_model(model_t, end: int, read_after) -> bytes:
@@ -244,7 +244,9 @@ def _tflite_flops(model_t, op) -> int:
 
 
 def _op_name(code) -> str:
-    from ai_edge_litert import schema_py_generated as schema
+    from edgetrunc.runtime.metadata import tflite_schema
+
+    schema = tflite_schema()
 
     value = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}

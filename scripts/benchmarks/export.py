@@ -34,7 +34,7 @@ def _bare_conversions(model, calibration, tmp):
     import tf2onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    from edgetrunc.export.tflite.convert import quiet_converter
+    from edgetrunc._log import quiet_converter
 
     def representative():
         for i in range(len(calibration)):
