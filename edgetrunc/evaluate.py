@@ -109,7 +109,8 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     scored = [n for n in pairs.photos if n in per]  # --max-pairs may leave photos without a pair
     jpeg = [n for n in scored if notes[n]["jpeg_history"]]
     never = [n for n in scored if not notes[n]["jpeg_history"]]
-    return {"model": str(path), "format": artifact.name if artifact else path.suffix.lower()[1:], "covers": str(covers)
+    return {"model": str(path), "format": artifact.name if artifact else path.suffix.lower()[1:],
+            "covers": str(covers)
             if isinstance(covers, (str, Path)) else "list", "split": split, "payload": payload,
             "embedding": stego.embedding,
             "seed": int(seed), "stride": stride or geometry.tile, "pairs": pairs.n_pairs,

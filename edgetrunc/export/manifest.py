@@ -55,7 +55,8 @@ def quantization_entry(fmt, precision, int8_io, int8_mode, calib, literal=False)
         "activations": "int8",
         "mode": int8_mode,
         "float_before_first_truncation": int8_mode == "truncation-aware",
-        "truncation": hooks.int8_truncation if int8_mode == "truncation-aware" else "calibrated ranges",
+        "truncation": (hooks.int8_truncation if int8_mode == "truncation-aware"
+                       else "calibrated ranges"),
         "io": "int8" if int8_io and hooks.int8_io else "float32",
         "calibration": {"samples": int(len(calib.x)), "split": calib.split,
                         "photos": list(calib.photos), "payload": calib.payload},

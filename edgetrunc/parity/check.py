@@ -207,13 +207,16 @@ def _probe_truncations(keras_model, reports: list, runners: list, shape, strict_
     local = []
     for report, runner in zip(reports, runners):
         fmt = _artifact_format(runner.path)
-        if fmt.has_model and (fmt.export is None or not fmt.probe_backends):
+        if not fmt.has_model:  # recorded outputs: no model there
+            continue
+        if fmt.export is None or not fmt.probe_backends:
             warnings.append(f"{runner.path.name}: the {fmt.name} format has no exporter to "
                             "probe its truncations with; no probes")
-        elif fmt.has_model:  # recorded outputs: no model there
+        else:
             local.append(report)
-    configurations = sorted({(r.format, r.precision, export_format(r.format).export.opset(r.path) or 0)
-                             for r in local}, key=lambda c: (c[0], c[1], c[2] or 0))
+    opset = {r.path: export_format(r.format).export.opset(r.path) or 0 for r in local}
+    configurations = sorted({(r.format, r.precision, opset[r.path]) for r in local},
+                            key=lambda c: (c[0], c[1], c[2] or 0))
     _log.info("parity: truncation probes")
     probe_results = run_probes(keras_model, configurations, shape)
     for probe in probe_results:

@@ -2,7 +2,8 @@
 
 `open_runner(path)` picks the runner through the file's format (`formats`: one descriptor
 per artifact format, `TFLiteRunner` for `.tflite`, `ONNXRunner` for `.onnx`, options in one
-typed `RunnerOptions`); every runner follows `BaseRunner` (`infer(batch) -> {output name: float32 array}`,
+typed `RunnerOptions`); every runner follows `BaseRunner`
+(`infer(batch) -> {output name: float32 array}`,
 `metadata()`, a typed `RunnerMetadata`); `TFLiteRunner(..., preserve_all_tensors=True)`
 and `ONNXRunner(..., preserve_all_tensors=True)` keep every intermediate tensor
 (`open_with_intermediates(path)`, then `runner.intermediates()`).

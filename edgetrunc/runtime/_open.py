@@ -1,4 +1,4 @@
-"""Opening an artifact: the runner for a file, found through its format's descriptor (no TensorFlow)."""
+"""Opening an artifact: the runner for a file, through its format's descriptor (no TensorFlow)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ _ONNX_KEYS_BEFORE_SHARED_SCHEMA = {
     "edgetrunc.source_sha256": "source_sha256", "edgetrunc.truncations": "truncations",
     "edgetrunc.precision": "precision"}
 _SCHEMA_MODULES = ("ai_edge_litert.schema_py_generated", "tensorflow.lite.python.schema_py_generated")
-_FLATBUFFER_UTILS = ("ai_edge_litert.tools.flatbuffer_utils", "tensorflow.lite.tools.flatbuffer_utils")
+_FLATBUFFER_UTILS = ("ai_edge_litert.tools.flatbuffer_utils",
+                     "tensorflow.lite.tools.flatbuffer_utils")
 
 
 def artifact_metadata(version, source, source_sha256, truncations, fmt, precision) -> dict:

@@ -19,7 +19,7 @@ machine slows them alike), with the machine described:
 The sections are written by `_variants.py` and `_runtime.py`;
 FLOPs are counted by `edgetrunc.models.flops.count_flops`.
 
-Usage: `python -m scripts.benchmarks runtime [--runs N] [--quick] [--out BENCHMARKS.md] [--models DIR]`.
+Usage: `python -m scripts.benchmarks runtime [--runs N] [--quick] [--out FILE] [--models DIR]`.
 """
 
 from __future__ import annotations
