@@ -38,6 +38,7 @@ def test_time_interleaved_runs_every_function_in_rotating_order():
     assert len(calls) == 18
 
 
+@pytest.mark.slow
 def test_bench_json_schema(block, capsys):
     argv = ["bench", str(block["fp32"]), str(block["onnx"]), "--threads", "1,2", "--runs", "3",
             "--warmup", "1", "--batch", "2", "--json"]
@@ -115,6 +116,7 @@ def test_tlunet_flops_match_the_documented_figure():
     assert rows[0]["layer"] == "front_end" and rows[0]["macs"] == 256 * 256 * 25
 
 
+@pytest.mark.slow
 def test_bench_script_writes_its_sections_and_keeps_the_others(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\n<!-- BEGIN training -->\nkept as is\n<!-- END training -->\n")

@@ -79,12 +79,14 @@ def exported():
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_find_truncations_reports_bounds_in_force(exported, name):
     found = find_truncations(exported[name]["model"])
     assert _bounds(found) == pytest.approx(_flat(EXPECTED_BOUNDS[name]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_tflite_truncation_is_exactly_minimum_and_maximum(exported, name, precision):
@@ -102,6 +104,7 @@ def test_tflite_truncation_is_exactly_minimum_and_maximum(exported, name, precis
     assert _bounds(report["truncations"]) == pytest.approx(_flat(EXPECTED_BOUNDS[name]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_onnx_truncation_is_one_clip_with_scalar_bounds(exported, name):
     import onnx
@@ -122,6 +125,7 @@ def test_onnx_truncation_is_one_clip_with_scalar_bounds(exported, name):
     assert [i.name for i in proto.graph.input] == ["input"]
 
 
+@pytest.mark.slow
 def test_inspector_names_the_layer_when_bounds_are_wrong(exported):
     entry = exported["two_thresholds"]
     wrong = [dict(t) for t in find_truncations(entry["model"])]
@@ -199,6 +203,7 @@ def test_layer_without_builtin_op_is_named():
         export_tflite(model, "fp32")
 
 
+@pytest.mark.slow
 def test_packed_fp16_front_end_keeps_the_float32_weights(exported):
     """Packing re-lays the front end's kernel over 2x2 blocks of pixels: the same float32
     values (and exact zeros), nothing rounded to fp16."""
@@ -216,6 +221,7 @@ def test_packed_fp16_front_end_keeps_the_float32_weights(exported):
     assert np.count_nonzero(front) == 4 * np.count_nonzero(kernel)  # one copy per pixel of a block
 
 
+@pytest.mark.slow
 def test_fp16_keeps_the_front_end_and_bounds_exact(exported):
     """fp16 rounding of the KV filter's 1/12 steps leaves a DC gain that swamps a +-1 stego
     residual; the front end before the first truncation keeps its fp32 weights."""
@@ -233,6 +239,7 @@ def test_fp16_keeps_the_front_end_and_bounds_exact(exported):
     assert graph.op_name(graph.g.operators[graph.producer[later]]) == "DEQUANTIZE"  # fp16 weights
 
 
+@pytest.mark.slow
 def test_same_model_gives_the_same_bytes(exported):
     model = exported["two_thresholds"]["model"]
     assert export_onnx(model, "fp32").SerializeToString() == exported["two_thresholds"][

@@ -62,6 +62,7 @@ def _source(spec: str, folder: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_foreign_model_end_to_end(case, tmp_path, cli, photo):
     spec, options = CASES[case]

@@ -104,6 +104,7 @@ def test_photos_smaller_than_the_tile_are_skipped_then_refused(capsys):
 
 # convert: every precision at the model's geometry --------------------------------------------
 
+@pytest.mark.slow
 def test_convert_512_and_rgb_models_every_precision(converted_models):
     for name, shape in (("big", [512, 512, 1]), ("rgb", [64, 64, 3])):
         manifest, artifacts = converted_models[name]
@@ -151,6 +152,7 @@ def test_convert_warns_on_nearly_constant_outputs(tmp_path, capsys):
 
 # any single output ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigmoid_and_tensor_outputs_convert(converted_models):
     manifest, _ = converted_models["sigmoid"]
     int8 = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
@@ -160,6 +162,7 @@ def test_sigmoid_and_tensor_outputs_convert(converted_models):
     assert int8 and not any("evaluation" in a["quantization"] for a in int8)  # no detector
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["big", "rgb", "sigmoid", "tensor"])
 def test_parity_default_inputs(models, converted_models, name):
     _, artifacts = converted_models[name]
@@ -216,6 +219,7 @@ def test_infer_reports_the_true_tile_and_border(models, tmp_path, capsys):
             in captured.err)
 
 
+@pytest.mark.slow
 def test_evaluate_an_rgb_model(models, converted_models, capsys):
     for path in (models["rgb"], converted_models["rgb"][1]["fp32.onnx"]):
         assert main(["-q", "evaluate", str(path), "--max-pairs", "3", "--json"]) == 0

@@ -56,6 +56,7 @@ def test_every_runtime_module_imports_without_tensorflow(blocked_env):
     assert int(out.stdout) >= 5
 
 
+@pytest.mark.slow
 def test_infer_and_bench_run_without_tensorflow(blocked_env, detector, tmp_path):
     image = write_test_images(tmp_path)["square512.png"]
     for backend in ("tflite", "onnx"):
@@ -70,6 +71,7 @@ def test_infer_and_bench_run_without_tensorflow(blocked_env, detector, tmp_path)
     assert [r["format"] for r in json.loads(out.stdout)["results"]] == ["tflite", "onnx"]
 
 
+@pytest.mark.slow
 def test_every_shipped_artifact_runs_without_tensorflow(blocked_env, tmp_path):
     from runtime_artifacts import shipped_artifacts
 

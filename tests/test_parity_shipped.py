@@ -35,6 +35,7 @@ def report():
     return check_parity(MODEL, ARTIFACTS, samples=150, inputs="mix", per_layer=True, probes=True)
 
 
+@pytest.mark.slow
 def test_every_shipped_artifact_matches_the_keras_model(report):
     from edgetrunc.parity.report import terminal_report
 
@@ -44,10 +45,12 @@ def test_every_shipped_artifact_matches_the_keras_model(report):
     assert {a.format for a in report.artifacts} == {"tflite", "onnx"}
 
 
+@pytest.mark.slow
 def test_shipped_reference_is_not_constant(report):
     assert not any("nearly constant" in w for w in report.warnings)
 
 
+@pytest.mark.slow
 def test_every_layer_of_the_shipped_model_is_mapped(report):
     for artifact in report.artifacts:
         statuses = {layer.layer: layer.status for layer in artifact.layers}
@@ -55,6 +58,7 @@ def test_every_layer_of_the_shipped_model_is_mapped(report):
         assert statuses.get("group1_truncation") in ("compared", "fused", "folded"), artifact.path
 
 
+@pytest.mark.slow
 def test_fp32_artifacts_have_no_divergent_layer(report):
     for artifact in report.artifacts:
         if artifact.precision == "fp32":

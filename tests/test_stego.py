@@ -65,6 +65,7 @@ def _pairs(folder, workers=1):
     return pairs, settings.stats
 
 
+@pytest.mark.slow
 def test_cache_is_reused_and_a_bad_entry_is_rebuilt(tmp_path, capsys):
     first, stats = _pairs(tmp_path, workers=2)  # 10 misses: the process pool
     assert first.n_pairs == 10 and (stats.embedded, stats.reused) == (10, 0)
@@ -114,6 +115,7 @@ def _one_line_error(capsys, text):
     assert len(err.splitlines()) == 1 and text in err, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ADAPTIVE)
 def test_train_with_each_embedding(scheme, tmp_path):
     out = tmp_path / "tiny.keras"
@@ -126,6 +128,7 @@ def test_train_with_each_embedding(scheme, tmp_path):
     assert record["data"]["stego_cache"]["embedded"] >= 2 and record["data"]["train_tiles"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ADAPTIVE)
 def test_evaluate_and_parity_with_each_embedding(scheme, stego_detector, tmp_path, capsys):
     cache = str(tmp_path / "cache")

@@ -110,6 +110,7 @@ def test_pipeline_holds_at_most_the_shuffle_buffer(tmp_path):
     assert [sum(1 for _ in s) for s in shares] == [20, 20]
 
 
+@pytest.mark.slow
 def test_training_streams_a_folder(tmp_path):
     from edgetrunc.cli import main
 
