@@ -108,8 +108,9 @@ class ArtifactFormat:
 
     def open(self, source, options: RunnerOptions | None = None, **changes):
         """A runner of `source` (a path or the model's bytes) with `options` (`changes` applied)."""
-        options = (options or RunnerOptions()).updated(**changes) if changes else (
-            options or RunnerOptions())
+        options = options or RunnerOptions()
+        if changes:
+            options = options.updated(**changes)
         return self.runner_class()(source, **self.runner_kwargs(options))
 
 
