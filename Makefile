@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test train train-qat convert bench clean
+.PHONY: install demo test test-fast train train-qat convert bench clean
 .PHONY: qemu arm-parity
 
 install: $(STAMP)
@@ -35,6 +35,10 @@ qemu:
 arm-parity: install qemu
 	$(PY) scripts/arm_parity.py --kernels $(ARM_ARTIFACTS)
 
+# The quick loop: every test not marked slow (under 3 minutes on 2 cores).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
 # Reproduces the shipped detector models/tlunet.keras and its training record.
 # The shipped model was trained with TensorFlow's oneDNN kernels off (their rounding differs);
 # drop TF_ENABLE_ONEDNN_OPTS=0 for about 2.5x faster training with other rounding.
@@ -53,13 +57,10 @@ train-qat: install
 	$(PY) -m edgetrunc train --qat --init models/tlunet.keras --out models/integer/tlunet_qat.keras \
 		--qat-epochs 2 --qat-pairs 512 --qat-lr 1e-5 --seed 0 --force
 
-# Every benchmark section of BENCHMARKS.md: runtime, truncation variants, FLOPs (bench.py),
-# int8 vs fp32 and conversion time (bench_export.py), parity throughput, training overhead.
+# Every benchmark section of BENCHMARKS.md, one entry point (`python -m scripts.benchmarks --list`
+# names them; `--quick` is a smoke test into a copy).
 bench: install
-	$(PY) scripts/bench.py
-	$(PY) scripts/bench_export.py
-	$(PY) scripts/bench_parity.py
-	$(PY) scripts/bench_training.py
+	$(PY) -m scripts.benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -8,6 +8,7 @@ Both are silenced by `--quiet`.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -94,6 +95,28 @@ def native_output_captured(log):
 
 _TENSORFLOW_BANNER = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
                       "Created TensorFlow Lite XNNPACK delegate")
+
+
+@contextlib.contextmanager
+def quiet_converter(log=None):
+    """Keep converter chatter ('Saved artifact at', signatures, native prints) off the
+    terminal; native diagnostics are collected into `log` when given."""
+    import logging
+    import warnings
+
+    log = [] if log is None else log
+    with contextlib.redirect_stdout(io.StringIO()), native_output_captured(log), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loggers = [logging.getLogger(n) for n in ("absl", "tensorflow", "tf2onnx", "")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -31,10 +31,10 @@ from edgetrunc.keras.activation import output_activation
 from edgetrunc.keras.load import load_model, require_keras_file
 from edgetrunc.keras.runner import predict_probability
 from edgetrunc.metrics import detection_report, is_detector_shape
-from edgetrunc.runtime import open_runner
+from edgetrunc.runtime import formats, open_runner
 from edgetrunc.runtime.scoring import score_batch
 
-MODEL_SUFFIXES = (".keras", ".h5", ".tflite", ".onnx")
+KERAS_SUFFIXES = (".keras", ".h5")
 BATCH_SIZE = 32
 
 
@@ -94,12 +94,12 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     stego = StegoSettings(embedding, stego_cache, workers)
     if Path(model_path).is_dir():
         require_keras_file(model_path)  # a SavedModel folder names `edgetrunc migrate`
-    path = require_file(model_path, "model file", MODEL_SUFFIXES)
+    path = require_file(model_path, "model file", KERAS_SUFFIXES + formats.suffixes(runnable=True))
     payload = check_payload(payload)
     is_embedded = isinstance(covers, str) and covers == "embedded"
     split = split or ("test" if is_embedded else "all")
-    suffix = path.suffix.lower()
-    score, geometry = keras_scorer(path, batch_size, custom_objects) if suffix in (".keras", ".h5") else (
+    artifact = formats.find(path, runnable=True)
+    score, geometry = keras_scorer(path, batch_size, custom_objects) if artifact is None else (
         runtime_scorer(path, batch_size, threads))
     cover_list, pairs = _pairs(covers, split, payload, seed, max_pairs, stride, geometry, stego)
     _log.info(f"scoring {len(pairs)} tiles ({pairs.n_pairs} cover/stego pairs, "
@@ -119,7 +119,8 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     scored = [n for n in pairs.photos if n in per]  # --max-pairs may leave photos without a pair
     jpeg = [n for n in scored if notes[n]["jpeg_history"]]
     never = [n for n in scored if not notes[n]["jpeg_history"]]
-    return {"model": str(path), "format": suffix.lstrip("."), "covers": str(covers)
+    return {"model": str(path), "format": artifact.name if artifact else path.suffix.lower()[1:],
+            "covers": str(covers)
             if isinstance(covers, (str, Path)) else "list", "split": split, "payload": payload,
             "embedding": stego.embedding,
             "seed": int(seed), "stride": stride or geometry.tile, "pairs": pairs.n_pairs,

@@ -19,7 +19,7 @@ tf-keras; run it in its own process). `--small` gives the few-kilobyte sizes of 
 the default sizes are the real ones (for the benchmark). `MIGRATE_OPTIONS` lists the options
 each file needs; the build functions are importable (`build_keras3(name, small)`).
 
-    python scripts/make_foreign_models.py --out DIR [--small] [--keras2] [NAME ...]
+    python -m scripts.make_foreign_models --out DIR [--small] [--keras2] [NAME ...]
 """
 
 from __future__ import annotations
@@ -192,29 +192,9 @@ def build_keras2(name: str, small: bool = False):
 
 
 def _keras2_clip_class(k, tf, name, inputs, factor):
-    class CenteredKernel(k.constraints.Constraint):
-        def __call__(self, w):
-            return w - tf.reduce_mean(w, axis=(0, 1), keepdims=True)
+    from scripts._keras2_classes import keras2_clip_classes
 
-    class HardClip(k.layers.Layer):
-        def __init__(self, clip_value=2.0, **kwargs):
-            super().__init__(**kwargs)
-            self.clip_value = clip_value
-
-        def call(self, x):
-            return tf.clip_by_value(x, -self.clip_value, self.clip_value)
-
-        def get_config(self):
-            return {**super().get_config(), "clip_value": self.clip_value}
-
-    class LearnedTLU(k.layers.Layer):
-        def build(self, input_shape):
-            self.threshold = self.add_weight(name="threshold", shape=(),
-                                             initializer=k.initializers.Constant(2.5))
-
-        def call(self, x):
-            return tf.clip_by_value(x, -self.threshold, self.threshold)
-
+    CenteredKernel, HardClip, LearnedTLU = keras2_clip_classes(k, tf)  # noqa: N806 - classes
     extra = {"kernel_constraint": CenteredKernel()} if name == "constraint" else {}
     x = k.layers.Conv2D(_width(16, factor), 5, padding="same", use_bias=False, name="conv1",
                         **extra)(inputs)

@@ -16,7 +16,7 @@ read only the committed files; this script needs tf-keras (the `legacy-fixtures`
 and is run by hand:
 
     pip install --no-deps -c constraints.txt tf-keras   # --no-deps: keeps tensorflow-cpu
-    python scripts/make_legacy_fixtures.py [--out tests/fixtures/legacy]
+    python -m scripts.make_legacy_fixtures [--out tests/fixtures/legacy]
 
 (tf-keras declares a dependency on the `tensorflow` wheel; with `tensorflow-cpu` already
 installed, `--no-deps` avoids pulling the full wheel beside it.)
@@ -47,6 +47,8 @@ try:
 except ImportError:
     sys.exit("this script needs tf-keras (Keras 2): "
              "pip install --no-deps -c constraints.txt tf-keras")
+
+from scripts._keras2_classes import keras2_clip_classes  # noqa: E402
 
 K = k.backend  # saved lambdas read `tf` and `K` as module globals, as Keras 2 code did
 T = 3.0  # a script global read by one saved lambda, as old code did: the file cannot store it
@@ -310,9 +312,7 @@ def build_foreign(out: Path) -> dict:
            needs="--truncation-class tlu=3")
 
     # (i) an unregistered kernel constraint and regularizer class, and a custom clip class
-    class CenteredKernel(k.constraints.Constraint):
-        def __call__(self, w):
-            return w - tf.reduce_mean(w, axis=(0, 1), keepdims=True)
+    CenteredKernel, HardClip, LearnedTLU = keras2_clip_classes(k, tf)  # noqa: N806 - classes
 
     class SmallL1(k.regularizers.Regularizer):
         def __call__(self, w):
@@ -320,17 +320,6 @@ def build_foreign(out: Path) -> dict:
 
         def get_config(self):
             return {}
-
-    class HardClip(k.layers.Layer):
-        def __init__(self, clip_value=2.0, **kwargs):
-            super().__init__(**kwargs)
-            self.clip_value = clip_value
-
-        def call(self, x):
-            return tf.clip_by_value(x, -self.clip_value, self.clip_value)
-
-        def get_config(self):
-            return {**super().get_config(), "clip_value": self.clip_value}
 
     inputs = k.Input((None, None, 1), name="image")
     x = k.layers.Conv2D(4, 5, padding="same", use_bias=False, kernel_constraint=CenteredKernel(),
@@ -344,15 +333,7 @@ def build_foreign(out: Path) -> dict:
     record("constraint_clip.h5", model, truncation="custom class HardClip(clip_value=2.0)",
            needs="--truncation-class HardClip")
 
-    # (j) a truncation class that stores its threshold as a learned weight
-    class LearnedTLU(k.layers.Layer):
-        def build(self, input_shape):
-            self.threshold = self.add_weight(name="threshold", shape=(),
-                                             initializer=k.initializers.Constant(2.5))
-
-        def call(self, x):
-            return tf.clip_by_value(x, -self.threshold, self.threshold)
-
+    # (j) a truncation class that stores its threshold as a learned weight (LearnedTLU)
     inputs = k.Input((None, None, 1), name="image")
     x = k.layers.Conv2D(4, 5, padding="same", use_bias=False, name="conv1")(inputs)
     x = LearnedTLU(name="tlu")(x)

@@ -30,3 +30,41 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+# shared models and artifacts (one definition each) -------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_keras(tmp_path_factory):
+    """A small Keras 3 detector-shaped model with one Truncation, saved as `tiny.keras`."""
+    import keras
+
+    from edgetrunc.layers import Truncation
+
+    folder = tmp_path_factory.mktemp("tiny")
+    inputs = keras.Input((32, 32, 1), name="image")
+    x = keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs)
+    x = Truncation(3.0, name="tlu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="head")(x)
+    path = folder / "tiny.keras"
+    keras.Model(inputs, outputs, name="tiny").save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """Detector artifacts (`[N, 2]` softmax): `{"tflite": path, "onnx": path}` (fp32), the
+    shipped ones when `models/` holds them (`runtime_artifacts.detector_artifacts`)."""
+    from runtime_artifacts import detector_artifacts
+
+    return detector_artifacts()
+
+
+@pytest.fixture(scope="session")
+def block():
+    """Seed-block artifacts (`runtime_artifacts.block_artifacts`): fp32, fp16, int8, onnx,
+    onnx_nchw and the Keras model."""
+    from runtime_artifacts import block_artifacts
+
+    return block_artifacts()

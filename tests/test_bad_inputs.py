@@ -24,7 +24,6 @@ from edgetrunc.data.images import image_files, load_image
 from edgetrunc.errors import InputError
 from edgetrunc.runtime import open_runner
 from edgetrunc.runtime.scoring import score_image
-from runtime_artifacts import detector_artifacts
 
 ROOT = Path(__file__).resolve().parent.parent
 H, W = 270, 260  # portrait: a rotation would show as a transposed shape
@@ -142,18 +141,13 @@ def covers3(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def artifacts():
-    return detector_artifacts()
+def tflite(detector):
+    return detector["tflite"]
 
 
 @pytest.fixture(scope="module")
-def tflite(artifacts):
-    return artifacts["tflite"]
-
-
-@pytest.fixture(scope="module")
-def onnx_model(artifacts):
-    return artifacts["onnx"]
+def onnx_model(detector):
+    return detector["onnx"]
 
 
 def _tiny_onnx(path, shape, opset=13):
@@ -551,15 +545,6 @@ def test_parity_bad_output_and_tolerance_options(tflite, tmp_path, capsys, optio
 
 
 # convert outputs ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_keras(tmp_path_factory):
-    from edgetrunc.models import create
-
-    path = tmp_path_factory.mktemp("tiny_keras") / "tiny.keras"
-    create("seed_block").save(path)
-    return path
-
 
 def test_convert_output_folders(tiny_keras, tmp_path, capsys):
     base = ["-q", "convert", str(tiny_keras), "--tflite", "fp32", "--onnx", ""]

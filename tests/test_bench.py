@@ -1,8 +1,9 @@
-"""`edgetrunc bench` (JSON schema, table, errors), its timing helpers, and `scripts/bench.py`."""
+"""`edgetrunc bench` (JSON schema, table, errors), its timing helpers, and `scripts.benchmarks`."""
 
-import importlib.util
+import importlib
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -11,19 +12,14 @@ from edgetrunc.cli import main
 from edgetrunc.errors import InputError
 from edgetrunc.runtime.bench import (RESULT_KEYS, bench_artifacts, latency_summary,
                                      time_interleaved)
-from runtime_artifacts import ROOT, block_artifacts, detector_artifacts
+from runtime_artifacts import ROOT, detector_artifacts
 
 
-def _bench_script():
-    spec = importlib.util.spec_from_file_location("edgetrunc_bench_script", ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def block():
-    return block_artifacts()
+def _bench_section(name="runtime"):
+    """A section module of the benchmark package `scripts.benchmarks` (from the repository)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"scripts.benchmarks.{name}")
 
 
 def test_latency_summary_from_hand_written_times():
@@ -42,6 +38,7 @@ def test_time_interleaved_runs_every_function_in_rotating_order():
     assert len(calls) == 18
 
 
+@pytest.mark.slow
 def test_bench_json_schema(block, capsys):
     argv = ["bench", str(block["fp32"]), str(block["onnx"]), "--threads", "1,2", "--runs", "3",
             "--warmup", "1", "--batch", "2", "--json"]
@@ -119,6 +116,7 @@ def test_tlunet_flops_match_the_documented_figure():
     assert rows[0]["layer"] == "front_end" and rows[0]["macs"] == 256 * 256 * 25
 
 
+@pytest.mark.slow
 def test_bench_script_writes_its_sections_and_keeps_the_others(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\n<!-- BEGIN training -->\nkept as is\n<!-- END training -->\n")
@@ -127,7 +125,7 @@ def test_bench_script_writes_its_sections_and_keeps_the_others(tmp_path):
     detector = detector_artifacts()
     shutil.copy(detector["tflite"], models / "tlunet_fp32.tflite")
     shutil.copy(detector["onnx"], models / "tlunet_fp32.onnx")
-    assert _bench_script().main(["--quick", "--out", str(out), "--models", str(models)]) == 0
+    assert _bench_section().main(["--quick", "--out", str(out), "--models", str(models)]) == 0
     text = out.read_text()
     assert "<!-- BEGIN training -->\nkept as is\n<!-- END training -->" in text
     starts = [text.index(f"<!-- BEGIN {section} -->")
@@ -142,6 +140,20 @@ def test_bench_script_writes_its_sections_and_keeps_the_others(tmp_path):
     variant_rows = [line for line in text.splitlines() if line.startswith("| seed answer 1")]
     assert variant_rows and variant_rows[0].rstrip(" |").endswith("4 / 4 / 4")
     assert np.isfinite(float(text.split("multiply-adds: **")[1].split(" M")[0]))
+
+
+def test_one_benchmark_entry_point_lists_and_imports_every_section(capsys):
+    package = _bench_section("__main__")
+    assert package.main(["--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == ["runtime", "export", "parity", "training", "streaming", "models"]
+    for name in listed:
+        assert callable(_bench_section(name).main)
+    with pytest.raises(SystemExit):
+        package.main(["nope"])
+    assert "unknown section nope" in capsys.readouterr().err
+    makefile = (ROOT / "Makefile").read_text()
+    assert "$(PY) -m scripts.benchmarks\n" in makefile.split("\nbench:")[1]
 
 
 def test_peak_rss_of_a_worker_is_its_own_not_the_parents():

@@ -51,6 +51,7 @@ def test_version():
     assert out.returncode == 0 and out.stdout.startswith("edgetrunc ")
 
 
+@pytest.mark.slow
 def test_tensorflow_commands_print_no_banner_and_keep_onednn(tmp_path):
     """TensorFlow's start-up notices (oneDNN, absl preamble) and TFLite's XNNPACK line stay off
     stderr, without turning oneDNN off (2-3x slower convolutions on x86)."""

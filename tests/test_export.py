@@ -64,7 +64,7 @@ def _flat(pairs):
 
 
 @pytest.fixture(scope="module")
-def converted():
+def exported():
     """Each model with its fp32 / fp16 TFLite and fp32 ONNX export (converted once)."""
     out = {}
     for name, build in MODELS.items():
@@ -79,16 +79,18 @@ def converted():
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
-def test_find_truncations_reports_bounds_in_force(converted, name):
-    found = find_truncations(converted[name]["model"])
+def test_find_truncations_reports_bounds_in_force(exported, name):
+    found = find_truncations(exported[name]["model"])
     assert _bounds(found) == pytest.approx(_flat(EXPECTED_BOUNDS[name]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_tflite_truncation_is_exactly_minimum_and_maximum(converted, name, precision):
-    entry = converted[name]
+def test_tflite_truncation_is_exactly_minimum_and_maximum(exported, name, precision):
+    entry = exported[name]
     truncations = find_truncations(entry["model"])
     report = inspect_tflite(entry[precision], truncations, precision)
     ops = tflite_ops(entry[precision])
@@ -102,12 +104,13 @@ def test_tflite_truncation_is_exactly_minimum_and_maximum(converted, name, preci
     assert _bounds(report["truncations"]) == pytest.approx(_flat(EXPECTED_BOUNDS[name]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
-def test_onnx_truncation_is_one_clip_with_scalar_bounds(converted, name):
+def test_onnx_truncation_is_one_clip_with_scalar_bounds(exported, name):
     import onnx
 
-    proto = converted[name]["onnx"]
-    truncations = find_truncations(converted[name]["model"])
+    proto = exported[name]["onnx"]
+    truncations = find_truncations(exported[name]["model"])
     report = inspect_onnx(proto, truncations, "fp32")
     ops = onnx_ops(proto)
     assert ops.get("Clip", 0) == len(truncations)
@@ -122,8 +125,9 @@ def test_onnx_truncation_is_one_clip_with_scalar_bounds(converted, name):
     assert [i.name for i in proto.graph.input] == ["input"]
 
 
-def test_inspector_names_the_layer_when_bounds_are_wrong(converted):
-    entry = converted["two_thresholds"]
+@pytest.mark.slow
+def test_inspector_names_the_layer_when_bounds_are_wrong(exported):
+    entry = exported["two_thresholds"]
     wrong = [dict(t) for t in find_truncations(entry["model"])]
     wrong[1]["upper"] = 0.75
     with pytest.raises(InputError, match="tlu1"):
@@ -199,13 +203,14 @@ def test_layer_without_builtin_op_is_named():
         export_tflite(model, "fp32")
 
 
-def test_packed_fp16_front_end_keeps_the_float32_weights(converted):
+@pytest.mark.slow
+def test_packed_fp16_front_end_keeps_the_float32_weights(exported):
     """Packing re-lays the front end's kernel over 2x2 blocks of pixels: the same float32
     values (and exact zeros), nothing rounded to fp16."""
     from edgetrunc.export.tflite.graph import Graph, read_model
     from edgetrunc.models import high_pass_bank
 
-    graph = Graph(read_model(converted["tlunet"]["fp16-packed"]))
+    graph = Graph(read_model(exported["tlunet"]["fp16-packed"]))
     convs = [op for op in graph.g.operators if graph.op_name(op) == "CONV_2D"]
     index = int(convs[0].inputs[1])
     assert int(graph.g.tensors[index].type) == 0 and graph.producer.get(index) is None  # float32
@@ -216,13 +221,14 @@ def test_packed_fp16_front_end_keeps_the_float32_weights(converted):
     assert np.count_nonzero(front) == 4 * np.count_nonzero(kernel)  # one copy per pixel of a block
 
 
-def test_fp16_keeps_the_front_end_and_bounds_exact(converted):
+@pytest.mark.slow
+def test_fp16_keeps_the_front_end_and_bounds_exact(exported):
     """fp16 rounding of the KV filter's 1/12 steps leaves a DC gain that swamps a +-1 stego
     residual; the front end before the first truncation keeps its fp32 weights."""
     from edgetrunc.export.tflite.graph import Graph, read_model
     from edgetrunc.models import high_pass_bank
 
-    graph = Graph(read_model(converted["tlunet"]["fp16"]))
+    graph = Graph(read_model(exported["tlunet"]["fp16"]))
     convs = [op for op in graph.g.operators if graph.op_name(op) == "CONV_2D"]
     front = graph.g.tensors[int(convs[0].inputs[1])]
     assert int(front.type) == 0 and graph.producer.get(int(convs[0].inputs[1])) is None
@@ -233,11 +239,12 @@ def test_fp16_keeps_the_front_end_and_bounds_exact(converted):
     assert graph.op_name(graph.g.operators[graph.producer[later]]) == "DEQUANTIZE"  # fp16 weights
 
 
-def test_same_model_gives_the_same_bytes(converted):
-    model = converted["two_thresholds"]["model"]
-    assert export_onnx(model, "fp32").SerializeToString() == converted["two_thresholds"][
+@pytest.mark.slow
+def test_same_model_gives_the_same_bytes(exported):
+    model = exported["two_thresholds"]["model"]
+    assert export_onnx(model, "fp32").SerializeToString() == exported["two_thresholds"][
         "onnx"].SerializeToString()
-    assert export_tflite(model, "fp32") == converted["two_thresholds"]["fp32"]
+    assert export_tflite(model, "fp32") == exported["two_thresholds"]["fp32"]
 
 
 @pytest.mark.parametrize("opset", [19, 21])

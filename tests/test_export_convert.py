@@ -44,6 +44,7 @@ def converted(source, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_manifest_describes_every_artifact(converted, source):
     manifest = json.loads((converted / "manifest.json").read_text())
     source_sha = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -70,6 +71,7 @@ def test_manifest_describes_every_artifact(converted, source):
     assert manifest["versions"]["edgetrunc"] == __version__
 
 
+@pytest.mark.slow
 def test_thresholds_source_hash_and_version_are_embedded(converted, source):
     source_sha = hashlib.sha256(source.read_bytes()).hexdigest()
     meta = read_tflite_metadata(converted / "tiny_int8.tflite")
@@ -80,6 +82,7 @@ def test_thresholds_source_hash_and_version_are_embedded(converted, source):
     assert props["truncations"][0]["upper"] == 2.0
 
 
+@pytest.mark.slow
 def test_both_formats_embed_the_same_metadata_keys(converted):
     from edgetrunc.runtime.metadata import KEYS, read_metadata
 
@@ -90,6 +93,7 @@ def test_both_formats_embed_the_same_metadata_keys(converted):
                                                        name.split("_")[1].split(".")[0])
 
 
+@pytest.mark.slow
 def test_existing_outputs_need_force(converted, source, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in converted.iterdir()}
     assert main(["-q", "convert", str(source), "--out", str(converted), "--tflite", "fp32",

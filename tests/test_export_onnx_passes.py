@@ -18,7 +18,7 @@ SHAPE = (32, 64, 1)
 
 
 @pytest.fixture(scope="module")
-def model():
+def wide_tlunet():
     return create("tlunet", input_shape=SHAPE, seed=2)
 
 
@@ -30,10 +30,10 @@ def _types(proto):
     return [n.op_type for n in proto.graph.node]
 
 
-def test_packed_onnx_graph_matches_the_literal_one(model):
+def test_packed_onnx_graph_matches_the_literal_one(wide_tlunet):
     literal_passes, packed_passes = [], []
-    literal = export_onnx(model, "fp32", literal=True, applied=literal_passes)
-    packed = export_onnx(model, "fp32", applied=packed_passes)
+    literal = export_onnx(wide_tlunet, "fp32", literal=True, applied=literal_passes)
+    packed = export_onnx(wide_tlunet, "fp32", applied=packed_passes)
     assert packed_passes[-3:] == ["pack_front_end", "activations_before_unpack",
                                   "pools_as_convolutions"]
     assert not {"pack_front_end", "pools_as_convolutions"} & set(literal_passes)
@@ -49,13 +49,14 @@ def test_packed_onnx_graph_matches_the_literal_one(model):
     np.testing.assert_allclose(next(iter(b.values())), next(iter(a.values())), atol=1e-5)
 
 
-def test_onnx_per_layer_parity_reads_the_packed_tensors(model, tmp_path):
+def test_onnx_per_layer_parity_reads_the_packed_tensors(wide_tlunet, tmp_path):
     from edgetrunc.keras.runner import KerasRunner
     from edgetrunc.parity.per_layer import compare_artifact_layers
 
     path = tmp_path / "packed.onnx"
-    path.write_bytes(export_onnx(model, "fp32").SerializeToString())
-    layers, first = compare_artifact_layers(KerasRunner(model), path, "onnx", "fp32", _inputs())
+    path.write_bytes(export_onnx(wide_tlunet, "fp32").SerializeToString())
+    layers, first = compare_artifact_layers(KerasRunner(wide_tlunet), path, "onnx", "fp32",
+                                            _inputs())
     assert first is None
     by_name = {layer.layer: layer for layer in layers}
     for name in ("front_end", "group1_conv", "group1_truncation", "group1_tanh", "group1_bn"):
@@ -64,12 +65,12 @@ def test_onnx_per_layer_parity_reads_the_packed_tensors(model, tmp_path):
     assert by_name["group1_pool"].status == "fused"
 
 
-def test_onnx_int8_stays_literal(model):
+def test_onnx_int8_stays_literal(wide_tlunet):
     """int8 (QDQ) is not packed: the truncation's Clip feeds its QuantizeLinear, so the
     unpacking would stay before it."""
     calibration = np.random.default_rng(2).uniform(0, 255, (8, *SHAPE)).astype(np.float32)
     applied = []
-    types = _types(export_onnx(model, "int8", calibration=calibration, applied=applied))
+    types = _types(export_onnx(wide_tlunet, "int8", calibration=calibration, applied=applied))
     assert "SpaceToDepth" not in types and types.count("AveragePool") == 4
     assert not {"pack_front_end", "pools_as_convolutions"} & set(applied)
 

@@ -132,6 +132,7 @@ def test_int8_pool_that_does_not_follow_an_unpacking_is_a_diagonal_convolution(m
     (4, ["DEPTHWISE_CONV_2D", "CONV_2D"]),  # window sums over the packed blocks, then 1x1
     (12, ["DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D"]),  # unpacked, one depthwise convolution
 ])
+@pytest.mark.slow
 def test_float_pool_and_batch_norm_stay_within_fp32_tolerance(tmp_path, monkeypatch, channels,
                                                               expected):
     from edgetrunc.keras.runner import KerasRunner
@@ -160,6 +161,7 @@ def test_float_pool_and_batch_norm_stay_within_fp32_tolerance(tmp_path, monkeypa
     assert by_name["pool"].status == "fused" and by_name["pool"].fused_into == "bn"
 
 
+@pytest.mark.slow
 def test_fp16_pool_rewrite_leaves_no_unread_dequantize():
     """fp16 stores the batch norm's constants as fp16 behind DEQUANTIZE ops; once the pool's
     convolution holds them, those ops go too."""

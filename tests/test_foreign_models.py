@@ -88,6 +88,7 @@ def _source(spec: str, folder: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES) + [
     pytest.param(case, marks=pytest.mark.slow) for case in sorted(CUSTOM)])
 def test_foreign_model_end_to_end(case, tmp_path, cli, photo):

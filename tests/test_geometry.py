@@ -57,7 +57,7 @@ def _artifacts(manifest, out):
 
 
 @pytest.fixture(scope="module")
-def converted(models, tmp_path_factory):
+def converted_models(models, tmp_path_factory):
     """Every precision of the 512x512x1, 64x64x3, sigmoid and no-detector models."""
     result = {}
     for name in ("big", "rgb", "sigmoid", "tensor"):
@@ -104,9 +104,10 @@ def test_photos_smaller_than_the_tile_are_skipped_then_refused(capsys):
 
 # convert: every precision at the model's geometry --------------------------------------------
 
-def test_convert_512_and_rgb_models_every_precision(converted):
+@pytest.mark.slow
+def test_convert_512_and_rgb_models_every_precision(converted_models):
     for name, shape in (("big", [512, 512, 1]), ("rgb", [64, 64, 3])):
-        manifest, artifacts = converted[name]
+        manifest, artifacts = converted_models[name]
         assert sorted(artifacts) == sorted(ALL)
         for entry in manifest["artifacts"]:
             if entry["precision"] == "int8":
@@ -151,18 +152,20 @@ def test_convert_warns_on_nearly_constant_outputs(tmp_path, capsys):
 
 # any single output ---------------------------------------------------------------------------
 
-def test_sigmoid_and_tensor_outputs_convert(converted):
-    manifest, _ = converted["sigmoid"]
+@pytest.mark.slow
+def test_sigmoid_and_tensor_outputs_convert(converted_models):
+    manifest, _ = converted_models["sigmoid"]
     int8 = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
     assert int8 and all("evaluation" in a["quantization"] for a in int8)
-    manifest, _ = converted["tensor"]
+    manifest, _ = converted_models["tensor"]
     int8 = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
     assert int8 and not any("evaluation" in a["quantization"] for a in int8)  # no detector
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["big", "rgb", "sigmoid", "tensor"])
-def test_parity_default_inputs(models, converted, name):
-    _, artifacts = converted[name]
+def test_parity_default_inputs(models, converted_models, name):
+    _, artifacts = converted_models[name]
     paths = [artifacts["fp32.tflite"], artifacts["int8.onnx"]]
     report = check_parity(models[name], paths, samples=6, probes=False).to_dict()
     assert report["inputs"]["kind"] == "mix" and report["inputs"]["composition"]["covers"] > 0
@@ -216,8 +219,9 @@ def test_infer_reports_the_true_tile_and_border(models, tmp_path, capsys):
             in captured.err)
 
 
-def test_evaluate_an_rgb_model(models, converted, capsys):
-    for path in (models["rgb"], converted["rgb"][1]["fp32.onnx"]):
+@pytest.mark.slow
+def test_evaluate_an_rgb_model(models, converted_models, capsys):
+    for path in (models["rgb"], converted_models["rgb"][1]["fp32.onnx"]):
         assert main(["-q", "evaluate", str(path), "--max-pairs", "3", "--json"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["pairs"] == 3 and report["stride"] == 128

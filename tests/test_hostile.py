@@ -74,24 +74,6 @@ def scratch(tmp_path):
     return folder
 
 
-@pytest.fixture(scope="module")
-def tiny_keras(tmp_path_factory):
-    """A small Keras 3 detector-shaped model with one Truncation."""
-    import keras
-
-    from edgetrunc.layers import Truncation
-
-    folder = tmp_path_factory.mktemp("tiny")
-    inputs = keras.Input((32, 32, 1), name="image")
-    x = keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs)
-    x = Truncation(3.0, name="tlu")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(2, activation="softmax", name="head")(x)
-    path = folder / "tiny.keras"
-    keras.Model(inputs, outputs, name="tiny").save(path)
-    return path
-
-
 def _rewrite_config(source: Path, target: Path, change) -> Path:
     with zipfile.ZipFile(source) as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
@@ -110,6 +92,7 @@ def _layers(config):
 
 # nothing named in a file is imported -------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["evaluate", "parity", "migrate", "convert"])
 def test_a_module_named_in_a_keras_config_is_never_imported(tiny_keras, scratch, command):
     def name_a_module(config):
@@ -133,6 +116,7 @@ def test_a_module_named_in_a_keras_config_is_never_imported(tiny_keras, scratch,
     assert not (scratch / "new.keras").exists() and not (scratch / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["evaluate", "parity", "migrate", "convert"])
 def test_a_module_named_in_an_h5_config_is_never_imported(scratch, command):
     import h5py
@@ -216,6 +200,7 @@ def saved_inputs(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["--json", "--html"])
 def test_parity_reports_never_replace_an_input(saved_inputs, scratch, option):
     inputs = scratch / "in.npz"
@@ -229,6 +214,7 @@ def test_parity_reports_never_replace_an_input(saved_inputs, scratch, option):
     assert inputs.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_parity_json_streams_into_a_fifo_and_devices(saved_inputs, scratch):
     result = edgetrunc("parity", MODELS / "tlunet.keras", MODELS / "tlunet_int8.tflite",
                        "--inputs", saved_inputs, "--no-probes", "--json", "/dev/null", cwd=scratch)
@@ -291,6 +277,7 @@ def _external_data_model(folder: Path, value: float) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_onnx_external_data_is_read_beside_the_model(tmp_path, scratch):
     model = _external_data_model(tmp_path / "model", 1.0)
     _external_data_model(scratch, 100.0)  # a decoy m.bin in the current folder
@@ -308,6 +295,7 @@ def test_onnx_external_data_is_read_beside_the_model(tmp_path, scratch):
     assert float(next(iter(out.values())).max()) == 1.0
 
 
+@pytest.mark.slow
 def test_onnx_external_data_outside_the_model_folder_is_refused(tmp_path, scratch):
     import onnx
 
@@ -334,6 +322,7 @@ def _set_is_consistent(folder: Path) -> bool:
     return all(sha256_file(folder / e["path"]) == e["sha256"] for e in manifest["artifacts"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", CONVERT_STEPS)
 def test_a_killed_convert_leaves_the_old_set_or_the_new_one(tiny_keras, tmp_path, step):
     from edgetrunc.export.commit import JOURNAL, recover
@@ -362,6 +351,7 @@ def test_a_killed_convert_leaves_the_old_set_or_the_new_one(tiny_keras, tmp_path
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_a_second_convert_into_a_locked_folder_is_refused(tiny_keras, tmp_path):
     import fcntl
 
@@ -375,6 +365,7 @@ def test_a_second_convert_into_a_locked_folder_is_refused(tiny_keras, tmp_path):
     assert [p.name for p in out.iterdir()] == [".edgetrunc.lock"]
 
 
+@pytest.mark.slow
 def test_a_refused_convert_creates_nothing(tmp_path):
     out = tmp_path / "new" / "folder"
     result = edgetrunc("convert", tmp_path / "missing.keras", "--out", out, cwd=tmp_path)
@@ -384,6 +375,7 @@ def test_a_refused_convert_creates_nothing(tmp_path):
 
 # resources are bounded ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_keras_archive_whose_config_expands_hugely_is_refused(tiny_keras, tmp_path):
     bomb = tmp_path / "bomb.keras"
     with zipfile.ZipFile(tiny_keras) as archive:
@@ -397,6 +389,7 @@ def test_a_keras_archive_whose_config_expands_hugely_is_refused(tiny_keras, tmp_
     assert_one_line(result, 2, "bomb.keras")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("levels", [5000, 300])
 def test_a_deeply_nested_config_is_refused(tiny_keras, tmp_path, levels):
     # written as text: json.dumps itself cannot encode 5000 levels
@@ -430,6 +423,7 @@ def test_a_deeply_nested_h5_config_is_refused(tmp_path):
     assert not (tmp_path / "new.keras").exists()
 
 
+@pytest.mark.slow
 def test_a_keras_archive_with_too_many_members_or_an_escaping_name_is_refused(tiny_keras,
                                                                             tmp_path):
     with zipfile.ZipFile(tiny_keras) as archive:
@@ -449,6 +443,7 @@ def test_a_keras_archive_with_too_many_members_or_an_escaping_name_is_refused(ti
     assert not (tmp_path.parent / "outside.txt").exists()
 
 
+@pytest.mark.slow
 def test_an_h5_with_a_huge_model_config_is_refused(tmp_path):
     import h5py
 
@@ -470,6 +465,7 @@ def test_a_huge_sparse_onnx_file_is_refused_before_reading(tmp_path):
     assert_one_line(result, 2, "huge.onnx")
 
 
+@pytest.mark.slow
 def test_an_onnx_loop_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper
@@ -560,6 +556,7 @@ RECORDING_CHANGES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(RECORDING_CHANGES))
 def test_hostile_recorded_outputs_are_one_line_errors(tmp_path, case):
     inputs, recording = _recording(tmp_path, RECORDING_CHANGES[case])
@@ -570,6 +567,7 @@ def test_hostile_recorded_outputs_are_one_line_errors(tmp_path, case):
     assert recording.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_recording_with_a_huge_declared_output_is_refused_before_reading(tmp_path):
     inputs, recording = _recording(tmp_path, lambda arrays: None)
     header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 2), }"
@@ -620,6 +618,7 @@ def _photo(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_parity_reports_never_replace_a_photo_of_the_inputs_folder(tmp_path):
     photos = tmp_path / "imgs"
     photos.mkdir()
@@ -632,6 +631,7 @@ def test_parity_reports_never_replace_a_photo_of_the_inputs_folder(tmp_path):
     assert photo.read_bytes() == before and sorted(os.listdir(photos)) == ["p0.png"]
 
 
+@pytest.mark.slow
 def test_parity_inputs_empty_is_refused_not_the_current_folder(tmp_path):
     _photo(tmp_path / "here.png")
     result = edgetrunc("parity", MODELS / "tlunet.keras", MODELS / "tlunet_int8.tflite",
@@ -656,6 +656,7 @@ def _invalid_utf8_names(target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_tflite_names_that_are_not_utf8_never_crash(tmp_path):
     artifact = _invalid_utf8_names(tmp_path / "names.tflite")
     photo = _photo(tmp_path / "photo.png")

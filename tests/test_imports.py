@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def test_package_import_does_not_import_tensorflow():
     code = (
@@ -15,6 +17,7 @@ def test_package_import_does_not_import_tensorflow():
     assert out.stdout.strip()
 
 
+@pytest.mark.slow
 def test_truncation_is_reexported_lazily():
     code = "import edgetrunc; from edgetrunc import Truncation; print(Truncation.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -22,6 +25,7 @@ def test_truncation_is_reexported_lazily():
     assert out.stdout.strip().endswith("Truncation")
 
 
+@pytest.mark.slow
 def test_load_model_registers_truncation_first(tmp_path):
     script = f"""
 import keras, edgetrunc

@@ -74,6 +74,7 @@ def migrated(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MIGRATED))
 def test_migrated_model_computes_what_keras2_computed(name, migrated):
     _, layer_name, lower, upper, gradient, verdict = MIGRATED[name]
@@ -143,6 +144,7 @@ def test_mixed_float16_model_exports_in_float32_and_passes_parity(tmp_path):
     assert any("reduced precision" in w for w in report.warnings)
 
 
+@pytest.mark.slow
 def test_report_names_the_format_and_the_conversion(migrated):
     assert migrated["tfkeras_v3.keras"][1]["format"] == "tf-keras"
     assert migrated["clip_lambda.h5"][1]["format"] == "h5"
@@ -153,6 +155,7 @@ def test_report_names_the_format_and_the_conversion(migrated):
     assert "its behaviour was not checked" in note and "'threshold'" in note
 
 
+@pytest.mark.slow
 def test_the_fused_min_max_pair_is_one_layer(migrated):
     model = keras.saving.load_model(migrated["tfop_minmax.h5"][0], safe_mode=True)
     names = [layer.name for layer in model.layers]
@@ -160,6 +163,7 @@ def test_the_fused_min_max_pair_is_one_layer(migrated):
     assert sum(isinstance(layer, Truncation) for layer in model.layers) == 1
 
 
+@pytest.mark.slow
 def test_migrated_output_of_a_free_size_model_runs_on_256x256(migrated):
     model = keras.saving.load_model(migrated["clip_lambda.h5"][0], safe_mode=True)
     assert tuple(model.inputs[0].shape) == (None, None, None, 1)
@@ -167,6 +171,7 @@ def test_migrated_output_of_a_free_size_model_runs_on_256x256(migrated):
     assert np.asarray(model(x)).shape == (1, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["clip_lambda.h5", "minmax_ste.h5"])
 def test_free_size_migrated_model_converts_and_passes_parity(name, migrated, tmp_path, cli):
     """(None, None, 1), Functional and Sequential: int8 calibration on 256x256 tiles,
@@ -251,6 +256,7 @@ def test_weights_only_file_holds_no_model(tmp_path, cli):
     assert_one_line_error(rc, err, "weights only", "load_weights")
 
 
+@pytest.mark.slow
 def test_savedmodel_report_and_refusal(migrated, tmp_path, cli):
     report = migrated["savedmodel"][1]
     assert report["format"] == "savedmodel"

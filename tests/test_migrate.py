@@ -109,6 +109,7 @@ def test_first_answer_as_written_cannot_be_saved_in_keras3(tmp_path):
         model.save(tmp_path / "partial.keras")
 
 
+@pytest.mark.slow
 def test_saved_tf_lambda_needs_the_globals_migrate_gives(migrated_answers, tmp_path):
     with_shape = tmp_path / "with_shape.keras"
     detector_block(second_answer(T), output_shape=(16, 16, 4)).save(with_shape)
@@ -125,6 +126,7 @@ def test_saved_tf_lambda_needs_the_globals_migrate_gives(migrated_answers, tmp_p
         assert np.all(np.isfinite(np.asarray(trusted(pixels((1, 16, 16, 1))))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ANSWERS))
 def test_answer_is_migrated_to_truncation_and_reloads_in_safe_mode(name, migrated_answers):
     _, _, _, gradient, exact = ANSWERS[name]
@@ -150,12 +152,14 @@ def test_answer_is_migrated_to_truncation_and_reloads_in_safe_mode(name, migrate
     np.testing.assert_allclose(np.asarray(migrated(x)), np.asarray(original(x)), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_migrating_a_migrated_file_has_nothing_to_do(migrated_answers, tmp_path):
     _, _, migrated_path, _ = migrated_answers["first"]
     report = migrate(migrated_path, tmp_path / "again.keras")
     assert "nothing to migrate" in report["message"] and not report["written"]
 
 
+@pytest.mark.slow
 def test_verification_reports_only_the_first_answers_cancellation(migrated_answers):
     for name in ANSWERS:
         verification = migrated_answers[name][3]["verification"]
@@ -174,11 +178,13 @@ def test_verification_reports_only_the_first_answers_cancellation(migrated_answe
             assert tlu_check["max_abs_error_vs_exact_clip"] >= 1.0
 
 
+@pytest.mark.slow
 def test_verification_runs_on_256x256_when_the_model_takes_any_size(migrated_answers):
     verification = migrated_answers["second"][3]["verification"]
     assert verification["inputs"]["pixels"] == [[2, 256, 256, 1]]
 
 
+@pytest.mark.slow
 def test_first_answer_probe_shows_the_cancellation_and_inf_to_nan(migrated_answers):
     (layer,) = migrated_answers["first"][3]["layers"]
     assert "float cancellation" in layer["note"]
@@ -186,6 +192,7 @@ def test_first_answer_probe_shows_the_cancellation_and_inf_to_nan(migrated_answe
     assert layer["max_probe_error"] > 1.0
 
 
+@pytest.mark.slow
 def test_tflite_inventory_drops_to_minimum_maximum(migrated_answers):
     first = migrated_answers["first"][3]["tflite_ops"]
     assert first["removed"] == {"ADD": 1, "SUB": 1} and first["added"] == {}
@@ -219,6 +226,7 @@ def test_cli_table_and_json(tmp_path, capsys):
     assert (tmp_path / "new2.keras").is_file()
 
 
+@pytest.mark.slow
 def test_legacy_seed_block_becomes_the_registered_seed_block(tmp_path):
     from edgetrunc import models
     from edgetrunc.migrate import tflite_op_inventory
@@ -243,6 +251,7 @@ def test_legacy_seed_block_becomes_the_registered_seed_block(tmp_path):
     assert report["tflite_ops"]["removed"] == {"ADD": 1, "SUB": 1}
 
 
+@pytest.mark.slow
 def test_reports_are_strict_json(migrated_answers):
     for _, _, _, report in migrated_answers.values():
         json.loads(json.dumps(report, allow_nan=False))

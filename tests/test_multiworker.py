@@ -116,6 +116,7 @@ def _free_ports(count):
     return ports
 
 
+@pytest.mark.slow
 def test_two_workers_train_and_only_the_chief_writes(tmp_path):
     cluster = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     outs = [tmp_path / f"worker{i}" / "tiny.keras" for i in range(2)]

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from runtime_artifacts import ROOT, detector_artifacts, write_test_images
+from runtime_artifacts import ROOT, write_test_images
 
 BLOCKED = ("tensorflow", "keras", "tf_keras")
 
@@ -28,11 +28,6 @@ def blocked_env(tmp_path_factory):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(fake), str(ROOT)])
     return env
-
-
-@pytest.fixture(scope="module")
-def artifacts():
-    return detector_artifacts()
 
 
 def _run(env, *args):
@@ -61,20 +56,22 @@ def test_every_runtime_module_imports_without_tensorflow(blocked_env):
     assert int(out.stdout) >= 5
 
 
-def test_infer_and_bench_run_without_tensorflow(blocked_env, artifacts, tmp_path):
+@pytest.mark.slow
+def test_infer_and_bench_run_without_tensorflow(blocked_env, detector, tmp_path):
     image = write_test_images(tmp_path)["square512.png"]
     for backend in ("tflite", "onnx"):
-        out = _run(blocked_env, "-m", "edgetrunc", "infer", str(artifacts[backend]), str(image),
+        out = _run(blocked_env, "-m", "edgetrunc", "infer", str(detector[backend]), str(image),
                    "--json")
         assert out.returncode == 0, out.stderr
         (result,) = json.loads(out.stdout)["results"]
         assert len(result["tiles"]) == 4
-    out = _run(blocked_env, "-m", "edgetrunc", "bench", str(artifacts["tflite"]),
-               str(artifacts["onnx"]), "--runs", "2", "--warmup", "1", "--json")
+    out = _run(blocked_env, "-m", "edgetrunc", "bench", str(detector["tflite"]),
+               str(detector["onnx"]), "--runs", "2", "--warmup", "1", "--json")
     assert out.returncode == 0, out.stderr
     assert [r["format"] for r in json.loads(out.stdout)["results"]] == ["tflite", "onnx"]
 
 
+@pytest.mark.slow
 def test_every_shipped_artifact_runs_without_tensorflow(blocked_env, tmp_path):
     from runtime_artifacts import shipped_artifacts
 
@@ -89,13 +86,13 @@ def test_every_shipped_artifact_runs_without_tensorflow(blocked_env, tmp_path):
         assert len(json.loads(out.stdout)["results"][0]["tiles"]) == 1
 
 
-def test_missing_interpreter_is_a_clear_error(blocked_env, artifacts, tmp_path):
+def test_missing_interpreter_is_a_clear_error(blocked_env, detector, tmp_path):
     fake = tmp_path / "no_litert"
     for name in ("ai_edge_litert", "tflite_runtime"):
         (fake / name).mkdir(parents=True)
         (fake / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked')\n")
     env = dict(blocked_env, PYTHONPATH=os.pathsep.join([str(fake), blocked_env["PYTHONPATH"]]))
     image = write_test_images(tmp_path / "images")["tile256.pgm"]
-    out = _run(env, "-m", "edgetrunc", "infer", str(artifacts["tflite"]), str(image))
+    out = _run(env, "-m", "edgetrunc", "infer", str(detector["tflite"]), str(image))
     assert out.returncode == 2
     assert "no TFLite interpreter installed" in out.stderr and "Traceback" not in out.stderr

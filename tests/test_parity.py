@@ -128,6 +128,7 @@ def _run(args, capsys):
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_clean_artifacts_pass_and_json_schema(artifacts, capsys, tmp_path):
     report_path = tmp_path / "parity.json"
     code, out, err = _run([artifacts["model"], artifacts["fp32.tflite"], artifacts["fp32.onnx"],
@@ -168,6 +169,7 @@ def test_clean_artifacts_pass_and_json_schema(artifacts, capsys, tmp_path):
     assert not any("nearly constant" in w for w in report["warnings"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tampered_fp32.onnx", "tampered_fp32.tflite"])
 def test_tampered_weight_fails_and_names_the_layer(artifacts, capsys, tmp_path, name):
     report_path = tmp_path / "parity.json"
@@ -185,6 +187,7 @@ def test_tampered_weight_fails_and_names_the_layer(artifacts, capsys, tmp_path, 
     assert by_name["classifier"]["divergent"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_tampered_int8_weight_is_traced_to_its_layer(artifacts, capsys, tmp_path, fmt):
     """int8 errors propagate and grow: the layer named is the one whose own error stands out."""
@@ -208,6 +211,7 @@ def test_tampered_int8_weight_is_traced_to_its_layer(artifacts, capsys, tmp_path
 
 @pytest.mark.parametrize("name", ["fp32.tflite", "fp16.tflite", "int8.tflite", "fp32.onnx",
                                   "fp32_nchw.onnx", "int8.onnx"])
+@pytest.mark.slow
 def test_every_tlunet_layer_is_mapped(artifacts, name):
     from edgetrunc.data import load_pairs
     from edgetrunc.keras.runner import KerasRunner
@@ -236,6 +240,7 @@ def test_every_tlunet_layer_is_mapped(artifacts, name):
         assert all(layer.error_over_scale is not None for layer in scaled)
 
 
+@pytest.mark.slow
 def test_probe_table_shows_nan_difference(artifacts, capsys, tmp_path):
     report_path = tmp_path / "parity.json"
     args = [artifacts["model"], artifacts["fp32.tflite"], artifacts["fp32.onnx"], "--samples", "3",
@@ -267,6 +272,7 @@ def test_probe_table_shows_nan_difference(artifacts, capsys, tmp_path):
     assert "NaN not propagated" in out
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained(artifacts, capsys, tmp_path):
     html_path = tmp_path / "report.html"
     code, out, err = _run([artifacts["model"], artifacts["fp32.onnx"], artifacts["tampered_fp32.tflite"],
@@ -280,6 +286,7 @@ def test_html_report_is_self_contained(artifacts, capsys, tmp_path):
     assert "group2_conv" in page and "FAILED" in page
 
 
+@pytest.mark.slow
 def test_folder_inputs_and_int8_criteria(artifacts, capsys, tmp_path):
     from PIL import Image
 
@@ -316,6 +323,7 @@ def test_nearly_constant_reference_warns(tmp_path, capsys):
     assert "nearly constant" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing_model", "corrupt_model", "corrupt_artifact", "wrong_suffix", "wrong_shape",
                                   "unwritable_json", "json_is_folder", "overwrite_input"])
 def test_bad_input_exits_2(artifacts, capsys, tmp_path, case):

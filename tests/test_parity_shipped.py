@@ -34,6 +34,7 @@ def report():
     return assert_parity(MODEL, ARTIFACTS, samples=150, inputs="mix", per_layer=True, probes=True)
 
 
+@pytest.mark.slow
 def test_every_shipped_artifact_matches_the_keras_model(report):
     assert report.passed and not report.probe_failures
     assert {a.format for a in report.artifacts} == {"tflite", "onnx"}
@@ -46,10 +47,12 @@ def test_every_shipped_artifact_exports_its_truncation_as_builtin_clip_ops(parit
     assert parity_model == MODEL
 
 
+@pytest.mark.slow
 def test_shipped_reference_is_not_constant(report):
     assert not any("nearly constant" in w for w in report.warnings)
 
 
+@pytest.mark.slow
 def test_every_layer_of_the_shipped_model_is_mapped(report):
     for artifact in report.artifacts:
         statuses = {layer.layer: layer.status for layer in artifact.layers}
@@ -57,6 +60,7 @@ def test_every_layer_of_the_shipped_model_is_mapped(report):
         assert statuses.get("group1_truncation") in ("compared", "fused", "folded"), artifact.path
 
 
+@pytest.mark.slow
 def test_fp32_artifacts_have_no_divergent_layer(report):
     for artifact in report.artifacts:
         if artifact.precision == "fp32":

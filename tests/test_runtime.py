@@ -9,17 +9,7 @@ from edgetrunc.cli import main
 from edgetrunc.errors import InputError
 from edgetrunc.runtime import (ONNXRunner, TFLiteRunner, open_runner, probability_from_outputs,
                                score_images)
-from runtime_artifacts import block_artifacts, detector_artifacts, write_test_images
-
-
-@pytest.fixture(scope="module")
-def block():
-    return block_artifacts()
-
-
-@pytest.fixture(scope="module")
-def detector():
-    return detector_artifacts()
+from runtime_artifacts import write_test_images
 
 
 @pytest.fixture(scope="module")

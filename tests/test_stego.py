@@ -65,6 +65,7 @@ def _pairs(folder, workers=1):
     return pairs, settings.stats
 
 
+@pytest.mark.slow
 def test_cache_is_reused_and_a_bad_entry_is_rebuilt(tmp_path, capsys):
     first, stats = _pairs(tmp_path, workers=2)  # 10 misses: the process pool
     assert first.n_pairs == 10 and (stats.embedded, stats.reused) == (10, 0)
@@ -98,7 +99,7 @@ def test_cache_entry_is_bound_to_its_cover_tile(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory):
+def stego_detector(tmp_path_factory):
     from edgetrunc.export import export_tflite
     from edgetrunc.models import create
 
@@ -114,6 +115,7 @@ def _one_line_error(capsys, text):
     assert len(err.splitlines()) == 1 and text in err, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ADAPTIVE)
 def test_train_with_each_embedding(scheme, tmp_path):
     out = tmp_path / "tiny.keras"
@@ -126,25 +128,27 @@ def test_train_with_each_embedding(scheme, tmp_path):
     assert record["data"]["stego_cache"]["embedded"] >= 2 and record["data"]["train_tiles"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ADAPTIVE)
-def test_evaluate_and_parity_with_each_embedding(scheme, detector, tmp_path, capsys):
+def test_evaluate_and_parity_with_each_embedding(scheme, stego_detector, tmp_path, capsys):
     cache = str(tmp_path / "cache")
-    args = ["evaluate", str(detector / "detector.keras"), "--embedding", scheme,
+    args = ["evaluate", str(stego_detector / "detector.keras"), "--embedding", scheme,
             "--stego-cache", cache, "--max-pairs", "2", "--json"]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["embedding"] == scheme and report["pairs"] == 2
     assert main(args) == 0  # the second run embeds nothing
     assert "0 embedded, 2 reused" in capsys.readouterr().err
-    assert main(["-q", "parity", str(detector / "detector.keras"), str(detector / "detector.tflite"),
+    assert main(["-q", "parity", str(stego_detector / "detector.keras"),
+                 str(stego_detector / "detector.tflite"),
                  "--inputs", "stego", "--embedding", scheme, "--stego-cache", cache,
                  "--samples", "2", "--no-probes", "--json", str(tmp_path / "parity.json")]) == 0
     inputs = json.loads((tmp_path / "parity.json").read_text())["inputs"]
     assert inputs["embedding"] == scheme and inputs["composition"] == {"stego": 2}
 
 
-def test_bad_stego_input_exits_2_with_one_line(detector, tmp_path, capsys):
-    model = str(detector / "detector.keras")
+def test_bad_stego_input_exits_2_with_one_line(stego_detector, tmp_path, capsys):
+    model = str(stego_detector / "detector.keras")
     assert main(["evaluate", model, "--embedding", "f5"]) == 2
     _one_line_error(capsys, "--embedding: unknown embedding 'f5'")
     (tmp_path / "file").write_text("")

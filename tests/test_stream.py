@@ -86,7 +86,7 @@ def test_epoch_pairs_are_the_direct_pairs_each_photo_read_once(folder):
 
 
 def test_pipeline_holds_at_most_the_shuffle_buffer(tmp_path):
-    from edgetrunc.train.pipeline import PREFETCH_BATCHES, stream_epoch_dataset
+    from edgetrunc.train.tf_data import PREFETCH_BATCHES, stream_epoch_dataset
 
     index = stream_training_tiles(scan_covers(_folder(tmp_path / "many", 40)))  # 80 tiles
     buffer, batch = 4, 2
@@ -110,6 +110,7 @@ def test_pipeline_holds_at_most_the_shuffle_buffer(tmp_path):
     assert [sum(1 for _ in s) for s in shares] == [20, 20]
 
 
+@pytest.mark.slow
 def test_training_streams_a_folder(tmp_path):
     from edgetrunc.cli import main
 

@@ -22,6 +22,7 @@ def trained(tmp_path_factory):
     return code, out
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_model_and_record(trained):
     code, out = trained
     assert code == 0 and out.is_file()
@@ -43,6 +44,7 @@ def test_smoke_run_writes_model_and_record(trained):
     assert not list(out.parent.glob(".*"))  # no temporary or checkpoint file left
 
 
+@pytest.mark.slow
 def test_trained_model_loads_and_predicts(trained):
     import keras
 
@@ -53,6 +55,7 @@ def test_trained_model_loads_and_predicts(trained):
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_without_force(trained, capsys):
     code, out = trained
     before = out.read_bytes()

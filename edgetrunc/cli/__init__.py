@@ -32,7 +32,6 @@ COMMANDS = {
     "targets": "Vela (Ethos-U) and TFLite Micro verdicts on a full-integer .tflite",
 }
 _TENSORFLOW_COMMANDS = ("train", "convert", "parity")
-_RUNTIME_SUFFIXES = (".tflite", ".onnx")
 
 
 def command_module(name: str):
@@ -93,7 +92,12 @@ def _quiet_tensorflow(args):
     off stderr (oneDNN stays on, TensorFlow's default: 2-3x faster convolutions on x86)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-    keras_model = args.command == "evaluate" and not str(args.model).lower().endswith(_RUNTIME_SUFFIXES)
+    if args.command == "evaluate":
+        from edgetrunc.runtime.formats import find
+
+        keras_model = find(args.model, runnable=True) is None
+    else:
+        keras_model = False
     if args.command in _TENSORFLOW_COMMANDS or keras_model:
         from edgetrunc import _log
 

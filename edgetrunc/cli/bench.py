@@ -68,11 +68,12 @@ def format_profile(profile, limit: int = 40) -> str:
 
 def run(args) -> int:
     from edgetrunc._text import dumps_json
+    from edgetrunc.runtime import RunnerOptions
     from edgetrunc.runtime.bench import bench_artifacts
 
     results = bench_artifacts(args.artifacts, threads=args.threads, runs=args.runs,
                               warmup=args.warmup, batch=args.batch,
-                              options={"use_xnnpack": False} if args.no_xnnpack else None)
+                              options=RunnerOptions(xnnpack=not args.no_xnnpack))
     profiles = []
     if args.profile:
         from edgetrunc.runtime.profile import profile_artifact

@@ -11,7 +11,7 @@ the same tile order as `edgetrunc.data.dataset.training_tiles`, so a worker's sh
 one epoch: photos in a seeded order, each read once and cut into its tiles, each tile
 embedded (LSB matching, a fresh message per epoch) or fetched from the stego cache
 (message `epoch mod K`) and turned by one of the 8 rotations/flips; the shuffle buffer,
-batching and prefetch are `tf.data` stages (`edgetrunc.train.pipeline`). `stream_pairs`
+batching and prefetch are `tf.data` stages (`edgetrunc.train.tf_data`). `stream_pairs`
 gives a split's scored pairs (`StreamPairs`: what `load_pairs` gives, read batch by batch
 when scored, never all at once); `prefill_stream` fills the stego cache for a content-
 adaptive embedding a bounded chunk of photos at a time.

@@ -14,6 +14,7 @@ when a function needs them.
 """
 
 from edgetrunc.export.pipeline import convert
+from edgetrunc.export.formats import export_format
 from edgetrunc.export.onnx.convert import ONNX_PRECISIONS, export_onnx
 from edgetrunc.export.onnx.inspect import inspect_onnx
 from edgetrunc.export.tflite.convert import TFLITE_PRECISIONS, export_tflite
@@ -23,6 +24,7 @@ from edgetrunc.runtime.metadata import onnx_ops, read_onnx_metadata, read_tflite
 
 __all__ = [
     "convert",
+    "export_format",
     "ONNX_PRECISIONS",
     "export_onnx",
     "inspect_onnx",

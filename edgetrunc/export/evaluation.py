@@ -32,15 +32,9 @@ def quality_against_keras(keras_probability, artifact_probability, labels) -> di
 
 
 def artifact_probability(fmt, path, x) -> np.ndarray:
-    """Stego probability `[N]` of the artifact at `path` ("tflite" or "onnx") on `x`."""
+    """Stego probability `[N]` of the artifact at `path` (of the format named `fmt`) on `x`."""
+    from edgetrunc.runtime import formats
     from edgetrunc.runtime.scoring import score_batch
 
-    if fmt == "tflite":
-        from edgetrunc.runtime.tflite_runner import TFLiteRunner
-
-        runner = TFLiteRunner(str(path))
-    else:
-        from edgetrunc.runtime.onnx_runner import ONNXRunner
-
-        runner = ONNXRunner(str(path))
-    return score_batch(runner, x, SCORING_BATCH, clip=False)
+    with formats.get(fmt).open(str(path)) as runner:
+        return score_batch(runner, x, SCORING_BATCH, clip=False)

@@ -13,16 +13,15 @@ import os
 from pathlib import Path
 
 from edgetrunc._version import package_versions
-from edgetrunc.export.onnx.quantize import ONNX_INT8_TYPES
-from edgetrunc.export.tflite.passes import INT8_FLOAT_TYPES, INT8_KEEP_FLOAT
+from edgetrunc.export.formats import export_format
 
 MANIFEST = "manifest.json"
 
 
 def plan(stem, tflite, onnx) -> list:
     """`[(format, precision, file name)]` of every artifact, TFLite first."""
-    return ([("tflite", p, f"{stem}_{p}.tflite") for p in tflite]
-            + [("onnx", p, f"{stem}_{p}.onnx") for p in onnx])
+    return [(fmt, p, f"{stem}_{p}{export_format(fmt).suffix}")
+            for fmt, precisions in (("tflite", tflite), ("onnx", onnx)) for p in precisions]
 
 
 def artifact_entry(name, fmt, precision, content: bytes, report: dict, quantization,
@@ -58,29 +57,21 @@ def quantization_entry(fmt, precision, int8_io, int8_mode, calib, literal=False)
         return {"weights": "float16", "activations": "float32"}
     if precision == "int8-full":
         return _full_integer_entry(calib)
+    hooks = export_format(fmt).export
     entry = {
         "weights": "int8 (per channel)",
         "activations": "int8",
         "mode": int8_mode,
         "float_before_first_truncation": int8_mode == "truncation-aware",
-        "truncation": ("range of each truncation's producer set to [lower, upper]; int8 "
-                       "saturation performs the clip" if fmt == "tflite" else
-                       "Clip input and output quantized with range [lower, upper]")
-                      if int8_mode == "truncation-aware" else "calibrated ranges",
-        "io": ("int8" if int8_io else "float32") if fmt == "tflite" else "float32",
+        "truncation": (hooks.int8_truncation if int8_mode == "truncation-aware"
+                       else "calibrated ranges"),
+        "io": "int8" if int8_io and hooks.int8_io else "float32",
         "calibration": {"samples": int(len(calib.x)), "split": calib.split,
                         "photos": list(calib.photos), "payload": calib.payload},
     }
     if int8_mode == "truncation-aware":
-        if fmt == "tflite":
-            entry["float_op_types"] = list(INT8_FLOAT_TYPES)
-            entry["float_inside_xnnpack"] = list(INT8_KEEP_FLOAT)
-            entry["front_end"] = ("float" if literal else
-                                  "float, one-channel convolutions packed over 2x2 blocks")
-        else:
-            entry["int8_op_types"] = list(ONNX_INT8_TYPES)
-    if fmt == "onnx":
-        entry["format"] = "QDQ"
+        entry.update(hooks.int8_aware_notes(literal))
+    entry.update(hooks.int8_layout)
     return entry
 
 

@@ -19,17 +19,15 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc._io import resolve_path, sha256_file
+from edgetrunc._log import quiet_converter
 from edgetrunc._version import __version__
 from edgetrunc.errors import InputError
 from edgetrunc.export import calibration as calib_data
 from edgetrunc.export import evaluation, manifest
 from edgetrunc.export.commit import OutputSet
-from edgetrunc.export.onnx.convert import (ONNX_PRECISIONS, OPSETS, check_opset, export_onnx,
-                                           set_onnx_metadata)
-from edgetrunc.export.onnx.inspect import inspect_onnx
-from edgetrunc.export.tflite.convert import (INT8_MODES, TFLITE_PRECISIONS, embed_tflite_metadata,
-                                             export_tflite, quiet_converter)
-from edgetrunc.export.tflite.inspect import inspect_tflite
+from edgetrunc.export.formats import export_format
+from edgetrunc.export.onnx.convert import ONNX_PRECISIONS, OPSETS, check_opset
+from edgetrunc.export.tflite.convert import INT8_MODES, TFLITE_PRECISIONS
 from edgetrunc.export.tflite.passes import TARGETS
 from edgetrunc.keras.load import load_model, require_keras_file
 from edgetrunc.keras.precision import float32_model
@@ -173,16 +171,7 @@ def _export(model, fmt, precision, calib, options, metadata, applied) -> bytes:
     the passes that changed it."""
     x = None if calib is None else calib.x
     payload = {**metadata, "format": fmt, "precision": precision}
-    if fmt == "tflite":
-        content = export_tflite(model, precision, calibration=x, int8_io=options["int8_io"],
-                                int8_mode=options["int8_mode"], literal=options["literal"],
-                                applied=applied, target=options["target"])
-        return embed_tflite_metadata(content, payload)
-    proto = export_onnx(model, precision, opset=options["opset"], nchw=options["nchw"],
-                        calibration=x, int8_mode=options["int8_mode"],
-                        literal=options["literal"], applied=applied)
-    set_onnx_metadata(proto, payload)
-    return proto.SerializeToString()
+    return export_format(fmt).export.artifact(model, precision, x, applied, payload, **options)
 
 
 def _evaluate(entry, fmt, tmp, held_out, keras_probability):
@@ -217,7 +206,7 @@ def _convert_model(model, source, source_sha, outputs, artifacts, options, calib
         content = _export(model, fmt, precision, calib, options, metadata, applied)
         elapsed = time.perf_counter() - started
         staged = outputs.stage(name, content)
-        inspect = inspect_tflite if fmt == "tflite" else inspect_onnx
+        inspect = export_format(fmt).export.inspect
         entry = manifest.artifact_entry(
             name, fmt, precision, content, inspect(str(staged), truncations, precision),
             manifest.quantization_entry(fmt, precision, options["int8_io"],

@@ -16,6 +16,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from edgetrunc.runtime import formats
+
 
 class LayerReader:
     """Chunks of `batch` for `keras_runner` and the artifacts of `states` (see the module docstring)."""
@@ -27,7 +29,8 @@ class LayerReader:
         self.threads = intermediate_threads(threads)
         self.shapes = None
         self.kept = {}  # state -> runner kept across chunks (a lone TFLite artifact)
-        self.lone = len(states) == 1 and states[0].format == "tflite"
+        self.lazy = {id(state): formats.get(state.format).lazy_tensors for state in states}
+        self.lone = len(states) == 1 and self.lazy[id(states[0])]
 
     def _runner(self, state):
         from edgetrunc.runtime import open_with_intermediates
@@ -55,7 +58,7 @@ class LayerReader:
             for state in states:
                 runner = self._runner(state)
                 runner.infer(part)
-                tensors = runner.intermediate_tensors(**({"lazy": True} if state.format == "tflite" else {}))
+                tensors = runner.intermediate_tensors(**({"lazy": True} if self.lazy[id(state)] else {}))
                 yield outputs, state, tensors
                 tensors.clear()  # this artifact's arrays go before the next one's arrive
                 del tensors, runner

@@ -25,15 +25,18 @@ from edgetrunc.parity.results import ArtifactReport, ParityReport
 
 PER_LAYER_SAMPLES = 8
 BATCH_BYTES = 256 * 2 ** 20  # Keras layer outputs of one batch of the output comparison
-ARTIFACT_SUFFIXES = (".tflite", ".onnx", ".npz")  # .npz: outputs recorded on a device
 
 
-def _artifact_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix not in ARTIFACT_SUFFIXES:
-        raise InputError(f"{path}: expected a .tflite or .onnx artifact (or .npz outputs recorded by "
-                         f"edgetrunc run), got '{suffix or 'no suffix'}'")
-    return suffix[1:]
+def _artifact_format(path: Path):
+    from edgetrunc.runtime import formats
+
+    fmt = formats.find(path)
+    if fmt is None:
+        recorded = "".join(f" (or {f.suffix} {f.description})" for f in formats.formats()
+                           if not f.has_model)
+        raise InputError(f"{path}: expected a {' or '.join(formats.suffixes(runnable=True))} "
+                         f"artifact{recorded}, got '{path.suffix.lower() or 'no suffix'}'")
+    return fmt
 
 
 def _check_input_shape(runner, expected: tuple) -> None:
@@ -76,19 +79,16 @@ def open_artifacts(paths, expected_shape, threads=None) -> list:
     take the whole machine (TFLite's own default is one thread). ONNX Runtime's workers do not
     spin between runs, which would take cores from the backend that runs next.
     """
-    from edgetrunc.runtime import open_runner
+    from edgetrunc.runtime import RunnerOptions
 
     threads = threads or usable_cores()
     runners = []
     for path in map(Path, paths):
         fmt = _artifact_format(path)
-        if fmt == "npz":
-            from edgetrunc.runtime.recorded import RecordedRunner
-
-            runners.append(RecordedRunner(path))
+        if not fmt.has_model:  # recorded outputs
+            runners.append(fmt.open(path))
             continue
-        options = {"spin": False} if fmt == "onnx" else {}
-        runner = open_runner(path, threads=threads, **options)
+        runner = fmt.open(path, RunnerOptions(threads=threads, **fmt.shared_cores))
         _check_input_shape(runner, expected_shape)
         runners.append(runner)
     return runners
@@ -191,9 +191,10 @@ def _compare_layers(reports: list, runners: list, keras_runner, batch, strict_la
 
     local = []
     for report, runner in zip(reports, runners):
-        if runner.format == "recorded":
-            warnings.append(f"{runner.path.name}: recorded outputs hold no intermediates; "
-                            "no per-layer comparison")
+        fmt = _artifact_format(runner.path)
+        if not fmt.intermediates:
+            what = "recorded outputs hold" if not fmt.has_model else f"a {fmt.name} runner keeps"
+            warnings.append(f"{runner.path.name}: {what} no intermediates; no per-layer comparison")
         else:
             local.append((report, runner))
     if not local:
@@ -223,11 +224,22 @@ def _judge_layers(report: ArtifactReport, runner, strict_layers: bool, warnings:
 def _probe_truncations(keras_model, reports: list, runners: list, shape, strict_nan: bool,
                        warnings: list) -> list:
     """Probe every Truncation in each (format, precision, opset) of the local artifacts."""
-    from edgetrunc.parity.probes import onnx_opset, run_probes
+    from edgetrunc.export.formats import export_format
+    from edgetrunc.parity.probes import run_probes
 
-    local = [r for r, runner in zip(reports, runners) if runner.format != "recorded"]  # no model there
-    configurations = sorted({(r.format, r.precision, onnx_opset(r.path) if r.format == "onnx" else 0)
-                             for r in local}, key=lambda c: (c[0], c[1], c[2] or 0))
+    local = []
+    for report, runner in zip(reports, runners):
+        fmt = _artifact_format(runner.path)
+        if not fmt.has_model:  # recorded outputs: no model there
+            continue
+        if fmt.export is None or not fmt.probe_backends:
+            warnings.append(f"{runner.path.name}: the {fmt.name} format has no exporter to "
+                            "probe its truncations with; no probes")
+        else:
+            local.append(report)
+    opset = {r.path: export_format(r.format).export.opset(r.path) or 0 for r in local}
+    configurations = sorted({(r.format, r.precision, opset[r.path]) for r in local},
+                            key=lambda c: (c[0], c[1], c[2] or 0))
     _log.info("parity: truncation probes")
     probe_results = run_probes(keras_model, configurations, shape)
     for probe in probe_results:

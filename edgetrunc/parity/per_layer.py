@@ -108,11 +108,13 @@ def compare_artifacts_layers(keras_runner, artifacts: list, batch: np.ndarray,
     statistics are kept, so memory does not grow with the number of samples or artifacts.
     """
     from edgetrunc.parity._layer_reader import LayerReader
+    from edgetrunc.runtime import formats
     from edgetrunc.runtime.intermediates import release_memory
 
     for path, artifact_format, _ in artifacts:
-        if artifact_format not in ("tflite", "onnx"):
-            raise InputError(f"{path}: per-layer comparison supports .tflite and .onnx")
+        if not formats.get(artifact_format).intermediates:
+            raise InputError(f"{path}: per-layer comparison needs a runner that keeps every "
+                             f"tensor; the {artifact_format} format has none")
     per_sample = keras_runner.layer_output_bytes(tuple(batch.shape[1:]))
     size = max(1, min(len(batch), int(chunk_bytes) // max(per_sample, 1)))
     model = keras_runner.model

@@ -20,7 +20,6 @@ import numpy as np
 from edgetrunc import _log
 from edgetrunc._text import json_safe
 
-BACKENDS = {"tflite": ("tflite-xnnpack", "tflite-builtin"), "onnx": ("onnxruntime",)}
 PROBED_PRECISIONS = ("fp32", "fp16")
 
 
@@ -73,27 +72,11 @@ def _submodel(name: str, lower: float, upper: float, input_shape):
 
 def _convert(submodel, fmt: str, precision: str, opset: int | None = None):
     """Bytes of the submodel converted the way artifacts are (`edgetrunc.export`, same opset)."""
-    from edgetrunc.export import export_onnx, export_tflite
+    from edgetrunc.export.formats import export_format
 
     with _log.stdout_to_stderr():
-        if fmt == "tflite":
-            return export_tflite(submodel, precision)
         kwargs = {"opset": opset} if opset else {}
-        return export_onnx(submodel, precision, **kwargs).SerializeToString()
-
-
-def onnx_opset(path) -> int | None:
-    """The default-domain opset of an ONNX file (None if it cannot be read)."""
-    from edgetrunc.runtime._base import check_model_size
-
-    try:
-        import onnx
-
-        check_model_size(path)
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # unreadable files were already reported by the runner
-        return None
-    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        return export_format(fmt).export.artifact(submodel, precision, **kwargs)
 
 
 def _tolerance(precision: str, expected: np.ndarray) -> np.ndarray:
@@ -125,7 +108,7 @@ def run_probes(model, configurations, input_shape=None) -> list:
     """
     from edgetrunc.keras.runner import KerasRunner
     from edgetrunc.keras.truncations import find_truncations
-    from edgetrunc.runtime import ONNXRunner, TFLiteRunner
+    from edgetrunc.runtime import RunnerOptions, formats
 
     input_shape = tuple(input_shape or model.inputs[0].shape[1:])
     results = []
@@ -148,23 +131,21 @@ def run_probes(model, configurations, input_shape=None) -> list:
 
         for configuration in configurations:
             fmt, precision = configuration[:2]
+            backends = formats.get(fmt).probe_backends
             opset = configuration[2] if len(configuration) > 2 and configuration[2] else None
             if precision not in PROBED_PRECISIONS:
                 continue
             try:
                 content = _convert(submodel, fmt, precision, opset)
             except Exception as exc:  # a conversion failure is reported in the probe table
-                for backend in BACKENDS[fmt]:
+                for backend in backends:
                     results.append(ProbeResult(name, lower, upper, fmt, precision, backend,
                                                error=f"conversion failed: {str(exc).splitlines()[0][:160]}"))
                 continue
-            for backend in BACKENDS[fmt]:
+            for backend, options in backends.items():
                 row = ProbeResult(name, lower, upper, fmt, precision, backend, opset=opset)
-                if backend == "onnxruntime":
-                    runner = ONNXRunner(content)
-                else:
-                    runner = TFLiteRunner(content, use_xnnpack=backend == "tflite-xnnpack")
-                got = next(iter(runner.infer(batch).values())).reshape(-1)[:len(values)]
+                with formats.get(fmt).open(content, RunnerOptions(**options)) as runner:
+                    got = next(iter(runner.infer(batch).values())).reshape(-1)[:len(values)]
                 _judge(row, labels, values, expected, got, precision)
                 results.append(row)
     return results

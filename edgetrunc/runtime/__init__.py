@@ -1,7 +1,9 @@
 """On-device runtime: run `.tflite` and `.onnx` detectors with no TensorFlow.
 
-`open_runner(path)` picks the runner by suffix (`TFLiteRunner` for `.tflite`, `ONNXRunner`
-for `.onnx`); both follow `BaseRunner` (`infer(batch) -> {output name: float32 array}`,
+`open_runner(path)` picks the runner through the file's format (`formats`: one descriptor
+per artifact format, `TFLiteRunner` for `.tflite`, `ONNXRunner` for `.onnx`, options in one
+typed `RunnerOptions`); every runner follows `BaseRunner`
+(`infer(batch) -> {output name: float32 array}`,
 `metadata()`, a typed `RunnerMetadata`); `TFLiteRunner(..., preserve_all_tensors=True)`
 and `ONNXRunner(..., preserve_all_tensors=True)` keep every intermediate tensor
 (`open_with_intermediates(path)`, then `runner.intermediates()`).
@@ -17,7 +19,9 @@ Nothing in this package imports TensorFlow or Keras; the interpreter packages
 from __future__ import annotations
 
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
-from edgetrunc.runtime._open import RUNNERS, open_runner, open_with_intermediates  # noqa: F401
+from edgetrunc.runtime import formats
+from edgetrunc.runtime._open import open_runner, open_with_intermediates
+from edgetrunc.runtime.formats import ArtifactFormat, RunnerOptions
 from edgetrunc.runtime.onnx_runner import ONNXRunner
 from edgetrunc.runtime.recorded import RecordedRunner, load_inputs, record_outputs, save_inputs
 from edgetrunc.runtime.scoring import (
@@ -27,7 +31,7 @@ from edgetrunc.runtime.tflite_runner import TFLiteRunner
 
 __all__ = [
     "BaseRunner", "RunnerMetadata", "TensorInfo", "TFLiteRunner", "ONNXRunner", "open_runner",
-    "open_with_intermediates",
+    "open_with_intermediates", "formats", "ArtifactFormat", "RunnerOptions",
     "ImageScore", "preprocess_image", "probability_from_outputs", "run_batched", "score_batch",
     "score_images", "bench_artifacts", "RecordedRunner", "record_outputs", "save_inputs", "load_inputs",
 ]

@@ -3,8 +3,10 @@
 A runner is created from a path, `infer(batch)` takes a float32 NHWC batch of pixel values
 0..255 and returns `{output name: float32 array}` (int8 models quantize the input and
 dequantize the outputs with the model's own parameters); `metadata()` describes inputs,
-outputs, precision and quantization. Subclasses fill the `_load_impl` / `_infer_impl` hooks;
-`infer` validates the feed first. No TensorFlow here.
+outputs, precision and quantization. Subclasses fill the `_load_impl` / `_infer_impl` hooks
+(and `_close_impl` to release a session); `infer` validates the feed first. A runner loads its
+model when created and holds it until `close()`; it is a context manager (`with
+open_runner(path) as runner:`). No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class BaseRunner:
     """Common front of every backend runner."""
 
     format = "base"
+    closed = False
 
     def __init__(self, path_or_bytes, threads: int | None = None):
         """`path_or_bytes`: a model file, or the model's bytes (kept in `self._content`)."""
@@ -167,6 +170,22 @@ class BaseRunner:
     def _infer_impl(self, batch: np.ndarray) -> dict:
         raise NotImplementedError
 
+    def _close_impl(self):
+        """Release the interpreter or session (runners that hold one override this)."""
+
+    # lifecycle -------------------------------------------------------------
+    def close(self) -> None:
+        """Release what the runner holds; `infer` refuses afterwards. A second call does nothing."""
+        if not self.closed:
+            self._close_impl()
+            self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
     # public ----------------------------------------------------------------
     def metadata(self) -> RunnerMetadata:
         return self._meta
@@ -186,6 +205,8 @@ class BaseRunner:
     def infer(self, batch: np.ndarray) -> dict:
         """Run a float32 NHWC batch (pixel values 0..255), or for a model whose input is not an
         image, a batch of its input's rank; outputs as float32."""
+        if self.closed:
+            raise InputError(f"{self.path}: the runner is closed")
         batch = np.asarray(batch)
         expected = self._meta.inputs[0].shape if self._meta and self._meta.inputs else None
         if expected is not None and len(expected) != 4:

@@ -1,12 +1,15 @@
 """Benchmark worker process: one runner, timed on request (see `edgetrunc.runtime.bench`).
 
-Usage: `python -m edgetrunc.runtime._bench_worker ARTIFACT THREADS BATCH SEED OPTIONS_JSON`.
+Usage: `python -m edgetrunc.runtime._bench_worker ARTIFACT THREADS BATCH SEED OPTIONS_JSON
+[PLUGINS_JSON]`: `RunnerOptions` fields as JSON, and the modules that register formats
+defined outside the package (imported first).
 Prints one JSON line when ready (or `{"error": ...}`), then answers each `run` line on
 stdin with `{"ms": latency}` and `stop` (or end of input) with `{"peak_rss_mb": ...}`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -19,15 +22,17 @@ def _reply(obj) -> None:
 
 def main(argv) -> int:
     from edgetrunc.errors import InputError
-    from edgetrunc.runtime._open import open_runner
+    from edgetrunc.runtime import formats
     from edgetrunc.runtime.bench import peak_rss_mb, random_batch
 
     artifact, threads, batch, seed, options = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
+    for module in json.loads(argv[5]) if len(argv) > 5 else ():
+        importlib.import_module(module)
     try:
-        options = json.loads(options)
-        if artifact.lower().endswith(".onnx"):
-            options = {"spin": False}  # idle busy-waiting threads would slow the next artifact
-        runner = open_runner(artifact, threads=threads, **options)
+        fmt = formats.for_path(artifact, runnable=True)
+        options = formats.RunnerOptions.from_dict(json.loads(options)).updated(
+            threads=threads, **fmt.shared_cores)  # the artifacts take turns on the same cores
+        runner = fmt.open(artifact, options)
         feed = random_batch(runner, batch, seed)
         meta = runner.metadata()
     except InputError as exc:

@@ -1,37 +1,39 @@
-"""Opening an artifact: the runner for a file, chosen by its suffix (no TensorFlow)."""
+"""Opening an artifact: the runner for a file, through its format's descriptor (no TensorFlow)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from edgetrunc.errors import InputError
+from edgetrunc.runtime import formats
 from edgetrunc.runtime._base import BaseRunner
-from edgetrunc.runtime.onnx_runner import ONNXRunner
-from edgetrunc.runtime.tflite_runner import TFLiteRunner
-
-RUNNERS = {".tflite": TFLiteRunner, ".onnx": ONNXRunner}
+from edgetrunc.runtime.formats import RunnerOptions
 
 
-def open_runner(path, threads: int | None = None, **options) -> BaseRunner:
-    """Create the runner for `path` by its suffix (`.tflite` or `.onnx`).
+def open_runner(path, threads: int | None = None, options: RunnerOptions | None = None,
+                **runner_kwargs) -> BaseRunner:
+    """Create the runner for `path`, chosen by its format (`edgetrunc.runtime.formats`).
 
-    `options` go to the runner (e.g. `use_xnnpack=False`, `preserve_all_tensors=True` for
-    TFLite). A missing, empty or corrupt file, or another suffix, raises `InputError`.
+    `options` (a `RunnerOptions`) say how it runs; `threads` overrides `options.threads`.
+    `runner_kwargs` go to the runner class as they are (its own keywords, e.g.
+    `use_xnnpack=False` for TFLite). A missing, empty or corrupt file, or a suffix no format
+    has, raises `InputError`.
     """
-    path = Path(path)
-    runner = RUNNERS.get(path.suffix.lower())
-    if runner is None:
-        raise InputError(f"{path}: unsupported model file '{path.suffix or 'no suffix'}'; "
-                         "expected a .tflite or .onnx artifact")
+    fmt = formats.for_path(path, runnable=True)
+    options = options or RunnerOptions()
+    if threads is not None:
+        options = options.updated(threads=threads)
+    kwargs = {**fmt.runner_kwargs(options), **runner_kwargs}
     try:
-        return runner(path, threads=threads, **options)
+        return fmt.runner_class()(path, **kwargs)
     except TypeError as exc:
         raise InputError(f"{path}: unsupported runner option ({exc})") from None
 
 
 def open_with_intermediates(path, threads: int | None = None) -> BaseRunner:
-    """A runner of `path` (`.tflite` or `.onnx`) that keeps every intermediate tensor of its
-    last `infer` (`runner.intermediates()`). TFLite runs its built-in kernels here: XNNPACK
-    keeps its intermediates to itself."""
-    options = {"use_xnnpack": False} if Path(path).suffix.lower() == ".tflite" else {}
-    return open_runner(path, threads=threads, preserve_all_tensors=True, **options)
+    """A runner of `path` that keeps every intermediate tensor of its last `infer`
+    (`runner.intermediates()`), with its format's options for that (TFLite runs its built-in
+    kernels here: XNNPACK keeps its intermediates to itself)."""
+    fmt = formats.for_path(path, runnable=True)
+    if not fmt.intermediates:
+        raise InputError(f"{path}: a {fmt.name} runner keeps no intermediate tensors")
+    options = RunnerOptions(threads=threads, keep_tensors=True).updated(**fmt.intermediate_options)
+    return open_runner(path, options=options)

@@ -9,7 +9,7 @@ Python, numpy, the interpreter and the model. ONNX Runtime runs with thread spin
 its idle threads would otherwise busy-wait after each run and slow whichever artifact runs
 next (measured: TFLite fp32 p50 7.3 -> 17.4 ms beside spinning ONNX Runtime sessions).
 `time_interleaved` does the same for callables inside one process (used by
-`scripts/bench.py` to put Keras beside them).
+`scripts.benchmarks` to put Keras beside them).
 """
 
 from __future__ import annotations
@@ -96,8 +96,11 @@ class _Worker:
     def __init__(self, artifact, threads, batch, seed, options):
         self.artifact, self.threads, self.batch = str(artifact), int(threads), int(batch)
         isolated = "-P" if sys.version_info >= (3, 11) else "-I"  # no current folder on sys.path
+        from edgetrunc.runtime.formats import plugin_modules
+
         command = [sys.executable, isolated, "-m", "edgetrunc.runtime._bench_worker", self.artifact,
-                   str(self.threads), str(self.batch), str(seed), json.dumps(options or {})]
+                   str(self.threads), str(self.batch), str(seed),
+                   json.dumps(options.to_dict() if options else {}), json.dumps(plugin_modules())]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
@@ -141,12 +144,14 @@ class _Worker:
 
 
 def bench_artifacts(artifacts, threads=(1,), runs: int = 50, warmup: int = 5, batch: int = 1,
-                    seed: int = 0, options: dict | None = None) -> list:
+                    seed: int = 0, options=None) -> list:
     """Benchmark every artifact at every thread count, interleaved; one dict per pair.
 
     Each dict holds `RESULT_KEYS` plus `format`, `precision`, `runs`, `mean_ms` and
     `delegate_partitions` (TFLite: XNNPACK partitions, 0 without XNNPACK; None for ONNX).
-    `options` go to every TFLite runner (e.g. `{"use_xnnpack": False}`).
+    `options` (`RunnerOptions`, e.g. `RunnerOptions(xnnpack=False)`) go to every runner; each
+    format's options for backends taking turns on the same cores apply on top (ONNX Runtime:
+    no spinning).
     """
     if runs < 1:
         raise InputError(f"runs: expected a positive integer; got {runs}", param="runs")

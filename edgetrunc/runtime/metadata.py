@@ -28,6 +28,8 @@ _ONNX_KEYS_BEFORE_SHARED_SCHEMA = {
     "edgetrunc.source_sha256": "source_sha256", "edgetrunc.truncations": "truncations",
     "edgetrunc.precision": "precision"}
 _SCHEMA_MODULES = ("ai_edge_litert.schema_py_generated", "tensorflow.lite.python.schema_py_generated")
+_FLATBUFFER_UTILS = ("ai_edge_litert.tools.flatbuffer_utils",
+                     "tensorflow.lite.tools.flatbuffer_utils")
 
 
 def artifact_metadata(version, source, source_sha256, truncations, fmt, precision) -> dict:
@@ -78,14 +80,25 @@ def read_metadata(artifact) -> dict | None:
     return read_tflite_metadata(content) if is_tflite(content) else read_onnx_metadata(content)
 
 
-def tflite_schema():
-    """The TFLite flatbuffer schema module (ai-edge-litert's, else TensorFlow's); None if neither."""
-    for name in _SCHEMA_MODULES:
+def _first_module(names):
+    for name in names:
         try:
             return importlib.import_module(name)
         except ImportError:
             continue
     return None
+
+
+def tflite_schema(writer: bool = False):
+    """The TFLite flatbuffer schema module (ai-edge-litert's, else TensorFlow's); None if
+    neither. `writer=True` (the exporter) takes TensorFlow's first: the schema of the converter
+    that wrote the bytes it rewrites."""
+    return _first_module(_SCHEMA_MODULES[::-1] if writer else _SCHEMA_MODULES)
+
+
+def tflite_flatbuffer_utils(writer: bool = False):
+    """The `flatbuffer_utils` module (bytes <-> mutable `ModelT`) beside `tflite_schema`."""
+    return _first_module(_FLATBUFFER_UTILS[::-1] if writer else _FLATBUFFER_UTILS)
 
 
 def _tflite_model(content: bytes):

@@ -187,6 +187,9 @@ class ONNXRunner(BaseRunner):
         return {name: results[name] for name in self._output_names}
 
     # intermediate tensors ---------------------------------------------------
+    def _close_impl(self):
+        self.session, self._kept = None, {}
+
     def intermediate_tensors(self) -> list:
         """Every float node output of the last `infer`, in execution order, as `ArtifactTensor`s
         (`scale`: the int8 scale of a tensor that a QuantizeLinear reads or a DequantizeLinear

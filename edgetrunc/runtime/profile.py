@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc.errors import InputError
+from edgetrunc.runtime import formats
 
 OUTSIDE_OPS = "(outside ops)"
 SATURATION_MARK = "edgetrunc_clip_by_saturation"
@@ -61,13 +62,10 @@ def profile_artifact(path, threads: int = 1, runs: int = 20, warmup: int = 3, ba
         raise InputError(f"runs: expected a positive integer; got {runs}", param="runs")
     if batch < 1:
         raise InputError(f"batch: expected a positive integer; got {batch}", param="batch")
-    suffix = str(path).lower().rsplit(".", 1)[-1]
-    if suffix == "onnx":
-        result = _profile_onnx(path, threads, runs, warmup, batch, seed)
-    elif suffix == "tflite":
-        result = _profile_tflite(path, threads, runs, warmup, batch, seed)
-    else:
-        raise InputError(f"{path}: expected a .tflite or .onnx artifact")
+    profile = formats.for_path(path, runnable=True).profile_function()
+    if profile is None:
+        raise InputError(f"{path}: no per-op profiler for this format")
+    result = profile(path, threads, runs, warmup, batch, seed)
     known = list(layer_flops or {})
     for row in result["ops"]:
         row["layer"] = layer_of(row.pop("names"), known)
@@ -203,9 +201,9 @@ def _onnx_flops(args) -> int:
 
 # TFLite ----------------------------------------------------------------------------------
 def _schema():
-    from ai_edge_litert.tools import flatbuffer_utils
+    from edgetrunc.runtime.metadata import tflite_flatbuffer_utils
 
-    return flatbuffer_utils
+    return tflite_flatbuffer_utils()
 
 
 def _prefix_model(model_t, end: int, read_after) -> bytes:
@@ -249,7 +247,9 @@ def _tflite_flops(model_t, op) -> int:
 
 
 def _op_name(code) -> str:
-    from ai_edge_litert import schema_py_generated as schema
+    from edgetrunc.runtime.metadata import tflite_schema
+
+    schema = tflite_schema()
 
     value = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}

@@ -193,6 +193,10 @@ class TFLiteRunner(BaseRunner):
             ops=op_counts, embedded=read_tflite_metadata(content),
             xnnpack=self.use_xnnpack, delegate_partitions=ops.count("DELEGATE"))
 
+    def _close_impl(self):
+        self._interpreters.clear()
+        self._base_interpreter = self._last = None
+
     def _model_bytes(self) -> bytes:
         return self._content if self._content is not None else self.path.read_bytes()
 

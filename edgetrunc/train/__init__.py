@@ -33,7 +33,7 @@ from edgetrunc._io import atomic_path, sha256_file, write_json_atomic
 from edgetrunc.data.splits import DEFAULT_FRACTIONS
 from edgetrunc.data.stego_cache import DEFAULT_MESSAGES
 from edgetrunc.train.batchnorm import finalize_batchnorm, reestimate_batchnorm
-from edgetrunc.train.config import (EVAL_STRIDE, LR_SCHEDULES, TrainConfig, check_output,
+from edgetrunc.train.config import (EVAL_STRIDE, LR_SCHEDULES, TrainConfig, checked_keras_output,
                                     parse_curriculum, parse_model_args, record_path)
 from edgetrunc.data.stream import DEFAULT_SHUFFLE_BUFFER
 from edgetrunc.train.loop import (build_model, evaluate_pairs, fit_epochs, prepare_data,
@@ -43,7 +43,7 @@ from edgetrunc.train.strategy import STRATEGIES, read_cluster
 from edgetrunc.train.schedule import EpochPlan, Schedule, selection_score
 
 __all__ = ["train", "TrainConfig", "Schedule", "EpochPlan", "selection_score", "parse_curriculum",
-           "parse_model_args", "record_path", "check_output", "reestimate_batchnorm",
+           "parse_model_args", "record_path", "checked_keras_output", "reestimate_batchnorm",
            "evaluate_pairs", "STRATEGIES", "LR_SCHEDULES", "EVAL_STRIDE"]
 
 
@@ -128,7 +128,7 @@ def run_training(config: TrainConfig, started: float | None = None) -> dict:
     is when the run began, for its time budget and wall time (default: now)."""
     started = time.monotonic() if started is None else started
     cluster = read_cluster(config.strategy)
-    out = check_output(config.out, config.force) if cluster.is_chief else None
+    out = checked_keras_output(config.out, config.force) if cluster.is_chief else None
     net, strategy, geometry = build_model(config)
     data = prepare_data(config, geometry, workers=cluster.workers)
     checkpoint = out.with_name(f".{out.name}.best.keras") if out is not None else None

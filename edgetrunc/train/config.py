@@ -162,7 +162,7 @@ def _literal(text):
     return text
 
 
-def check_output(out, force: bool) -> Path:
+def checked_keras_output(out, force: bool) -> Path:
     """`out` as a Path, once it is a `.keras` path that may be written (`force` to replace)."""
     out = Path(out)
     if out.suffix != ".keras":

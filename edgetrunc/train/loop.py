@@ -31,7 +31,7 @@ from edgetrunc.metrics import detection_report
 from edgetrunc.train.batchnorm import freeze_batchnorm, reestimate_batchnorm
 from edgetrunc.train.record import rounded_figures
 from edgetrunc.train.schedule import Schedule, selection_score
-from edgetrunc.train.pipeline import kept_failures, read_failure, stream_epoch_dataset
+from edgetrunc.train.tf_data import kept_failures, read_failure, stream_epoch_dataset
 from edgetrunc.train.strategy import (chief_values, distributed_epoch, is_multiworker,
                                       make_strategy, replicas_per_worker, train_steps,
                                       worker_share)

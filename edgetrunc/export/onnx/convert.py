@@ -14,7 +14,7 @@ from edgetrunc.errors import InputError
 from edgetrunc.export.onnx import passes
 from edgetrunc.export.onnx.graph import INPUT_NAME
 from edgetrunc.export.onnx.quantize import quantize_onnx
-from edgetrunc.export.tflite.convert import quiet_converter
+from edgetrunc._log import quiet_converter
 from edgetrunc.keras.precision import float32_model
 from edgetrunc.keras.truncations import find_truncations
 from edgetrunc.runtime.metadata import onnx_props

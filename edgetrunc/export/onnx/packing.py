@@ -176,7 +176,7 @@ def pack_convolution_chains(model, block: int = BLOCK) -> int:
     if not unpackings:
         return 0
     elementwise_before_unpack(trial)
-    pools_as_convolutions(trial)
+    rewrite_pools_as_convolutions(trial)
     stays = {n.name for n in trial.graph.node if n.op_type == "DepthToSpace"}
     if not set(unpackings) - stays:
         return 0
@@ -351,7 +351,7 @@ def _pool_convs(model, nodes, unpack, scale, shift) -> list:
                              name=f"{pool.name}/combine", kernel_shape=[1, 1])]
 
 
-def pools_as_convolutions(model) -> int:
+def rewrite_pools_as_convolutions(model) -> int:
     """Replace each VALID AveragePool chain of a float graph by its convolutions (see the
     module docstring); returns the number replaced."""
     if _quantized(model):

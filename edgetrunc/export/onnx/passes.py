@@ -197,8 +197,8 @@ def activations_before_unpack(model, context: PassContext) -> bool:
 
 def pools_as_convolutions(model, context: PassContext) -> bool:
     """Unless `context.literal`: each VALID AveragePool of a float graph, with the per-channel
-    Mul / Add after it, becomes convolutions (`packing.pools_as_convolutions`)."""
-    changed = not context.literal and packing.pools_as_convolutions(model) > 0
+    Mul / Add after it, becomes convolutions (`packing.rewrite_pools_as_convolutions`)."""
+    changed = not context.literal and packing.rewrite_pools_as_convolutions(model) > 0
     if changed:
         _drop_unused_initializers(model)
     return changed

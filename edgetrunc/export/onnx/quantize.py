@@ -14,7 +14,7 @@ import numpy as np
 from edgetrunc.errors import InputError
 from edgetrunc.export.onnx import passes
 from edgetrunc.export.onnx.graph import CLIP_SUFFIX, INPUT_NAME, Graph
-from edgetrunc.export.tflite.convert import quiet_converter
+from edgetrunc._log import quiet_converter
 
 # Quantized after the first truncation; everything else stays float, as in TFLite int8
 # (see `export.tflite.passes.INT8_FLOAT_TYPES`). On a trained tlunet, adding Tanh to these

@@ -25,13 +25,11 @@ rewrites from every pass list (`passes.for_target`).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 
 import numpy as np
 
-from edgetrunc import _log
+from edgetrunc._log import quiet_converter
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.export.tflite import passes
@@ -42,28 +40,6 @@ from edgetrunc.runtime.metadata import tflite_metadata_bytes
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8", "int8-full")
 INT8_MODES = ("truncation-aware", "stock")
-
-
-@contextlib.contextmanager
-def quiet_converter(log=None):
-    """Keep converter chatter ('Saved artifact at', signatures, native prints) off the
-    terminal; native diagnostics are collected into `log` when given."""
-    import logging
-    import warnings
-
-    log = [] if log is None else log
-    with contextlib.redirect_stdout(io.StringIO()), _log.native_output_captured(log), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loggers = [logging.getLogger(n) for n in ("absl", "tensorflow", "tf2onnx", "")]
-        levels = [lg.level for lg in loggers]
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
 
 
 def _unsupported_op_error(text, model) -> InputError:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from edgetrunc.export.candidates import ClipCandidate
-from edgetrunc.runtime.metadata import METADATA_NAME, builtin_names, opcode_name
+from edgetrunc.runtime.metadata import (METADATA_NAME, builtin_names, opcode_name,
+                                        tflite_flatbuffer_utils, tflite_schema)
 
 SATURATION_MARK = "edgetrunc_clip_by_saturation"
 
@@ -29,15 +30,11 @@ DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9
 
 
 def schema_module():
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return schema
+    return tflite_schema(writer=True)
 
 
 def _utils():
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return flatbuffer_utils
+    return tflite_flatbuffer_utils(writer=True)
 
 
 def read_model(content):

@@ -292,10 +292,10 @@ def pack_front_end(model_t, context: PassContext) -> bool:
 def pools_as_convolutions(model_t, context: PassContext) -> bool:
     """Unless `context.literal`: each VALID AVERAGE_POOL_2D with the per-channel MUL / ADD after
     it (int8: between DEQUANTIZE and QUANTIZE) becomes convolutions, reading the packed values
-    when it follows an unpacking (`pooling.pools_as_convolutions`)."""
+    when it follows an unpacking (`pooling.rewrite_pools_as_convolutions`)."""
     if context.literal:
         return False
-    return pooling.pools_as_convolutions(model_t) > 0
+    return pooling.rewrite_pools_as_convolutions(model_t) > 0
 
 
 def activations_before_unpack(model_t, context: PassContext) -> bool:

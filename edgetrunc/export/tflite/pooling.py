@@ -272,7 +272,7 @@ def _fused_name(graph, chain: PoolChain) -> str:
     return ";".join(n.removesuffix("/float") for n in names)
 
 
-def pools_as_convolutions(model_t) -> int:
+def rewrite_pools_as_convolutions(model_t) -> int:
     """Replace each VALID average pool chain by its convolutions (see the module docstring);
     returns the number of chains replaced."""
     graph = tg.Graph(model_t)

@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from _benchmd import machine_description, markdown_table, update_section  # noqa: E402
+from scripts.benchmarks._markdown import (ROOT, machine_description, markdown_table,  # noqa: E402
+                                          update_section)
 
 
 def _bare_conversions(model, calibration, tmp):
@@ -35,7 +34,7 @@ def _bare_conversions(model, calibration, tmp):
     import tf2onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    from edgetrunc.export.tflite.convert import quiet_converter
+    from edgetrunc._log import quiet_converter
 
     def representative():
         for i in range(len(calibration)):
@@ -184,7 +183,7 @@ def main(argv=None) -> int:
     timing = markdown_table(["artifact", "edgetrunc convert s", "bare converter call s"], time_rows)
 
     text = "\n\n".join(filter(None, [
-        "## Export (`scripts/bench_export.py`)",
+        "## Export (`python -m scripts.benchmarks export`)",
         f"Machine: {machine_description()}. Model: `{_label(source)}`"
         f"{' (' + note + ')' if note else ''}. Latency: one 256x256 image, "
         f"{args.runs} interleaved runs per artifact in separate worker processes "

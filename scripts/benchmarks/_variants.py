@@ -12,7 +12,7 @@ import numpy as np
 
 from edgetrunc._log import native_banners_dropped
 from edgetrunc.runtime.metadata import onnx_ops
-from scripts._benchmd import log, markdown_table, p50
+from scripts.benchmarks._markdown import log, markdown_table, p50
 
 THRESHOLD = 3.0
 BIG_INPUT = 3e7

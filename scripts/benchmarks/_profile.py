@@ -8,7 +8,7 @@ the rewrites of `export/tflite/packing.py`, `export/tflite/pooling.py` and
 
 from __future__ import annotations
 
-from scripts._benchmd import log, markdown_table, relative
+from scripts.benchmarks._markdown import log, markdown_table, relative
 
 PROFILED = [("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32")]
 TOP = 8  # ops listed per artifact; the rest are summed in one row

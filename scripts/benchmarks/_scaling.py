@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from scripts._benchmd import log, markdown_table
+from scripts.benchmarks._markdown import log, markdown_table
 
 SIZES = (256, 512, 1024)
 

@@ -5,7 +5,7 @@ cross-entropy) and fed the same cover/stego pair batch; their training steps are
 interleaved (A, B, A, B, ...) so that load on the machine hits both alike. Prints a table
 and writes it to the "training" section of BENCHMARKS.md.
 
-    python scripts/bench_training.py [--rounds 6] [--steps 3] [--batch-pairs 16] [--no-write]
+    python -m scripts.benchmarks training [--rounds 6] [--steps 3] [--batch-pairs 16] [--no-write]
 """
 
 from __future__ import annotations
@@ -15,19 +15,18 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchmd import machine_description, markdown_table, update_section  # noqa: E402
+from scripts.benchmarks._markdown import (ROOT, machine_description, markdown_table,  # noqa: E402
+                                          update_section)
 
 
 def shipped_run_summary() -> list[str]:
     """Lines on the run that trained models/tlunet.keras, from its training record."""
     import json
 
-    record_file = Path(__file__).resolve().parent.parent / "models" / "tlunet.training.json"
+    record_file = ROOT / "models" / "tlunet.training.json"
     if not record_file.exists():
         return []
     record = json.loads(record_file.read_text())
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
     text = "\n".join([
         "## Training throughput: Truncation vs ReLU",
         "",
-        f"`python scripts/bench_training.py` on {machine_description()}; TensorFlow "
+        f"`python -m scripts.benchmarks training` on {machine_description()}; TensorFlow "
         f"{tf.__version__}, Keras {keras.__version__}. `tlunet` (front end `{args.front_end}`), "
         f"batch of {args.batch_pairs} cover/stego pairs ({len(x)} images of 256x256), "
         f"`train_on_batch`, {args.rounds} interleaved rounds of {args.steps} steps each.",

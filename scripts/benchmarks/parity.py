@@ -14,7 +14,7 @@ one thread) and of the whole comparison three ways; uses models/tlunet.keras and
 artifacts when they exist, else a seeded `tlunet` exported to a temporary folder. Writes the
 "parity" section of BENCHMARKS.md (`--no-write` to only print).
 
-    python scripts/bench_parity.py [--samples 64] [--batch 16] [--no-write]
+    python -m scripts.benchmarks parity [--samples 64] [--batch 16] [--no-write]
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts.benchmarks._markdown import ROOT  # noqa: E402
+
 SHIPPED = ["tlunet_fp32.tflite", "tlunet_fp16.tflite", "tlunet_int8.tflite", "tlunet_fp32.onnx",
            "tlunet_int8.onnx"]
 
@@ -118,7 +118,7 @@ def main(argv=None):
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
 
-    from _benchmd import machine_description, markdown_table, update_section
+    from scripts.benchmarks._markdown import machine_description, markdown_table, update_section
 
     from edgetrunc import _log
     from edgetrunc.keras.runner import KerasRunner
@@ -174,7 +174,7 @@ def main(argv=None):
     summary = [[label, f"{len(x) / seconds:.1f}", f"{inferences / seconds:.1f}", f"{seconds:.2f}",
                 f"{seconds / parity:.2f}x"] for label, seconds in summary]
     markdown = "\n".join([
-        "## Parity throughput (`scripts/bench_parity.py`)",
+        "## Parity throughput (`python -m scripts.benchmarks parity`)",
         "",
         f"Machine: {machine_description()}.",
         f"Models: {origin}; {len(x)} inputs of 256x256 (`--inputs mix`), best of 2 runs "

@@ -14,12 +14,12 @@ machine slows them alike), with the machine described:
 - flops: FLOPs of `tlunet` counted from its layer shapes, achieved GFLOP/s of TFLite fp32,
   and the fraction of this CPU's peak, estimated with a measured numpy float32 GEMM;
 - scaling: cost versus work, tlunet fp32 TFLite / ONNX latency at 256, 512 and 1024 pixels
-  square and 1 and 2 threads (`scripts/_bench_scaling.py`).
+  square and 1 and 2 threads (`_scaling.py`).
 
-The sections are written by `scripts/_bench_variants.py` and `scripts/_bench_runtime.py`;
+The sections are written by `_variants.py` and `_runtime.py`;
 FLOPs are counted by `edgetrunc.models.flops.count_flops`.
 
-Usage: `python scripts/bench.py [--runs N] [--quick] [--out BENCHMARKS.md] [--models DIR]`.
+Usage: `python -m scripts.benchmarks runtime [--runs N] [--quick] [--out FILE] [--models DIR]`.
 """
 
 from __future__ import annotations
@@ -30,38 +30,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from scripts._bench_runtime import (ARTIFACT_ORDER, bench_tlunet, flops_section,  # noqa: E402
-                                    gemm_peak_gflops, load_tlunet, shipped_artifacts,
-                                    tlunet_section)
-from scripts._bench_variants import bench_truncation_variants  # noqa: E402
-from scripts._benchmd import (log, machine_description, toolchain_versions,  # noqa: E402
-                              update_section)
-
-
-SECTION_ORDER = ("machine", "runtime", "truncation-variants", "flops", "profile", "export", "parity",
-                 "training")
-
-
-def order_sections(path: Path, order=SECTION_ORDER) -> None:
-    """Put the named sections of BENCHMARKS.md in `order` (others after them, as they were)."""
-    import re
-
-    text = path.read_text()
-    pattern = re.compile(r"<!-- BEGIN (?P<name>[\w.-]+) -->\n.*?<!-- END (?P=name) -->\n?", re.S)
-    blocks = [(m.group("name"), m.group(0).rstrip("\n") + "\n") for m in pattern.finditer(text)]
-    if not blocks:
-        return
-    head = text[:pattern.search(text).start()].rstrip("\n") + "\n"
-    rank = {name: i for i, name in enumerate(order)}
-    blocks.sort(key=lambda b: rank.get(b[0], len(order)))
-    from edgetrunc._io import write_text_atomic
-
-    write_text_atomic(path, head + "".join("\n" + block for _, block in blocks))
+from scripts.benchmarks._markdown import (ROOT, log, machine_description,  # noqa: E402
+                                          order_sections, output_path, toolchain_versions,
+                                          update_section)
+from scripts.benchmarks._runtime import (ARTIFACT_ORDER, bench_tlunet,  # noqa: E402
+                                         flops_section, gemm_peak_gflops, load_tlunet,
+                                         shipped_artifacts, tlunet_section)
+from scripts.benchmarks._variants import bench_truncation_variants  # noqa: E402
 
 
 def machine_section(started: str, load: str) -> str:
@@ -72,7 +49,7 @@ def machine_section(started: str, load: str) -> str:
         f"- {toolchain_versions()}",
         f"- run at {started} UTC; load average at the start: {load} (other work was running: "
         "timings interleave their candidates so that it affects all alike)",
-        "- reproduce: `make bench` (`python scripts/bench.py`)",
+        "- reproduce: `make bench` (`python -m scripts.benchmarks`)",
     ])
 
 
@@ -81,9 +58,11 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=60, help="timed runs per candidate (default: 60)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first (default: 5)")
     parser.add_argument("--quick", action="store_true", help="few runs, for a smoke test")
-    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="BENCHMARKS.md path")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="BENCHMARKS.md path (default: the entry point's output)")
     parser.add_argument("--models", type=Path, default=ROOT / "models", help="shipped models folder")
     args = parser.parse_args(argv)
+    args.out = args.out or output_path()
     runs, warmup = (3, 1) if args.quick else (args.runs, args.warmup)
     start = time.monotonic()
     started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
@@ -112,14 +91,14 @@ def main(argv=None) -> int:
     if not args.quick:
         peaks = {count: max(peaks[count], gemm_peak_gflops(count)) for count in (1, 2)}
     update_section("flops", flops_section(model, source, timings, peaks), path=args.out)
-    from scripts._bench_profile import bench_profiles, profile_section
+    from scripts.benchmarks._profile import bench_profiles, profile_section
 
     from edgetrunc.models.flops import count_flops
 
     model_flops = sum(r["flops"] for r in count_flops(model))
     update_section("profile", profile_section(bench_profiles(artifacts, runs, warmup), runs,
                                               model_flops), path=args.out)
-    from scripts._bench_scaling import bench_scaling, scaling_section
+    from scripts.benchmarks._scaling import bench_scaling, scaling_section
 
     scaling = bench_scaling(model, max(runs // 3, 3), warmup)
     update_section("scaling", scaling_section(scaling, source, max(runs // 3, 3)), path=args.out)

@@ -12,7 +12,7 @@ as its own `edgetrunc` process (`os.wait4` gives its peak resident memory):
 
 Writes the `models` section of BENCHMARKS.md and prints the table.
 
-    python scripts/bench_models.py [--models tlunet,yenet,residual] [--no-write]
+    python -m scripts.benchmarks models [--models tlunet,yenet,residual] [--no-write]
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _benchmd  # noqa: E402
+from scripts.benchmarks import _markdown
 
 MODELS = ("tlunet", "yenet", "residual")
 DESCRIPTIONS = {"tlunet": "tlunet, 256x256x1 (shipped)",
@@ -70,7 +69,7 @@ def build_model(name: str, folder: Path) -> Path:
 
         create("tlunet", seed=0).save(path)
         return path
-    from make_foreign_models import MIGRATE_OPTIONS, build_keras3
+    from scripts.make_foreign_models import MIGRATE_OPTIONS, build_keras3
 
     source = folder / f"{name}_source.keras"
     build_keras3(name).save(source)
@@ -97,19 +96,19 @@ def bench_model(name: str, folder: Path) -> dict:
 
 
 def render(rows: list) -> str:
-    table = _benchmd.markdown_table(
+    table = _markdown.markdown_table(
         ["model", "convert s", "converter s", "convert peak MB", "parity s", "parity peak MB",
          "per-layer s", "per-layer peak MB"],
         [[r["model"], f"{r['convert_s']:.1f}", f"{r['converter_s']:.1f}",
           f"{r['convert_peak_mb']:.0f}", f"{r['parity_s']:.1f}", f"{r['parity_peak_mb']:.0f}",
           f"{r['per_layer_s']:.1f}", f"{r['per_layer_peak_mb']:.0f}"] for r in rows])
-    return (f"## Cost per model size\n\n`python scripts/bench_models.py`: each step an `edgetrunc` "
+    return (f"## Cost per model size\n\n`python -m scripts.benchmarks models`: each step an `edgetrunc` "
             "command in its own process, peak resident memory of that process. convert: every "
             "precision (TFLite fp32/fp16/int8, ONNX fp32/int8; converter s: the artifact exports "
             "alone, the rest is calibration data, the held-out int8 check and inspection); parity: "
             "64 inputs with probes; per-layer: `--per-layer --samples 8 --no-probes`.\n\n"
-            f"{table}\n\nMachine: {_benchmd.machine_description()}. "
-            f"Toolchain: {_benchmd.toolchain_versions()}.\n")
+            f"{table}\n\nMachine: {_markdown.machine_description()}. "
+            f"Toolchain: {_markdown.toolchain_versions()}.\n")
 
 
 def main(argv=None) -> int:
@@ -126,7 +125,7 @@ def main(argv=None) -> int:
     markdown = render(rows)
     print(markdown)
     if not args.no_write:
-        _benchmd.update_section("models", markdown)
+        _markdown.update_section("models", markdown)
     return 0
 
 

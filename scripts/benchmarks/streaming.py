@@ -8,7 +8,7 @@ second, one core), one stego-cache entry per content-adaptive scheme (seconds, b
 from these states what 10,000 BOSSbase-size covers need. Prints the tables and writes the
 "streaming" section of BENCHMARKS.md.
 
-    python scripts/bench_streaming.py [--sizes 60,600] [--max-tiles 144] [--no-write]
+    python -m scripts.benchmarks streaming [--sizes 60,600] [--max-tiles 144] [--no-write]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchmd import log, machine_description, markdown_table, update_section  # noqa: E402
+from scripts.benchmarks._markdown import (log, machine_description, markdown_table,  # noqa: E402
+                                          update_section)
 
 import numpy as np  # noqa: E402
 
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         [(r["covers"], r["stream"], "yes" if r["streamed"] else "no", r["tiles"], r["steps"],
           f"{r['peak_mib']:.0f} MiB", f"{r['peak_mib'] / base[r['stream']]:.2f}x",
           f"{r['wall']:.0f} s") for r in rows])
-    lines = ["## Streaming cover folders (`scripts/bench_streaming.py`)", "",
+    lines = ["## Streaming cover folders (`python -m scripts.benchmarks streaming`)", "",
              f"Machine: {machine_description()}; load average {min(load):.1f}-{max(load):.1f} "
              "during the runs (shared cores: times are slower than on an idle machine, the "
              "memory figures are not affected).", "",

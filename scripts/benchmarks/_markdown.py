@@ -1,9 +1,11 @@
-"""Shared by the benchmark scripts: BENCHMARKS.md sections, the machine, tables, small helpers.
+"""Shared by the benchmark sections: BENCHMARKS.md sections, the machine, tables, small helpers.
 
-Each benchmark script owns a section of BENCHMARKS.md delimited by `<!-- BEGIN name -->` /
+Each benchmark module owns a section of BENCHMARKS.md delimited by `<!-- BEGIN name -->` /
 `<!-- END name -->`; `update_section` replaces one (sections are kept in the order they
-were first written; the file is replaced atomically). `machine_description` and
-`toolchain_versions` describe where a benchmark ran; `markdown_table` lays out its rows.
+were first written; the file is replaced atomically) in `output_path()` (`set_output`: the
+entry point's `--out`); `order_sections` puts them in the order of `SECTION_ORDER`.
+`machine_description` and `toolchain_versions` describe where a benchmark ran;
+`markdown_table` lays out its rows.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
-HEADER = "# Benchmarks\n\nMeasured with `make bench` (and the scripts named in each section).\n"
+HEADER = "# Benchmarks\n\nMeasured with `make bench` (and the sections named in each one).\n"
 TOOLCHAIN = ("tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "onnxruntime",
              "tf2onnx", "onnx", "numpy")
 
@@ -52,7 +54,23 @@ def toolchain_versions() -> str:
     return ", ".join(f"{name} {found[name]}" for name in TOOLCHAIN if name in found)
 
 
-def update_section(name: str, markdown: str, path: Path = BENCHMARKS) -> None:
+SECTION_ORDER = ("machine", "runtime", "truncation-variants", "flops", "profile", "export", "parity",
+                 "training")
+_OUTPUT = [BENCHMARKS]
+
+
+def set_output(path) -> None:
+    """Write the sections into `path` from now on (default: the repository's BENCHMARKS.md)."""
+    _OUTPUT[0] = Path(path)
+
+
+def output_path() -> Path:
+    return _OUTPUT[0]
+
+
+def update_section(name: str, markdown: str, path: Path | None = None) -> None:
+    """Replace (or append) the section `name` of `path` (default: `output_path()`)."""
+    path = Path(path or _OUTPUT[0])
     text = path.read_text() if path.exists() else HEADER
     block = f"<!-- BEGIN {name} -->\n{markdown.rstrip()}\n<!-- END {name} -->\n"
     pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?",
@@ -62,6 +80,21 @@ def update_section(name: str, markdown: str, path: Path = BENCHMARKS) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
+
+
+def order_sections(path: Path, order=SECTION_ORDER) -> None:
+    """Put the named sections of BENCHMARKS.md in `order` (others after them, as they were)."""
+    text = path.read_text()
+    pattern = re.compile(r"<!-- BEGIN (?P<name>[\w.-]+) -->\n.*?<!-- END (?P=name) -->\n?", re.S)
+    blocks = [(m.group("name"), m.group(0).rstrip("\n") + "\n") for m in pattern.finditer(text)]
+    if not blocks:
+        return
+    head = text[:pattern.search(text).start()].rstrip("\n") + "\n"
+    rank = {name: i for i, name in enumerate(order)}
+    blocks.sort(key=lambda b: rank.get(b[0], len(order)))
+    from edgetrunc._io import write_text_atomic
+
+    write_text_atomic(path, head + "".join("\n" + block for _, block in blocks))
 
 
 def markdown_table(headers, rows) -> str:

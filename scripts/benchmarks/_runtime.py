@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts._benchmd import ROOT, log, markdown_table, p50, relative
+from scripts.benchmarks._markdown import ROOT, log, markdown_table, p50, relative
 
 ARTIFACT_ORDER = [("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"),
                   ("onnx", "fp32"), ("onnx", "int8")]
@@ -79,7 +79,7 @@ def bench_tlunet(model, artifacts: dict, runs: int, warmup: int, threads=(1, 2))
     import tensorflow as tf
 
     from edgetrunc.keras.runner import compiled_inference
-    from edgetrunc.runtime import open_runner
+    from edgetrunc.runtime import RunnerOptions, formats, open_runner
     from edgetrunc.runtime.bench import time_interleaved
 
     x = np.random.default_rng(0).uniform(0, 255, (1, 256, 256, 1)).astype(np.float32)
@@ -91,8 +91,9 @@ def bench_tlunet(model, artifacts: dict, runs: int, warmup: int, threads=(1, 2))
         if (fmt, precision) not in artifacts:
             continue
         for count in threads:
-            options = {"spin": False} if fmt == "onnx" else {}
-            runner = open_runner(artifacts[(fmt, precision)], threads=count, **options)
+            shared = formats.get(fmt).shared_cores  # the runtimes take turns on the cores
+            runner = open_runner(artifacts[(fmt, precision)],
+                                 options=RunnerOptions(count, **shared))
             label = f"{'TFLite' if fmt == 'tflite' else 'ONNX Runtime'} {precision}"
             functions[(label, count)] = (lambda r=runner: r.infer(x))
     log("tlunet: timing Keras and the runtimes (interleaved)")
