@@ -10,7 +10,6 @@ output is replaced only with `force=True`; the source is never overwritten.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc._io import sha256_file
+from edgetrunc._text import dumps_json
 from edgetrunc._version import __version__
 from edgetrunc.errors import InputError
 from edgetrunc.export import calibration as calib_data
@@ -206,5 +206,5 @@ def _convert_model(model, source, source_sha, outputs, artifacts, options, calib
         entries.append(entry)
         _log.info(f"convert: {name} done in {elapsed:.1f} s, {len(content) / 1024:.0f} KiB")
     result = manifest.build_manifest(source, source_sha, outputs.out_dir, entries)
-    outputs.commit(manifest.MANIFEST, json.dumps(result, indent=2) + "\n")
+    outputs.commit(manifest.MANIFEST, dumps_json(result))
     return result

@@ -18,6 +18,7 @@ import importlib
 import json
 from pathlib import Path
 
+from edgetrunc._text import json_safe
 from edgetrunc.runtime._base import check_model_size
 
 METADATA_NAME = "edgetrunc"
@@ -31,8 +32,10 @@ _SCHEMA_MODULES = ("ai_edge_litert.schema_py_generated", "tensorflow.lite.python
 
 
 def artifact_metadata(version, source, source_sha256, truncations, fmt, precision) -> dict:
-    """The metadata of one artifact, every key of `KEYS`."""
-    return dict(zip(KEYS, (version, source, source_sha256, truncations, fmt, precision)))
+    """The metadata of one artifact, every key of `KEYS` (strict JSON: the open side of a
+    one-sided truncation is the string "-inf" or "inf")."""
+    return dict(zip(KEYS, (version, source, source_sha256, json_safe(truncations), fmt,
+                           precision)))
 
 
 def tflite_metadata_bytes(payload: dict) -> bytes:

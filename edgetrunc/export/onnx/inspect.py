@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgetrunc.errors import InputError
-from edgetrunc.export.candidates import match_clips
+from edgetrunc.export.candidates import match_clips, range_mismatch
 from edgetrunc.export.onnx.graph import CLIP_SUFFIX, Graph, load_model
 from edgetrunc.runtime.metadata import onnx_ops
 
@@ -38,6 +38,11 @@ def _folded(model, graph, t) -> str:
 def _check_clip(graph, t, clip, leftovers, precision) -> str:
     node = clip.ops[0]
     for which, position in (("min", 1), ("max", 2)):
+        if np.isinf(t["lower" if position == 1 else "upper"]):
+            if len(node.input) > position and node.input[position]:
+                raise InputError(f"{t['layer']}: Clip has a {which} bound; its open side "
+                                 "should be an absent input")
+            continue
         if len(node.input) <= position or node.input[position] not in graph.consts:
             raise InputError(f"{t['layer']}: Clip {which} bound is not a scalar initializer")
         value = graph.consts[node.input[position]]
@@ -98,6 +103,6 @@ def _check_range(graph, t, node):
     scale = float(np.asarray(graph.consts[node.input[1]]).reshape(()))
     zp = int(np.asarray(graph.consts[node.input[2]]).reshape(()))
     low, high = (-128 - zp) * scale, (127 - zp) * scale
-    if abs(low - t["lower"]) > 0.51 * scale + 1e-6 or abs(high - t["upper"]) > 0.51 * scale + 1e-6:
+    if range_mismatch(low, high, t, scale):
         raise InputError(f"{t['layer']}: int8 range [{low:g}, {high:g}] of the Clip output; "
                          f"expected [{t['lower']:g}, {t['upper']:g}]")

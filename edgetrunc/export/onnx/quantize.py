@@ -2,7 +2,8 @@
 
 As in TFLite int8: nodes before the first truncation stay float, the nodes after it of the
 `ONNX_INT8_TYPES` are quantized, and the tensors around each truncation's Clip are quantized
-with range exactly `[lower, upper]` (tensor quantization overrides), so the truncated tensor
+with range exactly `[lower, upper]` (tensor quantization overrides; a one-sided clip from
+its finite bound to the calibrated value on the open side, `open_side_ranges`), so the truncated tensor
 keeps about 255 distinct levels instead of the handful the raw calibration range leaves;
 then `passes.INT8_QUANTIZED_PASSES` run. `int8_mode="stock"` is onnxruntime's defaults.
 """
@@ -51,8 +52,9 @@ def _calibration(calibration):
     return x
 
 
-def _truncation_aware_plan(proto, truncations):
-    """`(clips by name, nodes kept float, op types to quantize, quantizer options)`."""
+def _truncation_aware_plan(proto, truncations, ranges):
+    """`(clips by name, nodes kept float, op types to quantize, quantizer options)`;
+    `ranges`: the int8 range of each truncation (`open_side_ranges`)."""
     graph = Graph(proto)
     clips = {c.ops[0].name: c for c in graph.clip_candidates()}
     overrides, exclude, downstream = {}, set(), set()
@@ -60,7 +62,8 @@ def _truncation_aware_plan(proto, truncations):
         clip = clips.get(f"{t['layer']}{CLIP_SUFFIX}")
         if clip is None:
             raise InputError(f"{t['layer']}: no Clip node in the fp32 ONNX graph to quantize")
-        bounds = [{"rmin": np.float32(t["lower"]), "rmax": np.float32(t["upper"])}]
+        low, high = ranges[t["layer"]]
+        bounds = [{"rmin": np.float32(low), "rmax": np.float32(high)}]
         overrides[clip.output] = bounds
         overrides[clip.input] = bounds
         exclude |= {n.name for n in graph.ancestors(clip.input)}
@@ -89,7 +92,8 @@ def quantize_onnx(proto, truncations, calibration, nchw=False, int8_mode="trunca
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     x = _calibration(calibration)
-    clips, exclude, op_types, options = _truncation_aware_plan(proto, truncations)
+    ranges = open_side_ranges(proto, truncations, x, nchw)
+    clips, exclude, op_types, options = _truncation_aware_plan(proto, truncations, ranges)
     if int8_mode == "stock":
         exclude, op_types, options = set(), None, {}
     with quiet_converter(), tempfile.TemporaryDirectory(prefix="edgetrunc-onnx-") as tmp:
@@ -104,6 +108,37 @@ def quantize_onnx(proto, truncations, calibration, nchw=False, int8_mode="trunca
     if int8_mode != "stock":
         outputs = {t["layer"]: clips[f"{t['layer']}{CLIP_SUFFIX}"].output for t in truncations}
         passes.run_passes(quantized, passes.INT8_QUANTIZED_PASSES,
-                          passes.PassContext(truncations, outputs,
+                          passes.PassContext(truncations, outputs, ranges,
                                              applied=[] if applied is None else applied))
     return quantized
+
+
+def open_side_ranges(proto, truncations, x, nchw=False) -> dict:
+    """`{layer: (low, high)}`: the int8 range of each truncation's Clip. Two-sided: `[lower,
+    upper]`. One-sided: the finite bound is the range's edge, the open side the extreme of
+    the Clip's input over the calibration inputs `x` (run in fp32; one step past the bound
+    at least)."""
+    import onnx
+    import onnxruntime as ort
+
+    ranges = {t["layer"]: (t["lower"], t["upper"]) for t in truncations}
+    open_sided = [t for t in truncations if np.isinf(t["lower"]) or np.isinf(t["upper"])]
+    if not open_sided:
+        return ranges
+    clips = {c.ops[0].name: c for c in Graph(proto).clip_candidates()}
+    probe = onnx.ModelProto.FromString(proto.SerializeToString())
+    names = [clips[f"{t['layer']}{CLIP_SUFFIX}"].input for t in open_sided
+             if f"{t['layer']}{CLIP_SUFFIX}" in clips]
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = np.transpose(x, (0, 3, 1, 2)) if nchw else x
+    values = [session.run(names, {INPUT_NAME: feed[i:i + 8]}) for i in range(0, len(feed), 8)]
+    for j, t in enumerate(t for t in open_sided if f"{t['layer']}{CLIP_SUFFIX}" in clips):
+        low = min(float(np.min(v[j])) for v in values)
+        high = max(float(np.max(v[j])) for v in values)
+        if np.isinf(t["lower"]):
+            ranges[t["layer"]] = (min(low, t["upper"] - max(abs(t["upper"]), 1.0) / 255), t["upper"])
+        else:
+            ranges[t["layer"]] = (t["lower"], max(high, t["lower"] + max(abs(t["lower"]), 1.0) / 255))
+    return ranges
