@@ -254,12 +254,24 @@ def _saturation_bounds(probe):
     if not saturates_above and not saturates_below:
         raise _NotClip("saturates on neither side (no lower or upper saturation level; "
                        "f(x) = x at large |x|)")
-    upper = _refined_bound(probe, y[-1], +1) if saturates_above else math.inf
-    lower = _refined_bound(probe, y[0], -1) if saturates_below else -math.inf
+    # the level is read where the saturated run at each far end begins (points off the
+    # identity by rounding nearer zero, as in -(relu(-x + 8) - 8), are not part of it)
+    upper = _refined_bound(probe, y[_run_end(above, -1)], +1) if saturates_above else math.inf
+    lower = _refined_bound(probe, y[_run_end(below, 0)], -1) if saturates_below else -math.inf
     if math.isnan(lower) or math.isnan(upper) or lower == math.inf or upper == -math.inf \
             or not lower < upper:
         raise _NotClip("no saturation level with f(x) = x beside it")
     return _shortest(lower, dtype), _shortest(upper, dtype)
+
+
+def _run_end(indices, end):
+    """The inner end of the run of consecutive `indices` that contains `indices[end]`."""
+    step = -1 if end == -1 else 1
+    position = len(indices) - 1 if end == -1 else 0
+    while 0 <= position + step < len(indices) and \
+            indices[position + step] == indices[position] + step:
+        position += step
+    return int(indices[position])
 
 
 def _clip_answers(probe, lower, upper, rng):

@@ -12,7 +12,7 @@ import contextlib
 
 import numpy as np
 
-from edgetrunc.migrate.probe import as_number, truncated
+from edgetrunc.migrate.probe import as_number, bound_scale, truncated
 
 VERIFY_SIDE = 256
 VERIFY_BATCH = 2

@@ -38,11 +38,6 @@ def _folded(model, graph, t) -> str:
 def _check_clip(graph, t, clip, leftovers, precision) -> str:
     node = clip.ops[0]
     for which, position in (("min", 1), ("max", 2)):
-        if np.isinf(t["lower" if position == 1 else "upper"]):
-            if len(node.input) > position and node.input[position]:
-                raise InputError(f"{t['layer']}: Clip has a {which} bound; its open side "
-                                 "should be an absent input")
-            continue
         if len(node.input) <= position or node.input[position] not in graph.consts:
             raise InputError(f"{t['layer']}: Clip {which} bound is not a scalar initializer")
         value = graph.consts[node.input[position]]

@@ -59,7 +59,7 @@ def run_passes(model, passes, context: PassContext) -> bool:
 
 def rewrite_clips(model, context: PassContext) -> bool:
     """Replace each truncation's Max/Min pair by one Clip with scalar float bounds (a
-    one-sided truncation's single Min or Max by a Clip with that one bound)."""
+    one-sided truncation's single Min or Max by a Clip whose open side is -inf or inf)."""
     from onnx import helper, numpy_helper
 
     candidates = Graph(model).minmax_candidates()
@@ -68,12 +68,12 @@ def rewrite_clips(model, context: PassContext) -> bool:
             raise InputError(f"{t['layer']}: no Max/Min pair with bounds [{t['lower']:g}, "
                              f"{t['upper']:g}] in the ONNX graph from tf2onnx")
         c = candidates[index]
-        bounds = []
-        for key, suffix in (("lower", "clip_min"), ("upper", "clip_max")):
-            bounds.append("" if np.isinf(t[key]) else f"{t['layer']}/{suffix}")
-            if bounds[-1]:  # an open side of a one-sided clip is an absent input
-                model.graph.initializer.append(
-                    numpy_helper.from_array(np.array(t[key], np.float32), bounds[-1]))
+        bounds = [f"{t['layer']}/clip_min", f"{t['layer']}/clip_max"]
+        # an open side is an explicit -inf / inf: onnxruntime's default for an absent bound
+        # is the largest float, which would turn -inf into -3.4e38
+        model.graph.initializer.extend([
+            numpy_helper.from_array(np.array(t["lower"], np.float32), bounds[0]),
+            numpy_helper.from_array(np.array(t["upper"], np.float32), bounds[1])])
         clip = helper.make_node("Clip", [c.input, *bounds], [c.output],
                                 name=f"{t['layer']}{CLIP_SUFFIX}")
         position = list(model.graph.node).index(c.ops[0])

@@ -1,0 +1,194 @@
+"""Truncation variants from public code: one-sided clips through export, probes, the Lambda
+probe and migrate (fixtures of `scripts/make_variant_fixtures.py`, written by Keras 2); a
+threshold under a class's own config key."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("tf2onnx")
+pytest.importorskip("onnxruntime")
+
+from edgetrunc import Truncation  # noqa: E402
+from edgetrunc.errors import InputError  # noqa: E402
+from edgetrunc.export import export_onnx, export_tflite, find_truncations  # noqa: E402
+from edgetrunc.export import inspect_onnx, inspect_tflite, tflite_ops  # noqa: E402
+from edgetrunc.export.onnx.graph import Graph, load_model  # noqa: E402
+from edgetrunc.migrate import migrate  # noqa: E402
+from edgetrunc.migrate.probe import probe_lambda  # noqa: E402
+from edgetrunc.parity.probes import probe_values, run_probes  # noqa: E402
+from edgetrunc.runtime import ONNXRunner, TFLiteRunner  # noqa: E402
+from edgetrunc.runtime.metadata import onnx_ops  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "variants"
+MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text())
+INF = math.inf
+
+
+@pytest.fixture(scope="module")
+def one_sided():
+    """conv -> min(x, 8) -> conv -> max(x, -1) -> pool -> softmax."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+    x = Truncation(lower=-INF, upper=8.0, name="dct_trunc")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same")(x)
+    x = Truncation(lower=-1.0, upper=INF, name="floor")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return np.random.default_rng(0).uniform(0, 25, (8, 16, 16, 1)).astype(np.float32)
+
+
+def _keras(model, x):
+    return np.asarray(model(x))
+
+
+def test_tflite_one_sided_is_one_op_each_and_matches_keras(one_sided, calibration):
+    truncations = find_truncations(one_sided)
+    content = export_tflite(one_sided, "fp32")
+    ops = tflite_ops(content)
+    assert ops["MINIMUM"] == 1 and ops["MAXIMUM"] == 1
+    mapped = [t["mapped_to"] for t in inspect_tflite(content, truncations, "fp32")["truncations"]]
+    assert mapped == ["MINIMUM", "MAXIMUM"]
+    got = next(iter(TFLiteRunner(content).infer(calibration).values()))
+    np.testing.assert_allclose(got, _keras(one_sided, calibration), atol=1e-6)
+
+
+def test_tflite_int8_finite_bound_is_the_range_edge(one_sided, calibration):
+    truncations = find_truncations(one_sided)
+    content = export_tflite(one_sided, "int8", calibration=calibration)
+    ops = tflite_ops(content)
+    assert "MINIMUM" not in ops and "MAXIMUM" not in ops
+    report = inspect_tflite(content, truncations, "int8")  # checks the finite edge
+    assert all("int8 saturation" in t["mapped_to"] for t in report["truncations"])
+
+
+def test_onnx_one_sided_is_one_clip_with_one_bound(one_sided, calibration):
+    truncations = find_truncations(one_sided)
+    proto = export_onnx(one_sided, "fp32")
+    assert onnx_ops(proto)["Clip"] == 2 and "Min" not in onnx_ops(proto)
+    clips = Graph(load_model(proto)).clip_candidates()
+    assert [(c.lower, c.upper) for c in clips] == [(-INF, 8.0), (-1.0, INF)]
+    assert len(clips[0].ops[0].input) == 3  # the open side is an explicit -inf
+    inspect_onnx(proto, truncations, "fp32")
+    got = next(iter(ONNXRunner(proto.SerializeToString()).infer(calibration).values()))
+    np.testing.assert_allclose(got, _keras(one_sided, calibration), atol=1e-6)
+
+
+def test_onnx_int8_one_sided_range_ends_at_the_bound(one_sided, calibration):
+    truncations = find_truncations(one_sided)
+    proto = export_onnx(one_sided, "int8", calibration=calibration)
+    report = inspect_onnx(proto, truncations, "int8")  # the finite edge within half a step
+    assert len(report["truncations"]) == 2
+    got = next(iter(ONNXRunner(proto.SerializeToString()).infer(calibration).values()))
+    assert np.all(np.isfinite(got))
+
+
+def test_probes_cover_inf_on_the_open_side(one_sided):
+    labels = [label for label, _ in probe_values(-INF, 8.0)]
+    assert "+T" in labels and "-T" not in labels and "-inf" in labels and "+inf" in labels
+    results = run_probes(one_sided, [("tflite", "fp32"), ("onnx", "fp32")])
+    assert {r.layer for r in results} == {"dct_trunc", "floor"}
+    for r in results:
+        assert r.error is None and r.value_deviations == 0, (r.layer, r.backend, r.values)
+        got = {v["input"]: v["got"] for v in r.values}
+        if r.layer == "dct_trunc":
+            assert got["-inf"] == "-inf" and got["+inf"] == 8.0
+        else:
+            assert got["+inf"] == "inf" and got["-inf"] == -1.0
+
+
+def _lambda_on(fn, shape=(6, 5, 2)):
+    layer = keras.layers.Lambda(fn)
+    layer(keras.Input(shape))
+    return layer
+
+
+@pytest.mark.parametrize("fn, lower, upper", [
+    (lambda x: -(keras.ops.relu(-x + 8) - 8), -INF, 8.0),  # ALASKA2 DCT_Trunc
+    (lambda x: keras.ops.minimum(x, 8.0), -INF, 8.0),
+    (lambda x: keras.ops.maximum(x, -2.5), -2.5, INF),
+])
+def test_probe_finds_one_sided_clips(fn, lower, upper):
+    verdict = probe_lambda(_lambda_on(fn))
+    assert verdict.is_clip, verdict.note
+    assert (verdict.lower, verdict.upper, verdict.gradient) == (lower, upper, "clip")
+    assert verdict.truncation_kwargs() == {"lower": lower, "upper": upper, "gradient": "clip"}
+
+
+@pytest.mark.parametrize("fn, note", [
+    (lambda x: keras.ops.relu(x), "ReLU"),
+    (lambda x: x * 2, "saturates on neither side"),
+    (lambda x: keras.ops.minimum(x, 8.0) + 1e-3, "where clip(x, -inf, 8.001)"),
+])
+def test_probe_rejects_what_only_looks_one_sided(fn, note):
+    verdict = probe_lambda(_lambda_on(fn))
+    assert not verdict.is_clip and note in verdict.note, verdict.note
+
+
+def _expected(name):
+    return np.asarray(MANIFEST[name]["keras2_output"], np.float32)
+
+
+def _sample():
+    return np.random.default_rng(1).integers(0, 256, (2, 32, 32, 1)).astype("float32")
+
+
+def test_xunet_dct_trunc_lambda_migrates_and_exports_one_minimum(tmp_path):
+    out = tmp_path / "xunet.keras"
+    report = migrate(FIXTURES / "xunet_trunc.hdf5", out, trust_lambda=True, op_inventory=False)
+    (layer,) = report["layers"]
+    assert (layer["layer"], layer["lower"], layer["upper"]) == ("DCT_Trunc", -INF, 8.0)
+    model = keras.saving.load_model(out, safe_mode=True)
+    np.testing.assert_allclose(_keras(model, _sample()), _expected("xunet_trunc.hdf5"),
+                               atol=1e-5)
+    (t,) = find_truncations(model)
+    assert (t["lower"], t["upper"]) == (-INF, 8.0)
+    ops = tflite_ops(export_tflite(model, "fp32"))
+    assert ops["MINIMUM"] == 1 and "MAXIMUM" not in ops and "NEG" not in ops
+
+
+def test_lone_tf_minimum_op_layer_maps_to_one_sided_truncation(tmp_path):
+    out = tmp_path / "tfop_min.keras"
+    report = migrate(FIXTURES / "tfop_min.h5", out, op_inventory=False)
+    (layer,) = report["layers"]
+    assert (layer["verdict"], layer["lower"], layer["upper"]) == ("mapped", -INF, 8.0)
+    model = keras.saving.load_model(out, safe_mode=True)
+    np.testing.assert_allclose(_keras(model, _sample()), _expected("tfop_min.h5"), atol=1e-5)
+
+
+def test_class_threshold_under_its_own_key(tmp_path, cli):
+    out = tmp_path / "tlu.keras"
+    code, _, err = cli("migrate", FIXTURES / "tlu_th.h5", "--out", out, "--truncation-class",
+                       "TLU")
+    assert code == 0, err
+    model = keras.saving.load_model(out, safe_mode=True)
+    assert model.get_layer("tlu").bounds == (-3.0, 3.0)
+    np.testing.assert_allclose(_keras(model, _sample()), _expected("tlu_th.h5"), atol=1e-5)
+
+
+def test_class_threshold_says_which_key_in_one_line(tmp_path, capsys):
+    from edgetrunc.cli import main
+
+    assert main(["migrate", str(FIXTURES / "tlu_th.h5"), "--out", str(tmp_path / "t.keras"),
+                 "--truncation-class", "TLU"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "T = 3 from its config key 'th'" in line]
+    assert len(lines) == 1, err
+
+
+def test_class_with_several_numbers_is_refused_with_their_values(tmp_path):
+    with pytest.raises(InputError) as info:
+        migrate(FIXTURES / "tlu_two.h5", tmp_path / "t.keras", op_inventory=False,
+                truncation_classes={"TLU": None})
+    message = str(info.value)
+    assert "alpha=0.5, th=3" in message and "--truncation-class TLU=T" in message
+    assert len(message.splitlines()) == 1
