@@ -5,7 +5,8 @@ one-sided `DCT_Trunc = -(relu(-x + 8) - 8)` (= min(x, 8)) as a Lambda, with and 
 `ABS` Lambda beside it (`.hdf5`, as that code saves); a lone `tf.minimum(x, 8)` op layer; a
 `TLU` class whose threshold sits under its own key (`th`, as the Bayar-ResSE net writes it) and
 one whose config holds two numbers; and a file with several blockers at once (an activation
-function saved by name, an unknown class, an unknown op layer). `MANIFEST.json` holds each
+function saved by name, an unknown class, a Lambda reading a script global, an unknown op
+layer). `MANIFEST.json` holds each
 model's Keras 2 output on a fixed input. The tests read only the committed files; this
 script needs tf-keras (the `legacy-fixtures` extra) and is run by hand:
 
@@ -35,6 +36,7 @@ except ImportError:
 
 K = k.backend
 SHAPE = (32, 32, 1)
+SCALE = 0.5  # a script global read by one saved lambda: the file cannot store it
 
 
 def _xunet(front, name):
@@ -110,10 +112,12 @@ def build(out: Path) -> dict:
     inputs = k.Input(SHAPE, name="image")
     y = k.layers.Conv2D(4, 3, padding="same", activation=tlu, name="conv1")(inputs)
     y = _tlu_class(("th",))(name="tlu2", th=2.0)(y)
+    y = k.layers.Lambda(lambda v: v * SCALE, name="scale")(y)
     y = tf.math.softsign(y)
     y = k.layers.GlobalAveragePooling2D(name="gap")(y)
     save("blockers.h5", k.Model(inputs, k.layers.Dense(2, activation="softmax")(y)),
-         truncation="activation tlu, class TLU(th=2), op layer tf.math.softsign")
+         truncation="activation tlu, class TLU(th=2), Lambda reading the script global "
+         "SCALE, op layer tf.math.softsign")
     return manifest
 
 

@@ -175,14 +175,12 @@ def test_class_threshold_under_its_own_key(tmp_path, cli):
     np.testing.assert_allclose(_keras(model, _sample()), _expected("tlu_th.h5"), atol=1e-5)
 
 
-def test_class_threshold_says_which_key_in_one_line(tmp_path, capsys):
-    from edgetrunc.cli import main
-
-    assert main(["migrate", str(FIXTURES / "tlu_th.h5"), "--out", str(tmp_path / "t.keras"),
-                 "--truncation-class", "TLU"]) == 0
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "T = 3 from its config key 'th'" in line]
-    assert len(lines) == 1, err
+def test_class_threshold_says_which_key_in_one_line(tmp_path, cli):
+    code, out, err = cli("migrate", FIXTURES / "tlu_th.h5", "--out", tmp_path / "t.keras",
+                         "--truncation-class", "TLU")
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if "its config key 'th' = 3" in line]
+    assert len(lines) == 1 and "[-3, 3]" in lines[0], out
 
 
 def test_class_with_several_numbers_is_refused_with_their_values(tmp_path):
@@ -192,3 +190,96 @@ def test_class_with_several_numbers_is_refused_with_their_values(tmp_path):
     message = str(info.value)
     assert "alpha=0.5, th=3" in message and "--truncation-class TLU=T" in message
     assert len(message.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- all blockers at once
+
+BLOCKERS = ["uses the activation function 'tlu'", "--truncation-class tlu=T",
+            "class 'TLU'", "custom_objects={'TLU': TLU}", "op layer (tf.nn.softsign)"]
+
+
+@pytest.mark.parametrize("command, options, first", [
+    ("migrate", ["--trust-lambda"], "reads the global name(s) SCALE"),
+    ("convert", [], "Lambda layer(s) (scale)"),
+])
+def test_every_blocker_of_a_file_in_one_message(command, options, first, tmp_path, cli):
+    path = FIXTURES / "blockers.h5"
+    out = tmp_path / ("b.keras" if command == "migrate" else "out")
+    code, _, err = cli(command, path, "--out", out, *options)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 4 and "Traceback" not in err, err
+    assert all(line.startswith(f"edgetrunc {command}: error: {path}: ") for line in lines), err
+    assert first in lines[0]
+    for fragment in BLOCKERS:
+        assert sum(fragment in line for line in lines) == 1, (fragment, err)
+    # a tf.keras 2 .h5 stores the bare class name: registering the class would not help
+    assert "register_keras_serializable" not in err
+    assert not out.exists()
+
+
+def test_untrusted_code_is_refused_from_the_config_alone(tmp_path, cli):
+    code, _, err = cli("migrate", FIXTURES / "blockers.h5", "--out", tmp_path / "b.keras")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "--trust-lambda" in lines[0], err
+
+
+def test_wrong_class_name_and_unknown_class_together(tmp_path, cli):
+    path = FIXTURES / "tlu_th.h5"
+    code, _, err = cli("migrate", path, "--out", tmp_path / "x.keras", "--truncation-class",
+                       "Nowhere")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2, err
+    assert "--truncation-class Nowhere" in lines[0] and "class 'TLU'" in lines[1]
+    assert all(f"{path}: " in line for line in lines)
+
+
+# ----------------------------------------------------------------------------- warnings, help
+
+
+def test_skipped_photos_warning_once_per_run(capsys):
+    from edgetrunc import _log
+    from edgetrunc.data.covers import embedded_covers
+
+    _log.new_run()
+    for _ in range(3):  # convert and parity read the covers several times in one run
+        embedded_covers(min_size=512)
+    err = capsys.readouterr().err
+    assert err.count("smaller than the 512x512 model input") == 1, err
+    _log.new_run()
+    embedded_covers(min_size=512)
+    assert capsys.readouterr().err.count("smaller than the 512x512") == 1
+
+
+@pytest.mark.parametrize("command", ["parity", "train", "convert", "infer", "evaluate", "bench",
+                                     "migrate", "run"])
+def test_help_texts_do_not_fix_the_geometry(command, capsys):
+    from edgetrunc.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "on 256x256 inputs" not in text and "on 256x256 cover" not in text
+
+
+# ----------------------------------------------------------------------------- int8 per-layer inputs
+
+
+def _input_set(names):
+    from types import SimpleNamespace
+
+    x = np.arange(len(names), dtype=np.float32).reshape(-1, 1, 1, 1)
+    return SimpleNamespace(x=x, names=names)
+
+
+def test_int8_per_layer_inputs_stay_in_the_calibration_domain():
+    from edgetrunc.parity.check import per_layer_batch
+
+    data = _input_set(["random#0", "cover a", "random#1", "stego a", "cover b"])
+    warnings = []
+    assert per_layer_batch(data, "fp32", 2, "m.tflite", warnings).ravel().tolist() == [0, 1]
+    assert per_layer_batch(data, "int8", 2, "m.tflite", warnings).ravel().tolist() == [1, 3]
+    assert warnings == []
+    only_random = _input_set(["random#0", "random#1"])
+    assert per_layer_batch(only_random, "int8", 8, "m.tflite", warnings).shape[0] == 2
+    (line,) = warnings
+    assert "m.tflite" in line and "calibration domain" in line and "--inputs covers" in line

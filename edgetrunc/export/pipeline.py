@@ -27,6 +27,7 @@ from edgetrunc.export.commit import OutputSet
 from edgetrunc.export.onnx.convert import (ONNX_PRECISIONS, OPSETS, check_opset, export_onnx,
                                            set_onnx_metadata)
 from edgetrunc.export.onnx.inspect import inspect_onnx
+from edgetrunc.export.speed import int8_speed
 from edgetrunc.export.tflite.convert import (INT8_MODES, TFLITE_PRECISIONS, embed_tflite_metadata,
                                              export_tflite, quiet_converter)
 from edgetrunc.export.tflite.inspect import inspect_tflite
@@ -83,14 +84,16 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration):
 def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
             nchw=False, calibration="embedded", int8_io=False, force=False,
             int8_mode="truncation-aware", evaluate=True, timings=None,
-            literal=False) -> dict:
+            literal=False, speed=True) -> dict:
     """Convert `model_path` to every requested artifact in `out_dir` and write the manifest.
 
     Returns the manifest dict (also written to `out_dir/manifest.json`). If `timings` is a
     dict, it receives the conversion wall time of each artifact in seconds.
     Exact layout rewrites (the passes of `export.tflite.passes` / `export.onnx.passes`) run
     by default; `literal=True` keeps a one-to-one translation. Each manifest entry lists the
-    passes that changed its artifact (`"passes"`).
+    passes that changed its artifact (`"passes"`). With `speed`, each int8 artifact is timed
+    against the fp32 one of its format (`export.speed.int8_speed`; a warning when int8 is
+    slower).
     """
     tflite, onnx = _check_options(tflite, onnx, opset, int8_mode, calibration)
     source = Path(model_path)
@@ -102,7 +105,7 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
                         force=force, protect=[source])
     outputs.check_targets()  # refused before the (slow) model load; checked again under the lock
     options = {"opset": int(opset), "nchw": nchw, "int8_io": int8_io, "int8_mode": int8_mode,
-               "literal": bool(literal)}
+               "literal": bool(literal), "speed": bool(speed)}
     model = float32_model(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES))
     with outputs:
         return _convert_model(model, source, sha256_file(source), outputs, artifacts, options,
@@ -185,14 +188,14 @@ def _convert_model(model, source, source_sha, outputs, artifacts, options, calib
     held_out, keras_probability = _held_out(model, source, calibration, geometry,
                                             evaluate and needs_int8)
     metadata = artifact_metadata(__version__, source.name, source_sha, truncations, None, None)
-    entries = []
+    entries, staged_paths = [], {}
     for fmt, precision, name in artifacts:
         _log.info(f"convert: {name} ({fmt} {precision}) ...")
         started = time.perf_counter()
         applied = []
         content = _export(model, fmt, precision, calib, options, metadata, applied)
         elapsed = time.perf_counter() - started
-        staged = outputs.stage(name, content)
+        staged = staged_paths[name] = outputs.stage(name, content)
         inspect = inspect_tflite if fmt == "tflite" else inspect_onnx
         entry = manifest.artifact_entry(
             name, fmt, precision, content, inspect(str(staged), truncations, precision),
@@ -205,6 +208,8 @@ def _convert_model(model, source, source_sha, outputs, artifacts, options, calib
             timings[name] = elapsed
         entries.append(entry)
         _log.info(f"convert: {name} done in {elapsed:.1f} s, {len(content) / 1024:.0f} KiB")
+    if options["speed"] and needs_int8:
+        int8_speed(entries, staged_paths, None if calib is None else calib.x)
     result = manifest.build_manifest(source, source_sha, outputs.out_dir, entries)
     outputs.commit(manifest.MANIFEST, dumps_json(result))
     return result

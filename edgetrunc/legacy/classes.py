@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 
-from edgetrunc import _log
 from edgetrunc.errors import InputError
 from edgetrunc.legacy.activations import (
     activation_bounds,
@@ -30,6 +29,7 @@ from edgetrunc.legacy._nodes import (
     sole_numeric_threshold,
 )
 from edgetrunc.legacy.config import config_dicts, references_to
+from edgetrunc.legacy.unknown import UnknownLayerClass
 from edgetrunc.legacy.weights import threshold_from_weights
 
 TRUNCATION_CONFIG_KEYS = ("threshold", "T", "t", "thresh", "truncation", "clip_value", "limit",
@@ -60,27 +60,6 @@ class MappedLayer:
                 "lower": self.lower, "upper": self.upper, "gradient": self.gradient,
                 "exact": None, "max_probe_error": None, "max_probe_error_at": None,
                 "nonfinite": None, "note": self.note, "replaced": True}
-
-
-class UnknownLayerClass(InputError):
-    """Layers whose class Keras 3 cannot build; `layers` lists `(name, class)`."""
-
-    def __init__(self, layers):
-        self.layers = layers
-        name, class_name = layers[0]
-        more = f" (and {len(layers) - 1} more)" if len(layers) > 1 else ""
-        if class_name.startswith("TFOpLambda"):
-            what = (f"layer '{name}'{more} is a tf.keras 2 op layer ({class_name[11:]}), "
-                    "which Keras 3 cannot rebuild (only tf.clip_by_value and tf.minimum/"
-                    "tf.maximum clips are mapped); rewrite it as a Keras layer and re-save")
-        else:
-            what = (f"layer '{name}'{more} is of class '{class_name}', which Keras 3 does not "
-                    "know (a class of the code that saved the file; its code is not in the "
-                    f"file); if it is a truncation (clip to [-T, T]) give --truncation-class "
-                    f"{class_name.rsplit('>', 1)[-1]} to edgetrunc migrate, otherwise load it "
-                    "in Python with the class registered (keras.saving."
-                    "register_keras_serializable)")
-        super().__init__(what)
 
 
 def parse_truncation_classes(items) -> dict:
@@ -131,12 +110,13 @@ def map_config_layers(config, truncation_classes=None, custom_objects=None,
     for found in _objects_keras_would_import(config, custom_objects):
         if found not in unknown:
             unknown.append(found)
-    missing = sorted(set(truncation_classes) - used)
-    if missing:
-        raise InputError(f"--truncation-class {missing[0]}: no layer of class {missing[0]} "
-                         "and no activation function of that name in the model")
-    if unknown:
-        raise UnknownLayerClass(unknown)
+    missing = [f"--truncation-class {name}: no layer of class {name} and no activation "
+               "function of that name in the model"
+               for name in sorted(set(truncation_classes) - used)]
+    if len(missing) == 1 and not unknown:
+        raise InputError(missing[0])
+    if missing or unknown:
+        raise UnknownLayerClass(unknown, missing)
     return config, mapped
 
 
@@ -157,10 +137,7 @@ def _map_model_layers(model_config, truncation_classes, mapped, unknown, used,
             continue
         function = unknown_activation(node)
         if function is not None:
-            raise InputError(f"layer '{_layer_name(node)}' uses the activation function "
-                             f"'{function}', saved by name only (its code is not in the file); "
-                             f"if it is a truncation (clip to [-T, T]) give --truncation-class "
-                             f"{function}=T to edgetrunc migrate")
+            unknown.append((_layer_name(node), f"activation {function}"))
         class_name, name = node["class_name"], _layer_name(node)
         # a registered Keras 2 class is saved as "Package>Name": "Name" also matches it
         asked = next((c for c in (class_name, class_name.rsplit(">", 1)[-1])
@@ -328,8 +305,6 @@ def _bounds_from_config(class_name, layer, config, threshold):
         if value is not None and value > 0:
             return -value, value, key
     value, key = sole_numeric_threshold(class_name, layer, config)
-    _log.info(f"layer '{layer}' (class {class_name}): T = {value:g} from its config key "
-              f"'{key}', its only numeric parameter")
     return -value, value, key
 
 

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from edgetrunc import _log
-from edgetrunc.errors import InputError, first_line
+from edgetrunc.errors import InputError, first_line, with_prefix
 from edgetrunc.legacy.classes import map_config_layers
 from edgetrunc.legacy.config import config_dicts, read_model_config
 from edgetrunc.legacy.objects import (
@@ -54,7 +54,7 @@ def load_legacy(path, trust_lambda=False, extra_globals=None, truncation_classes
         new_config, mapped = map_config_layers(config, truncation_classes,
                                                layer_weights=layer_weights)
     except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
+        raise with_prefix(exc, f"{path}: ") from None
     keras2 = file_format != "keras"
     policies = _keras2_dtype_policies(new_config) if keras2 else 0
     policies += translate_keras2_keys(new_config) if keras2 else 0

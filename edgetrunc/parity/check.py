@@ -197,6 +197,23 @@ def _compare_layers(report: ArtifactReport, runner, keras_runner, batch, strict_
                         "(--strict-layers makes it a failure)")
 
 
+def per_layer_batch(data, precision: str, samples: int, name: str, warnings: list):
+    """The inputs compared layer by layer: the first `samples`; for an int8 artifact the first
+    ones inside its calibration domain (photos: covers, stego, a folder), not random images,
+    whose noise drives int8 tensors to their range edges (errors that are not int8 rounding).
+    With no photo among the inputs, one warning says so."""
+    count = max(1, min(int(samples), len(data.x)))
+    if precision != "int8":
+        return data.x[:count]
+    inside = [i for i, label in enumerate(data.names) if not str(label).startswith("random#")]
+    if inside:
+        return data.x[inside[:count]]
+    warnings.append(f"{name}: int8 per-layer comparison on random images, which leave the "
+                    "calibration domain (photos): their noise saturates int8 ranges, so layer "
+                    "errors there are not int8 rounding; use --inputs covers")
+    return data.x[:count]
+
+
 def _probe_truncations(keras_model, reports: list, runners: list, shape, strict_nan: bool,
                        warnings: list) -> list:
     """Probe every Truncation in each (format, precision, opset) of the local artifacts."""
@@ -273,7 +290,6 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                                               precisions=judged)
     _constant_reference_warnings(results.reference, len(data.x), warnings)
 
-    per_layer_batch = data.x[:max(1, min(per_layer_samples, len(data.x)))]
     reports = []
     for runner in runners:
         key = str(runner.path)
@@ -281,7 +297,9 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                      if hasattr(compare_func, "tolerance_for") else {})
         report = _artifact_report(runner, comparisons[key], precisions[key], tolerance, results[key])
         if per_layer:
-            _compare_layers(report, runner, keras_runner, per_layer_batch, strict_layers, warnings)
+            batch = per_layer_batch(data, precisions[key], per_layer_samples, runner.path.name,
+                                    warnings)
+            _compare_layers(report, runner, keras_runner, batch, strict_layers, warnings)
         reports.append(report)
 
     probe_results = _probe_truncations(keras_runner.model, reports, runners, shape, strict_nan,
