@@ -283,3 +283,33 @@ def test_int8_per_layer_inputs_stay_in_the_calibration_domain():
     assert per_layer_batch(only_random, "int8", 8, "m.tflite", warnings).shape[0] == 2
     (line,) = warnings
     assert "m.tflite" in line and "calibration domain" in line and "--inputs covers" in line
+
+
+# ----------------------------------------------------------------------------- int8 that pays
+
+
+@pytest.mark.slow
+def test_convert_times_int8_against_fp32_and_says_when_it_is_slower(one_sided, tmp_path,
+                                                                      capsys):
+    from edgetrunc.export.pipeline import convert
+
+    source = tmp_path / "m.keras"
+    keras.Model(one_sided.inputs, one_sided.outputs).save(source)
+    manifest = convert(source, tmp_path / "out", tflite=("fp32", "int8"), onnx=("fp32", "int8"),
+                       evaluate=False)
+    err = capsys.readouterr().err
+    for entry in manifest["artifacts"]:
+        speed = (entry["quantization"] or {}).get("speed")
+        if entry["precision"] != "int8":
+            assert speed is None
+            continue
+        assert speed["threads"] == 1 and speed["runs"] >= 3
+        assert speed["pays"] == (speed["int8_speedup"] >= 1.0)
+        assert (f"{entry['path']} is slower than" in err) == (not speed["pays"])
+    written = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [a.get("quantization") for a in written["artifacts"]] == [
+        a.get("quantization") for a in manifest["artifacts"]]
+    assert '"-inf"' in (tmp_path / "out" / "manifest.json").read_text()  # strict JSON
+    again = convert(source, tmp_path / "again", tflite=("fp32", "int8"), onnx=(),
+                    evaluate=False, speed=False)
+    assert "speed" not in again["artifacts"][1]["quantization"]
