@@ -305,6 +305,9 @@ def test_convert_times_int8_against_fp32_and_says_when_it_is_slower(one_sided, t
             continue
         assert speed["threads"] == 1 and speed["runs"] >= 3
         assert speed["pays"] == (speed["int8_speedup"] >= 1.0)
+        if entry["format"] == "onnx":  # what onnxruntime fused: int8 kernels, float leftovers
+            assert speed["kernels"]["int8"].get("QLinearConv", 0) >= 1
+            assert set(speed["kernels"]) == {"int8", "float_between_qdq"}
         assert (f"{entry['path']} is slower than" in err) == (not speed["pays"])
     written = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [a.get("quantization") for a in written["artifacts"]] == [

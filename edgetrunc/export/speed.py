@@ -45,12 +45,49 @@ def int8_speed(entries: list, staged: dict, feed: np.ndarray | None, runs: int =
             _log.set_quiet(quiet)
         fp32_ms, int8_ms = (float(np.median(times[e["path"]])) for e in (fp32, int8))
         speedup = fp32_ms / int8_ms if int8_ms > 0 else float("inf")
-        int8["quantization"]["speed"] = {
+        speed = int8["quantization"]["speed"] = {
             "fp32_p50_ms": round(fp32_ms, 3), "int8_p50_ms": round(int8_ms, 3),
             "int8_speedup": round(speedup, 2), "pays": bool(speedup >= 1.0), "runs": runs,
             "threads": 1, "measured": "at convert time on the converting machine"}
+        why = ""
+        if fmt == "onnx":
+            speed["kernels"] = onnx_kernels(staged[int8["path"]])
+            floats = speed["kernels"]["float_between_qdq"]
+            if floats:
+                why = (f"; {sum(floats.values())} node(s) run as float kernels between "
+                       f"Dequantize/Quantize ({', '.join(f'{k} {v}' for k, v in floats.items())})")
         if speedup < 1.0:
             _log.warn(f"convert: {int8['path']} is slower than {fp32['path']} here "
-                      f"({int8_ms:.2f} vs {fp32_ms:.2f} ms p50, 1 thread, {runs} runs): int8 "
-                      "does not pay on this model; ship the fp32 artifact or check it on the "
-                      "target device")
+                      f"({int8_ms:.2f} vs {fp32_ms:.2f} ms p50, 1 thread, {runs} runs{why}): "
+                      "int8 does not pay on this model; ship the fp32 artifact or check it on "
+                      "the target device")
+
+
+def onnx_kernels(path) -> dict:
+    """What onnxruntime's CPU provider makes of a QDQ model after its graph fusions:
+    `{"int8": {op: count}, "float_between_qdq": {op: count}}`, the int8 kernels it fused
+    (QLinear*, ...) and the compute nodes left float with a DequantizeLinear input (no
+    int8 kernel was fused for them: the quantize / dequantize pairs around them are pure
+    cost; e.g. signed int8 activations in a Conv on an x86 CPU without VNNI)."""
+    import collections
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgetrunc-ort-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    int8, floats = collections.Counter(), collections.Counter()
+    for node in graph.node:
+        if node.op_type.startswith("QLinear") or node.op_type.endswith("Integer"):
+            int8[node.op_type] += 1
+        elif node.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(
+                producer.get(i) == "DequantizeLinear" for i in node.input):
+            floats[node.op_type] += 1
+    return {"int8": dict(sorted(int8.items())), "float_between_qdq": dict(sorted(floats.items()))}
