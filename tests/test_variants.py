@@ -316,3 +316,31 @@ def test_convert_times_int8_against_fp32_and_says_when_it_is_slower(one_sided, t
     again = convert(source, tmp_path / "again", tflite=("fp32", "int8"), onnx=(),
                     evaluate=False, speed=False)
     assert "speed" not in again["artifacts"][1]["quantization"]
+
+
+def test_onnx_int8_falls_back_to_uint8_where_int8_convs_stay_float(one_sided, calibration,
+                                                                   monkeypatch):
+    """onnxruntime fuses int8-activation Convs only on some CPUs: where it leaves one float,
+    the uint8-activation graph (fused everywhere) is kept; the inspector checks its ranges."""
+    import onnx
+
+    from edgetrunc.export import speed
+
+    def kernels(model):  # this machine, as one without signed int8 Conv kernels
+        model = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+        unsigned = any(i.data_type == onnx.TensorProto.UINT8 for i in model.graph.initializer
+                       if i.name.endswith("zero_point"))
+        return {"int8": {}, "float_between_qdq": {} if unsigned else {"Conv": 2}}
+
+    monkeypatch.setattr(speed, "onnx_kernels", kernels)
+    applied = []
+    proto = export_onnx(one_sided, "int8", calibration=calibration, applied=applied)
+    assert applied[-1] == "uint8_activations"
+    assert any(i.data_type == onnx.TensorProto.UINT8 for i in proto.graph.initializer
+               if i.name.endswith("zero_point"))
+    inspect_onnx(proto, find_truncations(one_sided), "int8")
+    got = next(iter(ONNXRunner(proto.SerializeToString()).infer(calibration).values()))
+    monkeypatch.undo()
+    signed = export_onnx(one_sided, "int8", calibration=calibration)
+    same = next(iter(ONNXRunner(signed.SerializeToString()).infer(calibration).values()))
+    np.testing.assert_allclose(got, same, atol=0.02)  # the same ranges, other zero points

@@ -202,6 +202,9 @@ def _convert_model(model, source, source_sha, outputs, artifacts, options, calib
             manifest.quantization_entry(fmt, precision, options["int8_io"],
                                         options["int8_mode"], calib, options["literal"]),
             applied)
+        if "uint8_activations" in applied:
+            entry["quantization"]["activations"] = ("uint8 (int8 left a Conv without an int8 "
+                                                    "kernel in onnxruntime here)")
         if precision == "int8" and held_out is not None:
             _evaluate(entry, fmt, staged, held_out, keras_probability)
         if timings is not None:

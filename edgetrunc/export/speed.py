@@ -64,7 +64,7 @@ def int8_speed(entries: list, staged: dict, feed: np.ndarray | None, runs: int =
 
 
 def onnx_kernels(path) -> dict:
-    """What onnxruntime's CPU provider makes of a QDQ model after its graph fusions:
+    """What onnxruntime's CPU provider (on this machine) makes of a QDQ model after its graph fusions:
     `{"int8": {op: count}, "float_between_qdq": {op: count}}`, the int8 kernels it fused
     (QLinear*, ...) and the compute nodes left float with a DequantizeLinear input (no
     int8 kernel was fused for them: the quantize / dequantize pairs around them are pure
@@ -76,11 +76,12 @@ def onnx_kernels(path) -> dict:
     import onnx
     import onnxruntime as ort
 
+    model = path.SerializeToString() if isinstance(path, onnx.ModelProto) else str(path)
     with tempfile.TemporaryDirectory(prefix="edgetrunc-ort-") as tmp:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         graph = onnx.load(options.optimized_model_filepath).graph
     producer = {o: n.op_type for n in graph.node for o in n.output}
     int8, floats = collections.Counter(), collections.Counter()

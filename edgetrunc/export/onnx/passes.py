@@ -37,13 +37,15 @@ from edgetrunc.export.onnx.graph import CLIP_SUFFIX, Graph
 class PassContext:
     """The truncations of the model; `clip_outputs` (`{layer: Clip output name}` of the fp32
     graph) and `ranges` (`{layer: int8 range}`, where it is not `[lower, upper]`: the
-    calibrated open side of a one-sided clip) for `quantize_clip_outputs`; `literal`: skip the layout rewrites; `applied`: the
+    calibrated open side of a one-sided clip) and `unsigned` (uint8 activations) for
+    `quantize_clip_outputs`; `literal`: skip the layout rewrites; `applied`: the
     names of the passes that changed the model, in order."""
 
     truncations: list
     clip_outputs: dict = field(default_factory=dict)
     ranges: dict = field(default_factory=dict)
     literal: bool = False
+    unsigned: bool = False
     applied: list = field(default_factory=list)
 
 
@@ -155,13 +157,14 @@ def quantize_clip_outputs(model, context: PassContext) -> bool:
             continue
         if not any(r.op_type == "QuantizeLinear" for r in graph.consumers.get(clip.output[0], [])):
             _insert_qdq_after(model, graph, t, clip,
-                              context.ranges.get(t["layer"], (t["lower"], t["upper"])))
+                              context.ranges.get(t["layer"], (t["lower"], t["upper"])),
+                              context.unsigned)
             graph.refresh()
             changed = True
     return changed
 
 
-def _insert_qdq_after(model, graph, t, clip, int8_range):
+def _insert_qdq_after(model, graph, t, clip, int8_range, unsigned=False):
     from onnx import helper, numpy_helper
 
     out = clip.output[0]
@@ -171,7 +174,9 @@ def _insert_qdq_after(model, graph, t, clip, int8_range):
         readers, out = [], clip.output[0]
     low, high = int8_range
     scale = np.float32((high - low) / 255.0)
-    zero = np.int8(np.clip(np.round(-128 - low / scale), -128, 127))
+    dtype = np.uint8 if unsigned else np.int8
+    limits = np.iinfo(dtype)
+    zero = dtype(np.clip(np.round(int(limits.min) - low / scale), limits.min, limits.max))
     names = {k: f"{t['layer']}/truncated_{k}" for k in ("scale", "zero_point", "q", "dq")}
     if out.endswith("/unquantized"):
         names["dq"] = out[:-len("/unquantized")]
