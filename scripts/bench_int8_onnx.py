@@ -8,7 +8,9 @@ process (1 thread, `--runs` rounds, seeded random input), and aggregate the int8
 per op type with onnxruntime's profiler (`edgetrunc.runtime.profile`): which ops run as int8
 kernels (QLinear*), which stay float, and what the quantize / dequantize / reorder glue costs.
 
-    python scripts/bench_int8_onnx.py [--models tlunet,residual,yenet] [--runs 30]
+Writes the `int8-onnx` section of BENCHMARKS.md and prints the table.
+
+    python scripts/bench_int8_onnx.py [--models tlunet,residual,yenet] [--runs 30] [--no-write]
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,10 +65,19 @@ def main(argv=None) -> int:
             _benchmd.log(f"{name} ...")
             rows.append(bench_one(name, Path(tmp), args.runs))
             _benchmd.log(" | ".join(rows[-1]))
-    print(_benchmd.markdown_table(
+    table = _benchmd.markdown_table(
         ["model", "fp32 p50 ms", "int8 p50 ms", "int8 speed vs fp32", "int8 time by op type"],
-        rows))
-    print(f"\nMachine: {_benchmd.machine_description()}.")
+        rows)
+    markdown = (f"## Does int8 pay in ONNX Runtime?\n\n`python scripts/bench_int8_onnx.py`: "
+                "ONNX fp32 against truncation-aware QDQ int8, 1 thread, interleaved in one "
+                "process; the int8 time per op type from onnxruntime's profiler (QLinear*: "
+                "int8 kernels; Conv: a float kernel; (De)QuantizeLinear: the glue). `convert` "
+                "makes the same comparison on every model (manifest `quantization.speed`, a "
+                "warning when int8 is slower).\n\n"
+                f"{table}\n\nMachine: {_benchmd.machine_description()}.\n")
+    print(markdown)
+    if not args.no_write:
+        _benchmd.update_section("int8-onnx", markdown)
     return 0
 
 
