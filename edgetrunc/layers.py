@@ -147,6 +147,8 @@ class Truncation(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        lower = None if lower is None else _checked_side("lower", lower, math.inf)
+        upper = None if upper is None else _checked_side("upper", upper, -math.inf)
         if (lower is None) != (upper is None):
             raise ValueError(
                 "lower and upper must be given together (one of them may be infinite: "
@@ -229,17 +231,21 @@ class Truncation(keras.layers.Layer):
         return config
 
 
+def _checked_side(name, value, impossible):
+    """`value` as a float; NaN and the infinity on the wrong side (`impossible`) refused."""
+    value = _as_float(name, value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number, not NaN. Received: {name}={value}")
+    if value == impossible:
+        open_side = "-inf" if name == "lower" else "inf"
+        raise ValueError(f"{name} must be finite or {open_side}. Received: {name}={value}")
+    return value
+
+
 def _checked_bounds(lower, upper):
     """`(lower, upper)` as floats; at most one side open (-inf below, +inf above)."""
-    lower = _as_float("lower", lower)
-    upper = _as_float("upper", upper)
-    for name, value in (("lower", lower), ("upper", upper)):
-        if math.isnan(value):
-            raise ValueError(f"{name} must be a number, not NaN. Received: {name}={value}")
-    if lower == math.inf:
-        raise ValueError(f"lower must be finite or -inf. Received: lower={lower}")
-    if upper == -math.inf:
-        raise ValueError(f"upper must be finite or inf. Received: upper={upper}")
+    lower = _checked_side("lower", lower, math.inf)
+    upper = _checked_side("upper", upper, -math.inf)
     if math.isinf(lower) and math.isinf(upper):
         raise ValueError("lower and upper cannot both be infinite (that is no clip); one side "
                          f"must be finite. Received: lower={lower}, upper={upper}")

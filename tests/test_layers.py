@@ -208,6 +208,8 @@ def test_one_sided_round_trip_and_gradient(tmp_path):
     ({"lower": -float("inf"), "upper": float("inf")}, "cannot both be infinite"),
     ({"lower": float("nan"), "upper": 1.0}, "lower must be a number, not NaN"),
     ({"lower": "-inf"}, "one of them may be infinite"),
+    ({"lower": float("inf")}, "lower must be finite or -inf. Received: lower=inf"),
+    ({"upper": -float("inf")}, "upper must be finite or inf. Received: upper=-inf"),
 ])
 def test_impossible_one_sided_bounds(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
