@@ -35,6 +35,21 @@ def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
+_WARNED: set = set()
+
+
+def warn_once(msg: str) -> None:
+    """`warn`, unless this very message was already given in this run (`new_run`)."""
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        warn(msg)
+
+
+def new_run() -> None:
+    """Start a run (one command): `warn_once` messages may be given again."""
+    _WARNED.clear()
+
+
 def progress(iterable, desc: str = "", total: int | None = None, unit: str = "it"):
     """Wrap `iterable` with a progress bar on stderr (none when quiet)."""
     if _QUIET:

@@ -43,6 +43,23 @@ class InputError(EdgetruncError, ValueError):
         return text
 
 
+class InputErrors(InputError):
+    """Every problem of one input at once: `lines`, one message each (the CLI prints one
+    error line per message)."""
+
+    def __init__(self, lines, param: str | None = None):
+        self.lines = [str(line) for line in lines]
+        super().__init__("\n".join(self.lines), param)
+
+
+def with_prefix(exc: InputError, prefix: str) -> InputError:
+    """`exc` with `prefix` (say "model.h5: ") before its message, before each line of an
+    `InputErrors`."""
+    if isinstance(exc, InputErrors):
+        return InputErrors([f"{prefix}{line}" for line in exc.lines], exc.param)
+    return InputError(f"{prefix}{exc}", exc.param)
+
+
 class CheckFailed(EdgetruncError):
     """A check ran and failed (parity, accuracy target)."""
 

@@ -18,8 +18,26 @@ MIN_THRESHOLD = 1e-6
 
 
 def truncate(x, lower, upper):
-    """Clip `x` to `[lower, upper]`, keeping NaN and the dtype of `x`."""
-    return ops.minimum(ops.maximum(x, lower), upper)
+    """Clip `x` to `[lower, upper]`, keeping NaN and the dtype of `x`.
+
+    An infinite bound given as a Python number (`lower=-inf` or `upper=inf`) is the open
+    side of a one-sided clip: no op is emitted for it, so `min(x, upper)` is one MINIMUM.
+    """
+    if not is_open(lower):
+        x = ops.maximum(x, lower)
+    if not is_open(upper):
+        x = ops.minimum(x, upper)
+    return x
+
+
+def truncate_as(x, lower, upper):
+    """`truncate` with Python-number bounds cast to the dtype of `x` (open sides skipped)."""
+    return truncate(x, *(b if is_open(b) else ops.cast(b, x.dtype) for b in (lower, upper)))
+
+
+def is_open(bound) -> bool:
+    """Whether `bound` is a Python number that is infinite (the open side of a clip)."""
+    return isinstance(bound, (int, float)) and math.isinf(bound)
 
 
 def _truncate_fixed(x, lower, upper, gradient):
@@ -32,7 +50,12 @@ def _truncate_fixed(x, lower, upper, gradient):
                 (upstream,) = args
             if gradient == "ste":
                 return upstream
-            inside = ops.logical_and(inputs >= lower, inputs <= upper)
+            if is_open(lower):
+                inside = inputs <= upper
+            elif is_open(upper):
+                inside = inputs >= lower
+            else:
+                inside = ops.logical_and(inputs >= lower, inputs <= upper)
             return ops.where(inside, upstream, ops.zeros_like(upstream))
 
         return outputs, grad
@@ -84,6 +107,9 @@ class Truncation(keras.layers.Layer):
     NaN stays NaN, +inf becomes `upper`, -inf becomes `lower`, and `|y| <= T` however
     large `x` is. By default the bounds are symmetric, `[-threshold, threshold]`.
 
+    One side may be open: `lower=-inf` gives `min(x, upper)` and `upper=inf` gives
+    `max(x, lower)` (one MINIMUM or MAXIMUM once converted).
+
     Gradient modes:
     - `"ste"` (straight-through estimator): dy/dx = 1 everywhere.
     - `"clip"`: the true derivative, 1 on the closed interval `[lower, upper]` (so 1 at
@@ -104,8 +130,10 @@ class Truncation(keras.layers.Layer):
         gradient: `"ste"` or `"clip"`. Defaults to `"ste"`.
         learn_threshold: whether T is a trainable weight (symmetric bounds only).
             Defaults to `False`.
-        lower: lower bound of an asymmetric clip; give it together with `upper`.
-        upper: upper bound of an asymmetric clip; give it together with `lower`.
+        lower: lower bound of an asymmetric clip, or `-inf` for `min(x, upper)`; give it
+            together with `upper`.
+        upper: upper bound of an asymmetric clip, or `inf` for `max(x, lower)`; give it
+            together with `lower`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
     """
 
@@ -119,10 +147,12 @@ class Truncation(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        lower = None if lower is None else _checked_side("lower", lower, math.inf)
+        upper = None if upper is None else _checked_side("upper", upper, -math.inf)
         if (lower is None) != (upper is None):
             raise ValueError(
-                "lower and upper must be given together. "
-                f"Received: lower={lower}, upper={upper}"
+                "lower and upper must be given together (one of them may be infinite: "
+                f"lower=-inf for min(x, upper)). Received: lower={lower}, upper={upper}"
             )
         if lower is None:
             threshold = _as_float("threshold", threshold)
@@ -132,12 +162,7 @@ class Truncation(keras.layers.Layer):
                 )
             lower, upper = -threshold, threshold
         else:
-            lower = _as_float("lower", lower)
-            upper = _as_float("upper", upper)
-            if math.isinf(lower) or math.isinf(upper):
-                raise ValueError(
-                    f"lower and upper must be finite. Received: lower={lower}, upper={upper}"
-                )
+            lower, upper = _checked_bounds(lower, upper)
             if not lower < upper:
                 raise ValueError(
                     f"lower must be < upper. Received: lower={lower}, upper={upper}"
@@ -187,8 +212,8 @@ class Truncation(keras.layers.Layer):
         if self._threshold_weight is not None:
             threshold = ops.multiply(self._threshold_weight, 1.0)  # a read, not the variable
             return _truncate_learned(inputs, threshold, self.gradient)
-        lower = ops.cast(self.lower, inputs.dtype)
-        upper = ops.cast(self.upper, inputs.dtype)
+        lower = self.lower if is_open(self.lower) else ops.cast(self.lower, inputs.dtype)
+        upper = self.upper if is_open(self.upper) else ops.cast(self.upper, inputs.dtype)
         return _truncate_fixed(inputs, lower, upper, self.gradient)
 
     def compute_output_shape(self, input_shape):
@@ -206,11 +231,33 @@ class Truncation(keras.layers.Layer):
         return config
 
 
+def _checked_side(name, value, impossible):
+    """`value` as a float; NaN and the infinity on the wrong side (`impossible`) refused."""
+    value = _as_float(name, value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number, not NaN. Received: {name}={value}")
+    if value == impossible:
+        open_side = "-inf" if name == "lower" else "inf"
+        raise ValueError(f"{name} must be finite or {open_side}. Received: {name}={value}")
+    return value
+
+
+def _checked_bounds(lower, upper):
+    """`(lower, upper)` as floats; at most one side open (-inf below, +inf above)."""
+    lower = _checked_side("lower", lower, math.inf)
+    upper = _checked_side("upper", upper, -math.inf)
+    if math.isinf(lower) and math.isinf(upper):
+        raise ValueError("lower and upper cannot both be infinite (that is no clip); one side "
+                         f"must be finite. Received: lower={lower}, upper={upper}")
+    return lower, upper
+
+
 def _as_float(name, value):
     try:
-        return float(value)
+        value = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number. Received: {name}={value!r}") from None
+    return value
 
 
 from edgetrunc.elementwise import Elementwise  # noqa: E402,F401  (registered beside Truncation)

@@ -172,3 +172,54 @@ def test_tflite_inventory_is_one_minimum_and_one_maximum(gradient):
     outputs = Truncation(3.0, gradient=gradient)(inputs)
     ops = _tflite_ops(keras.Model(inputs, outputs))
     assert sorted(ops) == ["MAXIMUM", "MINIMUM"]
+
+
+# ----------------------------------------------------------------------------- one-sided clips
+
+
+def test_one_sided_bounds_clip_one_side_only():
+    inf = float("inf")
+    x = np.array([np.nan, np.inf, -np.inf, 3e38, -3e38, 2.5, 8, 9], np.float32)
+    below = np.asarray(Truncation(lower=-inf, upper=8.0)(x))
+    np.testing.assert_array_equal(below, np.array([np.nan, 8, -np.inf, 8, -3e38, 2.5, 8, 8],
+                                                  np.float32))
+    above = np.asarray(Truncation(lower=-1.0, upper=inf)(x))
+    np.testing.assert_array_equal(above, np.array([np.nan, np.inf, -1, 3e38, -1, 2.5, 8, 9],
+                                                  np.float32))
+
+
+def test_one_sided_round_trip_and_gradient(tmp_path):
+    layer = Truncation(lower=-float("inf"), upper=8.0, gradient="clip", name="dct_trunc")
+    config = layer.get_config()
+    assert (config["lower"], config["upper"], config["threshold"]) == (-np.inf, 8.0, None)
+    assert Truncation.from_config(config).bounds == (-np.inf, 8.0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, layer(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert loaded.get_layer("dct_trunc").bounds == (-np.inf, 8.0)
+    np.testing.assert_array_equal(_grad(layer, np.array([-1e30, 0.0, 8.0, 9.0], np.float32)),
+                                  [1, 2, 3, 0])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lower": float("inf"), "upper": 3.0}, "lower must be finite or -inf. Received: lower=inf"),
+    ({"lower": -1.0, "upper": -float("inf")}, "upper must be finite or inf. Received: upper=-inf"),
+    ({"lower": -float("inf"), "upper": float("inf")}, "cannot both be infinite"),
+    ({"lower": float("nan"), "upper": 1.0}, "lower must be a number, not NaN"),
+    ({"lower": "-inf"}, "one of them may be infinite"),
+    ({"lower": float("inf")}, "lower must be finite or -inf. Received: lower=inf"),
+    ({"upper": -float("inf")}, "upper must be finite or inf. Received: upper=-inf"),
+])
+def test_impossible_one_sided_bounds(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        Truncation(**kwargs)
+    assert len(str(info.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("bounds, ops", [((-np.inf, 8.0), ["MINIMUM"]),
+                                         ((-1.0, np.inf), ["MAXIMUM"])])
+def test_one_sided_tflite_inventory_is_one_op(bounds, ops):
+    inputs = keras.Input((16, 16, 1))
+    outputs = Truncation(lower=bounds[0], upper=bounds[1])(inputs)
+    assert _tflite_ops(keras.Model(inputs, outputs)) == ops

@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     from edgetrunc import _log
 
     _log.set_quiet(args.quiet)
+    _log.new_run()
     code = 0
     try:
         code = int(command_module(args.command).run(args) or 0)
@@ -150,7 +151,8 @@ def main(argv=None) -> int:
         return 2
     except InputError as exc:
         flag = _flag(parser, args.command, exc.param)
-        _error_line(args.command, exc.naming(flag) if flag else exc)
+        for line in getattr(exc, "lines", None) or [exc.naming(flag) if flag else exc]:
+            _error_line(args.command, line)  # InputErrors: one error line per problem
         return exc.exit_code
     except EdgetruncError as exc:
         _error_line(args.command, exc)

@@ -46,6 +46,9 @@ def add_arguments(p) -> None:
     p.add_argument("--target", choices=("cpu", "ethos-u", "micro"), default="cpu",
                    help="where the TFLite artifacts run: the CPU-only rewrites (space-to-depth "
                    "packing) are left out for ethos-u and micro (default: cpu)")
+    p.add_argument("--no-speed", action="store_true",
+                   help="skip timing each int8 artifact against the fp32 one of its format "
+                   "(a few runs, 1 thread; a warning when int8 is slower)")
     _args.add_json(p, "print the manifest as JSON on stdout")
     _args.add_force(p, "replace existing artifacts")
 
@@ -62,11 +65,16 @@ def _mapping(truncations) -> str:
 
 
 def _quality(entry) -> str:
-    evaluation = (entry.get("quantization") or {}).get("evaluation")
-    if not evaluation:
-        return ""
-    return (f"agreement {evaluation['decision_agreement']:.3f}, "
-            f"accuracy {evaluation['accuracy_delta']:+.3f}")
+    quantization = entry.get("quantization") or {}
+    evaluation, speed = quantization.get("evaluation"), quantization.get("speed")
+    parts = []
+    if evaluation:
+        parts.append(f"agreement {evaluation['decision_agreement']:.3f}, "
+                     f"accuracy {evaluation['accuracy_delta']:+.3f}")
+    if speed:
+        parts.append(f"{speed['int8_speedup']:.2f}x fp32 speed"
+                     + ("" if speed["pays"] else " (slower)"))
+    return ", ".join(parts)
 
 
 def format_table(manifest: dict) -> str:
@@ -75,7 +83,7 @@ def format_table(manifest: dict) -> str:
 
     rows = [(a["path"], f"{a['bytes'] / 1024:.0f} KiB", _ops_summary(a["ops"]),
              _mapping(a["truncations"]), _quality(a)) for a in manifest["artifacts"]]
-    return table(("artifact", "size", "ops", "truncation mapping", "int8 vs Keras"), rows)
+    return table(("artifact", "size", "ops", "truncation mapping", "int8 vs Keras, vs fp32"), rows)
 
 
 def run(args) -> int:
@@ -86,7 +94,8 @@ def run(args) -> int:
         args.model, out_dir=args.out, tflite=args.tflite, onnx=args.onnx, opset=args.opset,
         nchw=args.nchw, calibration=args.calibration, int8_io=args.int8_io, force=args.force,
         int8_mode=args.int8_mode, literal=args.literal, custom_objects=args.custom_objects,
-        trust_lambda=args.trust_lambda, target=args.target)
+        trust_lambda=args.trust_lambda, target=args.target,
+        speed=not args.no_speed)
     if args.json:
         sys.stdout.write(dumps_json(manifest))
     else:

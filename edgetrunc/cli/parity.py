@@ -15,8 +15,9 @@ from pathlib import Path
 from edgetrunc.cli import _args
 from edgetrunc.cli._args import positive_int
 
-DESCRIPTION = ("Compare Keras with every artifact on 256x256 inputs. Exit 0 pass, 1 parity "
-               "failure, 2 error.")
+DESCRIPTION = ("Compare Keras with every artifact on inputs of the model's own geometry (input "
+               "size and channels read from the model; 256x256 for a free size). Exit 0 pass, "
+               "1 parity failure, 2 error.")
 MAX_SAMPLES = 1_000_000
 
 
@@ -34,7 +35,8 @@ def add_arguments(p) -> None:
     p.add_argument("--per-layer", action="store_true", help="compare every layer, name the first divergent")
     p.add_argument("--layer-samples", type=_args.count(MAX_SAMPLES), default=8,
                    help="with --per-layer: inputs compared layer by layer, the first of the "
-                   "--samples inputs (default: 8)")
+                   "--samples inputs; for int8 artifacts the first photos among them, inside "
+                   "the calibration domain (default: 8)")
     p.add_argument("--strict-layers", action="store_true",
                    help="with --per-layer: a divergent layer fails the check even when the outputs pass")
     p.add_argument("--strict-nan", action="store_true", help="NaN deviations in probes fail the check")

@@ -13,7 +13,8 @@ import sys
 from edgetrunc.cli import _args
 from edgetrunc.cli._args import positive_int
 
-DESCRIPTION = ("Train a registered model (default tlunet) on 256x256 cover/stego tile pairs and "
+DESCRIPTION = ("Train a registered model (default tlunet) on cover/stego tile pairs of the "
+               "model's input size and "
                "write the model plus a training record.")
 
 
@@ -33,7 +34,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-tiles", type=positive_int, default=None,
                    help="use at most this many training tiles (quick runs)")
     p.add_argument("--stride", type=positive_int, default=None,
-                   help="tile stride for training tiles (default: 256, non-overlapping)")
+                   help="tile stride for training tiles (default: the model's input size, "
+                   "non-overlapping)")
     p.add_argument("--strategy", default="default",
                    help="tf.distribute strategy: default, mirrored, multiworker (several "
                    "machines, the cluster from TF_CONFIG; only the chief writes --out), or "

@@ -153,7 +153,7 @@ def embedded_covers(names=None, channels: int = 1, min_size: int = TILE) -> list
                             jpeg_file=path.suffix.lower() in LOSSY_SUFFIXES,
                             blockiness=blockiness(pixels)))
     if small:
-        _log.warn(f"embedded covers: skipped {len(small)} photo(s) smaller than the "
+        _log.warn_once(f"embedded covers: skipped {len(small)} photo(s) smaller than the "
                   f"{min_size}x{min_size} model input: {', '.join(small)}")
     if not covers:
         raise InputError(f"embedded covers: no photo is at least {min_size}x{min_size} (the model "
@@ -199,7 +199,7 @@ def load_cover_dir(path, min_size: int = TILE, channels: int = 1, keep=None) -> 
                          "split); rename or remove all but one")
     report_skipped(folder, skipped)
     if lossy:
-        _log.warn(f"{folder}: {len(lossy)} lossy cover(s) ({', '.join(lossy[:5])}"
+        _log.warn_once(f"{folder}: {len(lossy)} lossy cover(s) ({', '.join(lossy[:5])}"
                   f"{', ...' if len(lossy) > 5 else ''}); stego detectors expect lossless "
                   "covers and JPEG block traces make detection easier")
     return covers

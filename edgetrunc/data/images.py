@@ -249,7 +249,7 @@ def report_skipped(folder, skipped: list) -> None:
     if skipped:
         from edgetrunc import _log
 
-        _log.warn(printable(f"{folder}: skipped {len(skipped)} file(s): {summarize_skipped(skipped)}"))
+        _log.warn_once(printable(f"{folder}: skipped {len(skipped)} file(s): {summarize_skipped(skipped)}"))
 
 
 def no_usable_image(folder, skipped: list, what: str = "image") -> InputError:

@@ -241,7 +241,7 @@ def report_cannot_carry(names: list, embedding: str, payload: float, reasons: li
     names = list(dict.fromkeys(names))
     if names:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        _log.warn(f"{embedding} at {payload} bpp: {len(names)} tile(s) cannot carry the payload "
+        _log.warn_once(f"{embedding} at {payload} bpp: {len(names)} tile(s) cannot carry the payload "
                   f"and are left out ({shown}; {reasons[0]})")
 
 

@@ -9,6 +9,7 @@ reads those names, so that candidates with equal bounds go to the layer they cam
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 class ClipCandidate:
     """One place where a converted graph clips a tensor to `[lower, upper]`.
 
-    `kind` is "minmax" (a MAXIMUM/MINIMUM or Max/Min pair with constant bounds), "fused" (a
+    `kind` is "minmax" (a MAXIMUM/MINIMUM or Max/Min pair with constant bounds, or one such
+    op alone: a one-sided clip, whose open side is -inf or inf), "fused" (a
     TFLite op with a fused RELU6 / RELU_N1_TO_1 / RELU_0_TO_1 activation) or "clip" (an ONNX
     `Clip` node, whose bounds are None where absent or not constant). `ops` are the op
     indices (TFLite) or nodes (ONNX) that clip; `input` / `output` the tensor before and
@@ -79,4 +81,26 @@ def match_clips(truncations, candidates, atol=0.0):
 def _close(a, b, atol):
     if atol == 0:
         return a == b
-    return abs(float(a[0]) - float(b[0])) <= atol and abs(float(a[1]) - float(b[1])) <= atol
+    return all(x == y if math.isinf(x) or math.isinf(y) else abs(x - y) <= atol
+               for x, y in zip(map(float, a), map(float, b)))
+
+
+def is_one_sided(t) -> bool:
+    """Whether truncation `t` (`{"lower", "upper"}`) has an open (infinite) side."""
+    return math.isinf(t["lower"]) or math.isinf(t["upper"])
+
+
+def range_tolerance(t, steps=255) -> float:
+    """How far a quantized bound of `t` may lie from the true one: one step of the range
+    `[lower, upper]` in `steps` steps; any distance for a one-sided clip, whose int8 range
+    ends at its finite bound on one side and at the calibrated value on the other (the
+    candidates' open sides still have to match exactly, and name hints decide)."""
+    return math.inf if is_one_sided(t) else (t["upper"] - t["lower"]) / steps
+
+
+def range_mismatch(low, high, t, scale) -> bool:
+    """Whether an int8 range `[low, high]` of step `scale` misses the bounds of `t` by more
+    than half a step; the open side of a one-sided clip is not checked."""
+    slack = 0.51 * scale + 1e-6
+    return any(not math.isinf(bound) and abs(edge - bound) > slack
+               for edge, bound in ((low, t["lower"]), (high, t["upper"])))

@@ -10,7 +10,6 @@ output is replaced only with `force=True`; the source is never overwritten.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from edgetrunc import _log
 from edgetrunc._io import resolve_path, sha256_file
 from edgetrunc._log import quiet_converter
+from edgetrunc._text import dumps_json
 from edgetrunc._version import __version__
 from edgetrunc.errors import InputError
 from edgetrunc.export import calibration as calib_data
@@ -27,6 +27,7 @@ from edgetrunc.export import evaluation, manifest
 from edgetrunc.export.commit import OutputSet
 from edgetrunc.export.formats import export_format
 from edgetrunc.export.onnx.convert import ONNX_PRECISIONS, OPSETS, check_opset
+from edgetrunc.export.speed import int8_speed
 from edgetrunc.export.tflite.convert import INT8_MODES, TFLITE_PRECISIONS
 from edgetrunc.export.tflite.passes import TARGETS
 from edgetrunc.keras.load import load_model, require_keras_file
@@ -87,7 +88,8 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration, target="cpu"):
 def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
             nchw=False, calibration="embedded", int8_io=False, force=False,
             int8_mode="truncation-aware", evaluate=True, timings=None,
-            literal=False, custom_objects=None, trust_lambda=False, target="cpu") -> dict:
+            literal=False, custom_objects=None, trust_lambda=False, target="cpu",
+            speed=True) -> dict:
     """Convert `model_path` to every requested artifact in `out_dir` and write the manifest.
 
     Returns the manifest dict (also written to `out_dir/manifest.json`). If `timings` is a
@@ -100,6 +102,8 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
     `target` ("cpu", "ethos-u", "micro") picks the TFLite pass lists (the CPU-only packing
     rewrite is left out elsewhere) and is recorded in each TFLite entry; "int8-full" is the
     full-integer TFLite model (`export.tflite.integer`).
+    With `speed`, each int8 artifact is timed against the fp32 one of its format
+    (`export.speed.int8_speed`; a warning when int8 is slower).
     """
     tflite, onnx = _check_options(tflite, onnx, opset, int8_mode, calibration, target)
     source = Path(model_path)
@@ -111,7 +115,7 @@ def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECIS
                         force=force, protect=[source])
     outputs.preflight()  # a killed run's commit finished, targets refused before the (slow) load
     options = {"opset": int(opset), "nchw": nchw, "int8_io": int8_io, "int8_mode": int8_mode,
-               "literal": bool(literal), "target": target}
+               "literal": bool(literal), "target": target, "speed": bool(speed)}
     custom_objects = load_custom_objects(custom_objects)
     with custom_objects_scope(custom_objects):
         model = float32_model(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES,
@@ -198,26 +202,31 @@ def _convert_model(model, source, source_sha, outputs, artifacts, options, calib
     held_out, keras_probability = _held_out(model, source, calibration, geometry,
                                             evaluate and needs_int8)
     metadata = artifact_metadata(__version__, source.name, source_sha, truncations, None, None)
-    entries = []
+    entries, staged_paths = [], {}
     for fmt, precision, name in artifacts:
         _log.info(f"convert: {name} ({fmt} {precision}) ...")
         started = time.perf_counter()
         applied = []
         content = _export(model, fmt, precision, calib, options, metadata, applied)
         elapsed = time.perf_counter() - started
-        staged = outputs.stage(name, content)
+        staged = staged_paths[name] = outputs.stage(name, content)
         inspect = export_format(fmt).export.inspect
         entry = manifest.artifact_entry(
             name, fmt, precision, content, inspect(str(staged), truncations, precision),
             manifest.quantization_entry(fmt, precision, options["int8_io"],
                                         options["int8_mode"], calib, options["literal"]),
             applied, options["target"] if fmt == "tflite" else None)
+        if "uint8_activations" in applied:
+            entry["quantization"]["activations"] = ("uint8 (int8 left a Conv without an int8 "
+                                                    "kernel in onnxruntime here)")
         if precision.startswith("int8") and held_out is not None:
             _evaluate(entry, fmt, staged, held_out, keras_probability)
         if timings is not None:
             timings[name] = elapsed
         entries.append(entry)
         _log.info(f"convert: {name} done in {elapsed:.1f} s, {len(content) / 1024:.0f} KiB")
+    if options["speed"] and needs_int8:
+        int8_speed(entries, staged_paths, None if calib is None else calib.x)
     result = manifest.build_manifest(source, source_sha, outputs.out_dir, entries)
-    outputs.commit(manifest.MANIFEST, json.dumps(result, indent=2) + "\n")
+    outputs.commit(manifest.MANIFEST, dumps_json(result))
     return result

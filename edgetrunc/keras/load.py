@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgetrunc import legacy
-from edgetrunc.errors import InputError, first_line
+from edgetrunc.errors import InputError, InputErrors, first_line, with_prefix
 
 
 def require_keras_file(path, suffixes=(".keras",)) -> Path:
@@ -91,8 +91,8 @@ def _mapped_layers(path, config, custom_objects=None) -> list:
     try:
         with legacy.custom_objects_scope(custom_objects):
             return legacy.map_config_layers(config, custom_objects=custom_objects)[1]
-    except legacy.UnknownLayerClass as exc:
-        raise InputError(f"{path}: {exc}") from None
+    except InputError as exc:
+        raise with_prefix(exc, f"{path}: ") from None
 
 
 def _checked_config(path, custom_objects=None):
@@ -107,9 +107,16 @@ def _needs_legacy_reading(path, custom_objects=None) -> bool:
     names = [c.get("name", "?") for c in legacy.find_lambda_configs(config)]
     if names or legacy.count_stored_functions(config):
         shown = f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
-        raise InputError(f"{path}: has {len(names) or 'stored'} Lambda layer(s){shown}, which run "
-                         "Python code stored in the file; replace them first: edgetrunc migrate "
-                         f"{path} --out NEW.keras --trust-lambda (Lambdas that are not "
-                         "truncations: give --trust-lambda here to run them as they are)")
+        lambdas = (f"{path}: has {len(names) or 'stored'} Lambda layer(s){shown}, which run "
+                   "Python code stored in the file; replace them first: edgetrunc migrate "
+                   f"{path} --out NEW.keras --trust-lambda (Lambdas that are not truncations: "
+                   "give --trust-lambda here to run them as they are)")
+        try:  # every other blocker of the file in the same message
+            _mapped_layers(path, config, custom_objects)
+        except InputErrors as exc:
+            raise InputErrors([lambdas, *exc.lines]) from None
+        except InputError as exc:
+            raise InputErrors([lambdas, str(exc)]) from None
+        raise InputError(lambdas)
     mapped = _mapped_layers(path, config, custom_objects)
     return file_format != "keras" or bool(mapped)

@@ -22,7 +22,14 @@ from edgetrunc.legacy.activations import (
     insert_after,
     unknown_activation,
 )
+from edgetrunc.legacy._nodes import (
+    first_reference,
+    number,
+    one_sided_op_bounds,
+    sole_numeric_threshold,
+)
 from edgetrunc.legacy.config import config_dicts, references_to, refuse_foreign_module
+from edgetrunc.legacy.unknown import UnknownLayerClass
 from edgetrunc.legacy.weights import threshold_from_weights
 
 TRUNCATION_CONFIG_KEYS = ("threshold", "T", "t", "thresh", "truncation", "clip_value", "limit",
@@ -53,26 +60,6 @@ class MappedLayer:
                 "lower": self.lower, "upper": self.upper, "gradient": self.gradient,
                 "exact": None, "max_probe_error": None, "max_probe_error_at": None,
                 "nonfinite": None, "note": self.note, "replaced": True}
-
-
-class UnknownLayerClass(InputError):
-    """Layers whose class Keras 3 cannot build; `layers` lists `(name, class)`."""
-
-    def __init__(self, layers):
-        self.layers = layers
-        name, class_name = layers[0]
-        more = f" (and {len(layers) - 1} more)" if len(layers) > 1 else ""
-        if class_name.startswith("TFOpLambda"):
-            what = (f"layer '{name}'{more} is a tf.keras 2 op layer ({class_name[11:]}), "
-                    "which Keras 3 cannot rebuild (only tf.clip_by_value and tf.minimum/"
-                    "tf.maximum clips are mapped); rewrite it as a Keras layer and re-save")
-        else:
-            what = (f"layer '{name}'{more} is of class '{class_name}', which Keras 3 does not "
-                    "know (a class of the code that saved the file; its code is not in the "
-                    f"file); if it is a truncation (clip to [-T, T]) give --truncation-class "
-                    f"{class_name.rsplit('>', 1)[-1]} to edgetrunc migrate, otherwise give its "
-                    "code with --custom-objects FILE.py")
-        super().__init__(what)
 
 
 def parse_truncation_classes(items) -> dict:
@@ -123,12 +110,13 @@ def map_config_layers(config, truncation_classes=None, custom_objects=None,
     for found in _objects_keras_would_import(config, custom_objects):
         if found not in unknown:
             unknown.append(found)
-    missing = sorted(set(truncation_classes) - used)
-    if missing:
-        raise InputError(f"--truncation-class {missing[0]}: no layer of class {missing[0]} "
-                         "and no activation function of that name in the model")
-    if unknown:
-        raise UnknownLayerClass(unknown)
+    missing = [f"--truncation-class {name}: no layer of class {name} and no activation "
+               "function of that name in the model"
+               for name in sorted(set(truncation_classes) - used)]
+    if len(missing) == 1 and not unknown:
+        raise InputError(missing[0])
+    if missing or unknown:
+        raise UnknownLayerClass(unknown, missing)
     return config, mapped
 
 
@@ -149,11 +137,7 @@ def _map_model_layers(model_config, truncation_classes, mapped, unknown, used,
             continue
         function = unknown_activation(node)
         if function is not None:
-            raise InputError(f"layer '{_layer_name(node)}' uses the activation function "
-                             f"'{function}', saved by name only (its code is not in the file); "
-                             f"if it is a truncation (clip to [-T, T]) give --truncation-class "
-                             f"{function}=T to edgetrunc migrate, otherwise give its code with "
-                             "--custom-objects FILE.py")
+            unknown.append((_layer_name(node), f"activation {function}"))
         class_name, name = node["class_name"], _layer_name(node)
         # a registered Keras 2 class is saved as "Package>Name": "Name" also matches it
         asked = next((c for c in (class_name, class_name.rsplit(">", 1)[-1])
@@ -184,7 +168,7 @@ def _map_asked_class(node, threshold, weights=None):
         source = f"its stored weight {key!r}"
     else:
         lower, upper, key = _bounds_from_config(class_name, name, saved, threshold)
-        source = "the option" if key == "given" else "its config key " + repr(key)
+        source = "the option" if key == "given" else f"its config key {key!r} = {upper:g}"
     return _truncation_node(node, lower, upper, "clip"), MappedLayer(
         name, f"class {class_name}", lower, upper, "clip",
         f"class {class_name} mapped by --truncation-class (bounds from {source}); "
@@ -228,7 +212,7 @@ def _map_op_layer(layers, model_config, index, node):
                            "tf.keras 2 op layer tf.clip_by_value: an exact clip")
     pair = _fuse_min_max(layers, model_config, node)
     if pair is None:
-        return None
+        return _map_one_sided_op(layers, index, node)
     first, second_node, lower, upper = pair
     second_name = _layer_name(second_node)
     layers[index] = _truncation_node(node, lower, upper, "clip", [[list(first[:3]) + [{}]]])
@@ -237,6 +221,18 @@ def _map_op_layer(layers, model_config, index, node):
         reference[0] = name
     return MappedLayer(name, f"tf.maximum + tf.minimum ({second_name})", lower, upper, "clip",
                        "tf.keras 2 op layers tf.maximum/tf.minimum: an exact clip")
+
+
+def _map_one_sided_op(layers, index, node):
+    """A lone `tf.minimum(x, b)` / `tf.maximum(x, a)` op layer: a one-sided Truncation."""
+    found = one_sided_op_bounds(node)
+    if found is None:
+        return None
+    reference, lower, upper = found
+    layers[index] = _truncation_node(node, lower, upper, "clip", [[list(reference[:3]) + [{}]]])
+    function = (node.get("config") or {}).get("function")
+    return MappedLayer(_layer_name(node), f"tf.{function}", lower, upper, "clip",
+                       f"tf.keras 2 op layer tf.{function}: an exact one-sided clip")
 
 
 def _layer_name(node) -> str:
@@ -297,28 +293,20 @@ def _objects_keras_would_import(node, custom_objects=None, layer="?") -> list:
     return found
 
 
-def _number(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _bounds_from_config(class_name, layer, config, threshold):
     """`(lower, upper, which key)` of a user truncation class, from its config or `threshold`."""
     if threshold is not None:
         return -threshold, threshold, "given"
     for low, high in (("lower", "upper"), ("min_value", "max_value"), ("low", "high")):
-        lower, upper = _number(config.get(low)), _number(config.get(high))
+        lower, upper = number(config.get(low)), number(config.get(high))
         if lower is not None and upper is not None and lower < upper:
             return lower, upper, f"{low}/{high}"
     for key in TRUNCATION_CONFIG_KEYS:
-        value = _number(config.get(key))
+        value = number(config.get(key))
         if value is not None and value > 0:
             return -value, value, key
-    keys = ", ".join(sorted(k for k in config if k not in ("name", "trainable", "dtype"))) or "none"
-    raise InputError(f"layer '{layer}' (class {class_name}): no threshold in its saved config "
-                     f"(keys: {keys}); give it as --truncation-class {class_name}=T")
+    value, key = sole_numeric_threshold(class_name, layer, config)
+    return -value, value, key
 
 
 def _truncation_node(node, lower, upper, gradient, inbound=None):
@@ -340,29 +328,14 @@ def _truncation_node(node, lower, upper, gradient, inbound=None):
     return new
 
 
-def _first_reference(inbound_nodes):
-    """`(name, node index, tensor index, kwargs)` of a layer's only call, or None."""
-    if not isinstance(inbound_nodes, list) or len(inbound_nodes) != 1:
-        return None
-    node = inbound_nodes[0]
-    if isinstance(node, list) and node and isinstance(node[0], list):
-        if len(node) != 1:
-            return None
-        node = node[0]
-    if isinstance(node, list) and len(node) >= 3 and isinstance(node[0], str):
-        kwargs = node[3] if len(node) > 3 and isinstance(node[3], dict) else {}
-        return node[0], node[1], node[2], kwargs
-    return None
-
-
 def _tf_op_clip(node):
     """Bounds of a tf.keras 2 `tf.clip_by_value` op layer called with constant bounds."""
     config = node.get("config") or {}
-    reference = _first_reference(node.get("inbound_nodes"))
+    reference = first_reference(node.get("inbound_nodes"))
     if config.get("function") != "clip_by_value" or reference is None:
         return None
-    lower = _number(reference[3].get("clip_value_min"))
-    upper = _number(reference[3].get("clip_value_max"))
+    lower = number(reference[3].get("clip_value_min"))
+    upper = number(reference[3].get("clip_value_max"))
     if lower is None or upper is None or not lower < upper:
         return None
     return reference, lower, upper
@@ -371,7 +344,7 @@ def _tf_op_clip(node):
 def _fuse_min_max(layers, model_config, node):
     """`tf.maximum(x, a)` then `tf.minimum(., b)` (either order) -> one Truncation(a, b)."""
     config = node.get("config") or {}
-    first = _first_reference(node.get("inbound_nodes"))
+    first = first_reference(node.get("inbound_nodes"))
     if config.get("function") not in ("math.maximum", "math.minimum") or first is None:
         return None
     name = _layer_name(node)
@@ -381,11 +354,11 @@ def _fuse_min_max(layers, model_config, node):
     if len(users) != 1 or outputs:
         return None
     second_node = users[0]
-    second = _first_reference(second_node.get("inbound_nodes"))
+    second = first_reference(second_node.get("inbound_nodes"))
     pair = {config.get("function"), (second_node.get("config") or {}).get("function")}
     if second is None or second[0] != name or pair != {"math.maximum", "math.minimum"}:
         return None
-    a, b = _number(first[3].get("y")), _number(second[3].get("y"))
+    a, b = number(first[3].get("y")), number(second[3].get("y"))
     if a is None or b is None:
         return None
     lower, upper = (a, b) if config["function"] == "math.maximum" else (b, a)

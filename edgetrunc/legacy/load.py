@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from edgetrunc import _log
-from edgetrunc.errors import InputError, first_line
+from edgetrunc.errors import InputError, first_line, with_prefix
 from edgetrunc.legacy.classes import map_config_layers
 from edgetrunc.legacy.config import config_dicts, read_model_config
 from edgetrunc.legacy.custom import check_custom_objects, custom_objects_scope, load_custom_objects
@@ -71,7 +71,7 @@ def _load_legacy(path, file_format, config, trust_lambda, extra_globals, truncat
                                                custom_objects=custom_objects,
                                                layer_weights=layer_weights)
     except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
+        raise with_prefix(exc, f"{path}: ") from None
     check_mappings(path, config, mapped, truncation_classes, layer_weights, custom_objects)
     keras2 = file_format != "keras"
     policies = _keras2_dtype_policies(new_config) if keras2 else 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgetrunc import _log
 from edgetrunc._io import atomic_path, resolve_path
-from edgetrunc.errors import CheckFailed, InputError, first_line
+from edgetrunc.errors import CheckFailed, InputError, InputErrors, first_line
 from edgetrunc.legacy import (
     FORMAT_NAMES,
     count_stored_functions,
@@ -24,11 +24,13 @@ from edgetrunc.legacy import (
     lambda_layers,
     load_legacy,
     load_model,
+    map_config_layers,
     missing_global_names,
     read_model_config,
     require_model_file,
 )
-from edgetrunc.legacy.custom import needed_names
+from edgetrunc.legacy.custom import custom_objects_scope, needed_names
+from edgetrunc.legacy.weights import stored_layer_weights
 from edgetrunc.migrate.elementwise import probe_elementwise
 from edgetrunc.migrate.op_inventory import inventory_or_error, op_inventory_change
 from edgetrunc.migrate.original import compare_with_original
@@ -74,6 +76,8 @@ def migrate(legacy_path, out_path, trust_lambda=False, *, extra_globals=None,
               "format": file_format, "lambda_globals": [], "layers": [], "kept": [],
               "verification": None, "safe_mode": None, "tflite_ops": None, "compile": None,
               "message": ""}
+    _refuse_blockers(legacy_path, file_format, config, lambda_configs, has_code, trust_lambda,
+                     extra_globals, truncation_classes, custom_objects)
     if has_code:
         report["lambda_globals"] = _trusted_globals(legacy_path, config, lambda_configs,
                                                     trust_lambda, extra_globals)
@@ -128,6 +132,40 @@ def _refusal(path, names, stored):
             "If you trust its source, re-run with --trust-lambda (trust_lambda=True)")
 
 
+def _refuse_blockers(legacy_path, file_format, config, lambda_configs, has_code, trust_lambda,
+                     extra_globals, truncation_classes, custom_objects=None):
+    """Raise `InputErrors` naming every blocker of the file at once, one line each with the
+    file name and what to pass: global names the lambdas read that nobody gives, classes,
+    activation functions and op layers Keras 3 does not know. Untrusted stored code is refused
+    first, from the config alone (deciding which classes Keras knows imports Keras)."""
+    if has_code and not trust_lambda:  # refused from the config alone, nothing imported
+        names = [c.get("name", "?") for c in lambda_configs]
+        raise InputError(_refusal(legacy_path, names, count_stored_functions(config)))
+    lines = []
+    if has_code:
+        namespace = lambda_globals(extra_globals)
+        for lambda_config in lambda_configs:
+            missing = missing_global_names(lambda_config, namespace)
+            if missing:
+                lines.append(f"{legacy_path}: {_missing_globals_line(lambda_config, missing)}")
+    try:
+        with custom_objects_scope(custom_objects):
+            map_config_layers(config, truncation_classes, custom_objects=custom_objects,
+                              layer_weights=stored_layer_weights(legacy_path, file_format, config))
+    except InputErrors as exc:
+        lines += [f"{legacy_path}: {line}" for line in exc.lines]
+    except InputError as exc:
+        lines.append(f"{legacy_path}: {exc}")
+    if len(lines) > 1:
+        raise InputErrors(lines)
+
+
+def _missing_globals_line(lambda_config, missing) -> str:
+    return (f"layer '{lambda_config.get('name', '?')}': its lambda reads the global name(s) "
+            f"{', '.join(sorted(missing))}, which the file does not store (globals of the script "
+            "that saved it); give them with --define NAME=VALUE")
+
+
 def _trusted_globals(legacy_path, config, lambda_configs, trust_lambda, extra_globals) -> list:
     """The names given to stored lambdas; refuses untrusted code and unknown global names."""
     if not trust_lambda:
@@ -137,10 +175,7 @@ def _trusted_globals(legacy_path, config, lambda_configs, trust_lambda, extra_gl
     for lambda_config in lambda_configs:
         missing = missing_global_names(lambda_config, namespace)
         if missing:
-            raise InputError(
-                f"layer '{lambda_config.get('name', '?')}': its lambda reads the global "
-                f"name(s) {', '.join(sorted(missing))}, which the file does not store "
-                "(globals of the script that saved it); give them with --define NAME=VALUE")
+            raise InputError(_missing_globals_line(lambda_config, missing))
     _log.info(f"loading {legacy_path} with safe_mode=False (--trust-lambda)")
     return sorted(k for k in namespace if not k.startswith("__"))
 

@@ -1,5 +1,6 @@
 """Probing a `Lambda` layer by behaviour: does it compute clip(x, lower, upper), and with
-which gradient (`probe_lambda` -> `LambdaVerdict`).
+which gradient (`probe_lambda` -> `LambdaVerdict`). One side may be open: `min(x, upper)`
+(lower -inf) and `max(x, lower)` (upper inf) are one-sided clips.
 
 The layer runs on its own input shape at values inside, near and far outside the bounds; the
 bounds are read from where it saturates, then verified on every point against what the
@@ -117,11 +118,26 @@ def truncated(values, lower, upper):
     (so denormal flushing and NaN handling match the layer that replaces the Lambda)."""
     from keras import ops
 
-    from edgetrunc.layers import truncate
+    from edgetrunc.layers import truncate_as
 
     x = ops.convert_to_tensor(values)
-    return np.asarray(ops.convert_to_numpy(
-        truncate(x, ops.cast(lower, x.dtype), ops.cast(upper, x.dtype))))
+    return np.asarray(ops.convert_to_numpy(truncate_as(x, float(lower), float(upper))))
+
+
+def bound_scale(lower, upper) -> float:
+    """The largest finite bound's magnitude (the scale of a clip's float cancellation)."""
+    return max([abs(b) for b in (lower, upper) if math.isfinite(b)], default=0.0)
+
+
+def working_interval(lower, upper):
+    """`(lo, hi, width)`: the clip's interval, a one-sided clip's open side replaced by a
+    finite point `width` beyond its bound (width `max(1, |bound|)`), for placing probes."""
+    if math.isfinite(lower) and math.isfinite(upper):
+        return lower, upper, upper - lower
+    width = max(1.0, bound_scale(lower, upper))
+    lo = lower if math.isfinite(lower) else upper - width
+    hi = upper if math.isfinite(upper) else lower + width
+    return lo, hi, width
 
 
 def _probe_grid(dtype):
@@ -159,10 +175,11 @@ def _refined_bound(probe, rough, side):
 
 
 def _verification_points(lower, upper, dtype, rng):
-    width = upper - lower
+    finite = [b for b in (lower, upper) if math.isfinite(b)]
+    lower, upper, width = working_interval(lower, upper)
     scale = max(abs(lower), abs(upper), width)
-    near = [lower, upper]
-    for bound in (lower, upper):
+    near = list(finite)
+    for bound in finite:
         near += [np.nextafter(np.asarray(bound, dtype), np.asarray(np.inf, dtype)),
                  np.nextafter(np.asarray(bound, dtype), np.asarray(-np.inf, dtype)),
                  bound - 1e-3 * width, bound + 1e-3 * width,
@@ -201,13 +218,15 @@ def probe_lambda(layer, name=None, seed=0) -> LambdaVerdict:
 
 def _probe(probe, name, rng):
     lower, upper = _saturation_bounds(probe)
+    if lower == 0 and upper == math.inf:
+        raise _NotClip("max(x, 0) is a ReLU, not a truncation: no upper bound; kept")
     points, got, expected = _clip_answers(probe, lower, upper, rng)
     error = np.abs(got - expected)
     worst = int(np.argmax(error))
     max_error = float(error[worst])
     exact = max_error == 0.0
-    note = "" if exact else _cancellation_note(points, got, expected, max(abs(lower), abs(upper)),
-                                               worst)
+    note = "" if exact else _cancellation_note(points, got, expected,
+                                               bound_scale(lower, upper), worst)
     nonfinite, nonfinite_note = _nonfinite_answers(probe, lower, upper)
     gradient, gradient_note = _gradient_mode(probe, lower, upper)
     verdict = VERDICT_CLIP if gradient else VERDICT_OTHER_GRADIENT
@@ -228,15 +247,31 @@ def _saturation_bounds(probe):
     tol = _tolerance(grid, dtype)
     above = np.flatnonzero(y < x - tol)
     below = np.flatnonzero(y > x + tol)
-    if above.size == 0:
-        raise _NotClip("no upper bound (never saturates above)")
-    if below.size == 0:
-        raise _NotClip("no lower bound (never saturates below)")
-    upper = _refined_bound(probe, y[above[0]], +1)
-    lower = _refined_bound(probe, y[below[-1]], -1)
-    if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
-        raise _NotClip("no lower and upper saturation level with f(x) = x between them")
+    # a side saturates only when f at its far end is off the identity (float rounding of
+    # f(x) = x at huge |x| is within the tolerance, so it never fakes a saturated side)
+    saturates_above = above.size > 0 and above[-1] == x.size - 1
+    saturates_below = below.size > 0 and below[0] == 0
+    if not saturates_above and not saturates_below:
+        raise _NotClip("saturates on neither side (no lower or upper saturation level; "
+                       "f(x) = x at large |x|)")
+    # the level is read where the saturated run at each far end begins (points off the
+    # identity by rounding nearer zero, as in -(relu(-x + 8) - 8), are not part of it)
+    upper = _refined_bound(probe, y[_run_end(above, -1)], +1) if saturates_above else math.inf
+    lower = _refined_bound(probe, y[_run_end(below, 0)], -1) if saturates_below else -math.inf
+    if math.isnan(lower) or math.isnan(upper) or lower == math.inf or upper == -math.inf \
+            or not lower < upper:
+        raise _NotClip("no saturation level with f(x) = x beside it")
     return _shortest(lower, dtype), _shortest(upper, dtype)
+
+
+def _run_end(indices, end):
+    """The inner end of the run of consecutive `indices` that contains `indices[end]`."""
+    step = -1 if end == -1 else 1
+    position = len(indices) - 1 if end == -1 else 0
+    while 0 <= position + step < len(indices) and \
+            indices[position + step] == indices[position] + step:
+        position += step
+    return int(indices[position])
 
 
 def _clip_answers(probe, lower, upper, rng):
@@ -253,9 +288,9 @@ def _clip_answers(probe, lower, upper, rng):
         raise _NotClip("output depends on other elements or on the tensor shape")
     expected = truncated(points, lower, upper).astype(np.float64)
     error = np.abs(got - expected)
-    bound_scale = max(abs(lower), abs(upper))
-    allowed = (2 * np.spacing((np.abs(points) + bound_scale).astype(dtype)).astype(np.float64)
-               + 2 * float(np.spacing(dtype.type(bound_scale))))
+    scale = bound_scale(lower, upper)
+    allowed = (2 * np.spacing((np.abs(points) + scale).astype(dtype)).astype(np.float64)
+               + 2 * float(np.spacing(dtype.type(scale))))
     if np.any(np.isnan(error)) or np.any(error > allowed):
         worst = int(np.nanargmax(np.where(np.isnan(error), np.inf, error - allowed)))
         raise _NotClip(f"f({points[worst]:g}) = {got[worst]:g} where clip(x, {lower:g}, "
@@ -285,11 +320,12 @@ def _nonfinite_answers(probe, lower, upper):
 
 def _gradient_mode(probe, lower, upper):
     """`("ste", "")` for dy/dx = 1 everywhere, `("clip", "")` for 1 inside / 0 outside."""
-    width = upper - lower
-    inside = lower + width * np.array([0.1, 0.3, 0.5, 0.7, 0.9])
-    step = max(1.0, abs(upper), abs(lower))
-    outside = np.concatenate([upper + step * np.array([0.5, 2, 100]),
-                              lower - step * np.array([0.5, 2, 100])])
+    lo, hi, width = working_interval(lower, upper)
+    inside = lo + width * np.array([0.1, 0.3, 0.5, 0.7, 0.9])
+    step = max(1.0, bound_scale(lower, upper))
+    outside = np.concatenate([upper + step * np.array([0.5, 2, 100]) if math.isfinite(upper)
+                              else [], lower - step * np.array([0.5, 2, 100])
+                              if math.isfinite(lower) else []])
     try:
         grad = probe.gradient(np.concatenate([inside, outside]))
     except Exception as exc:

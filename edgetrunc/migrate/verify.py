@@ -12,7 +12,7 @@ import contextlib
 
 import numpy as np
 
-from edgetrunc.migrate.probe import as_number, truncated
+from edgetrunc.migrate.probe import as_number, bound_scale, truncated
 
 VERIFY_SIDE = 256
 VERIFY_BATCH = 2
@@ -104,7 +104,7 @@ class _ActivationCheck:
         finite = np.isfinite(xs)
         with np.errstate(invalid="ignore", over="ignore"):
             error = np.abs(ys - expected)[finite]
-            scale = max(abs(self.lower), abs(self.upper))
+            scale = bound_scale(self.lower, self.upper)
             allowed = (2 * np.spacing((np.abs(xs[finite]).astype(np.float64) + scale)
                                       .astype(xs.dtype)).astype(np.float64)
                        + 2 * float(np.spacing(xs.dtype.type(scale))))
@@ -135,12 +135,10 @@ def _swapped_functions(layers_and_functions):
 
 
 def _exact_clip(lower, upper):
-    from edgetrunc.layers import truncate
+    from edgetrunc.layers import truncate_as
 
     def clip(x, **kwargs):
-        from keras import ops
-
-        return truncate(x, ops.cast(lower, x.dtype), ops.cast(upper, x.dtype))
+        return truncate_as(x, lower, upper)
 
     return clip
 

@@ -221,6 +221,40 @@ def _judge_layers(report: ArtifactReport, runner, strict_layers: bool, warnings:
                         "(--strict-layers makes it a failure)")
 
 
+def _compare_layer_groups(data, reports, runners, precisions, keras_runner, samples, strict_layers,
+                          warnings) -> None:
+    """Per-layer comparison, one pass of Keras for every artifact that compares on the same
+    inputs: the float artifacts on the first inputs, the int8 ones inside their calibration
+    domain (`per_layer_batch`)."""
+    groups = {}
+    for report, runner in zip(reports, runners):
+        kind = "int8" if precisions[str(runner.path)].startswith("int8") else "float"
+        if kind not in groups:
+            groups[kind] = (per_layer_batch(data, precisions[str(runner.path)], samples,
+                                            runner.path.name, warnings), [], [])
+        groups[kind][1].append(report)
+        groups[kind][2].append(runner)
+    for batch, group_reports, group_runners in groups.values():
+        _compare_layers(group_reports, group_runners, keras_runner, batch, strict_layers, warnings)
+
+
+def per_layer_batch(data, precision: str, samples: int, name: str, warnings: list):
+    """The inputs compared layer by layer: the first `samples`; for an int8 artifact the first
+    ones inside its calibration domain (photos: covers, stego, a folder), not random images,
+    whose noise drives int8 tensors to their range edges (errors that are not int8 rounding).
+    With no photo among the inputs, one warning says so."""
+    count = max(1, min(int(samples), len(data.x)))
+    if not precision.startswith("int8"):
+        return data.x[:count]
+    inside = [i for i, label in enumerate(data.names) if not str(label).startswith("random#")]
+    if inside:
+        return data.x[inside[:count]]
+    warnings.append(f"{name}: int8 per-layer comparison on random images, which leave the "
+                    "calibration domain (photos): their noise saturates int8 ranges, so layer "
+                    "errors there are not int8 rounding; use --inputs covers")
+    return data.x[:count]
+
+
 def _probe_truncations(keras_model, reports: list, runners: list, shape, strict_nan: bool,
                        warnings: list) -> list:
     """Probe every Truncation in each (format, precision, opset) of the local artifacts."""
@@ -321,7 +355,6 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                                               precisions=judged)
     _constant_reference_warnings(results.reference, len(data.x), warnings)
 
-    per_layer_batch = data.x[:max(1, min(per_layer_samples, len(data.x)))]
     reports = []
     for runner in runners:
         key = str(runner.path)
@@ -329,7 +362,8 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                      if hasattr(compare_func, "tolerance_for") else {})
         reports.append(_artifact_report(runner, comparisons[key], precisions[key], tolerance, results[key]))
     if per_layer:
-        _compare_layers(reports, runners, keras_runner, per_layer_batch, strict_layers, warnings)
+        _compare_layer_groups(data, reports, runners, precisions, keras_runner, per_layer_samples,
+                              strict_layers, warnings)
 
     probe_results = _probe_truncations(keras_runner.model, reports, runners, shape, strict_nan,
                                        warnings) if probes else []
@@ -339,7 +373,8 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     _attach_outputs(report, runners, results)
     if golden is not None or save_outputs is not None:
         _golden_outputs(report, keras_runner, runners, results, judged, compare_func,
-                        per_layer_batch, golden, save_outputs, force, protect)
+                        data.x[:max(1, min(per_layer_samples, len(data.x)))], golden,
+                        save_outputs, force, protect)
     return report
 
 

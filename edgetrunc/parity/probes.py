@@ -24,12 +24,14 @@ PROBED_PRECISIONS = ("fp32", "fp16")
 
 
 def probe_values(lower: float, upper: float) -> list:
-    """`[(label, float32 value)]` of the boundary inputs of a clip to `[lower, upper]`."""
+    """`[(label, float32 value)]` of the boundary inputs of a clip to `[lower, upper]`; the
+    open side of a one-sided clip (an infinite bound) is probed by +-1e30 and +-inf only."""
     lo, hi = np.float32(lower), np.float32(upper)
     up, down = np.float32(np.inf), np.float32(-np.inf)
+    upper_side = [("+T", hi), ("+T+ulp", np.nextafter(hi, up)), ("+T-ulp", np.nextafter(hi, down))]
+    lower_side = [("-T", lo), ("-T-ulp", np.nextafter(lo, down)), ("-T+ulp", np.nextafter(lo, up))]
     return [
-        ("+T", hi), ("+T+ulp", np.nextafter(hi, up)), ("+T-ulp", np.nextafter(hi, down)),
-        ("-T", lo), ("-T-ulp", np.nextafter(lo, down)), ("-T+ulp", np.nextafter(lo, up)),
+        *(upper_side if np.isfinite(hi) else []), *(lower_side if np.isfinite(lo) else []),
         ("0", np.float32(0.0)), ("+1e30", np.float32(1e30)), ("-1e30", np.float32(-1e30)),
         ("+inf", up), ("-inf", down), ("NaN", np.float32(np.nan)),
     ]

@@ -18,6 +18,7 @@ import importlib
 import json
 from pathlib import Path
 
+from edgetrunc._text import json_safe
 from edgetrunc.runtime._base import check_model_size
 
 METADATA_NAME = "edgetrunc"
@@ -33,8 +34,10 @@ _FLATBUFFER_UTILS = ("ai_edge_litert.tools.flatbuffer_utils",
 
 
 def artifact_metadata(version, source, source_sha256, truncations, fmt, precision) -> dict:
-    """The metadata of one artifact, every key of `KEYS`."""
-    return dict(zip(KEYS, (version, source, source_sha256, truncations, fmt, precision)))
+    """The metadata of one artifact, every key of `KEYS` (strict JSON: the open side of a
+    one-sided truncation is the string "-inf" or "inf")."""
+    return dict(zip(KEYS, (version, source, source_sha256, json_safe(truncations), fmt,
+                           precision)))
 
 
 def tflite_metadata_bytes(payload: dict) -> bytes:

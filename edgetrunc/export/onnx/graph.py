@@ -88,7 +88,9 @@ class Graph:
         return None
 
     def minmax_candidates(self) -> list[ClipCandidate]:
-        """Every Max->Min (or Min->Max) pair with scalar constant bounds, in graph order."""
+        """Every Max->Min (or Min->Max) pair with scalar constant bounds, then every other Max
+        (`[bound, inf]`) or Min (`[-inf, bound]`) with a scalar constant bound (a one-sided
+        clip), each in graph order."""
         found = []
         for node in self.graph.node:
             if node.op_type not in ("Max", "Min"):
@@ -108,16 +110,25 @@ class Graph:
                                        [node.name, second.name],
                                        f"{node.op_type}+{second.op_type}", first[0],
                                        second.output[0]))
+        paired = {id(n) for c in found for n in c.ops}
+        for node in self.graph.node:
+            bounded = self.bounded(node) if node.op_type in ("Max", "Min") else None
+            if bounded is None or id(node) in paired:
+                continue
+            lower, upper = (bounded[1], np.inf) if node.op_type == "Max" else (-np.inf, bounded[1])
+            found.append(ClipCandidate("minmax", [node], lower, upper, [node.name], node.op_type,
+                                       bounded[0], node.output[0]))
         return found
 
     def clip_candidates(self) -> list[ClipCandidate]:
-        """Every `Clip` node (bounds None where absent or not constant), in graph order."""
+        """Every `Clip` node in graph order; an absent bound is open (-inf, inf), a bound that
+        is not constant None."""
         found = []
         for node in self.graph.node:
             if node.op_type != "Clip":
                 continue
-            lower = self.scalar(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-            upper = self.scalar(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            lower = self.scalar(node.input[1]) if len(node.input) > 1 and node.input[1] else -np.inf
+            upper = self.scalar(node.input[2]) if len(node.input) > 2 and node.input[2] else np.inf
             found.append(ClipCandidate("clip", [node], lower, upper, [node.name], "Clip",
                                        node.input[0], node.output[0]))
         return found

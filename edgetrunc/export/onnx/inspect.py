@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgetrunc.errors import InputError
-from edgetrunc.export.candidates import match_clips
+from edgetrunc.export.candidates import match_clips, range_mismatch
 from edgetrunc.export.onnx.graph import CLIP_SUFFIX, Graph, load_model
 from edgetrunc.runtime.metadata import onnx_ops
 
@@ -96,8 +96,9 @@ def _check_int8_clip(graph, t, clip):
 
 def _check_range(graph, t, node):
     scale = float(np.asarray(graph.consts[node.input[1]]).reshape(()))
-    zp = int(np.asarray(graph.consts[node.input[2]]).reshape(()))
-    low, high = (-128 - zp) * scale, (127 - zp) * scale
-    if abs(low - t["lower"]) > 0.51 * scale + 1e-6 or abs(high - t["upper"]) > 0.51 * scale + 1e-6:
+    zero_point = np.asarray(graph.consts[node.input[2]])
+    zp, limits = int(zero_point.reshape(())), np.iinfo(zero_point.dtype)  # int8 or uint8
+    low, high = (int(limits.min) - zp) * scale, (int(limits.max) - zp) * scale
+    if range_mismatch(low, high, t, scale):
         raise InputError(f"{t['layer']}: int8 range [{low:g}, {high:g}] of the Clip output; "
                          f"expected [{t['lower']:g}, {t['upper']:g}]")

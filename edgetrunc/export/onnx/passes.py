@@ -36,12 +36,16 @@ from edgetrunc.export.onnx.graph import CLIP_SUFFIX, Graph
 @dataclass
 class PassContext:
     """The truncations of the model; `clip_outputs` (`{layer: Clip output name}` of the fp32
-    graph) for `quantize_clip_outputs`; `literal`: skip the layout rewrites; `applied`: the
+    graph) and `ranges` (`{layer: int8 range}`, where it is not `[lower, upper]`: the
+    calibrated open side of a one-sided clip) and `unsigned` (uint8 activations) for
+    `quantize_clip_outputs`; `literal`: skip the layout rewrites; `applied`: the
     names of the passes that changed the model, in order."""
 
     truncations: list
     clip_outputs: dict = field(default_factory=dict)
+    ranges: dict = field(default_factory=dict)
     literal: bool = False
+    unsigned: bool = False
     applied: list = field(default_factory=list)
 
 
@@ -56,7 +60,8 @@ def run_passes(model, passes, context: PassContext) -> bool:
 
 
 def rewrite_clips(model, context: PassContext) -> bool:
-    """Replace each truncation's Max/Min pair by one Clip with scalar float bounds."""
+    """Replace each truncation's Max/Min pair by one Clip with scalar float bounds (a
+    one-sided truncation's single Min or Max by a Clip whose open side is -inf or inf)."""
     from onnx import helper, numpy_helper
 
     candidates = Graph(model).minmax_candidates()
@@ -65,11 +70,13 @@ def rewrite_clips(model, context: PassContext) -> bool:
             raise InputError(f"{t['layer']}: no Max/Min pair with bounds [{t['lower']:g}, "
                              f"{t['upper']:g}] in the ONNX graph from tf2onnx")
         c = candidates[index]
-        lo_name, hi_name = f"{t['layer']}/clip_min", f"{t['layer']}/clip_max"
+        bounds = [f"{t['layer']}/clip_min", f"{t['layer']}/clip_max"]
+        # an open side is an explicit -inf / inf: onnxruntime's default for an absent bound
+        # is the largest float, which would turn -inf into -3.4e38
         model.graph.initializer.extend([
-            numpy_helper.from_array(np.array(t["lower"], np.float32), lo_name),
-            numpy_helper.from_array(np.array(t["upper"], np.float32), hi_name)])
-        clip = helper.make_node("Clip", [c.input, lo_name, hi_name], [c.output],
+            numpy_helper.from_array(np.array(t["lower"], np.float32), bounds[0]),
+            numpy_helper.from_array(np.array(t["upper"], np.float32), bounds[1])])
+        clip = helper.make_node("Clip", [c.input, *bounds], [c.output],
                                 name=f"{t['layer']}{CLIP_SUFFIX}")
         position = list(model.graph.node).index(c.ops[0])
         for node in c.ops:
@@ -133,7 +140,8 @@ def name_batch_dimension(model, context: PassContext) -> bool:
 def quantize_clip_outputs(model, context: PassContext) -> bool:
     """Give each truncation Clip whose output is still float a QuantizeLinear/DequantizeLinear
     pair with range exactly [lower, upper] (scale (upper - lower) / 255): the truncated
-    tensor is int8 with 255 levels, as in the TFLite int8 artifact. A Clip that onnxruntime
+    tensor is int8 with 255 levels, as in the TFLite int8 artifact (a one-sided clip: from
+    its finite bound to the calibrated value on the open side, `context.ranges`). A Clip that onnxruntime
     folded into its (quantized) producer leaves that QuantizeLinear, with the overridden
     range [lower, upper]; it is named `<layer>/QuantizeLinear` for the inspector."""
     graph = Graph(model)
@@ -148,13 +156,15 @@ def quantize_clip_outputs(model, context: PassContext) -> bool:
                 changed = True
             continue
         if not any(r.op_type == "QuantizeLinear" for r in graph.consumers.get(clip.output[0], [])):
-            _insert_qdq_after(model, graph, t, clip)
+            _insert_qdq_after(model, graph, t, clip,
+                              context.ranges.get(t["layer"], (t["lower"], t["upper"])),
+                              context.unsigned)
             graph.refresh()
             changed = True
     return changed
 
 
-def _insert_qdq_after(model, graph, t, clip):
+def _insert_qdq_after(model, graph, t, clip, int8_range, unsigned=False):
     from onnx import helper, numpy_helper
 
     out = clip.output[0]
@@ -162,8 +172,11 @@ def _insert_qdq_after(model, graph, t, clip):
     if any(o.name == out for o in model.graph.output):  # keep the graph output's name
         clip.output[0] = f"{out}/unquantized"
         readers, out = [], clip.output[0]
-    scale = np.float32((t["upper"] - t["lower"]) / 255.0)
-    zero = np.int8(np.clip(np.round(-128 - t["lower"] / scale), -128, 127))
+    low, high = int8_range
+    scale = np.float32((high - low) / 255.0)
+    dtype = np.uint8 if unsigned else np.int8
+    limits = np.iinfo(dtype)
+    zero = dtype(np.clip(np.round(int(limits.min) - low / scale), limits.min, limits.max))
     names = {k: f"{t['layer']}/truncated_{k}" for k in ("scale", "zero_point", "q", "dq")}
     if out.endswith("/unquantized"):
         names["dq"] = out[:-len("/unquantized")]

@@ -122,8 +122,9 @@ class Graph:
         return float(value.reshape(()))
 
     def clip_candidates(self) -> list[ClipCandidate]:
-        """Every MAXIMUM->MINIMUM (or MINIMUM->MAXIMUM) pair with scalar constant bounds, and
-        every op with a fused RELU6 / RELU_N1_TO_1 / RELU_0_TO_1 activation, in graph order."""
+        """Every MAXIMUM->MINIMUM (or MINIMUM->MAXIMUM) pair with scalar constant bounds, every
+        op with a fused RELU6 / RELU_N1_TO_1 / RELU_0_TO_1 activation, and every other MAXIMUM
+        or MINIMUM with a scalar constant bound (a one-sided clip), in graph order."""
         found = []
         used = set()
         for index, op in enumerate(self.g.operators):
@@ -158,6 +159,22 @@ class Graph:
                 [self.tensor_name(op.outputs[0]), self.tensor_name(second_op.outputs[0])],
                 f"{name}+{second_name}", first[0], int(second_op.outputs[0]),
                 {name: first[2], second_name: second[2]}))
+        found += self._one_sided_candidates(used)
+        return sorted(found, key=lambda c: c.ops[0])
+
+    def _one_sided_candidates(self, paired) -> list[ClipCandidate]:
+        """A MAXIMUM (`[bound, inf]`) or MINIMUM (`[-inf, bound]`) with a scalar constant bound
+        that is not part of a pair."""
+        found = []
+        for index, op in enumerate(self.g.operators):
+            name = self.op_name(op)
+            bounded = self._bounded(op) if name in ("MAXIMUM", "MINIMUM") else None
+            if bounded is None or index in paired:
+                continue
+            lower, upper = (bounded[1], np.inf) if name == "MAXIMUM" else (-np.inf, bounded[1])
+            found.append(ClipCandidate(
+                "minmax", [index], lower, upper, [self.tensor_name(op.outputs[0])], name,
+                bounded[0], int(op.outputs[0]), {name: bounded[2]}))
         return found
 
     def _bounded(self, op):

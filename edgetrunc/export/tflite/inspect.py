@@ -1,7 +1,7 @@
 """The TFLite inspector: reads a written `.tflite` back and checks its truncation mapping.
 
 fp32 / fp16: each truncation is a MAXIMUM+MINIMUM pair with its exact bounds (or a fused
-clip activation). int8: each truncation is the int8 saturation of its producer's output
+clip activation; a one-sided truncation is one MINIMUM or MAXIMUM). int8: each truncation is the int8 saturation of its producer's output
 (range `[lower, upper]` to within half a step; stacked truncations saturate once, to the
 intersection of their bounds), or a clip pair / fused activation left in place. A broken
 rule raises InputError naming the layer. Op counts come from `runtime.metadata.tflite_ops`.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgetrunc.errors import InputError
-from edgetrunc.export.candidates import match_clips
+from edgetrunc.export.candidates import match_clips, range_mismatch, range_tolerance
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.export.tflite.integer import float_tensors, require_full_integer
 from edgetrunc.runtime.metadata import tflite_ops
@@ -71,7 +71,7 @@ def _saturation(graph, t, index, stacked_layers, bounds, left) -> str:
     # stacked truncations saturate once, to the intersection of their bounds
     stacked = [bounds[name] for name in stacked_layers if name in bounds]
     lower, upper = max(b[0] for b in stacked), min(b[1] for b in stacked)
-    if abs(low - lower) > scale * 0.51 + 1e-6 or abs(high - upper) > scale * 0.51 + 1e-6:
+    if range_mismatch(low, high, {"lower": lower, "upper": upper}, scale):
         raise InputError(
             f"{t['layer']}: int8 range [{low:g}, {high:g}] of the truncated tensor is "
             f"not [{lower:g}, {upper:g}] to within half a step ({scale:g})")
@@ -91,7 +91,7 @@ def _int8_mapping(graph, truncations) -> list:
     leftovers = graph.clip_candidates()
     mapping = []
     for t in truncations:
-        left = match_clips([t], leftovers, atol=(t["upper"] - t["lower"]) / 255)[0]
+        left = match_clips([t], leftovers, atol=range_tolerance(t))[0]
         if t["layer"] in marked:
             index = marked[t["layer"]]
             mapped = _saturation(graph, t, index, together[index], bounds, left)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgetrunc.errors import InputError
-from edgetrunc.export.candidates import layer_hints, match_clips
+from edgetrunc.export.candidates import layer_hints, match_clips, range_tolerance
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.export.tflite import packing, pooling
 from edgetrunc.export.tflite.integer import (exact_filter_ranges, exact_filter_weights,
@@ -154,12 +154,30 @@ def pin_truncation_ranges(model_t, context: PassContext) -> bool:
         tensors = [graph.g.operators[i].outputs[0] for i in c.ops]
         if c.input is not None:
             tensors.append(c.input)
+        low, high = _pinned_range(graph, t, tensors)
         for tensor in tensors:
             if graph.g.tensors[tensor].quantization is None:
                 graph.g.tensors[tensor].quantization = tg.quantization_parameters()
             q = graph.g.tensors[tensor].quantization
-            q.min, q.max = [float(t["lower"])], [float(t["upper"])]
+            q.min, q.max = [low], [high]
     return bool(context.truncations)
+
+
+def _pinned_range(graph, t, tensors):
+    """`[lower, upper]`; for a one-sided clip the finite bound is the range's edge and the open
+    side keeps the widest calibrated value of `tensors` (beyond the bound by one step at least)."""
+    low, high = float(t["lower"]), float(t["upper"])
+    if not (np.isinf(low) or np.isinf(high)):
+        return low, high
+    q = [graph.g.tensors[i].quantization for i in tensors]
+    calibrated = [(float(p.min[0]), float(p.max[0])) for p in q
+                  if p is not None and p.min is not None and len(p.min)]
+    if not calibrated:
+        raise InputError(f"{t['layer']}: no calibrated range for the open side of its one-sided "
+                         "clip in the converted graph")
+    if np.isinf(low):
+        return min(min(c[0] for c in calibrated), high - max(abs(high), 1.0) / 255), high
+    return low, max(max(c[1] for c in calibrated), low + max(abs(low), 1.0) / 255)
 
 
 def mark_float_ops(model_t, context: PassContext) -> bool:
@@ -183,7 +201,7 @@ def saturate_truncations(model_t, context: PassContext) -> bool:
     removed = False
     for t in context.truncations:
         candidates = graph.clip_candidates()
-        atol = (t["upper"] - t["lower"]) / 255
+        atol = range_tolerance(t)
         (index,) = match_clips([t], candidates, atol=atol)
         if index is None:
             index = _stacked_clip(graph, candidates, t, context.truncations, atol)
