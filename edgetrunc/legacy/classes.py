@@ -28,8 +28,8 @@ from edgetrunc.legacy._nodes import (
     one_sided_op_bounds,
     sole_numeric_threshold,
 )
-from edgetrunc.legacy.config import config_dicts, references_to, refuse_foreign_module
-from edgetrunc.legacy.unknown import UnknownLayerClass
+from edgetrunc.legacy.config import config_dicts, references_to
+from edgetrunc.legacy.unknown import UnknownLayerClass, refuse_foreign_module
 from edgetrunc.legacy.weights import threshold_from_weights
 
 TRUNCATION_CONFIG_KEYS = ("threshold", "T", "t", "thresh", "truncation", "clip_value", "limit",

@@ -390,14 +390,3 @@ def references_to(tree, name):
         elif isinstance(value, (list, dict)):
             found.extend(references_to(value, name))
     return found
-
-
-def refuse_foreign_module(node, name: str, class_name: str) -> None:
-    """A Keras class saved under a foreign module (`"module": "this"`) is named as such."""
-    import keras
-
-    module = node.get("module")
-    if isinstance(module, str) and module and isinstance(getattr(keras.layers, class_name, None), type):
-        raise InputError(f"layer {name!r} of the Keras class '{class_name}' names the module "
-                         f"{module[:60]!r}, not a Keras module; edgetrunc never imports a module "
-                         "a model file names (expected keras.layers or no module)")

@@ -7,7 +7,7 @@ resolves once registered under that package; a bare name (a tf.keras 2 file) onl
 
 from __future__ import annotations
 
-from edgetrunc.errors import InputErrors
+from edgetrunc.errors import InputError, InputErrors
 
 
 class UnknownLayerClass(InputErrors):
@@ -50,3 +50,14 @@ def _unknown_line(names, class_name, count=1) -> str:
             "of the code that saved the file; its code is not in the file); if it is a "
             f"truncation (clip to [-T, T]) give --truncation-class {short} to edgetrunc "
             f"migrate, otherwise give its code with --custom-objects FILE.py (in Python: {code})")
+
+
+def refuse_foreign_module(node, name: str, class_name: str) -> None:
+    """A Keras class saved under a foreign module (`"module": "this"`) is named as such."""
+    import keras
+
+    module = node.get("module")
+    if isinstance(module, str) and module and isinstance(getattr(keras.layers, class_name, None), type):
+        raise InputError(f"layer {name!r} of the Keras class '{class_name}' names the module "
+                         f"{module[:60]!r}, not a Keras module; edgetrunc never imports a module "
+                         "a model file names (expected keras.layers or no module)")

@@ -20,6 +20,7 @@ from edgetrunc.errors import InputError
 from edgetrunc.metrics import nearly_constant
 from edgetrunc.parity.comparator import DEFAULT_BATCH_SIZE, Comparator
 from edgetrunc.parity.compare import CompareFunc
+from edgetrunc.parity.golden import check_golden_target, golden_outputs, load_golden
 from edgetrunc.parity.inputs import parity_inputs, protected_inputs
 from edgetrunc.parity.results import ArtifactReport, ParityReport
 
@@ -333,7 +334,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     protect = protected_inputs(model, artifacts, inputs)
     check_run_paths({"save_inputs": save_inputs, "save_outputs": save_outputs,  # before any work
                      "stego_cache": stego_cache}, {"input": protect}, folders=("stego_cache",))
-    _check_golden_target(save_outputs, force)
+    check_golden_target(save_outputs, force)
     stego = StegoSettings(embedding, stego_cache, workers)
     keras_runner, shape = _open_reference(model, threads, batch_size, custom_objects, trust_lambda)
     if golden is not None:
@@ -372,61 +373,11 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                           time.perf_counter() - start, results.reference.probability)
     _attach_outputs(report, runners, results)
     if golden is not None or save_outputs is not None:
-        _golden_outputs(report, keras_runner, runners, results, judged, compare_func,
+        golden_outputs(report, keras_runner, runners, results, judged, compare_func,
                         data.x[:max(1, min(per_layer_samples, len(data.x)))], golden,
                         save_outputs, force, protect)
     return report
 
 
 def _load_golden(path):
-    if path is None:
-        return None
-    from edgetrunc.parity.golden import load_golden
-
-    return load_golden(path)
-
-
-def _check_golden_target(path, force: bool) -> None:
-    if path is not None and Path(path).exists() and not force:
-        raise InputError(f"{path}: golden file exists; pass --force (force=True) to replace it")
-
-
-def _golden_outputs(report, keras_runner, runners, results, judged, compare_func, per_layer_batch,
-                    golden, save_outputs, force, protect) -> None:
-    """Compare every runner with the golden outputs, then write today's when asked. The Keras
-    layer outputs (per-layer runs) are computed once for both."""
-    from edgetrunc.parity import golden as golden_file
-    from edgetrunc.runtime.scoring import runner_activation
-
-    layers = {}
-    stored = golden.layers.get(golden_file.KERAS) if golden is not None else None
-    if report.per_layer or stored:
-        count = len(next(iter(stored.values()))) if stored else len(per_layer_batch)
-        layers[golden_file.KERAS] = keras_runner.layer_outputs(report.inputs.x[:count])
-        for artifact, runner in zip(report.artifacts, runners):
-            if artifact.layers:
-                layers[golden_file.golden_key(str(runner.path))] = _mapped_values(
-                    runner, artifact, report.inputs.x[:count])
-    if golden is not None:
-        activations = {str(r.path): runner_activation(r) for r in runners}
-        activations["keras"] = runner_activation(keras_runner)
-        report.golden = golden_file.compare_golden(golden, results, compare_func, judged, activations,
-                                                   layers)
-    if save_outputs is not None:
-        model_info = {"name": keras_runner.model.name,
-                      "input_shape": [int(d) for d in report.inputs.x.shape[1:]]}
-        golden_file.save_golden(save_outputs, report.inputs, results, model_info, judged,
-                                layers if report.per_layer else None, force, protect)
-        _log.info(f"parity: wrote the golden outputs to {save_outputs}")
-
-
-def _mapped_values(runner, artifact: ArtifactReport, x) -> dict:
-    """`{layer: the artifact tensor mapped to it}` on `x`, read in one invocation."""
-    from edgetrunc.runtime import open_with_intermediates
-    from edgetrunc.runtime.intermediates import intermediate_threads
-
-    keeping = open_with_intermediates(runner.path, threads=intermediate_threads(runner.threads))
-    keeping.infer(x)
-    values = keeping.intermediates()
-    return {layer.layer: values[layer.tensor] for layer in artifact.layers
-            if layer.status in ("compared", "folded") and layer.tensor in values}
+    return None if path is None else load_golden(path)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetrunc import _log
 from edgetrunc._io import atomic_path, check_output, sha256_file
 from edgetrunc._version import package_versions
 from edgetrunc.errors import InputError
@@ -220,3 +221,48 @@ def _first_moved_layer(stored: dict, today: dict, bound: float) -> str | None:
         if not stats.normalized <= bound:
             return name
     return None
+
+
+def check_golden_target(path, force: bool) -> None:
+    if path is not None and Path(path).exists() and not force:
+        raise InputError(f"{path}: golden file exists; pass --force (force=True) to replace it")
+
+
+def golden_outputs(report, keras_runner, runners, results, judged, compare_func, per_layer_batch,
+                    golden, save_outputs, force, protect) -> None:
+    """Compare every runner with the golden outputs, then write today's when asked. The Keras
+    layer outputs (per-layer runs) are computed once for both."""
+    from edgetrunc.runtime.scoring import runner_activation
+
+    layers = {}
+    stored = golden.layers.get(KERAS) if golden is not None else None
+    if report.per_layer or stored:
+        count = len(next(iter(stored.values()))) if stored else len(per_layer_batch)
+        layers[KERAS] = keras_runner.layer_outputs(report.inputs.x[:count])
+        for artifact, runner in zip(report.artifacts, runners):
+            if artifact.layers:
+                layers[golden_key(str(runner.path))] = _mapped_values(
+                    runner, artifact, report.inputs.x[:count])
+    if golden is not None:
+        activations = {str(r.path): runner_activation(r) for r in runners}
+        activations["keras"] = runner_activation(keras_runner)
+        report.golden = compare_golden(golden, results, compare_func, judged, activations,
+                                                   layers)
+    if save_outputs is not None:
+        model_info = {"name": keras_runner.model.name,
+                      "input_shape": [int(d) for d in report.inputs.x.shape[1:]]}
+        save_golden(save_outputs, report.inputs, results, model_info, judged,
+                                layers if report.per_layer else None, force, protect)
+        _log.info(f"parity: wrote the golden outputs to {save_outputs}")
+
+
+def _mapped_values(runner, artifact, x) -> dict:
+    """`{layer: the artifact tensor mapped to it}` on `x`, read in one invocation."""
+    from edgetrunc.runtime import open_with_intermediates
+    from edgetrunc.runtime.intermediates import intermediate_threads
+
+    keeping = open_with_intermediates(runner.path, threads=intermediate_threads(runner.threads))
+    keeping.infer(x)
+    values = keeping.intermediates()
+    return {layer.layer: values[layer.tensor] for layer in artifact.layers
+            if layer.status in ("compared", "folded") and layer.tensor in values}
