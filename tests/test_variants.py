@@ -156,6 +156,21 @@ def test_xunet_dct_trunc_lambda_migrates_and_exports_one_minimum(tmp_path):
     assert ops["MINIMUM"] == 1 and "MAXIMUM" not in ops and "NEG" not in ops
 
 
+def test_xunet_abs_beside_dct_trunc_migrates_safe_and_converts_one_minimum(tmp_path):
+    """ALASKA2's Xu-Net pattern: Lambda(ABS) beside the one-sided DCT_Trunc Lambda; the ABS
+    becomes a serializable Elementwise layer, DCT_Trunc a Truncation with an open lower side."""
+    out = tmp_path / "xunet_abs.keras"
+    report = migrate(FIXTURES / "xunet_abs_trunc.hdf5", out, trust_lambda=True, op_inventory=False)
+    assert [(t["layer"], t["lower"], t["upper"]) for t in report["layers"]
+            if t.get("upper") is not None] == [("DCT_Trunc", -INF, 8.0)]
+    model = keras.saving.load_model(out, safe_mode=True)
+    assert not any(type(layer).__name__ == "Lambda" for layer in model.layers)
+    np.testing.assert_allclose(_keras(model, _sample()), _expected("xunet_abs_trunc.hdf5"),
+                               atol=1e-5)
+    ops = tflite_ops(export_tflite(model, "fp32"))
+    assert ops["MINIMUM"] == 1 and ops["ABS"] == 1 and "MAXIMUM" not in ops and "NEG" not in ops
+
+
 def test_lone_tf_minimum_op_layer_maps_to_one_sided_truncation(tmp_path):
     out = tmp_path / "tfop_min.keras"
     report = migrate(FIXTURES / "tfop_min.h5", out, op_inventory=False)
