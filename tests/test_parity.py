@@ -20,10 +20,22 @@ EXPECTED_LAYERS = {"front_end", "group1_conv", "group1_truncation", "group1_tanh
                    "group5_relu", "gap", "classifier", "input"}
 GROUP2_KERNEL_NHWC = (16, 5, 5, 8)  # TFLite OHWI
 GROUP2_KERNEL_NCHW = (16, 8, 5, 5)  # ONNX OIHW
+BN_STD = 0.5  # the batch norms' output spread (see `_standardized_detector`)
 
 
 def _standardized_detector(x):
-    """tlunet whose batch norms whiten their inputs on `x` and whose logits spread over +-3."""
+    """tlunet whose batch norms standardize their inputs on `x` to a standard deviation of
+    `BN_STD` and whose logits spread over +-3.
+
+    Why not whitened (std 1): on real images (flat regions, raw pixel values) the fp32
+    rounding of the front end is ~1e-3 of the variation of the first block's pooled features,
+    and the batch norms and the +-3 logit spread carry it to the output. Whitened, the Keras
+    fp32 model was itself 1.4e-4 away from its float64 evaluation on the 12 parity inputs,
+    beyond the 1e-4 fp32 tolerance, so passing depended on the artifact's summation order
+    (the fp32 TFLite artifact: 3.3e-5 from float64, 1.1e-4 from Keras). At std 0.5 Keras
+    fp32 is 7.9e-5 from float64 and the TFLite artifact 7.0e-5 from Keras. The model stays
+    near the limit: other input draws (`--seed 2`) exceed 1e-4 in Keras fp32 itself.
+    """
     import keras
 
     from edgetrunc.models import create
@@ -34,8 +46,8 @@ def _standardized_detector(x):
             inputs = keras.Model(model.inputs[0], layer.input)(x, training=False)
             inputs = np.asarray(inputs, np.float64).reshape(-1, inputs.shape[-1])
             gamma, beta, _, _ = layer.get_weights()
-            layer.set_weights([gamma, beta, inputs.mean(0).astype(np.float32),
-                               inputs.var(0).astype(np.float32)])
+            layer.set_weights([np.full_like(gamma, BN_STD), beta,
+                               inputs.mean(0).astype(np.float32), inputs.var(0).astype(np.float32)])
     features = np.asarray(keras.Model(model.inputs[0], model.get_layer("gap").output)(x), np.float64)
     kernel, bias = model.get_layer("classifier").get_weights()
     diff = features @ (kernel[:, 1] - kernel[:, 0])

@@ -45,7 +45,8 @@ from edgetrunc.runtime import formats
 OUTSIDE_OPS = "(outside ops)"
 SATURATION_MARK = "edgetrunc_clip_by_saturation"
 _FREE_OPS = {"RESHAPE", "QUANTIZE", "DEQUANTIZE", "SQUEEZE", "Reshape", "Squeeze", "Flatten",
-             "QuantizeLinear", "DequantizeLinear", "Transpose", "TRANSPOSE", "Identity", "Cast"}
+             "QuantizeLinear", "DequantizeLinear", "Transpose", "TRANSPOSE", "Identity", "Cast",
+             "ReorderInput", "ReorderOutput"}  # ONNX Runtime's NCHWc layout changes
 _POOLS = {"AVERAGE_POOL_2D", "MAX_POOL_2D", "AveragePool", "MaxPool"}
 
 
