@@ -16,10 +16,13 @@ GIB = 2**30
 
 def run_python(code: str, cwd, timeout: float = 60) -> tuple[subprocess.CompletedProcess, int]:
     """Run `code` in a fresh interpreter; `(result, peak RSS in bytes)`. The code's last
-    stdout line is left for the caller; the peak RSS is printed after it."""
+    stdout line is left for the caller; the peak RSS is printed after it. The peak is the
+    interpreter's own (VmHWM): `ru_maxrss` would also count the test process's peak, which
+    Linux carries over fork and exec."""
     wrapped = code + textwrap.dedent("""
-        import resource
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        import re
+        with open("/proc/self/status") as status:
+            print(int(re.search(r"VmHWM:\\s*(\\d+) kB", status.read()).group(1)) * 1024)
     """)
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-c", wrapped], cwd=cwd, env=env, text=True,

@@ -69,7 +69,7 @@ def test_built_in_formats_are_described_once():
 def test_export_hooks_live_on_the_same_descriptor():
     from edgetrunc.export.formats import export_format
 
-    assert export_format("tflite").export.precisions == ("fp32", "fp16", "int8")
+    assert export_format("tflite").export.precisions == ("fp32", "fp16", "int8", "int8-full")
     assert export_format("onnx").export.option_names == ("opset", "nchw", "int8_mode", "literal")
     with pytest.raises(InputError, match="has no exporter"):
         export_format("recorded")

@@ -2,7 +2,7 @@
 entries, decompression bombs, oversized .npz members, non-UTF-8 names.
 
 Every case generates its own hostile file. A case that could hang runs in a subprocess with
-a timeout; a case with a memory bound measures the subprocess's peak RSS (`ru_maxrss`).
+a timeout; a case with a memory bound measures the subprocess's peak RSS (VmHWM).
 """
 
 from __future__ import annotations

@@ -163,7 +163,7 @@ def test_a_cover_that_vanishes_during_a_streamed_epoch_ends_training_in_one_line
 
     from edgetrunc.data.stream import scan_covers, stream_training_tiles
     from edgetrunc.train import loop
-    from edgetrunc.train.pipeline import stream_epoch_dataset
+    from edgetrunc.train.tf_data import stream_epoch_dataset
 
     pixels = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
     for name in ("a", "b"):

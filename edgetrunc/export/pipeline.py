@@ -28,7 +28,8 @@ from edgetrunc.export.commit import OutputSet
 from edgetrunc.export.formats import export_format
 from edgetrunc.export.onnx.convert import ONNX_PRECISIONS, OPSETS, check_opset
 from edgetrunc.export.speed import int8_speed
-from edgetrunc.export.tflite.convert import INT8_MODES, TFLITE_PRECISIONS
+from edgetrunc.export.tflite.convert import (DEFAULT_TFLITE_PRECISIONS, INT8_MODES,
+                                             TFLITE_PRECISIONS)
 from edgetrunc.export.tflite.passes import TARGETS
 from edgetrunc.keras.load import load_model, require_keras_file
 from edgetrunc.keras.precision import float32_model
@@ -85,7 +86,7 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration, target="cpu"):
     return tflite, onnx
 
 
-def convert(model_path, out_dir=None, tflite=TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
+def convert(model_path, out_dir=None, tflite=DEFAULT_TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
             nchw=False, calibration="embedded", int8_io=False, force=False,
             int8_mode="truncation-aware", evaluate=True, timings=None,
             literal=False, custom_objects=None, trust_lambda=False, target="cpu",

@@ -39,6 +39,7 @@ from edgetrunc.keras.truncations import find_truncations
 from edgetrunc.runtime.metadata import tflite_metadata_bytes
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8", "int8-full")
+DEFAULT_TFLITE_PRECISIONS = ("fp32", "fp16", "int8")  # int8-full only when asked for
 INT8_MODES = ("truncation-aware", "stock")
 
 
