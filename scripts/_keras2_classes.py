@@ -1,4 +1,8 @@
-"""The Keras 2 (tf-keras) classes both fixture scripts write into their models.
+"""Keras 2 (tf-keras) for the fixture scripts, and the classes they write into their models.
+
+`legacy_tf_keras()` returns `(tf, k)`: TensorFlow with `tf.keras` as Keras 2 and the tf_keras
+module (exits with the install line where tf-keras is missing); call it before anything else
+imports TensorFlow.
 
 `keras2_clip_classes(k, tf)` returns `(CenteredKernel, HardClip, LearnedTLU)` built on the
 tf.keras 2 module `k`: an unregistered kernel constraint, a custom clip class with its own
@@ -8,6 +12,22 @@ imported only after `TF_USE_LEGACY_KERAS=1` is set in that process.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+
+
+def legacy_tf_keras() -> tuple:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+
+    try:
+        import tf_keras as k
+    except ImportError:
+        sys.exit("this script needs tf-keras (Keras 2): "
+                 "pip install --no-deps -c constraints.txt tf-keras")
+    return tf, k
 
 
 def keras2_clip_classes(k, tf) -> tuple:

@@ -36,20 +36,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf.keras is Keras 2 from here on
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from scripts._keras2_classes import keras2_clip_classes, legacy_tf_keras
 
-try:
-    import tf_keras as k
-except ImportError:
-    sys.exit("this script needs tf-keras (Keras 2): "
-             "pip install --no-deps -c constraints.txt tf-keras")
-
-from scripts._keras2_classes import keras2_clip_classes  # noqa: E402
-
+tf, k = legacy_tf_keras()  # tf.keras is Keras 2 from here on
 K = k.backend  # saved lambdas read `tf` and `K` as module globals, as Keras 2 code did
 T = 3.0  # a script global read by one saved lambda, as old code did: the file cannot store it
 

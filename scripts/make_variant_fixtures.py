@@ -11,28 +11,21 @@ model's Keras 2 output on a fixed input. The tests read only the committed files
 script needs tf-keras (the `legacy-fixtures` extra) and is run by hand:
 
     pip install --no-deps -c constraints.txt tf-keras
-    python scripts/make_variant_fixtures.py [--out tests/fixtures/variants]
+    python -m scripts.make_variant_fixtures [--out tests/fixtures/variants]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf.keras is Keras 2 from here on
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from scripts._keras2_classes import legacy_tf_keras
 
-try:
-    import tf_keras as k
-except ImportError:
-    sys.exit("this script needs tf-keras (Keras 2): "
-             "pip install --no-deps -c constraints.txt tf-keras")
+tf, k = legacy_tf_keras()  # tf.keras is Keras 2 from here on
 
 K = k.backend
 SHAPE = (32, 32, 1)

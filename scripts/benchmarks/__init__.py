@@ -36,4 +36,12 @@ SECTIONS = {
                          ("--sizes", "4", "--max-tiles", "4")),
     "models": Section("scripts.benchmarks.models", "cost per model size",
                       ("--models", "tlunet")),
+    "integer": Section("scripts.benchmarks.integer", "full-integer artifacts (printed only)",
+                       ("--runs", "3")),
+    "per-layer": Section("scripts.benchmarks.per_layer", "per-layer parity against a revision",
+                         ("--model-name", "tlunet", "--samples", "2")),
+    "assert-parity": Section("scripts.benchmarks.assert_parity", "assert_parity in a test",
+                             ("--samples", "4", "--runs", "1")),
+    "int8-onnx": Section("scripts.benchmarks.int8_onnx", "int8 against fp32 in ONNX Runtime",
+                         ("--models", "tlunet", "--runs", "3")),
 }

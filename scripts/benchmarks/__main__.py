@@ -31,7 +31,7 @@ def main(argv=None) -> int:
         parser.error(f"{' '.join(extra)}: a section's own options need exactly one SECTION")
     if args.list:
         for name, section in SECTIONS.items():
-            print(f"{name:10s} {section.writes}")
+            print(f"{name:14s} {section.writes}")
         return 0
     out = args.out
     if out is None and args.quick:

@@ -117,3 +117,20 @@ def relative(path) -> str:
         return str(Path(path).resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
+
+
+def publish(name: str, markdown: str, write: bool = True) -> int:
+    """Print a section's Markdown and (unless `write` is false: `--no-write`) update it; exit 0."""
+    print(markdown)
+    if write:
+        update_section(name, markdown)
+    return 0
+
+
+def timed(call):
+    """`(call(), seconds it took)`."""
+    import time
+
+    started = time.perf_counter()
+    value = call()
+    return value, time.perf_counter() - started

@@ -24,7 +24,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from scripts.benchmarks._markdown import (ROOT, machine_description, markdown_table,  # noqa: E402
-                                          update_section)
+                                          publish)
 
 
 def _bare_conversions(model, calibration, tmp):
@@ -216,10 +216,7 @@ def main(argv=None) -> int:
         "and `quantize_static` (stock settings), each after a warm-up conversion.",
         timing,
     ]))
-    print(text)
-    if not args.no_write:
-        update_section("export", text)
-    return 0
+    return publish("export", text, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -37,16 +37,17 @@ CONVERT = ("import json, sys, time; from edgetrunc.export.pipeline import conver
            "print(json.dumps({'total': time.perf_counter() - s, 'exports': t}))")
 
 
-def run_measured(argv: list) -> dict:
-    """Run `argv`; `{seconds, peak_mb, rc, stdout, stderr}` of that one process."""
+def run_measured(argv: list, **popen) -> dict:
+    """Run `argv` (`popen`: `env`, `cwd`); `{seconds, cpu_s, peak_mb, rc, stdout, stderr}` of it."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(argv, stdout=out, stderr=err)
+        process = subprocess.Popen(argv, stdout=out, stderr=err, **popen)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - started
         out.seek(0), err.seek(0)
-        return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024, "rc": process.returncode,
+        return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime,
+                "peak_mb": usage.ru_maxrss / 1024, "rc": process.returncode,
                 "stdout": out.read(), "stderr": err.read()}
 
 
@@ -122,11 +123,7 @@ def main(argv=None) -> int:
             print(f"{name} ...", file=sys.stderr, flush=True)
             rows.append(bench_model(name, Path(tmp)))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    markdown = render(rows)
-    print(markdown)
-    if not args.no_write:
-        _markdown.update_section("models", markdown)
-    return 0
+    return _markdown.publish("models", render(rows), not args.no_write)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def main(argv=None):
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
 
-    from scripts.benchmarks._markdown import machine_description, markdown_table, update_section
+    from scripts.benchmarks._markdown import machine_description, markdown_table, publish
 
     from edgetrunc import _log
     from edgetrunc.keras.runner import KerasRunner
@@ -201,10 +201,7 @@ def main(argv=None):
         "the standard-call loop also pays `model.predict`'s per-call setup and ONNX Runtime's "
         "spinning workers taking cores from the TFLite interpreter that runs next.",
     ])
-    print(markdown)
-    if not args.no_write:
-        update_section("parity", markdown)
-    return 0
+    return publish("parity", markdown, not args.no_write)
 
 
 if __name__ == "__main__":

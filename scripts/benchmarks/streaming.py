@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from scripts.benchmarks._markdown import (log, machine_description, markdown_table,  # noqa: E402
-                                          update_section)
+                                          publish)
 
 import numpy as np  # noqa: E402
 
@@ -208,10 +208,7 @@ def main(argv=None) -> int:
              f"{rows[-1]['peak_mib'] / base['on']:.2f}x the streamed {sizes[0]}-cover run.", "",
              *boss_estimate(rows, read_rate, costs, os.cpu_count() or 1)]
     markdown = "\n".join(lines)
-    print(markdown)
-    if not args.no_write:
-        update_section("streaming", markdown)
-    return 0
+    return publish("streaming", markdown, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from scripts.benchmarks._markdown import (ROOT, machine_description, markdown_table,  # noqa: E402
-                                          update_section)
+                                          publish)
 
 
 def shipped_run_summary() -> list[str]:
@@ -100,10 +100,7 @@ def main(argv=None) -> int:
         f"Training time with Truncation / with ReLU: **{ratio:.3f}** (goal <= 1.05: "
         f"{'met' if ratio <= 1.05 else 'not met'}).",
     ] + ([args.note] if args.note else []) + shipped_run_summary())
-    print(text)
-    if not args.no_write:
-        update_section("training", text)
-    return 0
+    return publish("training", text, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Full-integer benchmark: `scripts/bench_integer.py [MODEL.keras ARTIFACT.tflite]...`.
+"""Full-integer benchmark: `python -m scripts.benchmarks integer [MODEL.keras ARTIFACT.tflite]...`.
 
 For each pair of a Keras model and its full-integer TFLite artifact (default: the shipped
 quantization-aware `models/integer/tlunet_qat.keras` and its artifact):
@@ -23,15 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from scripts.benchmarks._markdown import ROOT, log, markdown_table
 
 DEFAULT_PAIRS = [("models/integer/tlunet_qat.keras", "models/integer/tlunet_qat_int8-full.tflite")]
-
-
-def table(headers, rows) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def speed(model, artifact: Path, runs: int, reference: Path | None = None) -> dict:
@@ -84,7 +78,7 @@ def main(argv=None) -> int:
     for source, artifact in pairs:
         source, artifact = ROOT / source, ROOT / artifact
         if not (source.exists() and artifact.exists()):
-            print(f"skipped: {source} or {artifact} not found", file=sys.stderr)
+            log(f"skipped: {source} or {artifact} not found")
             continue
         model = load_model(source)
         name = artifact.name
@@ -104,19 +98,17 @@ def main(argv=None) -> int:
         m = report["micro"]
         micro_rows.append((name, "yes" if m["runs"] else "no", m.get("arena_bytes", "-"),
                            m.get("samples", "-"), m.get("max_step_difference", "-")))
-    print("Speed, 1 thread (ms):\n")
-    print(table(("artifact", "float Keras compiled p50", "tlunet_int8.tflite p50", "artifact p50",
-                 "p50 vs Keras", "min vs Keras"), speed_rows))
-    print("\nHeld-out quality:\n")
-    print(table(("artifact", "from", "tiles", "agreement with its Keras model",
-                 "agreement with float tlunet", "P_E float", "P_E its Keras model", "P_E artifact"),
-                quality_rows))
-    print("\nVela:\n")
-    print(table(("artifact", "accelerator", "NPU operators", "CPU operators", "SRAM KiB",
-                 "estimated ms"), vela_rows))
-    print("\nTFLite Micro:\n")
-    print(table(("artifact", "runs", "arena bytes", "tiles", "max step difference vs ai-edge-litert"),
-                micro_rows))
+    tables = [
+        ("Speed, 1 thread (ms):", ("artifact", "float Keras compiled p50", "tlunet_int8.tflite p50",
+                                   "artifact p50", "p50 vs Keras", "min vs Keras"), speed_rows),
+        ("Held-out quality:", ("artifact", "from", "tiles", "agreement with its Keras model",
+                               "agreement with float tlunet", "P_E float", "P_E its Keras model",
+                               "P_E artifact"), quality_rows),
+        ("Vela:", ("artifact", "accelerator", "NPU operators", "CPU operators", "SRAM KiB",
+                   "estimated ms"), vela_rows),
+        ("TFLite Micro:", ("artifact", "runs", "arena bytes", "tiles",
+                           "max step difference vs ai-edge-litert"), micro_rows)]
+    print("\n\n".join(f"{title}\n\n{markdown_table(headers, rows)}" for title, headers, rows in tables))
     return 0
 
 

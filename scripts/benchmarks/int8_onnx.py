@@ -10,7 +10,7 @@ kernels (QLinear*), which stay float, and what the quantize / dequantize / reord
 
 Writes the `int8-onnx` section of BENCHMARKS.md and prints the table.
 
-    python scripts/bench_int8_onnx.py [--models tlunet,residual,yenet] [--runs 30] [--no-write]
+    python -m scripts.benchmarks int8-onnx [--models tlunet,residual,yenet] [--runs 30] [--no-write]
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _benchmd  # noqa: E402
-from bench_models import build_model  # noqa: E402
+from scripts.benchmarks import _markdown
+from scripts.benchmarks.models import build_model
 
 MODELS = ("tlunet", "residual", "yenet")
 
@@ -62,23 +61,20 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            _benchmd.log(f"{name} ...")
+            _markdown.log(f"{name} ...")
             rows.append(bench_one(name, Path(tmp), args.runs))
-            _benchmd.log(" | ".join(rows[-1]))
-    table = _benchmd.markdown_table(
+            _markdown.log(" | ".join(rows[-1]))
+    table = _markdown.markdown_table(
         ["model", "fp32 p50 ms", "int8 p50 ms", "int8 speed vs fp32", "int8 time by op type"],
         rows)
-    markdown = (f"## Does int8 pay in ONNX Runtime?\n\n`python scripts/bench_int8_onnx.py`: "
+    markdown = (f"## Does int8 pay in ONNX Runtime?\n\n`python -m scripts.benchmarks int8-onnx`: "
                 "ONNX fp32 against truncation-aware QDQ int8, 1 thread, interleaved in one "
                 "process; the int8 time per op type from onnxruntime's profiler (QLinear*: "
                 "int8 kernels; Conv: a float kernel; (De)QuantizeLinear: the glue). `convert` "
                 "makes the same comparison on every model (manifest `quantization.speed`, a "
                 "warning when int8 is slower).\n\n"
-                f"{table}\n\nMachine: {_benchmd.machine_description()}.\n")
-    print(markdown)
-    if not args.no_write:
-        _benchmd.update_section("int8-onnx", markdown)
-    return 0
+                f"{table}\n\nMachine: {_markdown.machine_description()}.\n")
+    return _markdown.publish("int8-onnx", markdown, not args.no_write)
 
 
 if __name__ == "__main__":
