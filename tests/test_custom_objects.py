@@ -17,6 +17,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from edgetrunc.errors import InputError  # noqa: E402
+from error_lines import assert_one_line_error  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -32,14 +33,6 @@ def builders():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def one_error_line(rc, err, *fragments):
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 # --- the custom-objects file ---------------------------------------------------------------
@@ -81,9 +74,9 @@ def test_bad_file_is_one_line_naming_it(tmp_path, text, fragment):
 def test_missing_and_wrong_files(tmp_path, cli):
     out = tmp_path / "new.keras"
     rc, _, err = cli("migrate", GBRAS, "--out", out, "--custom-objects", tmp_path / "none.py")
-    one_error_line(rc, err, "--custom-objects", "none.py", "no such file")
+    assert_one_line_error(rc, err, "--custom-objects", "none.py", "no such file")
     rc, _, err = cli("migrate", GBRAS, "--out", out, "--custom-objects", GBRAS)
-    one_error_line(rc, err, "--custom-objects", "expected a Python file (.py)")
+    assert_one_line_error(rc, err, "--custom-objects", "expected a Python file (.py)")
     broken = tmp_path / "broken.py"
     broken.write_text("import keras\nraise ValueError('bad')\n")
     rc, _, err = cli("convert", GBRAS, "--out", tmp_path / "art", "--custom-objects", broken)
@@ -94,10 +87,10 @@ def test_missing_and_wrong_files(tmp_path, cli):
 def test_without_the_flag_the_model_names_its_need(tmp_path, cli):
     out = tmp_path / "new.keras"
     rc, _, err = cli("migrate", GBRAS, "--out", out)
-    one_error_line(rc, err, "layer 'srm'", "'Tanh3'", "--custom-objects FILE.py")
+    assert_one_line_error(rc, err, "layer 'srm'", "'Tanh3'", "--custom-objects FILE.py")
     rc, _, err = cli("migrate", GBRAS, "--out", out,
                      "--custom-objects", OBJECTS / "learned_objects.py")
-    one_error_line(rc, err, str(GBRAS), "needs Tanh3", "learned_objects.py does not define")
+    assert_one_line_error(rc, err, str(GBRAS), "needs Tanh3", "learned_objects.py does not define")
     assert not out.exists()
 
 
@@ -142,12 +135,12 @@ def test_soft_truncation_named_as_a_clip_is_refused(tmp_path, cli):
     out = tmp_path / "new.keras"
     rc, _, err = cli("migrate", GBRAS, "--out", out, "--truncation-class", "Tanh3=3",
                      "--custom-objects", OBJECTS / "gbras_objects.py")
-    one_error_line(rc, err, "layer 'srm'", "activation Tanh3", "clip(x, -3, 3)",
+    assert_one_line_error(rc, err, "layer 'srm'", "activation Tanh3", "clip(x, -3, 3)",
                    "computes something else", "worst |difference|")
     rc, _, err = cli("migrate", FIXTURES / "legacy" / "custom_tlu.h5", "--out", out,
                      "--truncation-class", "TLU", "--custom-objects",
                      OBJECTS / "soft_tlu_objects.py")
-    one_error_line(rc, err, "(class TLU)", "computes something else")
+    assert_one_line_error(rc, err, "(class TLU)", "computes something else")
     assert not out.exists()
 
 
@@ -175,7 +168,7 @@ def test_mapping_checked_against_given_code_or_warned(tmp_path, cli):
                     "    def call(self, x):\n        return keras.ops.clip(x, -3, 3)\n")
     rc, _, err = cli("migrate", FIXTURES / "legacy" / "custom_tlu.h5", "--out",
                      tmp_path / "c.keras", "--truncation-class", "TLU", "--custom-objects", clip)
-    one_error_line(rc, err, "layer 'tlu' (class TLU)", "cannot be checked", "deserializing")
+    assert_one_line_error(rc, err, "layer 'tlu' (class TLU)", "cannot be checked", "deserializing")
     assert not (tmp_path / "c.keras").exists()
 
 
@@ -186,7 +179,7 @@ def test_stored_threshold_of_a_keras3_archive(tmp_path, cli):
     builders().build_keras3("learned").save(source)
     rc, _, err = cli("migrate", source, "--out", tmp_path / "x.keras",
                      "--truncation-class", "LearnedTLU=3")
-    one_error_line(rc, err, "stores its threshold as the weight", "= 2.5, not 3")
+    assert_one_line_error(rc, err, "stores its threshold as the weight", "= 2.5, not 3")
     out = tmp_path / "new.keras"
     rc, stdout, err = cli("migrate", source, "--out", out, "--truncation-class", "LearnedTLU",
                           "--json", "--custom-objects", OBJECTS / "learned_objects.py")
@@ -205,7 +198,7 @@ def test_stored_threshold_of_a_keras3_archive(tmp_path, cli):
 def test_stored_threshold_of_a_savedmodel(tmp_path, cli):
     rc, _, err = cli("migrate", LEARNED_SM, "--out", tmp_path / "x.keras",
                      "--truncation-class", "LearnedTLU=3")
-    one_error_line(rc, err, "weight 'tau' = 2.5, not 3")
+    assert_one_line_error(rc, err, "weight 'tau' = 2.5, not 3")
     out = tmp_path / "new.keras"
     rc, stdout, err = cli("migrate", LEARNED_SM, "--out", out,
                           "--truncation-class", "LearnedTLU", "--json")
@@ -292,7 +285,7 @@ def test_other_lambda_kept_then_converted_as_traced(tmp_path, cli):
     assert json.loads(stdout)["kept"] == ["signed_square"]
     out = tmp_path / "art"
     rc, _, err = cli("convert", model, "--out", out, "--tflite", "fp32", "--onnx", "fp32")
-    one_error_line(rc, err, "signed_square", "give --trust-lambda here")
+    assert_one_line_error(rc, err, "signed_square", "give --trust-lambda here")
     assert not out.exists()
     rc, _, err = cli("convert", model, "--out", out, "--tflite", "fp32", "--onnx", "fp32",
                      "--trust-lambda")
@@ -312,7 +305,7 @@ def test_activation_keras_knows_is_checked(tmp_path, cli):
     keras.Model(inputs, x).save(source)
     rc, _, err = cli("migrate", source, "--out", tmp_path / "x.keras",
                      "--truncation-class", "tanh=1")
-    one_error_line(rc, err, "layer 'soft' (activation tanh)", "Keras's tanh",
+    assert_one_line_error(rc, err, "layer 'soft' (activation tanh)", "Keras's tanh",
                    "computes something else")
     rc, stdout, err = cli("migrate", source, "--out", tmp_path / "new.keras", "--json",
                           "--truncation-class", "relu6")
@@ -347,5 +340,5 @@ def test_a_module_named_in_the_file_is_never_imported_with_custom_objects(tmp_pa
                          "--custom-objects", OBJECTS / "gbras_objects.py")
     finally:
         sys.path.remove(str(tmp_path))
-    one_error_line(rc, err, "needs Evil", "gbras_objects.py does not define")
+    assert_one_line_error(rc, err, "needs Evil", "gbras_objects.py does not define")
     assert "edgetrunc_marker_never_imported" not in sys.modules

@@ -10,16 +10,9 @@ from pathlib import Path
 import pytest
 
 from edgetrunc.errors import InputError
+from error_lines import assert_one_line_error
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-
-
-def _one_line(code, err, *needles):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 # every output against every other output and input, before anything is created ------------
@@ -42,7 +35,7 @@ def test_parity_outputs_that_collide_are_refused_before_anything_is_made(cli, tm
     flags = [str(MODELS) if flag == "MODELS" else flag for flag in flags]
     before = sorted(p.name for p in tmp_path.iterdir())
     code, _, err = cli("parity", MODELS / "tlunet.keras", MODELS / "tlunet_fp32.tflite", *flags)
-    _one_line(code, err, *needles)
+    assert_one_line_error(code, err, *needles)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no cache folder, no report
 
 
@@ -94,7 +87,7 @@ def test_migrate_refuses_an_archive_member_that_makes_a_file_a_folder(cli, tmp_p
     scratch.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(scratch))
     code, _, err = cli("migrate", _archive_with(tmp_path, extra), "--out", tmp_path / "new.keras")
-    _one_line(code, err, "odd.keras", "a folder")
+    assert_one_line_error(code, err, "odd.keras", "a folder")
     assert list(scratch.iterdir()) == [] and not (tmp_path / "new.keras").exists()
 
 
@@ -102,7 +95,7 @@ def test_migrate_out_on_a_symlink_loop_is_named_a_loop(cli, tmp_path):
     (tmp_path / "a.keras").symlink_to("b.keras")
     (tmp_path / "b.keras").symlink_to("a.keras")
     code, _, err = cli("migrate", MODELS / "tlunet.keras", "--out", tmp_path / "a.keras")
-    _one_line(code, err, "a.keras", "symbolic link loop")
+    assert_one_line_error(code, err, "a.keras", "symbolic link loop")
     assert "broken" not in err
 
 
@@ -128,4 +121,4 @@ def test_train_and_evaluate_check_their_outputs_before_the_stego_cache_is_made(t
 def test_convert_out_on_a_symlink_loop_is_named_a_loop(cli, tmp_path):
     (tmp_path / "out").symlink_to("out")
     code, _, err = cli("convert", MODELS / "tlunet.keras", "--out", tmp_path / "out")
-    _one_line(code, err, "symbolic link loop")
+    assert_one_line_error(code, err, "symbolic link loop")

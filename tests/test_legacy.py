@@ -23,6 +23,7 @@ from edgetrunc import Truncation  # noqa: E402
 from edgetrunc.errors import InputError  # noqa: E402
 from edgetrunc.legacy import load_model as load_trusted  # noqa: E402
 from edgetrunc.migrate import migrate, parse_truncation_classes  # noqa: E402
+from error_lines import assert_one_line_error  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
 MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text())
@@ -54,14 +55,6 @@ def sample(name):
     """The input the Keras 2 output in MANIFEST.json was computed on."""
     h, w, c = (d or 32 for d in MANIFEST[name]["input_shape"])
     return np.random.default_rng(1).integers(0, 256, (2, h, w, c)).astype("float32")
-
-
-def assert_one_line_error(rc, err, *fragments):
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -395,7 +388,6 @@ def test_foreign_model_migrates_from_the_command_line(name, options, bounds, tmp
         assert model.get_layer(layer).bounds == (lower, upper)
     np.testing.assert_allclose(np.asarray(model(sample(name))),
                                np.array(MANIFEST[name]["keras2_output"]), atol=1e-5, rtol=0)
-
 
 
 def test_training_only_objects_are_named_in_one_warning(tmp_path, cli):
