@@ -99,10 +99,12 @@ def test_command_line_end_to_end(two_input_keras, fp32_artifacts, tmp_path, cli)
     with np.load(saved) as data:
         assert data["pixels"].shape == (6, 16, 16, 1) and data["aux"].shape == (6, 8)
 
+    html = tmp_path / "parity.html"
     code, stdout, err = cli("parity", two_input_keras, *artifacts, "--inputs", saved,
-                            "--per-layer", "--layer-samples", "2", "--no-probes")
+                            "--per-layer", "--layer-samples", "2", "--no-probes", "--html", html)
     assert code == 0, err
     assert "per output:" in stdout and "embedding" in stdout
+    assert "<h2>Per output</h2>" in html.read_text()
     for layer in ("tlu_image", "tlu_aux", "score", "embedding"):
         assert layer in stdout.split("per layer:")[1]
 

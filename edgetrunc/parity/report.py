@@ -260,6 +260,10 @@ def html_report(report) -> str:
         _html_table(["artifact", "format", "precision", "max abs", "mean abs", "p99 abs", "cosine",
                      "agreement", "acc delta", "P_E", "samples/s", "verdict"], artifact_rows(report)),
     ]
+    if output_rows(report):
+        sections.append("<h2>Per output</h2>" + _html_table(
+            ["artifact", "output", "shape", "max abs", "mean abs", "cosine", "failed"],
+            output_rows(report)))
     failures = [f"{_short(a.path)}: {f}" for a in report.artifacts for f in a.comparison.failures]
     failures += [f"{_short(a.path)}: first divergent layer {a.first_divergent_layer}"
                  for a in report.artifacts if a.first_divergent_layer]
