@@ -13,6 +13,9 @@ Each pattern is a model a user brings with code of their own; the custom-objects
                (`YeNetPreprocessing`), then a Lambda truncation on `keras.ops.clip` (Keras 3)
     learned    `LearnedTLU` with tau = 2.5 stored as a weight, in a Keras 3 `.keras`
     xunet_abs  ALASKA2's Xu-Net front end: `Lambda(abs)` beside a Lambda truncation (Keras 3)
+    two_input  two inputs (an image `pixels` and a side vector `aux`) and two outputs (`score`,
+               a softmax, and `embedding`), a `Truncation` on each branch (Keras 3; no code
+               of the user's: the multi-input fixture)
 
     python scripts/make_custom_models.py --out DIR [--keras2] [NAME ...]
 
@@ -38,7 +41,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 OBJECTS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "custom"
-KERAS3 = ("srmbank", "learned", "xunet_abs")
+KERAS3 = ("srmbank", "learned", "xunet_abs", "two_input")
 KERAS2 = ("gbras", "learned_sm")
 SIZE = 32
 
@@ -57,9 +60,31 @@ def _set_high_pass(layer, seed=0):
     layer.set_weights([(3 * (noise - noise.mean((0, 1)))).astype("float32"), *rest])
 
 
+def build_two_input(size: int = SIZE // 2):
+    """Inputs `pixels` [size, size, 1] and `aux` [8] (in that order, not alphabetical),
+    outputs `score` [2] (softmax of both branches) and `embedding` [3] (the side branch
+    only), a `Truncation` on each branch: the model with several inputs and outputs."""
+    from edgetrunc.layers import Truncation
+
+    layers = keras.layers
+    pixels = keras.Input((size, size, 1), name="pixels")
+    aux = keras.Input((8,), name="aux")
+    x = layers.Conv2D(2, 3, padding="same", name="conv")(pixels)
+    x = Truncation(3.0, name="tlu_image")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dense(4, name="dense_image")(x)
+    y = layers.Dense(4, name="dense_aux")(aux)
+    y = Truncation(2.0, name="tlu_aux")(y)  # an int8 Concatenate would requantize it: Add
+    score = layers.Dense(2, activation="softmax", name="score")(layers.Add(name="join")([x, y]))
+    embedding = layers.Dense(3, name="embedding")(y)
+    return keras.Model([pixels, aux], [score, embedding], name="two_input")
+
+
 def build_keras3(name: str):
     """The Keras 3 model of pattern `name` (small)."""
     layers = keras.layers
+    if name == "two_input":
+        return build_two_input()
     if name == "srmbank":
         inputs = keras.Input((SIZE, SIZE, 3), name="image")
         srm = custom_objects("srm").YeNetPreprocessing(30, name="srm")
@@ -161,7 +186,9 @@ def main(argv=None) -> int:
         else:
             path = args.out / f"{name}.keras"
             model.save(path)
-        outputs[path.name] = np.asarray(model(sample_input(model))).tolist()
+        result = model(sample_input(model))
+        outputs[path.name] = ([np.asarray(r).tolist() for r in result]
+                              if isinstance(result, (list, tuple)) else np.asarray(result).tolist())
         print(f"wrote {path}")
     if args.keras2:  # what Keras 2 computed, for the tests to compare against
         (args.out / "custom_keras2.json").write_text(json.dumps(outputs, indent=1) + "\n")
@@ -170,8 +197,10 @@ def main(argv=None) -> int:
 
 def sample_input(model):
     """The fixed input the recorded outputs were computed on: N(0, 1), 2 samples."""
-    shape = (2, *[int(d) for d in model.inputs[0].shape[1:]])
-    return np.random.default_rng(0).normal(0, 1, shape).astype("float32")
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(0, 1, (2, *[int(d) for d in t.shape[1:]])).astype("float32")
+              for t in model.inputs]
+    return arrays if len(arrays) > 1 else arrays[0]
 
 
 if __name__ == "__main__":

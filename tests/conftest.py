@@ -53,6 +53,26 @@ def tiny_keras(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def two_input_keras(tmp_path_factory):
+    """A small Keras 3 model with two inputs (`pixels`, `aux`), two outputs (`score`,
+    `embedding`) and a Truncation on each branch (`scripts/make_custom_models.py`), saved as
+    `two_input.keras`."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "make_custom_models.py"
+    spec = importlib.util.spec_from_file_location("make_custom_models", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import keras
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("two_input") / "two_input.keras"
+    module.build_two_input().save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def detector():
     """Detector artifacts (`[N, 2]` softmax): `{"tflite": path, "onnx": path}` (fp32), the
     shipped ones when `models/` holds them (`runtime_artifacts.detector_artifacts`)."""

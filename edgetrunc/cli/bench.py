@@ -45,6 +45,19 @@ def format_table(results) -> str:
     return table(headers, rows, align="ll" + "r" * 8)
 
 
+def io_lines(results) -> list:
+    """What each artifact with several inputs or outputs was fed and returned, once per artifact."""
+    def shapes(named):
+        return ", ".join(f"{name} {shape}" for name, shape in (named or {}).items())
+
+    lines = {}
+    for r in results:
+        if len(r.get("inputs") or {}) > 1 or len(r.get("outputs") or {}) > 1:
+            lines[r["artifact"]] = (f"{r['artifact']}: inputs {shapes(r['inputs'])}; "
+                                    f"outputs {shapes(r['outputs'])}")
+    return list(lines.values())
+
+
 def format_profile(profile, limit: int = 40) -> str:
     """One artifact's per-layer and per-op time, FLOPs and achieved GFLOP/s."""
     from edgetrunc._text import table
@@ -86,6 +99,8 @@ def run(args) -> int:
                                                               if args.profile else {})}))
     else:
         print(format_table(results))
+        for line in io_lines(results):
+            print(line)
         for profile in profiles:
             print()
             print(format_profile(profile))

@@ -43,6 +43,11 @@ def _check_image_input(runner):
     if geometry is not None:
         return geometry
     meta = runner.metadata()
+    if len(meta.inputs) > 1:
+        raise InputError(f"{runner.path}: the model has {len(meta.inputs)} inputs "
+                         f"({', '.join(runner.input_names())}); infer scores one image per "
+                         "single-input model: use `edgetrunc run ARTIFACT INPUTS.npz` (one array "
+                         "per input name) or `edgetrunc parity`")
     shape = meta.inputs[0].shape if len(meta.inputs) == 1 else ()
     if len(shape) != 4:
         got = f"{len(meta.inputs)} inputs" if len(meta.inputs) != 1 else f"model input {list(shape)}"

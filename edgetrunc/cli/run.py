@@ -41,6 +41,8 @@ def run(args) -> int:
         print(f"{record['artifact']} ({record['format']} {record['precision']}, {record['backend']}) "
               f"on {record['samples']} inputs, {where_label(record['where'])}, {record['platform']}: "
               f"wrote {args.out}")
+        for name, shape in record.get("outputs", {}).items():
+            print(f"  output {name}: {shape}")
     _log.info(f"compare on the machine with Keras: edgetrunc parity MODEL.keras {args.out} "
               f"--inputs {args.inputs}")
     return 0

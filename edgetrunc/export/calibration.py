@@ -14,6 +14,7 @@ calibrated and checked on as many images as the small shipped one (tlunet keeps 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgetrunc.errors import InputError
@@ -93,3 +94,49 @@ def held_out_pairs(calibration, geometry, model=None):
                               min(MIN_HELD_OUT_PAIRS, max_pairs), max_pairs)
     return calibration_pairs(calibration, geometry, split="test",
                              stride=evaluation_stride(geometry.tile), max_pairs=max_pairs, seed=0)
+
+
+def model_calibration(calibration, geometry, model):
+    """The calibration samples of `model`: `calibration_pairs` at its `geometry`, or for a
+    model with several inputs one array per input (`calibration_feed`)."""
+    if len(model.inputs) > 1:
+        return calibration_feed(calibration, model)
+    return calibration_pairs(calibration, geometry, model=model)
+
+
+@dataclass
+class FeedCalibration:
+    """Calibration samples of a model with several inputs: `x` (`NamedInputs`, one array per
+    input, Keras names and order) and what the manifest says of them."""
+
+    x: object
+    split: str
+    photos: list
+    payload: float | None
+
+
+def calibration_feed(calibration, model, seed: int = 0) -> FeedCalibration:
+    """One calibration array per input of a model with several inputs: cover/stego tiles of
+    each image input's geometry (`calibration_pairs`), seeded uniform 0..255 values for every
+    other input (parity's random inputs), the same number of samples for each."""
+    import numpy as np
+
+    from edgetrunc.data.geometry import geometry_of_shape
+    from edgetrunc.runtime.feeds import NamedInputs
+
+    arrays, photos, pairs = {}, [], None
+    for tensor in model.inputs:
+        geometry = geometry_of_shape(tuple(tensor.shape))
+        if geometry is not None:
+            pairs = calibration_pairs(calibration, geometry, model=model)
+            arrays[tensor.name] = pairs.x
+            photos += [p for p in pairs.photos if p not in photos]
+    count = min((len(x) for x in arrays.values()), default=2 * MIN_CALIBRATION_PAIRS)
+    rng = np.random.default_rng([seed, 0xCA1B])
+    for tensor in model.inputs:
+        if tensor.name not in arrays:
+            shape = [int(d) if d is not None else 1 for d in tuple(tensor.shape)[1:]]
+            arrays[tensor.name] = rng.integers(0, 256, size=(count, *shape)).astype(np.float32)
+    feed = NamedInputs({t.name: arrays[t.name][:count] for t in model.inputs})
+    return FeedCalibration(feed, pairs.split if pairs else "random", photos,
+                           pairs.payload if pairs else None)

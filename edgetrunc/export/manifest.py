@@ -87,10 +87,24 @@ def _full_integer_entry(calib) -> dict:
     }
 
 
-def build_manifest(source: Path, source_sha: str, out_dir: Path, artifacts: list) -> dict:
+def model_io(model) -> dict:
+    """The Keras model's inputs and outputs in order (name, shape, dtype): an artifact's feed
+    is keyed by these input names and its outputs compared with these outputs in this order."""
+    from edgetrunc.keras.runner import output_names
+
+    def spec(name, tensor):
+        return {"name": name, "shape": [None if d is None else int(d) for d in tensor.shape],
+                "dtype": str(getattr(tensor, "dtype", "float32"))}
+
+    return {"inputs": [spec(t.name, t) for t in model.inputs],
+            "outputs": [spec(n, t) for n, t in zip(output_names(model), model.outputs)]}
+
+
+def build_manifest(source: Path, source_sha: str, out_dir: Path, artifacts: list,
+                   io: dict | None = None) -> dict:
     return {
         "source": {"path": os.path.relpath(source.resolve(), out_dir.resolve()),
-                   "sha256": source_sha},
+                   "sha256": source_sha, **(io or {})},
         "artifacts": artifacts,
         "versions": package_versions(),
     }

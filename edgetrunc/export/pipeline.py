@@ -144,7 +144,7 @@ def _model_geometry(model, source, needs_int8):
     """The model's `ImageGeometry` when int8 artifacts need calibration images, else None."""
     from edgetrunc.data.geometry import require_image_geometry
 
-    if not needs_int8:
+    if not needs_int8 or len(model.inputs) > 1:  # several inputs: calibrated input by input
         return None
     return require_image_geometry(model, source.name, "int8 calibration; convert it with "
                                   "--tflite fp32,fp16 --onnx fp32")
@@ -154,6 +154,10 @@ def _held_out(model, source, calibration, geometry, evaluate):
     """`(held-out pairs, Keras stego probability on them)`, or `(None, None)` when int8
     decisions are not compared (not asked, or the model is not a detector)."""
     if not evaluate:
+        return None, None
+    if len(model.inputs) > 1:
+        _log.info(f"convert: {source.name} has {len(model.inputs)} inputs: int8 decisions are "
+                  "not compared with Keras (edgetrunc parity compares every output)")
         return None, None
     if not _is_detector(model):
         _log.info(f"convert: {source.name} is not a detector ([N, 2] or [N, 1] output): "
@@ -199,7 +203,7 @@ def _convert_model(model, source, source_sha, outputs, artifacts, options, calib
     truncations = find_truncations(model)
     needs_int8 = any(p.startswith("int8") for _, p, _ in artifacts)
     geometry = _model_geometry(model, source, needs_int8)
-    calib = calib_data.calibration_pairs(calibration, geometry, model=model) if needs_int8 else None
+    calib = calib_data.model_calibration(calibration, geometry, model) if needs_int8 else None
     held_out, keras_probability = _held_out(model, source, calibration, geometry,
                                             evaluate and needs_int8)
     metadata = artifact_metadata(__version__, source.name, source_sha, truncations, None, None)
@@ -228,6 +232,7 @@ def _convert_model(model, source, source_sha, outputs, artifacts, options, calib
         _log.info(f"convert: {name} done in {elapsed:.1f} s, {len(content) / 1024:.0f} KiB")
     if options["speed"] and needs_int8:
         int8_speed(entries, staged_paths, None if calib is None else calib.x)
-    result = manifest.build_manifest(source, source_sha, outputs.out_dir, entries)
+    result = manifest.build_manifest(source, source_sha, outputs.out_dir, entries,
+                                     manifest.model_io(model))
     outputs.commit(manifest.MANIFEST, dumps_json(result))
     return result

@@ -54,12 +54,34 @@ def predict_outputs(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) 
     infer = compiled_inference(model)
     parts = []
     for start in range(0, len(x), int(batch_size)):
-        out = infer(np.asarray(x[start:start + int(batch_size)], np.float32))
+        out = infer(_float32(x[start:start + int(batch_size)]))
         out = out if isinstance(out, (list, tuple)) else [out]
         parts.append([np.asarray(o, dtype=np.float32) for o in out])
     if not parts:
         return [np.zeros((0, *(int(d or 0) for d in t.shape[1:])), np.float32) for t in model.outputs]
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def output_names(model) -> list:
+    """The name of each output of `model`, in order: the layer that makes it, else its tensor name."""
+    names = [getattr(t, "name", f"output_{i}").split(":")[0] for i, t in enumerate(model.outputs)]
+    return [layer_name_of(t, model) or name for t, name in zip(model.outputs, names)]
+
+
+def _model_feed(batch):
+    """A feed `{input name: array}` as `NamedInputs` (sliced like one array); an array as it is."""
+    from edgetrunc.runtime.feeds import NamedInputs
+
+    return NamedInputs(batch) if isinstance(batch, dict) else batch
+
+
+def _float32(batch):
+    """The model's call argument: one float32 array, or a list of them in input order."""
+    from edgetrunc.runtime.feeds import NamedInputs
+
+    if isinstance(batch, NamedInputs):
+        return [np.asarray(value, np.float32) for value in batch.arrays.values()]
+    return np.asarray(batch, np.float32)
 
 
 def predict_probability(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -142,22 +164,21 @@ class KerasRunner(BaseRunner):
             self._model = load_model(self.path, custom_objects=self.custom_objects,
                                      trust_lambda=self.trust_lambda)
         model = self._model
-        if len(model.inputs) != 1:
-            raise InputError(f"{self.path}: expected a model with one input; it has {len(model.inputs)}")
-        names = [getattr(t, "name", f"output_{i}").split(":")[0] for i, t in enumerate(model.outputs)]
-        self._output_names = [layer_name_of(t, model) or name for t, name in zip(model.outputs, names)]
-        shape = tuple(None if d is None else int(d) for d in model.inputs[0].shape)
+        if not model.inputs:
+            raise InputError(f"{self.path}: the model has no input")
+        self._output_names = output_names(model)
         self._meta = RunnerMetadata(
             path=str(self.path), format="keras", precision="fp32",
-            inputs=[TensorInfo(name=model.inputs[0].name, shape=shape, dtype="float32")],
+            inputs=[TensorInfo(name=t.name, shape=tuple(None if d is None else int(d) for d in t.shape),
+                               dtype="float32") for t in model.inputs],
             outputs=[TensorInfo(name=n, shape=tuple(None if d is None else int(d) for d in t.shape),
                                 dtype="float32") for n, t in zip(self._output_names, model.outputs)],
             layout="NHWC", backend=f"keras {keras.__version__} / tensorflow {tf.__version__}",
             threads=self.threads, output_activation=output_activation(model),
             layers=len(model.layers))
 
-    def _infer_impl(self, batch: np.ndarray) -> dict:
-        outputs = predict_outputs(self._model, batch, self.batch_size)
+    def _infer_impl(self, batch) -> dict:
+        outputs = predict_outputs(self._model, _model_feed(batch), self.batch_size)
         return dict(zip(self._output_names, outputs))
 
     def layer_outputs(self, batch: np.ndarray) -> dict:
@@ -167,9 +188,11 @@ class KerasRunner(BaseRunner):
         if self._layer_model is None:
             pairs = _single_output_layers(self._model)
             self._layer_names = [layer.name for layer, _ in pairs]
-            self._layer_model = keras.Model(self._model.inputs[0], [out for _, out in pairs])
+            inputs = self._model.inputs if len(self._model.inputs) > 1 else self._model.inputs[0]
+            self._layer_model = keras.Model(inputs, [out for _, out in pairs])
+        batch = _model_feed(batch)
         if 0 < len(batch) <= self.batch_size:  # one call: its arrays as they come, no concatenated copy
-            outputs = compiled_inference(self._layer_model)(np.asarray(batch, np.float32))
+            outputs = compiled_inference(self._layer_model)(_float32(batch))
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             return {name: np.asarray(out, dtype=np.float32) for name, out in zip(self._layer_names, outputs)}
         outputs = predict_outputs(self._layer_model, batch, self.batch_size)

@@ -21,6 +21,7 @@ from edgetrunc.metrics import nearly_constant
 from edgetrunc.parity.comparator import DEFAULT_BATCH_SIZE, Comparator
 from edgetrunc.parity.compare import CompareFunc
 from edgetrunc.parity.golden import check_golden_target, golden_outputs, load_golden
+from edgetrunc.parity.input_feeds import check_artifact_input, reference_shapes, sample_dims
 from edgetrunc.parity.inputs import parity_inputs, protected_inputs
 from edgetrunc.parity.results import ArtifactReport, ParityReport
 
@@ -38,24 +39,6 @@ def _artifact_format(path: Path):
         raise InputError(f"{path}: expected a {' or '.join(formats.suffixes(runnable=True))} "
                          f"artifact{recorded}, got '{path.suffix.lower() or 'no suffix'}'")
     return fmt
-
-
-def _check_input_shape(runner, expected: tuple) -> None:
-    meta = runner.metadata()
-    shape = meta.inputs[0].shape
-    if len(expected) != 3 and len(shape) == len(expected) + 1:  # not an image: as it is
-        if any(a is not None and a != b for a, b in zip(shape[1:], expected)):
-            raise InputError(f"{runner.path}: artifact input is {list(shape)}; the Keras model "
-                             f"takes [N, {', '.join(map(str, expected))}]")
-        return
-    if len(shape) != 4:
-        raise InputError(f"{runner.path}: artifact input has shape {list(shape)}; expected "
-                         f"[N, {', '.join(map(str, expected))}] like the Keras model")
-    hwc = tuple(shape[1:]) if meta.layout == "NHWC" else (shape[2], shape[3], shape[1])
-    if any(a is not None and b is not None and a != b for a, b in zip(hwc, expected)):
-        shown = ", ".join("?" if d is None else str(d) for d in hwc)
-        raise InputError(f"{runner.path}: artifact input is [N, {shown}] ({meta.layout}); the Keras "
-                         f"model takes [N, {', '.join(map(str, expected))}]")
 
 
 def _samples_per_second(runner, result) -> float:
@@ -90,7 +73,7 @@ def open_artifacts(paths, expected_shape, threads=None) -> list:
             runners.append(fmt.open(path))
             continue
         runner = fmt.open(path, RunnerOptions(threads=threads, **fmt.shared_cores))
-        _check_input_shape(runner, expected_shape)
+        check_artifact_input(runner, expected_shape)
         runners.append(runner)
     return runners
 
@@ -109,6 +92,8 @@ def _open_reference(model, threads, batch_size, custom_objects=None, trust_lambd
 
     keras_runner = KerasRunner(model, threads=threads, batch_size=batch_size,
                                custom_objects=custom_objects, trust_lambda=trust_lambda)
+    if len(keras_runner.input_names()) > 1:
+        return keras_runner, reference_shapes(keras_runner)
     geometry = image_geometry(keras_runner)
     if geometry is not None:
         return keras_runner, geometry.shape
@@ -124,7 +109,7 @@ def _open_reference(model, threads, batch_size, custom_objects=None, trust_lambd
 def _bounded_batch_size(keras_runner, shape, batch_size: int) -> int:
     """`batch_size`, or fewer inputs per call when one input's layer outputs are large (a
     512x512 or a deep net): every runner keeps buffers sized by the batches it ran."""
-    per_input = keras_runner.layer_output_bytes(tuple(shape))
+    per_input = keras_runner.layer_output_bytes(sample_dims(shape))
     bounded = max(1, min(int(batch_size), BATCH_BYTES // max(per_input, 1)))
     if bounded < batch_size:
         _log.info(f"parity: batches of {bounded} input(s) ({per_input / 2 ** 20:.0f} MB of layer "
@@ -173,6 +158,9 @@ def _artifact_report(runner, comparison, precision: str, tolerance: dict, result
                           metadata={"backend": meta.backend, "layout": meta.layout,
                                     "threads": runner.threads,
                                     "input": meta.inputs[0].shape and list(meta.inputs[0].shape),
+                                    **({"inputs": {name: list(info.shape) for name, info in zip(
+                                        runner.input_names(), meta.inputs)}}
+                                       if len(meta.inputs) > 1 else {}),
                                     "where": _where(runner)})
 
 
@@ -337,6 +325,9 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     check_golden_target(save_outputs, force)
     stego = StegoSettings(embedding, stego_cache, workers)
     keras_runner, shape = _open_reference(model, threads, batch_size, custom_objects, trust_lambda)
+    if isinstance(shape, dict) and (golden is not None or save_outputs is not None):
+        raise InputError(f"{keras_runner.path}: golden outputs are kept for a model with one "
+                         f"input; this one has {len(shape)} ({', '.join(shape)})")
     if golden is not None:
         golden.check_model(keras_runner.model.name, shape)
     batch_size = _bounded_batch_size(keras_runner, shape, batch_size)

@@ -18,6 +18,7 @@ import numpy as np
 from edgetrunc import _log
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.metrics import is_detector_shape
+from edgetrunc.runtime.feeds import sample_shapes
 from edgetrunc.runtime.scoring import probability_from_outputs, run_batched, runner_activation
 
 DEFAULT_BATCH_SIZE = 16
@@ -84,7 +85,7 @@ class Comparator:
                 raise
             except (ValueError, RuntimeError) as exc:
                 raise InputError(f"{name}: inference failed on inputs "
-                                 f"{list(data.shape[1:])} ({first_line(exc)})") from None
+                                 f"{sample_shapes(data)} ({first_line(exc)})") from None
             seconds = time.perf_counter() - start
             results.results.append(RunResult(name, outputs, seconds, len(data),
                                              detector_probability(outputs, name, runner_activation(runner))))

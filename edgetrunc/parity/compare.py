@@ -104,6 +104,7 @@ class OutputComparison:
     p_e_reference: float | None = None
     labelled: int = 0
     failures: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)  # several outputs: the statistics of each
 
     @property
     def passed(self) -> bool:
@@ -111,6 +112,8 @@ class OutputComparison:
 
     def to_dict(self):
         out = asdict(self)
+        if not self.outputs:
+            del out["outputs"]
         out["passed"] = self.passed
         return out
 
@@ -187,9 +190,17 @@ class CompareFunc:
         stats = [error_statistics(r, c, tolerance.atol, tolerance.rtol) for r, c in pairs]
         merged = _merge_statistics(stats)
         result = OutputComparison(**merged)
+        if len(stats) > 1:
+            result.outputs = [{"name": name, "shape": list(np.shape(reference[name])[1:]), **stat}
+                              for name, stat in zip(reference, stats)]
         detector = reference_probability is not None and candidate_probability is not None
         # decisions judge a detector's quantized outputs; any other tensor is judged element-wise
-        if (tolerance.elementwise or not detector) and result.elements_failed:
+        if (tolerance.elementwise or not detector) and result.outputs:
+            result.failures += [
+                f"output {o['name']}: {o['elements_failed']} of {o['elements']} elements outside "
+                f"atol={tolerance.atol:g} / rtol={tolerance.rtol:g} (max abs error "
+                f"{o['max_abs_error']:.3g})" for o in result.outputs if o["elements_failed"]]
+        elif (tolerance.elementwise or not detector) and result.elements_failed:
             result.failures.append(
                 f"{result.elements_failed} of {result.elements} output elements outside "
                 f"atol={tolerance.atol:g} / rtol={tolerance.rtol:g} (max abs error "
@@ -248,9 +259,10 @@ def pair_outputs(reference: dict, candidate: dict) -> list:
         pairs = [(reference[k], candidate[k]) for k in reference]
     else:
         pairs = list(zip(reference.values(), candidate.values()))
-    for ref, got in pairs:
+    for name, (ref, got) in zip(reference, pairs):
         if np.shape(ref) != np.shape(got):
-            raise InputError(f"output shape differs: reference {list(np.shape(ref))}, "
+            which = f"output {name}" if len(pairs) > 1 else "output"
+            raise InputError(f"{which} shape differs: reference {list(np.shape(ref))}, "
                              f"artifact {list(np.shape(got))}")
     return pairs
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetrunc.errors import InputError
+from edgetrunc.runtime.feeds import sample_shapes
 
 KINDS = ("mix", "random", "covers", "stego")
 
@@ -55,7 +56,7 @@ class InputSet:
     def describe(self) -> dict:
         return {"kind": self.kind, "seed": self.seed, "samples": int(len(self.x)),
                 "labelled": self.labelled, "composition": dict(self.composition),
-                "shape": list(self.x.shape[1:]),
+                "shape": sample_shapes(self.x),
                 **({"embedding": self.embedding} if self.embedding else {})}
 
 
@@ -119,11 +120,17 @@ def _require_image_shape(kind, shape) -> None:
 def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,
                   shape=(256, 256, 1), stego=None) -> InputSet:
     """Build `samples` inputs of `shape` (H, W, C) for a parity run; see the module docstring.
+    A model with several inputs gives `{input name: shape}` (`parity.input_feeds`).
     `stego` makes the stego samples: None (LSB matching), an embedding name or
     `edgetrunc.data.stego_cache.StegoSettings`."""
     samples = int(samples)
     if samples < 1:
         raise InputError(f"samples: expected a positive integer; got {samples}", param="samples")
+    if isinstance(shape, dict):  # several inputs: `{input name: shape}`
+        from edgetrunc.parity.input_feeds import feed_inputs
+
+        x, labels, names, kind, composition = feed_inputs(kind, samples, seed, shape)
+        return InputSet(x, labels, names, kind, seed, composition)
     shape = tuple(int(d) for d in shape)
     if not str(kind).strip():
         raise InputError(f"inputs {kind!r}: empty; expected one of {', '.join(KINDS)}, a folder "

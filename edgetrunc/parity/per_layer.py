@@ -108,6 +108,8 @@ def compare_artifacts_layers(keras_runner, artifacts: list, batch: np.ndarray,
     statistics are kept, so memory does not grow with the number of samples or artifacts.
     """
     from edgetrunc.parity._layer_reader import LayerReader
+    from edgetrunc.parity.input_feeds import sample_dims
+    from edgetrunc.runtime.feeds import sample_shapes
     from edgetrunc.runtime import formats
     from edgetrunc.runtime.intermediates import release_memory
 
@@ -115,7 +117,7 @@ def compare_artifacts_layers(keras_runner, artifacts: list, batch: np.ndarray,
         if not formats.get(artifact_format).intermediates:
             raise InputError(f"{path}: per-layer comparison needs a runner that keeps every "
                              f"tensor; the {artifact_format} format has none")
-    per_sample = keras_runner.layer_output_bytes(tuple(batch.shape[1:]))
+    per_sample = keras_runner.layer_output_bytes(sample_dims(sample_shapes(batch)))
     size = max(1, min(len(batch), int(chunk_bytes) // max(per_sample, 1)))
     model = keras_runner.model
     input_layers = {layer.name for layer in model.layers if type(layer).__name__ == "InputLayer"}

@@ -103,8 +103,18 @@ def _judge(result: ProbeResult, labels, values, expected, got, precision):
                               "status": status})
 
 
+def _probe_shape(model, input_shape, count: int) -> tuple:
+    """The probe submodel's input: the model's input shape; for several inputs (`{name:
+    shape}`) the first that holds the `count` probe values, else a vector of them."""
+    if not isinstance(input_shape, dict):
+        return tuple(input_shape or model.inputs[0].shape[1:])
+    return next((tuple(shape) for shape in input_shape.values() if np.prod(shape) >= count),
+                (count,))
+
+
 def run_probes(model, configurations, input_shape=None) -> list:
-    """Probe every Truncation of `model` for each `(format, precision[, opset])` in `configurations`.
+    """Probe every Truncation of `model` for each `(format, precision[, opset])` in `configurations`
+    (`input_shape`: the model's sample shape, or `{input name: shape}` for several inputs).
 
     Returns `ProbeResult`s: one `keras` row per layer, then one per backend and delegate.
     """
@@ -112,12 +122,12 @@ def run_probes(model, configurations, input_shape=None) -> list:
     from edgetrunc.keras.truncations import find_truncations
     from edgetrunc.runtime import RunnerOptions, formats
 
-    input_shape = tuple(input_shape or model.inputs[0].shape[1:])
     results = []
     for found in find_truncations(model):
         name, lower, upper = found["layer"], found["lower"], found["upper"]
         labels, values = zip(*probe_values(lower, upper))
         values = np.array(values, np.float32)
+        input_shape = _probe_shape(model, input_shape, len(values))
         size = int(np.prod(input_shape))
         if size < len(values):
             raise ValueError(f"input of {size} elements cannot hold {len(values)} probe values")

@@ -47,6 +47,14 @@ def artifact_rows(report) -> list:
     return rows
 
 
+def output_rows(report) -> list:
+    """One row per output of every artifact of a model with several outputs."""
+    return [[_short(a.path), o["name"], "x".join(map(str, o["shape"])) or "-",
+             _fmt(o["max_abs_error"]), _fmt(o["mean_abs_error"]), _fmt(o["cosine"], ".6f"),
+             f"{o['elements_failed']}/{o['elements']}"]
+            for a in report.artifacts for o in a.comparison.outputs]
+
+
 def terminal_report(report) -> str:
     d = report.to_dict()
     inputs = d["inputs"]
@@ -66,6 +74,9 @@ def terminal_report(report) -> str:
         table(["artifact", "format", "prec", "max abs", "mean abs", "p99 abs", "cosine", "agree",
                 "acc delta", "P_E", "samples/s", "verdict"], artifact_rows(report)),
     ]
+    if output_rows(report):
+        parts += ["", "per output:", table(["artifact", "output", "shape", "max abs", "mean abs",
+                                            "cosine", "failed"], output_rows(report))]
     for a in report.artifacts:
         for failure in a.comparison.failures:
             parts.append(f"  FAIL {_short(a.path)}: {failure}")
@@ -249,6 +260,10 @@ def html_report(report) -> str:
         _html_table(["artifact", "format", "precision", "max abs", "mean abs", "p99 abs", "cosine",
                      "agreement", "acc delta", "P_E", "samples/s", "verdict"], artifact_rows(report)),
     ]
+    if output_rows(report):
+        sections.append("<h2>Per output</h2>" + _html_table(
+            ["artifact", "output", "shape", "max abs", "mean abs", "cosine", "failed"],
+            output_rows(report)))
     failures = [f"{_short(a.path)}: {f}" for a in report.artifacts for f in a.comparison.failures]
     failures += [f"{_short(a.path)}: first divergent layer {a.first_divergent_layer}"
                  for a in report.artifacts if a.first_divergent_layer]

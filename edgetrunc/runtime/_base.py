@@ -20,6 +20,7 @@ import numpy as np
 from edgetrunc._commit import settle
 from edgetrunc._io import require_file
 from edgetrunc.errors import InputError
+from edgetrunc.runtime.feeds import check_feed, is_feed
 
 
 MAX_MODEL_BYTES = 2 << 30  # protobuf and flatbuffers both stop at 2 GiB
@@ -167,7 +168,9 @@ class BaseRunner:
     def _load_impl(self):
         raise NotImplementedError
 
-    def _infer_impl(self, batch: np.ndarray) -> dict:
+    def _infer_impl(self, batch) -> dict:
+        """Run one checked batch: an array, or `{input name: float32 array}` in input order
+        for a model with several inputs."""
         raise NotImplementedError
 
     def _close_impl(self):
@@ -202,11 +205,25 @@ class BaseRunner:
         height, width = (shape[1], shape[2]) if self._meta.layout == "NHWC" else (shape[2], shape[3])
         return (height, width) if height and width else None
 
-    def infer(self, batch: np.ndarray) -> dict:
+    def input_names(self) -> list:
+        """The names a feed of this model is keyed by, in the model's input order (the Keras
+        input names for artifacts that keep them)."""
+        return [info.name for info in (self._meta.inputs if self._meta else [])]
+
+    def infer(self, batch) -> dict:
         """Run a float32 NHWC batch (pixel values 0..255), or for a model whose input is not an
-        image, a batch of its input's rank; outputs as float32."""
+        image, a batch of its input's rank; outputs as float32. A model with several inputs
+        takes a feed (`runtime.feeds`: `{input name: array}`, a list in input order or
+        `NamedInputs`), checked before it runs."""
         if self.closed:
             raise InputError(f"{self.path}: the runner is closed")
+        names = self.input_names()
+        if len(names) > 1:
+            feed = check_feed(self.path, batch, names, [i.shape for i in self._meta.inputs])
+            return self._infer_impl(feed)
+        if is_feed(batch):  # one input given by name or in a list of one
+            batch = next(iter(check_feed(self.path, batch, names, [self._meta.inputs[0].shape])
+                              .values()))
         batch = np.asarray(batch)
         expected = self._meta.inputs[0].shape if self._meta and self._meta.inputs else None
         if expected is not None and len(expected) != 4:

@@ -24,6 +24,7 @@ def main(argv) -> int:
     from edgetrunc.errors import InputError
     from edgetrunc.runtime import formats
     from edgetrunc.runtime.bench import peak_rss_mb, random_batch
+    from edgetrunc.runtime.feeds import NamedInputs
 
     artifact, threads, batch, seed, options = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
     for module in json.loads(argv[5]) if len(argv) > 5 else ():
@@ -35,11 +36,15 @@ def main(argv) -> int:
         runner = fmt.open(artifact, options)
         feed = random_batch(runner, batch, seed)
         meta = runner.metadata()
+        outputs = {name: list(value.shape) for name, value in runner.infer(feed).items()}
     except InputError as exc:
         _reply({"error": str(exc)})
         return 2
     _reply({"format": meta.format, "precision": meta.precision,
-            "delegate_partitions": meta.delegate_partitions})
+            "delegate_partitions": meta.delegate_partitions,
+            "inputs": {name: list(value.shape) for name, value in feed.arrays.items()}
+            if isinstance(feed, NamedInputs) else {runner.input_names()[0]: list(feed.shape)},
+            "outputs": outputs})
     for line in sys.stdin:
         command = line.strip()
         if command == "run":

@@ -62,8 +62,25 @@ def peak_rss_mb() -> float | None:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def random_batch(runner, batch: int, seed: int = 0) -> np.ndarray:
-    """Seeded uniform 0..255 float32 NHWC batch shaped for `runner`'s input."""
+def random_feed(runner, batch: int, seed: int = 0):
+    """`NamedInputs` of seeded uniform 0..255 float32 values for a model with several inputs,
+    each input at its own shape (a free image side 256, any other free dimension 1)."""
+    from edgetrunc.runtime.feeds import NamedInputs
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, info in zip(runner.input_names(), runner.metadata().inputs):
+        default = 256 if len(info.shape) == 4 else 1
+        dims = [int(d) if d else default for d in info.shape[1:]]
+        arrays[name] = rng.uniform(0, 255, (batch, *dims)).astype(np.float32)
+    return NamedInputs(arrays)
+
+
+def random_batch(runner, batch: int, seed: int = 0):
+    """Seeded uniform 0..255 float32 NHWC batch shaped for `runner`'s input (a feed of every
+    input for a model with several, `random_feed`)."""
+    if len(runner.metadata().inputs) > 1:
+        return random_feed(runner, batch, seed)
     shape = runner.metadata().inputs[0].shape
     rng = np.random.default_rng(seed)
     if len(shape) != 4:  # bench times image batches
@@ -148,7 +165,8 @@ def bench_artifacts(artifacts, threads=(1,), runs: int = 50, warmup: int = 5, ba
     """Benchmark every artifact at every thread count, interleaved; one dict per pair.
 
     Each dict holds `RESULT_KEYS` plus `format`, `precision`, `runs`, `mean_ms` and
-    `delegate_partitions` (TFLite: XNNPACK partitions, 0 without XNNPACK; None for ONNX).
+    `delegate_partitions` (TFLite: XNNPACK partitions, 0 without XNNPACK; None for ONNX),
+    `inputs` (`{input name: shape fed}`) and `outputs` (`{output name: shape}`, in order).
     `options` (`RunnerOptions`, e.g. `RunnerOptions(xnnpack=False)`) go to every runner; each
     format's options for backends taking turns on the same cores apply on top (ONNX Runtime:
     no spinning).
@@ -182,8 +200,9 @@ def bench_artifacts(artifacts, threads=(1,), runs: int = 50, warmup: int = 5, ba
                             "batch": worker.batch, **latency_summary(worker_times, worker.batch),
                             "peak_rss_mb": memory, "format": worker.info.get("format"),
                             "precision": worker.info.get("precision"), "runs": runs,
-                            "delegate_partitions": worker.info.get("delegate_partitions")})
-        extra = ("mean_ms", "format", "precision", "runs", "delegate_partitions")
+                            "delegate_partitions": worker.info.get("delegate_partitions"),
+                            "inputs": worker.info.get("inputs"), "outputs": worker.info.get("outputs")})
+        extra = ("mean_ms", "format", "precision", "runs", "delegate_partitions", "inputs", "outputs")
         return [{key: result[key] for key in (*RESULT_KEYS, *extra)} for result in results]
     finally:
         for worker in workers:

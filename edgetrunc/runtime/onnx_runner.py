@@ -128,10 +128,10 @@ class ONNXRunner(BaseRunner):
             raise
         except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
             raise InputError(f"{self.path}: not a valid ONNX model ({first_line(exc)})") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise InputError(f"{self.path}: expected a model with one input; it has {len(inputs)}")
-        self._input = inputs[0]
+        self._inputs = self.session.get_inputs()
+        if not self._inputs:
+            raise InputError(f"{self.path}: the model has no input")
+        self._input = self._inputs[0]
         self._input_dtype = _ORT_TYPES.get(self._input.type, np.float32)
         session_outputs = self.session.get_outputs()
         self._run_names = [o.name for o in session_outputs]
@@ -161,23 +161,31 @@ class ONNXRunner(BaseRunner):
                               dtype=np.dtype(_ORT_TYPES.get(arg.type, np.float32)).name)
 
         self._meta = RunnerMetadata(
-            path=str(self.path), format="onnx", precision=precision, inputs=[info(self._input)],
+            path=str(self.path), format="onnx", precision=precision,
+            inputs=[info(i) for i in self._inputs],
             outputs=[info(o) for o in session_outputs], layout=layout,
             backend=f"onnxruntime {ort.__version__}", threads=self.threads,
             output_activation=activation, ops=ops, embedded=embedded, spin=self.spin)
 
-    def _infer_impl(self, batch: np.ndarray) -> dict:
+    def _infer_impl(self, batch) -> dict:
+        arrays = batch if isinstance(batch, dict) else {self._input.name: batch}
+        count = len(next(iter(arrays.values())))
         fixed = self._meta.inputs[0].shape[0] if self._meta.inputs[0].shape else None
-        if fixed and len(batch) != fixed:  # a fixed batch size runs in steps of that size
-            if len(batch) % fixed:
+        if fixed and count != fixed:  # a fixed batch size runs in steps of that size
+            if count % fixed:
                 raise InputError(f"{self.name}: the model's batch size is fixed at {fixed}; "
-                                 f"got a batch of {len(batch)}")
-            parts = [self._infer_impl(batch[i:i + fixed]) for i in range(0, len(batch), fixed)]
+                                 f"got a batch of {count}")
+            parts = [self._infer_impl({k: v[i:i + fixed] for k, v in arrays.items()})
+                     for i in range(0, count, fixed)]
             return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        feed = batch.transpose(0, 3, 1, 2) if self._meta.layout == "NCHW" else batch
-        feed = np.ascontiguousarray(feed, dtype=self._input_dtype)
+        feed = {}
+        for arg, value in zip(self._inputs, arrays.values()):
+            if self._meta.layout == "NCHW" and len(self._inputs) == 1:
+                value = value.transpose(0, 3, 1, 2)
+            feed[arg.name] = np.ascontiguousarray(
+                value, dtype=_ORT_TYPES.get(arg.type, np.float32))
         try:
-            values = self.session.run(self._run_names, {self._input.name: feed})
+            values = self.session.run(self._run_names, feed)
         except Exception as exc:  # shape or type errors reported by onnxruntime
             reason = str(exc).strip().splitlines()[0]
             raise InputError(f"{self.name}: inference failed ({reason[:200]})") from None

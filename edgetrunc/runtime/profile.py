@@ -299,6 +299,10 @@ def _profile_tflite(path, threads, runs, warmup, batch, seed) -> dict:
 
     full = TFLiteRunner(path, threads=threads)  # checks the model and reads its metadata
     meta = full.metadata()
+    if len(meta.inputs) > 1:
+        raise InputError(f"{path}: {len(meta.inputs)} inputs ({', '.join(full.input_names())}); "
+                         "the per-op TFLite profile cuts a model with one input; bench it "
+                         "without --profile, or profile its ONNX artifact")
     content = full._model_bytes()
     model_t = _schema().convert_bytearray_to_object(bytearray(content))
     graph = model_t.subgraphs[0]

@@ -30,6 +30,7 @@ from edgetrunc._io import atomic_path, check_run_paths, open_regular, require_fi
 from edgetrunc._text import printable
 from edgetrunc.errors import InputError
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo
+from edgetrunc.runtime.feeds import NamedInputs, check_feed
 
 _OUTPUT_PREFIX = "output:"
 _TENSOR_PREFIX = "tensor:"
@@ -37,9 +38,12 @@ MAX_ELEMENTS = 2**31  # per array of an .npz, checked from its header before rea
 MAX_NPZ_BYTES = 512 * 2**20  # all arrays of an .npz together, uncompressed, checked likewise
 
 
-def _row_hashes(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return np.array([hashlib.sha1(row.tobytes()).hexdigest() for row in x])
+def _row_hashes(x) -> np.ndarray:
+    """One hash per input; for several inputs (`NamedInputs`), of every input's row in order."""
+    arrays = list(x.arrays.values()) if isinstance(x, NamedInputs) else [x]
+    arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
+    return np.array([hashlib.sha1(b"".join(a[i].tobytes() for a in arrays)).hexdigest()
+                     for i in range(len(arrays[0]))])
 
 
 def _check_member(path, archive, info) -> None:
@@ -92,14 +96,36 @@ def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def save_inputs(path, x: np.ndarray, labels=None, names=None, protect=()) -> None:
-    """Write parity inputs (`x` `[N, H, W, C]` float32, labels, names) as `.npz`, atomically."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+def save_inputs(path, x, labels=None, names=None, protect=()) -> None:
+    """Write parity inputs (`x` `[N, H, W, C]` float32, labels, names) as `.npz`, atomically;
+    the inputs of a model with several inputs (`NamedInputs`) one array per input name."""
+    arrays = ({key: np.ascontiguousarray(value, dtype=np.float32) for key, value in x.arrays.items()}
+              if isinstance(x, NamedInputs) else {"x": np.ascontiguousarray(x, dtype=np.float32)})
     labels = np.full(len(x), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
     names = [f"input#{i}" for i in range(len(x))] if names is None else [str(n) for n in names]
     with atomic_path(path, protect) as tmp:
         with open(tmp, "wb") as stream:
-            np.savez_compressed(stream, x=x, labels=labels, names=np.array(names))
+            np.savez_compressed(stream, labels=labels, names=np.array(names), **arrays)
+
+
+_NOT_INPUTS = ("labels", "names")
+
+
+def load_named_inputs(path, inputs: list, shapes: list) -> tuple:
+    """`(NamedInputs, labels, names)` from an inputs `.npz` keyed by input name (as `save_inputs`
+    writes them for a model with several inputs): every name of `inputs` present, no other
+    array beside `labels` and `names`, each of its input's shape (`shapes`, `[N, ...]`, None
+    for a free dimension); one InputError naming the input otherwise."""
+    data = _read_npz(path, "inputs")
+    arrays = {key: value for key, value in data.items() if key not in _NOT_INPUTS}
+    feed = check_feed(path, arrays, list(inputs), list(shapes))
+    for name, value in feed.items():
+        if not len(value) or not np.isfinite(value).all():
+            raise InputError(f"{path}: input {name} is empty or holds NaN or infinite values; "
+                             "expected finite numbers")
+    x = NamedInputs(feed)
+    labels, names = _labels_and_names(path, data, len(x))
+    return x, labels, names
 
 
 def load_inputs(path) -> tuple:
@@ -117,7 +143,13 @@ def load_inputs(path) -> tuple:
     bad = int(np.size(x) - np.isfinite(x).sum())
     if bad:
         raise InputError(f"{path}: 'x' holds {bad} NaN or infinite value(s); expected pixel values")
-    labels = data.get("labels", np.full(len(x), -1, np.int64)).reshape(-1)
+    labels, names = _labels_and_names(path, data, len(x))
+    return x, labels, names
+
+
+def _labels_and_names(path, data: dict, count: int) -> tuple:
+    """The `labels` (0 cover, 1 stego, -1 unknown) and `names` of `count` saved inputs."""
+    labels = data.get("labels", np.full(count, -1, np.int64)).reshape(-1)
     if labels.dtype.kind not in "biuf" or not np.isfinite(labels.astype(np.float64)).all():
         raise InputError(f"{path}: 'labels' is {labels.dtype}; expected integer labels "
                          "(0 cover, 1 stego, -1 unknown)")
@@ -127,10 +159,10 @@ def load_inputs(path) -> tuple:
         raise InputError(f"{path}: 'labels' holds {odd:g}; expected 0 (cover), 1 (stego) or "
                          "-1 (unknown) for each input")
     labels = labels.astype(np.int64)
-    names = [_text(n) for n in data.get("names", np.array([f"input#{i}" for i in range(len(x))])).reshape(-1)]
-    if len(labels) != len(x) or len(names) != len(x):
-        raise InputError(f"{path}: {len(x)} inputs but {len(labels)} labels and {len(names)} names")
-    return x, labels, names
+    names = [_text(n) for n in data.get("names", np.array([f"input#{i}" for i in range(count)])).reshape(-1)]
+    if len(labels) != count or len(names) != count:
+        raise InputError(f"{path}: {count} inputs but {len(labels)} labels and {len(names)} names")
+    return labels, names
 
 
 def _check_rank(inputs_path, x, meta) -> None:
@@ -185,10 +217,14 @@ def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
 
     protect = (artifact, inputs_path)
     check_run_paths({"out": out_path}, {"artifact": artifact, "inputs": inputs_path})  # before the run
-    x, _, _ = load_inputs(inputs_path)
     runner = open_runner(artifact, threads=threads)
     meta = runner.metadata()
-    _check_rank(inputs_path, x, meta)
+    if len(meta.inputs) > 1:
+        x, _, _ = load_named_inputs(inputs_path, runner.input_names(),
+                                    [info.shape for info in meta.inputs])
+    else:
+        x, _, _ = load_inputs(inputs_path)
+        _check_rank(inputs_path, x, meta)
     where = where_it_ran()
     started = time.perf_counter()
     outputs = run_batched(runner, x, batch_size)
@@ -204,6 +240,8 @@ def record_outputs(artifact, inputs_path, out_path, threads: int | None = None,
         "inputs": Path(inputs_path).name, "inputs_sha256": sha256_file(inputs_path),
         "platform": platform.platform(), "machine": platform.machine(),
         "python": platform.python_version(), "edgetrunc": __version__, "where": where,
+        "input_names": runner.input_names(),
+        "outputs": {name: list(value.shape) for name, value in outputs.items()},
     }
     arrays = {f"{_OUTPUT_PREFIX}{name}": value.astype(np.float32) for name, value in outputs.items()}
     if intermediates > 0:
@@ -307,8 +345,8 @@ class RecordedRunner(BaseRunner):
         index = [self._rows[row] for row in rows]
         return {name: value[index] for name, value in self._outputs.items()}
 
-    def infer(self, batch: np.ndarray) -> dict:
-        rows = _row_hashes(np.asarray(batch))
+    def infer(self, batch) -> dict:
+        rows = _row_hashes(batch if isinstance(batch, NamedInputs) else np.asarray(batch))
         missing = [i for i, row in enumerate(rows) if row not in self._rows]
         if missing:
             raise InputError(f"{self.path}: {len(missing)} of {len(rows)} inputs were not recorded; "

@@ -79,6 +79,34 @@ def _ops_details(interpreter) -> list:
         return []
 
 
+def _rows(batch, start: int, stop: int):
+    """Samples `start:stop` of an array or of a feed `{input name: array}`."""
+    if isinstance(batch, dict):
+        return {name: value[start:stop] for name, value in batch.items()}
+    return batch[start:stop]
+
+
+def _signature_order(interpreter, inputs: list, outputs: list) -> tuple:
+    """`(input names, output details)`: the signature's input names (the Keras input names) in
+    input order, and the outputs in the Keras model's order (`output_0`, `output_1`, ... of the
+    signature; the converter may store them in another order). Without a signature, the
+    tensor names and the stored order."""
+    try:
+        signature = next(iter(interpreter._get_full_signature_list().values()), {})
+    except (AttributeError, ValueError, RuntimeError):
+        signature = {}
+    by_index = {int(index): name for name, index in signature.get("inputs", {}).items()}
+    names = [by_index.get(int(d["index"]), d["name"]) for d in inputs]
+    if len(set(names)) != len(names):
+        names = [d["name"] for d in inputs]
+    keyed = signature.get("outputs", {})
+    position = {int(index): int(key.rsplit("_", 1)[1]) for key, index in keyed.items()
+                if key.startswith("output_") and key.rsplit("_", 1)[1].isdigit()}
+    if len(position) == len(outputs) and all(int(d["index"]) in position for d in outputs):
+        outputs = sorted(outputs, key=lambda d: position[int(d["index"])])
+    return names, outputs
+
+
 class TFLiteRunner(BaseRunner):
     """Run a `.tflite` file (or its bytes) on float32 NHWC batches of pixel values 0..255.
 
@@ -140,11 +168,12 @@ class TFLiteRunner(BaseRunner):
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"{self.path}: the interpreter cannot prepare this model "
                              f"({first_line(exc)}); expected builtin ops only") from None
-        input_details = interpreter.get_input_details()
-        if len(input_details) != 1:
-            raise InputError(f"{self.path}: expected a model with one input; it has {len(input_details)}")
-        self._input = input_details[0]
-        self._outputs = interpreter.get_output_details()
+        self._inputs = interpreter.get_input_details()
+        if not self._inputs:
+            raise InputError(f"{self.path}: the model has no input")
+        self._input = self._inputs[0]
+        self._names, self._outputs = _signature_order(interpreter, self._inputs,
+                                                      interpreter.get_output_details())
         self._base_batch = int(self._input["shape"][0])
         self._base_interpreter = interpreter
         self._last = interpreter
@@ -186,7 +215,8 @@ class TFLiteRunner(BaseRunner):
             precision = "fp32"
         return RunnerMetadata(
             path=str(self.path), format="tflite", precision=precision,
-            inputs=[info(self._input)], outputs=[info(d) for d in self._outputs], layout="NHWC",
+            inputs=[info(d) for d in self._inputs], outputs=[info(d) for d in self._outputs],
+            layout="NHWC",
             backend=self._backend, threads=self.threads,
             output_activation=last_activation(int(self._outputs[0]["index"]), makers.get)
             if details else None,
@@ -196,6 +226,10 @@ class TFLiteRunner(BaseRunner):
     def _close_impl(self):
         self._interpreters.clear()
         self._base_interpreter = self._last = None
+
+    def input_names(self) -> list:
+        """The signature's input names (the Keras input names), in the model's input order."""
+        return list(self._names)
 
     def _model_bytes(self) -> bytes:
         return self._content if self._content is not None else self.path.read_bytes()
@@ -207,10 +241,11 @@ class TFLiteRunner(BaseRunner):
             self._interpreters.move_to_end(batch_size)
             return self._interpreters[batch_size]
         interpreter = self._new_interpreter()
-        shape = list(batch_size) if isinstance(batch_size, tuple) else [
-            batch_size, *self._input["shape"][1:]]
         try:
-            interpreter.resize_tensor_input(self._input["index"], shape, strict=False)
+            for detail in self._inputs:
+                shape = list(batch_size) if isinstance(batch_size, tuple) else [
+                    batch_size, *detail["shape"][1:]]
+                interpreter.resize_tensor_input(detail["index"], shape, strict=False)
             with _log.native_banners_dropped():
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError):
@@ -220,16 +255,21 @@ class TFLiteRunner(BaseRunner):
             self._interpreters.popitem(last=False)
         return interpreter
 
-    def _run(self, interpreter, batch: np.ndarray) -> dict:
-        dtype = np.dtype(self._input["dtype"])
-        scale, zero_point = self._input["quantization"]
+    def _set_input(self, interpreter, detail, batch: np.ndarray) -> None:
+        dtype = np.dtype(detail["dtype"])
+        scale, zero_point = detail["quantization"]
         if dtype.kind in "iu":
             if not scale:
                 raise InputError(f"{self.name}: integer input without quantization parameters")
             feed = quantize_input(batch, dtype, scale, zero_point)
         else:
             feed = batch.astype(dtype, copy=False)
-        interpreter.set_tensor(self._input["index"], feed)
+        interpreter.set_tensor(detail["index"], feed)
+
+    def _run(self, interpreter, batch) -> dict:
+        values = batch.values() if isinstance(batch, dict) else [batch]
+        for detail, value in zip(self._inputs, values):
+            self._set_input(interpreter, detail, value)
         interpreter.invoke()
         self._last = interpreter
         results = {}
@@ -241,9 +281,11 @@ class TFLiteRunner(BaseRunner):
             results[detail["name"]] = np.asarray(value, dtype=np.float32).copy()
         return results
 
-    def _infer_impl(self, batch: np.ndarray) -> dict:
-        n = batch.shape[0]
-        if tuple(batch.shape[1:]) != tuple(int(d) for d in self._input["shape"][1:]):
+    def _infer_impl(self, batch) -> dict:
+        first = next(iter(batch.values())) if isinstance(batch, dict) else batch
+        n = first.shape[0]
+        if len(self._inputs) == 1 and tuple(batch.shape[1:]) != tuple(
+                int(d) for d in self._input["shape"][1:]):
             interpreter = self._interpreter_for(tuple(batch.shape))  # a free height / width
             if interpreter is None:
                 raise InputError(f"{self.name}: the model input cannot be resized to "
@@ -262,7 +304,7 @@ class TFLiteRunner(BaseRunner):
         if n % step:
             raise InputError(f"{self.name}: the model's batch size is fixed at {step}; "
                              f"got a batch of {n}")
-        parts = [self._run(interpreter, batch[i:i + step]) for i in range(0, n, step)]
+        parts = [self._run(interpreter, _rows(batch, i, i + step)) for i in range(0, n, step)]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     # intermediate tensors ---------------------------------------------------

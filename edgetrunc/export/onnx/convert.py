@@ -36,25 +36,35 @@ def check_opset(opset, precision="fp32"):
 
 
 def _from_keras(model, opset, nchw):
-    """tf2onnx's ModelProto of `model` (one image input "input", free batch size)."""
+    """tf2onnx's ModelProto of `model` (free batch size): one input is named "input"; several
+    keep their Keras names and order (`onnx_input_names`)."""
     import keras
     import tensorflow as tf
     import tf2onnx
 
-    if len(model.inputs) != 1:
-        raise InputError(f"{model.name}: {len(model.inputs)} inputs; expected one image input")
-    shape = tuple(model.inputs[0].shape)
-    spec = tf.TensorSpec((None,) + tuple(shape[1:]), tf.float32, name=INPUT_NAME)
+    names = onnx_input_names(model)
+    if nchw and len(names) > 1:
+        raise InputError(f"nchw: {model.name} has {len(names)} inputs; a model with several "
+                         "inputs is exported with its own layouts (no --nchw)", param="nchw")
+    specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.float32, name=name)
+             for t, name in zip(model.inputs, names)]
     if isinstance(model, keras.Sequential):  # tf2onnx cannot trace a Keras 3 Sequential
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     try:
         with quiet_converter():
             proto, _ = tf2onnx.convert.from_keras(
-                model, input_signature=[spec], opset=min(int(opset), TF2ONNX_MAX_OPSET),
+                model, input_signature=specs, opset=min(int(opset), TF2ONNX_MAX_OPSET),
                 inputs_as_nchw=[INPUT_NAME] if nchw else None)
     except Exception as exc:
         raise InputError(f"{model.name}: tf2onnx could not convert the model ({exc})".splitlines()[0]) from None
     return proto
+
+
+def onnx_input_names(model) -> list:
+    """The ONNX input names of `model`: "input" for one input, the Keras names for several."""
+    if len(model.inputs) == 1:
+        return [INPUT_NAME]
+    return [t.name for t in model.inputs]
 
 
 def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
@@ -62,11 +72,13 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
     """Convert a Keras model to an `onnx.ModelProto` (input "input", dynamic batch).
 
     Args:
-        model: a `keras.Model` with one image input `[N, H, W, C]`.
+        model: a `keras.Model` (one image input `[N, H, W, C]`, or several inputs of any
+            shape, named as in Keras).
         precision: "fp32" or "int8" (QDQ, truncation-aware; needs `calibration`).
         opset: ONNX opset, 13..21. Defaults to 17.
         nchw: input as `[N, C, H, W]` instead of NHWC.
-        calibration: int8 only, float32 inputs `[N, H, W, C]` (NHWC whatever `nchw` is).
+        calibration: int8 only, float32 inputs `[N, H, W, C]` (NHWC whatever `nchw` is);
+            for several inputs, `NamedInputs` (or a dict) keyed by the Keras input names.
         int8_mode: "truncation-aware" (default) or "stock" (onnxruntime's defaults: every
             node quantized, calibrated ranges; for comparison).
         literal: skip the rewrites for speed (`passes.FP32_LAYOUT_PASSES`, on by default;

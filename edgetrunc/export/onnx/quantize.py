@@ -37,13 +37,14 @@ class _Reader:
     """onnxruntime CalibrationDataReader over an array of NHWC inputs."""
 
     def __init__(self, x, nchw):
-        self._x = np.transpose(x, (0, 3, 1, 2)) if nchw else x
+        self._x = _feed_arrays(x, nchw)
         self._i = 0
 
     def get_next(self):
-        if self._i >= len(self._x):
+        if self._i >= len(next(iter(self._x.values()))):
             return None
-        batch = {INPUT_NAME: np.ascontiguousarray(self._x[self._i:self._i + 1])}
+        batch = {name: np.ascontiguousarray(value[self._i:self._i + 1])
+                 for name, value in self._x.items()}
         self._i += 1
         return batch
 
@@ -51,7 +52,25 @@ class _Reader:
         self._i = 0
 
 
+def _feed_arrays(x, nchw) -> dict:
+    """`{ONNX input name: array}`: one array is the input "input" (NCHW when `nchw`), a feed of
+    several inputs keeps its names."""
+    from edgetrunc.runtime.feeds import NamedInputs
+
+    if isinstance(x, NamedInputs):
+        return dict(x.arrays)
+    return {INPUT_NAME: np.transpose(x, (0, 3, 1, 2)) if nchw else x}
+
+
 def _calibration(calibration):
+    from edgetrunc.runtime.feeds import NamedInputs
+
+    if isinstance(calibration, dict):
+        calibration = NamedInputs(calibration)
+    if isinstance(calibration, NamedInputs):
+        if not len(calibration):
+            raise InputError("calibration: no samples")
+        return calibration.astype(np.float32, copy=False)
     if calibration is None:
         raise InputError("calibration: int8 export needs calibration images; expected an array "
                          "[N, H, W, C] of model inputs")
@@ -169,8 +188,10 @@ def open_side_ranges(proto, truncations, x, nchw=False) -> dict:
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = np.transpose(x, (0, 3, 1, 2)) if nchw else x
-    values = [session.run(names, {INPUT_NAME: feed[i:i + 8]}) for i in range(0, len(feed), 8)]
+    feed = _feed_arrays(x, nchw)
+    count = len(next(iter(feed.values())))
+    values = [session.run(names, {k: v[i:i + 8] for k, v in feed.items()})
+              for i in range(0, count, 8)]
     for j, t in enumerate(t for t in open_sided if f"{t['layer']}{CLIP_SUFFIX}" in clips):
         low = min(float(np.min(v[j])) for v in values)
         high = max(float(np.max(v[j])) for v in values)

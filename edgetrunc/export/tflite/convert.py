@@ -76,7 +76,30 @@ def _convert(converter, model, int8_only=False) -> bytes:
                          f"({first_line(exc)})") from None
 
 
+def _calibration_feeds(calibration, model):
+    """The representative dataset of a model with several inputs: one `{input name: sample}`
+    per step (the signature's names, the Keras input names), every input of its own shape."""
+    from edgetrunc.runtime.feeds import NamedInputs, check_feed
+
+    names = [t.name for t in model.inputs]
+    shapes = [tuple(t.shape) for t in model.inputs]
+    if not isinstance(calibration, (NamedInputs, dict)):
+        raise InputError(f"calibration: {model.name} has {len(names)} inputs; expected one array "
+                         f"per input ({', '.join(names)})")
+    feed = NamedInputs(check_feed("calibration", calibration, names, shapes))
+    if not len(feed):
+        raise InputError("calibration: no samples")
+
+    def dataset():
+        for i in range(len(feed)):
+            yield {name: value[i:i + 1] for name, value in feed.arrays.items()}
+
+    return dataset
+
+
 def _calibration_batches(calibration, model):
+    if len(model.inputs) > 1:
+        return _calibration_feeds(calibration, model)
     if calibration is None:
         raise InputError("calibration: int8 export needs calibration images; expected an array "
                          "[N, H, W, C] of model inputs")
