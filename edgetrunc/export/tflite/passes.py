@@ -206,7 +206,7 @@ def saturate_truncations(model_t, context: PassContext) -> bool:
         if index is None:
             index = _stacked_clip(graph, candidates, t, context.truncations, atol)
         if index is None:
-            raise InputError(f"{t['layer']}: truncation ops not found after quantization")
+            raise InputError(_lost_truncation(graph, candidates, t))
         c = candidates[index]
         if c.kind != "minmax":
             continue  # a fused activation clips at the producer's requantization already
@@ -221,6 +221,29 @@ def saturate_truncations(model_t, context: PassContext) -> bool:
         graph.remove_ops(c.ops, {clipped: source})
         removed = True
     return removed
+
+
+def _lost_truncation(graph, candidates, t) -> str:
+    """Why truncation `t` has no clip with its bounds after quantization, in one line.
+
+    An int8 CONCATENATION's inputs take its output's scale (the quantizer's same-scale
+    rule), so a truncation feeding one keeps its bounds only when that range is exactly
+    `[lower, upper]`; otherwise its clip constants round to other steps and the int8 graph
+    no longer computes clip(x, lower, upper)."""
+    for c in candidates:
+        if c.kind != "minmax" or t["layer"] not in layer_hints(c.names, [t]):
+            continue
+        concat = [graph.tensor_name(graph.g.operators[i].outputs[0])
+                  for i in graph.consumers.get(int(c.output), [])
+                  if graph.op_name(graph.g.operators[i]) == "CONCATENATION"]
+        if concat:
+            scale = float(graph.g.tensors[int(c.output)].quantization.scale[0])
+            return (f"{t['layer']}: int8 TFLite cannot keep this truncation: it feeds the "
+                    f"concatenation {concat[0]}, whose int8 inputs share its scale ({scale:.4g}), "
+                    f"so the bounds [{t['lower']:g}, {t['upper']:g}] become [{c.lower:.4g}, "
+                    f"{c.upper:.4g}]; convert it to fp32/fp16 TFLite or ONNX, or truncate "
+                    "after the concatenation")
+    return f"{t['layer']}: truncation ops not found after quantization"
 
 
 def _stacked_clip(graph, candidates, t, truncations, atol):
