@@ -353,7 +353,7 @@ def test_truncation_feeding_a_wider_concatenation_is_refused_in_int8(tmp_path, c
     path = tmp_path / "joined.keras"
     _concatenated(same_bounds=False).save(path)
     out = tmp_path / "out"
-    code, _, err = cli("convert", path, "--out", out, "--tflite", "int8", "--onnx", "fp32",
+    code, _, err = cli("convert", path, "--out", out, "--tflite", "int8", "--onnx", "",
                        "--no-speed")
     assert_one_line_error(code, err, "tlu: int8 TFLite cannot keep this truncation",
                           "concatenation", "bounds [-3, 3] become")

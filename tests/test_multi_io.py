@@ -197,3 +197,29 @@ def test_every_precision_converts_and_passes_parity(two_input_keras, tmp_path, c
         assert [o["name"] for o in artifact["outputs"]] == OUTPUTS
         assert {layer["layer"] for layer in artifact["layers"]} >= {"tlu_image", "tlu_aux"}
         assert artifact["passed"], (artifact["path"], artifact["failures"])
+
+
+@pytest.mark.slow
+def test_int8_full_takes_every_input_and_output_in_int8(two_input_keras, tmp_path, cli):
+    """`--tflite int8-full` with several inputs: each input and output is int8 (calibrated
+    input by input), the runner quantizes each float input with its own parameters and gives
+    the outputs in Keras order, and the artifact passes parity."""
+    out = tmp_path / "full"
+    code, stdout, err = cli("convert", two_input_keras, "--out", out, "--tflite", "int8-full",
+                            "--onnx", "", "--no-speed", "--json")
+    assert code == 0, err
+    (entry,) = [a for a in json.loads(stdout)["artifacts"] if a["precision"] == "int8-full"]
+    assert [(i["name"], i["dtype"]) for i in entry["inputs"]] == [
+        ("serving_default_pixels:0", "int8"), ("serving_default_aux:0", "int8")]
+    assert {o["dtype"] for o in entry["outputs"]} == {"int8"}
+    saved, report_path = tmp_path / "inputs.npz", tmp_path / "parity.json"
+    code, _, err = cli("parity", two_input_keras, out / entry["path"], "--samples", "8",
+                       "--no-probes", "--save-inputs", saved, "--json", report_path)
+    assert code == 0, err
+    (artifact,) = json.loads(report_path.read_text())["artifacts"]
+    assert [o["name"] for o in artifact["outputs"]] == OUTPUTS and artifact["passed"]
+    recorded = tmp_path / "outputs.npz"
+    code, _, err = cli("run", out / entry["path"], saved, "--out", recorded)
+    assert code == 0, err
+    code, _, err = cli("parity", two_input_keras, recorded, "--inputs", saved, "--no-probes")
+    assert code == 0, err
