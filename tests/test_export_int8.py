@@ -328,9 +328,10 @@ def test_rewritten_int8_keeps_output_name_and_signature(model, tflite_int8, vari
     assert result.shape == (1, 2)
 
 
-def _concatenated(same_bounds: bool):
+def _concatenated(same_bounds: bool, pooled=False):
     """A truncation feeding a Concatenate beside a second branch: another Truncation(3) when
-    `same_bounds`, else an unclipped convolution (a wider range)."""
+    `same_bounds`, else an unclipped convolution (a wider range); through a max pool on
+    each branch when `pooled`."""
     from edgetrunc import Truncation
 
     keras.utils.set_random_seed(6)
@@ -339,6 +340,8 @@ def _concatenated(same_bounds: bool):
     b = keras.layers.Conv2D(2, 3, padding="same", name="side")(inputs)
     if same_bounds:
         b = Truncation(3.0, name="tlu_side")(b)
+    if pooled:
+        a, b = keras.layers.MaxPooling2D()(a), keras.layers.MaxPooling2D()(b)
     x = keras.layers.Concatenate(name="join")([a, b])
     x = keras.layers.Conv2D(2, 3, padding="same")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
@@ -358,6 +361,17 @@ def test_truncation_feeding_a_wider_concatenation_is_refused_in_int8(tmp_path, c
     assert_one_line_error(code, err, "tlu: int8 TFLite cannot keep this truncation",
                           "concatenation", "bounds [-3, 3] become")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_truncation_reaching_a_concatenation_through_a_pool_is_refused_in_int8():
+    """The concatenation's scale is carried back through the max pool (one scale in and
+    out) to the truncation: the same refusal, naming the concatenation."""
+    from edgetrunc.errors import InputError
+
+    x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 1)).astype(np.float32)
+    with pytest.raises(InputError, match=r"^tlu: int8 TFLite cannot keep this truncation: it "
+                                         r"feeds the concatenation \S*join\S*, .* bounds \[-3, 3\]"):
+        export_tflite(_concatenated(same_bounds=False, pooled=True), "int8", calibration=x)
 
 
 def test_truncations_with_the_concatenation_range_saturate_in_int8():
