@@ -36,6 +36,7 @@ from edgetrunc.errors import InputError
 from edgetrunc.export.candidates import layer_hints, match_clips, range_tolerance
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.export.tflite import packing, pooling
+from edgetrunc.export.tflite.inspect import lost_truncation
 from edgetrunc.export.tflite.integer import (exact_filter_ranges, exact_filter_weights,
                                             pin_pixel_input)
 
@@ -206,7 +207,7 @@ def saturate_truncations(model_t, context: PassContext) -> bool:
         if index is None:
             index = _stacked_clip(graph, candidates, t, context.truncations, atol)
         if index is None:
-            raise InputError(_lost_truncation(graph, candidates, t))
+            raise InputError(lost_truncation(graph, candidates, t))
         c = candidates[index]
         if c.kind != "minmax":
             continue  # a fused activation clips at the producer's requantization already
@@ -221,48 +222,6 @@ def saturate_truncations(model_t, context: PassContext) -> bool:
         graph.remove_ops(c.ops, {clipped: source})
         removed = True
     return removed
-
-
-def _lost_truncation(graph, candidates, t) -> str:
-    """Why truncation `t` has no clip with its bounds after quantization, in one line.
-
-    An int8 CONCATENATION's inputs take its output's scale (the quantizer's same-scale
-    rule, carried back through the ops between that keep one scale, such as pooling), so a
-    truncation feeding one keeps its bounds only when that range is exactly `[lower,
-    upper]`; otherwise its clip constants round to other steps and the int8 graph no longer
-    computes clip(x, lower, upper)."""
-    for c in candidates:
-        if c.kind != "minmax" or t["layer"] not in layer_hints(c.names, [t]):
-            continue
-        concat = _same_scale_concatenation(graph, int(c.output))
-        if concat is not None:
-            scale = float(graph.g.tensors[int(c.output)].quantization.scale[0])
-            return (f"{t['layer']}: int8 TFLite cannot keep this truncation: it feeds the "
-                    f"concatenation {concat}, whose int8 inputs share its scale ({scale:.4g}), "
-                    f"so the bounds [{t['lower']:g}, {t['upper']:g}] become [{c.lower:.4g}, "
-                    f"{c.upper:.4g}]; convert it to fp32/fp16 TFLite or ONNX, or truncate "
-                    "after the concatenation")
-    return f"{t['layer']}: truncation ops not found after quantization"
-
-
-def _same_scale_concatenation(graph, tensor):
-    """The output name of the CONCATENATION that `tensor` reaches through readers whose
-    output keeps its int8 scale, or None."""
-    scale = graph.g.tensors[tensor].quantization
-    scale = None if scale is None or scale.scale is None else float(scale.scale[0])
-    frontier, seen = [tensor], set()
-    while frontier and scale is not None:
-        for index in graph.consumers.get(frontier.pop(), []):
-            op = graph.g.operators[index]
-            out = int(op.outputs[0])
-            q = graph.g.tensors[out].quantization
-            if index in seen or q is None or q.scale is None or float(q.scale[0]) != scale:
-                continue
-            seen.add(index)
-            if graph.op_name(op) == "CONCATENATION":
-                return graph.tensor_name(out)
-            frontier.append(out)
-    return None
 
 
 def _stacked_clip(graph, candidates, t, truncations, atol):
