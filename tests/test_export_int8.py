@@ -326,3 +326,63 @@ def test_rewritten_int8_keeps_output_name_and_signature(model, tflite_int8, vari
     feed = x if variant == "aware" else (x - 128).astype(np.int8)
     (result,) = runner(input=feed).values()
     assert result.shape == (1, 2)
+
+
+def _concatenated(same_bounds: bool, pooled=False):
+    """A truncation feeding a Concatenate beside a second branch: another Truncation(3) when
+    `same_bounds`, else an unclipped convolution (a wider range); through a max pool on
+    each branch when `pooled`."""
+    from edgetrunc import Truncation
+
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((16, 16, 1), name="input")
+    a = Truncation(3.0, name="tlu")(keras.layers.Conv2D(2, 3, padding="same")(inputs))
+    b = keras.layers.Conv2D(2, 3, padding="same", name="side")(inputs)
+    if same_bounds:
+        b = Truncation(3.0, name="tlu_side")(b)
+    if pooled:
+        a, b = keras.layers.MaxPooling2D()(a), keras.layers.MaxPooling2D()(b)
+    x = keras.layers.Concatenate(name="join")([a, b])
+    x = keras.layers.Conv2D(2, 3, padding="same")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+
+
+def test_truncation_feeding_a_wider_concatenation_is_refused_in_int8(tmp_path, cli):
+    """An int8 CONCATENATION's inputs take its scale: the clip bounds +-3 round to other
+    steps of the wider range, so the int8 graph would not clip at 3: one line, nothing written."""
+    from error_lines import assert_one_line_error
+
+    path = tmp_path / "joined.keras"
+    _concatenated(same_bounds=False).save(path)
+    out = tmp_path / "out"
+    code, _, err = cli("convert", path, "--out", out, "--tflite", "int8", "--onnx", "",
+                       "--no-speed")
+    assert_one_line_error(code, err, "tlu: int8 TFLite cannot keep this truncation",
+                          "concatenation", "bounds [-3, 3] become")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_truncation_reaching_a_concatenation_through_a_pool_is_refused_in_int8():
+    """The concatenation's scale is carried back through the max pool (one scale in and
+    out) to the truncation: the same refusal, naming the concatenation."""
+    from edgetrunc.errors import InputError
+
+    x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 1)).astype(np.float32)
+    with pytest.raises(InputError, match=r"^tlu: int8 TFLite cannot keep this truncation: it "
+                                         r"feeds the concatenation \S*join\S*, .* bounds \[-3, 3\]"):
+        export_tflite(_concatenated(same_bounds=False, pooled=True), "int8", calibration=x)
+
+
+def test_truncations_with_the_concatenation_range_saturate_in_int8():
+    """Both inputs of the Concatenate are Truncation(3): its range is exactly [-3, 3] and each
+    truncation is the int8 saturation (the inspector checks the range to half a step)."""
+    from edgetrunc.runtime.tflite_runner import TFLiteRunner
+
+    model = _concatenated(same_bounds=True)
+    x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 1)).astype(np.float32)
+    tflite = export_tflite(model, "int8", calibration=x)
+    mapped = inspect_tflite(tflite, find_truncations(model), "int8")["truncations"]
+    assert [t["mapped_to"] for t in mapped] == ["QUANTIZE int8 saturation"] * 2
+    got = next(iter(TFLiteRunner(tflite).infer(x).values()))
+    np.testing.assert_allclose(got, np.asarray(model(x)), atol=0.05)

@@ -13,7 +13,8 @@ Models that need the user's own code (`scripts/make_custom_models.py`, the custo
 under fixtures/custom): a GBRAS-like Keras 2.3-era `.hdf5` with the soft truncation `Tanh3`
 kept as it is, a custom layer holding an SRM filter bank, a stored learned threshold in a
 Keras 3 `.keras` and in a tf.keras 2 SavedModel, and an ABS Lambda beside a truncation;
-convert and parity get the same `--custom-objects` as migrate.
+convert and parity get the same `--custom-objects` as migrate. The two-input pattern of
+that script (two inputs, two outputs) goes through parity, run and infer's refusal.
 """
 
 import importlib.util
@@ -125,3 +126,45 @@ def test_foreign_model_end_to_end(case, tmp_path, cli, photo):
         assert code == 0, err
         scores = json.loads(stdout)
         assert scores, stdout
+
+
+@pytest.mark.slow
+def test_two_input_model_end_to_end(tmp_path, cli, photo):
+    """The two-input pattern (`scripts/make_custom_models.py two_input`: `pixels` and `aux`
+    in, `score` and `embedding` out, a Truncation on each branch): migrate finds nothing to
+    rewrite, convert writes every artifact, parity feeds each input by name and passes every
+    artifact on both outputs (per layer too), run reads the saved inputs and its outputs pass
+    parity, and infer refuses in one line."""
+    from error_lines import assert_one_line_error
+
+    source = _source("custom:two_input", tmp_path)
+    code, stdout, err = cli("migrate", source, "--out", tmp_path / "migrated.keras")
+    assert code == 0, err
+    assert "nothing to migrate" in stdout + err and not (tmp_path / "migrated.keras").exists()
+
+    out = tmp_path / "artifacts"
+    code, stdout, err = cli("convert", source, "--out", out, "--json")
+    assert code == 0, err
+    artifacts = [out / a["path"] for a in json.loads(stdout)["artifacts"]]
+    assert sorted(a.name for a in artifacts) == sorted(f"two_input_source_{s}" for s in ARTIFACTS)
+
+    report_path, inputs = tmp_path / "parity.json", tmp_path / "inputs.npz"
+    code, _, err = cli("parity", source, *artifacts, "--samples", "4", "--per-layer",
+                       "--layer-samples", "2", "--no-probes", "--save-inputs", inputs,
+                       "--json", report_path)
+    assert code == 0, err
+    for artifact in json.loads(report_path.read_text())["artifacts"]:
+        assert artifact["passed"], (artifact["path"], artifact["failures"])
+        assert [o["name"] for o in artifact["outputs"]] == ["score", "embedding"]
+        statuses = {layer["layer"]: layer["status"] for layer in artifact["layers"]}
+        assert statuses["tlu_image"] == statuses["tlu_aux"] == "compared", statuses
+
+    int8 = next(a for a in artifacts if a.name.endswith("int8.tflite"))
+    recorded = tmp_path / "outputs.npz"
+    code, _, err = cli("run", int8, inputs, "--out", recorded)
+    assert code == 0, err
+    code, _, err = cli("parity", source, recorded, "--inputs", inputs, "--no-probes")
+    assert code == 0, err
+    code, stdout, err = cli("infer", int8, photo, "--json")
+    assert not stdout
+    assert_one_line_error(code, err, "2 inputs (pixels, aux)")

@@ -140,26 +140,21 @@ def quantize_onnx(proto, truncations, calibration, nchw=False, int8_mode="trunca
 
 
 def _quantize(proto, truncations, calibration, nchw, int8_mode, applied, activation_type):
-    import tempfile
-    from pathlib import Path
-
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     x = _calibration(calibration)
     ranges = open_side_ranges(proto, truncations, x, nchw)
     clips, exclude, op_types, options = _truncation_aware_plan(proto, truncations, ranges)
     if int8_mode == "stock":
         exclude, op_types, options = set(), None, {}
-    with quiet_converter(), tempfile.TemporaryDirectory(prefix="edgetrunc-onnx-") as tmp:
-        output = Path(tmp) / "int8.onnx"
-        quantize_static(
-            onnx.ModelProto.FromString(proto.SerializeToString()), output, _Reader(x, nchw),
-            quant_format=QuantFormat.QDQ, activation_type=getattr(QuantType, activation_type),
-            weight_type=QuantType.QInt8, per_channel=True,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=sorted(exclude),
-            op_types_to_quantize=op_types, extra_options=options)
-        quantized = onnx.load(str(output))
+    if op_types == []:
+        # Nothing after the truncations is of an `ONNX_INT8_TYPES` type (a dense head):
+        # onnxruntime reads an empty list as every type and would quantize the Softmax
+        # and output heads too, so only the truncations' QDQ is added (the passes).
+        quantized = onnx.ModelProto.FromString(proto.SerializeToString())
+    else:
+        quantized = _quantize_static(proto, x, nchw, activation_type, sorted(exclude),
+                                     op_types, options)
     if int8_mode != "stock":
         outputs = {t["layer"]: clips[f"{t['layer']}{CLIP_SUFFIX}"].output for t in truncations}
         passes.run_passes(quantized, passes.INT8_QUANTIZED_PASSES,
@@ -167,6 +162,25 @@ def _quantize(proto, truncations, calibration, nchw, int8_mode, applied, activat
                                              applied=[] if applied is None else applied,
                                              unsigned=activation_type == "QUInt8"))
     return quantized
+
+
+def _quantize_static(proto, x, nchw, activation_type, exclude, op_types, options):
+    """onnxruntime's QDQ `quantize_static` of a copy of `proto`, MinMax-calibrated on `x`."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with quiet_converter(), tempfile.TemporaryDirectory(prefix="edgetrunc-onnx-") as tmp:
+        output = Path(tmp) / "int8.onnx"
+        quantize_static(
+            onnx.ModelProto.FromString(proto.SerializeToString()), output, _Reader(x, nchw),
+            quant_format=QuantFormat.QDQ, activation_type=getattr(QuantType, activation_type),
+            weight_type=QuantType.QInt8, per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+            op_types_to_quantize=op_types, extra_options=options)
+        return onnx.load(str(output))
 
 
 def open_side_ranges(proto, truncations, x, nchw=False) -> dict:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from edgetrunc.errors import InputError
-from edgetrunc.export.candidates import match_clips, range_mismatch, range_tolerance
+from edgetrunc.export.candidates import (layer_hints, match_clips, range_mismatch,
+                                         range_tolerance)
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.export.tflite.integer import float_tensors, require_full_integer
 from edgetrunc.runtime.metadata import tflite_ops
@@ -134,3 +135,45 @@ def inspect_tflite(content, truncations, precision) -> dict:
                              "tensor_types": sorted({np.dtype(tg.DTYPES.get(int(t.type), np.float32)).name
                                                      for t in graph.g.tensors})}
     return report
+
+
+def lost_truncation(graph, candidates, t) -> str:
+    """Why truncation `t` has no clip with its bounds after quantization, in one line.
+
+    An int8 CONCATENATION's inputs take its output's scale (the quantizer's same-scale
+    rule, carried back through the ops between that keep one scale, such as pooling), so a
+    truncation feeding one keeps its bounds only when that range is exactly `[lower,
+    upper]`; otherwise its clip constants round to other steps and the int8 graph no longer
+    computes clip(x, lower, upper)."""
+    for c in candidates:
+        if c.kind != "minmax" or t["layer"] not in layer_hints(c.names, [t]):
+            continue
+        concat = _same_scale_concatenation(graph, int(c.output))
+        if concat is not None:
+            scale = float(graph.g.tensors[int(c.output)].quantization.scale[0])
+            return (f"{t['layer']}: int8 TFLite cannot keep this truncation: it feeds the "
+                    f"concatenation {concat}, whose int8 inputs share its scale ({scale:.4g}), "
+                    f"so the bounds [{t['lower']:g}, {t['upper']:g}] become [{c.lower:.4g}, "
+                    f"{c.upper:.4g}]; convert it to fp32/fp16 TFLite or ONNX, or truncate "
+                    "after the concatenation")
+    return f"{t['layer']}: truncation ops not found after quantization"
+
+
+def _same_scale_concatenation(graph, tensor):
+    """The output name of the CONCATENATION that `tensor` reaches through readers whose
+    output keeps its int8 scale, or None."""
+    scale = graph.g.tensors[tensor].quantization
+    scale = None if scale is None or scale.scale is None else float(scale.scale[0])
+    frontier, seen = [tensor], set()
+    while frontier and scale is not None:
+        for index in graph.consumers.get(frontier.pop(), []):
+            op = graph.g.operators[index]
+            out = int(op.outputs[0])
+            q = graph.g.tensors[out].quantization
+            if index in seen or q is None or q.scale is None or float(q.scale[0]) != scale:
+                continue
+            seen.add(index)
+            if graph.op_name(op) == "CONCATENATION":
+                return graph.tensor_name(out)
+            frontier.append(out)
+    return None

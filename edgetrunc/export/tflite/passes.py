@@ -36,6 +36,7 @@ from edgetrunc.errors import InputError
 from edgetrunc.export.candidates import layer_hints, match_clips, range_tolerance
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.export.tflite import packing, pooling
+from edgetrunc.export.tflite.inspect import lost_truncation
 from edgetrunc.export.tflite.integer import (exact_filter_ranges, exact_filter_weights,
                                             pin_pixel_input)
 
@@ -206,7 +207,7 @@ def saturate_truncations(model_t, context: PassContext) -> bool:
         if index is None:
             index = _stacked_clip(graph, candidates, t, context.truncations, atol)
         if index is None:
-            raise InputError(f"{t['layer']}: truncation ops not found after quantization")
+            raise InputError(lost_truncation(graph, candidates, t))
         c = candidates[index]
         if c.kind != "minmax":
             continue  # a fused activation clips at the producer's requantization already
