@@ -28,7 +28,7 @@ from edgetrunc.data.stream import StreamPairs, scan_covers, stream_pairs
 from edgetrunc.data.geometry import require_image_geometry
 from edgetrunc.errors import InputError
 from edgetrunc.keras.activation import output_activation
-from edgetrunc.keras.load import load_model, require_keras_file
+from edgetrunc.keras.load import load_keras_model, require_keras_file
 from edgetrunc.keras.runner import predict_probability
 from edgetrunc.metrics import detection_report, is_detector_shape
 from edgetrunc.runtime import formats, open_runner
@@ -41,7 +41,7 @@ BATCH_SIZE = 32
 def keras_scorer(path, batch_size: int = BATCH_SIZE, custom_objects=None):
     """`(score(x) -> stego probability [N], ImageGeometry)` of a Keras detector file, in
     inference mode."""
-    model = load_model(path, custom_objects=custom_objects)
+    model = load_keras_model(path, custom_objects=custom_objects)
     geometry = require_image_geometry(model, path, "evaluate")
     _require_detector_output(path, [tuple(t.shape) for t in model.outputs])
     activation = output_activation(model)

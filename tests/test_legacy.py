@@ -21,7 +21,7 @@ keras = pytest.importorskip("keras")
 import edgetrunc  # noqa: E402
 from edgetrunc import Truncation  # noqa: E402
 from edgetrunc.errors import InputError  # noqa: E402
-from edgetrunc.legacy import load_model as load_trusted  # noqa: E402
+from edgetrunc.legacy import load_legacy_model as load_trusted  # noqa: E402
 from edgetrunc.migrate import migrate, parse_truncation_classes  # noqa: E402
 from error_lines import assert_one_line_error  # noqa: E402
 

@@ -23,7 +23,7 @@ from edgetrunc.legacy import (
     load_custom_objects,
     lambda_layers,
     load_legacy,
-    load_model,
+    load_legacy_model,
     map_config_layers,
     missing_global_names,
     read_model_config,
@@ -300,13 +300,13 @@ def _check_reload(path, migrated, remaining, extra_globals, seed, custom_objects
     with_objects = (f" and --custom-objects {custom_objects.source}"
                     if custom_objects is not None else "")
     if remaining:
-        reloaded = load_model(path, trust_lambda=True, extra_globals=extra_globals,
-                              custom_objects=custom_objects)
+        reloaded = load_legacy_model(path, trust_lambda=True, extra_globals=extra_globals,
+                                      custom_objects=custom_objects)
         status = (f"still needs --trust-lambda: {len(remaining)} non-clip Lambda layer(s) "
                   f"remain ({', '.join(remaining)})")
     else:
         try:
-            reloaded = load_model(path, trust_lambda=False, custom_objects=custom_objects)
+            reloaded = load_legacy_model(path, trust_lambda=False, custom_objects=custom_objects)
         except InputError as exc:
             raise CheckFailed(f"migrated model does not load with safe_mode=True: {exc}") from None
         status = "loads with safe_mode=True" + with_objects
