@@ -91,7 +91,7 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     check_run_paths({"stego_cache": stego_cache}, {"model_path": model_path,
                                                     "covers": None if covers == "embedded" else covers},
                     folders=("stego_cache",))  # before the cache folder is made
-    stego = StegoSettings(embedding, stego_cache, workers)
+    stego = StegoSettings.of_run(embedding, stego_cache, workers)
     if Path(model_path).is_dir():
         require_keras_file(model_path)  # a SavedModel folder names `edgetrunc migrate`
     path = require_file(model_path, "model file", KERAS_SUFFIXES + formats.suffixes(runnable=True))

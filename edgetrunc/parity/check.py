@@ -335,7 +335,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     check_run_paths({"save_inputs": save_inputs, "save_outputs": save_outputs,  # before any work
                      "stego_cache": stego_cache}, {"input": protect}, folders=("stego_cache",))
     check_golden_target(save_outputs, force)
-    stego = StegoSettings(embedding, stego_cache, workers)
+    stego = StegoSettings.of_run(embedding, stego_cache, workers)
     keras_runner, shape = _open_reference(model, threads, batch_size, custom_objects, trust_lambda)
     if golden is not None:
         golden.check_model(keras_runner.model.name, shape)
