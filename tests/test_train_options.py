@@ -89,3 +89,33 @@ def test_train_docstring_lists_every_setting_once():
         if field.init:
             assert doc.count(f"\n        {field.name}: ") == 1, field.name
     assert "--frozen-bn" in doc and "default 'models/tlunet.keras'" in doc
+
+
+def _command_actions(command):
+    from edgetrunc.cli import command_module
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    command_module(command).add_arguments(sub.choices[command])
+    return [a for a in sub.choices[command]._actions if a.dest != "help"]
+
+
+@pytest.mark.parametrize("command, function, cli_only", [
+    ("evaluate", "edgetrunc.evaluate:evaluate", {"model", "json"}),
+    ("parity", "edgetrunc.parity.check:check_parity", {"json", "html"}),
+    ("convert", "edgetrunc.export:convert", {"model", "json", "pack_front_end"}),  # a no-op kept
+])
+def test_command_options_are_the_library_parameters(command, function, cli_only):
+    """Each option's dest is the parameter it sets, so the call passes them by name
+    (`_args.keywords`) and a library error naming a parameter shows its flag."""
+    import importlib
+    import inspect
+
+    module, name = function.split(":")
+    parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    for action in _command_actions(command):
+        assert action.dest in parameters or action.dest in cli_only, (command, action.dest)
+        default = parameters[action.dest].default if action.dest in parameters else None
+        if action.dest in parameters and default is not inspect.Parameter.empty:
+            assert action.default == default or list(action.default or []) == list(default or []), \
+                (command, action.dest, action.default, default)

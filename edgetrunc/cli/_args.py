@@ -16,6 +16,7 @@ from edgetrunc._options import MAX_COUNT, MAX_SEED, payload, positive_int, seed 
 from edgetrunc._options import flag_of, options
 
 THREADS_PER_CPU = 4
+_TOP_LEVEL_DESTS = {"command", "quiet"}  # `edgetrunc` itself: never a library argument
 
 
 def count(maximum: int):
@@ -106,6 +107,16 @@ def add_options(parser, cls, exclude=()) -> None:
         flag = flag_of(field.name, metadata)
         if flag and field.name not in exclude:
             _add_option(parser, field.name, flag, metadata)
+
+
+def keywords(function, args, exclude=()) -> dict:
+    """The keyword arguments of `function` that the parsed `args` hold: every parameter named
+    like an option's `dest` (a command's options are named as the library's parameters, so
+    the call never re-lists them, and an error naming a parameter shows its flag)."""
+    import inspect
+
+    names = set(inspect.signature(function).parameters) - set(exclude) - _TOP_LEVEL_DESTS
+    return {name: value for name, value in vars(args).items() if name in names}
 
 
 def _add_option(parser, name: str, flag: str, metadata: dict) -> None:

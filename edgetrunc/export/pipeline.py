@@ -71,7 +71,7 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration, target="cpu"):
     tflite = _check_precisions("tflite", tflite, TFLITE_PRECISIONS)
     onnx = _check_precisions("onnx", onnx, ONNX_PRECISIONS)
     if not tflite and not onnx:
-        raise InputError("nothing to convert: give at least one --tflite or --onnx precision")
+        raise InputError("nothing to convert: give at least one precision, e.g. tflite=fp32 or onnx=fp32")
     if not isinstance(opset, (int, np.integer)) or int(opset) not in OPSETS:
         raise InputError(f"opset {opset}: expected an ONNX opset from {OPSETS[0]} to {OPSETS[-1]}", param="opset")
     if "int8" in onnx:

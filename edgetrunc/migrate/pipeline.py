@@ -117,7 +117,7 @@ def _check_paths(legacy_path, out_path):
         raise InputError(f"{out}: the migrated model is saved as .keras; got "
                          f"'{out.suffix or 'no suffix'}'")
     if resolve_path(out) == legacy.resolve() or (out.exists() and out.samefile(legacy)):
-        raise InputError(f"{out}: is the legacy input; choose another --out "
+        raise InputError(f"{out}: is the legacy input; choose another output, out=NEW.keras "
                          "(the input is never overwritten)")
     if out.is_dir():
         raise InputError(f"{out}: is a directory, expected a .keras file path")
@@ -129,7 +129,7 @@ def _refusal(path, names, stored):
     what = (f"{len(names)} Lambda layer(s) ({shown})" if names
             else f"{stored} stored Python function(s)")
     return (f"{path}: contains {what}; loading them runs Python code stored in the file. "
-            "If you trust its source, re-run with --trust-lambda (trust_lambda=True)")
+            "If you trust its source, re-run with trust_lambda=True")
 
 
 def _refuse_blockers(legacy_path, file_format, config, lambda_configs, has_code, trust_lambda,

@@ -96,9 +96,9 @@ def open_artifacts(paths, expected_shape, threads=None) -> list:
 
 
 def _check_tolerances(atol, rtol) -> None:
-    for value, option in ((atol, "--atol"), (rtol, "--rtol")):
+    for value, name in ((atol, "atol"), (rtol, "rtol")):
         if value is not None and not (np.isfinite(value) and value >= 0):
-            raise InputError(f"{option}: expected a finite number >= 0; got {value}")
+            raise InputError(f"{name}: expected a finite number >= 0; got {value}", param=name)
 
 
 def _open_reference(model, threads, batch_size, custom_objects=None, trust_lambda=False):

@@ -225,7 +225,7 @@ def checked_keras_output(out, force: bool) -> Path:
     if out.exists() and out.is_dir():
         raise InputError(f"{out}: is a folder; expected a .keras file path")
     if out.exists() and not force:
-        raise InputError(f"{out}: exists; pass --force to replace it")
+        raise InputError(f"{out}: exists; pass force=True to replace it")
     require_writable_dir(out.parent if str(out.parent) else Path("."))
     if not os.access(out.parent if str(out.parent) else ".", os.W_OK):
         raise InputError(f"{out.parent}: output folder is not writable")

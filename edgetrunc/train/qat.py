@@ -63,7 +63,7 @@ def fine_tune_qat(source, out, covers="embedded", payload=0.4, epochs=QAT_EPOCHS
     record_path = out.with_name(f"{out.stem}.qat.json")
     for target in (out, record_path):
         if target.exists() and not force:
-            raise InputError(f"{target}: exists; expected a new output (or --force)", param="out")
+            raise InputError(f"{target}: exists; expected a new output (or force=True)", param="out")
         check_output(target, protect=[source])
     if epochs < 1 or lr <= 0 or max_pairs < 1:
         raise InputError(f"epochs {epochs}, lr {lr}, max_pairs {max_pairs}: expected positive values")
