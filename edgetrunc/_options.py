@@ -22,18 +22,15 @@ _DERIVED = object()  # the default flag: `--` and the field's name with dashes
 
 
 def option(default=None, help: str = "", *, flag=_DERIVED, type=None, choices=None,
-           metavar=None, action=None, cli_default=_DERIVED, factory=None):
+           metavar=None, action=None, cli_default=_DERIVED):
     """A dataclass field with its command-line metadata (see the module docstring).
 
     `flag=None` keeps the setting off the command line; `cli_default` is the flag's own
-    default where argparse needs another one (`[]` for an `append` action); `factory` is a
-    default factory for a mutable default.
+    default where argparse needs another one (`[]` for an `append` action).
     """
     metadata = {"help": help, "flag": flag, "type": type, "choices": choices,
                 "metavar": metavar, "action": action,
                 "cli_default": default if cli_default is _DERIVED else cli_default}
-    if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"option": metadata})
     return dataclasses.field(default=default, metadata={"option": metadata})
 
 
