@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetrunc._io import check_run_paths, require_writable_dir
-from edgetrunc._options import default_of, flag_names, option, payload, positive_int, seed
+from edgetrunc._options import default_of, flag_names, option, positive_int
+from edgetrunc._options import payload as payload_text, seed as seed_text
 from edgetrunc.data.dataset import check_payload
 from edgetrunc.data.splits import DEFAULT_FRACTIONS
 from edgetrunc.data.stego_cache import StegoSettings, stego_option
@@ -42,7 +43,7 @@ class TrainConfig:
     covers: object = option("embedded", "'embedded' (scikit-image photos), a folder of "
                             "PNG/PGM/TIFF cover images, or (in Python) a list of `Cover`")
     payload: float = option(0.4, "target LSB-matching payload in bits per pixel, in (0, 1]",
-                            type=payload)
+                            type=payload_text)
     epochs: int = option(30, "maximum number of epochs (all stages together)", type=positive_int)
     batch_size: int = option(16, "pairs per batch; each pair is a cover and its stego, so a "
                              "batch holds 2 * batch_size images", type=positive_int)
@@ -68,7 +69,7 @@ class TrainConfig:
     out: object = option("models/tlunet.keras", "output .keras path; the training record goes "
                          "beside it (<name>.training.json)")
     seed: int = option(0, "random seed of the split, the tiles, the messages, the augmentation "
-                       "and the weights", type=seed)
+                       "and the weights", type=seed_text)
     force: bool = option(False, "replace an existing output", action="store_true")
     time_budget: float | None = option(None, "wall-time budget in minutes; no epoch starts that "
                                        "would overrun it", type=float, metavar="MIN")
