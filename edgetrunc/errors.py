@@ -2,7 +2,10 @@
 
 `InputError` is anything the user can cause (missing or corrupt file, wrong shape, bad
 option): the CLI prints its message as one line and exits 2. An `InputError` about one
-argument names it by its Python name (`param`); the CLI shows that name as its flag.
+argument names it by its Python name (`param`); the CLI shows that name as its flag. A
+library message never spells a flag: it names another parameter as `name=VALUE`
+(`force=True`, `inputs=random`), which the CLI shows as the flag (`--force`,
+`--inputs random`) through `InputError.lines_for`.
 `CheckFailed` means the check itself ran and failed (parity, accuracy): exit 1.
 """
 
@@ -41,6 +44,31 @@ class InputError(EdgetruncError, ValueError):
             if text.startswith(self.param, start) and rest[:1] in ("", ":", " "):
                 return text[:start] + name + rest
         return text
+
+    def lines_for(self, flags: dict) -> list:
+        """The message's lines as a command line shows them: its parameter and every
+        `name=VALUE` it mentions shown by their flags (`flags`: `{parameter: flag}`)."""
+        lines = getattr(self, "lines", None)
+        if not lines:
+            lines = [self.naming(flags[self.param]) if self.param in flags else str(self)]
+        return [flags_named(line, flags) for line in lines]
+
+
+def flags_named(text: str, flags: dict) -> str:
+    """`text` with each `name=VALUE` of a parameter in `flags` written as its flag:
+    `force=True` -> `--force`, `inputs=random` -> `--inputs random`. A value that is a
+    Python literal in braces, brackets or quotes (`custom_objects={'TLU': TLU}`) is an
+    example for Python callers and stays as it is."""
+    import re
+
+    if not flags:
+        return text
+    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
+
+    def flag(match):
+        return flags[match.group(1)] + ("" if match.group(2) else " ")
+
+    return re.sub(rf"(?<![\w.-])({names})=(?![{{\[('\"])(True\b)?", flag, text)
 
 
 class InputErrors(InputError):

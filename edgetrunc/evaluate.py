@@ -28,7 +28,7 @@ from edgetrunc.data.stream import StreamPairs, scan_covers, stream_pairs
 from edgetrunc.data.geometry import require_image_geometry
 from edgetrunc.errors import InputError
 from edgetrunc.keras.activation import output_activation
-from edgetrunc.keras.load import load_model, require_keras_file
+from edgetrunc.keras.load import load_keras_model, require_keras_file
 from edgetrunc.keras.runner import predict_probability
 from edgetrunc.metrics import detection_report, is_detector_shape
 from edgetrunc.runtime import formats, open_runner
@@ -41,7 +41,7 @@ BATCH_SIZE = 32
 def keras_scorer(path, batch_size: int = BATCH_SIZE, custom_objects=None):
     """`(score(x) -> stego probability [N], ImageGeometry)` of a Keras detector file, in
     inference mode."""
-    model = load_model(path, custom_objects=custom_objects)
+    model = load_keras_model(path, custom_objects=custom_objects)
     geometry = require_image_geometry(model, path, "evaluate")
     _require_detector_output(path, [tuple(t.shape) for t in model.outputs])
     activation = output_activation(model)
@@ -91,7 +91,7 @@ def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
     check_run_paths({"stego_cache": stego_cache}, {"model_path": model_path,
                                                     "covers": None if covers == "embedded" else covers},
                     folders=("stego_cache",))  # before the cache folder is made
-    stego = StegoSettings(embedding, stego_cache, workers)
+    stego = StegoSettings.of_run(embedding, stego_cache, workers)
     if Path(model_path).is_dir():
         require_keras_file(model_path)  # a SavedModel folder names `edgetrunc migrate`
     path = require_file(model_path, "model file", KERAS_SUFFIXES + formats.suffixes(runnable=True))

@@ -121,7 +121,7 @@ def run(args) -> dict:
     from edgetrunc.train.schedule import selection_score
 
     started = time.monotonic()
-    settings = StegoSettings(args.embedding, args.stego_cache, args.workers, args.messages)
+    settings = StegoSettings.of_run(args.embedding, args.stego_cache, args.workers, args.messages)
     x_train, y_train, n_tiles = training_set(args, settings)
     scored = {split: load_pairs(args.covers, split, args.payload, args.seed,
                                 stride=args.eval_stride, stego=settings) for split in ("val", "test")}

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "edgetrunc"
 LEVELS = {
     "edgetrunc._version": 0, "edgetrunc.errors": 0, "edgetrunc._io": 0, "edgetrunc._log": 0,
     "edgetrunc._commit": 0,
+    "edgetrunc._options": 0,
     "edgetrunc._text": 0, "edgetrunc.metrics": 0, "edgetrunc.data": 0,
     "edgetrunc.runtime": 1,
     "edgetrunc.layers": 2, "edgetrunc.models": 2,

@@ -60,7 +60,7 @@ def test_the_golden_file_holds_inputs_outputs_layers_and_versions(golden):
 def test_a_golden_file_is_never_replaced_without_force(golden, cli):
     before = golden.read_bytes()
     code, out, err = cli("parity", MODEL, FP32, "--samples", "2", "--no-probes", "--save-outputs", golden)
-    assert code == 2 and err.strip().endswith("golden file exists; pass --force (force=True) to replace it")
+    assert code == 2 and err.strip().endswith("golden file exists; pass --force to replace it")
     assert len(err.strip().splitlines()) == 1 and golden.read_bytes() == before
     code, _, err = cli("parity", MODEL, FP32, "--samples", "2", "--no-probes", "--save-outputs", MODEL)
     assert code == 2 and MODEL.read_bytes()[:2] == b"PK"

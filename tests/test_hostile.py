@@ -144,7 +144,7 @@ def test_a_module_named_in_an_h5_config_is_never_imported(scratch, command):
 
 def test_an_object_under_a_module_keras_would_import_is_refused(tiny_keras, tmp_path):
     from edgetrunc.errors import InputError
-    from edgetrunc.keras.load import load_model
+    from edgetrunc.keras.load import load_keras_model
 
     def hub_initializer(config):
         _layers(config)[1]["config"]["kernel_initializer"] = {
@@ -153,13 +153,13 @@ def test_an_object_under_a_module_keras_would_import_is_refused(tiny_keras, tmp_
 
     hostile = _rewrite_config(tiny_keras, tmp_path / "hub.keras", hub_initializer)
     with pytest.raises(InputError, match="hub.keras: layer 'conv' is of class 'Evil'"):
-        load_model(hostile)
+        load_keras_model(hostile)
 
 
 def test_classes_registered_in_python_still_resolve(tmp_path):
     import keras
 
-    from edgetrunc.keras.load import load_model
+    from edgetrunc.keras.load import load_keras_model
 
     @keras.saving.register_keras_serializable(package="hostile_test")
     class Doubling(keras.layers.Layer):
@@ -169,9 +169,9 @@ def test_classes_registered_in_python_still_resolve(tmp_path):
     inputs = keras.Input((3,))
     path = tmp_path / "registered.keras"
     keras.Model(inputs, Doubling(name="double")(inputs)).save(path)
-    assert type(load_model(path).layers[-1]) is Doubling
+    assert type(load_keras_model(path).layers[-1]) is Doubling
     keras.saving.get_custom_objects().pop("hostile_test>Doubling")
-    assert type(load_model(path, custom_objects={"hostile_test>Doubling": Doubling})
+    assert type(load_keras_model(path, custom_objects={"hostile_test>Doubling": Doubling})
                 .layers[-1]) is Doubling
 
 

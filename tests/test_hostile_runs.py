@@ -127,7 +127,7 @@ def _tiny_keras(path: Path, conv_name: str = "conv") -> Path:
 
 
 def test_a_keras_layer_under_a_foreign_module_is_named_as_such(tmp_path):
-    from edgetrunc.keras.load import load_model
+    from edgetrunc.keras.load import load_keras_model
 
     source = _tiny_keras(tmp_path / "tiny.keras")
     with zipfile.ZipFile(source) as archive:
@@ -141,7 +141,7 @@ def test_a_keras_layer_under_a_foreign_module_is_named_as_such(tmp_path):
         for name, data in members.items():
             archive.writestr(name, data)
     with pytest.raises(InputError, match="Keras class 'Conv2D' names the module 'this', not a Keras"):
-        load_model(hostile)
+        load_keras_model(hostile)
 
 
 def test_markup_in_layer_names_runs_per_layer_inference(tmp_path):

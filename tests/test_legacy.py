@@ -10,6 +10,7 @@ must reproduce it.
 """
 
 import hashlib
+import re
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ keras = pytest.importorskip("keras")
 import edgetrunc  # noqa: E402
 from edgetrunc import Truncation  # noqa: E402
 from edgetrunc.errors import InputError  # noqa: E402
-from edgetrunc.legacy import load_model as load_trusted  # noqa: E402
+from edgetrunc.legacy import load_legacy_model as load_trusted  # noqa: E402
 from edgetrunc.migrate import migrate, parse_truncation_classes  # noqa: E402
 from error_lines import assert_one_line_error  # noqa: E402
 
@@ -227,9 +228,12 @@ def test_truncation_class_threshold_given_on_the_command_line(tmp_path, cli):
 
 
 @pytest.mark.parametrize("item", ["1TLU", "TLU=-1", "TLU=inf", "TLU=x"])
-def test_truncation_class_option_is_checked(item):
-    with pytest.raises(InputError, match="--truncation-class"):
-        parse_truncation_classes([item])
+def test_truncation_class_option_is_checked(item, tmp_path, cli):
+    with pytest.raises(InputError, match=f"^truncation_classes={re.escape(item)}: "):
+        parse_truncation_classes([item])  # the library names its parameter
+    rc, _, err = cli("migrate", tmp_path / "old.h5", "--out", tmp_path / "new.keras",
+                     "--truncation-class", item)
+    assert_one_line_error(rc, err, f"edgetrunc migrate: error: --truncation-class {item}: ")
 
 
 def test_other_tf_op_layer_is_named(tmp_path, cli):

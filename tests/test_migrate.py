@@ -21,7 +21,7 @@ tf = pytest.importorskip("tensorflow")
 from edgetrunc import Truncation  # noqa: E402
 from edgetrunc.cli import main  # noqa: E402
 from edgetrunc.errors import InputError  # noqa: E402
-from edgetrunc.legacy import LegacyBackend, load_model  # noqa: E402
+from edgetrunc.legacy import LegacyBackend, load_legacy_model  # noqa: E402
 from edgetrunc.migrate import migrate, probe_lambda  # noqa: E402
 
 T = 3.0
@@ -122,7 +122,7 @@ def test_saved_tf_lambda_needs_the_globals_migrate_gives(migrated_answers, tmp_p
         keras.saving.load_model(without_shape, safe_mode=False)
 
     for path in (with_shape, without_shape):
-        trusted = load_model(path, trust_lambda=True)
+        trusted = load_legacy_model(path, trust_lambda=True)
         assert np.all(np.isfinite(np.asarray(trusted(pixels((1, 16, 16, 1))))))
 
 
@@ -325,7 +325,7 @@ def test_non_clip_lambda_is_kept_and_reported(tmp_path):
     assert "still needs --trust-lambda" in report["safe_mode"]
     with pytest.raises(ValueError, match="Lambda"):
         keras.saving.load_model(out, safe_mode=True)
-    reloaded = load_model(out, trust_lambda=True)
+    reloaded = load_legacy_model(out, trust_lambda=True)
     assert isinstance(reloaded.get_layer("tlu"), Truncation)
     assert isinstance(reloaded.get_layer("double"), keras.layers.Lambda)
 

@@ -8,7 +8,7 @@ keras = pytest.importorskip("keras")
 
 from edgetrunc.export import export_tflite  # noqa: E402
 from edgetrunc.keras.fake_quant import FakeQuant, QuantizedConv2D, fake_quant_weights  # noqa: E402
-from edgetrunc.keras.load import load_model  # noqa: E402
+from edgetrunc.keras.load import load_keras_model  # noqa: E402
 from edgetrunc.keras.qat import calibrate_ranges, fake_quant_plan, quantization_aware  # noqa: E402
 from edgetrunc.keras.qat import quantize_model  # noqa: E402
 from edgetrunc.models import create  # noqa: E402
@@ -64,7 +64,7 @@ def test_qat_model_loads_in_safe_mode_and_converts_to_what_it_simulates(pixels, 
     qat.fit(pixels, np.arange(16) % 2, epochs=1, batch_size=8, verbose=0)
     calibrate_ranges(qat, pixels)
     qat.save(tmp_path / "qat.keras")
-    loaded = load_model(tmp_path / "qat.keras", safe_mode=True)
+    loaded = load_keras_model(tmp_path / "qat.keras", safe_mode=True)
     assert quantization_aware(loaded)
     simulated = loaded.predict(pixels, verbose=0)
     content = export_tflite(loaded, "int8-full", calibration=pixels)
@@ -88,5 +88,5 @@ def test_train_qat_fine_tunes_a_model_file(cli, tmp_path):
     code, text, _ = cli("train", "--qat", "--init", source, "--out", out, "--qat-epochs", "1",
                         "--qat-pairs", "4")
     assert code == 0 and "quantization-aware model" in text
-    assert quantization_aware(load_model(out, safe_mode=True))
+    assert quantization_aware(load_keras_model(out, safe_mode=True))
     assert (tmp_path / "tiny_qat.qat.json").exists()

@@ -71,11 +71,11 @@ def test_the_users_test_file_passes_on_the_shipped_model_and_fails_on_a_tampered
 
 
 def test_assert_parity_returns_the_report_for_paths_bytes_and_a_model_in_memory():
-    from edgetrunc.keras.load import load_model
+    from edgetrunc.keras.load import load_keras_model
 
     report = assert_parity(MODEL, FP32, **FAST)
     assert report.passed and report.artifacts[0].comparison.max_abs_error < 1e-4
-    report = assert_parity(load_model(MODEL), [FP32.read_bytes(), MODELS / "tlunet_fp32.onnx"], **FAST)
+    report = assert_parity(load_keras_model(MODEL), [FP32.read_bytes(), MODELS / "tlunet_fp32.onnx"], **FAST)
     assert [a.format for a in report.artifacts] == ["tflite", "onnx"] and report.passed
 
 
@@ -122,9 +122,9 @@ def test_truncation_check_fails_on_changed_op_counts_and_without_metadata(tmp_pa
         assert_truncations_exported(FP32, ops={**json.loads((MODELS / "manifest.json").read_text())
                                                 ["artifacts"][0]["ops"], "MINIMUM": 2})
     from edgetrunc.export.tflite.convert import export_tflite
-    from edgetrunc.keras.load import load_model
+    from edgetrunc.keras.load import load_keras_model
 
-    bare = export_tflite(load_model(MODEL), "fp32")  # no edgetrunc metadata embedded
+    bare = export_tflite(load_keras_model(MODEL), "fp32")  # no edgetrunc metadata embedded
     with pytest.raises(AssertionError, match="no truncation to check"):
         assert_truncations_exported(bare)
     assert assert_truncations_exported(bare, model=MODEL)["truncations"][0]["mapped_to"]

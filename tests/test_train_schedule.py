@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from edgetrunc._options import flag_names
 from edgetrunc.errors import InputError
 from edgetrunc.train.config import TrainConfig
 from edgetrunc.train.schedule import Schedule
@@ -88,16 +89,16 @@ def test_time_budget_stops_before_an_epoch_that_would_overrun_it():
     ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"lr": -1.0}, "lr"),
     ({"lr": math.inf}, "lr"), ({"strategy": "tpu"}, "strategy"),
     ({"lr_schedule": "step"}, "lr_schedule"), ({"bn_reestimate": "always"}, "bn_reestimate"),
-    ({"frozen_bn_fraction": 1.0}, "frozen_bn"), ({"time_budget": 0}, "time_budget"),
+    ({"frozen_bn_fraction": 1.0}, "frozen_bn_fraction"), ({"time_budget": 0}, "time_budget"),
     ({"payload": 1.5}, "payload"), ({"curriculum": "0.2,0.4"}, "curriculum"),
-    ({"model_kwargs": ["width"]}, "model_arg"),
+    ({"model_kwargs": ["width"]}, "model_kwargs"),
 ])
 def test_config_names_the_bad_parameter(kwargs, param):
     """The library names the parameter; the command line shows it as its flag."""
     with pytest.raises(InputError, match=f"^{param}") as refused:
         TrainConfig(**kwargs)
     assert refused.value.param in (param, None)
-    flag = "--" + param.replace("_", "-")
+    flag = flag_names(TrainConfig)[param]  # the one name map: frozen_bn_fraction is --frozen-bn
     assert refused.value.naming(flag).startswith(flag if refused.value.param else param)
 
 

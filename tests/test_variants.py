@@ -17,7 +17,7 @@ from edgetrunc import Truncation  # noqa: E402
 from edgetrunc.errors import InputError  # noqa: E402
 from edgetrunc.export import export_onnx, export_tflite, find_truncations  # noqa: E402
 from edgetrunc.export import inspect_onnx, inspect_tflite, tflite_ops  # noqa: E402
-from edgetrunc.export.onnx.graph import Graph, load_model  # noqa: E402
+from edgetrunc.export.onnx.graph import Graph, load_onnx_proto  # noqa: E402
 from edgetrunc.migrate import migrate  # noqa: E402
 from edgetrunc.migrate.probe import probe_lambda  # noqa: E402
 from edgetrunc.parity.probes import probe_values, run_probes  # noqa: E402
@@ -75,7 +75,7 @@ def test_onnx_one_sided_is_one_clip_with_one_bound(one_sided, calibration):
     truncations = find_truncations(one_sided)
     proto = export_onnx(one_sided, "fp32")
     assert onnx_ops(proto)["Clip"] == 2 and "Min" not in onnx_ops(proto)
-    clips = Graph(load_model(proto)).clip_candidates()
+    clips = Graph(load_onnx_proto(proto)).clip_candidates()
     assert [(c.lower, c.upper) for c in clips] == [(-INF, 8.0), (-1.0, INF)]
     assert len(clips[0].ops[0].input) == 3  # the open side is an explicit -inf
     inspect_onnx(proto, truncations, "fp32")

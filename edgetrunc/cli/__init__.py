@@ -76,15 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flag(parser, command: str, param: str | None) -> str | None:
-    """The command's option that sets `param` (`max_pairs` -> `--max-pairs`), if it has one."""
-    if param is None:
-        return None
+def _flags(parser, command: str) -> dict:
+    """`{parameter: flag}` of the command's options (`max_pairs` -> `--max-pairs`,
+    `frozen_bn_fraction` -> `--frozen-bn`): each option's `dest` is the parameter it sets."""
     (commands,) = [a for a in parser._actions if isinstance(a, _Commands)]
-    for action in commands.choices[command]._actions:
-        if action.dest == param and action.option_strings:
-            return max(action.option_strings, key=len)
-    return None
+    return {action.dest: max(action.option_strings, key=len)
+            for action in commands.choices[command]._actions
+            if action.option_strings and action.dest != "help"}
 
 
 def _quiet_tensorflow(args):
@@ -150,8 +148,7 @@ def main(argv=None) -> int:
         _error_line(args.command, f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror)
         return 2
     except InputError as exc:
-        flag = _flag(parser, args.command, exc.param)
-        for line in getattr(exc, "lines", None) or [exc.naming(flag) if flag else exc]:
+        for line in exc.lines_for(_flags(parser, args.command)):
             _error_line(args.command, line)  # InputErrors: one error line per problem
         return exc.exit_code
     except EdgetruncError as exc:

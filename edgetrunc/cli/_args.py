@@ -12,21 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 
-MAX_COUNT = 2**31 - 1  # what a C int holds: larger counts never reach numpy or a backend
-MAX_SEED = 2**32 - 1  # numpy's legacy seeding (and so Keras) takes 0 .. 2**32 - 1
+from edgetrunc._options import MAX_COUNT, MAX_SEED, payload, positive_int, seed  # noqa: F401
+from edgetrunc._options import flag_of, options
+
 THREADS_PER_CPU = 4
-
-
-def positive_int(text, maximum: int = MAX_COUNT) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    if value > maximum:
-        raise argparse.ArgumentTypeError(f"expected a positive integer up to {maximum}; got {text!r}")
-    return value
+_TOP_LEVEL_DESTS = {"command", "quiet"}  # `edgetrunc` itself: never a library argument
 
 
 def count(maximum: int):
@@ -65,26 +55,6 @@ def thread_list(text) -> list:
         raise argparse.ArgumentTypeError(f"expected positive integers; got {text!r}")
     _check_threads(max(values), text)
     return values
-
-
-def seed(text) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed; got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED}; got {text!r}")
-    return value
-
-
-def payload(text) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1]; got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"payload must be in (0, 1] bits per pixel; got {text}")
-    return value
 
 
 def choices_list(kind: str, allowed):
@@ -130,21 +100,45 @@ def add_out(parser, help=None, **kwargs) -> None:
     parser.add_argument("--out", help=help, **kwargs)
 
 
+def add_options(parser, cls, exclude=()) -> None:
+    """An option for every command-line field of the settings dataclass `cls` (declared with
+    `edgetrunc._options.option`), its `dest` the field's name, except those in `exclude`."""
+    for field, metadata in options(cls):
+        flag = flag_of(field.name, metadata)
+        if flag and field.name not in exclude:
+            _add_option(parser, field.name, flag, metadata)
+
+
+def keywords(function, args, exclude=()) -> dict:
+    """The keyword arguments of `function` that the parsed `args` hold: every parameter named
+    like an option's `dest` (a command's options are named as the library's parameters, so
+    the call never re-lists them, and an error naming a parameter shows its flag)."""
+    import inspect
+
+    names = set(inspect.signature(function).parameters) - set(exclude) - _TOP_LEVEL_DESTS
+    return {name: value for name, value in vars(args).items() if name in names}
+
+
+def _add_option(parser, name: str, flag: str, metadata: dict) -> None:
+    default = metadata["cli_default"]
+    shown = default is not None and not isinstance(default, (bool, list))
+    kwargs = {"dest": name, "default": default,
+              "help": metadata["help"] + (f" (default: {default})" if shown else "")}
+    for key in ("type", "choices", "metavar", "action"):
+        if metadata[key] is not None:
+            kwargs[key] = metadata[key]
+    parser.add_argument(flag, **kwargs)
+
+
 def add_stego(parser, messages: bool = False) -> None:
-    """`--embedding`, `--stego-cache`, `--workers` (and for training `--messages`)."""
-    parser.add_argument("--embedding", default="lsbm", metavar="NAME",
-                        help="stego embedding: lsbm (LSB matching), hill, suniward or wow "
-                        "(content-adaptive, conseal; cached) (default: lsbm)")
-    parser.add_argument("--stego-cache", default=None, metavar="DIR",
-                        help="stego cache folder of the content-adaptive embeddings (default: "
-                        "$XDG_CACHE_HOME/edgetrunc/stego or ~/.cache/edgetrunc/stego)")
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help="processes that embed into the stego cache (default: every "
-                        "usable core)")
-    if messages:
-        parser.add_argument("--messages", type=positive_int, default=4, metavar="K",
-                            help="messages per training tile of a cached embedding, cycled "
-                            "over the epochs (default: 4)")
+    """`--embedding`, `--stego-cache`, `--workers` (and for training `--messages`), from
+    the stego parameters' one declaration (`data.stego_cache.STEGO_OPTIONS`)."""
+    from edgetrunc.data.stego_cache import STEGO_OPTIONS, stego_option
+
+    for name in STEGO_OPTIONS:
+        if name != "messages" or messages:
+            metadata = stego_option(name).metadata["option"]
+            _add_option(parser, name, flag_of(name, metadata), metadata)
 
 
 def add_trust_lambda(parser, help="allow loading Lambda layers (this runs code stored in "

@@ -16,7 +16,7 @@ DESCRIPTION = ("Convert a Keras model (.keras, or a full-model .h5) to TFLite an
 
 def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL", help=".keras or full-model .h5 file")
-    _args.add_out(p, "output folder (default: beside the model)", default=None)
+    _args.add_out(p, "output folder (default: beside the model)", default=None, dest="out_dir")
     p.add_argument("--tflite", type=_args.choices_list("precision", ("fp32", "fp16", "int8", "int8-full")),
                    default=["fp32", "fp16", "int8"],
                    help="TFLite precisions (default: fp32,fp16,int8; int8-full: int8 input, "
@@ -46,7 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--target", choices=("cpu", "ethos-u", "micro"), default="cpu",
                    help="where the TFLite artifacts run: the CPU-only rewrites (space-to-depth "
                    "packing) are left out for ethos-u and micro (default: cpu)")
-    p.add_argument("--no-speed", action="store_true",
+    p.add_argument("--no-speed", dest="speed", action="store_false",
                    help="skip timing each int8 artifact against the fp32 one of its format "
                    "(a few runs, 1 thread; a warning when int8 is slower)")
     _args.add_json(p, "print the manifest as JSON on stdout")
@@ -90,12 +90,7 @@ def run(args) -> int:
     from edgetrunc._text import dumps_json
     from edgetrunc.export import convert
 
-    manifest = convert(
-        args.model, out_dir=args.out, tflite=args.tflite, onnx=args.onnx, opset=args.opset,
-        nchw=args.nchw, calibration=args.calibration, int8_io=args.int8_io, force=args.force,
-        int8_mode=args.int8_mode, literal=args.literal, custom_objects=args.custom_objects,
-        trust_lambda=args.trust_lambda, target=args.target,
-        speed=not args.no_speed)
+    manifest = convert(args.model, **_args.keywords(convert, args, exclude=("model_path",)))
     if args.json:
         sys.stdout.write(dumps_json(manifest))
     else:

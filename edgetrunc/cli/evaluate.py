@@ -34,10 +34,7 @@ def run(args) -> int:
     from edgetrunc._text import dumps_json
     from edgetrunc.evaluate import evaluate, format_report
 
-    report = evaluate(args.model, covers=args.covers, payload=args.payload, seed=args.seed,
-                      split=args.split, stride=args.stride, max_pairs=args.max_pairs,
-                      embedding=args.embedding, stego_cache=args.stego_cache, workers=args.workers,
-                      custom_objects=args.custom_objects)
+    report = evaluate(args.model, **_args.keywords(evaluate, args))
     if args.json:
         sys.stdout.write(dumps_json(report, nan="null"))
     else:

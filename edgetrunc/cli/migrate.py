@@ -36,7 +36,8 @@ def add_arguments(p) -> None:
     p.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
                    help="a global a saved lambda reads but the file does not store, e.g. T=3.0 "
                    "(VALUE is a Python literal; repeatable)")
-    p.add_argument("--truncation-class", action="append", default=[], metavar="CLASS[=T]",
+    p.add_argument("--truncation-class", dest="truncation_classes", action="append", default=[],
+                   metavar="CLASS[=T]",
                    help="a custom layer class or an activation function saved by name that is a "
                    "truncation (clip to [-T, T]): map it to Truncation, T from its saved config, "
                    "its one stored scalar weight, or given (repeatable); checked against its "
@@ -66,7 +67,7 @@ def run(args) -> int:
 
     report = migrate(args.legacy, args.out, trust_lambda=args.trust_lambda,
                      extra_globals=parse_defines(args.define),
-                     truncation_classes=parse_truncation_classes(args.truncation_class),
+                     truncation_classes=parse_truncation_classes(args.truncation_classes),
                      custom_objects=args.custom_objects)
     if args.json:
         sys.stdout.write(dumps_json(report))

@@ -33,14 +33,16 @@ def add_arguments(p) -> None:
                    "earlier --save-inputs (default: mix)")
     _args.add_stego(p)
     p.add_argument("--per-layer", action="store_true", help="compare every layer, name the first divergent")
-    p.add_argument("--layer-samples", type=_args.count(MAX_SAMPLES), default=8,
+    p.add_argument("--layer-samples", dest="per_layer_samples", type=_args.count(MAX_SAMPLES),
+                   default=8,
                    help="with --per-layer: inputs compared layer by layer, the first of the "
                    "--samples inputs; for int8 artifacts the first photos among them, inside "
                    "the calibration domain (default: 8)")
     p.add_argument("--strict-layers", action="store_true",
                    help="with --per-layer: a divergent layer fails the check even when the outputs pass")
     p.add_argument("--strict-nan", action="store_true", help="NaN deviations in probes fail the check")
-    p.add_argument("--no-probes", action="store_true", help="skip the truncation boundary probes")
+    p.add_argument("--no-probes", dest="probes", action="store_false",
+                   help="skip the truncation boundary probes")
     p.add_argument("--atol", type=float, default=None, help="override the absolute tolerance")
     p.add_argument("--rtol", type=float, default=None, help="override the relative tolerance")
     p.add_argument("--json", metavar="FILE", default=None, help="write the JSON report ('-' for stdout)")
@@ -118,17 +120,8 @@ def run(args) -> int:
 
     _check_options(args)
     protect = protected_inputs(args.model, args.artifacts, args.load_outputs or args.inputs)
-    report = check_parity(args.model, args.artifacts, samples=args.samples, inputs=args.inputs,
-                          per_layer=args.per_layer, probes=not args.no_probes,
-                          strict_nan=args.strict_nan, atol=args.atol, rtol=args.rtol, seed=args.seed,
-                          threads=args.threads, batch_size=args.batch_size,
-                          save_inputs=args.save_inputs, strict_layers=args.strict_layers,
-                          embedding=args.embedding, stego_cache=args.stego_cache,
-                          workers=args.workers,
-                          per_layer_samples=args.layer_samples,
-                          custom_objects=args.custom_objects,
-                          trust_lambda=args.trust_lambda, save_outputs=args.save_outputs,
-                          load_outputs=args.load_outputs, force=args.force)
+    report = check_parity(args.model, args.artifacts,
+                          **_args.keywords(check_parity, args, exclude=("model", "artifacts")))
     table = terminal_report(report)
     stream = sys.stderr if args.json == "-" else sys.stdout
     stream.write(table)

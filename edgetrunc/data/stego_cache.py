@@ -28,6 +28,7 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc._io import read_regular
+from edgetrunc._options import option, positive_int
 from edgetrunc.data.embeddings import (DEFAULT_EMBEDDING, PayloadTooLarge, check_embedding,
                                        conseal_scheme, embed)
 from edgetrunc.data.stego_entry import (MAGIC, MAX_HEADER_BYTES, CacheEntryError, OldCacheEntry,
@@ -37,6 +38,24 @@ from edgetrunc.errors import InputError
 DEFAULT_MESSAGES = 4
 MAX_MESSAGES = 256  # messages per tile; a run draws at most one per epoch
 POOL_MIN_TILES = 8  # fewer misses than this are embedded in this process
+STEGO_OPTIONS = {  # a run's stego parameters (train, evaluate, parity), each declared once
+    "embedding": dict(default=DEFAULT_EMBEDDING, metavar="NAME", help=(
+        "stego embedding: lsbm (LSB matching, a fresh message each time), hill, suniward or "
+        "wow (content-adaptive, conseal; embedded once into the stego cache)")),
+    "stego_cache": dict(metavar="DIR", help=(
+        "stego cache folder of the content-adaptive embeddings (default: "
+        "$XDG_CACHE_HOME/edgetrunc/stego or ~/.cache/edgetrunc/stego)")),
+    "workers": dict(type=positive_int, help=(
+        "processes that embed into the stego cache (default: every usable core)")),
+    "messages": dict(default=DEFAULT_MESSAGES, type=positive_int, metavar="K", help=(
+        "messages per training tile of a cached embedding, cycled over the epochs "
+        "(message `epoch mod K`)")),
+}
+
+
+def stego_option(name: str):
+    """The dataclass field of the run parameter `name` of `STEGO_OPTIONS`."""
+    return option(**STEGO_OPTIONS[name])
 
 
 def default_cache_dir() -> Path:
@@ -271,6 +290,15 @@ class StegoSettings:
                              f"cores of this machine); got {self.workers!r}", param="workers")
         if self.cached:
             self.cache_dir = check_cache_dir(self.cache_dir or default_cache_dir())
+
+    @classmethod
+    def of_run(cls, embedding=DEFAULT_EMBEDDING, stego_cache=None, workers=None,
+               messages=DEFAULT_MESSAGES, epochs=None) -> "StegoSettings":
+        """The settings from a run's parameters (`STEGO_OPTIONS`); a run of `epochs` draws
+        one message per epoch, so it never asks for more messages than that."""
+        if epochs is not None and isinstance(messages, int) and not isinstance(messages, bool):
+            messages = min(messages, int(epochs))
+        return cls(embedding, stego_cache, workers, messages)
 
     @property
     def cached(self) -> bool:

@@ -63,7 +63,7 @@ class OutputSet:
             if target.exists():
                 existing.append(str(target))
         if existing and not self.force:
-            raise InputError(f"{existing[0]}: exists; use --force to replace the outputs "
+            raise InputError(f"{existing[0]}: exists; use force=True to replace the outputs "
                              f"({len(existing)} file(s) exist)")
 
     def preflight(self) -> None:

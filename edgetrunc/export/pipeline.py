@@ -31,7 +31,7 @@ from edgetrunc.export.speed import int8_speed
 from edgetrunc.export.tflite.convert import (DEFAULT_TFLITE_PRECISIONS, INT8_MODES,
                                              TFLITE_PRECISIONS)
 from edgetrunc.export.tflite.passes import TARGETS
-from edgetrunc.keras.load import load_model, require_keras_file
+from edgetrunc.keras.load import load_keras_model, require_keras_file
 from edgetrunc.keras.precision import float32_model
 from edgetrunc.keras.truncations import find_truncations
 from edgetrunc.legacy import lambda_layers
@@ -71,7 +71,7 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration, target="cpu"):
     tflite = _check_precisions("tflite", tflite, TFLITE_PRECISIONS)
     onnx = _check_precisions("onnx", onnx, ONNX_PRECISIONS)
     if not tflite and not onnx:
-        raise InputError("nothing to convert: give at least one --tflite or --onnx precision")
+        raise InputError("nothing to convert: give at least one precision, e.g. tflite=fp32 or onnx=fp32")
     if not isinstance(opset, (int, np.integer)) or int(opset) not in OPSETS:
         raise InputError(f"opset {opset}: expected an ONNX opset from {OPSETS[0]} to {OPSETS[-1]}", param="opset")
     if "int8" in onnx:
@@ -119,9 +119,9 @@ def convert(model_path, out_dir=None, tflite=DEFAULT_TFLITE_PRECISIONS, onnx=ONN
                "literal": bool(literal), "target": target, "speed": bool(speed)}
     custom_objects = load_custom_objects(custom_objects)
     with custom_objects_scope(custom_objects):
-        model = float32_model(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES,
-                                         custom_objects=custom_objects,
-                                         trust_lambda=trust_lambda))
+        model = float32_model(load_keras_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES,
+                                               custom_objects=custom_objects,
+                                               trust_lambda=trust_lambda))
     _warn_traced_lambdas(source, model)
     with outputs, custom_objects_scope(custom_objects):
         return _convert_model(model, source, sha256_file(source), outputs, artifacts, options,

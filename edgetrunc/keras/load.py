@@ -1,6 +1,6 @@
-"""The one Keras model loader: `load_model(path)` for convert, evaluate, parity and migrate.
+"""The one Keras model loader: `load_keras_model(path)` (public as `edgetrunc.load_model`) for convert, evaluate, parity and migrate.
 
-`load_model` dispatches on the file's kind, as Keras's own `saving_api` does: a Keras 3
+`load_keras_model` dispatches on the file's kind, as Keras's own `saving_api` does: a Keras 3
 `.keras` file loads with `keras.saving.load_model` (safe mode, `Truncation` registered);
 Keras 2 files (tf.keras `.h5` / `.keras`, op layers) are read by `edgetrunc.legacy`. Files
 that hold Lambda layers are refused with the `edgetrunc migrate` command that replaces
@@ -33,7 +33,7 @@ def require_keras_file(path, suffixes=(".keras",)) -> Path:
     return legacy.require_model_file(path, suffixes)
 
 
-def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
+def load_keras_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
     """Load a Keras model file with `Truncation` registered first (`compile=False` by default).
 
     A missing, empty, corrupt or foreign file raises `edgetrunc.errors.InputError` with one
@@ -60,9 +60,9 @@ def load_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
         kwargs["custom_objects"] = custom_objects
         legacy.check_custom_objects(path, _read_config(path)[1], custom_objects)
     if kwargs.pop("trust_lambda", False):  # the user trusts the file: its Lambdas run
-        return legacy.load_model(path, trust_lambda=True, custom_objects=custom_objects)
+        return legacy.load_legacy_model(path, trust_lambda=True, custom_objects=custom_objects)
     if safe_mode and _needs_legacy_reading(path, custom_objects):
-        return legacy.load_model(path, custom_objects=custom_objects)
+        return legacy.load_legacy_model(path, custom_objects=custom_objects)
     if not safe_mode:  # lambdas may run, but the limits and class resolution still hold
         _checked_config(path, custom_objects)
     import keras

@@ -146,7 +146,7 @@ class KerasRunner(BaseRunner):
         super().__init__(path, threads)
 
     def _source_path(self, path) -> Path:
-        if self._model is not None or Path(path).is_dir():  # a SavedModel folder: load_model says what to do
+        if self._model is not None or Path(path).is_dir():  # a SavedModel folder: the loader says what to do
             return Path(path)
         return super()._source_path(path)
 
@@ -159,9 +159,9 @@ class KerasRunner(BaseRunner):
         import tensorflow as tf
 
         if self._model is None:
-            from edgetrunc.keras.load import load_model
+            from edgetrunc.keras.load import load_keras_model
 
-            self._model = load_model(self.path, custom_objects=self.custom_objects,
+            self._model = load_keras_model(self.path, custom_objects=self.custom_objects,
                                      trust_lambda=self.trust_lambda)
         model = self._model
         if not model.inputs:

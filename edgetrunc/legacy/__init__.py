@@ -12,9 +12,9 @@
 - `weights`: a layer's stored weights read from the file (a learned threshold);
 - `custom`: the user's own objects (`--custom-objects FILE.py`), given on purpose;
 - `mapping_check`: every `--truncation-class` mapping checked against its code, if given;
-- `load`: `load_legacy` / `load_model`, the Keras 2 archive, `.h5` and SavedModel loaders.
+- `load`: `load_legacy` / `load_legacy_model`, the Keras 2 archive, `.h5` and SavedModel loaders.
 
-`edgetrunc.keras.load.load_model` sends a file here when Keras 3 cannot read it as it is.
+`edgetrunc.keras.load.load_keras_model` sends a file here when Keras 3 cannot read it as it is.
 Imports TensorFlow / Keras lazily, inside functions.
 """
 
@@ -47,7 +47,7 @@ from edgetrunc.legacy.lambdas import (
     lambda_layers,
     missing_global_names,
 )
-from edgetrunc.legacy.load import load_legacy, load_model
+from edgetrunc.legacy.load import load_legacy, load_legacy_model
 
 __all__ = [
     "CustomObjects",
@@ -67,7 +67,7 @@ __all__ = [
     "lambda_globals",
     "lambda_layers",
     "load_legacy",
-    "load_model",
+    "load_legacy_model",
     "map_config_layers",
     "missing_global_names",
     "parse_truncation_classes",

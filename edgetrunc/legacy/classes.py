@@ -69,7 +69,7 @@ def parse_truncation_classes(items) -> dict:
         name, sep, text = str(item).partition("=")
         name = name.strip()
         if not all(part.isidentifier() for part in name.split(">")):
-            raise InputError(f"--truncation-class {item}: expected a class name, optionally "
+            raise InputError(f"truncation_classes={item}: expected a class name, optionally "
                              "with its threshold, e.g. TLU or TLU=3.0")
         threshold = None
         if sep:
@@ -78,7 +78,7 @@ def parse_truncation_classes(items) -> dict:
             except ValueError:
                 threshold = math.nan
             if not (math.isfinite(threshold) and threshold > 0):
-                raise InputError(f"--truncation-class {item}: the threshold must be a finite "
+                raise InputError(f"truncation_classes={item}: the threshold must be a finite "
                                  "number > 0, e.g. TLU=3.0")
         classes[name] = threshold
     return classes
@@ -110,7 +110,7 @@ def map_config_layers(config, truncation_classes=None, custom_objects=None,
     for found in _objects_keras_would_import(config, custom_objects):
         if found not in unknown:
             unknown.append(found)
-    missing = [f"--truncation-class {name}: no layer of class {name} and no activation "
+    missing = [f"truncation_classes={name}: no layer of class {name} and no activation "
                "function of that name in the model"
                for name in sorted(set(truncation_classes) - used)]
     if len(missing) == 1 and not unknown:

@@ -1,4 +1,4 @@
-"""Loading Keras 2 files in Keras 3: `load_legacy` (and `load_model`, the model alone).
+"""Loading Keras 2 files in Keras 3: `load_legacy` (and `load_legacy_model`, the model alone).
 
 The config is read and mapped first (`map_config_layers`); a `.keras` written by tf.keras 2
 is rebuilt from its Keras 2 config and its weights file, a tf.keras 2 SavedModel from its
@@ -35,8 +35,8 @@ from edgetrunc.legacy.lambdas import (
 )
 
 
-def load_model(path, trust_lambda=False, extra_globals=None, truncation_classes=None,
-               custom_objects=None):
+def load_legacy_model(path, trust_lambda=False, extra_globals=None, truncation_classes=None,
+                      custom_objects=None):
     """Load a `.keras`/`.h5` model; with `trust_lambda`, lambdas get `lambda_globals()`."""
     return load_legacy(path, trust_lambda, extra_globals, truncation_classes,
                        custom_objects=custom_objects)[0]

@@ -23,7 +23,7 @@ from edgetrunc.legacy import (
     load_custom_objects,
     lambda_layers,
     load_legacy,
-    load_model,
+    load_legacy_model,
     map_config_layers,
     missing_global_names,
     read_model_config,
@@ -117,7 +117,7 @@ def _check_paths(legacy_path, out_path):
         raise InputError(f"{out}: the migrated model is saved as .keras; got "
                          f"'{out.suffix or 'no suffix'}'")
     if resolve_path(out) == legacy.resolve() or (out.exists() and out.samefile(legacy)):
-        raise InputError(f"{out}: is the legacy input; choose another --out "
+        raise InputError(f"{out}: is the legacy input; choose another output, out=NEW.keras "
                          "(the input is never overwritten)")
     if out.is_dir():
         raise InputError(f"{out}: is a directory, expected a .keras file path")
@@ -129,7 +129,7 @@ def _refusal(path, names, stored):
     what = (f"{len(names)} Lambda layer(s) ({shown})" if names
             else f"{stored} stored Python function(s)")
     return (f"{path}: contains {what}; loading them runs Python code stored in the file. "
-            "If you trust its source, re-run with --trust-lambda (trust_lambda=True)")
+            "If you trust its source, re-run with trust_lambda=True")
 
 
 def _refuse_blockers(legacy_path, file_format, config, lambda_configs, has_code, trust_lambda,
@@ -300,13 +300,13 @@ def _check_reload(path, migrated, remaining, extra_globals, seed, custom_objects
     with_objects = (f" and --custom-objects {custom_objects.source}"
                     if custom_objects is not None else "")
     if remaining:
-        reloaded = load_model(path, trust_lambda=True, extra_globals=extra_globals,
-                              custom_objects=custom_objects)
+        reloaded = load_legacy_model(path, trust_lambda=True, extra_globals=extra_globals,
+                                      custom_objects=custom_objects)
         status = (f"still needs --trust-lambda: {len(remaining)} non-clip Lambda layer(s) "
                   f"remain ({', '.join(remaining)})")
     else:
         try:
-            reloaded = load_model(path, trust_lambda=False, custom_objects=custom_objects)
+            reloaded = load_legacy_model(path, trust_lambda=False, custom_objects=custom_objects)
         except InputError as exc:
             raise CheckFailed(f"migrated model does not load with safe_mode=True: {exc}") from None
         status = "loads with safe_mode=True" + with_objects

@@ -79,9 +79,9 @@ def open_artifacts(paths, expected_shape, threads=None) -> list:
 
 
 def _check_tolerances(atol, rtol) -> None:
-    for value, option in ((atol, "--atol"), (rtol, "--rtol")):
+    for value, name in ((atol, "atol"), (rtol, "rtol")):
         if value is not None and not (np.isfinite(value) and value >= 0):
-            raise InputError(f"{option}: expected a finite number >= 0; got {value}")
+            raise InputError(f"{name}: expected a finite number >= 0; got {value}", param=name)
 
 
 def _open_reference(model, threads, batch_size, custom_objects=None, trust_lambda=False):
@@ -323,7 +323,7 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
     check_run_paths({"save_inputs": save_inputs, "save_outputs": save_outputs,  # before any work
                      "stego_cache": stego_cache}, {"input": protect}, folders=("stego_cache",))
     check_golden_target(save_outputs, force)
-    stego = StegoSettings(embedding, stego_cache, workers)
+    stego = StegoSettings.of_run(embedding, stego_cache, workers)
     keras_runner, shape = _open_reference(model, threads, batch_size, custom_objects, trust_lambda)
     if isinstance(shape, dict) and (golden is not None or save_outputs is not None):
         raise InputError(f"{keras_runner.path}: golden outputs are kept for a model with one "

@@ -80,7 +80,7 @@ def save_golden(path, data, results, model_info: dict, precisions: dict, layer_o
     target = Path(path)
     check_output(target, protect)
     if target.exists() and not force:
-        raise InputError(f"{path}: golden file exists; pass --force (force=True) to replace it")
+        raise InputError(f"{path}: golden file exists; pass force=True to replace it")
     runners = {}
     arrays = {"x": np.ascontiguousarray(data.x, np.float32),
               "labels": np.asarray(data.labels, np.int64), "names": np.array(data.names)}
@@ -225,7 +225,7 @@ def _first_moved_layer(stored: dict, today: dict, bound: float) -> str | None:
 
 def check_golden_target(path, force: bool) -> None:
     if path is not None and Path(path).exists() and not force:
-        raise InputError(f"{path}: golden file exists; pass --force (force=True) to replace it")
+        raise InputError(f"{path}: golden file exists; pass force=True to replace it")
 
 
 def golden_outputs(report, keras_runner, runners, results, judged, compare_func, per_layer_batch,

@@ -76,7 +76,7 @@ def _held_out_pairs(pairs: int, seed: int, shape, stego=None):
                                   seed=seed, max_pairs=max(1, pairs), stride=max(1, tile // divisor),
                                   tile=tile, channels=channels, stego=stego)
         except InputError as exc:
-            raise InputError(f"inputs: {exc}; use --inputs random, a folder of images of at "
+            raise InputError(f"inputs: {exc}; use inputs=random, a folder of images of at "
                              f"least {tile}x{tile} or an .npz of inputs", param="inputs") from None
         if pair_set.n_pairs >= pairs:
             break
@@ -114,7 +114,7 @@ def _require_image_shape(kind, shape) -> None:
 
     if kind != "random" and geometry_of_shape((None, *shape)) is None:
         raise InputError(f"inputs {kind}: the model input {[None, *shape]} is not an image "
-                         "[N, S, S, 1 or 3]; use --inputs random or an .npz of inputs", param="inputs")
+                         "[N, S, S, 1 or 3]; use inputs=random or an .npz of inputs", param="inputs")
 
 
 def parity_inputs(kind: str = "mix", samples: int = 64, seed: int = 0,

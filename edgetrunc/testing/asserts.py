@@ -157,10 +157,10 @@ def _truncations(content: bytes, model, artifact_name: str) -> tuple:
 
     metadata = read_metadata(content) or {}
     if model is not None:
-        from edgetrunc.keras.load import load_model
+        from edgetrunc.keras.load import load_keras_model
         from edgetrunc.keras.truncations import find_truncations
 
-        loaded = load_model(model) if isinstance(model, (str, Path)) else model
+        loaded = load_keras_model(model) if isinstance(model, (str, Path)) else model
         truncations = find_truncations(loaded)
     else:
         truncations = metadata.get("truncations")

@@ -26,16 +26,16 @@ checkpoint and the record; the other workers train their share and return a shor
 
 from __future__ import annotations
 
+import dataclasses
+import textwrap
 import time
 
 from edgetrunc import _log
 from edgetrunc._io import atomic_path, sha256_file, write_json_atomic
-from edgetrunc.data.splits import DEFAULT_FRACTIONS
-from edgetrunc.data.stego_cache import DEFAULT_MESSAGES
 from edgetrunc.train.batchnorm import finalize_batchnorm, reestimate_batchnorm
 from edgetrunc.train.config import (EVAL_STRIDE, LR_SCHEDULES, TrainConfig, checked_keras_output,
-                                    parse_curriculum, parse_model_args, record_path)
-from edgetrunc.data.stream import DEFAULT_SHUFFLE_BUFFER
+                                    parse_curriculum, parse_model_args, record_path,
+                                    settings_doc)
 from edgetrunc.train.loop import (build_model, evaluate_pairs, fit_epochs, prepare_data,
                                   training_batches)
 from edgetrunc.train.record import build_record, worker_summary
@@ -47,80 +47,25 @@ __all__ = ["train", "TrainConfig", "Schedule", "EpochPlan", "selection_score", "
            "evaluate_pairs", "STRATEGIES", "LR_SCHEDULES", "EVAL_STRIDE"]
 
 
-def train(model: str = "tlunet", covers="embedded", payload: float = 0.4, epochs: int = 30,
-          batch_size: int = 16, lr: float = 1e-3, patience: int = 8, curriculum=None,
-          stage_epochs: int = 2, max_tiles: int | None = None, stride: int | None = None,
-          strategy: str = "default", out="models/tlunet.keras", seed: int = 0,
-          force: bool = False, time_budget: float | None = None, model_kwargs=None,
-          lr_schedule: str = "cosine", eval_stride: int | None = EVAL_STRIDE,
-          max_eval_pairs: int | None = None, bn_reestimate: str = "epoch",
-          fractions=DEFAULT_FRACTIONS, augment: bool = True, frozen_bn_fraction: float = 0.0,
-          command: str | None = None, embedding: str = "lsbm", messages: int = DEFAULT_MESSAGES,
-          stego_cache=None, workers: int | None = None, stream: str = "auto",
-          shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> dict:
-    """Train `model` on cover/stego pairs and write it to `out` plus its training record.
+def train(config: TrainConfig | None = None, /, **settings) -> dict:
+    """Train a model on cover/stego pairs and write it to `out` plus its training record.
 
-    Args:
-        model: registered model name.
-        covers: `"embedded"`, a folder of cover images, or a list of `Cover`.
-        payload: target LSB-matching payload in bits per pixel, in (0, 1].
-        epochs: maximum number of epochs (all stages together).
-        batch_size: pairs per batch (a batch holds 2 * batch_size images).
-        lr: initial learning rate (Adam).
-        patience: early stopping after this many epochs at the target payload without a
-            better validation P_E (with `frozen_bn_fraction`, the frozen phase starts then
-            instead, and a second run of `patience` epochs ends it).
-        curriculum: payload stages, e.g. `"1.0,0.7,0.4"`; every stage but the last lasts
-            `stage_epochs` epochs.
-        max_tiles: use at most this many training tiles (round-robin over photos).
-        stride: training tile stride in pixels (default one tile: the model input, 256 for
-            tlunet; a quarter tile gives 16x more tiles).
-        strategy: `"default"`, `"mirrored"`, `"multiworker"` (several machines, the cluster
-            from the `TF_CONFIG` environment variable; each worker trains on its share of
-            the tiles with `batch_size` pairs a batch) or `"one:DEVICE"` (tf.distribute).
-        out: output `.keras` path; the record goes beside it (`<name>.training.json`).
-        seed: seeds the split, the tiles, the messages, the augmentation and the weights.
-        force: replace an existing output.
-        time_budget: wall-time budget in minutes; no epoch starts that would overrun it.
-        model_kwargs: keyword arguments for the model builder (e.g. `front_end="srm6"`).
-        lr_schedule: `"cosine"` (to 1% of `lr` over the planned epochs), `"plateau"`
-            (halve after `max(2, patience // 3)` epochs without improvement) or `"constant"`.
-        eval_stride: tile stride of the validation and test tiles (default 128).
-        max_eval_pairs: cap on validation and test pairs (quick runs).
-        bn_reestimate: `"epoch"`: re-estimate the batch-norm statistics on training tiles
-            after every epoch, before validation (the validation figures with the running
-            statistics are recorded beside them); `"end"`: once after training, kept only
-            when the validation P_E does not get worse; `"none"`.
-        fractions: train / validation / test fractions of the photos.
-        augment: random rotations/flips of the training tiles.
-        frozen_bn_fraction: the last fraction of the planned epochs at the target payload
-            runs with batch normalization frozen (statistics re-estimated first, then the
-            layers in inference mode), so the weights are tuned for the model as it ships.
-        command: the command line that ran this training (kept in the record).
-        embedding: `"lsbm"` (LSB matching, a fresh message every epoch), `"hill"`,
-            `"suniward"` or `"wow"` (conseal; embedded once into the stego cache).
-        messages: K, the messages per training tile of a cached embedding, cycled over the
-            epochs (message `epoch mod K`).
-        stego_cache: the stego cache folder (default `$XDG_CACHE_HOME/edgetrunc/stego`).
-        workers: processes that fill the stego cache (default: every usable core).
-        stream: `"auto"` (a cover folder whose decoded pixels exceed 64 MiB is streamed from
-            its files every epoch, `edgetrunc.data.stream`), `"on"` or `"off"`.
-        shuffle_buffer: pairs in the shuffle buffer of a streamed epoch.
-
+    The settings are `TrainConfig`'s fields, given as keywords (`train(model="tlunet",
+    epochs=3)`) or as a `TrainConfig` (with keywords, they replace its fields); each field's
+    meaning and default are listed below (from `TrainConfig`, where they are written once).
     Returns the training record (also written as JSON beside the model); on a worker that
     is not the chief, a summary of its epochs (`worker_summary`; nothing is written).
     """
     started = time.monotonic()
-    config = TrainConfig(
-        model=model, covers=covers, payload=payload, epochs=epochs, batch_size=batch_size,
-        lr=lr, patience=patience, curriculum=curriculum, stage_epochs=stage_epochs,
-        max_tiles=max_tiles, stride=stride, strategy=strategy, out=out, seed=seed, force=force,
-        time_budget=time_budget, model_kwargs=model_kwargs, lr_schedule=lr_schedule,
-        eval_stride=eval_stride, max_eval_pairs=max_eval_pairs, bn_reestimate=bn_reestimate,
-        fractions=fractions, augment=augment, frozen_bn_fraction=frozen_bn_fraction,
-        command=command, embedding=embedding, messages=messages, stego_cache=stego_cache,
-        workers=workers, stream=stream, shuffle_buffer=shuffle_buffer)
+    if config is None:
+        config = TrainConfig(**settings)
+    elif settings:
+        config = dataclasses.replace(config, **settings)
     return run_training(config, started)
+
+
+if train.__doc__:  # None under python -OO
+    train.__doc__ += "\n" + textwrap.indent(settings_doc(TrainConfig), "    ") + "\n"
 
 
 def run_training(config: TrainConfig, started: float | None = None) -> dict:

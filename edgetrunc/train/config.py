@@ -1,24 +1,30 @@
 """The settings of one training run: `TrainConfig`, validated when it is made (no TensorFlow).
 
-`TrainConfig` holds every argument of `edgetrunc.train.train` and checks them in
-`__post_init__`, raising `InputError` naming the parameter (in its command-line spelling,
-which the command prints as it is); the payload is checked, the curriculum parsed into its
-payload stages (`stages`) and the model arguments into a dict. The helpers that parse a
-curriculum and `KEY=VALUE` model arguments, check the output path and name the training
-record beside a model live here too.
+`TrainConfig` is the one place the settings of `edgetrunc.train.train` are written: each
+field carries its default, its meaning and its command-line flag (`edgetrunc._options`), from
+which `edgetrunc train` declares its options. `__post_init__` checks them, raising
+`InputError` naming the parameter by its field name (the command line shows it as its flag);
+the payload is checked, the curriculum parsed into its payload stages (`stages`), the model
+arguments into a dict and the stego parameters into `StegoSettings` (`stego`). The helpers
+that parse a curriculum and `KEY=VALUE` model arguments, check the output path and name the
+training record beside a model live here too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetrunc._io import check_run_paths, require_writable_dir
+from edgetrunc._options import default_of, flag_names, option, positive_int
+from edgetrunc._options import payload as payload_text, seed as seed_text
 from edgetrunc.data.dataset import check_payload
 from edgetrunc.data.splits import DEFAULT_FRACTIONS
-from edgetrunc.data.stego_cache import DEFAULT_MESSAGES, StegoSettings
+from edgetrunc.data.stego_cache import StegoSettings, stego_option
 from edgetrunc.data.stream import DEFAULT_SHUFFLE_BUFFER, STREAM_MODES
 from edgetrunc.errors import InputError
 from edgetrunc.train.strategy import check_strategy
@@ -31,39 +37,75 @@ MAX_SHUFFLE_BUFFER = 8192  # pairs held by a streamed epoch's shuffle buffer
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run; see `edgetrunc.train.train` for their meaning."""
+    """Every setting of a training run, each with its default and meaning (`settings_doc`)."""
 
-    model: str = "tlunet"
-    covers: object = "embedded"
-    payload: float = 0.4
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 1e-3
-    patience: int = 8
-    curriculum: object = None
-    stage_epochs: int = 2
-    max_tiles: int | None = None
-    stride: int | None = None
-    strategy: str = "default"
-    out: object = "models/tlunet.keras"
-    seed: int = 0
-    force: bool = False
-    time_budget: float | None = None
-    model_kwargs: object = None
-    lr_schedule: str = "cosine"
-    eval_stride: int | None = EVAL_STRIDE
-    max_eval_pairs: int | None = None
-    bn_reestimate: str = "epoch"
-    fractions: tuple = DEFAULT_FRACTIONS
-    augment: bool = True
-    frozen_bn_fraction: float = 0.0
-    command: str | None = None
-    embedding: str = "lsbm"
-    messages: int = DEFAULT_MESSAGES
-    stego_cache: object = None
-    workers: int | None = None
-    stream: str = "auto"
-    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    model: str = option("tlunet", "registered model name")
+    covers: object = option("embedded", "'embedded' (scikit-image photos), a folder of "
+                            "PNG/PGM/TIFF cover images, or (in Python) a list of `Cover`")
+    payload: float = option(0.4, "target LSB-matching payload in bits per pixel, in (0, 1]",
+                            type=payload_text)
+    epochs: int = option(30, "maximum number of epochs (all stages together)", type=positive_int)
+    batch_size: int = option(16, "pairs per batch; each pair is a cover and its stego, so a "
+                             "batch holds 2 * batch_size images", type=positive_int)
+    lr: float = option(1e-3, "initial learning rate (Adam)", type=float)
+    patience: int = option(8, "early stopping after this many epochs at the target payload "
+                           "without a better validation P_E (with a frozen batch-norm phase, "
+                           "that phase starts then instead, and a second run of patience "
+                           "epochs ends it)", type=positive_int)
+    curriculum: object = option(None, "payload schedule from high to the target, e.g. "
+                                "'1.0,0.7,0.4'; every stage but the last lasts stage_epochs "
+                                "epochs", type=str)
+    stage_epochs: int = option(2, "epochs per curriculum stage before the target payload",
+                               type=positive_int)
+    max_tiles: int | None = option(None, "use at most this many training tiles (round-robin "
+                                   "over photos; quick runs)", type=positive_int)
+    stride: int | None = option(None, "training tile stride in pixels (default: the model's "
+                                "input size, non-overlapping; a quarter tile gives 16x more "
+                                "tiles)", type=positive_int)
+    strategy: str = option("default", "tf.distribute strategy: default, mirrored, multiworker "
+                           "(several machines, the cluster from TF_CONFIG; each worker trains "
+                           "on its share of the tiles and only the chief writes the output) or "
+                           "one:DEVICE")
+    out: object = option("models/tlunet.keras", "output .keras path; the training record goes "
+                         "beside it (<name>.training.json)")
+    seed: int = option(0, "random seed of the split, the tiles, the messages, the augmentation "
+                       "and the weights", type=seed_text)
+    force: bool = option(False, "replace an existing output", action="store_true")
+    time_budget: float | None = option(None, "wall-time budget in minutes; no epoch starts that "
+                                       "would overrun it", type=float, metavar="MIN")
+    model_kwargs: object = option(None, "model builder argument KEY=VALUE, repeatable (e.g. "
+                                  "front_end=srm6, width=2; in Python a dict or a list)",
+                                  flag="--model-arg", action="append", cli_default=[],
+                                  metavar="KEY=VALUE")
+    lr_schedule: str = option("cosine", "learning-rate schedule: cosine (to 1%% of lr over the "
+                              "planned epochs), plateau (halve after max(2, patience // 3) "
+                              "epochs without improvement) or constant", choices=LR_SCHEDULES)
+    eval_stride: int | None = option(EVAL_STRIDE, "tile stride of the validation and test tiles",
+                                     type=positive_int)
+    max_eval_pairs: int | None = option(None, "use at most this many validation and test pairs "
+                                        "(quick runs)", type=positive_int)
+    bn_reestimate: str = option("epoch", "re-estimate the batch-norm statistics on training "
+                                "tiles after every epoch, before validation (epoch); once "
+                                "after training, kept only when the validation P_E does not "
+                                "get worse (end); or never (none)", choices=BN_REESTIMATE)
+    fractions: tuple = option(DEFAULT_FRACTIONS, "train / validation / test fractions of the "
+                              "photos", flag=None)
+    augment: bool = option(True, "random rotations/flips of the training tiles", flag=None)
+    frozen_bn_fraction: float = option(0.0, "last fraction of the planned epochs at the target "
+                                       "payload trained with batch normalization frozen in "
+                                       "inference mode, after re-estimating its statistics",
+                                       flag="--frozen-bn", type=float, metavar="FRACTION")
+    command: str | None = option(None, "the command line that ran this training (kept in the "
+                                 "record)", flag=None)
+    embedding: str = stego_option("embedding")
+    messages: int = stego_option("messages")
+    stego_cache: object = stego_option("stego_cache")
+    workers: int | None = stego_option("workers")
+    stream: str = option("auto", "read the training tiles from the cover files every epoch "
+                         "instead of holding them in memory (auto: a cover folder over 64 MiB "
+                         "of decoded pixels)", choices=STREAM_MODES)
+    shuffle_buffer: int = option(DEFAULT_SHUFFLE_BUFFER, "pairs in the shuffle buffer of a "
+                                 "streamed epoch", type=positive_int, metavar="PAIRS")
     stages: list = field(init=False, default_factory=list)
     stego: StegoSettings = field(init=False, default=None)
 
@@ -83,8 +125,8 @@ class TrainConfig:
             raise InputError("bn_reestimate: expected epoch, end or none; "
                              f"got {self.bn_reestimate!r}", param="bn_reestimate")
         if not 0 <= self.frozen_bn_fraction < 1:
-            raise InputError("frozen_bn: expected a fraction in [0, 1); "
-                             f"got {self.frozen_bn_fraction}", param="frozen_bn")
+            raise InputError("frozen_bn_fraction: expected a fraction in [0, 1); "
+                             f"got {self.frozen_bn_fraction}", param="frozen_bn_fraction")
         if self.time_budget is not None and not self.time_budget > 0:
             raise InputError(f"time_budget: expected minutes > 0; got {self.time_budget}", param="time_budget")
         if self.stream not in STREAM_MODES:
@@ -98,13 +140,27 @@ class TrainConfig:
             check_run_paths({"out": self.out, "record": record_path(self.out),
                              "stego_cache": self.stego_cache}, {"covers": None if self.covers == "embedded" else self.covers},
                             folders=("stego_cache",))
-        messages = self.messages  # a run draws one per epoch: more are never used
-        if isinstance(messages, int) and not isinstance(messages, bool):
-            messages = min(messages, int(self.epochs))
-        self.stego = StegoSettings(self.embedding, self.stego_cache, self.workers, messages)
+        self.stego = StegoSettings.of_run(self.embedding, self.stego_cache, self.workers,
+                                          self.messages, epochs=self.epochs)
         self.model_kwargs = parse_model_args(self.model_kwargs.items()
                                              if isinstance(self.model_kwargs, dict)
                                              else self.model_kwargs)
+
+
+def settings_doc(cls=TrainConfig) -> str:
+    """`Args:` lines of every setting of `cls` with its default and, where it has one, its
+    command-line flag: the docstring section of a function that takes them as keywords."""
+    flags = flag_names(cls)
+    lines = ["Args:"]
+    for f in dataclasses.fields(cls):
+        if f.init and "option" in f.metadata:
+            notes = ([f"default {default_of(f)!r}"] if default_of(f) is not None else [])
+            notes += [flags[f.name]] if f.name in flags else []
+            text = f.metadata["option"]["help"].replace("%%", "%")
+            text += f" ({'; '.join(notes)})" if notes else ""
+            lines += textwrap.wrap(f"{f.name}: {text}.", 88, initial_indent="    ",
+                                   subsequent_indent="        ")
+    return "\n".join(lines)
 
 
 def record_path(model_path) -> Path:
@@ -142,7 +198,7 @@ def parse_model_args(items) -> dict:
             key, value = item
         else:
             if "=" not in item:
-                raise InputError(f"model_arg: expected KEY=VALUE; got {item!r}", param="model_arg")
+                raise InputError(f"model_kwargs: expected KEY=VALUE; got {item!r}", param="model_kwargs")
             key, value = item.split("=", 1)
             value = _literal(value)
         kwargs[key.strip()] = value
@@ -170,7 +226,7 @@ def checked_keras_output(out, force: bool) -> Path:
     if out.exists() and out.is_dir():
         raise InputError(f"{out}: is a folder; expected a .keras file path")
     if out.exists() and not force:
-        raise InputError(f"{out}: exists; pass --force to replace it")
+        raise InputError(f"{out}: exists; pass force=True to replace it")
     require_writable_dir(out.parent if str(out.parent) else Path("."))
     if not os.access(out.parent if str(out.parent) else ".", os.W_OK):
         raise InputError(f"{out.parent}: output folder is not writable")

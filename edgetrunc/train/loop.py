@@ -164,7 +164,7 @@ def build_model(config) -> tuple:
         except (TypeError, ValueError) as exc:
             raise InputError(f"model {config.model}: {exc}", param="model") from None
     compile_detector(net, strategy, config.lr)
-    geometry = require_image_geometry(net, f"--model {config.model}", "train")
+    geometry = require_image_geometry(net, f"model={config.model}", "train")
     output_shape = tuple(net.output_shape[1:]) if not isinstance(net.output_shape, list) else None
     if output_shape != (2,):
         raise InputError(f"model {config.model}: output shape {output_shape}; train needs a "

@@ -56,19 +56,19 @@ def fine_tune_qat(source, out, covers="embedded", payload=0.4, epochs=QAT_EPOCHS
     import keras
 
     from edgetrunc.data.geometry import require_image_geometry
-    from edgetrunc.keras.load import load_model
+    from edgetrunc.keras.load import load_keras_model
     from edgetrunc.keras.qat import calibrate_ranges, quantize_model
 
     source, out = Path(source), Path(out)
     record_path = out.with_name(f"{out.stem}.qat.json")
     for target in (out, record_path):
         if target.exists() and not force:
-            raise InputError(f"{target}: exists; expected a new output (or --force)", param="out")
+            raise InputError(f"{target}: exists; expected a new output (or force=True)", param="out")
         check_output(target, protect=[source])
     if epochs < 1 or lr <= 0 or max_pairs < 1:
         raise InputError(f"epochs {epochs}, lr {lr}, max_pairs {max_pairs}: expected positive values")
     started = time.perf_counter()
-    model = load_model(source, safe_mode=True)
+    model = load_keras_model(source, safe_mode=True)
     geometry = require_image_geometry(model, source.name, "quantization-aware training")
     keras.utils.set_random_seed(int(seed))
     calibration, train, held_out = _pairs(covers, geometry, payload, int(seed), model, max_pairs)

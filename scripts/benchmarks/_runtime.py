@@ -65,12 +65,12 @@ def shipped_artifacts(models_dir: Path) -> tuple:
 
 def load_tlunet(models_dir: Path):
     """`(model, description)`: the shipped `tlunet.keras`, else an untrained `tlunet`."""
-    from edgetrunc.keras.load import load_model
+    from edgetrunc.keras.load import load_keras_model
     from edgetrunc.models import create
 
     path = models_dir / "tlunet.keras"
     if path.exists():
-        return load_model(path), relative(path)
+        return load_keras_model(path), relative(path)
     return create("tlunet", seed=0), "untrained `tlunet` (models/tlunet.keras not found)"
 
 

@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     from edgetrunc.export import convert
     from edgetrunc.data.geometry import image_geometry
     from edgetrunc.export.calibration import calibration_pairs
-    from edgetrunc.keras.load import load_model
+    from edgetrunc.keras.load import load_keras_model
     from edgetrunc.runtime.bench import bench_artifacts
 
     source = Path(args.model)
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     ours = {}
     aware = convert(source, aware_dir, timings=ours)
     stock = convert(source, stock_dir, tflite=("int8",), onnx=("int8",), int8_mode="stock")
-    model = load_model(source)
+    model = load_keras_model(source)
     calibration = calibration_pairs("embedded", image_geometry(model)).x
     bare = _bare_conversions(model, calibration, tmp)
 

@@ -71,16 +71,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     pairs = list(zip(args.pairs[::2], args.pairs[1::2])) or DEFAULT_PAIRS
     from edgetrunc.cli.targets import targets_report
-    from edgetrunc.keras.load import load_model
+    from edgetrunc.keras.load import load_keras_model
 
-    float_model = load_model(ROOT / "models/tlunet.keras")
+    float_model = load_keras_model(ROOT / "models/tlunet.keras")
     speed_rows, quality_rows, vela_rows, micro_rows = [], [], [], []
     for source, artifact in pairs:
         source, artifact = ROOT / source, ROOT / artifact
         if not (source.exists() and artifact.exists()):
             log(f"skipped: {source} or {artifact} not found")
             continue
-        model = load_model(source)
+        model = load_keras_model(source)
         name = artifact.name
         t = speed(float_model, artifact, args.runs, ROOT / "models/tlunet_int8.tflite")
         reference = t.get("reference", (float("nan"),) * 2)

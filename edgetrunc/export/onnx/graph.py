@@ -17,7 +17,7 @@ INPUT_NAME = "input"
 CLIP_SUFFIX = "/Clip"
 
 
-def load_model(model):
+def load_onnx_proto(model):
     """An `onnx.ModelProto` from a proto, serialized bytes or a path."""
     import onnx
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgetrunc.errors import InputError
 from edgetrunc.export.candidates import match_clips, range_mismatch
-from edgetrunc.export.onnx.graph import CLIP_SUFFIX, Graph, load_model
+from edgetrunc.export.onnx.graph import CLIP_SUFFIX, Graph, load_onnx_proto
 from edgetrunc.runtime.metadata import onnx_ops
 
 
@@ -58,7 +58,7 @@ def inspect_onnx(model, truncations, precision) -> dict:
     "outputs"}`."""
     import onnx
 
-    model = load_model(model)
+    model = load_onnx_proto(model)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
