@@ -16,6 +16,7 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc._io import check_run_paths
+from edgetrunc.data.stego_cache import DEFAULT_EMBEDDING
 from edgetrunc.errors import InputError
 from edgetrunc.metrics import nearly_constant
 from edgetrunc.parity.comparator import DEFAULT_BATCH_SIZE, Comparator
@@ -300,9 +301,9 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                  rtol: float | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
                  per_layer_samples: int = PER_LAYER_SAMPLES, compare_func=None,
                  threads: int | None = None, save_inputs=None, strict_layers: bool = False,
-                 embedding: str = "lsbm", stego_cache=None, workers: int | None = None,
-                 custom_objects=None, trust_lambda: bool = False, save_outputs=None,
-                 load_outputs=None, force: bool = False) -> ParityReport:
+                 embedding: str = DEFAULT_EMBEDDING, stego_cache=None,
+                 workers: int | None = None, custom_objects=None, trust_lambda: bool = False,
+                 save_outputs=None, load_outputs=None, force: bool = False) -> ParityReport:
     """Compare the Keras `model` (path or `keras.Model`) with every artifact path; see the module
     docstring. `embedding` (lsbm, hill, suniward, wow) makes the stego inputs; the
     content-adaptive ones come from the stego cache (`stego_cache`, filled by `workers`).
