@@ -115,3 +115,33 @@ def test_switches_default_off_and_negated_switches_on():
             if type(action).__name__ == "_StoreFalseAction":
                 assert action.default is True and action.option_strings[0].startswith("--no-"), \
                     (command, action.dest)
+
+
+def test_parity_report_names_parameters_and_the_command_line_shows_flags():
+    """The report's notes name parameters (`strict_nan=True`, as library errors do); the
+    terminal table that `edgetrunc parity` prints shows them as flags."""
+    from types import SimpleNamespace
+
+    from edgetrunc.cli import parity
+    from edgetrunc.cli._args import flags_of
+    from edgetrunc.parity.report import terminal_report
+    from edgetrunc.parity.results import ParityReport
+
+    nan_probe = SimpleNamespace(layer="trunc", backend="tflite-builtin", precision="fp32",
+                                error=None, value_deviations=0, nan_deviations=1, lower=-3.0,
+                                upper=3.0, values=[{"input": "NaN", "got": 3.0, "status": "nan"}])
+    inputs = SimpleNamespace(x=[], describe=lambda: {"kind": "mix", "composition": {}})
+    report = ParityReport(reference={"path": "m.keras", "samples_per_second": 1.0}, inputs=inputs,
+                          artifacts=[], probes=[], strict_nan=True, per_layer=False, seconds=0.0,
+                          warnings=["m.tflite: layer x diverges (strict_layers=True makes it a "
+                                    "failure); use inputs=covers"])
+    report.probes = [nan_probe]
+    report.to_dict = lambda: {"samples": 0, "inputs": inputs.describe()}
+    (failure,) = report.probe_failures
+    assert failure.endswith("NaN not propagated (strict_nan=True)")
+    plain = terminal_report(report)
+    assert "(strict_nan=True)" in plain and "use inputs=covers" in plain
+    shown = terminal_report(report, flags_of(parity.add_arguments))
+    assert "FAIL probe trunc [tflite-builtin fp32]: NaN not propagated (--strict-nan)" in shown
+    assert "(--strict-layers makes it a failure); use --inputs covers" in shown
+    assert "=True" not in shown and "inputs=" not in shown

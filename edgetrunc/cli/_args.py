@@ -5,6 +5,14 @@ A type turns one command-line string into a checked value or raises
 Counts are bounded (a huge number is refused here, not deep inside numpy), thread counts
 are bounded by the machine, seeds are what every random source accepts. The `add_*`
 functions declare an option shared by several commands; each command gives its own help.
+
+Each default is written once, in the library: an option that sets a library parameter is
+declared with `add_parameter(parser, function, name, help)`, which takes its default from
+`function`'s signature (`default_of`) and renders "(default: X)" from that value
+(`with_default`); a command with many settings declares them from its settings dataclass
+(`add_options`). Either way the option's `dest` is the parameter's name, so the call passes
+the parsed options by name (`keywords`) and an error naming a parameter shows its flag
+(`flags`).
 """
 
 from __future__ import annotations
@@ -138,6 +146,20 @@ def add_options(parser, cls, exclude=()) -> None:
         flag = flag_of(field.name, metadata)
         if flag and field.name not in exclude:
             _add_option(parser, field.name, flag, metadata)
+
+
+def flags(parser) -> dict:
+    """`{parameter: flag}` of a command's options (`max_pairs` -> `--max-pairs`,
+    `frozen_bn_fraction` -> `--frozen-bn`): each option's `dest` is the parameter it sets."""
+    return {action.dest: max(action.option_strings, key=len) for action in parser._actions
+            if action.option_strings and action.dest != "help"}
+
+
+def flags_of(add_arguments) -> dict:
+    """`flags` of the options that a command's `add_arguments` declares."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return flags(parser)
 
 
 def keywords(function, args, exclude=()) -> dict:

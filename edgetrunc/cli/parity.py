@@ -123,7 +123,7 @@ def run(args) -> int:
     protect = protected_inputs(args.model, args.artifacts, args.load_outputs or args.inputs)
     report = check_parity(args.model, args.artifacts,
                           **_args.keywords(check_parity, args, exclude=("model", "artifacts")))
-    table = terminal_report(report)
+    table = terminal_report(report, _args.flags_of(add_arguments))
     stream = sys.stderr if args.json == "-" else sys.stdout
     stream.write(table)
     stream.flush()

@@ -204,11 +204,11 @@ def _judge_layers(report: ArtifactReport, runner, strict_layers: bool, warnings:
     comparison = report.comparison
     if report.first_divergent_layer and strict_layers:
         comparison.failures.append(f"layer {report.first_divergent_layer} diverges beyond the "
-                                   "per-layer bound (--strict-layers)")
+                                   "per-layer bound (strict_layers=True)")
     elif report.first_divergent_layer and comparison.passed:
         warnings.append(f"{runner.path.name}: outputs within tolerance but layer "
                         f"{report.first_divergent_layer} diverges beyond the per-layer bound "
-                        "(--strict-layers makes it a failure)")
+                        "(strict_layers=True makes it a failure)")
 
 
 def _compare_layer_groups(data, reports, runners, precisions, keras_runner, samples, strict_layers,
@@ -241,7 +241,7 @@ def per_layer_batch(data, precision: str, samples: int, name: str, warnings: lis
         return data.x[inside[:count]]
     warnings.append(f"{name}: int8 per-layer comparison on random images, which leave the "
                     "calibration domain (photos): their noise saturates int8 ranges, so layer "
-                    "errors there are not int8 rounding; use --inputs covers")
+                    "errors there are not int8 rounding; use inputs=covers")
     return data.x[:count]
 
 
@@ -270,7 +270,7 @@ def _probe_truncations(keras_model, reports: list, runners: list, shape, strict_
         if probe.nan_deviations and not strict_nan:
             warnings.append(f"{probe.layer} [{probe.backend}, {probe.precision}]: NaN input gives "
                             f"{next(v['got'] for v in probe.values if v['status'] == 'nan')} "
-                            "instead of NaN (warning; --strict-nan makes it a failure)")
+                            "instead of NaN (warning; strict_nan=True makes it a failure)")
     return probe_results
 
 
