@@ -124,13 +124,13 @@ def test_parity_report_names_parameters_and_the_command_line_shows_flags():
 
     from edgetrunc.cli import parity
     from edgetrunc.cli._args import flags_of
-    from edgetrunc.parity.report import terminal_report
+    from edgetrunc.parity.report import html_report, terminal_report
     from edgetrunc.parity.results import ParityReport
 
     nan_probe = SimpleNamespace(layer="trunc", backend="tflite-builtin", precision="fp32",
                                 error=None, value_deviations=0, nan_deviations=1, lower=-3.0,
                                 upper=3.0, values=[{"input": "NaN", "got": 3.0, "status": "nan"}])
-    inputs = SimpleNamespace(x=[], describe=lambda: {"kind": "mix", "composition": {}})
+    inputs = SimpleNamespace(x=[], describe=lambda: {"kind": "mix", "composition": {}, "seed": 0})
     report = ParityReport(reference={"path": "m.keras", "samples_per_second": 1.0}, inputs=inputs,
                           artifacts=[], probes=[], strict_nan=True, per_layer=False, seconds=0.0,
                           warnings=["m.tflite: layer x diverges (strict_layers=True makes it a "
@@ -145,3 +145,6 @@ def test_parity_report_names_parameters_and_the_command_line_shows_flags():
     assert "FAIL probe trunc [tflite-builtin fp32]: NaN not propagated (--strict-nan)" in shown
     assert "(--strict-layers makes it a failure); use --inputs covers" in shown
     assert "=True" not in shown and "inputs=" not in shown
+    page = html_report(report, flags_of(parity.add_arguments))
+    assert "NaN not propagated (--strict-nan)" in page and "use --inputs covers" in page
+    assert "(strict_nan=True)" in html_report(report)

@@ -123,7 +123,8 @@ def run(args) -> int:
     protect = protected_inputs(args.model, args.artifacts, args.load_outputs or args.inputs)
     report = check_parity(args.model, args.artifacts,
                           **_args.keywords(check_parity, args, exclude=("model", "artifacts")))
-    table = terminal_report(report, _args.flags_of(add_arguments))
+    flags = _args.flags_of(add_arguments)
+    table = terminal_report(report, flags)
     stream = sys.stderr if args.json == "-" else sys.stdout
     stream.write(table)
     stream.flush()
@@ -132,6 +133,6 @@ def run(args) -> int:
         if args.json != "-":
             _log.info(f"wrote {args.json}")
     if args.html:
-        write_html(report, args.html, protect=protect)
+        write_html(report, args.html, protect=protect, flags=flags)
         _log.info(f"wrote {args.html}")
     return 0 if report.passed else 1

@@ -1,10 +1,10 @@
 """Parity reports: the terminal table, the JSON report and one self-contained HTML page.
 
 `terminal_report(report)` is plain text (artifact table, failures, first divergent layers,
-per-layer table, probe table, warnings); failures and warnings name parameters
-(`strict_nan=True`), shown as flags where the caller gives its `{parameter: flag}` map
-(`terminal_report(report, flags)`, as `edgetrunc parity` does). `write_json(report, path)` writes `report.to_dict()`
-atomically (`-` for stdout). `write_html(report, path)` writes one page with every plot
+per-layer table, probe table, warnings). Failures and warnings name parameters
+(`strict_nan=True`); the text and the page show them as flags where the caller gives its
+`{parameter: flag}` map (`flags=`, as `edgetrunc parity` does); the JSON keeps the names.
+`write_json(report, path)` writes `report.to_dict()` atomically (`-` for stdout). `write_html(report, path)` writes one page with every plot
 embedded as a base64 PNG (matplotlib, Agg): the error histogram of each artifact, the
 per-layer error curve, and the stego probability of Keras against each artifact. No TensorFlow.
 """
@@ -251,7 +251,8 @@ def _html_table(headers, rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html_report(report) -> str:
+def html_report(report, flags: dict | None = None) -> str:
+    """The HTML page; `flags` as in `terminal_report`."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -275,11 +276,13 @@ def html_report(report) -> str:
                  for a in report.artifacts if a.first_divergent_layer]
     failures += [f"probe {f}" for f in report.probe_failures]
     failures += [f"golden {f}" for g in report.golden for f in g.failures]
+    failures = [flags_named(f, flags or {}) for f in failures]
     if failures:
         sections.append("<h2>Failures</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in failures)
                         + "</ul>")
     if report.warnings:
-        sections.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings)
+        warnings = [flags_named(w, flags or {}) for w in report.warnings]
+        sections.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
                         + "</ul>")
     sections.append("<h2>Output error per artifact</h2>"
                     f"<img alt='error histogram' src='{error_histogram(report)}'>")
@@ -313,6 +316,6 @@ def html_report(report) -> str:
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
 
 
-def write_html(report, path, protect=()) -> None:
+def write_html(report, path, protect=(), flags: dict | None = None) -> None:
     """The HTML page to `path`, atomically, never over one of the inputs in `protect`."""
-    write_text_atomic(path, html_report(report), protect=protect)
+    write_text_atomic(path, html_report(report, flags), protect=protect)
