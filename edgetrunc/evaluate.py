@@ -23,7 +23,7 @@ from edgetrunc._text import table
 from edgetrunc.data.covers import resolve_covers
 from edgetrunc.data.dataset import check_payload, load_pairs
 from edgetrunc.data.splits import split_sources
-from edgetrunc.data.stego_cache import StegoSettings
+from edgetrunc.data.stego_cache import DEFAULT_EMBEDDING, StegoSettings
 from edgetrunc.data.stream import StreamPairs, scan_covers, stream_pairs
 from edgetrunc.data.geometry import require_image_geometry
 from edgetrunc.errors import InputError
@@ -70,7 +70,8 @@ def runtime_scorer(path, batch_size: int = BATCH_SIZE, threads: int | None = Non
 
 def evaluate(model_path, covers="embedded", payload: float = 0.4, seed: int = 0,
              split: str | None = None, stride: int | None = 128, max_pairs: int | None = None,
-             batch_size: int = BATCH_SIZE, threads: int | None = None, embedding: str = "lsbm",
+             batch_size: int = BATCH_SIZE, threads: int | None = None,
+             embedding: str = DEFAULT_EMBEDDING,
              stego_cache=None, workers: int | None = None, custom_objects=None) -> dict:
     """Accuracy, AUC, P_E, confusion matrix and per-photo figures of a detector.
 

@@ -79,10 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _flags(parser, command: str) -> dict:
     """`{parameter: flag}` of the command's options (`max_pairs` -> `--max-pairs`,
     `frozen_bn_fraction` -> `--frozen-bn`): each option's `dest` is the parameter it sets."""
+    from edgetrunc.cli._args import flags
+
     (commands,) = [a for a in parser._actions if isinstance(a, _Commands)]
-    return {action.dest: max(action.option_strings, key=len)
-            for action in commands.choices[command]._actions
-            if action.option_strings and action.dest != "help"}
+    return flags(commands.choices[command])
 
 
 def _quiet_tensorflow(args):

@@ -5,6 +5,14 @@ A type turns one command-line string into a checked value or raises
 Counts are bounded (a huge number is refused here, not deep inside numpy), thread counts
 are bounded by the machine, seeds are what every random source accepts. The `add_*`
 functions declare an option shared by several commands; each command gives its own help.
+
+Each default is written once, in the library: an option that sets a library parameter is
+declared with `add_parameter(parser, function, name, help)`, which takes its default from
+`function`'s signature (`default_of`) and renders "(default: X)" from that value
+(`with_default`); a command with many settings declares them from its settings dataclass
+(`add_options`). Either way the option's `dest` is the parameter's name, so the call passes
+the parsed options by name (`keywords`) and an error naming a parameter shows its flag
+(`flags`).
 """
 
 from __future__ import annotations
@@ -76,24 +84,55 @@ def add_json(parser, help="print JSON on stdout") -> None:
     parser.add_argument("--json", action="store_true", help=help)
 
 
-def add_threads(parser, help="interpreter threads") -> None:
-    parser.add_argument("--threads", type=threads, default=None, help=help)
+def default_of(function, name: str):
+    """The default of parameter `name` of `function` (or of a class's constructor, as of a
+    settings dataclass): the one place a command's option takes its default from."""
+    import inspect
+
+    default = inspect.signature(function).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise TypeError(f"{function.__qualname__}: parameter {name!r} has no default")
+    return default
 
 
-def add_seed(parser, help="random seed (default: 0)") -> None:
-    parser.add_argument("--seed", type=seed, default=0, help=help)
+def with_default(help: str, default) -> str:
+    """`help` ending in "(default: X)", X rendered from `default` (a sequence as `a,b`);
+    nothing added for None, a switch (bool) or an empty sequence."""
+    if default is None or isinstance(default, bool) or default == [] or default == ():
+        return help
+    text = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+    return f"{help} (default: {text.replace('%', '%%')})".strip()
 
 
-def add_payload(parser, help) -> None:
-    parser.add_argument("--payload", type=payload, default=0.4, help=help)
+def add_parameter(parser, function, name: str, help: str = "", flag: str | None = None,
+                  **kwargs) -> None:
+    """An option that sets `function`'s parameter `name`: its `dest` is the name (so
+    `keywords` passes it, and an error naming the parameter shows the flag), its default the
+    parameter's own, shown at the end of its help. `flag` defaults to `--` and the name with
+    dashes; other keywords go to `add_argument` (`type`, `action`, `metavar`, ...)."""
+    default = default_of(function, name)
+    parser.add_argument(flag or "--" + name.replace("_", "-"), dest=name, default=default,
+                        help=with_default(help, default), **kwargs)
 
 
-def add_covers(parser, help) -> None:
-    parser.add_argument("--covers", default="embedded", help=help)
+def add_threads(parser, function, help="interpreter threads", **kwargs) -> None:
+    add_parameter(parser, function, "threads", help, type=threads, **kwargs)
 
 
-def add_force(parser, help) -> None:
-    parser.add_argument("--force", action="store_true", help=help)
+def add_seed(parser, function, help="random seed") -> None:
+    add_parameter(parser, function, "seed", help, type=seed)
+
+
+def add_payload(parser, function, help) -> None:
+    add_parameter(parser, function, "payload", help, type=payload)
+
+
+def add_covers(parser, function, help) -> None:
+    add_parameter(parser, function, "covers", help)
+
+
+def add_force(parser, function, help) -> None:
+    add_parameter(parser, function, "force", help, action="store_true")
 
 
 def add_out(parser, help=None, **kwargs) -> None:
@@ -109,6 +148,20 @@ def add_options(parser, cls, exclude=()) -> None:
             _add_option(parser, field.name, flag, metadata)
 
 
+def flags(parser) -> dict:
+    """`{parameter: flag}` of a command's options (`max_pairs` -> `--max-pairs`,
+    `frozen_bn_fraction` -> `--frozen-bn`): each option's `dest` is the parameter it sets."""
+    return {action.dest: max(action.option_strings, key=len) for action in parser._actions
+            if action.option_strings and action.dest != "help"}
+
+
+def flags_of(add_arguments) -> dict:
+    """`flags` of the options that a command's `add_arguments` declares."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return flags(parser)
+
+
 def keywords(function, args, exclude=()) -> dict:
     """The keyword arguments of `function` that the parsed `args` hold: every parameter named
     like an option's `dest` (a command's options are named as the library's parameters, so
@@ -121,9 +174,7 @@ def keywords(function, args, exclude=()) -> dict:
 
 def _add_option(parser, name: str, flag: str, metadata: dict) -> None:
     default = metadata["cli_default"]
-    shown = default is not None and not isinstance(default, (bool, list))
-    kwargs = {"dest": name, "default": default,
-              "help": metadata["help"] + (f" (default: {default})" if shown else "")}
+    kwargs = {"dest": name, "default": default, "help": with_default(metadata["help"], default)}
     for key in ("type", "choices", "metavar", "action"):
         if metadata[key] is not None:
             kwargs[key] = metadata[key]
@@ -141,15 +192,15 @@ def add_stego(parser, messages: bool = False) -> None:
             _add_option(parser, name, flag_of(name, metadata), metadata)
 
 
-def add_trust_lambda(parser, help="allow loading Lambda layers (this runs code stored in "
-                     "the file)") -> None:
-    parser.add_argument("--trust-lambda", action="store_true", help=help)
+def add_trust_lambda(parser, function, help="allow loading Lambda layers (this runs code "
+                     "stored in the file)") -> None:
+    add_parameter(parser, function, "trust_lambda", help, action="store_true")
 
 
-def add_custom_objects(parser) -> None:
+def add_custom_objects(parser, function) -> None:
     """`--custom-objects FILE.py`: the user's own code, run because the user names it."""
-    parser.add_argument(
-        "--custom-objects", metavar="FILE.py", default=None,
+    add_parameter(
+        parser, function, "custom_objects", metavar="FILE.py",
         help="a Python file of your own whose public functions and classes Keras may use by "
         "name when it loads the model, as keras.saving.load_model(custom_objects=...) does "
         "(custom layers, activations). The file is RUN (imported): give only code you trust. "

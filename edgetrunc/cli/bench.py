@@ -18,14 +18,16 @@ MAX_RUNS = 1_000_000
 
 
 def add_arguments(p) -> None:
+    from edgetrunc.runtime import RunnerOptions
+    from edgetrunc.runtime.bench import bench_artifacts as f
+
     p.add_argument("artifacts", metavar="ARTIFACT", nargs="+")
-    p.add_argument("--threads", type=_args.thread_list, default=[1],
-                   help="thread counts, e.g. 1,2 (default: 1)")
-    p.add_argument("--runs", type=_args.count(MAX_RUNS), default=50, help="timed runs (default: 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: 5)")
-    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default: 1)")
-    p.add_argument("--no-xnnpack", action="store_true",
-                   help="TFLite: built-in kernels instead of the XNNPACK delegate")
+    _args.add_parameter(p, f, "threads", "thread counts, e.g. 1,2", type=_args.thread_list)
+    _args.add_parameter(p, f, "runs", "timed runs", type=_args.count(MAX_RUNS))
+    _args.add_parameter(p, f, "warmup", "untimed runs first", type=int)
+    _args.add_parameter(p, f, "batch", "batch size", type=positive_int)
+    _args.add_parameter(p, RunnerOptions, "xnnpack", "TFLite: built-in kernels instead of the "
+                        "XNNPACK delegate", flag="--no-xnnpack", action="store_false")
     p.add_argument("--profile", action="store_true",
                    help="also time each op (ONNX Runtime's profiler; TFLite: the model cut "
                    "after each op, timed cumulatively) and sum it per Keras layer")
@@ -84,9 +86,8 @@ def run(args) -> int:
     from edgetrunc.runtime import RunnerOptions
     from edgetrunc.runtime.bench import bench_artifacts
 
-    results = bench_artifacts(args.artifacts, threads=args.threads, runs=args.runs,
-                              warmup=args.warmup, batch=args.batch,
-                              options=RunnerOptions(xnnpack=not args.no_xnnpack))
+    results = bench_artifacts(**_args.keywords(bench_artifacts, args),
+                              options=RunnerOptions(xnnpack=args.xnnpack))
     profiles = []
     if args.profile:
         from edgetrunc.runtime.profile import profile_artifact

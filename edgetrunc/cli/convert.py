@@ -14,43 +14,48 @@ DESCRIPTION = ("Convert a Keras model (.keras, or a full-model .h5) to TFLite an
                "artifact is read back and its truncation mapping checked.")
 
 
+def _library():
+    """The library's `convert`, whose signature gives every option its default."""
+    from edgetrunc.export import convert
+
+    return convert
+
+
 def add_arguments(p) -> None:
+    f = _library()
     p.add_argument("model", metavar="MODEL", help=".keras or full-model .h5 file")
-    _args.add_out(p, "output folder (default: beside the model)", default=None, dest="out_dir")
-    p.add_argument("--tflite", type=_args.choices_list("precision", ("fp32", "fp16", "int8", "int8-full")),
-                   default=["fp32", "fp16", "int8"],
-                   help="TFLite precisions (default: fp32,fp16,int8; int8-full: int8 input, "
-                   "output and every op, for NPUs and microcontrollers)")
-    p.add_argument("--onnx", type=_args.choices_list("precision", ("fp32", "int8")),
-                   default=["fp32", "int8"], help="ONNX precisions (default: fp32,int8)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..21 (default: 17)")
-    p.add_argument("--nchw", action="store_true", help="ONNX input as NCHW instead of NHWC")
-    p.add_argument("--calibration", default="embedded",
-                   help="int8 calibration images: 'embedded' or a folder (default: embedded)")
-    p.add_argument("--int8-io", action="store_true", help="TFLite int8 with int8 input/output")
-    p.add_argument("--int8-mode", choices=("truncation-aware", "stock"), default="truncation-aware",
-                   help="int8 quantization: truncation-aware (float before the first truncation, "
-                   "clip by int8 saturation) or the converters' stock full-integer path, for "
-                   "comparison (default: truncation-aware)")
-    p.add_argument("--literal", action="store_true",
-                   help="a one-to-one translation: skip the rewrites for speed (packing "
-                   "one-channel convolutions over 2x2 blocks of pixels, VALID pools and the "
-                   "batch normalization after them as convolutions), which are on by default")
+    _args.add_parameter(p, f, "out_dir", "output folder (default: beside the model)", flag="--out")
+    _args.add_parameter(p, f, "tflite", "TFLite precisions (int8-full: int8 input, output and "
+                        "every op, for NPUs and microcontrollers)",
+                        type=_args.choices_list("precision", ("fp32", "fp16", "int8", "int8-full")))
+    _args.add_parameter(p, f, "onnx", "ONNX precisions",
+                        type=_args.choices_list("precision", ("fp32", "int8")))
+    _args.add_parameter(p, f, "opset", "ONNX opset, 13..21", type=int)
+    _args.add_parameter(p, f, "nchw", "ONNX input as NCHW instead of NHWC", action="store_true")
+    _args.add_parameter(p, f, "calibration", "int8 calibration images: 'embedded' or a folder")
+    _args.add_parameter(p, f, "int8_io", "TFLite int8 with int8 input/output", action="store_true")
+    _args.add_parameter(p, f, "int8_mode", "int8 quantization: truncation-aware (float before the "
+                        "first truncation, clip by int8 saturation) or the converters' stock "
+                        "full-integer path, for comparison", choices=("truncation-aware", "stock"))
+    _args.add_parameter(p, f, "literal", "a one-to-one translation: skip the rewrites for speed "
+                        "(packing one-channel convolutions over 2x2 blocks of pixels, VALID pools "
+                        "and the batch normalization after them as convolutions), which are on "
+                        "by default", action="store_true")
     p.add_argument("--pack-front-end", action="store_true",
                    help="accepted for old command lines and does nothing: packing the "
                    "one-channel front end is now the default (see --literal)")
-    _args.add_custom_objects(p)
-    _args.add_trust_lambda(p, "load Lambda layers that are not truncations and run them as "
+    _args.add_custom_objects(p, f)
+    _args.add_trust_lambda(p, f, "load Lambda layers that are not truncations and run them as "
                            "traced (this runs code stored in the file; edgetrunc migrate "
                            "replaces truncations and common elementwise Lambdas instead)")
-    p.add_argument("--target", choices=("cpu", "ethos-u", "micro"), default="cpu",
-                   help="where the TFLite artifacts run: the CPU-only rewrites (space-to-depth "
-                   "packing) are left out for ethos-u and micro (default: cpu)")
-    p.add_argument("--no-speed", dest="speed", action="store_false",
-                   help="skip timing each int8 artifact against the fp32 one of its format "
-                   "(a few runs, 1 thread; a warning when int8 is slower)")
+    _args.add_parameter(p, f, "target", "where the TFLite artifacts run: the CPU-only rewrites "
+                        "(space-to-depth packing) are left out for ethos-u and micro",
+                        choices=("cpu", "ethos-u", "micro"))
+    _args.add_parameter(p, f, "speed", "skip timing each int8 artifact against the fp32 one of "
+                        "its format (a few runs, 1 thread; a warning when int8 is slower)",
+                        flag="--no-speed", action="store_false")
     _args.add_json(p, "print the manifest as JSON on stdout")
-    _args.add_force(p, "replace existing artifacts")
+    _args.add_force(p, f, "replace existing artifacts")
 
 
 def _ops_summary(ops: dict, limit: int = 6) -> str:
@@ -88,8 +93,8 @@ def format_table(manifest: dict) -> str:
 
 def run(args) -> int:
     from edgetrunc._text import dumps_json
-    from edgetrunc.export import convert
 
+    convert = _library()
     manifest = convert(args.model, **_args.keywords(convert, args, exclude=("model_path",)))
     if args.json:
         sys.stdout.write(dumps_json(manifest))

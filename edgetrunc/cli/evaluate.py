@@ -16,17 +16,19 @@ DESCRIPTION = "Evaluate a detector on the held-out test split (or a folder)."
 
 
 def add_arguments(p) -> None:
+    from edgetrunc.evaluate import evaluate as f
+
     p.add_argument("model", metavar="MODEL", help=".keras, .tflite or .onnx file")
-    _args.add_covers(p, "'embedded' (held-out test photos) or a folder of cover images")
-    _args.add_payload(p, "payload in bpp (default: 0.4)")
+    _args.add_covers(p, f, "'embedded' (held-out test photos) or a folder of cover images")
+    _args.add_payload(p, f, "payload in bpp")
     _args.add_stego(p)
-    _args.add_seed(p, "seed of the split and embedding (default: 0)")
-    p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
-                   help="which photos to score (default: test for embedded, all for a folder)")
-    p.add_argument("--stride", type=positive_int, default=128,
-                   help="tile stride in pixels (default: 128, as in the training record)")
-    p.add_argument("--max-pairs", type=positive_int, default=None, help="score at most this many pairs")
-    _args.add_custom_objects(p)
+    _args.add_seed(p, f, "seed of the split and embedding")
+    _args.add_parameter(p, f, "split", "which photos to score (default: test for embedded, all "
+                        "for a folder)", choices=("train", "val", "test", "all"))
+    _args.add_parameter(p, f, "stride", "tile stride in pixels, as in the training record",
+                        type=positive_int)
+    _args.add_parameter(p, f, "max_pairs", "score at most this many pairs", type=positive_int)
+    _args.add_custom_objects(p, f)
     _args.add_json(p)
 
 

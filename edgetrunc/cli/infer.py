@@ -20,9 +20,11 @@ DESCRIPTION = "Score images (tiled at the model's input size) with a converted m
 
 
 def add_arguments(p) -> None:
+    from edgetrunc.runtime import open_runner
+
     p.add_argument("artifact", metavar="ARTIFACT")
     p.add_argument("images", metavar="IMAGE", nargs="+")
-    _args.add_threads(p)
+    _args.add_threads(p, open_runner)
     _args.add_json(p)
 
 
@@ -121,7 +123,7 @@ def run(args) -> int:
     from edgetrunc._text import dumps_json
     from edgetrunc.runtime import open_runner
 
-    runner = open_runner(args.artifact, threads=args.threads)
+    runner = open_runner(args.artifact, **_args.keywords(open_runner, args))
     geometry = _check_image_input(runner)
     meta = runner.metadata()
     _log.info(f"{runner.name}: {meta.format} {meta.precision}, input "

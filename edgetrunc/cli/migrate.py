@@ -29,20 +29,23 @@ VERDICT_LABELS = {
 
 
 def add_arguments(p) -> None:
-    p.add_argument("legacy", metavar="LEGACY", help="a .keras or .h5 file, or a SavedModel folder")
-    _args.add_out(p, required=True, metavar="NEW.keras")
-    _args.add_trust_lambda(p)
+    from edgetrunc.migrate import migrate as f
+
+    p.add_argument("legacy_path", metavar="LEGACY", help="a .keras or .h5 file, or a SavedModel "
+                   "folder")
+    _args.add_out(p, required=True, metavar="NEW.keras", dest="out_path")
+    _args.add_trust_lambda(p, f)
     _args.add_json(p, "print the migration report as JSON")
-    p.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
-                   help="a global a saved lambda reads but the file does not store, e.g. T=3.0 "
-                   "(VALUE is a Python literal; repeatable)")
-    p.add_argument("--truncation-class", dest="truncation_classes", action="append", default=[],
-                   metavar="CLASS[=T]",
-                   help="a custom layer class or an activation function saved by name that is a "
-                   "truncation (clip to [-T, T]): map it to Truncation, T from its saved config, "
-                   "its one stored scalar weight, or given (repeatable); checked against its "
-                   "code when --custom-objects gives it or Keras knows it")
-    _args.add_custom_objects(p)
+    _args.add_parameter(p, f, "extra_globals", "a global a saved lambda reads but the file does "
+                        "not store, e.g. T=3.0 (VALUE is a Python literal; repeatable)",
+                        flag="--define", action="append", metavar="NAME=VALUE")
+    _args.add_parameter(p, f, "truncation_classes", "a custom layer class or an activation "
+                        "function saved by name that is a truncation (clip to [-T, T]): map it "
+                        "to Truncation, T from its saved config, its one stored scalar weight, "
+                        "or given (repeatable); checked against its code when --custom-objects "
+                        "gives it or Keras knows it", flag="--truncation-class", action="append",
+                        metavar="CLASS[=T]")
+    _args.add_custom_objects(p, f)
 
 
 def parse_defines(items) -> dict:
@@ -65,10 +68,9 @@ def run(args) -> int:
     from edgetrunc._text import dumps_json
     from edgetrunc.migrate import migrate, parse_truncation_classes
 
-    report = migrate(args.legacy, args.out, trust_lambda=args.trust_lambda,
-                     extra_globals=parse_defines(args.define),
-                     truncation_classes=parse_truncation_classes(args.truncation_classes),
-                     custom_objects=args.custom_objects)
+    parsed = {"extra_globals": parse_defines(args.extra_globals),
+              "truncation_classes": parse_truncation_classes(args.truncation_classes)}
+    report = migrate(**{**_args.keywords(migrate, args), **parsed})
     if args.json:
         sys.stdout.write(dumps_json(report))
     else:

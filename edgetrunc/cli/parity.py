@@ -22,49 +22,50 @@ MAX_SAMPLES = 1_000_000
 
 
 def add_arguments(p) -> None:
+    from edgetrunc.parity.check import check_parity as f
+
     p.add_argument("model", metavar="MODEL.keras")
     p.add_argument("artifacts", metavar="ARTIFACT", nargs="*",
                    help=".tflite or .onnx files, or .npz outputs recorded by `edgetrunc run` "
                    "(none with --load-outputs: Keras alone against the golden outputs)")
-    p.add_argument("--samples", type=_args.count(MAX_SAMPLES), default=64,
-                   help="number of inputs (default: 64)")
-    p.add_argument("--inputs", default="mix",
-                   help="mix, random, covers, stego, a folder of images, or the FILE.npz of an "
-                   "earlier --save-inputs (default: mix)")
+    _args.add_parameter(p, f, "samples", "number of inputs", type=_args.count(MAX_SAMPLES))
+    _args.add_parameter(p, f, "inputs", "mix, random, covers, stego, a folder of images, or the "
+                        "FILE.npz of an earlier --save-inputs")
     _args.add_stego(p)
-    p.add_argument("--per-layer", action="store_true", help="compare every layer, name the first divergent")
-    p.add_argument("--layer-samples", dest="per_layer_samples", type=_args.count(MAX_SAMPLES),
-                   default=8,
-                   help="with --per-layer: inputs compared layer by layer, the first of the "
-                   "--samples inputs; for int8 artifacts the first photos among them, inside "
-                   "the calibration domain (default: 8)")
-    p.add_argument("--strict-layers", action="store_true",
-                   help="with --per-layer: a divergent layer fails the check even when the outputs pass")
-    p.add_argument("--strict-nan", action="store_true", help="NaN deviations in probes fail the check")
-    p.add_argument("--no-probes", dest="probes", action="store_false",
-                   help="skip the truncation boundary probes")
-    p.add_argument("--atol", type=float, default=None, help="override the absolute tolerance")
-    p.add_argument("--rtol", type=float, default=None, help="override the relative tolerance")
+    _args.add_parameter(p, f, "per_layer", "compare every layer, name the first divergent",
+                        action="store_true")
+    _args.add_parameter(p, f, "per_layer_samples", "with --per-layer: inputs compared layer by "
+                        "layer, the first of the --samples inputs; for int8 artifacts the first "
+                        "photos among them, inside the calibration domain",
+                        flag="--layer-samples", type=_args.count(MAX_SAMPLES))
+    _args.add_parameter(p, f, "strict_layers", "with --per-layer: a divergent layer fails the "
+                        "check even when the outputs pass", action="store_true")
+    _args.add_parameter(p, f, "strict_nan", "NaN deviations in probes fail the check",
+                        action="store_true")
+    _args.add_parameter(p, f, "probes", "skip the truncation boundary probes", flag="--no-probes",
+                        action="store_false")
+    _args.add_parameter(p, f, "atol", "override the absolute tolerance", type=float)
+    _args.add_parameter(p, f, "rtol", "override the relative tolerance", type=float)
     p.add_argument("--json", metavar="FILE", default=None, help="write the JSON report ('-' for stdout)")
     p.add_argument("--html", metavar="FILE", default=None, help="write a self-contained HTML report")
-    _args.add_custom_objects(p)
-    _args.add_trust_lambda(p, "load Lambda layers that are not truncations and run them as "
+    _args.add_custom_objects(p, f)
+    _args.add_trust_lambda(p, f, "load Lambda layers that are not truncations and run them as "
                            "traced (this runs code stored in the file; edgetrunc migrate "
                            "replaces truncations and common elementwise Lambdas instead)")
-    _args.add_seed(p, "seed of the inputs (default: 0)")
-    _args.add_threads(p, "threads of each TFLite / ONNX Runtime backend (default: every usable core)")
-    p.add_argument("--batch-size", type=positive_int, default=16,
-                   help="inputs per inference call (default: 16)")
-    p.add_argument("--save-inputs", metavar="FILE.npz", default=None,
-                   help="write the inputs used, for `edgetrunc run` on a device; compare its "
-                   "outputs later with `parity MODEL OUTPUTS.npz --inputs FILE.npz`")
-    p.add_argument("--save-outputs", metavar="FILE.npz", default=None,
-                   help="write golden outputs: the inputs, every runner's outputs (each layer's "
-                   "Keras output with --per-layer) and the toolchain's versions")
-    p.add_argument("--load-outputs", metavar="FILE.npz", default=None,
-                   help="run on the inputs of a golden file and fail where today's Keras or "
-                   "artifacts moved from its outputs (replaces --inputs)")
-    p.add_argument("--force", action="store_true", help="let --save-outputs replace an existing file")
+    _args.add_seed(p, f, "seed of the inputs")
+    _args.add_threads(p, f, "threads of each TFLite / ONNX Runtime backend (default: every "
+                      "usable core)")
+    _args.add_parameter(p, f, "batch_size", "inputs per inference call", type=positive_int)
+    _args.add_parameter(p, f, "save_inputs", "write the inputs used, for `edgetrunc run` on a "
+                        "device; compare its outputs later with `parity MODEL OUTPUTS.npz "
+                        "--inputs FILE.npz`", metavar="FILE.npz")
+    _args.add_parameter(p, f, "save_outputs", "write golden outputs: the inputs, every runner's "
+                        "outputs (each layer's Keras output with --per-layer) and the "
+                        "toolchain's versions", metavar="FILE.npz")
+    _args.add_parameter(p, f, "load_outputs", "run on the inputs of a golden file and fail where "
+                        "today's Keras or artifacts moved from its outputs (replaces --inputs)",
+                        metavar="FILE.npz")
+    _args.add_force(p, f, "let --save-outputs replace an existing file")
 
 
 def _check_report_path(path, option) -> None:
@@ -122,7 +123,8 @@ def run(args) -> int:
     protect = protected_inputs(args.model, args.artifacts, args.load_outputs or args.inputs)
     report = check_parity(args.model, args.artifacts,
                           **_args.keywords(check_parity, args, exclude=("model", "artifacts")))
-    table = terminal_report(report)
+    flags = _args.flags_of(add_arguments)
+    table = terminal_report(report, flags)
     stream = sys.stderr if args.json == "-" else sys.stdout
     stream.write(table)
     stream.flush()
@@ -131,6 +133,6 @@ def run(args) -> int:
         if args.json != "-":
             _log.info(f"wrote {args.json}")
     if args.html:
-        write_html(report, args.html, protect=protect)
+        write_html(report, args.html, protect=protect, flags=flags)
         _log.info(f"wrote {args.html}")
     return 0 if report.passed else 1

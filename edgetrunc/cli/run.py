@@ -17,13 +17,15 @@ DESCRIPTION = ("Run a .tflite or .onnx artifact on the inputs saved by `edgetrun
 
 
 def add_arguments(p) -> None:
+    from edgetrunc.runtime.recorded import record_outputs as f
+
     p.add_argument("artifact", metavar="ARTIFACT")
-    p.add_argument("inputs", metavar="INPUTS.npz")
-    _args.add_out(p, required=True, metavar="OUTPUTS.npz")
-    _args.add_threads(p)
-    p.add_argument("--intermediates", type=_args.count(1_000_000), default=0, metavar="N",
-                   help="also record every intermediate tensor of the first N inputs, for a "
-                   "layer-by-layer comparison with a recording made elsewhere (default: 0)")
+    p.add_argument("inputs_path", metavar="INPUTS.npz")
+    _args.add_out(p, required=True, metavar="OUTPUTS.npz", dest="out_path")
+    _args.add_threads(p, f)
+    _args.add_parameter(p, f, "intermediates", "also record every intermediate tensor of the "
+                        "first N inputs, for a layer-by-layer comparison with a recording made "
+                        "elsewhere", type=_args.count(1_000_000), metavar="N")
     _args.add_json(p, "print the recording's metadata as JSON")
 
 
@@ -33,16 +35,15 @@ def run(args) -> int:
     from edgetrunc.runtime.host import where_label
     from edgetrunc.runtime.recorded import record_outputs
 
-    record = record_outputs(args.artifact, args.inputs, args.out, threads=args.threads,
-                            intermediates=args.intermediates)
+    record = record_outputs(**_args.keywords(record_outputs, args))
     if args.json:
         sys.stdout.write(dumps_json(record))
     else:
         print(f"{record['artifact']} ({record['format']} {record['precision']}, {record['backend']}) "
               f"on {record['samples']} inputs, {where_label(record['where'])}, {record['platform']}: "
-              f"wrote {args.out}")
+              f"wrote {args.out_path}")
         for name, shape in record.get("outputs", {}).items():
             print(f"  output {name}: {shape}")
-    _log.info(f"compare on the machine with Keras: edgetrunc parity MODEL.keras {args.out} "
-              f"--inputs {args.inputs}")
+    _log.info(f"compare on the machine with Keras: edgetrunc parity MODEL.keras {args.out_path} "
+              f"--inputs {args.inputs_path}")
     return 0

@@ -18,14 +18,15 @@ DESCRIPTION = ("Vela's NPU/CPU operator split, SRAM and time for Ethos-U55/U65, 
 MAX_STEPS = 1
 
 
+ACCELERATORS = ("ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u65-512")
+
+
 def add_arguments(p) -> None:
     p.add_argument("artifact", metavar="ARTIFACT", help="full-integer .tflite (convert --tflite int8-full)")
-    p.add_argument("--accelerators", type=_args.choices_list(
-        "accelerator", ("ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u65-512")),
-        default=["ethos-u55-256", "ethos-u65-256"],
-        help="Vela accelerator configurations (default: ethos-u55-256,ethos-u65-256)")
-    p.add_argument("--samples", type=_args.count(256), default=8,
-                   help="held-out tiles run through TFLite Micro (default: 8)")
+    _args.add_parameter(p, targets_report, "accelerators", "Vela accelerator configurations",
+                        type=_args.choices_list("accelerator", ACCELERATORS))
+    _args.add_parameter(p, targets_report, "samples", "held-out tiles run through TFLite Micro",
+                        type=_args.count(256))
     _args.add_json(p, "print the report as JSON on stdout")
 
 
@@ -39,7 +40,8 @@ def _tiles(runner, samples: int):
     return pairs.x[:samples]
 
 
-def targets_report(artifact, accelerators, samples: int) -> dict:
+def targets_report(artifact, accelerators=("ethos-u55-256", "ethos-u65-256"),
+                   samples: int = 8) -> dict:
     from edgetrunc.export.vela import vela_report
     from edgetrunc.runtime.micro import micro_check
     from edgetrunc.runtime.tflite_runner import TFLiteRunner
@@ -77,6 +79,6 @@ def run(args) -> int:
     from edgetrunc._text import dumps_json
 
     require_file(args.artifact, "artifact", suffixes=(".tflite",))
-    report = targets_report(args.artifact, args.accelerators, args.samples)
+    report = targets_report(**_args.keywords(targets_report, args))
     sys.stdout.write(dumps_json(report) if args.json else format_report(report) + "\n")
     return 0 if report["passed"] else 1

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgetrunc import _log
 from edgetrunc._io import check_run_paths
+from edgetrunc.data.stego_cache import DEFAULT_EMBEDDING
 from edgetrunc.errors import InputError
 from edgetrunc.metrics import nearly_constant
 from edgetrunc.parity.comparator import DEFAULT_BATCH_SIZE, Comparator
@@ -203,11 +204,11 @@ def _judge_layers(report: ArtifactReport, runner, strict_layers: bool, warnings:
     comparison = report.comparison
     if report.first_divergent_layer and strict_layers:
         comparison.failures.append(f"layer {report.first_divergent_layer} diverges beyond the "
-                                   "per-layer bound (--strict-layers)")
+                                   "per-layer bound (strict_layers=True)")
     elif report.first_divergent_layer and comparison.passed:
         warnings.append(f"{runner.path.name}: outputs within tolerance but layer "
                         f"{report.first_divergent_layer} diverges beyond the per-layer bound "
-                        "(--strict-layers makes it a failure)")
+                        "(strict_layers=True makes it a failure)")
 
 
 def _compare_layer_groups(data, reports, runners, precisions, keras_runner, samples, strict_layers,
@@ -240,7 +241,7 @@ def per_layer_batch(data, precision: str, samples: int, name: str, warnings: lis
         return data.x[inside[:count]]
     warnings.append(f"{name}: int8 per-layer comparison on random images, which leave the "
                     "calibration domain (photos): their noise saturates int8 ranges, so layer "
-                    "errors there are not int8 rounding; use --inputs covers")
+                    "errors there are not int8 rounding; use inputs=covers")
     return data.x[:count]
 
 
@@ -269,7 +270,7 @@ def _probe_truncations(keras_model, reports: list, runners: list, shape, strict_
         if probe.nan_deviations and not strict_nan:
             warnings.append(f"{probe.layer} [{probe.backend}, {probe.precision}]: NaN input gives "
                             f"{next(v['got'] for v in probe.values if v['status'] == 'nan')} "
-                            "instead of NaN (warning; --strict-nan makes it a failure)")
+                            "instead of NaN (warning; strict_nan=True makes it a failure)")
     return probe_results
 
 
@@ -300,9 +301,9 @@ def check_parity(model, artifacts, samples: int = 64, inputs: str = "mix", per_l
                  rtol: float | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
                  per_layer_samples: int = PER_LAYER_SAMPLES, compare_func=None,
                  threads: int | None = None, save_inputs=None, strict_layers: bool = False,
-                 embedding: str = "lsbm", stego_cache=None, workers: int | None = None,
-                 custom_objects=None, trust_lambda: bool = False, save_outputs=None,
-                 load_outputs=None, force: bool = False) -> ParityReport:
+                 embedding: str = DEFAULT_EMBEDDING, stego_cache=None,
+                 workers: int | None = None, custom_objects=None, trust_lambda: bool = False,
+                 save_outputs=None, load_outputs=None, force: bool = False) -> ParityReport:
     """Compare the Keras `model` (path or `keras.Model`) with every artifact path; see the module
     docstring. `embedding` (lsbm, hill, suniward, wow) makes the stego inputs; the
     content-adaptive ones come from the stego cache (`stego_cache`, filled by `workers`).

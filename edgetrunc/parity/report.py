@@ -1,8 +1,10 @@
 """Parity reports: the terminal table, the JSON report and one self-contained HTML page.
 
 `terminal_report(report)` is plain text (artifact table, failures, first divergent layers,
-per-layer table, probe table, warnings). `write_json(report, path)` writes `report.to_dict()`
-atomically (`-` for stdout). `write_html(report, path)` writes one page with every plot
+per-layer table, probe table, warnings). Failures and warnings name parameters
+(`strict_nan=True`); the text and the page show them as flags where the caller gives its
+`{parameter: flag}` map (`flags=`, as `edgetrunc parity` does); the JSON keeps the names.
+`write_json(report, path)` writes `report.to_dict()` atomically (`-` for stdout). `write_html(report, path)` writes one page with every plot
 embedded as a base64 PNG (matplotlib, Agg): the error histogram of each artifact, the
 per-layer error curve, and the stego probability of Keras against each artifact. No TensorFlow.
 """
@@ -17,6 +19,7 @@ import numpy as np
 
 from edgetrunc._io import write_text_atomic
 from edgetrunc._text import dump_json, printable, table
+from edgetrunc.errors import flags_named
 from edgetrunc.runtime.host import where_label
 
 
@@ -55,7 +58,10 @@ def output_rows(report) -> list:
             for a in report.artifacts for o in a.comparison.outputs]
 
 
-def terminal_report(report) -> str:
+def terminal_report(report, flags: dict | None = None) -> str:
+    """The report as plain text; with `flags` (`{parameter: flag}`), a failure or warning
+    that names a parameter as `name=VALUE` shows it as its flag (`errors.flags_named`)."""
+    flags = flags or {}
     d = report.to_dict()
     inputs = d["inputs"]
     ref_acc = next((a.comparison.accuracy_reference for a in report.artifacts
@@ -79,7 +85,7 @@ def terminal_report(report) -> str:
                                             "cosine", "failed"], output_rows(report))]
     for a in report.artifacts:
         for failure in a.comparison.failures:
-            parts.append(f"  FAIL {_short(a.path)}: {failure}")
+            parts.append(flags_named(f"  FAIL {_short(a.path)}: {failure}", flags))
         flipped = report.disagreements(a.path, limit=3)
         if flipped and not a.passed:
             parts.append(f"  flipped decisions in {_short(a.path)}: " + ", ".join(
@@ -118,13 +124,13 @@ def terminal_report(report) -> str:
         parts.append(table(["layer", "bounds", "backend", "prec", "NaN ->", "NaN dev", "value dev",
                              "deviations"], rows))
     for failure in report.probe_failures:
-        parts.append(f"  FAIL probe {failure}")
+        parts.append(flags_named(f"  FAIL probe {failure}", flags))
     if report.golden:
         parts.append("golden outputs: " + ", ".join(
             f"{g.runner} {'unchanged' if g.passed else 'MOVED'}" for g in report.golden))
     parts += [f"  FAIL golden {failure}" for g in report.golden for failure in g.failures]
     for warning in report.warnings:
-        parts.append(f"warning: {warning}")
+        parts.append(flags_named(f"warning: {warning}", flags))
     parts += ["", f"parity {'PASSED' if report.passed else 'FAILED'} ({report.seconds:.1f} s)"]
     # names from files (tensor names, photo names) may hold control characters: escaped
     return "\n".join(printable(line) for line in "\n".join(parts).split("\n")) + "\n"
@@ -245,7 +251,8 @@ def _html_table(headers, rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html_report(report) -> str:
+def html_report(report, flags: dict | None = None) -> str:
+    """The HTML page; `flags` as in `terminal_report`."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -269,11 +276,13 @@ def html_report(report) -> str:
                  for a in report.artifacts if a.first_divergent_layer]
     failures += [f"probe {f}" for f in report.probe_failures]
     failures += [f"golden {f}" for g in report.golden for f in g.failures]
+    failures = [flags_named(f, flags or {}) for f in failures]
     if failures:
         sections.append("<h2>Failures</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in failures)
                         + "</ul>")
     if report.warnings:
-        sections.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings)
+        warnings = [flags_named(w, flags or {}) for w in report.warnings]
+        sections.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
                         + "</ul>")
     sections.append("<h2>Output error per artifact</h2>"
                     f"<img alt='error histogram' src='{error_histogram(report)}'>")
@@ -307,6 +316,6 @@ def html_report(report) -> str:
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
 
 
-def write_html(report, path, protect=()) -> None:
+def write_html(report, path, protect=(), flags: dict | None = None) -> None:
     """The HTML page to `path`, atomically, never over one of the inputs in `protect`."""
-    write_text_atomic(path, html_report(report), protect=protect)
+    write_text_atomic(path, html_report(report, flags), protect=protect)

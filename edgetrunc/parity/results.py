@@ -54,7 +54,7 @@ class ParityReport:
     reference_probability: np.ndarray | None = None
     probabilities: dict = field(default_factory=dict)
     output_errors: dict = field(default_factory=dict)
-    golden: list = field(default_factory=list)  # GoldenComparison per runner (--load-outputs)
+    golden: list = field(default_factory=list)  # GoldenComparison per runner (load_outputs)
 
     @property
     def probe_failures(self) -> list:
@@ -67,7 +67,7 @@ class ParityReport:
                                 f"{probe.value_deviations} boundary value(s) deviate")
             if probe.nan_deviations and self.strict_nan:
                 failures.append(f"{probe.layer} [{probe.backend} {probe.precision}]: NaN not propagated "
-                                "(--strict-nan)")
+                                "(strict_nan=True)")
         return failures
 
     @property
