@@ -58,6 +58,7 @@ def test_pixels_map_to_the_int8_input_without_loss(model, full):
     report = inspect_tflite(full[0], find_truncations(model), "int8-full")
     (inp,), (out,) = report["inputs"], report["outputs"]
     assert (inp["dtype"], inp["scale"], inp["zero_point"]) == ("int8", 1.0, -128)
+    assert report["integer"]["output"].startswith("stego probability (SOFTMAX")  # post-training
     assert out["dtype"] == "int8"
     pixels = np.arange(256, dtype=np.float64)
     stored = np.round(pixels / inp["scale"]) + inp["zero_point"]

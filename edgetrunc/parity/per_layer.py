@@ -37,6 +37,12 @@ LAYER_TOLERANCES = {"fp32": 1e-2, "fp16": 1e-2, "int8": 0.5}
 AFFINE_RESIDUAL = 1e-3
 
 
+def first_over_one_step(layers) -> LayerComparison | None:
+    """The first compared integer layer whose error (rms over its elements, in steps of its
+    own quantization scale) exceeds one step, or None."""
+    return next((layer for layer in layers if (layer.rms_error_over_scale or 0.0) > 1.0), None)
+
+
 @dataclass
 class LayerComparison:
     """One Keras layer against its artifact tensor (JSON-ready)."""
@@ -54,6 +60,7 @@ class LayerComparison:
     cosine: float | None = None
     scale: float | None = None
     error_over_scale: float | None = None
+    rms_error_over_scale: float | None = None  # TFLite's QuantizationDebugger rmse/scale
     local_error: float | None = None
     divergent: bool = False
     fused_into: str | None = None
@@ -307,6 +314,8 @@ def _layer_result(name, index, input_layers, chosen, stats, folded, local, toler
         relative_rms_error=figures.relative_rms, cosine=figures.cosine, scale=tensor.scale)
     if tensor.scale:
         item.error_over_scale = item.max_abs_error / tensor.scale
+        if figures.count and np.isfinite(figures.sq_diff):
+            item.rms_error_over_scale = float(np.sqrt(figures.sq_diff / figures.count)) / tensor.scale
     if not err <= tolerance:
         if name in folded:
             item.status = "folded"

@@ -1,0 +1,27 @@
+"""Integer parity per layer: each tensor's error in steps of its own quantization scale, and the
+first layer whose error exceeds one step named in the report."""
+
+from types import SimpleNamespace
+
+from edgetrunc.parity.per_layer import LayerComparison, first_over_one_step
+from edgetrunc.parity.report import step_lines
+
+
+def _layers(*rms):
+    return [LayerComparison(f"layer{i}", i, "compared", scale=0.1, max_abs_error=3 * r * 0.1,
+                            error_over_scale=3 * r, rms_error_over_scale=r)
+            for i, r in enumerate(rms)]
+
+
+def test_the_first_layer_over_one_step_is_named():
+    layers = [LayerComparison("input", 0, "input"), *_layers(0.3, 0.9, 1.4, 2.5)]
+    assert first_over_one_step(layers).layer == "layer2"
+    (line,) = step_lines(SimpleNamespace(layers=layers))
+    assert "exceeds one step" in line and "layer2 (1.40 steps, max 4.2)" in line
+
+
+def test_none_over_one_step_and_float_artifacts_say_so_or_nothing():
+    assert first_over_one_step(_layers(0.2, 1.0)) is None  # one step exactly is within
+    assert step_lines(SimpleNamespace(layers=_layers(0.2, 1.0))) == [
+        "  no layer's rms error exceeds one step of its quantization scale"]
+    assert step_lines(SimpleNamespace(layers=[LayerComparison("conv", 1, "compared")])) == []
