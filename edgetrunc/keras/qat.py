@@ -110,6 +110,19 @@ def _exact_step(layer, model) -> float | None:
     return float(steps[0])
 
 
+def _fixed_exact(layer) -> bool:
+    """Whether `layer` is a fixed convolution whose weights are integer multiples of one step
+    per output channel: the converter stores those exactly (`exact_filter_weights`), so its
+    quantization-aware clone computes with them as they are."""
+    axis = {"Conv2D": 3, "DepthwiseConv2D": 2}.get(type(layer).__name__)
+    if axis is None or layer.trainable:
+        return False
+    kernel = np.asarray(layer.get_weights()[0])
+    if axis == 2:  # depthwise [kh, kw, C, M]: output channels C * M
+        kernel, axis = kernel.reshape(*kernel.shape[:2], -1), 2
+    return exact_steps(kernel, axis) is not None
+
+
 def fake_quant_plan(model) -> dict:
     """{layer name: "tracked" or a fixed (min, max)} of the layers a `FakeQuant` follows."""
     bounds = {t["layer"]: (t["lower"], t["upper"]) for t in find_truncations(model)}
@@ -157,7 +170,7 @@ def quantize_model(model, calibration=None, batch_size: int = 16):
     import keras
 
     plan = fake_quant_plan(model)
-    exact = {layer.name for layer in model.layers if _exact_step(layer, model) is not None}
+    exact = {layer.name for layer in model.layers if _fixed_exact(layer)}
     outputs = {t._keras_history.operation.name for t in model.outputs}
     heads = {layer.name for layer in model.layers if _logit_head(layer, outputs)}
 
