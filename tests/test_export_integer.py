@@ -89,6 +89,16 @@ def test_exact_steps_finds_the_largest_step_per_channel():
     assert exact_steps(trained, 3) is None
 
 
+def test_the_srm30_bank_is_thirty_distinct_exact_high_pass_filters():
+    kernel, numerators, denominators = high_pass_bank("srm30")
+    assert kernel.shape == (5, 5, 1, 30)
+    assert len({numerators[..., i].tobytes() for i in range(30)}) == 30
+    assert np.all(numerators.sum(axis=(0, 1, 2)) == 0)  # no DC: a residual of the pixels
+    assert sorted(set(np.asarray(denominators).tolist())) == [1, 2, 3, 4, 12]
+    steps = exact_steps(kernel, 3)  # each filter's int8 weights exact with its own step
+    assert steps is not None and np.all(np.abs(kernel).max(axis=(0, 1, 2)) / steps <= 127)
+
+
 @keras.saving.register_keras_serializable(package="edgetrunc_tests")
 class Wave(keras.layers.Layer):
     """sin(x): TFLite has no int8 SIN kernel."""
