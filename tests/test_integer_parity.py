@@ -3,8 +3,8 @@ first layer whose error exceeds one step named in the report."""
 
 from types import SimpleNamespace
 
-from edgetrunc.parity.per_layer import LayerComparison, first_over_one_step
-from edgetrunc.parity.report import step_lines
+from edgetrunc.parity.per_layer import LayerComparison
+from edgetrunc.parity.report import first_over_one_step, step_lines
 
 
 def _layers(*rms):

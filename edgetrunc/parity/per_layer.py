@@ -37,12 +37,6 @@ LAYER_TOLERANCES = {"fp32": 1e-2, "fp16": 1e-2, "int8": 0.5}
 AFFINE_RESIDUAL = 1e-3
 
 
-def first_over_one_step(layers) -> LayerComparison | None:
-    """The first compared integer layer whose error (rms over its elements, in steps of its
-    own quantization scale) exceeds one step, or None."""
-    return next((layer for layer in layers if (layer.rms_error_over_scale or 0.0) > 1.0), None)
-
-
 @dataclass
 class LayerComparison:
     """One Keras layer against its artifact tensor (JSON-ready)."""

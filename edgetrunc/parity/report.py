@@ -120,12 +120,16 @@ def terminal_report(report) -> str:
     return "\n".join(printable(line) for line in "\n".join(parts).split("\n")) + "\n"
 
 
+def first_over_one_step(layers):
+    """The first compared integer layer (`per_layer.LayerComparison`) whose error, rms over
+    its elements in steps of its own quantization scale, exceeds one step; or None."""
+    return next((layer for layer in layers if (layer.rms_error_over_scale or 0.0) > 1.0), None)
+
+
 def step_lines(artifact) -> list:
     """For an artifact with quantized tensors: the first layer whose rms error exceeds one
     step of its own quantization scale (TFLite's QuantizationDebugger rmse/scale), or that
     none does."""
-    from edgetrunc.parity.per_layer import first_over_one_step
-
     if not any(layer.rms_error_over_scale is not None for layer in artifact.layers):
         return []
     first = first_over_one_step(artifact.layers)
