@@ -7,9 +7,12 @@
    convolution (`models._filters`, bank "srm30", each stored exactly by the converter), a
    truncation to [-3, 3], then Ye-Net's body (three 3x3 convolutions of 30 filters at full
    resolution, four convolution + average-pool stages, global average, two-way softmax;
-   `make_foreign_models._yenet_body`). Weights are random (seeded); the classifier is scaled
-   so that the stego logit spreads over a few units on the fixture's tiles (a random head
-   leaves every tile within 1e-3 of 0.5, where no comparison of decisions means anything).
+   `make_foreign_models._yenet_body`). The body's weights are random (seeded); the
+   classifier alone is trained briefly (a linear discriminant of cover and stego on the
+   calibration tiles' features, `fit_head`), so that the stego logit spreads over a few units
+   around 0 (a random head leaves every tile within 1e-3 of 0.5, and a head that separates
+   photos instead of cover and stego puts every decision far from the threshold; in neither
+   does agreement of decisions measure anything).
 2. Fine-tunes it quantization-aware (`edgetrunc.train.qat.fine_tune_qat`, distilling the
    float model) and converts it with `--tflite int8-full --target ethos-u`.
 3. Prints the held-out figures BENCHMARKS.md records: decision agreement of the artifact with
@@ -48,14 +51,20 @@ def build(seed: int = 0):
     return keras.Model(inputs, _yenet_body(keras.layers, x, 1.0), name="yenet512")
 
 
-def scale_head(model, x, seed: int = 0) -> None:
-    """Set the softmax layer so that the stego logit has mean 0 and std `LOGIT_SPREAD` on `x`."""
+def fit_head(model, pairs) -> None:
+    """Train the classifier alone, briefly: the linear discriminant of the stego logit on the
+    global-average features of `pairs` (cover/stego tiles), scaled to mean 0 and std
+    `LOGIT_SPREAD` on them. The random body stays as it is."""
     import keras
 
     head = model.get_layer("softmax")
-    features = keras.Model(model.inputs, head.input).predict(x, batch_size=4, verbose=0)
-    direction = np.random.default_rng(seed).normal(size=features.shape[1])
-    logit = (features - features.mean(0)) @ direction
+    features = keras.Model(model.inputs, head.input).predict(pairs.x, batch_size=4, verbose=0)
+    features = features.astype(np.float64)
+    y = np.asarray(pairs.y)
+    centered = features - features.mean(0)
+    covariance = np.cov(centered.T) + 1e-3 * np.eye(features.shape[1]) * np.trace(np.cov(centered.T))
+    direction = np.linalg.solve(covariance, features[y == 1].mean(0) - features[y == 0].mean(0))
+    logit = centered @ direction
     direction *= LOGIT_SPREAD / max(float(logit.std()), 1e-12)
     bias = -float(features.mean(0) @ direction)
     kernel = np.stack([-direction / 2, direction / 2], axis=1).astype(np.float32)
@@ -82,7 +91,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     model = build(args.seed)
     geometry = require_image_geometry(model, "yenet512", "the fixture")
-    scale_head(model, calib_data.calibration_pairs("embedded", geometry, model=model).x, args.seed)
+    fit_head(model, calib_data.calibration_pairs("embedded", geometry, model=model))
     source, qat_path = args.out / "yenet512.keras", args.out / "yenet512_qat.keras"
     model.save(source)
     record = fine_tune_qat(source, qat_path, epochs=args.qat_epochs, lr=args.qat_lr,

@@ -104,3 +104,11 @@ def test_train_qat_fine_tunes_a_model_file(cli, tmp_path):
     assert code == 0 and "quantization-aware model" in text
     assert quantization_aware(load_model(out, safe_mode=True))
     assert (tmp_path / "tiny_qat.qat.json").exists()
+
+
+def test_a_fixed_bank_of_different_steps_computes_exactly_as_the_converter_stores_it():
+    model = create("tlunet", input_shape=(SIZE, SIZE, 1), front_end="srm6", seed=0)
+    qat = quantize_model(model)
+    assert qat.get_layer("front_end").exact_weights  # steps 1/12, 1/4, 1/2 per filter
+    assert not qat.get_layer("group1_conv").exact_weights
+    assert fake_quant_plan(model)["front_end"] == "tracked"  # no one step: a calibrated range
