@@ -9,7 +9,8 @@ keras = pytest.importorskip("keras")
 from edgetrunc.export import export_tflite, inspect_tflite  # noqa: E402
 from edgetrunc.keras.fake_quant import FakeQuant, QuantizedConv2D, fake_quant_weights  # noqa: E402
 from edgetrunc.keras.load import load_model  # noqa: E402
-from edgetrunc.keras.qat import calibrate_ranges, fake_quant_plan, quantization_aware  # noqa: E402
+from edgetrunc.keras.qat import calibrate_ranges, export_ready, fake_quant_plan  # noqa: E402
+from edgetrunc.keras.qat import quantization_aware  # noqa: E402
 from edgetrunc.keras.activation import output_activation  # noqa: E402
 from edgetrunc.keras.qat import logit_weights, quantize_model  # noqa: E402
 from edgetrunc.models import create  # noqa: E402
@@ -112,3 +113,5 @@ def test_a_fixed_bank_of_different_steps_computes_exactly_as_the_converter_store
     assert qat.get_layer("front_end").exact_weights  # steps 1/12, 1/4, 1/2 per filter
     assert not qat.get_layer("group1_conv").exact_weights
     assert fake_quant_plan(model)["front_end"] == "tracked"  # no one step: a calibrated range
+    plain = export_ready(qat)  # the converter takes no tracked FakeQuant: it calibrates itself
+    assert not [layer.name for layer in plain.layers if isinstance(layer, FakeQuant)]

@@ -218,7 +218,7 @@ def quantization_aware(model) -> bool:
 
 def export_ready(model):
     """`model` (quantization-aware) as the plain model the converter takes: plain layers for
-    the weights, no `FakeQuant` but the one after an exact fixed filter (its saturation at
+    the weights, no `FakeQuant` but the fixed one after an exact fixed filter (its saturation at
     +-127 steps shapes what everything after it is calibrated on; the converter reads it as
     the exact range it sets anyway). The converter gives every tensor the range the training
     simulated: fixed ranges by the same rules, tracked ones by calibrating on the same tiles
@@ -228,7 +228,7 @@ def export_ready(model):
     def call(layer, *args, **kwargs):
         source = getattr(args[0], "_keras_history", None) if args else None
         exact = source is not None and getattr(source.operation, "exact_weights", False)
-        if isinstance(layer, FakeQuant) and not exact:
+        if isinstance(layer, FakeQuant) and not (exact and layer.fixed is not None):
             return args[0]
         return layer(*args, **kwargs)
 
