@@ -22,7 +22,7 @@ logit difference, so the clone's last layer is one `Dense` unit with the weights
 (a fine scale where decisions are made; an int8 softmax output has steps of 1/256 and ties
 the tiles near 0.5 and the confident ones). Batch normalization is frozen (inference
 statistics, as exported). `export_ready(model)` returns the fine-tuned model as the plain
-model the converter takes (plain layers, `FakeQuant` only after an exact fixed filter): the
+model the converter takes (plain layers, a fixed `FakeQuant` only after an exact filter): the
 converter gives each tensor
 the range the training simulated, fixed ranges by the same rules and tracked ones by
 calibrating on the same tiles, so the full-integer artifact computes what was simulated.
@@ -40,7 +40,8 @@ from edgetrunc.models._filters import exact_steps
 
 _FIXED_ACTIVATIONS = {"tanh": TANH_RANGE, "sigmoid": UNIT_RANGE, "softmax": UNIT_RANGE}
 _FUSED_ACTIVATIONS = ("relu", "relu6")
-_SCALE_KEEPING = ("AveragePooling2D", "MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Dropout", "InputLayer")
+_SCALE_KEEPING = ("AveragePooling2D", "MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape",
+                  "Dropout", "InputLayer")
 _WEIGHTED = tuple(QUANTIZED)
 
 
