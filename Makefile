@@ -55,7 +55,7 @@ convert: install
 # NPUs and microcontrollers (models/integer/, docs/INTEGER.md).
 train-qat: install
 	$(PY) -m edgetrunc train --qat --init models/tlunet.keras --out models/integer/tlunet_qat.keras \
-		--qat-epochs 2 --qat-pairs 512 --qat-lr 1e-5 --seed 0 --force
+		--qat-epochs 3 --qat-pairs 512 --qat-lr 1e-4 --seed 0 --force
 
 # Every benchmark section of BENCHMARKS.md, one entry point (`python -m scripts.benchmarks --list`
 # names them; `--quick` is a smoke test into a copy).

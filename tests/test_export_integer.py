@@ -58,6 +58,7 @@ def test_pixels_map_to_the_int8_input_without_loss(model, full):
     report = inspect_tflite(full[0], find_truncations(model), "int8-full")
     (inp,), (out,) = report["inputs"], report["outputs"]
     assert (inp["dtype"], inp["scale"], inp["zero_point"]) == ("int8", 1.0, -128)
+    assert report["integer"]["output"].startswith("stego probability (SOFTMAX")  # post-training
     assert out["dtype"] == "int8"
     pixels = np.arange(256, dtype=np.float64)
     stored = np.round(pixels / inp["scale"]) + inp["zero_point"]
@@ -86,6 +87,16 @@ def test_exact_steps_finds_the_largest_step_per_channel():
     assert np.allclose(exact_steps(srm, 3), [1 / 4, 1 / 2])
     trained = np.random.default_rng(0).normal(size=(5, 5, 1, 4))
     assert exact_steps(trained, 3) is None
+
+
+def test_the_srm30_bank_is_thirty_distinct_exact_high_pass_filters():
+    kernel, numerators, denominators = high_pass_bank("srm30")
+    assert kernel.shape == (5, 5, 1, 30)
+    assert len({numerators[..., i].tobytes() for i in range(30)}) == 30
+    assert np.all(numerators.sum(axis=(0, 1, 2)) == 0)  # no DC: a residual of the pixels
+    assert sorted(set(np.asarray(denominators).tolist())) == [1, 2, 3, 4, 12]
+    steps = exact_steps(kernel, 3)  # each filter's int8 weights exact with its own step
+    assert steps is not None and np.all(np.abs(kernel).max(axis=(0, 1, 2)) / steps <= 127)
 
 
 @keras.saving.register_keras_serializable(package="edgetrunc_tests")

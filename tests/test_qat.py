@@ -6,11 +6,13 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from edgetrunc.export import export_tflite  # noqa: E402
+from edgetrunc.export import export_tflite, inspect_tflite  # noqa: E402
 from edgetrunc.keras.fake_quant import FakeQuant, QuantizedConv2D, fake_quant_weights  # noqa: E402
 from edgetrunc.keras.load import load_keras_model  # noqa: E402
-from edgetrunc.keras.qat import calibrate_ranges, fake_quant_plan, quantization_aware  # noqa: E402
-from edgetrunc.keras.qat import quantize_model  # noqa: E402
+from edgetrunc.keras.qat import calibrate_ranges, export_ready, fake_quant_plan  # noqa: E402
+from edgetrunc.keras.qat import quantization_aware  # noqa: E402
+from edgetrunc.keras.activation import output_activation  # noqa: E402
+from edgetrunc.keras.qat import logit_weights, quantize_model  # noqa: E402
 from edgetrunc.models import create  # noqa: E402
 from edgetrunc.runtime.tflite_runner import TFLiteRunner  # noqa: E402
 
@@ -48,9 +50,10 @@ def test_fake_quant_goes_where_the_converter_writes_int8_tensors():
     assert np.allclose(plan["front_end"], (-128 / 12, 127 / 12))  # the exact KV residual
     assert plan["group1_truncation"] == (-3.0, 3.0)
     assert plan["group1_tanh"] == (-1.0, 127 / 128)
-    assert "classifier" not in plan  # the softmax output: the converter fixes its range
+    assert plan["classifier"] == "tracked"  # the stego logit, the artifact's int8 output
     assert plan["group2_bn"] == plan["group3_relu"] == "tracked"
-    for fused in ("group1_conv", "group1_pool", "group2_conv", "group3_bn", "group2_pool", "gap"):
+    assert plan["gap"] == "tracked"  # the converter's MEAN gets a range of its own
+    for fused in ("group1_conv", "group1_pool", "group2_conv", "group3_bn", "group2_pool"):
         assert fused not in plan
 
 
@@ -60,19 +63,31 @@ def test_qat_model_loads_in_safe_mode_and_converts_to_what_it_simulates(pixels, 
     qat = quantize_model(model, pixels)
     assert isinstance(qat.get_layer("group2_conv"), QuantizedConv2D)
     assert qat.get_layer("front_end").exact_weights
-    qat.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
-    qat.fit(pixels, np.arange(16) % 2, epochs=1, batch_size=8, verbose=0)
+    features = keras.Model(model.inputs, model.get_layer("classifier").input).predict(pixels, verbose=0)
+    kernel, bias = logit_weights(model.get_layer("classifier"))
+    stego = model.predict(pixels, verbose=0)[:, 1]
+    assert np.allclose(1 / (1 + np.exp(-(features @ kernel + bias)[:, 0])), stego, atol=1e-5)
+    head = qat.get_layer("classifier").get_weights()  # the clone's output is the stego logit
+    assert np.allclose(head[0], kernel) and np.allclose(head[1], bias)
+    qat.compile(optimizer=keras.optimizers.Adam(1e-4),
+                loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    qat.fit(pixels, (np.arange(16) % 2)[:, None].astype(np.float32), epochs=1, batch_size=8, verbose=0)
     calibrate_ranges(qat, pixels)
     qat.save(tmp_path / "qat.keras")
     loaded = load_keras_model(tmp_path / "qat.keras", safe_mode=True)
-    assert quantization_aware(loaded)
-    simulated = loaded.predict(pixels, verbose=0)
+    assert quantization_aware(loaded) and output_activation(loaded) == "linear"
+    simulated = loaded.predict(pixels, verbose=0)[:, 0]  # the stego logit, on its int8 grid
     content = export_tflite(loaded, "int8-full", calibration=pixels)
-    (artifact,) = TFLiteRunner(content).infer(pixels).values()
-    steps = np.abs(artifact - simulated) * 256  # the int8 softmax output step is 1/256
+    assert inspect_tflite(content, [], "int8-full")["integer"]["output"].startswith("stego logit")
+    runner = TFLiteRunner(content)
+    (out,) = runner.metadata().outputs
+    assert out.dtype == "int8" and runner.metadata().output_activation == "linear"
+    (artifact,) = runner.infer(pixels).values()
+    probability = [1 / (1 + np.exp(-v)) for v in (artifact[:, 0], simulated)]
+    steps = np.abs(probability[0] - probability[1]) * 256  # in steps of an int8 softmax output
     assert steps.max() <= 2.0
-    clear = np.abs(simulated[:, 1] - 0.5) > 2 / 256  # decisions not within the step error
-    assert np.array_equal(artifact[clear, 1] >= 0.5, simulated[clear, 1] >= 0.5)
+    clear = np.abs(probability[1] - 0.5) > 2 / 256  # decisions not within the step error
+    assert np.array_equal(artifact[clear, 0] >= 0, simulated[clear] >= 0)
 
 
 def test_init_without_qat_is_refused_in_one_line(cli, tmp_path):
@@ -90,3 +105,13 @@ def test_train_qat_fine_tunes_a_model_file(cli, tmp_path):
     assert code == 0 and "quantization-aware model" in text
     assert quantization_aware(load_keras_model(out, safe_mode=True))
     assert (tmp_path / "tiny_qat.qat.json").exists()
+
+
+def test_a_fixed_bank_of_different_steps_computes_exactly_as_the_converter_stores_it():
+    model = create("tlunet", input_shape=(SIZE, SIZE, 1), front_end="srm6", seed=0)
+    qat = quantize_model(model)
+    assert qat.get_layer("front_end").exact_weights  # steps 1/12, 1/4, 1/2 per filter
+    assert not qat.get_layer("group1_conv").exact_weights
+    assert fake_quant_plan(model)["front_end"] == "tracked"  # no one step: a calibrated range
+    plain = export_ready(qat)  # the converter takes no tracked FakeQuant: it calibrates itself
+    assert not [layer.name for layer in plain.layers if isinstance(layer, FakeQuant)]

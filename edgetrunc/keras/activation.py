@@ -8,6 +8,9 @@ def output_activation(model) -> str | None:
     or None when the output layer does not say (a layer of another kind)."""
     history = getattr(model.outputs[0], "_keras_history", None) if model.outputs else None
     layer = history[0] if history is not None else None
+    while type(layer).__name__ == "FakeQuant":  # quantization-aware rounding: look through it
+        history = getattr(layer.input, "_keras_history", None)
+        layer = history[0] if history is not None else None
     if layer is None:
         return None
     if type(layer).__name__ == "Softmax":

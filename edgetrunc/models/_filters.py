@@ -38,9 +38,36 @@ EDGE3_V = (np.array(
      [2, -4, 0],
      [-1, 2, 0]]), 4)
 
+_DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
+
+
+def _taps(offsets_values, size=5):
+    out = np.zeros((size, size), dtype=np.int64)
+    for (dy, dx), value in offsets_values:
+        out[size // 2 + dy, size // 2 + dx] += value
+    return out
+
+
+def _srm30():
+    """The 30 basic high-pass filters of the spatial rich model (Ye-Net's front end): 8 first
+    order (over 1), 4 second order (over 2), 8 third order (over 3), SQUARE 3x3 (KB) and its 4
+    EDGE halves (over 4), SQUARE 5x5 (KV) and its 4 EDGE halves (over 12)."""
+    first = [(_taps([((0, 0), -1), (d, 1)]), 1) for d in _DIRECTIONS]
+    second = [(_taps([((-dy, -dx), 1), ((0, 0), -2), ((dy, dx), 1)]), 2)
+              for dy, dx in _DIRECTIONS[:4]]
+    third = [(_taps([((-dy, -dx), -1), ((0, 0), 3), ((dy, dx), -3), ((2 * dy, 2 * dx), 1)]), 3)
+             for dy, dx in _DIRECTIONS]
+    edge3 = np.array(EDGE3_H[0])
+    edge5 = np.array(KV[0]) * (np.arange(5) < 3)[:, None]
+    edges3 = [(np.rot90(edge3, k), 4) for k in range(4)]
+    edges5 = [(np.rot90(edge5, k), 12) for k in range(4)]
+    return tuple(first + second + third + [KB] + edges3 + [KV] + edges5)
+
+
 BANKS = {
     "kv": (KV,),
     "srm6": (KV, KB, SECOND_H, SECOND_V, EDGE3_H, EDGE3_V),
+    "srm30": _srm30(),
 }
 
 

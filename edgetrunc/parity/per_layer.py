@@ -54,6 +54,7 @@ class LayerComparison:
     cosine: float | None = None
     scale: float | None = None
     error_over_scale: float | None = None
+    rms_error_over_scale: float | None = None  # TFLite's QuantizationDebugger rmse/scale
     local_error: float | None = None
     divergent: bool = False
     fused_into: str | None = None
@@ -309,6 +310,8 @@ def _layer_result(name, index, input_layers, chosen, stats, folded, local, toler
         relative_rms_error=figures.relative_rms, cosine=figures.cosine, scale=tensor.scale)
     if tensor.scale:
         item.error_over_scale = item.max_abs_error / tensor.scale
+        if figures.count and np.isfinite(figures.sq_diff):
+            item.rms_error_over_scale = float(np.sqrt(figures.sq_diff / figures.count)) / tensor.scale
     if not err <= tolerance:
         if name in folded:
             item.status = "folded"

@@ -112,6 +112,7 @@ def terminal_report(report, flags: dict | None = None) -> str:
                              _fmt(layer.error_over_scale, ".2f"), (layer.layout or "-"), note])
             parts.append(table(["#", "layer", "status", "norm err", "own err", "max abs", "err/scale",
                                  "layout", "note"], rows))
+            parts += step_lines(a)
     if report.probes:
         parts += ["", "truncation probes (deviations from clip(x, lower, upper) with NaN kept):"]
         rows = []
@@ -134,6 +135,25 @@ def terminal_report(report, flags: dict | None = None) -> str:
     parts += ["", f"parity {'PASSED' if report.passed else 'FAILED'} ({report.seconds:.1f} s)"]
     # names from files (tensor names, photo names) may hold control characters: escaped
     return "\n".join(printable(line) for line in "\n".join(parts).split("\n")) + "\n"
+
+
+def first_over_one_step(layers):
+    """The first compared integer layer (`per_layer.LayerComparison`) whose error, rms over
+    its elements in steps of its own quantization scale, exceeds one step; or None."""
+    return next((layer for layer in layers if (layer.rms_error_over_scale or 0.0) > 1.0), None)
+
+
+def step_lines(artifact) -> list:
+    """For an artifact with quantized tensors: the first layer whose rms error exceeds one
+    step of its own quantization scale (TFLite's QuantizationDebugger rmse/scale), or that
+    none does."""
+    if not any(layer.rms_error_over_scale is not None for layer in artifact.layers):
+        return []
+    first = first_over_one_step(artifact.layers)
+    if first is None:
+        return ["  no layer's rms error exceeds one step of its quantization scale"]
+    return [f"  first layer whose rms error exceeds one step of its quantization scale: "
+            f"{first.layer} ({first.rms_error_over_scale:.2f} steps, max {first.error_over_scale:.1f})"]
 
 
 def write_json(report, path, protect=()) -> None:

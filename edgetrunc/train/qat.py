@@ -2,10 +2,13 @@
 
 `fine_tune_qat` loads a `.keras` detector, makes its quantization-aware clone
 (`keras.qat.quantize_model`: fake-quantized weights and activations with the ranges the
-full-integer converter uses, batch normalization frozen), calibrates the tracked ranges on
-the converter's own calibration pairs, fine-tunes it for a few short epochs on cover/stego
-training tiles at a low learning rate, and writes the result, which loads in safe mode and
-converts with `convert --tflite int8-full`. Its record (JSON beside the model) gives the
+full-integer converter uses, batch normalization frozen, the stego logit as its output),
+calibrates the tracked ranges on the converter's own calibration pairs, fine-tunes it for a
+few short epochs on cover/stego training tiles, and writes the result, which loads in safe
+mode and converts with `convert --tflite int8-full`. The fine-tuning distils the float
+model: its target on each tile is the float model's stego probability (cross-entropy of the
+quantization-aware logit against it), so the integer model learns to decide as the float
+one does, not to re-fit the labels. Its record (JSON beside the model) gives the
 held-out detection figures of the float model and of the fine-tuned one, and their decision
 agreement.
 """
@@ -22,21 +25,27 @@ from edgetrunc import _log
 from edgetrunc._io import atomic_path, check_output, write_text_atomic
 from edgetrunc.errors import InputError
 
-QAT_LR = 1e-5
-QAT_EPOCHS = 2
+QAT_LR = 1e-4
+QAT_EPOCHS = 3
 QAT_TRAIN_PAIRS = 256
 
 
 def _pairs(covers, geometry, payload, seed, model, max_pairs):
-    from edgetrunc.export import calibration as calib_data
     from edgetrunc.data.dataset import load_pairs
+    from edgetrunc.export import calibration as calib_data
 
-    calibration = calib_data.calibration_pairs(covers, geometry, model=model)
     train = load_pairs(covers=covers, split="train", payload=payload, seed=seed + 1,
                        max_pairs=max_pairs, stride=max(1, geometry.tile // 4),
                        tile=geometry.tile, channels=geometry.channels)
     held_out = calib_data.held_out_pairs(covers, geometry, model)
-    return calibration, train, held_out
+    return train, held_out
+
+
+def _float_targets(model, x, batch_size: int = 16) -> np.ndarray:
+    """The float model's stego probability `[N, 1]` on `x`: the distillation targets."""
+    from edgetrunc.keras.runner import predict_probability
+
+    return predict_probability(model, x, batch_size=batch_size).astype(np.float32)[:, None]
 
 
 def _figures(model, pairs) -> tuple:
@@ -56,6 +65,7 @@ def fine_tune_qat(source, out, covers="embedded", payload=0.4, epochs=QAT_EPOCHS
     import keras
 
     from edgetrunc.data.geometry import require_image_geometry
+    from edgetrunc.export import calibration as calib_data
     from edgetrunc.keras.load import load_keras_model
     from edgetrunc.keras.qat import calibrate_ranges, quantize_model
 
@@ -71,14 +81,17 @@ def fine_tune_qat(source, out, covers="embedded", payload=0.4, epochs=QAT_EPOCHS
     model = load_keras_model(source, safe_mode=True)
     geometry = require_image_geometry(model, source.name, "quantization-aware training")
     keras.utils.set_random_seed(int(seed))
-    calibration, train, held_out = _pairs(covers, geometry, payload, int(seed), model, max_pairs)
+    train, held_out = _pairs(covers, geometry, payload, int(seed), model, max_pairs)
     float_probability, float_figures = _figures(model, held_out)
-    qat = quantize_model(model, calibration.x)
+    qat = quantize_model(model)
+    # the tiles the converter calibrates the quantization-aware model file on (fewer for more layers)
+    calibration = calib_data.calibration_pairs(covers, geometry, model=qat)
+    calibrate_ranges(qat, calibration.x)
     qat.compile(optimizer=keras.optimizers.Adam(learning_rate=float(lr)),
-                loss="sparse_categorical_crossentropy")
+                loss=keras.losses.BinaryCrossentropy(from_logits=True))
     _log.info(f"train --qat: {len(train.x)} tiles, {epochs} epoch(s), lr {lr}")
-    history = qat.fit(train.x, train.y, epochs=int(epochs), batch_size=int(batch_size),
-                      shuffle=True, verbose=0)
+    history = qat.fit(train.x, _float_targets(model, train.x, batch_size), epochs=int(epochs),
+                      batch_size=int(batch_size), shuffle=True, verbose=0)
     calibrate_ranges(qat, calibration.x)  # the converter calibrates on these tiles too
     qat_probability, qat_figures = _figures(qat, held_out)
     with atomic_path(out, protect=[source]) as tmp:
@@ -86,7 +99,8 @@ def fine_tune_qat(source, out, covers="embedded", payload=0.4, epochs=QAT_EPOCHS
     agreement = float(np.mean((float_probability >= 0.5) == (qat_probability >= 0.5)))
     record = {
         "source": str(source), "model_file": str(out), "epochs": int(epochs), "lr": float(lr),
-        "train_tiles": int(len(train.x)), "loss": [round(float(v), 5) for v in history.history["loss"]],
+        "train_tiles": int(len(train.x)), "calibration_tiles": int(len(calibration.x)),
+        "target": "the float model's stego probability (distillation)", "loss": [round(float(v), 5) for v in history.history["loss"]],
         "held_out": {"samples": int(len(held_out.x)), "float": float_figures, "qat": qat_figures,
                      "decision_agreement_with_float": round(agreement, 4)},
         "wall_seconds": round(time.perf_counter() - started, 1),

@@ -15,7 +15,7 @@ from edgetrunc.errors import InputError
 from edgetrunc.export.candidates import (layer_hints, match_clips, range_mismatch,
                                          range_tolerance)
 from edgetrunc.export.tflite import graph as tg
-from edgetrunc.export.tflite.integer import float_tensors, require_full_integer
+from edgetrunc.export.tflite.integer import float_tensors, output_meaning, require_full_integer
 from edgetrunc.runtime.metadata import tflite_ops
 
 _FORBIDDEN_OPS = ("IdentityN", "IDENTITY_N")
@@ -133,7 +133,8 @@ def inspect_tflite(content, truncations, precision) -> dict:
         require_full_integer(content)
         report["integer"] = {"float_tensors": len(float_tensors(graph)),
                              "tensor_types": sorted({np.dtype(tg.DTYPES.get(int(t.type), np.float32)).name
-                                                     for t in graph.g.tensors})}
+                                                     for t in graph.g.tensors}),
+                             "output": output_meaning(graph)}
     return report
 
 

@@ -138,6 +138,19 @@ def float_tensors(graph) -> list:
     return found
 
 
+def output_meaning(graph) -> str:
+    """What a detector's int8 output holds: the stego logit (FULLY_CONNECTED, one unit, the
+    quantization-aware model's output) or probabilities (SOFTMAX / LOGISTIC, steps of 1/256)."""
+    tensor = int(graph.g.outputs[0])
+    producer = graph.producer.get(tensor)
+    kind = graph.op_name(graph.g.operators[producer]) if producer is not None else None
+    if kind in ("SOFTMAX", "LOGISTIC"):
+        return f"stego probability ({kind}, int8 steps of 1/256)"
+    columns = int(graph.g.tensors[tensor].shape[-1])
+    return ("stego logit z_stego - z_cover (int8; probability = sigmoid, decision at logit >= 0)"
+            if columns == 1 else f"logits of {columns} classes (int8; probability = softmax)")
+
+
 def layer_of(name: str, layer_names) -> str | None:
     """The Keras layer a converter tensor name comes from (`model_1/group1_tanh_1/Tanh`)."""
     for component in re.split(r"[/;]", name):
