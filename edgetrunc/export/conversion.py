@@ -26,14 +26,13 @@ from edgetrunc.export import calibration as calib_data
 from edgetrunc.export import evaluation, manifest
 from edgetrunc.export.commit import OutputSet
 from edgetrunc.export.formats import export_format
-from edgetrunc.export.onnx.convert import ONNX_PRECISIONS, OPSETS, check_opset
+from edgetrunc.export.prepared import prepare
+from edgetrunc.export.onnx.exporter import ONNX_PRECISIONS, check_opset
 from edgetrunc.export.speed import int8_speed
-from edgetrunc.export.tflite.convert import (DEFAULT_TFLITE_PRECISIONS, INT8_MODES,
+from edgetrunc.export.tflite.exporter import (DEFAULT_TFLITE_PRECISIONS, INT8_MODES,
                                              TFLITE_PRECISIONS)
 from edgetrunc.export.tflite.passes import TARGETS
 from edgetrunc.keras.load import load_model, require_keras_file
-from edgetrunc.keras.precision import float32_model
-from edgetrunc.keras.truncations import find_truncations
 from edgetrunc.legacy import lambda_layers
 from edgetrunc.legacy.custom import custom_objects_scope, load_custom_objects
 from edgetrunc.metrics import (MAX_ACCURACY_DELTA, MIN_DECISION_AGREEMENT, is_detector_shape,
@@ -72,13 +71,10 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration, target="cpu"):
     onnx = _check_precisions("onnx", onnx, ONNX_PRECISIONS)
     if not tflite and not onnx:
         raise InputError("nothing to convert: give at least one --tflite or --onnx precision")
-    if not isinstance(opset, (int, np.integer)) or int(opset) not in OPSETS:
-        raise InputError(f"opset {opset}: expected an ONNX opset from {OPSETS[0]} to {OPSETS[-1]}", param="opset")
-    if "int8" in onnx:
-        try:
-            check_opset(int(opset), "int8")
-        except InputError as exc:
-            raise InputError(str(exc), param="opset") from None
+    try:
+        check_opset(opset, "int8" if "int8" in onnx else "fp32")
+    except InputError as exc:
+        raise InputError(str(exc), param="opset") from None
     if int8_mode not in INT8_MODES:
         raise InputError(f"int8_mode {int8_mode}: expected one of {', '.join(INT8_MODES)}", param="int8_mode")
     if calibration not in (None, "embedded") and not Path(calibration).is_dir():
@@ -107,8 +103,7 @@ def convert(model_path, out_dir=None, tflite=DEFAULT_TFLITE_PRECISIONS, onnx=ONN
     (`export.speed.int8_speed`; a warning when int8 is slower).
     """
     tflite, onnx = _check_options(tflite, onnx, opset, int8_mode, calibration, target)
-    source = Path(model_path)
-    require_keras_file(source, KERAS_SUFFIXES)  # a SavedModel folder names `edgetrunc migrate`
+    source = require_keras_file(model_path, KERAS_SUFFIXES)  # a SavedModel folder names migrate
     out_dir = Path(out_dir) if out_dir is not None else (source.parent if str(source.parent) else Path("."))
     _check_out_dir(out_dir)
     artifacts = manifest.plan(source.stem, tflite, onnx)
@@ -119,12 +114,11 @@ def convert(model_path, out_dir=None, tflite=DEFAULT_TFLITE_PRECISIONS, onnx=ONN
                "literal": bool(literal), "target": target, "speed": bool(speed)}
     custom_objects = load_custom_objects(custom_objects)
     with custom_objects_scope(custom_objects):
-        model = float32_model(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES,
-                                         custom_objects=custom_objects,
-                                         trust_lambda=trust_lambda))
-    _warn_traced_lambdas(source, model)
+        prepared = prepare(load_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES,
+                                      custom_objects=custom_objects, trust_lambda=trust_lambda))
+    _warn_traced_lambdas(source, prepared.model)
     with outputs, custom_objects_scope(custom_objects):
-        return _convert_model(model, source, sha256_file(source), outputs, artifacts, options,
+        return _convert_model(prepared, source, sha256_file(source), outputs, artifacts, options,
                               calibration, evaluate, timings)
 
 
@@ -171,12 +165,12 @@ def _held_out(model, source, calibration, geometry, evaluate):
     return held_out, keras_probability
 
 
-def _export(model, fmt, precision, calib, options, metadata, applied) -> bytes:
-    """The bytes of one artifact with its metadata embedded; `applied` receives the names of
-    the passes that changed it."""
+def _export(prepared, fmt, precision, calib, options, metadata, applied) -> bytes:
+    """The bytes of one artifact of the prepared model with its metadata embedded; `applied`
+    receives the names of the passes that changed it."""
     x = None if calib is None else calib.x
     payload = {**metadata, "format": fmt, "precision": precision}
-    return export_format(fmt).export.artifact(model, precision, x, applied, payload, **options)
+    return export_format(fmt).export.artifact(prepared, precision, x, applied, payload, **options)
 
 
 def _evaluate(entry, fmt, tmp, held_out, keras_probability):
@@ -194,9 +188,9 @@ def _evaluate(entry, fmt, tmp, held_out, keras_probability):
                   f"(targets >= {MIN_DECISION_AGREEMENT}, |delta| <= {MAX_ACCURACY_DELTA})")
 
 
-def _convert_model(model, source, source_sha, outputs, artifacts, options, calibration,
+def _convert_model(prepared, source, source_sha, outputs, artifacts, options, calibration,
                    evaluate, timings):
-    truncations = find_truncations(model)
+    model, truncations = prepared.model, prepared.truncations
     needs_int8 = any(p.startswith("int8") for _, p, _ in artifacts)
     geometry = _model_geometry(model, source, needs_int8)
     calib = calib_data.calibration_pairs(calibration, geometry, model=model) if needs_int8 else None
@@ -208,7 +202,7 @@ def _convert_model(model, source, source_sha, outputs, artifacts, options, calib
         _log.info(f"convert: {name} ({fmt} {precision}) ...")
         started = time.perf_counter()
         applied = []
-        content = _export(model, fmt, precision, calib, options, metadata, applied)
+        content = _export(prepared, fmt, precision, calib, options, metadata, applied)
         elapsed = time.perf_counter() - started
         staged = staged_paths[name] = outputs.stage(name, content)
         inspect = export_format(fmt).export.inspect
