@@ -154,9 +154,10 @@ def _residual_blocks(layers, x, factor, blocks, squeeze=0):
         y = layers.Conv2D(filters, 3, padding="same", name=f"block{i}_conv2")(y)
         y = layers.BatchNormalization(name=f"block{i}_bn2")(y)
         if squeeze:
-            s = layers.GlobalAveragePooling2D(keepdims=True, name=f"block{i}_se_pool")(y)
+            s = layers.GlobalAveragePooling2D(name=f"block{i}_se_pool")(y)
             s = layers.Dense(max(2, filters // squeeze), activation="relu", name=f"block{i}_se_fc1")(s)
             s = layers.Dense(filters, activation="sigmoid", name=f"block{i}_se_fc2")(s)
+            s = layers.Reshape((1, 1, filters), name=f"block{i}_se_reshape")(s)
             y = layers.Multiply(name=f"block{i}_se_scale")([y, s])
         if stride != 1 or x.shape[-1] != filters:
             x = layers.Conv2D(filters, 1, strides=stride, name=f"block{i}_skip")(x)

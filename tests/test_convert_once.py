@@ -96,3 +96,34 @@ def test_prepared_model_gives_the_bytes_of_separate_exports():
     assert shared == {p: export_tflite(model, p) for p in ("fp32", "fp16")}
     assert shared_onnx == {p: export_onnx(model, p, calibration=x).SerializeToString()
                            for p in ("fp32", "int8")}
+
+
+def test_a_model_xnnpack_refuses_runs_with_the_builtin_kernels(tmp_path, monkeypatch, capsys):
+    """The converter's int8 graph of a deep SE net fails XNNPACK's prepare at its first run;
+    evaluation, the speed check and parity then run it with the built-in kernels."""
+    import numpy as np
+
+    from edgetrunc.runtime import open_runner, tflite_runner
+
+    path = tmp_path / "m.tflite"
+    path.write_bytes(export_tflite(_model(), "fp32"))
+    x = np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 1)).astype(np.float32)
+    with open_runner(path, use_xnnpack=False) as runner:
+        expected = runner.infer(x)
+    run = tflite_runner.TFLiteRunner._run
+
+    def refusing(self, interpreter, batch):
+        if self.use_xnnpack:
+            raise RuntimeError("failed to create XNNPACK runtimeNode number 3 "
+                               "(TfLiteXNNPackDelegate) failed to prepare.")
+        return run(self, interpreter, batch)
+
+    monkeypatch.setattr(tflite_runner.TFLiteRunner, "_run", refusing)
+    capsys.readouterr()
+    with open_runner(path) as runner:
+        results = runner.infer(x)
+        assert not runner.use_xnnpack
+    assert results.keys() == expected.keys()
+    assert all(np.array_equal(results[k], expected[k]) for k in expected)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "m.tflite: XNNPACK cannot run this model here" in line and "built-in kernels" in line
