@@ -48,10 +48,13 @@ STAGES = [
 
 
 class Clock:
-    """Exclusive time per stage: a second counts for the innermost stage running."""
+    """Exclusive time per stage: a second counts for the innermost stage running. Memory: the
+    peak resident memory a stage raised the process to (`peaks`), a rise counted for the
+    innermost stage running when it happened."""
 
     def __init__(self):
-        self.seconds, self.stack = {}, []
+        self.seconds, self.stack, self.peaks = {}, [], {}
+        self.claimed = peak_mib()
 
     def wrap(self, stage, function):
         def timed(*args, **kwargs):
@@ -65,6 +68,9 @@ class Clock:
                 self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed - inner
                 if self.stack:
                     self.stack[-1] += elapsed
+                peak = peak_mib()
+                if peak > self.claimed + 1:
+                    self.peaks[stage], self.claimed = max(self.peaks.get(stage, 0.0), peak), peak
 
         timed.__wrapped__ = function
         timed.__name__ = getattr(function, "__name__", stage)  # pass names stay in manifests
@@ -121,7 +127,8 @@ def convert(model: str, out: str) -> dict:
     total = time.perf_counter() - started
     stages = dict(clock.seconds)
     stages["other"] = total - sum(stages.values())
-    return {"import_s": imported, "total_s": total, "stages": stages, "exports": timings}
+    return {"import_s": imported, "total_s": total, "stages": stages, "exports": timings,
+            "stage_peaks_mib": clock.peaks}
 
 
 def bare(model: str) -> dict:
