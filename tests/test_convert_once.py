@@ -127,3 +127,17 @@ def test_a_model_xnnpack_refuses_runs_with_the_builtin_kernels(tmp_path, monkeyp
     assert all(np.array_equal(results[k], expected[k]) for k in expected)
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "m.tflite: XNNPACK cannot run this model here" in line and "built-in kernels" in line
+
+
+def test_held_out_batches_shrink_for_a_net_with_many_layer_outputs(monkeypatch):
+    from edgetrunc.data.geometry import image_geometry
+    from edgetrunc.export import calibration
+
+    model = _model()
+    geometry = image_geometry(model)
+    assert calibration.evaluation_batch(model, geometry) == calibration.EVALUATION_BATCH
+    per_image = calibration.activation_values(model, geometry)
+    monkeypatch.setattr(calibration, "BATCH_ACTIVATIONS", 3 * per_image)
+    assert calibration.evaluation_batch(model, geometry) == 3
+    monkeypatch.setattr(calibration, "BATCH_ACTIVATIONS", per_image // 2)
+    assert calibration.evaluation_batch(model, geometry) == 1

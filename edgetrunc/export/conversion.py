@@ -144,7 +144,7 @@ def _model_geometry(model, source, needs_int8):
                                   "--tflite fp32,fp16 --onnx fp32")
 
 
-def _held_out(model, source, calibration, geometry, evaluate):
+def _held_out(model, source, calibration, geometry, evaluate, batch):
     """`(held-out pairs, Keras stego probability on them)`, or `(None, None)` when int8
     decisions are not compared (not asked, or the model is not a detector)."""
     if not evaluate:
@@ -156,7 +156,7 @@ def _held_out(model, source, calibration, geometry, evaluate):
     from edgetrunc.keras.runner import predict_probability
 
     held_out = calib_data.held_out_pairs(calibration, geometry, model)
-    keras_probability = predict_probability(model, held_out.x, batch_size=16)
+    keras_probability = predict_probability(model, held_out.x, batch_size=batch)
     if nearly_constant(keras_probability):
         _log.warn(f"convert: the Keras outputs of {source.name} are nearly constant on the held-out "
                   f"pairs (stego probability std {float(np.std(keras_probability)):.2e} over "
@@ -173,10 +173,10 @@ def _export(prepared, fmt, precision, calib, options, metadata, applied) -> byte
     return export_format(fmt).export.artifact(prepared, precision, x, applied, payload, **options)
 
 
-def _evaluate(entry, fmt, tmp, held_out, keras_probability):
+def _evaluate(entry, fmt, tmp, held_out, keras_probability, batch):
     """Add the held-out comparison with Keras to an int8 entry; warn when it misses the targets."""
     with quiet_converter():  # the interpreter's "Created XNNPACK delegate" line
-        probability = evaluation.artifact_probability(fmt, tmp, held_out.x)
+        probability = evaluation.artifact_probability(fmt, tmp, held_out.x, batch)
     quality = evaluation.quality_against_keras(keras_probability, probability, held_out.y)
     stride = calib_data.evaluation_stride(held_out.x.shape[1])
     quality["data"] = (f"held-out pairs ({held_out.split} split, stride "
@@ -188,14 +188,29 @@ def _evaluate(entry, fmt, tmp, held_out, keras_probability):
                   f"(targets >= {MIN_DECISION_AGREEMENT}, |delta| <= {MAX_ACCURACY_DELTA})")
 
 
+def _release_memory() -> None:
+    """Hand the memory an export freed back to the system: the converters leave much freed
+    heap behind (about 2 GB after the five artifacts of a 14-block residual net), which
+    would otherwise add up to the peak of the next one."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _convert_model(prepared, source, source_sha, outputs, artifacts, options, calibration,
                    evaluate, timings):
     model, truncations = prepared.model, prepared.truncations
     needs_int8 = any(p.startswith("int8") for _, p, _ in artifacts)
     geometry = _model_geometry(model, source, needs_int8)
     calib = calib_data.calibration_pairs(calibration, geometry, model=model) if needs_int8 else None
+    batch = calib_data.evaluation_batch(model, geometry) if geometry and evaluate else None
     held_out, keras_probability = _held_out(model, source, calibration, geometry,
-                                            evaluate and needs_int8)
+                                            evaluate and needs_int8, batch)
     metadata = artifact_metadata(__version__, source.name, source_sha, truncations, None, None)
     entries, staged_paths = [], {}
     for fmt, precision, name in artifacts:
@@ -215,10 +230,11 @@ def _convert_model(prepared, source, source_sha, outputs, artifacts, options, ca
             entry["quantization"]["activations"] = ("uint8 (int8 left a Conv without an int8 "
                                                     "kernel in onnxruntime here)")
         if precision.startswith("int8") and held_out is not None:
-            _evaluate(entry, fmt, staged, held_out, keras_probability)
+            _evaluate(entry, fmt, staged, held_out, keras_probability, batch)
         if timings is not None:
             timings[name] = elapsed
         entries.append(entry)
+        _release_memory()
         _log.info(f"convert: {name} done in {elapsed:.1f} s, {len(content) / 1024:.0f} KiB")
     if options["speed"] and needs_int8:
         int8_speed(entries, staged_paths, None if calib is None else calib.x)

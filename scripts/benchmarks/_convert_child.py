@@ -32,7 +32,6 @@ STAGES = [
     ("Keras on held-out", "edgetrunc.keras.runner", "predict_probability"),
     ("TFLite converter", "edgetrunc.export.tflite.convert", "_convert"),
     ("TFLite converter", "edgetrunc.export.tflite.exporter", "_convert"),
-    ("TFLite quantizer", "tensorflow.lite.python.convert", "mlir_quantize"),
     ("tf2onnx", "tf2onnx.convert", "from_keras"),
     ("ONNX quantizer", "onnxruntime.quantization", "quantize_static"),
     ("ONNX checker", "onnx.checker", "check_model"),

@@ -39,7 +39,7 @@ BASELINE = "c8f6d60"  # convert loaded, walked and parsed again for every artifa
 OVERLAY = "edgetrunc/runtime/tflite_runner.py"
 CHILD = Path(__file__).with_name("_convert_child.py")
 STAGE_ORDER = ("load", "float32 copy", "truncation walk", "calibration data", "held-out data",
-               "Keras on held-out", "TFLite converter", "TFLite quantizer", "tf2onnx",
+               "Keras on held-out", "TFLite converter", "tf2onnx",
                "ONNX quantizer", "ONNX checker", "passes", "flatbuffer read/write",
                "inspection", "int8 evaluation", "speed measurement", "manifest", "other")
 
