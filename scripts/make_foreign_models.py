@@ -13,6 +13,8 @@ uses, and the `migrate` options that turn it into a `Truncation` model:
     residual   a deep residual net (SRNet-like: full-resolution residual blocks, then
                downsampling ones), its truncation a Lambda on `keras.ops.clip` (Keras 3)
     sigmoid    one sigmoid output unit, its truncation an unregistered class `HardTLU` (Keras 3)
+    se_residual  a 14-block residual squeeze-excitation net with a Bayar-constrained 5x5
+               front end and a TLU, 256x256x1, as migrate writes it (`Truncation`; Keras 3)
 
 Keras 3 models are written by default; `--keras2` writes the tf.keras 2 `.h5` forms (needs
 tf-keras; run it in its own process). `--small` gives the few-kilobyte sizes of the tests;
@@ -85,6 +87,8 @@ def _yenet_body(layers, x, factor):
 
 def build_keras3(name: str, small: bool = False):
     """The Keras 3 model of pattern `name` (see the module docstring)."""
+    if name == "se_residual":
+        return build_se_residual(small)
     layers = keras.layers
     size, channels, factor = SIZES[name][1 if small else 0]
     inputs = keras.Input((size, size, channels), name="image")
@@ -107,7 +111,7 @@ def build_keras3(name: str, small: bool = False):
         model = keras.Model(inputs, layers.Dense(1, activation="sigmoid", name="score")(x),
                             name="sigmoid_head")
     else:
-        raise SystemExit(f"{name}: not a Keras 3 pattern ({', '.join(KERAS3)})")
+        raise SystemExit(f"{name}: not a Keras 3 pattern ({', '.join(KERAS3)}, se_residual)")
     _high_pass(model.get_layer("conv1" if name != "residual" else "stem"))
     return model
 
@@ -134,7 +138,14 @@ def _residual(layers, inputs, factor, blocks, truncate):
     x = layers.Lambda(truncate, output_shape=tuple(x.shape[1:]), name="tlu")(x)
     x = layers.Conv2D(width, 3, padding="same", name="stem2")(x)
     x = layers.ReLU(name="stem2_relu")(layers.BatchNormalization(name="stem2_bn")(x))
-    plain = blocks // 2
+    return _residual_blocks(layers, x, factor, blocks)
+
+
+def _residual_blocks(layers, x, factor, blocks, squeeze=0):
+    """Half the blocks at full resolution, then strided ones doubling the width (up to 256),
+    global pooling and a two-way softmax; with `squeeze`, each block's residual is scaled by
+    a squeeze-excitation (global pool, Dense c/squeeze relu, Dense c sigmoid)."""
+    width, plain = x.shape[-1], blocks // 2
     for i in range(blocks):
         stride = 1 if i < plain else 2
         filters = width if i < plain else min(_width(256, factor), width * 2 ** (i - plain + 1))
@@ -142,11 +153,52 @@ def _residual(layers, inputs, factor, blocks, truncate):
         y = layers.ReLU(name=f"block{i}_relu1")(layers.BatchNormalization(name=f"block{i}_bn1")(y))
         y = layers.Conv2D(filters, 3, padding="same", name=f"block{i}_conv2")(y)
         y = layers.BatchNormalization(name=f"block{i}_bn2")(y)
+        if squeeze:
+            s = layers.GlobalAveragePooling2D(name=f"block{i}_se_pool")(y)
+            s = layers.Dense(max(2, filters // squeeze), activation="relu", name=f"block{i}_se_fc1")(s)
+            s = layers.Dense(filters, activation="sigmoid", name=f"block{i}_se_fc2")(s)
+            s = layers.Reshape((1, 1, filters), name=f"block{i}_se_reshape")(s)
+            y = layers.Multiply(name=f"block{i}_se_scale")([y, s])
         if stride != 1 or x.shape[-1] != filters:
             x = layers.Conv2D(filters, 1, strides=stride, name=f"block{i}_skip")(x)
         x = layers.ReLU(name=f"block{i}_out")(layers.Add(name=f"block{i}_add")([x, y]))
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     return layers.Dense(2, activation="softmax", name="softmax")(x)
+
+
+def bayar_constrained(kernel):
+    """A Bayar constraint applied to a `[k, k, in, out]` kernel: each filter's center is -1
+    and its other taps sum to 1 (a prediction-error filter, as the constraint keeps it while
+    training)."""
+    import numpy as np
+
+    k = np.array(kernel, dtype=np.float32)
+    center = k.shape[0] // 2
+    k[center, center] = 0
+    k /= k.sum(axis=(0, 1), keepdims=True)
+    k[center, center] = -1
+    return k
+
+
+def build_se_residual(small: bool = False):
+    """The layout of a public 14-block residual squeeze-excitation steganalysis net: a
+    Bayar-constrained 5x5 front end (weights as the constraint leaves them), its TLU as the
+    `Truncation` that `edgetrunc migrate --truncation-class TLU=3` writes, 14 residual SE
+    blocks on 256x256x1 (`--small`: 3 blocks on 32x32x1), a two-way softmax."""
+    from edgetrunc.layers import Truncation
+
+    layers = keras.layers
+    size, factor = (32, 0.25) if small else (256, 1.0)
+    inputs = keras.Input((size, size, 1), name="image")
+    bayar = layers.Conv2D(_width(8, factor), 5, padding="same", use_bias=False, name="bayar")
+    x = bayar(inputs)
+    weights = __import__("numpy").random.default_rng(0).uniform(0.01, 1, bayar.kernel.shape)
+    bayar.set_weights([bayar_constrained(weights)])
+    x = Truncation(3.0, name="tlu")(x)
+    x = layers.Conv2D(_width(16, factor), 3, padding="same", name="stem")(x)
+    x = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
+    outputs = _residual_blocks(layers, x, factor, RESIDUAL_BLOCKS[small], squeeze=4)
+    return keras.Model(inputs, outputs, name="se_residual")
 
 
 def build_keras2(name: str, small: bool = False):
@@ -224,7 +276,7 @@ def main(argv=None) -> int:
         model = (build_keras2 if args.keras2 else build_keras3)(name, args.small)
         path = args.out / f"{name}.{'h5' if args.keras2 else 'keras'}"
         model.save(path)
-        written[path.name] = {"migrate": MIGRATE_OPTIONS[(framework, name)],
+        written[path.name] = {"migrate": MIGRATE_OPTIONS.get((framework, name), []),
                               "input_shape": [int(d) for d in model.inputs[0].shape[1:]],
                               "parameters": int(model.count_params())}
         print(f"wrote {path} ({written[path.name]['parameters']} parameters)")

@@ -39,8 +39,8 @@ def test_the_reader_reads_models_written_by_convert():
 
     from edgetrunc import Truncation
     from edgetrunc.export import export_onnx, export_tflite, onnx_ops, tflite_ops
-    from edgetrunc.export.onnx.convert import set_onnx_metadata
-    from edgetrunc.export.tflite.convert import embed_tflite_metadata
+    from edgetrunc.export.onnx.exporter import set_onnx_metadata
+    from edgetrunc.export.tflite.exporter import embed_tflite_metadata
 
     inputs = keras.Input((8, 8, 1))
     model = keras.Model(inputs, Truncation(2.0, name="tlu")(inputs))

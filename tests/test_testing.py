@@ -121,7 +121,7 @@ def test_truncation_check_fails_on_changed_op_counts_and_without_metadata(tmp_pa
     with pytest.raises(AssertionError, match=r"op counts differ from the expected ones: MINIMUM 2 -> 1"):
         assert_truncations_exported(FP32, ops={**json.loads((MODELS / "manifest.json").read_text())
                                                 ["artifacts"][0]["ops"], "MINIMUM": 2})
-    from edgetrunc.export.tflite.convert import export_tflite
+    from edgetrunc.export.tflite.exporter import export_tflite
     from edgetrunc.keras.load import load_keras_model
 
     bare = export_tflite(load_keras_model(MODEL), "fp32")  # no edgetrunc metadata embedded

@@ -309,7 +309,7 @@ def test_int8_per_layer_inputs_stay_in_the_calibration_domain():
 @pytest.mark.slow
 def test_convert_times_int8_against_fp32_and_says_when_it_is_slower(one_sided, tmp_path,
                                                                       capsys):
-    from edgetrunc.export.pipeline import convert
+    from edgetrunc.export.conversion import convert
 
     source = tmp_path / "m.keras"
     keras.Model(one_sided.inputs, one_sided.outputs).save(source)

@@ -9,7 +9,8 @@ up to `MAX_HELD_OUT_PAIRS`) for comparing int8 decisions with Keras. Photos smal
 tile are skipped with a warning; none left is one error naming the size. Given the model, both counts also shrink
 with its size (`activation_values`: what one image costs through every layer), down to
 `MIN_CALIBRATION_PAIRS` / `MIN_HELD_OUT_PAIRS`, so that a deep or large-input net is not
-calibrated and checked on as many images as the small shipped one (tlunet keeps 64 / 128).
+calibrated and checked on as many images as the small shipped one (tlunet keeps 64 / 128);
+`evaluation_batch` bounds the images of one held-out batch the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ HELD_OUT_ACTIVATIONS = 2 ** 30
 MIN_CALIBRATION_PAIRS = 16
 MIN_HELD_OUT_PAIRS = 32
 MAX_HELD_OUT_PAIRS = 512  # small tiles: enough pairs for the agreement rule, not every tile
+EVALUATION_BATCH = 16
+BATCH_ACTIVATIONS = 2 ** 27  # layer outputs of one held-out batch (tlunet: 16 images)
 
 
 def activation_values(model, geometry) -> int:
@@ -48,6 +51,12 @@ def _pairs_within(budget: int, model, geometry, lowest: int, highest: int) -> in
     if model is None:
         return highest
     return max(lowest, min(highest, budget // (2 * activation_values(model, geometry))))
+
+
+def evaluation_batch(model, geometry) -> int:
+    """Images per batch of the held-out int8 check: `EVALUATION_BATCH`, fewer for a net whose
+    layer outputs of one image are many (`BATCH_ACTIVATIONS` in one batch), down to 1."""
+    return max(1, min(EVALUATION_BATCH, BATCH_ACTIVATIONS // activation_values(model, geometry)))
 
 
 def calibration_stride(tile: int) -> int:

@@ -31,10 +31,11 @@ def quality_against_keras(keras_probability, artifact_probability, labels) -> di
     }
 
 
-def artifact_probability(fmt, path, x) -> np.ndarray:
-    """Stego probability `[N]` of the artifact at `path` (of the format named `fmt`) on `x`."""
+def artifact_probability(fmt, path, x, batch=SCORING_BATCH) -> np.ndarray:
+    """Stego probability `[N]` of the artifact at `path` (of the format named `fmt`) on `x`,
+    `batch` images at a time."""
     from edgetrunc.runtime import formats
     from edgetrunc.runtime.scoring import score_batch
 
     with formats.get(fmt).open(str(path)) as runner:
-        return score_batch(runner, x, SCORING_BATCH, clip=False)
+        return score_batch(runner, x, batch, clip=False)

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from edgetrunc.export.onnx.convert import ONNX_PRECISIONS, export_onnx, set_onnx_metadata
+from edgetrunc.export.onnx.exporter import ONNX_PRECISIONS, export_onnx
 from edgetrunc.export.onnx.inspect import inspect_onnx
 from edgetrunc.export.onnx.quantize import ONNX_INT8_TYPES
-from edgetrunc.export.tflite.convert import TFLITE_PRECISIONS, embed_tflite_metadata, export_tflite
+from edgetrunc.export.tflite.exporter import TFLITE_PRECISIONS, export_tflite
 from edgetrunc.export.tflite.inspect import inspect_tflite
 from edgetrunc.export.tflite.passes import INT8_FLOAT_TYPES, INT8_KEEP_FLOAT
 from edgetrunc.runtime import formats
@@ -29,7 +29,8 @@ from edgetrunc.runtime import formats
 class ExportHooks:
     """What the export level knows of one format (see the module docstring)."""
 
-    convert: Callable  # (model, precision, calibration, applied, metadata, **options) -> bytes
+    convert: Callable  # (model or PreparedModel, precision, calibration, applied, metadata,
+    #                    **options) -> bytes
     inspect: Callable  # (path or bytes, truncations, precision) -> inspector report
     precisions: tuple
     option_names: tuple
@@ -57,15 +58,13 @@ def export_format(name: str):
 
 
 def _tflite(model, precision, calibration, applied, metadata, **options) -> bytes:
-    content = export_tflite(model, precision, calibration=calibration, applied=applied, **options)
-    return content if metadata is None else embed_tflite_metadata(content, metadata)
+    return export_tflite(model, precision, calibration=calibration, applied=applied,
+                         metadata=metadata, **options)
 
 
 def _onnx(model, precision, calibration, applied, metadata, **options) -> bytes:
-    proto = export_onnx(model, precision, calibration=calibration, applied=applied, **options)
-    if metadata is not None:
-        set_onnx_metadata(proto, metadata)
-    return proto.SerializeToString()
+    return export_onnx(model, precision, calibration=calibration, applied=applied,
+                       metadata=metadata, **options).SerializeToString()
 
 
 def onnx_opset(path) -> int | None:

@@ -2,7 +2,8 @@
 
 The interpreter comes from `ai_edge_litert` (the successor of tflite-runtime), else
 `tflite_runtime`, else `tensorflow.lite` (imported only when the first two are missing).
-XNNPACK is on by default; `use_xnnpack=False` runs the built-in kernels. A batch of N
+XNNPACK is on by default (a model XNNPACK fails to prepare runs with the built-in kernels,
+with a warning); `use_xnnpack=False` runs the built-in kernels. A batch of N
 images resizes the input to N (one allocated interpreter is kept per recent batch size; a
 model with a fixed batch size runs in steps of that size), int8 / uint8 inputs are
 quantized and outputs dequantized with the model's own scale and zero point, and with
@@ -282,6 +283,19 @@ class TFLiteRunner(BaseRunner):
         return results
 
     def _infer_impl(self, batch) -> dict:
+        try:
+            return self._infer_batch(batch)
+        except RuntimeError as exc:  # XNNPACK refused a partition when it first ran
+            if not self.use_xnnpack or "XNNPACK" not in str(exc):
+                raise
+            _log.warn(f"{self.name}: XNNPACK cannot run this model here ({first_line(exc)}); "
+                      "running it with the built-in kernels")
+        self.use_xnnpack = False
+        self._interpreters.clear()
+        self._prepare()
+        return self._infer_batch(batch)
+
+    def _infer_batch(self, batch) -> dict:
         first = next(iter(batch.values())) if isinstance(batch, dict) else batch
         n = first.shape[0]
         if len(self._inputs) == 1 and tuple(batch.shape[1:]) != tuple(

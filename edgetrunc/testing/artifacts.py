@@ -103,7 +103,7 @@ class ArtifactCache:
         source = self._model_file(model)
         folder = self.folder / cache_key(source, tflite, onnx, options)
         if not (folder / MANIFEST).is_file():
-            from edgetrunc.export.pipeline import convert
+            from edgetrunc.export.conversion import convert
 
             folder.mkdir(parents=True, exist_ok=True)
             convert(source, out_dir=folder, tflite=tflite, onnx=onnx, evaluate=False, force=True,

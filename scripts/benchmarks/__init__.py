@@ -44,4 +44,7 @@ SECTIONS = {
                              ("--samples", "4", "--runs", "1")),
     "int8-onnx": Section("scripts.benchmarks.int8_onnx", "int8 against fp32 in ONNX Runtime",
                          ("--models", "tlunet", "--runs", "3")),
+    "convert": Section("scripts.benchmarks.convert",
+                       "convert against the bare converter calls, by stage; per-layer memory",
+                       ("--small", "--no-per-layer")),
 }

@@ -27,8 +27,8 @@ def _sized_models(model):
 
 def bench_scaling(model, runs: int, warmup: int, threads=(1, 2)) -> list:
     """`[(size, format, threads, p50 ms, min ms)]` for every size, format and thread count."""
-    from edgetrunc.export.onnx.convert import export_onnx
-    from edgetrunc.export.tflite.convert import export_tflite
+    from edgetrunc.export.onnx.exporter import export_onnx
+    from edgetrunc.export.tflite.exporter import export_tflite
     from edgetrunc.runtime.bench import bench_artifacts
 
     with tempfile.TemporaryDirectory(prefix="edgetrunc-scaling-") as tmp:

@@ -27,8 +27,9 @@ from scripts.benchmarks._markdown import (ROOT, machine_description, markdown_ta
                                           publish)
 
 
-def _bare_conversions(model, calibration, tmp):
-    """Wall time of the plain converter calls (no checks, no metadata, no evaluation)."""
+def _bare_conversions(model, calibration, tmp, warm_up=True):
+    """Wall time of the plain converter calls (no checks, no metadata, no evaluation), after a
+    warm-up conversion unless `warm_up` is false."""
     import onnx
     import tensorflow as tf
     import tf2onnx
@@ -64,13 +65,14 @@ def _bare_conversions(model, calibration, tmp):
         return c.convert()
 
     spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32, name="input")]
+    protos = []
 
     def onnx_fp32():
-        return tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)[0]
-
-    proto = onnx_fp32()
+        protos.append(tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)[0])
+        return protos[-1]
 
     def onnx_int8():
+        proto = protos[-1] if protos else onnx_fp32()
         quantize_static(onnx.ModelProto.FromString(proto.SerializeToString()),
                         Path(tmp) / "bare_int8.onnx", Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True)
@@ -79,7 +81,8 @@ def _bare_conversions(model, calibration, tmp):
              "fp32.onnx": onnx_fp32, "int8.onnx": onnx_int8}
     timings = {}
     with quiet_converter():
-        fp32()  # warm-up: graph tracing happens once per process
+        if warm_up:
+            fp32()  # warm-up: graph tracing happens once per process
         for name, call in calls.items():
             started = time.perf_counter()
             call()

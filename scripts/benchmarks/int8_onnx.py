@@ -29,7 +29,7 @@ MODELS = ("tlunet", "residual", "yenet")
 
 
 def bench_one(name: str, folder: Path, runs: int) -> list:
-    from edgetrunc.export.pipeline import convert
+    from edgetrunc.export.conversion import convert
     from edgetrunc.runtime import open_runner
     from edgetrunc.runtime.bench import random_batch, time_interleaved
     from edgetrunc.runtime.profile import profile_artifact

@@ -32,7 +32,7 @@ MODELS = ("tlunet", "yenet", "residual")
 DESCRIPTIONS = {"tlunet": "tlunet, 256x256x1 (shipped)",
                 "yenet": "Ye-Net size, 512x512x1",
                 "residual": "14 residual blocks, 256x256x1"}
-CONVERT = ("import json, sys, time; from edgetrunc.export.pipeline import convert; t = {}; "
+CONVERT = ("import json, sys, time; from edgetrunc.export.conversion import convert; t = {}; "
            "s = time.perf_counter(); convert(sys.argv[1], sys.argv[2], timings=t); "
            "print(json.dumps({'total': time.perf_counter() - s, 'exports': t}))")
 

@@ -16,8 +16,9 @@ As in tf2onnx's optimizer list, each pipeline reads top to bottom:
   `quantize_clip_outputs` (the truncated tensor is int8 with range `[lower, upper]`).
 
 A pass is `pass_(model, context) -> bool`: it edits the `ModelProto` in place and says
-whether it changed it; `run_passes` runs a list in order and notes in `context.applied` the
-name of each pass that changed the model. `PassContext` holds what they read.
+whether it changed it; `export.passes.run_passes` runs a list in order and notes in
+`context.applied` the name of each pass that changed the model. `PassContext` holds what
+they read.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from edgetrunc.errors import InputError
 from edgetrunc.export.candidates import match_clips
 from edgetrunc.export.onnx import packing
 from edgetrunc.export.onnx.graph import CLIP_SUFFIX, Graph
+from edgetrunc.export.passes import layout_pass
 
 
 @dataclass
@@ -47,16 +49,6 @@ class PassContext:
     literal: bool = False
     unsigned: bool = False
     applied: list = field(default_factory=list)
-
-
-def run_passes(model, passes, context: PassContext) -> bool:
-    """Run `passes` in order over `model`; whether one changed it."""
-    changed = False
-    for rewrite in passes:
-        if rewrite(model, context):
-            changed = True
-            context.applied.append(rewrite.__name__)
-    return changed
 
 
 def rewrite_clips(model, context: PassContext) -> bool:
@@ -196,25 +188,25 @@ def _insert_qdq_after(model, graph, t, clip, int8_range, unsigned=False):
     model.graph.node.insert(position, quant)
 
 
-def pack_front_end(model, context: PassContext) -> bool:
-    """Unless `context.literal`: run every chain of float one-channel Convs over 2x2 blocks
-    of pixels (`packing.pack_convolution_chains`)."""
-    return not context.literal and packing.pack_convolution_chains(model) > 0
-
-
-def activations_before_unpack(model, context: PassContext) -> bool:
-    """Unless `context.literal`: run the Clip and activations that follow a packed chain
-    before its unpacking (`packing.elementwise_before_unpack`)."""
-    return not context.literal and packing.elementwise_before_unpack(model) > 0
-
-
-def pools_as_convolutions(model, context: PassContext) -> bool:
-    """Unless `context.literal`: each VALID AveragePool of a float graph, with the per-channel
-    Mul / Add after it, becomes convolutions (`packing.rewrite_pools_as_convolutions`)."""
-    changed = not context.literal and packing.rewrite_pools_as_convolutions(model) > 0
-    if changed:
+def _pools_as_convolutions(model) -> int:
+    rewritten = packing.rewrite_pools_as_convolutions(model)
+    if rewritten:
         _drop_unused_initializers(model)
-    return changed
+    return rewritten
+
+
+pack_front_end = layout_pass(
+    "pack_front_end", packing.pack_convolution_chains,
+    "run every chain of float one-channel Convs over 2x2 blocks of pixels "
+    "(`packing.pack_convolution_chains`).")
+activations_before_unpack = layout_pass(
+    "activations_before_unpack", packing.elementwise_before_unpack,
+    "run the Clip and activations that follow a packed chain before its unpacking "
+    "(`packing.elementwise_before_unpack`).")
+pools_as_convolutions = layout_pass(
+    "pools_as_convolutions", _pools_as_convolutions,
+    "each VALID AveragePool of a float graph, with the per-channel Mul / Add after it, "
+    "becomes convolutions (`packing.rewrite_pools_as_convolutions`).")
 
 
 FP32_PASSES = [rewrite_clips, canonical_names, name_batch_dimension]

@@ -15,6 +15,7 @@ import numpy as np
 from edgetrunc.errors import InputError
 from edgetrunc.export.onnx import passes
 from edgetrunc.export.onnx.graph import CLIP_SUFFIX, INPUT_NAME, Graph
+from edgetrunc.export.passes import run_passes
 from edgetrunc._log import quiet_converter
 
 # Quantized after the first truncation; everything else stays float, as in TFLite int8
@@ -157,10 +158,10 @@ def _quantize(proto, truncations, calibration, nchw, int8_mode, applied, activat
                                      op_types, options)
     if int8_mode != "stock":
         outputs = {t["layer"]: clips[f"{t['layer']}{CLIP_SUFFIX}"].output for t in truncations}
-        passes.run_passes(quantized, passes.INT8_QUANTIZED_PASSES,
-                          passes.PassContext(truncations, outputs, ranges,
-                                             applied=[] if applied is None else applied,
-                                             unsigned=activation_type == "QUInt8"))
+        run_passes(quantized, passes.INT8_QUANTIZED_PASSES,
+                   passes.PassContext(truncations, outputs, ranges,
+                                      applied=[] if applied is None else applied,
+                                      unsigned=activation_type == "QUInt8"))
     return quantized
 
 

@@ -1,2 +1,2 @@
 """TFLite export: `graph` (the flatbuffer graph view), `passes` (the rewrites and their order),
-`convert` (`export_tflite`), `inspect` (`inspect_tflite`). TensorFlow is imported lazily."""
+`exporter` (`export_tflite`), `inspect` (`inspect_tflite`). TensorFlow is imported lazily."""

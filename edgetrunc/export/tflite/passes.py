@@ -17,9 +17,10 @@ As in tf2onnx's optimizer list, each pipeline reads top to bottom:
   `pools_as_convolutions`).
 
 A pass is `pass_(model_t, context) -> bool`: it edits the `ModelT` in place and says whether
-it changed it. `run_passes` reads the flatbuffer once, runs a list, notes in
-`context.applied` the name of each pass that changed the model (the manifest's "passes")
-and writes it back only when one did. `PassContext` holds what passes read (the
+it changed it. `run_passes` runs a list over a parsed model and notes in `context.applied`
+the name of each pass that changed it (the manifest's "passes"); `rewritten` parses a
+flatbuffer once, runs a list, embeds the metadata and writes it once (not at all when
+nothing changed). `PassContext` holds what passes read (the
 truncations, options, the fp32 twin of an fp16 model) and what `mark_float_ops` leaves for
 the quantizer. The rewrites for speed (`pack_front_end`, `activations_before_unpack`,
 `pools_as_convolutions`; see `export.tflite.packing` and `export.tflite.pooling`) are on by
@@ -34,6 +35,7 @@ import numpy as np
 
 from edgetrunc.errors import InputError
 from edgetrunc.export.candidates import layer_hints, match_clips, range_tolerance
+from edgetrunc.export.passes import layout_pass, run_passes
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.export.tflite import packing, pooling
 from edgetrunc.export.tflite.inspect import lost_truncation
@@ -76,15 +78,18 @@ class PassContext:
         return for_target(pass_list, self.target)
 
 
-def run_passes(content: bytes, passes, context: PassContext) -> bytes:
-    """Run `passes` in order over the model `content`; the same bytes when none changed it."""
+def rewritten(content: bytes, passes, context: PassContext, metadata: bytes | None = None) -> bytes:
+    """`content` parsed once, `passes` run over it, `metadata` (the "edgetrunc" buffer) set,
+    and written once; the same bytes when no pass changed it and there is no metadata."""
+    if not passes and metadata is None:
+        return content
     model_t = tg.read_model(content)
-    changed = False
-    for rewrite in passes:
-        if rewrite(model_t, context):
-            changed = True
-            context.applied.append(rewrite.__name__)
-    return tg.write_model(model_t) if changed else content
+    changed = run_passes(model_t, passes, context)
+    if metadata is not None:
+        tg.set_metadata(model_t, metadata)
+    elif not changed:
+        return content
+    return tg.write_model(model_t)
 
 
 def _front_end_ops(graph, candidates, matches):
@@ -300,29 +305,19 @@ def _drop_requantize_pairs(graph, quantize, dequantize) -> bool:
     return bool(drop)
 
 
-def pack_front_end(model_t, context: PassContext) -> bool:
-    """Unless `context.literal`: run every chain of float one-channel convolutions in a 2x2
-    space-to-depth layout (`packing.pack_convolution_chains`)."""
-    if context.literal:
-        return False
-    return packing.pack_convolution_chains(model_t) > 0
-
-
-def pools_as_convolutions(model_t, context: PassContext) -> bool:
-    """Unless `context.literal`: each VALID AVERAGE_POOL_2D with the per-channel MUL / ADD after
-    it (int8: between DEQUANTIZE and QUANTIZE) becomes convolutions, reading the packed values
-    when it follows an unpacking (`pooling.rewrite_pools_as_convolutions`)."""
-    if context.literal:
-        return False
-    return pooling.rewrite_pools_as_convolutions(model_t) > 0
-
-
-def activations_before_unpack(model_t, context: PassContext) -> bool:
-    """Unless `context.literal`: run the truncation and activation ops that follow a packed
-    chain before its unpacking (`packing.elementwise_before_unpack`)."""
-    if context.literal:
-        return False
-    return packing.elementwise_before_unpack(model_t) > 0
+pack_front_end = layout_pass(
+    "pack_front_end", packing.pack_convolution_chains,
+    "run every chain of float one-channel convolutions in a 2x2 space-to-depth layout "
+    "(`packing.pack_convolution_chains`).")
+activations_before_unpack = layout_pass(
+    "activations_before_unpack", packing.elementwise_before_unpack,
+    "run the truncation and activation ops that follow a packed chain before its unpacking "
+    "(`packing.elementwise_before_unpack`).")
+pools_as_convolutions = layout_pass(
+    "pools_as_convolutions", pooling.rewrite_pools_as_convolutions,
+    "each VALID AVERAGE_POOL_2D with the per-channel MUL / ADD after it (int8: between "
+    "DEQUANTIZE and QUANTIZE) becomes convolutions, reading the packed values when it follows "
+    "an unpacking (`pooling.rewrite_pools_as_convolutions`).")
 
 
 FP32_PASSES = [pack_front_end, activations_before_unpack, pools_as_convolutions]

@@ -3,7 +3,8 @@
 tf2onnx emits each truncation as a `Max` and a `Min` with constant operands; the passes of
 `export.onnx.passes` rewrite them into one `Clip` per truncation and make the graph's names
 deterministic. Opsets above what tf2onnx writes come from `onnx.version_converter`.
-`set_onnx_metadata` writes the embedded metadata into `metadata_props`.
+`set_onnx_metadata` writes the embedded metadata into `metadata_props`. The graph tf2onnx
+gives a `PreparedModel` is converted once for all its precisions (`export.prepared`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from edgetrunc.errors import InputError
 from edgetrunc.export.onnx import passes
 from edgetrunc.export.onnx.graph import INPUT_NAME
 from edgetrunc.export.onnx.quantize import quantize_onnx
+from edgetrunc.export.passes import run_passes
+from edgetrunc.export.prepared import prepare
 from edgetrunc._log import quiet_converter
-from edgetrunc.keras.precision import float32_model
-from edgetrunc.keras.truncations import find_truncations
 from edgetrunc.runtime.metadata import onnx_props
 
 ONNX_PRECISIONS = ("fp32", "int8")
@@ -68,12 +69,13 @@ def onnx_input_names(model) -> list:
 
 
 def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
-                int8_mode="truncation-aware", literal=False, applied=None):
+                int8_mode="truncation-aware", literal=False, applied=None, metadata=None):
     """Convert a Keras model to an `onnx.ModelProto` (input "input", dynamic batch).
 
     Args:
         model: a `keras.Model` (one image input `[N, H, W, C]`, or several inputs of any
-            shape, named as in Keras).
+            shape, named as in Keras), or the `export.prepared.PreparedModel` of one (its
+            fp32 graph is converted once for every precision).
         precision: "fp32" or "int8" (QDQ, truncation-aware; needs `calibration`).
         opset: ONNX opset, 13..21. Defaults to 17.
         nchw: input as `[N, C, H, W]` instead of NHWC.
@@ -84,6 +86,8 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
         literal: skip the rewrites for speed (`passes.FP32_LAYOUT_PASSES`, on by default;
             they leave an int8 QDQ graph as it is).
         applied: a list that receives the names of the passes that changed the model.
+        metadata: the embedded metadata (`runtime.metadata.artifact_metadata`) to write into
+            `metadata_props`, or None.
     """
     import onnx
 
@@ -91,30 +95,49 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
         raise InputError(f"precision: unknown ONNX precision {precision!r}; expected one of "
                          f"{', '.join(ONNX_PRECISIONS)}")
     check_opset(opset, precision)
-    model = float32_model(model)
-    proto = _from_keras(model, opset, nchw)
-    truncations = find_truncations(model)
-    context = passes.PassContext(truncations, literal=bool(literal),
+    prepared = prepare(model)
+    context = passes.PassContext(prepared.truncations, literal=bool(literal),
                                  applied=[] if applied is None else applied)
-    passes.run_passes(proto, passes.FP32_PASSES, context)
-    proto.producer_name = "edgetrunc"
-    onnx.checker.check_model(proto, full_check=True)
+    proto = _checked_fp32(prepared, opset, nchw, context)
     if precision == "int8" and int8_mode != "stock":
         # the layout rewrites run on the float graph, before quantization: the quantizer then
         # sees the packed front end (kept float) and the VALID pools as convolutions; left as
         # AveragePool they become onnxruntime's QLinearAveragePool, which took about a third
         # of tlunet's int8 time in its profiler (the float pools: under 1%)
-        passes.run_passes(proto, passes.FP32_LAYOUT_PASSES, context)
+        run_passes(proto, passes.FP32_LAYOUT_PASSES, context)
     if precision == "int8":
-        proto = quantize_onnx(proto, truncations, calibration, nchw, int8_mode,
+        proto = quantize_onnx(proto, prepared.truncations, calibration, nchw, int8_mode,
                               applied=context.applied)
-    passes.run_passes(proto, passes.FP32_LAYOUT_PASSES, context)  # a no-op on QDQ graphs
+    run_passes(proto, passes.FP32_LAYOUT_PASSES, context)  # a no-op on QDQ graphs
     if int(opset) > TF2ONNX_MAX_OPSET:
         from onnx import version_converter
 
         proto = version_converter.convert_version(proto, int(opset))
         onnx.checker.check_model(proto, full_check=True)
+    if metadata is not None:
+        set_onnx_metadata(proto, metadata)
     return proto
+
+
+def _checked_fp32(prepared, opset, nchw, context):
+    """A copy of tf2onnx's graph of `prepared` after `passes.FP32_PASSES`, checked; converted
+    once per prepared model, opset and layout (the passes' names noted in `context.applied`
+    each time)."""
+    import onnx
+
+    key = ("onnx-fp32", min(int(opset), TF2ONNX_MAX_OPSET), bool(nchw))
+    if key not in prepared.cache:
+        proto = _from_keras(prepared.model, opset, nchw)
+        fp32_context = passes.PassContext(prepared.truncations)
+        run_passes(proto, passes.FP32_PASSES, fp32_context)
+        proto.producer_name = "edgetrunc"
+        onnx.checker.check_model(proto, full_check=True)
+        prepared.cache[key] = (proto, fp32_context.applied)
+    proto, applied = prepared.cache[key]
+    context.applied.extend(applied)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
 
 
 def set_onnx_metadata(model, payload: dict) -> None:

@@ -31,11 +31,9 @@ import numpy as np
 
 from edgetrunc._log import quiet_converter
 from edgetrunc.errors import InputError, first_line
-from edgetrunc.export.tflite import graph as tg
+from edgetrunc.export.prepared import prepare
 from edgetrunc.export.tflite import passes
 from edgetrunc.export.tflite.integer import require_full_integer
-from edgetrunc.keras.precision import float32_model
-from edgetrunc.keras.truncations import find_truncations
 from edgetrunc.runtime.metadata import tflite_metadata_bytes
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8", "int8-full")
@@ -120,11 +118,12 @@ def _calibration_batches(calibration, model):
 
 def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
                   int8_mode="truncation-aware", keep_float=None, float_types=None,
-                  literal=False, applied=None, target="cpu") -> bytes:
+                  literal=False, applied=None, target="cpu", metadata=None) -> bytes:
     """Convert a Keras model to TFLite bytes (builtin ops only).
 
     Args:
-        model: a `keras.Model`.
+        model: a `keras.Model`, or the `export.prepared.PreparedModel` of one (prepared
+            once for every precision; the fp16 export reuses the fp32 conversion).
         precision: "fp32", "fp16" (fp16 weights, fp32 compute) or "int8".
         calibration: int8 only, float32 inputs `[N, H, W, C]` for the activation ranges.
         int8_io: int8 only, int8 input and output tensors instead of float ones.
@@ -140,6 +139,9 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
             truncation-aware int8 passes run either way.
         applied: a list that receives the names of the passes that changed the model.
         target: "cpu" (default), "ethos-u" or "micro": the pass lists run for that target.
+        metadata: the embedded metadata (`runtime.metadata.artifact_metadata`) to write into
+            the "edgetrunc" buffer, or None. The converter's flatbuffer is parsed once, the
+            passes and the metadata edit the parsed model, and it is written once.
     """
     import tensorflow as tf
 
@@ -148,58 +150,68 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
                          f"{', '.join(TFLITE_PRECISIONS)}")
     if int8_mode not in INT8_MODES:
         raise InputError(f"int8_mode: {int8_mode!r}; expected one of {', '.join(INT8_MODES)}")
-    from edgetrunc.keras.qat import export_ready, quantization_aware
-
-    model = float32_model(model)
-    if quantization_aware(model):
-        model = export_ready(model)
     passes.for_target([], target)  # refuses an unknown target before any work
+    prepared = prepare(model)
+    model = prepared.tflite_model
     context = passes.PassContext(
-        find_truncations(model), literal=bool(literal),
+        prepared.truncations, literal=bool(literal),
         applied=[] if applied is None else applied,
         keep_float=passes.INT8_KEEP_FLOAT if keep_float is None else tuple(keep_float),
         float_types=passes.INT8_FLOAT_TYPES if float_types is None else tuple(float_types),
         target=target)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    payload = None if metadata is None else tflite_metadata_bytes(metadata)
     if precision == "fp32":
-        return passes.run_passes(_convert(converter, model), context.passes(passes.FP32_PASSES),
-                                 context)
+        return passes.rewritten(_fp32(prepared), context.passes(passes.FP32_PASSES), context,
+                                payload)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "fp16":
         converter.target_spec.supported_types = [tf.float16]
         fp16 = _convert(converter, model)
-        context.fp32_reference = _convert(tf.lite.TFLiteConverter.from_keras_model(model), model)
-        return passes.run_passes(fp16, context.passes(passes.FP16_PASSES), context)
+        context.fp32_reference = _fp32(prepared)
+        return passes.rewritten(fp16, context.passes(passes.FP16_PASSES), context, payload)
     converter.representative_dataset = _calibration_batches(calibration, model)
     if precision == "int8-full":
-        return _full_integer(converter, model, context)
+        return _full_integer(converter, model, context, payload)
     if int8_mode == "stock":
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-        return _convert(converter, model, int8_only=True)
-    return _truncation_aware_int8(converter, model, int8_io, context)
+        return passes.rewritten(_convert(converter, model, int8_only=True), [], context, payload)
+    return _truncation_aware_int8(converter, model, int8_io, context, payload)
 
 
-def _truncation_aware_int8(converter, model, int8_io, context) -> bytes:
+def _fp32(prepared) -> bytes:
+    """The converter's plain fp32 bytes of `prepared`, converted once (the fp32 artifact
+    and the fp16 export's fp32 reference are the same conversion)."""
+    import tensorflow as tf
+
+    if ("tflite-fp32",) not in prepared.cache:
+        model = prepared.tflite_model
+        prepared.cache[("tflite-fp32",)] = _convert(
+            tf.lite.TFLiteConverter.from_keras_model(model), model)
+    return prepared.cache[("tflite-fp32",)]
+
+
+def _truncation_aware_int8(converter, model, int8_io, context, payload) -> bytes:
     """Calibrate, run `INT8_CALIBRATED_PASSES`, quantize, run `INT8_QUANTIZED_PASSES`."""
     import tensorflow as tf
     from tensorflow.lite.python import convert as tflite_convert
 
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True
-    calibrated = passes.run_passes(_convert(converter, model),
-                                   context.passes(passes.INT8_CALIBRATED_PASSES), context)
+    calibrated = passes.rewritten(_convert(converter, model),
+                                  context.passes(passes.INT8_CALIBRATED_PASSES), context)
     io_type = tf.int8 if int8_io else tf.float32
     with quiet_converter():
         quantized = tflite_convert.mlir_quantize(
             calibrated, fully_quantize=bool(int8_io), input_data_type=io_type,
             output_data_type=io_type, denylisted_nodes=context.denylisted or None)
-    return passes.run_passes(bytes(quantized), context.passes(passes.INT8_QUANTIZED_PASSES),
-                             context)
+    return passes.rewritten(bytes(quantized), context.passes(passes.INT8_QUANTIZED_PASSES),
+                            context, payload)
 
 
-def _full_integer(converter, model, context) -> bytes:
+def _full_integer(converter, model, context, payload) -> bytes:
     """Calibrate, run `INT8_FULL_CALIBRATED_PASSES`, quantize every op with int8 input and
     output, run `INT8_FULL_QUANTIZED_PASSES`, and refuse what is not full-integer."""
     import tensorflow as tf
@@ -207,19 +219,17 @@ def _full_integer(converter, model, context) -> bytes:
 
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True
-    calibrated = passes.run_passes(_convert(converter, model),
-                                   context.passes(passes.INT8_FULL_CALIBRATED_PASSES), context)
+    calibrated = passes.rewritten(_convert(converter, model),
+                                  context.passes(passes.INT8_FULL_CALIBRATED_PASSES), context)
     with quiet_converter():
         quantized = tflite_convert.mlir_quantize(
             calibrated, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
-    content = passes.run_passes(bytes(quantized),
-                                context.passes(passes.INT8_FULL_QUANTIZED_PASSES), context)
+    content = passes.rewritten(bytes(quantized), context.passes(passes.INT8_FULL_QUANTIZED_PASSES),
+                               context, payload)
     require_full_integer(content, [layer.name for layer in model.layers])
     return content
 
 
 def embed_tflite_metadata(content: bytes, payload: dict) -> bytes:
     """`content` with `payload` (`runtime.metadata.artifact_metadata`) in its metadata."""
-    model_t = tg.read_model(content)
-    tg.set_metadata(model_t, tflite_metadata_bytes(payload))
-    return tg.write_model(model_t)
+    return passes.rewritten(content, [], passes.PassContext([]), tflite_metadata_bytes(payload))
