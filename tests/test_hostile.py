@@ -322,15 +322,25 @@ def _set_is_consistent(folder: Path) -> bool:
     return all(sha256_file(folder / e["path"]) == e["sha256"] for e in manifest["artifacts"])
 
 
+@pytest.fixture(scope="module")
+def first_set(tiny_keras, tmp_path_factory):
+    """The set a first convert of `tiny_keras` commits (fp32 TFLite and ONNX), made once."""
+    from edgetrunc.cli import main
+
+    out = tmp_path_factory.mktemp("first") / "out"
+    assert main(["-q", "convert", str(tiny_keras), "--out", str(out), "--tflite", "fp32",
+                 "--onnx", "fp32"]) == 0
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("step", CONVERT_STEPS)
-def test_a_killed_convert_leaves_the_old_set_or_the_new_one(tiny_keras, tmp_path, step):
+def test_a_killed_convert_leaves_the_old_set_or_the_new_one(tiny_keras, first_set, tmp_path, cli,
+                                                           step):
     from edgetrunc.export.commit import JOURNAL, recover
 
-    out = tmp_path / "out"
-    first = edgetrunc("convert", tiny_keras, "--out", out, "--tflite", "fp32", "--onnx", "fp32",
-                      cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+    out = shutil.copytree(first_set, tmp_path / "out")
     old = (out / "manifest.json").read_text()
     killed = edgetrunc("convert", tiny_keras, "--out", out, "--tflite", "fp32,fp16", "--onnx", "fp32",
                        "--force", cwd=tmp_path, env={"EDGETRUNC_FAULT": f"convert:{step}"})
@@ -345,9 +355,8 @@ def test_a_killed_convert_leaves_the_old_set_or_the_new_one(tiny_keras, tmp_path
     else:
         assert len(json.loads(now)["artifacts"]) == 3
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".edgetrunc.lock"]  # unheld
-    again = edgetrunc("convert", tiny_keras, "--out", out, "--tflite", "fp32", "--onnx", "fp32",
-                      "--force", cwd=tmp_path)
-    assert again.returncode == 0 and _set_is_consistent(out)
+    again = cli("convert", tiny_keras, "--out", out, "--tflite", "fp32", "--onnx", "fp32", "--force")
+    assert again[0] == 0 and _set_is_consistent(out), again
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
