@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(PY) scripts/demo.py
 
+# Both test targets run on TEST_WORKERS processes (pytest-xdist), one test file per process at a
+# time so a file's shared fixtures are built once; TEST_WORKERS=0 runs in this process alone.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # qemu-user-static runs the aarch64 tests (tests/test_arm.py) and `make arm-parity`: installed
 # with apt-get when missing and root (quick when present); without it those tests are skipped.
@@ -37,7 +42,7 @@ arm-parity: install qemu
 
 # The quick loop: every test not marked slow (under 3 minutes on 2 cores).
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Reproduces the shipped detector models/tlunet.keras and its training record.
 # The shipped model was trained with TensorFlow's oneDNN kernels off (their rounding differs);

@@ -66,6 +66,7 @@ def test_a_golden_file_is_never_replaced_without_force(golden, cli):
     assert code == 2 and MODEL.read_bytes()[:2] == b"PK"
 
 
+@pytest.mark.slow
 def test_todays_outputs_match_the_golden_ones(golden, cli):
     code, out, err = cli("parity", MODEL, FP32, INT8_ONNX, "--load-outputs", golden, "--no-probes",
                          "--per-layer", "--layer-samples", "2")

@@ -3,7 +3,8 @@ run, no input is replaced, no output set is left half-written, resources are bou
 cause ends with exit 0, 1 or 2 as documented, one line, never a traceback.
 
 Commands run as the installed console script in a subprocess (as a user runs them), from a
-scratch folder that holds decoys: a module that writes a marker file when it is imported.
+scratch folder that holds decoys: a module that writes a marker file when it is imported;
+refusals whose point is the message and the files, not the process, run in-process.
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def edgetrunc(*args, cwd, timeout=300, env=None, stdout=subprocess.PIPE):
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     return subprocess.run([str(CLI), *map(str, args)], cwd=cwd, env=environment, stdout=stdout,
                           stderr=subprocess.PIPE, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def in_process(cli, *args):
+    """`edgetrunc ARGS` run in this process (the `cli` fixture) as a `subprocess.run` result: for
+    refusals whose point is the message and the files, not the process."""
+    code, out, err = cli(*args)
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def assert_one_line(result, code=2, *needles):
@@ -200,30 +208,28 @@ def saved_inputs(tmp_path_factory):
     return path
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("option", ["--json", "--html"])
-def test_parity_reports_never_replace_an_input(saved_inputs, scratch, option):
+def test_parity_reports_never_replace_an_input(saved_inputs, scratch, cli, option):
     inputs = scratch / "in.npz"
     shutil.copy(saved_inputs, inputs)
     before = inputs.read_bytes()
     artifact = MODELS / "tlunet_fp32.tflite"
     for target in (inputs, artifact):
-        result = edgetrunc("parity", MODELS / "tlunet.keras", artifact, "--inputs", inputs,
-                           "--no-probes", option, target, cwd=scratch)
+        result = in_process(cli, "parity", MODELS / "tlunet.keras", artifact, "--inputs", inputs,
+                            "--no-probes", option, target)
         assert_one_line(result, 2, "input")
     assert inputs.read_bytes() == before
 
 
-@pytest.mark.slow
-def test_parity_json_streams_into_a_fifo_and_devices(saved_inputs, scratch):
-    result = edgetrunc("parity", MODELS / "tlunet.keras", MODELS / "tlunet_int8.tflite",
-                       "--inputs", saved_inputs, "--no-probes", "--json", "/dev/null", cwd=scratch)
+def test_parity_json_streams_into_a_fifo_and_devices(saved_inputs, scratch, cli):
+    result = in_process(cli, "parity", MODELS / "tlunet.keras", MODELS / "tlunet_int8.tflite",
+                        "--inputs", saved_inputs, "--no-probes", "--json", "/dev/null")
     assert result.returncode == 0, result.stderr
     assert Path("/dev/null").is_char_device()
     link = scratch / "report.json"
     link.symlink_to(scratch / "real.json")
-    result = edgetrunc("parity", MODELS / "tlunet.keras", MODELS / "tlunet_int8.tflite",
-                       "--inputs", saved_inputs, "--no-probes", "--json", link, cwd=scratch)
+    result = in_process(cli, "parity", MODELS / "tlunet.keras", MODELS / "tlunet_int8.tflite",
+                        "--inputs", saved_inputs, "--no-probes", "--json", link)
     assert result.returncode == 0, result.stderr
     assert link.is_symlink() and json.loads((scratch / "real.json").read_text())["passed"] is True
 
@@ -322,15 +328,25 @@ def _set_is_consistent(folder: Path) -> bool:
     return all(sha256_file(folder / e["path"]) == e["sha256"] for e in manifest["artifacts"])
 
 
+@pytest.fixture(scope="module")
+def first_set(tiny_keras, tmp_path_factory):
+    """The set a first convert of `tiny_keras` commits (fp32 TFLite and ONNX), made once."""
+    from edgetrunc.cli import main
+
+    out = tmp_path_factory.mktemp("first") / "out"
+    assert main(["-q", "convert", str(tiny_keras), "--out", str(out), "--tflite", "fp32",
+                 "--onnx", "fp32"]) == 0
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("step", CONVERT_STEPS)
-def test_a_killed_convert_leaves_the_old_set_or_the_new_one(tiny_keras, tmp_path, step):
+def test_a_killed_convert_leaves_the_old_set_or_the_new_one(tiny_keras, first_set, tmp_path, cli,
+                                                           step):
     from edgetrunc.export.commit import JOURNAL, recover
 
-    out = tmp_path / "out"
-    first = edgetrunc("convert", tiny_keras, "--out", out, "--tflite", "fp32", "--onnx", "fp32",
-                      cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+    out = shutil.copytree(first_set, tmp_path / "out")
     old = (out / "manifest.json").read_text()
     killed = edgetrunc("convert", tiny_keras, "--out", out, "--tflite", "fp32,fp16", "--onnx", "fp32",
                        "--force", cwd=tmp_path, env={"EDGETRUNC_FAULT": f"convert:{step}"})
@@ -345,9 +361,8 @@ def test_a_killed_convert_leaves_the_old_set_or_the_new_one(tiny_keras, tmp_path
     else:
         assert len(json.loads(now)["artifacts"]) == 3
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".edgetrunc.lock"]  # unheld
-    again = edgetrunc("convert", tiny_keras, "--out", out, "--tflite", "fp32", "--onnx", "fp32",
-                      "--force", cwd=tmp_path)
-    assert again.returncode == 0 and _set_is_consistent(out)
+    again = cli("convert", tiny_keras, "--out", out, "--tflite", "fp32", "--onnx", "fp32", "--force")
+    assert again[0] == 0 and _set_is_consistent(out), again
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
@@ -423,9 +438,8 @@ def test_a_deeply_nested_h5_config_is_refused(tmp_path):
     assert not (tmp_path / "new.keras").exists()
 
 
-@pytest.mark.slow
 def test_a_keras_archive_with_too_many_members_or_an_escaping_name_is_refused(tiny_keras,
-                                                                            tmp_path):
+                                                                            tmp_path, cli):
     with zipfile.ZipFile(tiny_keras) as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
     many, escaping = tmp_path / "many.keras", tmp_path / "escaping.keras"
@@ -438,8 +452,8 @@ def test_a_keras_archive_with_too_many_members_or_an_escaping_name_is_refused(ti
         for name, data in members.items():
             archive.writestr(name, data)
         archive.writestr("../outside.txt", b"x")
-    assert_one_line(edgetrunc("evaluate", many, cwd=tmp_path), 2, "many.keras", "10000")
-    assert_one_line(edgetrunc("evaluate", escaping, cwd=tmp_path), 2, "escaping.keras", "..")
+    assert_one_line(in_process(cli, "evaluate", many), 2, "many.keras", "10000")
+    assert_one_line(in_process(cli, "evaluate", escaping), 2, "escaping.keras", "..")
     assert not (tmp_path.parent / "outside.txt").exists()
 
 
@@ -556,13 +570,12 @@ RECORDING_CHANGES = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(RECORDING_CHANGES))
-def test_hostile_recorded_outputs_are_one_line_errors(tmp_path, case):
+def test_hostile_recorded_outputs_are_one_line_errors(tmp_path, cli, case):
     inputs, recording = _recording(tmp_path, RECORDING_CHANGES[case])
     before = recording.read_bytes()
-    result = edgetrunc("parity", MODELS / "tlunet.keras", recording, "--inputs", inputs,
-                       "--no-probes", cwd=tmp_path, timeout=120)
+    result = in_process(cli, "parity", MODELS / "tlunet.keras", recording, "--inputs", inputs,
+                        "--no-probes")
     assert_one_line(result, 2, "rec.npz")
     assert recording.read_bytes() == before
 
@@ -618,15 +631,14 @@ def _photo(path: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_parity_reports_never_replace_a_photo_of_the_inputs_folder(tmp_path):
+def test_parity_reports_never_replace_a_photo_of_the_inputs_folder(tmp_path, cli):
     photos = tmp_path / "imgs"
     photos.mkdir()
     photo = _photo(photos / "p0.png")
     before = photo.read_bytes()
     for option in ("--html", "--json", "--save-inputs"):
-        result = edgetrunc("parity", MODELS / "tlunet.keras", MODELS / "tlunet_int8.tflite",
-                           "--inputs", photos, "--no-probes", option, photo, cwd=tmp_path, timeout=60)
+        result = in_process(cli, "parity", MODELS / "tlunet.keras", MODELS / "tlunet_int8.tflite",
+                            "--inputs", photos, "--no-probes", option, photo)
         assert_one_line(result, 2, "input", "p0.png")
     assert photo.read_bytes() == before and sorted(os.listdir(photos)) == ["p0.png"]
 

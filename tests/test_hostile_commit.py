@@ -322,22 +322,20 @@ def test_output_set_names_must_be_plain(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_real_convert_killed_before_its_manifest_is_finished_by_the_next_one_without_force(tmp_path):
-    """The report's case: "exists; use --force" ran before recovery, so the mix stayed."""
-    from edgetrunc.models import create
-
-    model = tmp_path / "tiny.keras"
-    create("seed_block").save(model)
+def test_a_real_convert_killed_before_its_manifest_is_finished_by_the_next_one_without_force(
+        tiny_keras, tmp_path, cli):
+    """The report's case: "exists; use --force" ran before recovery, so the mix stayed. The
+    killed convert is a process of its own; the ones before and after it run in-process."""
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "edgetrunc", "-q", "convert", str(model), "--out", str(out),
-               "--onnx", ""]
+    args = ["convert", str(tiny_keras), "--out", str(out), "--onnx", ""]
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    first = subprocess.run(command + ["--tflite", "fp32"], env=env, capture_output=True, text=True)
-    assert first.returncode == 0, first.stderr
-    killed = subprocess.run(command + ["--tflite", "fp32,fp16", "--force"], capture_output=True,
+    first = cli(*args, "--tflite", "fp32")
+    assert first[0] == 0, first
+    killed = subprocess.run([sys.executable, "-m", "edgetrunc", "-q", *args, "--tflite", "fp32,fp16",
+                             "--force"], capture_output=True,
                             env=dict(env, EDGETRUNC_FAULT="convert:before-manifest"), text=True)
     assert killed.returncode == -signal.SIGKILL and (out / JOURNAL).exists()
-    again = subprocess.run(command + ["--tflite", "fp32"], env=env, capture_output=True, text=True)
-    assert again.returncode == 2 and again.stderr.strip().count("\n") == 0, again.stderr
-    assert "exists; use --force" in again.stderr
+    code, _, err = cli(*args, "--tflite", "fp32")
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert "exists; use --force" in err
     assert _hidden(out) == [] and _visible_set(out) == {"tiny_fp32.tflite", "tiny_fp16.tflite"}
