@@ -3,7 +3,8 @@
 The interpreter hands tensor and signature names to Python as UTF-8 text and raises on a
 name that is not valid UTF-8. `readable_names` returns the model's bytes with every such
 byte of a tensor, subgraph or signature name replaced by '?': the same length, so every
-offset of the flatbuffer holds and nothing else changes.
+offset of the flatbuffer holds and nothing else changes. `signature_order` reads the Keras
+input names and output order back from the signature of an interpreter.
 """
 
 from __future__ import annotations
@@ -71,3 +72,24 @@ def readable_names(content: bytes) -> bytes:
         patched = patched if patched is not None else bytearray(content)
         patched[start:start + length] = readable_name(raw)
     return bytes(patched) if patched is not None else content
+
+
+def signature_order(interpreter, inputs: list, outputs: list) -> tuple:
+    """`(input names, output details)`: the signature's input names (the Keras input names) in
+    input order, and the outputs in the Keras model's order (`output_0`, `output_1`, ... of the
+    signature; the converter may store them in another order). Without a signature, the
+    tensor names and the stored order."""
+    try:
+        signature = next(iter(interpreter._get_full_signature_list().values()), {})
+    except (AttributeError, ValueError, RuntimeError):
+        signature = {}
+    by_index = {int(index): name for name, index in signature.get("inputs", {}).items()}
+    names = [by_index.get(int(d["index"]), d["name"]) for d in inputs]
+    if len(set(names)) != len(names):
+        names = [d["name"] for d in inputs]
+    keyed = signature.get("outputs", {})
+    position = {int(index): int(key.rsplit("_", 1)[1]) for key, index in keyed.items()
+                if key.startswith("output_") and key.rsplit("_", 1)[1].isdigit()}
+    if len(position) == len(outputs) and all(int(d["index"]) in position for d in outputs):
+        outputs = sorted(outputs, key=lambda d: position[int(d["index"])])
+    return names, outputs

@@ -23,7 +23,7 @@ import numpy as np
 from edgetrunc import _log
 from edgetrunc.errors import InputError, first_line
 from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last_activation
-from edgetrunc.runtime._tflite_names import readable_names
+from edgetrunc.runtime._tflite_names import readable_names, signature_order
 from edgetrunc.runtime.intermediates import ArtifactTensor
 from edgetrunc.runtime.metadata import read_tflite_metadata, tflite_ops
 
@@ -85,27 +85,6 @@ def _rows(batch, start: int, stop: int):
     if isinstance(batch, dict):
         return {name: value[start:stop] for name, value in batch.items()}
     return batch[start:stop]
-
-
-def _signature_order(interpreter, inputs: list, outputs: list) -> tuple:
-    """`(input names, output details)`: the signature's input names (the Keras input names) in
-    input order, and the outputs in the Keras model's order (`output_0`, `output_1`, ... of the
-    signature; the converter may store them in another order). Without a signature, the
-    tensor names and the stored order."""
-    try:
-        signature = next(iter(interpreter._get_full_signature_list().values()), {})
-    except (AttributeError, ValueError, RuntimeError):
-        signature = {}
-    by_index = {int(index): name for name, index in signature.get("inputs", {}).items()}
-    names = [by_index.get(int(d["index"]), d["name"]) for d in inputs]
-    if len(set(names)) != len(names):
-        names = [d["name"] for d in inputs]
-    keyed = signature.get("outputs", {})
-    position = {int(index): int(key.rsplit("_", 1)[1]) for key, index in keyed.items()
-                if key.startswith("output_") and key.rsplit("_", 1)[1].isdigit()}
-    if len(position) == len(outputs) and all(int(d["index"]) in position for d in outputs):
-        outputs = sorted(outputs, key=lambda d: position[int(d["index"])])
-    return names, outputs
 
 
 class TFLiteRunner(BaseRunner):
@@ -173,7 +152,7 @@ class TFLiteRunner(BaseRunner):
         if not self._inputs:
             raise InputError(f"{self.path}: the model has no input")
         self._input = self._inputs[0]
-        self._names, self._outputs = _signature_order(interpreter, self._inputs,
+        self._names, self._outputs = signature_order(interpreter, self._inputs,
                                                       interpreter.get_output_details())
         self._base_batch = int(self._input["shape"][0])
         self._base_interpreter = interpreter
