@@ -29,6 +29,19 @@ def test_every_command_has_help(command, capsys):
     assert "usage: edgetrunc " + command in capsys.readouterr().out
 
 
+def test_help_of_every_command_imports_no_tensorflow():
+    """`--help` is instant: building every command's options (their defaults read from the
+    library's signatures) imports neither TensorFlow nor Keras."""
+    code = ("import sys\nfrom edgetrunc.cli import build_parser\nparser = build_parser()\n"
+            f"for command in {COMMANDS + ['targets']!r}:\n"
+            "    try:\n        parser.parse_args([command, '--help'])\n"
+            "    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_no_command_is_usage_error():
     out = _run()
     assert out.returncode == 2

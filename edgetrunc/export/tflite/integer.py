@@ -28,7 +28,6 @@ import numpy as np
 
 from edgetrunc.errors import InputError
 from edgetrunc.export.tflite import graph as tg
-from edgetrunc.models._filters import exact_steps
 
 PIXEL_RANGE = (0.0, 255.0)
 _CONVOLUTIONS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3}  # op -> output-channel axis of its weights
@@ -53,6 +52,8 @@ def exact_filter_ranges(model_t, context) -> bool:
     """Note each convolution with exact steps (`context.exact_filters`: output tensor name ->
     (float weights, steps)); one that reads the pixel input with one step gets the output
     range of +-127 steps (see the module docstring)."""
+    from edgetrunc.models._filters import exact_steps  # the models package imports Keras
+
     graph = tg.Graph(model_t)
     inputs = {int(i) for i in graph.g.inputs}
     changed = False
