@@ -147,7 +147,7 @@ def test_one_benchmark_entry_point_lists_and_imports_every_section(capsys):
     assert package.main(["--list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == ["runtime", "export", "parity", "training", "streaming", "models", "integer",
-                      "per-layer", "assert-parity", "int8-onnx"]
+                      "per-layer", "assert-parity", "int8-onnx", "convert"]
     sections = importlib.import_module("scripts.benchmarks").SECTIONS
     for name in listed:
         assert callable(importlib.import_module(sections[name].module).main)
@@ -228,3 +228,14 @@ def test_onnx_flops_of_layout_changes_and_depthwise_convs():
         2 * 126 * 126 * 8)
     assert _onnx_flops(event("Conv", [[1, 1, 256, 256], [8, 1, 5, 5]], [1, 8, 256, 256])) == (
         2 * 256 * 256 * 8 * 25)
+
+
+def test_ordering_the_sections_keeps_the_text_between_them(tmp_path):
+    order_sections = _bench_section("_markdown").order_sections
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n<!-- BEGIN training -->\nt\n<!-- END training -->\n\n"
+                   "## Written by hand\n\nprose\n\n<!-- BEGIN machine -->\nm\n<!-- END machine -->\n")
+    order_sections(out)
+    text = out.read_text()
+    assert text.index("BEGIN machine") < text.index("BEGIN training") < text.index("prose")
+    assert "## Written by hand\n\nprose\n" in text

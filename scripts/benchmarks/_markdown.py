@@ -83,13 +83,17 @@ def update_section(name: str, markdown: str, path: Path | None = None) -> None:
 
 
 def order_sections(path: Path, order=SECTION_ORDER) -> None:
-    """Put the named sections of BENCHMARKS.md in `order` (others after them, as they were)."""
+    """Put the named sections of BENCHMARKS.md in `order` (others after them, as they were).
+    Text outside the markers moves with the section before it: nothing is dropped."""
     text = path.read_text()
     pattern = re.compile(r"<!-- BEGIN (?P<name>[\w.-]+) -->\n.*?<!-- END (?P=name) -->\n?", re.S)
-    blocks = [(m.group("name"), m.group(0).rstrip("\n") + "\n") for m in pattern.finditer(text)]
-    if not blocks:
+    matches = list(pattern.finditer(text))
+    if not matches:
         return
-    head = text[:pattern.search(text).start()].rstrip("\n") + "\n"
+    ends = [m.start() for m in matches[1:]] + [len(text)]
+    blocks = [(m.group("name"), text[m.start():end].strip("\n") + "\n")
+              for m, end in zip(matches, ends)]
+    head = text[:matches[0].start()].rstrip("\n") + "\n"
     rank = {name: i for i, name in enumerate(order)}
     blocks.sort(key=lambda b: rank.get(b[0], len(order)))
     from edgetrunc._io import write_text_atomic
