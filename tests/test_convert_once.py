@@ -41,6 +41,7 @@ def _counting(monkeypatch, module, name, calls):
 def test_convert_loads_once_walks_once_and_converts_onnx_once(tmp_path, monkeypatch):
     import tf2onnx
 
+    import edgetrunc.keras.load as load
     import edgetrunc.keras.precision as precision
     import edgetrunc.keras.truncations as truncations
 
@@ -48,14 +49,16 @@ def test_convert_loads_once_walks_once_and_converts_onnx_once(tmp_path, monkeypa
     _model().save(path)
     calls = Counter()
     _counting(monkeypatch, keras.saving, "load_model", calls)
+    _counting(monkeypatch, load, "require_keras_file", calls)
+    _counting(monkeypatch, conversion, "require_keras_file", calls)  # the file is checked once
     _counting(monkeypatch, truncations, "find_truncations", calls)
     _counting(monkeypatch, precision, "float32_model", calls)
     _counting(monkeypatch, tf2onnx.convert, "from_keras", calls)
     manifest = conversion.convert(path, tmp_path / "out", tflite=("fp32", "fp16"),
                                   onnx=("fp32", "int8"), evaluate=False, speed=False)
     assert len(manifest["artifacts"]) == 4
-    assert calls == {"load_model": 1, "find_truncations": 1, "float32_model": 1,
-                     "from_keras": 1}
+    assert calls == {"load_model": 1, "require_keras_file": 1, "find_truncations": 1,
+                     "float32_model": 1, "from_keras": 1}
 
 
 def test_each_tflite_flatbuffer_is_parsed_and_written_once(monkeypatch):

@@ -114,7 +114,7 @@ def convert(model_path, out_dir=None, tflite=DEFAULT_TFLITE_PRECISIONS, onnx=ONN
                "literal": bool(literal), "target": target, "speed": bool(speed)}
     custom_objects = load_custom_objects(custom_objects)
     with custom_objects_scope(custom_objects):
-        prepared = prepare(load_keras_model(source, safe_mode=True, suffixes=KERAS_SUFFIXES,
+        prepared = prepare(load_keras_model(source, safe_mode=True, checked=True,
                                              custom_objects=custom_objects, trust_lambda=trust_lambda))
     _warn_traced_lambdas(source, prepared.model)
     with outputs, custom_objects_scope(custom_objects):

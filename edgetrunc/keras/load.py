@@ -33,7 +33,7 @@ def require_keras_file(path, suffixes=(".keras",)) -> Path:
     return legacy.require_model_file(path, suffixes)
 
 
-def load_keras_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs):
+def load_keras_model(path, safe_mode=True, suffixes=(".keras", ".h5"), checked=False, **kwargs):
     """Load a Keras model file with `Truncation` registered first (`compile=False` by default).
 
     A missing, empty, corrupt or foreign file raises `edgetrunc.errors.InputError` with one
@@ -43,10 +43,11 @@ def load_keras_model(path, safe_mode=True, suffixes=(".keras", ".h5"), **kwargs)
     `tf.clip_by_value` op layers are read as `edgetrunc migrate` reads them.
     `custom_objects` is a dict or the path of the user's own `.py` file (`legacy.custom`);
     `trust_lambda=True` loads Lambda layers (their stored code runs, with `lambda_globals`).
+    `checked=True`: the caller has passed `path` through `require_keras_file` already.
     """
     import zipfile
 
-    path = require_keras_file(path, suffixes)
+    path = Path(path) if checked else require_keras_file(path, suffixes)
     if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
         with open(path, "rb") as stream:
             zip_start = stream.read(4) == b"PK\x03\x04"
