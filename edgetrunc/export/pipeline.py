@@ -26,7 +26,7 @@ from edgetrunc.export import calibration as calib_data
 from edgetrunc.export import evaluation, manifest
 from edgetrunc.export.commit import OutputSet
 from edgetrunc.export.formats import export_format
-from edgetrunc.export.onnx.convert import ONNX_PRECISIONS, OPSETS, check_opset
+from edgetrunc.export.onnx.convert import DEFAULT_ONNX_PRECISIONS, ONNX_PRECISIONS, OPSETS, check_opset
 from edgetrunc.export.speed import int8_speed
 from edgetrunc.export.tflite.convert import (DEFAULT_TFLITE_PRECISIONS, INT8_MODES,
                                              TFLITE_PRECISIONS)
@@ -86,7 +86,7 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration, target="cpu"):
     return tflite, onnx
 
 
-def convert(model_path, out_dir=None, tflite=DEFAULT_TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
+def convert(model_path, out_dir=None, tflite=DEFAULT_TFLITE_PRECISIONS, onnx=DEFAULT_ONNX_PRECISIONS, opset=17,
             nchw=False, calibration="embedded", int8_io=False, force=False,
             int8_mode="truncation-aware", evaluate=True, timings=None,
             literal=False, custom_objects=None, trust_lambda=False, target="cpu",

@@ -13,13 +13,16 @@ import numpy as np
 from edgetrunc.errors import InputError
 from edgetrunc.export.onnx import passes
 from edgetrunc.export.onnx.graph import INPUT_NAME
+from edgetrunc.export.onnx.integer import quantize_full_integer
+from edgetrunc.export.onnx.integer_passes import FULL_INTEGER_FLOAT_PASSES
 from edgetrunc.export.onnx.quantize import quantize_onnx
 from edgetrunc._log import quiet_converter
 from edgetrunc.keras.precision import float32_model
 from edgetrunc.keras.truncations import find_truncations
 from edgetrunc.runtime.metadata import onnx_props
 
-ONNX_PRECISIONS = ("fp32", "int8")
+ONNX_PRECISIONS = ("fp32", "int8", "int8-full")
+DEFAULT_ONNX_PRECISIONS = ("fp32", "int8")  # int8-full only when asked for
 OPSETS = range(13, 22)
 INT8_MAX_OPSET = 20
 TF2ONNX_MAX_OPSET = 18  # tf2onnx 1.17 writes up to 18; newer opsets via onnx.version_converter
@@ -29,7 +32,7 @@ def check_opset(opset, precision="fp32"):
     """Raise InputError unless `opset` is an opset the exporter writes for `precision`."""
     if not isinstance(opset, (int, np.integer)) or int(opset) not in OPSETS:
         raise InputError(f"opset: {opset!r}; expected an ONNX opset from {OPSETS[0]} to {OPSETS[-1]}")
-    if precision == "int8" and int(opset) > INT8_MAX_OPSET:
+    if precision.startswith("int8") and int(opset) > INT8_MAX_OPSET:
         raise InputError(f"opset: int8 ONNX at opset {opset} does not load in onnxruntime "
                          f"(its QDQ optimizer rejects the opset-21 QuantizeLinear); expected "
                          f"an opset from {OPSETS[0]} to {INT8_MAX_OPSET} for int8")
@@ -74,7 +77,9 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
     Args:
         model: a `keras.Model` (one image input `[N, H, W, C]`, or several inputs of any
             shape, named as in Keras).
-        precision: "fp32" or "int8" (QDQ, truncation-aware; needs `calibration`).
+        precision: "fp32", "int8" (QDQ, truncation-aware; needs `calibration`) or
+            "int8-full" (QDQ with int8 input and output, `export.onnx.integer`; needs
+            `calibration`; `nchw` and `int8_mode` do not apply).
         opset: ONNX opset, 13..21. Defaults to 17.
         nchw: input as `[N, C, H, W]` instead of NHWC.
         calibration: int8 only, float32 inputs `[N, H, W, C]` (NHWC whatever `nchw` is);
@@ -92,6 +97,14 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
                          f"{', '.join(ONNX_PRECISIONS)}")
     check_opset(opset, precision)
     model = float32_model(model)
+    if precision == "int8-full":
+        from edgetrunc.keras.qat import export_ready, quantization_aware
+
+        if quantization_aware(model):  # the plain model, its ranges those QAT simulated
+            model = export_ready(model)
+    if precision == "int8-full" and (nchw or len(model.inputs) > 1):
+        raise InputError(f"{model.name}: int8-full ONNX takes one NHWC pixel input; expected "
+                         "a model with one image input and no nchw", param="nchw")
     proto = _from_keras(model, opset, nchw)
     truncations = find_truncations(model)
     context = passes.PassContext(truncations, literal=bool(literal),
@@ -105,7 +118,12 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
         # AveragePool they become onnxruntime's QLinearAveragePool, which took about a third
         # of tlunet's int8 time in its profiler (the float pools: under 1%)
         passes.run_passes(proto, passes.FP32_LAYOUT_PASSES, context)
-    if precision == "int8":
+    if precision == "int8-full":
+        passes.run_passes(proto, FULL_INTEGER_FLOAT_PASSES, context)
+        onnx.checker.check_model(proto, full_check=True)
+        proto = quantize_full_integer(proto, truncations, calibration,
+                                      [layer.name for layer in model.layers], context.applied)
+    elif precision == "int8":
         proto = quantize_onnx(proto, truncations, calibration, nchw, int8_mode,
                               applied=context.applied)
     passes.run_passes(proto, passes.FP32_LAYOUT_PASSES, context)  # a no-op on QDQ graphs

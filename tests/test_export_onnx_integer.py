@@ -1,0 +1,126 @@
+"""Full-integer ONNX (`--onnx int8-full`): QDQ with int8 input and output, pixels exact, the
+fixed filter stored exactly, every compute op between QuantizeLinear / DequantizeLinear,
+refusal of what has no integer form; convert -> parity -> run end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from edgetrunc.errors import InputError  # noqa: E402
+from edgetrunc.export import convert, export_onnx, find_truncations  # noqa: E402
+from edgetrunc.export.onnx.graph import Graph  # noqa: E402
+from edgetrunc.export.onnx.inspect import inspect_onnx  # noqa: E402
+from edgetrunc.export.onnx.integer import float_nodes, require_full_integer  # noqa: E402
+from edgetrunc.layers import Truncation  # noqa: E402
+from edgetrunc.models._filters import high_pass_bank  # noqa: E402
+from edgetrunc.runtime.onnx_runner import ONNXRunner  # noqa: E402
+# the tiny tlunet, its calibration tiles and the model with a SIN of the TFLite tests
+from test_export_integer import SIZE, _sine_model, calibration, model  # noqa: E402, F401
+
+
+@pytest.fixture(scope="module")
+def full(model, calibration):
+    applied = []
+    proto = export_onnx(model, "int8-full", calibration=calibration, applied=applied)
+    return proto, applied
+
+
+def test_input_and_output_are_int8_and_every_op_sits_between_qdq(model, full):
+    proto, applied = full
+    report = inspect_onnx(proto, find_truncations(model), "int8-full")
+    (inp,), (out,) = report["inputs"], report["outputs"]
+    assert (inp["dtype"], inp["scale"], inp["zero_point"]) == ("int8", 1.0, -128)
+    assert out["dtype"] == "int8" and out["scale"] > 0
+    assert report["integer"]["float_tensors_outside_qdq"] == 0 and float_nodes(proto) == []
+    assert {"Conv", "Tanh", "AveragePool"} <= set(report["integer"]["compute_ops_between_qdq"])
+    assert report["truncations"][0]["mapped_to"].endswith("range [lower, upper])")
+    assert {"pin_pixel_input", "exact_filter_weights", "strip_io_qdq"} <= set(applied)
+    graph = Graph(proto)
+    assert graph.consumers["input"][0].op_type == "DequantizeLinear"
+    assert graph.producer[out["name"]].op_type == "QuantizeLinear"
+
+
+def test_the_kv_filter_is_stored_as_exact_integers(full):
+    graph = Graph(full[0])
+    (front,) = [n for n in full[0].graph.node
+                if n.op_type == "Conv" and n.name.endswith("front_end_1/convolution")]
+    dequant = graph.producer[front.input[1]]
+    stored, scale = graph.consts[dequant.input[0]], graph.consts[dequant.input[1]]
+    kernel, _, _ = high_pass_bank("kv")
+    assert stored.dtype == np.int8 and np.allclose(scale, 1 / 12)
+    assert np.array_equal(stored.reshape(5, 5), np.round(kernel[:, :, 0, 0] * 12))
+    (quant,) = graph.consumers[front.output[0]]
+    assert np.isclose(graph.consts[quant.input[1]], 1 / 12) and graph.consts[quant.input[2]] == 0
+
+
+def test_a_float_output_is_refused(full):
+    broken = onnx.ModelProto.FromString(full[0].SerializeToString())
+    broken.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    with pytest.raises(InputError, match="output is not int8"):
+        require_full_integer(broken)
+
+
+def test_an_op_without_integer_form_is_named_in_one_line():
+    calibration = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 1))
+    with pytest.raises(InputError) as info:
+        export_onnx(_sine_model(), "int8-full", calibration=calibration)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("layer 'wave': Sin has no int8 form")
+
+
+def test_the_runner_feeds_pixels_and_reads_values_back(full, calibration):
+    proto = full[0]
+    runner = ONNXRunner(proto.SerializeToString(), threads=1)
+    (inp,), (out,) = runner.metadata().inputs, runner.metadata().outputs
+    assert (inp.dtype, inp.scale, inp.zero_point) == ("int8", 1.0, -128)
+    (value,) = runner.infer(calibration[:3]).values()
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    pixels = (np.round(calibration[:3]) - 128).astype(np.int8)
+    (raw,) = session.run(None, {"input": pixels})
+    assert value.dtype == np.float32 and value.shape == (3, 2)
+    assert np.array_equal(value, (raw.astype(np.float32) - out.zero_point) * np.float32(out.scale))
+    assert np.all((value >= 0) & (value <= 1))
+
+
+def _brightness_detector():
+    """A tiny detector whose stego logit is 3 x the mean of clip(p / 32 - 4, -3, 3): decisions
+    well away from 0 on photos, so that int8 rounding does not flip them."""
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(1, 1, name="scale")(inputs)
+    x = Truncation(3.0, name="trunc")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="logit")(x))
+    model.get_layer("scale").set_weights([np.full((1, 1, 1, 1), 1 / 32, np.float32),
+                                          np.array([-4.0], np.float32)])
+    model.get_layer("logit").set_weights([np.full((1, 1), 3.0, np.float32), np.zeros(1, np.float32)])
+    return model
+
+
+def test_convert_parity_and_run_end_to_end(tmp_path, cli):
+    source = tmp_path / "tiny.keras"
+    _brightness_detector().save(source)
+    result = convert(source, tmp_path, tflite=[], onnx=["int8-full"], speed=False)
+    (entry,) = result["artifacts"]
+    assert entry["path"] == "tiny_int8-full.onnx" and entry["precision"] == "int8-full"
+    quantization = entry["quantization"]
+    assert quantization["mode"] == "full-integer" and quantization["format"] == "QDQ"
+    assert quantization["evaluation"]["decision_agreement"] >= 0.98
+    assert entry["inputs"][0]["dtype"] == "int8" and entry["outputs"][0]["dtype"] == "int8"
+    assert entry["integer"]["float_tensors_outside_qdq"] == 0 and "target" not in entry
+    assert entry["integer"]["output"].startswith("stego logit")
+    artifact, inputs, outputs = tmp_path / entry["path"], tmp_path / "in.npz", tmp_path / "out.npz"
+    code, out, _ = cli("parity", source, artifact, "--samples", "8", "--inputs", "covers",
+                       "--json", "-", "--save-inputs", inputs)
+    (judged,) = json.loads(out)["artifacts"]
+    assert code == 0 and judged["passed"] and judged["precision"] == "int8-full"
+    assert judged["tolerance"]["min_decision_agreement"] == 0.98  # judged as int8
+    assert judged["decision_agreement"] == 1.0
+    code, out, _ = cli("run", artifact, inputs, "--out", outputs, "--json")
+    assert code == 0 and outputs.exists()
+    code, _, _ = cli("parity", source, outputs, "--inputs", inputs)
+    assert code == 0
