@@ -79,11 +79,15 @@ def test_the_runner_feeds_pixels_and_reads_values_back(full, calibration):
     (inp,), (out,) = runner.metadata().inputs, runner.metadata().outputs
     assert (inp.dtype, inp.scale, inp.zero_point) == ("int8", 1.0, -128)
     (value,) = runner.infer(calibration[:3]).values()
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.SessionOptions()  # the QDQ graph as written: no fused int8 kernels
+    reference.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), reference,
+                                   providers=["CPUExecutionProvider"])
     pixels = (np.round(calibration[:3]) - 128).astype(np.int8)
     (raw,) = session.run(None, {"input": pixels})
     assert value.dtype == np.float32 and value.shape == (3, 2)
-    assert np.array_equal(value, (raw.astype(np.float32) - out.zero_point) * np.float32(out.scale))
+    steps = np.abs(value - (raw.astype(np.float32) - out.zero_point) * np.float32(out.scale)) / out.scale
+    assert steps.max() <= 1.01  # the fused int8 kernels round within one step
     assert np.all((value >= 0) & (value <= 1))
 
 
@@ -124,3 +128,26 @@ def test_convert_parity_and_run_end_to_end(tmp_path, cli):
     assert code == 0 and outputs.exists()
     code, _, _ = cli("parity", source, outputs, "--inputs", inputs)
     assert code == 0
+
+
+def test_the_runner_keeps_wide_int8_sums_exact_on_every_x86_cpu():
+    """Bright pixels times large positive weights: onnxruntime's u8s8 kernels on x86 without
+    VNNI add pairs of products in int16 and saturate unless the runner asks for its
+    precise path; the runner's output must be the QDQ graph's."""
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="bright")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(Truncation(2000.0, name="trunc")(x))
+    model = keras.Model(inputs, keras.layers.Dense(1, name="logit")(x))
+    rng = np.random.default_rng(1)
+    model.get_layer("bright").set_weights([rng.uniform(0.5, 1.0, (3, 3, 1, 4)).astype(np.float32)])
+    pixels = rng.uniform(200, 255, (8, 16, 16, 1)).astype(np.float32)
+    proto = export_onnx(model, "int8-full", calibration=pixels)
+    (value,) = ONNXRunner(proto.SerializeToString(), threads=1).infer(pixels).values()
+    reference = ort.SessionOptions()
+    reference.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), reference,
+                                   providers=["CPUExecutionProvider"])
+    (raw,) = session.run(None, {"input": (np.round(pixels) - 128).astype(np.int8)})
+    out = ONNXRunner(proto.SerializeToString()).metadata().outputs[0]
+    expected = (raw.astype(np.float32) - out.zero_point) * np.float32(out.scale)
+    assert np.abs(value - expected).max() / out.scale <= 1.01
