@@ -57,7 +57,7 @@ def quality(models: dict, artifact: Path) -> dict:
     first = next(iter(models.values()))
     held_out = calib_data.held_out_pairs("embedded", require_image_geometry(first, "model", "bench"), first)
     probability = {name: predict_probability(m, held_out.x, batch_size=16) for name, m in models.items()}
-    probability["artifact"] = artifact_probability("tflite", artifact, held_out.x)
+    probability["artifact"] = artifact_probability(Path(artifact).suffix.lstrip("."), artifact, held_out.x)
     p_e = {name: detection_report(held_out.y, p)["p_e"] for name, p in probability.items()}
     agree = {name: float(np.mean((p >= 0.5) == (probability["artifact"] >= 0.5)))
              for name, p in probability.items() if name != "artifact"}
