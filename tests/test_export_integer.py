@@ -234,3 +234,14 @@ def test_targets_command_reports_vela_and_micro(full, tmp_path, cli):
     report = json.loads(out)
     assert code == 0 and report["passed"]
     assert report["vela"][0]["cpu_operators"] == 0 and report["micro"]["runs"]
+
+
+def test_an_integer_model_is_profiled_per_op_from_pixels(full, tmp_path):
+    from edgetrunc.runtime.profile import profile_artifact
+
+    path = tmp_path / "full.tflite"
+    path.write_bytes(full[0])
+    report = profile_artifact(path, runs=2, warmup=1)
+    kinds = [row["type"] for row in report["ops"]]
+    assert kinds[0] == "CONV_2D" and "TANH" in kinds and report["total_ms"] > 0
+    assert len(kinds) == len(_graph(full[0]).g.operators)
