@@ -12,7 +12,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from edgetrunc.errors import InputError  # noqa: E402
-from edgetrunc.export import convert, export_onnx, find_truncations  # noqa: E402
+from edgetrunc.export import export_onnx, find_truncations  # noqa: E402
 from edgetrunc.export.onnx.graph import Graph  # noqa: E402
 from edgetrunc.export.onnx.inspect import inspect_onnx  # noqa: E402
 from edgetrunc.export.onnx.integer import float_nodes, require_full_integer  # noqa: E402
@@ -108,8 +108,9 @@ def _brightness_detector():
 def test_convert_parity_and_run_end_to_end(tmp_path, cli):
     source = tmp_path / "tiny.keras"
     _brightness_detector().save(source)
-    result = convert(source, tmp_path, tflite=[], onnx=["int8-full"], speed=False)
-    (entry,) = result["artifacts"]
+    code, _, _ = cli("convert", source, "--tflite", "", "--onnx", "int8-full")
+    (entry,) = json.loads((tmp_path / "manifest.json").read_text())["artifacts"]
+    assert code == 0
     assert entry["path"] == "tiny_int8-full.onnx" and entry["precision"] == "int8-full"
     quantization = entry["quantization"]
     assert quantization["mode"] == "full-integer" and quantization["format"] == "QDQ"
