@@ -152,3 +152,23 @@ def test_the_runner_keeps_wide_int8_sums_exact_on_every_x86_cpu():
     out = ONNXRunner(proto.SerializeToString()).metadata().outputs[0]
     expected = (raw.astype(np.float32) - out.zero_point) * np.float32(out.scale)
     assert np.abs(value - expected).max() / out.scale <= 1.01
+
+
+def test_onnx_and_tflite_full_integer_are_as_close_to_keras():
+    """Same scales, same fidelity. The truncation's [-3, 3] has no int8 grid with 0 in the
+    middle: onnxruntime rounds the zero point to 0 ([-3.012, 2.988], as Keras's fake
+    quantization), the TFLite converter to -1 ([-2.988, 3.012]); the mean of the truncated
+    values then lands a few output steps to either side of the float logit."""
+    from edgetrunc.export import export_tflite
+    from edgetrunc.runtime.tflite_runner import TFLiteRunner
+
+    model = _brightness_detector()
+    pixels = np.round(np.random.default_rng(2).uniform(0, 255, (16, SIZE, SIZE, 1))).astype(np.float32)
+    onnx_runner = ONNXRunner(export_onnx(model, "int8-full", calibration=pixels).SerializeToString())
+    tflite_runner = TFLiteRunner(export_tflite(model, "int8-full", calibration=pixels))
+    (onnx_logit,), (tflite_logit,) = (r.infer(pixels).values() for r in (onnx_runner, tflite_runner))
+    keras_logit = model.predict(pixels, verbose=0)
+    step = onnx_runner.metadata().outputs[0].scale
+    assert np.isclose(step, tflite_runner.metadata().outputs[0].scale, rtol=1e-3)
+    assert np.abs(onnx_logit - keras_logit).max() <= 5 * step  # measured 4.2 steps
+    assert np.abs(tflite_logit - keras_logit).max() <= 5 * step  # measured 4.1 steps
