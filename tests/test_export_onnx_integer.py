@@ -172,3 +172,30 @@ def test_onnx_and_tflite_full_integer_are_as_close_to_keras():
     assert np.isclose(step, tflite_runner.metadata().outputs[0].scale, rtol=1e-3)
     assert np.abs(onnx_logit - keras_logit).max() <= 5 * step  # measured 4.2 steps
     assert np.abs(tflite_logit - keras_logit).max() <= 5 * step  # measured 4.1 steps
+
+
+def test_the_float_fusions_before_quantizing_are_exact():
+    from edgetrunc.export.onnx.integer_passes import FULL_INTEGER_FLOAT_PASSES
+    from edgetrunc.export.onnx.passes import PassContext, run_passes
+
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.AveragePooling2D(2)(Truncation(3.0, name="trunc")(x))
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, bias_initializer="ones")(x))
+    rng = np.random.default_rng(3)
+    model.get_layer("bn").set_weights([rng.uniform(0.5, 2, 4), rng.normal(0, 1, 4),
+                                       rng.normal(0, 1, 4), rng.uniform(0.5, 2, 4)])
+    plain = export_onnx(model, "fp32", literal=True)
+    fused = onnx.ModelProto.FromString(plain.SerializeToString())
+    context = PassContext(find_truncations(model))
+    run_passes(fused, FULL_INTEGER_FLOAT_PASSES, context)
+    assert context.applied == ["pool_affine_as_depthwise", "matmul_add_as_gemm"]
+    ops = {n.op_type for n in fused.graph.node}
+    assert "AveragePool" not in ops and "MatMul" not in ops and "Gemm" in ops
+    onnx.checker.check_model(fused, full_check=True)
+    pixels = rng.uniform(0, 255, (4, 16, 16, 1)).astype(np.float32)
+    (before,), (after,) = (ort.InferenceSession(m.SerializeToString()).run(None, {"input": pixels})
+                           for m in (plain, fused))
+    assert np.allclose(before, after, rtol=1e-5, atol=1e-5)
