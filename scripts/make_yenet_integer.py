@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     from edgetrunc.data.geometry import require_image_geometry
     from edgetrunc.export import calibration as calib_data
     from edgetrunc.export import convert
-    from edgetrunc.keras.load import load_model
+    from edgetrunc.keras.load import load_keras_model as load_model
     from edgetrunc.train.qat import fine_tune_qat
     from scripts.benchmarks.integer import quality
 

@@ -32,8 +32,10 @@ def calibration():
 
 @pytest.fixture(scope="module")
 def full(model, calibration):
+    """The full-integer artifact of integer-only targets (no CPU packing)."""
     applied = []
-    content = export_tflite(model, "int8-full", calibration=calibration, applied=applied)
+    content = export_tflite(model, "int8-full", calibration=calibration, applied=applied,
+                            target="ethos-u")
     return content, applied
 
 
@@ -133,6 +135,28 @@ def test_target_drops_the_cpu_packing(model, calibration):
         export_tflite(model, "fp32", target="gpu")
 
 
+def test_the_cpu_target_packs_the_int8_front_end_bit_exactly(model, calibration, full):
+    """`--target cpu` runs the int8 one-channel convolutions over 2x2 blocks (the same
+    integer sums and requantization): every int8 output equals the unpacked artifact's."""
+    from edgetrunc.runtime.tflite_runner import TFLiteRunner
+
+    applied = []
+    cpu = export_tflite(model, "int8-full", calibration=calibration, applied=applied)
+    assert "pack_front_end" in applied and "pack_front_end" not in full[1]
+    assert {"SPACE_TO_DEPTH", "DEPTH_TO_SPACE"} <= set(tflite_ops(cpu))
+    assert float_tensors(_graph(cpu)) == []
+    pixels = np.round(calibration[:4])
+    for xnnpack in (True, False):  # XNNPACK and the built-in kernels
+        runners = [TFLiteRunner(content, threads=1, use_xnnpack=xnnpack, preserve_all_tensors=True)
+                   for content in (cpu, full[0])]
+        packed, plain = (runner.infer(pixels) and runner.intermediates() for runner in runners)
+        same = [name for name, value in plain.items()
+                if name in packed and packed[name].shape == value.shape]
+        assert any("group1_pool" in name for name in same) and "tlunet_1/gap_1/Mean" in same
+        for name in same:  # every tensor both have, from the first pool to the output
+            assert np.array_equal(packed[name], plain[name]), name
+
+
 @pytest.mark.slow
 def test_convert_records_full_integer_and_target(model, tmp_path):
     source = tmp_path / "tiny.keras"
@@ -210,3 +234,14 @@ def test_targets_command_reports_vela_and_micro(full, tmp_path, cli):
     report = json.loads(out)
     assert code == 0 and report["passed"]
     assert report["vela"][0]["cpu_operators"] == 0 and report["micro"]["runs"]
+
+
+def test_an_integer_model_is_profiled_per_op_from_pixels(full, tmp_path):
+    from edgetrunc.runtime.profile import profile_artifact
+
+    path = tmp_path / "full.tflite"
+    path.write_bytes(full[0])
+    report = profile_artifact(path, runs=2, warmup=1)
+    kinds = [row["type"] for row in report["ops"]]
+    assert kinds[0] == "CONV_2D" and "TANH" in kinds and report["total_ms"] > 0
+    assert len(kinds) == len(_graph(full[0]).g.operators)

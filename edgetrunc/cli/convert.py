@@ -28,8 +28,8 @@ def add_arguments(p) -> None:
     _args.add_parameter(p, f, "tflite", "TFLite precisions (int8-full: int8 input, output and "
                         "every op, for NPUs and microcontrollers)",
                         type=_args.choices_list("precision", ("fp32", "fp16", "int8", "int8-full")))
-    _args.add_parameter(p, f, "onnx", "ONNX precisions",
-                        type=_args.choices_list("precision", ("fp32", "int8")))
+    _args.add_parameter(p, f, "onnx", "ONNX precisions (int8-full: QDQ with int8 input and output)",
+                        type=_args.choices_list("precision", ("fp32", "int8", "int8-full")))
     _args.add_parameter(p, f, "opset", "ONNX opset, 13..21", type=int)
     _args.add_parameter(p, f, "nchw", "ONNX input as NCHW instead of NHWC", action="store_true")
     _args.add_parameter(p, f, "calibration", "int8 calibration images: 'embedded' or a folder")

@@ -27,7 +27,7 @@ from edgetrunc.export import evaluation, manifest
 from edgetrunc.export.commit import OutputSet
 from edgetrunc.export.formats import export_format
 from edgetrunc.export.prepared import prepare
-from edgetrunc.export.onnx.exporter import ONNX_PRECISIONS, check_opset
+from edgetrunc.export.onnx.exporter import DEFAULT_ONNX_PRECISIONS, ONNX_PRECISIONS, check_opset
 from edgetrunc.export.speed import int8_speed
 from edgetrunc.export.tflite.exporter import (DEFAULT_TFLITE_PRECISIONS, INT8_MODES,
                                              TFLITE_PRECISIONS)
@@ -82,7 +82,7 @@ def _check_options(tflite, onnx, opset, int8_mode, calibration, target="cpu"):
     return tflite, onnx
 
 
-def convert(model_path, out_dir=None, tflite=DEFAULT_TFLITE_PRECISIONS, onnx=ONNX_PRECISIONS, opset=17,
+def convert(model_path, out_dir=None, tflite=DEFAULT_TFLITE_PRECISIONS, onnx=DEFAULT_ONNX_PRECISIONS, opset=17,
             nchw=False, calibration="embedded", int8_io=False, force=False,
             int8_mode="truncation-aware", evaluate=True, timings=None,
             literal=False, custom_objects=None, trust_lambda=False, target="cpu",

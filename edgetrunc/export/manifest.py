@@ -42,7 +42,7 @@ def artifact_entry(name, fmt, precision, content: bytes, report: dict, quantizat
         "inputs": report["inputs"], "outputs": report["outputs"],
         "quantization": quantization, "passes": list(passes),
     }
-    if target not in (None, "cpu") or precision == "int8-full":
+    if target not in (None, "cpu") or (precision == "int8-full" and fmt == "tflite"):
         entry["target"] = target
     if "integer" in report:
         entry["integer"] = report["integer"]
@@ -56,7 +56,7 @@ def quantization_entry(fmt, precision, int8_io, int8_mode, calib, literal=False)
     if precision == "fp16":
         return {"weights": "float16", "activations": "float32"}
     if precision == "int8-full":
-        return _full_integer_entry(calib)
+        return {**_full_integer_entry(calib), **export_format(fmt).export.int8_layout}
     hooks = export_format(fmt).export
     entry = {
         "weights": "int8 (per channel)",

@@ -83,7 +83,7 @@ def micro_check(path, batch: np.ndarray) -> dict:
     """Run `batch` (model inputs `[N, H, W, C]`, e.g. pixel values, quantized here with the
     model's input scale and zero point) through TFLite Micro and ai-edge-litert's reference
     kernels; `{"arena_bytes", "samples", "max_step_difference", "runs"}`."""
-    from edgetrunc.runtime.tflite_runner import quantize_input
+    from edgetrunc.runtime.quantized_io import quantize_input
 
     with open(path, "rb") as fh:
         content = fh.read()

@@ -295,6 +295,7 @@ def _fastest(module, content: bytes, threads, feed, warmup: int, runs: int) -> f
 
 def _profile_tflite(path, threads, runs, warmup, batch, seed) -> dict:
     from edgetrunc.runtime.bench import random_batch
+    from edgetrunc.runtime.quantized_io import quantize_input
     from edgetrunc.runtime.tflite_runner import TFLiteRunner, load_interpreter_module
 
     full = TFLiteRunner(path, threads=threads)  # checks the model and reads its metadata
@@ -308,9 +309,11 @@ def _profile_tflite(path, threads, runs, warmup, batch, seed) -> dict:
     graph = model_t.subgraphs[0]
     read_after = _read_after(graph)
     feed = random_batch(full, batch, seed)
-    if np.dtype(full.metadata().inputs[0].dtype).kind in "iu":
-        raise InputError(f"{path}: profiling needs a float input; the model takes "
-                         f"{full.metadata().inputs[0].dtype}")
+    (inp,) = meta.inputs
+    if np.dtype(inp.dtype).kind in "iu":  # a full-integer model: pixels quantized as `infer` does
+        if inp.scale is None:
+            raise InputError(f"{path}: integer input without quantization parameters")
+        feed = quantize_input(feed, np.dtype(inp.dtype), inp.scale, inp.zero_point)
     module, _ = load_interpreter_module()
     count = len(graph.operators)
     best = [_fastest(module, _prefix_model(model_t, k, read_after) if k < count - 1 else content,

@@ -26,6 +26,7 @@ from edgetrunc.runtime._base import BaseRunner, RunnerMetadata, TensorInfo, last
 from edgetrunc.runtime._tflite_names import readable_names, signature_order
 from edgetrunc.runtime.intermediates import ArtifactTensor
 from edgetrunc.runtime.metadata import read_tflite_metadata, tflite_ops
+from edgetrunc.runtime.quantized_io import dequantize_output, quantize_input
 
 _INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 _MAX_CACHED_BATCH_SIZES = 4
@@ -46,17 +47,6 @@ def load_interpreter_module():
             "(pip install 'edgetrunc[runtime]'), tflite-runtime or tensorflow"
         ) from None
     return tf.lite, "tensorflow"
-
-
-def quantize_input(batch: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
-    """`batch` in the integer `dtype` of a quantized input (rounded, saturated)."""
-    info = np.iinfo(dtype)
-    q = np.round(batch / scale) + zero_point
-    return np.clip(q, info.min, info.max).astype(dtype)
-
-
-def _dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return ((values.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
 
 
 def _placeholder_tile(interpreter, tile: int = 256) -> None:
@@ -257,7 +247,7 @@ class TFLiteRunner(BaseRunner):
             value = interpreter.get_tensor(detail["index"])
             out_scale, out_zero = detail["quantization"]
             if np.dtype(detail["dtype"]).kind in "iu" and out_scale:
-                value = _dequantize(value, out_scale, out_zero)
+                value = dequantize_output(value, out_scale, out_zero)
             results[detail["name"]] = np.asarray(value, dtype=np.float32).copy()
         return results
 
@@ -319,7 +309,7 @@ class TFLiteRunner(BaseRunner):
                     params = detail["quantization_parameters"]
                     scales, zero_points = params["scales"], params["zero_points"]
                     if scales.size == 1:
-                        value = _dequantize(value, float(scales[0]), int(zero_points[0]))
+                        value = dequantize_output(value, float(scales[0]), int(zero_points[0]))
                     elif scales.size > 1:
                         shape = [1] * value.ndim
                         shape[params["quantized_dimension"]] = scales.size

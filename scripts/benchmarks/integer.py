@@ -4,9 +4,10 @@
 For each pair of a Keras model and its full-integer TFLite artifact (default: the shipped
 quantization-aware `models/integer/tlunet_qat.keras` and its artifact):
 
-- speed, 1 thread: the artifact against the float model's Keras compiled call
-  (`tf.function`) and the shipped (float-front-end) int8 TFLite, timed interleaved in one
-  process (p50 and min of `--runs` rounds);
+- speed, 1 thread: the artifact and the same model converted for `--target cpu` (its int8
+  front end packed over 2x2 blocks, converted here into a temporary folder) against the
+  float model's Keras compiled call (`tf.function`) and the shipped (float-front-end) int8
+  TFLite, timed interleaved in one process (p50 and min of `--runs` rounds);
 - quality on the held-out pairs `convert` uses: decision agreement with the Keras model it
   was converted from and with the float `models/tlunet.keras`, and each one's P_E;
 - targets: Vela's NPU/CPU operator split, SRAM and estimated time for Ethos-U55-256 and
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,9 @@ from scripts.benchmarks._markdown import ROOT, log, markdown_table
 DEFAULT_PAIRS = [("models/integer/tlunet_qat.keras", "models/integer/tlunet_qat_int8-full.tflite")]
 
 
-def speed(model, artifact: Path, runs: int, reference: Path | None = None) -> dict:
+def speed(model, artifacts: dict, runs: int) -> dict:
+    """`{name: (p50 ms, min ms)}`: the float model's Keras compiled call ("keras") and each
+    TFLite file of `artifacts` (`{name: path}`, missing ones skipped), 1 thread, interleaved."""
     import tensorflow as tf
 
     from edgetrunc.keras.runner import compiled_inference
@@ -38,13 +42,27 @@ def speed(model, artifact: Path, runs: int, reference: Path | None = None) -> di
     shape = (1, *(int(d) for d in model.inputs[0].shape[1:]))
     x = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
     compiled, x_tensor = compiled_inference(model), tf.constant(x)
-    runner = TFLiteRunner(str(artifact), threads=1)
-    functions = {"keras": lambda: compiled(x_tensor).numpy(), "artifact": lambda: runner.infer(x)}
-    if reference is not None and reference.exists():
-        other = TFLiteRunner(str(reference), threads=1)
-        functions["reference"] = lambda: other.infer(x)
+    functions = {"keras": lambda: compiled(x_tensor).numpy()}
+    for name, path in artifacts.items():
+        if path is not None and Path(path).exists():
+            functions[name] = (lambda r: lambda: r.infer(x))(TFLiteRunner(str(path), threads=1))
     times = time_interleaved(functions, runs, max(5, runs // 10))
     return {name: (float(np.median(v)), float(np.min(v))) for name, v in times.items()}
+
+
+def cpu_target_artifact(source: Path, out_dir: Path) -> Path | None:
+    """The full-integer artifact of `source` converted for `--target cpu` (the int8 front end
+    packed over 2x2 blocks) into `out_dir`; None when the conversion fails."""
+    from edgetrunc.errors import InputError
+    from edgetrunc.export import convert
+
+    try:
+        result = convert(source, out_dir, tflite=["int8-full"], onnx=[], target="cpu",
+                         evaluate=False, speed=False)
+    except InputError as exc:
+        log(f"skipped the cpu target of {source.name}: {exc}")
+        return None
+    return out_dir / result["artifacts"][0]["path"]
 
 
 def quality(models: dict, artifact: Path) -> dict:
@@ -57,7 +75,7 @@ def quality(models: dict, artifact: Path) -> dict:
     first = next(iter(models.values()))
     held_out = calib_data.held_out_pairs("embedded", require_image_geometry(first, "model", "bench"), first)
     probability = {name: predict_probability(m, held_out.x, batch_size=16) for name, m in models.items()}
-    probability["artifact"] = artifact_probability("tflite", artifact, held_out.x)
+    probability["artifact"] = artifact_probability(Path(artifact).suffix.lstrip("."), artifact, held_out.x)
     p_e = {name: detection_report(held_out.y, p)["p_e"] for name, p in probability.items()}
     agree = {name: float(np.mean((p >= 0.5) == (probability["artifact"] >= 0.5)))
              for name, p in probability.items() if name != "artifact"}
@@ -82,11 +100,16 @@ def main(argv=None) -> int:
             continue
         model = load_keras_model(source)
         name = artifact.name
-        t = speed(float_model, artifact, args.runs, ROOT / "models/tlunet_int8.tflite")
-        reference = t.get("reference", (float("nan"),) * 2)
-        speed_rows.append((name, f"{t['keras'][0]:.2f}", f"{reference[0]:.2f}",
-                           f"{t['artifact'][0]:.2f}", f"{t['keras'][0] / t['artifact'][0]:.2f}x",
-                           f"{t['keras'][1] / t['artifact'][1]:.2f}x"))
+        with tempfile.TemporaryDirectory(prefix="edgetrunc-integer-") as tmp:
+            cpu = cpu_target_artifact(source, Path(tmp))
+            t = speed(float_model, {"reference": ROOT / "models/tlunet_int8.tflite",
+                                    "artifact": artifact, "cpu": cpu}, args.runs)
+        nan = (float("nan"),) * 2
+        for label, key in ((name, "artifact"), (f"{name}, --target cpu", "cpu")):
+            p50, best = t.get(key, nan)
+            speed_rows.append((label, f"{t['keras'][0]:.2f}", f"{t.get('reference', nan)[0]:.2f}",
+                               f"{p50:.2f}", f"{t['keras'][0] / p50:.2f}x",
+                               f"{t['keras'][1] / best:.2f}x"))
         q = quality({"source": model, "float": float_model}, artifact)
         quality_rows.append((name, source.name, q["samples"], f"{q['agreement']['source']:.3f}",
                              f"{q['agreement']['float']:.3f}", f"{q['p_e']['float']:.3f}",

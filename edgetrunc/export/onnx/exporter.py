@@ -14,13 +14,16 @@ import numpy as np
 from edgetrunc.errors import InputError
 from edgetrunc.export.onnx import passes
 from edgetrunc.export.onnx.graph import INPUT_NAME
+from edgetrunc.export.onnx.integer import quantize_full_integer
+from edgetrunc.export.onnx.integer_passes import FULL_INTEGER_FLOAT_PASSES
 from edgetrunc.export.onnx.quantize import quantize_onnx
 from edgetrunc.export.passes import run_passes
 from edgetrunc.export.prepared import prepare
 from edgetrunc._log import quiet_converter
 from edgetrunc.runtime.metadata import onnx_props
 
-ONNX_PRECISIONS = ("fp32", "int8")
+ONNX_PRECISIONS = ("fp32", "int8", "int8-full")
+DEFAULT_ONNX_PRECISIONS = ("fp32", "int8")  # int8-full only when asked for
 OPSETS = range(13, 22)
 INT8_MAX_OPSET = 20
 TF2ONNX_MAX_OPSET = 18  # tf2onnx 1.17 writes up to 18; newer opsets via onnx.version_converter
@@ -30,7 +33,7 @@ def check_opset(opset, precision="fp32"):
     """Raise InputError unless `opset` is an opset the exporter writes for `precision`."""
     if not isinstance(opset, (int, np.integer)) or int(opset) not in OPSETS:
         raise InputError(f"opset: {opset!r}; expected an ONNX opset from {OPSETS[0]} to {OPSETS[-1]}")
-    if precision == "int8" and int(opset) > INT8_MAX_OPSET:
+    if precision.startswith("int8") and int(opset) > INT8_MAX_OPSET:
         raise InputError(f"opset: int8 ONNX at opset {opset} does not load in onnxruntime "
                          f"(its QDQ optimizer rejects the opset-21 QuantizeLinear); expected "
                          f"an opset from {OPSETS[0]} to {INT8_MAX_OPSET} for int8")
@@ -76,7 +79,9 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
         model: a `keras.Model` (one image input `[N, H, W, C]`, or several inputs of any
             shape, named as in Keras), or the `export.prepared.PreparedModel` of one (its
             fp32 graph is converted once for every precision).
-        precision: "fp32" or "int8" (QDQ, truncation-aware; needs `calibration`).
+        precision: "fp32", "int8" (QDQ, truncation-aware; needs `calibration`) or
+            "int8-full" (QDQ with int8 input and output, `export.onnx.integer`; needs
+            `calibration`; `nchw` and `int8_mode` do not apply).
         opset: ONNX opset, 13..21. Defaults to 17.
         nchw: input as `[N, C, H, W]` instead of NHWC.
         calibration: int8 only, float32 inputs `[N, H, W, C]` (NHWC whatever `nchw` is);
@@ -96,6 +101,8 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
                          f"{', '.join(ONNX_PRECISIONS)}")
     check_opset(opset, precision)
     prepared = prepare(model)
+    if precision == "int8-full":
+        prepared = _full_integer_source(prepared, nchw)
     context = passes.PassContext(prepared.truncations, literal=bool(literal),
                                  applied=[] if applied is None else applied)
     proto = _checked_fp32(prepared, opset, nchw, context)
@@ -105,7 +112,13 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
         # AveragePool they become onnxruntime's QLinearAveragePool, which took about a third
         # of tlunet's int8 time in its profiler (the float pools: under 1%)
         run_passes(proto, passes.FP32_LAYOUT_PASSES, context)
-    if precision == "int8":
+    if precision == "int8-full":
+        run_passes(proto, FULL_INTEGER_FLOAT_PASSES, context)
+        onnx.checker.check_model(proto, full_check=True)
+        proto = quantize_full_integer(proto, prepared.truncations, calibration,
+                                      [layer.name for layer in prepared.model.layers],
+                                      context.applied)
+    elif precision == "int8":
         proto = quantize_onnx(proto, prepared.truncations, calibration, nchw, int8_mode,
                               applied=context.applied)
     run_passes(proto, passes.FP32_LAYOUT_PASSES, context)  # a no-op on QDQ graphs
@@ -117,6 +130,20 @@ def export_onnx(model, precision="fp32", opset=17, nchw=False, calibration=None,
     if metadata is not None:
         set_onnx_metadata(proto, metadata)
     return proto
+
+
+def _full_integer_source(prepared, nchw):
+    """The prepared model a full-integer export converts: a quantization-aware model's plain
+    twin (its ranges those QAT simulated; `keras.qat.export_ready`), prepared once."""
+    model = prepared.model
+    if nchw or len(model.inputs) > 1:
+        raise InputError(f"{model.name}: int8-full ONNX takes one NHWC pixel input; expected "
+                         "a model with one image input and no nchw", param="nchw")
+    if prepared.tflite_model is model:
+        return prepared
+    if "export-ready" not in prepared.cache:
+        prepared.cache["export-ready"] = prepare(prepared.tflite_model)
+    return prepared.cache["export-ready"]
 
 
 def _checked_fp32(prepared, opset, nchw, context):

@@ -14,21 +14,34 @@ import numpy as np
 from edgetrunc.errors import InputError
 from edgetrunc.export.candidates import match_clips, range_mismatch
 from edgetrunc.export.onnx.graph import CLIP_SUFFIX, Graph, load_onnx_proto
+from edgetrunc.export.onnx.integer import (compute_ops, float_nodes, output_meaning,
+                                           require_full_integer)
+from edgetrunc.export.tflite.integer import layer_of
 from edgetrunc.runtime.metadata import onnx_ops
+from edgetrunc.runtime.onnx_runner import io_quantization
 
 
-def _value_info(v):
+def _value_info(v, quantization):
     from onnx import helper
 
     dims = []
     for d in v.type.tensor_type.shape.dim:
         dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or -1))
     dtype = helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
-    return {"name": v.name, "shape": dims, "dtype": dtype}
+    info = {"name": v.name, "shape": dims, "dtype": dtype}
+    if dtype in ("int8", "uint8") and v.name in quantization:
+        info["scale"], info["zero_point"] = quantization[v.name]
+    return info
 
 
-def _folded(model, graph, t) -> str:
+def _folded(model, graph, t, precision) -> str:
     quant = next((n for n in model.graph.node if n.name == f"{t['layer']}/QuantizeLinear"), None)
+    if quant is None and precision == "int8-full":  # the quantizer dropped the Clip
+        quant = next((n for n in model.graph.node if n.op_type == "QuantizeLinear"
+                      and layer_of(n.input[0], [t["layer"]])), None)
+        if quant is None:
+            raise InputError(f"{t['layer']}: no Clip and no int8 output of the truncation in "
+                             "the full-integer ONNX graph")
     if quant is None:
         return "folded into the producer's QuantizeLinear (calibrated range)"
     _check_range(graph, t, quant)
@@ -49,7 +62,7 @@ def _check_clip(graph, t, clip, leftovers, precision) -> str:
                          f"expected [{t['lower']:g}, {t['upper']:g}]")
     if match_clips([t], leftovers)[0] is not None:
         raise InputError(f"{t['layer']}: a Max/Min pair with its bounds is still in the graph")
-    return _check_int8_clip(graph, t, clip) if precision == "int8" else "Clip"
+    return _check_int8_clip(graph, t, clip) if precision.startswith("int8") else "Clip"
 
 
 def inspect_onnx(model, truncations, precision) -> dict:
@@ -64,24 +77,31 @@ def inspect_onnx(model, truncations, precision) -> dict:
     except onnx.checker.ValidationError as exc:
         raise InputError(f"onnx: model fails onnx.checker ({str(exc).splitlines()[0]})") from None
     graph = Graph(model)
+    quantization = io_quantization(model)
     clips = graph.clip_candidates()
     leftovers = graph.minmax_candidates()
     mapping = []
     for t in truncations:
         mine = [c for c in clips if c.ops[0].name == f"{t['layer']}{CLIP_SUFFIX}"]
-        if not mine and precision == "int8" and match_clips([t], leftovers)[0] is None:
-            mapping.append({**t, "mapped_to": _folded(model, graph, t)})
+        if not mine and precision.startswith("int8") and match_clips([t], leftovers)[0] is None:
+            mapping.append({**t, "mapped_to": _folded(model, graph, t, precision)})
             continue
         if len(mine) != 1:
             raise InputError(f"{t['layer']}: expected one Clip node named "
                              f"'{t['layer']}{CLIP_SUFFIX}', found {len(mine)}")
         mapping.append({**t, "mapped_to": _check_clip(graph, t, mine[0], leftovers, precision)})
-    return {
+    report = {
         "ops": onnx_ops(model),
         "truncations": mapping,
-        "inputs": [_value_info(v) for v in model.graph.input],
-        "outputs": [_value_info(v) for v in model.graph.output],
+        "inputs": [_value_info(v, quantization) for v in model.graph.input],
+        "outputs": [_value_info(v, quantization) for v in model.graph.output],
     }
+    if precision == "int8-full":
+        require_full_integer(model)
+        report["integer"] = {"float_tensors_outside_qdq": len(float_nodes(model)),
+                             "compute_ops_between_qdq": compute_ops(model),
+                             "output": output_meaning(model)}
+    return report
 
 
 def _check_int8_clip(graph, t, clip):

@@ -81,12 +81,11 @@ def _calibration(calibration):
     return x
 
 
-def _truncation_aware_plan(proto, truncations, ranges):
-    """`(clips by name, nodes kept float, op types to quantize, quantizer options)`;
-    `ranges`: the int8 range of each truncation (`open_side_ranges`)."""
-    graph = Graph(proto)
+def clip_overrides(graph, truncations, ranges) -> tuple:
+    """`(clips by name, tensor overrides)`: the input and output of each truncation's Clip
+    quantized with its range (`ranges`, `open_side_ranges`)."""
     clips = {c.ops[0].name: c for c in graph.clip_candidates()}
-    overrides, exclude, downstream = {}, set(), set()
+    overrides = {}
     for t in truncations:
         clip = clips.get(f"{t['layer']}{CLIP_SUFFIX}")
         if clip is None:
@@ -95,6 +94,17 @@ def _truncation_aware_plan(proto, truncations, ranges):
         bounds = [{"rmin": np.float32(low), "rmax": np.float32(high)}]
         overrides[clip.output] = bounds
         overrides[clip.input] = bounds
+    return clips, overrides
+
+
+def _truncation_aware_plan(proto, truncations, ranges):
+    """`(clips by name, nodes kept float, op types to quantize, quantizer options)`;
+    `ranges`: the int8 range of each truncation (`open_side_ranges`)."""
+    graph = Graph(proto)
+    clips, overrides = clip_overrides(graph, truncations, ranges)
+    exclude, downstream = set(), set()
+    for t in truncations:
+        clip = clips[f"{t['layer']}{CLIP_SUFFIX}"]
         exclude |= {n.name for n in graph.ancestors(clip.input)}
     # Every node that reads (transitively) a truncation output is quantized.
     order = list(proto.graph.node)

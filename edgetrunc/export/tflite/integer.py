@@ -27,7 +27,9 @@ import re
 import numpy as np
 
 from edgetrunc.errors import InputError
+from edgetrunc.export.blocks import space_to_depth_kernel
 from edgetrunc.export.tflite import graph as tg
+from edgetrunc.models._filters import exact_steps
 
 PIXEL_RANGE = (0.0, 255.0)
 _CONVOLUTIONS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3}  # op -> output-channel axis of its weights
@@ -52,8 +54,6 @@ def exact_filter_ranges(model_t, context) -> bool:
     """Note each convolution with exact steps (`context.exact_filters`: output tensor name ->
     (float weights, steps)); one that reads the pixel input with one step gets the output
     range of +-127 steps (see the module docstring)."""
-    from edgetrunc.models._filters import exact_steps  # the models package imports Keras
-
     graph = tg.Graph(model_t)
     inputs = {int(i) for i in graph.g.inputs}
     changed = False
@@ -126,6 +126,46 @@ def exact_filter_weights(model_t, context) -> bool:
         _write_constant(graph, int(op.inputs[1]), data, steps, axis)
         changed = True
     return changed
+
+
+def _raw_constant(graph, tensor: int, dtype) -> np.ndarray:
+    t = graph.g.tensors[tensor]
+    data = bytes(bytearray(graph.model.buffers[t.buffer].data))
+    return np.frombuffer(data, dtype).reshape([int(d) for d in t.shape])
+
+
+def _tiled_quantization(quantization, repeats: int):
+    q = tg.quantization_parameters()
+    q.scale = [float(s) for s in np.tile(np.asarray(quantization.scale, np.float64), repeats)]
+    q.zeroPoint = [int(z) for z in np.tile(np.asarray(quantization.zeroPoint, np.int64), repeats)]
+    q.quantizedDimension = int(quantization.quantizedDimension)
+    return q
+
+
+def packed_int8_operands(graph, op, block: int) -> list:
+    """`[kernel, bias]` tensors of an int8 one-channel CONV_2D run over `block` x `block`
+    blocks (`export.tflite.packing`): the int8 weights rearranged as exact integers
+    (`space_to_depth_kernel`), their per-channel scales and the int32 bias repeated for each
+    position in the block, so that each packed output channel sums the same integer products
+    (plus exact zeros) and is requantized with its original channel's multiplier: the
+    packed convolution's int8 output is the original's, bit for bit."""
+    schema = tg.schema_module()
+    w = int(op.inputs[1])
+    kernel = _raw_constant(graph, w, np.int8)
+    repeats = block * block
+    name = graph.tensor_name(int(op.outputs[0]))
+    packed = space_to_depth_kernel(kernel.astype(np.float32), block).astype(np.int8)
+    weights = tg.const_tensor(graph, f"{name}/packed_kernel", packed, schema.TensorType.INT8)
+    graph.g.tensors[weights].quantization = _tiled_quantization(graph.g.tensors[w].quantization, repeats)
+    operands = [weights]
+    if len(op.inputs) > 2 and int(op.inputs[2]) >= 0:
+        b = int(op.inputs[2])
+        bias = tg.const_tensor(graph, f"{name}/packed_bias",
+                               np.tile(_raw_constant(graph, b, np.int32), repeats),
+                               schema.TensorType.INT32)
+        graph.g.tensors[bias].quantization = _tiled_quantization(graph.g.tensors[b].quantization, repeats)
+        operands.append(bias)
+    return operands
 
 
 def float_tensors(graph) -> list:

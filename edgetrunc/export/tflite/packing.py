@@ -30,6 +30,7 @@ import numpy as np
 
 from edgetrunc.export.blocks import BLOCK, space_to_depth_kernel
 from edgetrunc.export.tflite import graph as tg
+from edgetrunc.export.tflite.integer import packed_int8_operands
 
 # Ops that act on each element alone: one variable input of the output's shape, any other
 # input a scalar constant. DEQUANTIZE and CAST are left out: after them the unpacking would
@@ -51,8 +52,9 @@ def _spatial(graph, tensor) -> tuple | None:
 
 
 def _packable(graph, op, block: int) -> bool:
-    """A float CONV_2D of one input channel, constant float32 weights with odd sides, stride
-    1, no dilation, SAME padding, over an image whose sides divide by `block`."""
+    """A float (or int8: full-integer) CONV_2D of one input channel, constant weights of its
+    type with odd sides, stride 1, no dilation, SAME padding, over an image whose sides
+    divide by `block`."""
     schema = tg.schema_module()
     if graph.op_name(op) != "CONV_2D" or len(op.inputs) < 2:
         return False
@@ -61,8 +63,9 @@ def _packable(graph, op, block: int) -> bool:
     options, size = op.builtinOptions, _spatial(graph, x)
     wshape = [int(d) for d in wt.shape] if wt.shape is not None else []
     return (size is not None and size[0] % block == 0 and size[1] % block == 0
-            and int(xt.type) == schema.TensorType.FLOAT32 and int(xt.shape[3]) == 1
-            and int(wt.type) == schema.TensorType.FLOAT32 and graph.constant(w) is not None
+            and int(xt.type) in (schema.TensorType.FLOAT32, schema.TensorType.INT8)
+            and int(xt.shape[3]) == 1 and int(wt.type) == int(xt.type)
+            and graph.constant(w) is not None
             and len(wshape) == 4 and wshape[1] % 2 == 1 and wshape[2] % 2 == 1
             and options.padding == schema.Padding.SAME and options.strideW == 1
             and options.strideH == 1 and options.dilationWFactor == 1
@@ -128,6 +131,9 @@ def _unpacked_name(name: str) -> str:
 def _pack_conv(graph, op, source: int, block: int) -> int:
     """Point `op` at the packed `source` with the packed kernel and bias; returns its packed output."""
     float32 = tg.schema_module().TensorType.FLOAT32
+    if int(graph.g.tensors[source].type) == tg.schema_module().TensorType.INT8:
+        op.inputs = np.array([source, *packed_int8_operands(graph, op, block)], np.int32)
+        return int(op.outputs[0])
     w = int(op.inputs[1])
     kernel = graph.constant(w).reshape([int(d) for d in graph.g.tensors[w].shape])
     c_out = kernel.shape[0]
