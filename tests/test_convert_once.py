@@ -54,9 +54,15 @@ def test_convert_loads_once_walks_once_and_converts_onnx_once(tmp_path, monkeypa
     _counting(monkeypatch, truncations, "find_truncations", calls)
     _counting(monkeypatch, precision, "float32_model", calls)
     _counting(monkeypatch, tf2onnx.convert, "from_keras", calls)
+    timings = {}
     manifest = conversion.convert(path, tmp_path / "out", tflite=("fp32", "fp16"),
-                                  onnx=("fp32", "int8"), evaluate=False, speed=False)
+                                  onnx=("fp32", "int8"), evaluate=False, speed=False,
+                                  timings=timings)
     assert len(manifest["artifacts"]) == 4
+    # exported ONNX first (tf2onnx's peak on the smallest heap), listed as planned
+    assert list(timings) == ["tiny_fp32.onnx", "tiny_int8.onnx", "tiny_fp32.tflite", "tiny_fp16.tflite"]
+    assert [a["path"] for a in manifest["artifacts"]] == [
+        "tiny_fp32.tflite", "tiny_fp16.tflite", "tiny_fp32.onnx", "tiny_int8.onnx"]
     assert calls == {"load_model": 1, "require_keras_file": 1, "find_truncations": 1,
                      "float32_model": 1, "from_keras": 1}
 
