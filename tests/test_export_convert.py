@@ -171,7 +171,12 @@ def test_layer_without_builtin_op_exit_2_names_layer_and_op(tmp_path, capsys):
     model.save(path)
     out = tmp_path / "out"
     _expect_input_error(capsys, ["convert", str(path), "--out", str(out)],
+                        "layer 'bessel' uses TensorFlow op(s) BesselI0e with no ")
+    assert not out.exists() or not any(out.iterdir())
+    _expect_input_error(capsys, ["convert", str(path), "--out", str(out), "--onnx", ""],
                         "layer 'bessel' uses TensorFlow op(s) BesselI0e with no TFLite builtin")
+    _expect_input_error(capsys, ["convert", str(path), "--out", str(out), "--tflite", ""],
+                        "layer 'bessel' uses TensorFlow op(s) BesselI0e with no ONNX op")
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -12,7 +12,10 @@ export would compute again (the same model, the same converter, in the same proc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+from edgetrunc.errors import InputError
 
 
 @dataclass
@@ -45,3 +48,17 @@ def prepare(model) -> PreparedModel:
 
     model = float32_model(model)
     return PreparedModel(model, find_truncations(model))
+
+
+def unsupported_ops_error(model, ops, nodes, missing: str) -> InputError:
+    """The one line for a model whose layer uses TensorFlow `ops` a converter has no
+    equivalent of (`missing`: "TFLite builtin", "ONNX op"): the layer is the first of
+    `model.layers` that a converter node name in `nodes` lies under."""
+    layer_names = [layer.name for layer in getattr(model, "layers", [])]
+    layer = next((n for node in nodes for n in layer_names
+                  if re.search(rf"(?:^|/){re.escape(n)}(?:_\d+)?/", node)), None)
+    where = f"layer '{layer}'" if layer else "a layer"
+    return InputError(
+        f"{getattr(model, 'name', 'model')}: {where} uses TensorFlow op(s) "
+        f"{', '.join(sorted(ops)) or 'unknown'} with no {missing} equivalent; expected "
+        f"{missing} ops only")

@@ -18,7 +18,7 @@ from edgetrunc.export.onnx.integer import quantize_full_integer
 from edgetrunc.export.onnx.integer_passes import FULL_INTEGER_FLOAT_PASSES
 from edgetrunc.export.onnx.quantize import quantize_onnx
 from edgetrunc.export.passes import run_passes
-from edgetrunc.export.prepared import prepare
+from edgetrunc.export.prepared import prepare, unsupported_ops_error
 from edgetrunc._log import quiet_converter
 from edgetrunc.runtime.metadata import onnx_props
 
@@ -61,7 +61,20 @@ def _from_keras(model, opset, nchw):
                 inputs_as_nchw=[INPUT_NAME] if nchw else None)
     except Exception as exc:
         raise InputError(f"{model.name}: tf2onnx could not convert the model ({exc})".splitlines()[0]) from None
+    _refuse_tensorflow_ops(proto, model)
     return proto
+
+
+def _refuse_tensorflow_ops(proto, model) -> None:
+    """tf2onnx leaves a TensorFlow op it cannot convert in the graph as it is (and logs it):
+    one line naming the layer and the op instead of the checker's traceback."""
+    import onnx
+
+    unknown = [node for node in proto.graph.node if node.domain in ("", "ai.onnx")
+               and not onnx.defs.has(node.op_type)]
+    if unknown:
+        raise unsupported_ops_error(model, {node.op_type for node in unknown},
+                                    [node.name for node in unknown], "ONNX op")
 
 
 def onnx_input_names(model) -> list:

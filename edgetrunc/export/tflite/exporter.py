@@ -31,7 +31,7 @@ import numpy as np
 
 from edgetrunc._log import quiet_converter
 from edgetrunc.errors import InputError, first_line
-from edgetrunc.export.prepared import prepare
+from edgetrunc.export.prepared import prepare, unsupported_ops_error
 from edgetrunc.export.tflite import passes
 from edgetrunc.export.tflite.integer import require_full_integer
 from edgetrunc.runtime.metadata import tflite_metadata_bytes
@@ -46,15 +46,8 @@ def _unsupported_op_error(text, model) -> InputError:
     if not ops:
         listed = re.findall(r"(?:Custom|Flex|Select TensorFlow) ops: ([\w, ]+)", text)
         ops = sorted({op.strip() for line in listed for op in line.split(",") if op.strip()})
-    ops = ops or ["unknown"]
-    layer_names = [layer.name for layer in getattr(model, "layers", [])]
     nodes = re.findall(r"(?:node |loc\(fused\[|\")([\w./-]+)", text)
-    layer = next((n for node in nodes for n in layer_names
-                  if re.search(rf"(?:^|/){re.escape(n)}(?:_\d+)?/", node)), None)
-    where = f"layer '{layer}'" if layer else "a layer"
-    return InputError(
-        f"{getattr(model, 'name', 'model')}: {where} uses TensorFlow op(s) "
-        f"{', '.join(ops)} with no TFLite builtin equivalent; expected builtin ops only")
+    return unsupported_ops_error(model, ops, nodes, "TFLite builtin")
 
 
 def _convert(converter, model, int8_only=False) -> bytes:
