@@ -12,7 +12,6 @@ export would compute again (the same model, the same converter, in the same proc
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from edgetrunc.errors import InputError
@@ -28,15 +27,15 @@ class PreparedModel:
     cache: dict = field(default_factory=dict)
 
     @property
-    def tflite_model(self):
-        """The model the TFLite converter takes: a quantization-aware model's plain twin
+    def converter_model(self):
+        """The model the converters take: a quantization-aware model's plain twin
         (`keras.qat.export_ready`), made once; the model itself otherwise."""
-        if "tflite-model" not in self.cache:
+        if "converter-model" not in self.cache:
             from edgetrunc.keras.qat import export_ready, quantization_aware
 
             model = self.model
-            self.cache["tflite-model"] = export_ready(model) if quantization_aware(model) else model
-        return self.cache["tflite-model"]
+            self.cache["converter-model"] = export_ready(model) if quantization_aware(model) else model
+        return self.cache["converter-model"]
 
 
 def prepare(model) -> PreparedModel:
@@ -52,11 +51,12 @@ def prepare(model) -> PreparedModel:
 
 def unsupported_ops_error(model, ops, nodes, missing: str) -> InputError:
     """The one line for a model whose layer uses TensorFlow `ops` a converter has no
-    equivalent of (`missing`: "TFLite builtin", "ONNX op"): the layer is the first of
-    `model.layers` that a converter node name in `nodes` lies under."""
+    equivalent of (`missing`: "TFLite builtin", "ONNX op"): the layer is the first that a
+    converter node name in `nodes` comes from (`export.tflite.integer.layer_of`)."""
+    from edgetrunc.export.tflite.integer import layer_of
+
     layer_names = [layer.name for layer in getattr(model, "layers", [])]
-    layer = next((n for node in nodes for n in layer_names
-                  if re.search(rf"(?:^|/){re.escape(n)}(?:_\d+)?/", node)), None)
+    layer = next((found for node in nodes if (found := layer_of(node, layer_names))), None)
     where = f"layer '{layer}'" if layer else "a layer"
     return InputError(
         f"{getattr(model, 'name', 'model')}: {where} uses TensorFlow op(s) "

@@ -152,10 +152,10 @@ def _full_integer_source(prepared, nchw):
     if nchw or len(model.inputs) > 1:
         raise InputError(f"{model.name}: int8-full ONNX takes one NHWC pixel input; expected "
                          "a model with one image input and no nchw", param="nchw")
-    if prepared.tflite_model is model:
+    if prepared.converter_model is model:
         return prepared
     if "export-ready" not in prepared.cache:
-        prepared.cache["export-ready"] = prepare(prepared.tflite_model)
+        prepared.cache["export-ready"] = prepare(prepared.converter_model)
     return prepared.cache["export-ready"]
 
 

@@ -145,7 +145,7 @@ def export_tflite(model, precision="fp32", calibration=None, int8_io=False,
         raise InputError(f"int8_mode: {int8_mode!r}; expected one of {', '.join(INT8_MODES)}")
     passes.for_target([], target)  # refuses an unknown target before any work
     prepared = prepare(model)
-    model = prepared.tflite_model
+    model = prepared.converter_model
     context = passes.PassContext(
         prepared.truncations, literal=bool(literal),
         applied=[] if applied is None else applied,
@@ -180,7 +180,7 @@ def _fp32(prepared) -> bytes:
     import tensorflow as tf
 
     if ("tflite-fp32",) not in prepared.cache:
-        model = prepared.tflite_model
+        model = prepared.converter_model
         prepared.cache[("tflite-fp32",)] = _convert(
             tf.lite.TFLiteConverter.from_keras_model(model), model)
     return prepared.cache[("tflite-fp32",)]
