@@ -55,6 +55,7 @@ train: install
 convert: install
 	$(PY) scripts/convert.py models/tlunet.keras --out models --force
 	$(PY) scripts/convert.py models/integer/tlunet_qat.keras --out models/integer --tflite int8-full --onnx "" --target ethos-u --force
+	$(PY) scripts/convert.py models/integer/tlunet_qat.keras --out models/integer/cpu --tflite int8-full --onnx int8-full --target cpu --force
 
 # Quantization-aware fine-tuning of the shipped detector, for the full-integer artifact of
 # NPUs and microcontrollers (models/integer/, docs/INTEGER.md).

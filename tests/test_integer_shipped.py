@@ -1,5 +1,7 @@
-"""The shipped full-integer artifact (models/integer/): current, full-integer, on the NPU whole,
-run by TFLite Micro, and agreeing with the quantization-aware Keras model it came from."""
+"""The shipped full-integer artifacts: models/integer/ (`--target ethos-u`): current, full-integer,
+on the NPU whole, run by TFLite Micro, and agreeing with the quantization-aware Keras model it came
+from; models/integer/cpu/ (`--target cpu`, TFLite and ONNX): current, full-integer, packed for the
+CPU, and agreeing with the same model."""
 
 import hashlib
 import json
@@ -12,6 +14,7 @@ FOLDER = Path(__file__).resolve().parents[1] / "models" / "integer"
 MANIFEST = FOLDER / "manifest.json"
 SOURCE = FOLDER / "tlunet_qat.keras"
 ARTIFACT = FOLDER / "tlunet_qat_int8-full.tflite"
+CPU_FOLDER = FOLDER / "cpu"
 
 pytestmark = pytest.mark.skipif(not MANIFEST.exists(), reason="models/integer/ not made yet "
                                 "(make train-qat convert)")
@@ -55,3 +58,21 @@ def test_tflite_micro_runs_it_within_one_step():
     pixels = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 1)).astype(np.float32)
     report = micro_check(ARTIFACT, pixels)
     assert report["runs"] and report["max_step_difference"] <= 1
+
+
+def test_the_cpu_target_artifacts_are_current_packed_and_agree():
+    manifest = json.loads((CPU_FOLDER / "manifest.json").read_text())
+    assert manifest["source"]["sha256"] == hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    by_format = {entry["format"]: entry for entry in manifest["artifacts"]}
+    assert set(by_format) == {"tflite", "onnx"}
+    for entry in by_format.values():
+        path = CPU_FOLDER / entry["path"]
+        assert entry["precision"] == "int8-full"
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["inputs"][0]["dtype"] == "int8" and entry["inputs"][0]["scale"] == 1.0
+        # measured 1.000 on 176 held-out tiles for both (BENCHMARKS.md)
+        assert entry["quantization"]["evaluation"]["decision_agreement"] >= 0.99
+    tflite = by_format["tflite"]
+    assert tflite["target"] == "cpu" and tflite["integer"]["float_tensors"] == 0
+    # the cpu target packs the one-channel int8 front end; the NPU one must not
+    assert "DEPTH_TO_SPACE" in tflite["ops"] and "DEQUANTIZE" not in tflite["ops"]

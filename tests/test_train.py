@@ -115,6 +115,7 @@ def test_option_parsing():
     with pytest.raises(InputError, match="outside"):
         parse_curriculum("2.0,0.4", 0.4)
     assert parse_model_args(["front_end=srm6", "width=2"]) == {"front_end": "srm6", "width": 2}
+    assert parse_model_args(["input_shape=128,128,1"]) == {"input_shape": (128, 128, 1)}
     with pytest.raises(InputError, match="KEY=VALUE"):
         parse_model_args(["width"])
 

@@ -1,4 +1,4 @@
-"""Model registry and the registered models (`seed_block`, `tlunet`).
+"""Model registry and the registered models (`seed_block`, `tlunet`, `yenet`).
 
 `create(name, **kwargs)` builds a registered model; `list_models()` lists the names;
 `@register` adds a builder. Importing the package imports no Keras: the built-in builders

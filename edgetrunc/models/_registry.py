@@ -12,7 +12,7 @@ import importlib
 from typing import Callable
 
 _MODELS: dict[str, Callable] = {}
-_BUILT_IN = ("edgetrunc.models.seed_block", "edgetrunc.models.tlunet")
+_BUILT_IN = ("edgetrunc.models.seed_block", "edgetrunc.models.tlunet", "edgetrunc.models.yenet")
 
 
 def _register_built_in() -> None:

@@ -206,6 +206,8 @@ def parse_model_args(items) -> dict:
 
 
 def _literal(text):
+    if "," in text:  # input_shape=128,128,1
+        return tuple(_literal(part.strip()) for part in text.split(",") if part.strip())
     for cast in (int, float):
         try:
             return cast(text)

@@ -5,7 +5,8 @@ For each pair of a Keras model and its full-integer TFLite artifact (default: th
 quantization-aware `models/integer/tlunet_qat.keras` and its artifact):
 
 - speed, 1 thread: the artifact and the same model converted for `--target cpu` (its int8
-  front end packed over 2x2 blocks, converted here into a temporary folder) against the
+  front end packed over 2x2 blocks; the one shipped in `cpu/` beside the artifact, else
+  converted here into a temporary folder) against the
   float model's Keras compiled call (`tf.function`) and the shipped (float-front-end) int8
   TFLite, timed interleaved in one process (p50 and min of `--runs` rounds);
 - quality on the held-out pairs `convert` uses: decision agreement with the Keras model it
@@ -101,7 +102,8 @@ def main(argv=None) -> int:
         model = load_keras_model(source)
         name = artifact.name
         with tempfile.TemporaryDirectory(prefix="edgetrunc-integer-") as tmp:
-            cpu = cpu_target_artifact(source, Path(tmp))
+            cpu = artifact.parent / "cpu" / artifact.name  # shipped beside it (make convert)
+            cpu = cpu if cpu.exists() else cpu_target_artifact(source, Path(tmp))
             t = speed(float_model, {"reference": ROOT / "models/tlunet_int8.tflite",
                                     "artifact": artifact, "cpu": cpu}, args.runs)
         nan = (float("nan"),) * 2
