@@ -203,7 +203,7 @@ def test_bench_profile_table(block, capsys):
 
 
 def test_layer_names_from_op_names():
-    from edgetrunc.runtime.profile import layer_of
+    from edgetrunc.runtime.layer_names import layer_of
 
     assert layer_of(["tlunet_1/group1_conv_1/convolution2"]) == "group1_conv"
     assert layer_of(["group1_truncation/Clip"]) == "group1_truncation"

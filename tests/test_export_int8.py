@@ -10,9 +10,9 @@ ort = pytest.importorskip("onnxruntime")
 
 from edgetrunc.export import export_onnx, export_tflite, find_truncations, inspect_onnx  # noqa: E402
 from edgetrunc.export import inspect_tflite, tflite_ops  # noqa: E402
-from edgetrunc.export.tflite.graph import SATURATION_MARK  # noqa: E402
 from edgetrunc.export.blocks import space_to_depth_kernel  # noqa: E402
 from edgetrunc.models import create  # noqa: E402
+from edgetrunc.runtime.layer_names import SATURATION_MARK  # noqa: E402
 
 SIZE = 32
 
