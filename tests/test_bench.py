@@ -212,6 +212,15 @@ def test_layer_names_from_op_names():
     assert layer_of(["Conv__8"]) is None
 
 
+def test_first_layer_of_fused_marked_and_suffixed_names():
+    from edgetrunc.runtime.layer_names import SATURATION_MARK, first_layer, layers_in
+
+    assert layers_in(f"m_1/conv_1/conv;{SATURATION_MARK}/tlu") == ["conv", "tlu"]
+    assert first_layer(["Conv__8", "m_1/conv_1_1/BiasAdd:0"], ["conv_1"]) == "conv_1"
+    assert first_layer(["group1_truncation/QuantizeLinear"]) == "group1_truncation"
+    assert first_layer(["serving_default_input:0"]) is None
+
+
 def test_onnx_flops_of_layout_changes_and_depthwise_convs():
     """ONNX Runtime's NCHWc transformer inserts ReorderInput/ReorderOutput (layout changes, no
     arithmetic) and turns a per-channel Mul into a 1x1 depthwise Conv (one multiply-add per
