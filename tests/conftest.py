@@ -88,3 +88,20 @@ def block():
     from runtime_artifacts import block_artifacts
 
     return block_artifacts()
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The 32x32 tlunet (seed 0) that the int8 and full-integer export tests convert; one per
+    test module."""
+    from edgetrunc.models import create
+
+    return create("tlunet", input_shape=(32, 32, 1), seed=0)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    """16 random 32x32 pixel tiles (seed 0) to calibrate `model`'s int8 export."""
+    import numpy as np
+
+    return np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 1)).astype(np.float32)

@@ -203,13 +203,22 @@ def test_bench_profile_table(block, capsys):
 
 
 def test_layer_names_from_op_names():
-    from edgetrunc.runtime.profile import layer_of
+    from edgetrunc.runtime.layer_names import layer_of
 
     assert layer_of(["tlunet_1/group1_conv_1/convolution2"]) == "group1_conv"
     assert layer_of(["group1_truncation/Clip"]) == "group1_truncation"
     assert layer_of(["m_1/group2_bn_1/add;m_1/group2_conv_1/conv"],
                     ["group2_conv", "group2_bn"]) == "group2_conv+group2_bn"
     assert layer_of(["Conv__8"]) is None
+
+
+def test_first_layer_of_fused_marked_and_suffixed_names():
+    from edgetrunc.runtime.layer_names import SATURATION_MARK, first_layer, layers_in
+
+    assert layers_in(f"m_1/conv_1/conv;{SATURATION_MARK}/tlu") == ["conv", "tlu"]
+    assert first_layer(["Conv__8", "m_1/conv_1_1/BiasAdd:0"], ["conv_1"]) == "conv_1"
+    assert first_layer(["group1_truncation/QuantizeLinear"]) == "group1_truncation"
+    assert first_layer(["serving_default_input:0"]) is None
 
 
 def test_onnx_flops_of_layout_changes_and_depthwise_convs():

@@ -10,21 +10,11 @@ ort = pytest.importorskip("onnxruntime")
 
 from edgetrunc.export import export_onnx, export_tflite, find_truncations, inspect_onnx  # noqa: E402
 from edgetrunc.export import inspect_tflite, tflite_ops  # noqa: E402
-from edgetrunc.export.tflite.graph import SATURATION_MARK  # noqa: E402
 from edgetrunc.export.blocks import space_to_depth_kernel  # noqa: E402
 from edgetrunc.models import create  # noqa: E402
+from edgetrunc.runtime.layer_names import SATURATION_MARK  # noqa: E402
 
-SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def model():
-    return create("tlunet", input_shape=(SIZE, SIZE, 1), seed=0)
-
-
-@pytest.fixture(scope="module")
-def calibration():
-    return np.random.default_rng(0).uniform(0, 255, (16, SIZE, SIZE, 1)).astype(np.float32)
+SIZE = 32  # the side of the `model` and `calibration` fixtures (conftest)
 
 
 @pytest.fixture(scope="module")

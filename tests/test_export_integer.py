@@ -14,20 +14,9 @@ from edgetrunc.export import tflite_ops  # noqa: E402
 from edgetrunc.export.tflite import graph as tg  # noqa: E402
 from edgetrunc.export.tflite.integer import float_tensors  # noqa: E402
 from edgetrunc.layers import Truncation  # noqa: E402
-from edgetrunc.models import create  # noqa: E402
 from edgetrunc.models._filters import exact_steps, high_pass_bank  # noqa: E402
 
-SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def model():
-    return create("tlunet", input_shape=(SIZE, SIZE, 1), seed=0)
-
-
-@pytest.fixture(scope="module")
-def calibration():
-    return np.random.default_rng(0).uniform(0, 255, (16, SIZE, SIZE, 1)).astype(np.float32)
+SIZE = 32  # the side of the `model` and `calibration` fixtures (conftest)
 
 
 @pytest.fixture(scope="module")

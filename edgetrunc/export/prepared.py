@@ -52,11 +52,10 @@ def prepare(model) -> PreparedModel:
 def unsupported_ops_error(model, ops, nodes, missing: str) -> InputError:
     """The one line for a model whose layer uses TensorFlow `ops` a converter has no
     equivalent of (`missing`: "TFLite builtin", "ONNX op"): the layer is the first that a
-    converter node name in `nodes` comes from (`export.tflite.integer.layer_of`)."""
-    from edgetrunc.export.tflite.integer import layer_of
+    converter node name in `nodes` comes from (`runtime.layer_names.first_layer`)."""
+    from edgetrunc.runtime.layer_names import first_layer
 
-    layer_names = [layer.name for layer in getattr(model, "layers", [])]
-    layer = next((found for node in nodes if (found := layer_of(node, layer_names))), None)
+    layer = first_layer(nodes, [layer.name for layer in getattr(model, "layers", [])])
     where = f"layer '{layer}'" if layer else "a layer"
     return InputError(
         f"{getattr(model, 'name', 'model')}: {where} uses TensorFlow op(s) "

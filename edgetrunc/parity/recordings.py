@@ -8,12 +8,12 @@ quantization grid: every output element within `max_steps` (1) steps of the refe
 being the scale of the last quantized tensor before the output (from the recorded tensors).
 Where both recordings hold intermediate tensors (`edgetrunc run --intermediates N`), each
 tensor is compared too (normalized error `max|a - b| / max|b|`, and in steps of its scale for
-an int8 tensor), and the largest difference is named with its layer.
+an int8 tensor), and the largest difference is named with its layer (the first one its name
+mentions, `runtime.layer_names`; a tensor outside any layer by its own name).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,17 +21,8 @@ import numpy as np
 from edgetrunc.errors import InputError
 from edgetrunc.parity.compare import default_tolerance, tolerance_key
 from edgetrunc.runtime.host import where_label
+from edgetrunc.runtime.layer_names import first_layer
 from edgetrunc.runtime.recorded import RecordedRunner
-
-_SCOPE_SUFFIX = re.compile(r"_\d+$")
-
-
-def layer_of(tensor_name: str) -> str:
-    """The Keras layer a converter's tensor name mentions first (`tlunet_1/group5_relu_1/Relu;...`
-    -> `group5_relu`); the name itself when it has no scope."""
-    parts = tensor_name.split(";")[0].split(":")[0].split("/")
-    segment = parts[1] if len(parts) > 1 else parts[0]
-    return _SCOPE_SUFFIX.sub("", segment) or tensor_name
 
 
 @dataclass
@@ -122,8 +113,8 @@ def _compare_tensors(result, ref_tensors: dict, other_tensors: dict) -> None:
             continue
         diff = float(np.abs(other_tensors[name][1].astype(np.float64) - value).max(initial=0.0))
         peak = float(np.abs(value).max(initial=0.0))
-        result.tensors.append(TensorDifference(name=name, layer=layer_of(name), max_abs=diff,
-                                               normalized=diff / peak if peak else diff,
+        result.tensors.append(TensorDifference(name=name, layer=first_layer([name]) or name,
+                                               max_abs=diff, normalized=diff / peak if peak else diff,
                                                scale=item.get("scale") or None))
 
 

@@ -25,13 +25,13 @@ ops, one per window element of pooling; copies, reshapes and (de)quantization co
 i.e. what the op computes, zero taps of a packed convolution included; per layer they come
 from `layer_flops` (`{Keras layer: FLOPs}`, e.g. from `edgetrunc.models.flops`) when given.
 Op and tensor names keep the Keras layer names (`model/<layer>_1/op`), which is how ops map
-to layers; an op whose name holds no layer (a renamed fused node) is reported under None.
+to layers (`layer_names.layer_of`); an op whose name holds no layer (a renamed fused node) is
+reported under None.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 import time
@@ -41,9 +41,9 @@ import numpy as np
 
 from edgetrunc.errors import InputError
 from edgetrunc.runtime import formats
+from edgetrunc.runtime.layer_names import layer_of
 
 OUTSIDE_OPS = "(outside ops)"
-SATURATION_MARK = "edgetrunc_clip_by_saturation"
 _FREE_OPS = {"RESHAPE", "QUANTIZE", "DEQUANTIZE", "SQUEEZE", "Reshape", "Squeeze", "Flatten",
              "QuantizeLinear", "DequantizeLinear", "Transpose", "TRANSPOSE", "Identity", "Cast",
              "ReorderInput", "ReorderOutput"}  # ONNX Runtime's NCHWc layout changes
@@ -82,32 +82,6 @@ def profile_artifact(path, threads: int = 1, runs: int = 20, warmup: int = 3, ba
 
 def _rate(flops, ms):
     return round(flops / (ms * 1e6), 2) if flops and ms > 0 else None
-
-
-def layer_of(names, known=()) -> str | None:
-    """The Keras layer(s) an op belongs to, from its op / tensor names (`a;b` fused names
-    give `layer1+layer2`); None when no name holds a layer."""
-    found = []
-    for name in names:
-        for part in str(name).split(";"):
-            layer = _layer_in(part, known)
-            if layer and layer not in found:
-                found.append(layer)
-    if known:
-        found.sort(key=lambda n: known.index(n) if n in known else len(known))
-    return "+".join(found) or None
-
-
-def _layer_in(name, known):
-    parts = [p for p in name.split("/") if p]
-    if len(parts) >= 2 and parts[0] == SATURATION_MARK:
-        return parts[1]
-    stripped = [re.sub(r"_\d+$", "", p) for p in parts]
-    if known:
-        return next((s for s in stripped if s in known), None)
-    if len(parts) >= 3:
-        return stripped[1]
-    return stripped[0] if len(parts) == 2 else None
 
 
 def _per_layer(ops, layer_flops) -> list:

@@ -16,7 +16,7 @@ from edgetrunc.export.candidates import match_clips, range_mismatch
 from edgetrunc.export.onnx.graph import CLIP_SUFFIX, Graph, load_onnx_proto
 from edgetrunc.export.onnx.integer import (compute_ops, float_nodes, output_meaning,
                                            require_full_integer)
-from edgetrunc.export.tflite.integer import layer_of
+from edgetrunc.runtime.layer_names import layers_in
 from edgetrunc.runtime.metadata import onnx_ops
 from edgetrunc.runtime.onnx_runner import io_quantization
 
@@ -38,7 +38,7 @@ def _folded(model, graph, t, precision) -> str:
     quant = next((n for n in model.graph.node if n.name == f"{t['layer']}/QuantizeLinear"), None)
     if quant is None and precision == "int8-full":  # the quantizer dropped the Clip
         quant = next((n for n in model.graph.node if n.op_type == "QuantizeLinear"
-                      and layer_of(n.input[0], [t["layer"]])), None)
+                      and layers_in(n.input[0], [t["layer"]])), None)
         if quant is None:
             raise InputError(f"{t['layer']}: no Clip and no int8 output of the truncation in "
                              "the full-integer ONNX graph")

@@ -29,8 +29,9 @@ from edgetrunc.errors import InputError
 from edgetrunc.export.onnx.graph import INPUT_NAME, Graph
 from edgetrunc.export.onnx.quantize import (_calibration, _quantize_static, clip_overrides,
                                              open_side_ranges)
-from edgetrunc.export.tflite.integer import PIXEL_RANGE, layer_of
+from edgetrunc.export.tflite.integer import PIXEL_RANGE
 from edgetrunc.models._filters import exact_steps
+from edgetrunc.runtime.layer_names import first_layer
 from edgetrunc.runtime.onnx_runner import IO_QUANTIZATION_KEY, io_quantization
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -168,7 +169,7 @@ def strip_io_qdq(model, layer_names=()) -> None:
 
 def _where(node, tensor: str, layer_names) -> str:
     names = [node.name, *node.output, *node.input] if node is not None else [tensor]
-    layer = next((found for n in names if (found := layer_of(n, layer_names))), None)
+    layer = first_layer(names, layer_names)
     return f"layer '{layer}'" if layer else f"tensor '{tensor}'"
 
 

@@ -18,8 +18,6 @@ from edgetrunc.export.candidates import ClipCandidate
 from edgetrunc.runtime.metadata import (METADATA_NAME, builtin_names, opcode_name,
                                         tflite_flatbuffer_utils, tflite_schema)
 
-SATURATION_MARK = "edgetrunc_clip_by_saturation"
-
 _FUSED_CLIPS = {  # fused activation name -> (lower, upper)
     "RELU6": (0.0, 6.0),
     "RELU_N1_TO_1": (-1.0, 1.0),

@@ -16,6 +16,7 @@ from edgetrunc.export.candidates import (layer_hints, match_clips, range_mismatc
                                          range_tolerance)
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.export.tflite.integer import float_tensors, output_meaning, require_full_integer
+from edgetrunc.runtime.layer_names import SATURATION_MARK
 from edgetrunc.runtime.metadata import tflite_ops
 
 _FORBIDDEN_OPS = ("IdentityN", "IDENTITY_N")
@@ -58,7 +59,7 @@ def _saturation_tensors(graph):
     marked, together = {}, {}
     for i in range(len(graph.g.tensors)):
         for part in graph.tensor_name(i).split(";"):
-            if part.startswith(f"{tg.SATURATION_MARK}/"):
+            if part.startswith(f"{SATURATION_MARK}/"):
                 marked[part.split("/", 1)[1]] = i
                 together.setdefault(i, []).append(part.split("/", 1)[1])
     return marked, together

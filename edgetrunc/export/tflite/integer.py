@@ -22,7 +22,6 @@ half-integer file).
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from edgetrunc.errors import InputError
 from edgetrunc.export.blocks import space_to_depth_kernel
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.models._filters import exact_steps
+from edgetrunc.runtime.layer_names import first_layer
 
 PIXEL_RANGE = (0.0, 255.0)
 _CONVOLUTIONS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3}  # op -> output-channel axis of its weights
@@ -192,15 +192,6 @@ def output_meaning(graph) -> str:
             if columns == 1 else f"logits of {columns} classes (int8; probability = softmax)")
 
 
-def layer_of(name: str, layer_names) -> str | None:
-    """The Keras layer a converter tensor name comes from (`model_1/group1_tanh_1/Tanh`)."""
-    for component in re.split(r"[/;]", name):
-        for layer in layer_names:
-            if re.fullmatch(rf"{re.escape(layer)}(?:_\d+)?", component):
-                return layer
-    return None
-
-
 def require_full_integer(content: bytes, layer_names=()) -> None:
     """Raise InputError naming the first layer whose op keeps a float tensor (no integer
     kernel) or an input / output that is not integer; return quietly for a full-integer model."""
@@ -218,7 +209,7 @@ def require_full_integer(content: bytes, layer_names=()) -> None:
         op = graph.g.operators[op_index]
         kind = graph.op_name(op)
         names = [graph.tensor_name(int(t)) for t in [*op.outputs, *op.inputs] if t >= 0]
-        layer = next((found for n in names if (found := layer_of(n, layer_names))), None)
+        layer = first_layer(names, layer_names)
         where = f"layer '{layer}'" if layer else f"tensor '{graph.tensor_name(tensor)}'"
         raise InputError(f"{where}: {kind} has no int8 kernel (a float tensor is left after "
                          "full-integer quantization); expected a model of ops with integer kernels")

@@ -31,6 +31,7 @@ import numpy as np
 from edgetrunc.export.blocks import BLOCK, space_to_depth_kernel
 from edgetrunc.export.tflite import graph as tg
 from edgetrunc.export.tflite.integer import packed_int8_operands
+from edgetrunc.runtime.layer_names import SATURATION_MARK
 
 # Ops that act on each element alone: one variable input of the output's shape, any other
 # input a scalar constant. DEQUANTIZE and CAST are left out: after them the unpacking would
@@ -124,7 +125,7 @@ def _block_op(graph, kind: str, source: int, target: int, block: int):
 
 
 def _unpacked_name(name: str) -> str:
-    kept = [part for part in name.split(";") if tg.SATURATION_MARK not in part]
+    kept = [part for part in name.split(";") if SATURATION_MARK not in part]
     return ";".join(kept or [name]) + UNPACKED_SUFFIX
 
 

@@ -41,6 +41,7 @@ from edgetrunc.export.tflite import packing, pooling
 from edgetrunc.export.tflite.inspect import lost_truncation
 from edgetrunc.export.tflite.integer import (exact_filter_ranges, exact_filter_weights,
                                             pin_pixel_input)
+from edgetrunc.runtime.layer_names import SATURATION_MARK
 
 # Ops that XNNPACK runs in float but not in signed int8: kept float (between DEQUANTIZE and
 # QUANTIZE, which XNNPACK does run) so the whole graph stays in as few partitions as possible.
@@ -223,7 +224,7 @@ def saturate_truncations(model_t, context: PassContext) -> bool:
         if dst.type != src.type or graph.producer.get(source) is None:
             continue
         src.quantization = dst.quantization
-        src.name = f"{graph.tensor_name(source)};{tg.SATURATION_MARK}/{t['layer']}"
+        src.name = f"{graph.tensor_name(source)};{SATURATION_MARK}/{t['layer']}"
         graph.remove_ops(c.ops, {clipped: source})
         removed = True
     return removed
@@ -293,7 +294,7 @@ def _drop_requantize_pairs(graph, quantize, dequantize) -> bool:
             continue
         q_out = int(op.outputs[0])
         index = graph.sole_reader(q_out)
-        if index is None or tg.SATURATION_MARK in graph.tensor_name(q_out):
+        if index is None or SATURATION_MARK in graph.tensor_name(q_out):
             continue  # a truncation's saturating QUANTIZE is the clip itself
         reader = graph.g.operators[index]
         if reader.opcodeIndex != dequantize:
