@@ -7,9 +7,9 @@
 1. A float Ye-Net-pattern detector (the registered `yenet`: the 30 basic SRM filters as a
    fixed 5x5 convolution, each stored exactly by the converter, a truncation to [-3, 3], Ye-Net's
    body with batch normalization, global average, two-way softmax), trained end to end as a
-   detector by `edgetrunc.train` on 128x128 tiles (stride 64, curriculum 1.0, 0.7, 0.4 bpp,
-   the last fifth with batch normalization frozen, as `make train` trains tlunet; `--train-minutes`
-   of wall time), or the trained `--float` file. The net is fully
+   detector by `edgetrunc.train` on 128x128 tiles (stride 64; curriculum 1.0, 0.7, 0.4 bpp;
+   the last fifth with batch normalization frozen, as `make train` trains tlunet) for
+   `--train-minutes` of wall time, or read from the trained `--float` file. The net is fully
    convolutional: its weights go unchanged into the 512x512x1 model (`yenet512.keras`).
 2. Fine-tunes that model quantization-aware at 512x512 (`edgetrunc.train.qat.fine_tune_qat`,
    distilling the float model) and converts it with `--tflite int8-full --target ethos-u`.

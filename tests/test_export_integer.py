@@ -70,6 +70,24 @@ def test_the_kv_filter_is_stored_as_exact_integers(full):
     assert np.isclose(out.scale[0], 1 / 12) and out.zeroPoint[0] == 0
 
 
+def test_an_exact_filter_feeding_the_truncation_directly_is_stored_exactly():
+    """Ye-Net's pattern: the 30 SRM filters feed the truncation, whose int8 saturation renames
+    their output tensor; their weights are still stored as exact integers of their steps."""
+    from edgetrunc import models
+
+    yenet = models.create("yenet", input_shape=(SIZE, SIZE, 1), width=0.25)
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 1))
+    graph = _graph(export_tflite(yenet, "int8-full", calibration=pixels, target="ethos-u"))
+    kernel = yenet.get_layer("srm").get_weights()[0]  # [5, 5, 1, 30]
+    (front,) = [op for op in graph.g.operators if int(op.inputs[0]) in set(graph.g.inputs)]
+    weights = graph.g.tensors[int(front.inputs[1])]  # [30, 5, 5, 1]
+    stored = np.frombuffer(bytes(bytearray(graph.model.buffers[weights.buffer].data)), np.int8)
+    scale = np.asarray(weights.quantization.scale)
+    assert np.allclose(scale, exact_steps(kernel, 3))
+    restored = stored.reshape(30, 5, 5, 1) * scale[:, None, None, None]
+    assert np.allclose(restored.transpose(1, 2, 3, 0), kernel, rtol=0, atol=1e-6)
+
+
 def test_exact_steps_finds_the_largest_step_per_channel():
     kv, _, _ = high_pass_bank("kv")
     assert np.allclose(exact_steps(kv, 3), [1 / 12])

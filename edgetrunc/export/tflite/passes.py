@@ -329,7 +329,9 @@ INT8_QUANTIZED_PASSES = [saturate_truncations, float_islands, pack_front_end,
                          activations_before_unpack, pools_as_convolutions]
 INT8_FULL_CALIBRATED_PASSES = [pin_pixel_input, pin_truncation_ranges, exact_filter_ranges,
                                pools_as_convolutions]
-INT8_FULL_QUANTIZED_PASSES = [saturate_truncations, exact_filter_weights, pack_front_end,
+# exact_filter_weights finds its convolutions by output tensor name, which saturate_truncations
+# renames where an exact filter feeds a truncation directly (Ye-Net's SRM bank): it runs first.
+INT8_FULL_QUANTIZED_PASSES = [exact_filter_weights, saturate_truncations, pack_front_end,
                               activations_before_unpack]
 
 # Where an artifact runs: "cpu" (XNNPACK and the reference kernels), "ethos-u" (Arm's NPUs,
