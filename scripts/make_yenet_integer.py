@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-minutes", type=float, default=32.0)
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--qat-pairs", type=int, default=64)
-    parser.add_argument("--qat-lr", type=float, default=1e-4)
+    parser.add_argument("--qat-lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
