@@ -70,7 +70,8 @@ def _qat_summary(record) -> str:
     return (f"quantization-aware model: {record['model_file']} ({record['epochs']} epochs, "
             f"{record['train_tiles']} tiles)\nheld-out ({held['samples']} tiles): float P_E "
             f"{held['float']['p_e']:.3f}, quantization-aware P_E {held['qat']['p_e']:.3f}, "
-            f"decision agreement {held['decision_agreement_with_float']:.3f}")
+            f"decision agreement {held['decision_agreement_with_float']:.3f} (before fine-tuning "
+            f"{held['decision_agreement_before_fine_tuning']:.3f})")
 
 
 def _fine_tune(args, source) -> None:

@@ -10,7 +10,8 @@ model: its target on each tile is the float model's stego probability (cross-ent
 quantization-aware logit against it), so the integer model learns to decide as the float
 one does, not to re-fit the labels. Its record (JSON beside the model) gives the
 held-out detection figures of the float model and of the fine-tuned one, and their decision
-agreement.
+agreement before and after the fine-tuning; a fine-tuning that lowered it below
+`MIN_DECISION_AGREEMENT` (too high a learning rate for the model) is warned of in one line.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from edgetrunc import _log
 from edgetrunc._io import atomic_path, check_output, write_text_atomic
 from edgetrunc.errors import InputError
+from edgetrunc.metrics import MIN_DECISION_AGREEMENT, decision_agreement
 
 QAT_LR = 1e-4
 QAT_EPOCHS = 3
@@ -58,6 +60,10 @@ def _figures(model, pairs) -> tuple:
                          "p_e": round(float(report["p_e"]), 4)}
 
 
+def _agreement(float_probability, probability) -> float:
+    return float(decision_agreement(float_probability, probability)["decision_agreement"])
+
+
 def fine_tune_qat(source, out, covers="embedded", payload=0.4, epochs=QAT_EPOCHS, lr=QAT_LR,
                   max_pairs=QAT_TRAIN_PAIRS, batch_size=16, seed=0, force=False) -> dict:
     """Fine-tune the detector at `source` with quantization-aware training; write it to
@@ -87,6 +93,7 @@ def fine_tune_qat(source, out, covers="embedded", payload=0.4, epochs=QAT_EPOCHS
     # the tiles the converter calibrates the quantization-aware model file on (fewer for more layers)
     calibration = calib_data.calibration_pairs(covers, geometry, model=qat)
     calibrate_ranges(qat, calibration.x)
+    before = _agreement(float_probability, _figures(qat, held_out)[0])
     qat.compile(optimizer=keras.optimizers.Adam(learning_rate=float(lr)),
                 loss=keras.losses.BinaryCrossentropy(from_logits=True))
     _log.info(f"train --qat: {len(train.x)} tiles, {epochs} epoch(s), lr {lr}")
@@ -96,13 +103,17 @@ def fine_tune_qat(source, out, covers="embedded", payload=0.4, epochs=QAT_EPOCHS
     qat_probability, qat_figures = _figures(qat, held_out)
     with atomic_path(out, protect=[source]) as tmp:
         qat.save(tmp)
-    agreement = float(np.mean((float_probability >= 0.5) == (qat_probability >= 0.5)))
+    agreement = _agreement(float_probability, qat_probability)
+    if agreement < min(before, MIN_DECISION_AGREEMENT):
+        _log.warn(f"train --qat: the fine-tuning lowered the held-out decision agreement with the "
+                  f"float model from {before:.3f} to {agreement:.3f}; try a lower --qat-lr than {lr:g}")
     record = {
         "source": str(source), "model_file": str(out), "epochs": int(epochs), "lr": float(lr),
         "train_tiles": int(len(train.x)), "calibration_tiles": int(len(calibration.x)),
         "target": "the float model's stego probability (distillation)", "loss": [round(float(v), 5) for v in history.history["loss"]],
         "held_out": {"samples": int(len(held_out.x)), "float": float_figures, "qat": qat_figures,
-                     "decision_agreement_with_float": round(agreement, 4)},
+                     "decision_agreement_with_float": round(agreement, 4),
+                     "decision_agreement_before_fine_tuning": round(before, 4)},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     write_text_atomic(record_path, json.dumps(record, indent=2) + "\n", protect=[source])
