@@ -20,7 +20,7 @@ from edgetrunc.layers import Truncation  # noqa: E402
 from edgetrunc.models._filters import high_pass_bank  # noqa: E402
 from edgetrunc.runtime.onnx_runner import ONNXRunner  # noqa: E402
 # the tiny tlunet, its calibration tiles and the model with a SIN of the TFLite tests
-from test_export_integer import SIZE, _sine_model, calibration, model  # noqa: E402, F401
+from test_export_integer import SIZE, _sine_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,8 @@ class Graph:
         return self._activation.get(int(value), str(value))
 
     def constant(self, index):
-        """The value of tensor `index` if it is a constant (through a DEQUANTIZE), else None."""
+        """The value of tensor `index` if it is a constant (through a DEQUANTIZE), else None;
+        a quantized one (int8 weights, an int32 bias in its steps) dequantized."""
         tensor = self.g.tensors[index]
         data = self.model.buffers[tensor.buffer].data if tensor.buffer < len(self.model.buffers) else None
         if data is not None and len(data):
@@ -95,7 +96,7 @@ class Graph:
                 return None
             values = np.frombuffer(bytes(bytearray(data)), dtype=dtype).astype(np.float64)
             q = tensor.quantization
-            if dtype in (np.int8, np.uint8, np.int16) and q is not None and q.scale is not None \
+            if dtype in (np.int8, np.uint8, np.int16, np.int32) and q is not None and q.scale is not None \
                     and len(q.scale):
                 scale = np.asarray(q.scale, np.float64)
                 zero = np.asarray(q.zeroPoint, np.float64)
