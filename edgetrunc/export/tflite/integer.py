@@ -22,7 +22,6 @@ half-integer file).
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from edgetrunc.errors import InputError
